@@ -1,0 +1,28 @@
+//! agora's shared vocabulary: the types that cross the wire or enter the ledger,
+//! addresses and keys, domain-separated signatures and the one versioned codec.
+//! Pure data and pure functions only: nothing here does I/O.
+
+pub mod address;
+pub mod amount;
+pub mod block;
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod limits;
+pub mod liveness;
+pub mod market;
+pub mod sign;
+pub mod tx;
+
+pub use address::Address;
+pub use amount::Amount;
+pub use block::{Block, CommitCertificate, CommitSig, Header};
+pub use codec::{Wire, decode, encode};
+pub use error::Error;
+pub use ids::{ChainId, Hash, Height, LeaseId, TimestampMs};
+pub use keys::{Keypair, Signature};
+pub use liveness::{DowntimeAttestation, DowntimeEvidence, EquivocationEvidence, Heartbeat};
+pub use market::{GpuSpec, LeaseAccept, LeaseRequest, Offer};
+pub use sign::{Domain, Signable, Signed};
+pub use tx::{SignedTx, Transaction, TxKind};

@@ -1,0 +1,124 @@
+//! Domain-separated signatures. Every signed object is
+//! `ed25519(blake3(len(tag) || tag || len(chain_id) || chain_id || body))`, with a
+//! distinct tag per type, so a signature can never be replayed as another type
+//! or on another network.
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::codec;
+use crate::error::Error;
+use crate::ids::{ChainId, Hash};
+use crate::keys::{Keypair, Signature};
+
+/// What a signature is for. The tag is part of the signed digest.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Domain {
+    Transaction,
+    Offer,
+    LeaseRequest,
+    LeaseAccept,
+    Heartbeat,
+    DowntimeAttestation,
+}
+
+impl Domain {
+    /// The versioned tag mixed into the digest. Never change an existing tag:
+    /// that would invalidate every signature of that type.
+    pub const fn tag(self) -> &'static str {
+        match self {
+            Domain::Transaction => "agora/sig/tx/1",
+            Domain::Offer => "agora/sig/offer/1",
+            Domain::LeaseRequest => "agora/sig/lease-request/1",
+            Domain::LeaseAccept => "agora/sig/lease-accept/1",
+            Domain::Heartbeat => "agora/sig/heartbeat/1",
+            Domain::DowntimeAttestation => "agora/sig/downtime-attestation/1",
+        }
+    }
+}
+
+/// A type that is signed as a whole, under one domain.
+pub trait Signable: Serialize {
+    const DOMAIN: Domain;
+}
+
+/// The digest that is signed for `body` under `domain` on `chain`.
+pub fn signing_digest(domain: Domain, chain: &ChainId, body: &[u8]) -> Result<[u8; 32], Error> {
+    let chain = chain.as_str().as_bytes();
+    let mut data = Vec::with_capacity(8 + chain.len() + body.len());
+    data.extend_from_slice(&(chain.len() as u64).to_le_bytes());
+    data.extend_from_slice(chain);
+    data.extend_from_slice(body);
+    Ok(Hash::tagged(domain.tag().as_bytes(), &data).0)
+}
+
+/// `body` with its signer and signature. The signer is the identity the body
+/// speaks for (a transaction's sender, an offer's provider, …).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed<T> {
+    pub body: T,
+    pub signer: Address,
+    pub signature: Signature,
+}
+
+impl<T: Signable> Signed<T> {
+    /// Signs `body` with `key` for `chain`.
+    pub fn sign(body: T, key: &Keypair, chain: &ChainId) -> Result<Signed<T>, Error> {
+        let digest = Self::digest_of(&body, chain)?;
+        Ok(Signed { signature: key.sign_digest(&digest), signer: key.address(), body })
+    }
+
+    fn digest_of(body: &T, chain: &ChainId) -> Result<[u8; 32], Error> {
+        signing_digest(T::DOMAIN, chain, &codec::encode_body(body, T::DOMAIN.tag())?)
+    }
+
+    /// The digest this signature must cover on `chain`.
+    pub fn digest(&self, chain: &ChainId) -> Result<[u8; 32], Error> {
+        Self::digest_of(&self.body, chain)
+    }
+
+    /// Checks the signature (strict ed25519: rejects malleable and small-order forms).
+    pub fn verify(&self, chain: &ChainId) -> Result<(), Error> {
+        let bad = |reason| Error::BadSignature { domain: T::DOMAIN.tag(), reason };
+        let key = self.signer.verifying_key().map_err(|_| bad("signer is not a valid public key"))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&self.signature.0);
+        key.verify_strict(&self.digest(chain)?, &sig).map_err(|_| bad("signature does not match"))
+    }
+}
+
+/// One item of a batch verification: a digest, its signature and its signer.
+pub struct BatchItem {
+    pub digest: [u8; 32],
+    pub signature: Signature,
+    pub signer: Address,
+}
+
+/// Verifies many signatures at once (about twice as fast as one by one).
+/// On failure, falls back to checking each so the caller learns which index
+/// is bad; `Ok(())` means every signature is valid.
+pub fn verify_batch(items: &[BatchItem]) -> Result<(), usize> {
+    let mut keys = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        keys.push(item.signer.verifying_key().map_err(|_| i)?);
+    }
+    let messages: Vec<&[u8]> = items.iter().map(|i| &i.digest[..]).collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        items.iter().map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0)).collect();
+    if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+        // The batch coefficients are derived from the inputs, so every node
+        // reaches the same verdict on the same block. Weak (small-order) keys
+        // are refused outright: anyone could sign for such an address.
+        if let Some(i) = keys.iter().position(|k| k.is_weak()) {
+            return Err(i);
+        }
+        return Ok(());
+    }
+    for (i, ((key, sig), msg)) in keys.iter().zip(&sigs).zip(&messages).enumerate() {
+        if key.verify_strict(msg, sig).is_err() {
+            return Err(i);
+        }
+    }
+    // The batch failed but every single check passed: cannot happen for valid
+    // signatures; treat the batch as bad at index 0 rather than accept it.
+    Err(0)
+}

@@ -1,0 +1,112 @@
+//! Transactions: what an account asks the ledger to do. Signed by the sender,
+//! ordered by the sender's nonce; the ledger crate holds their rules.
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::amount::Amount;
+use crate::codec::{self, Wire};
+use crate::error::Error;
+use crate::ids::{Hash, LeaseId};
+use crate::limits::*;
+use crate::liveness::{DowntimeEvidence, EquivocationEvidence};
+use crate::market::{GpuSpec, LeaseAccept, LeaseRequest, validate_gpus, validate_region};
+use crate::sign::{Domain, Signable, Signed};
+
+/// A transaction body; the signer of the enclosing `Signed` is the sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Must equal the sender's account nonce; stops replay within a chain.
+    pub nonce: u64,
+    pub kind: TxKind,
+}
+
+/// Every operation the ledger knows. Never reorder or remove variants: the
+/// variant index is part of the encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxKind {
+    Transfer { to: Address, amount: Amount },
+    Stake { amount: Amount },
+    /// Moves stake to unbonding; released after the unbonding period.
+    Unstake { amount: Amount },
+    RegisterProvider { region: String, gpus: Vec<GpuSpec> },
+    /// Sent by either party once the provider has countersigned.
+    OpenLease { request: Signed<LeaseRequest>, accept: Signed<LeaseAccept> },
+    /// The provider reports the job ended; settles pro-rata.
+    CloseLease { lease_id: LeaseId, exit_code: Option<i32> },
+    /// Either party stops the lease early; settles pro-rata.
+    CancelLease { lease_id: LeaseId },
+    SlashDowntime { evidence: DowntimeEvidence },
+    SlashEquivocation { evidence: EquivocationEvidence },
+    Unjail,
+}
+
+impl TxKind {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxKind::Transfer { .. } => "transfer",
+            TxKind::Stake { .. } => "stake",
+            TxKind::Unstake { .. } => "unstake",
+            TxKind::RegisterProvider { .. } => "register-provider",
+            TxKind::OpenLease { .. } => "open-lease",
+            TxKind::CloseLease { .. } => "close-lease",
+            TxKind::CancelLease { .. } => "cancel-lease",
+            TxKind::SlashDowntime { .. } => "slash-downtime",
+            TxKind::SlashEquivocation { .. } => "slash-equivocation",
+            TxKind::Unjail => "unjail",
+        }
+    }
+}
+
+impl Transaction {
+    /// Checks that need no state: bounded lists and strings, non-zero amounts.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: &str| Err(Error::Invalid { what: "transaction", reason: reason.to_string() });
+        match &self.kind {
+            TxKind::Transfer { amount, .. } | TxKind::Stake { amount } | TxKind::Unstake { amount } => {
+                if amount.is_zero() {
+                    return invalid("amount must be positive");
+                }
+            }
+            TxKind::RegisterProvider { region, gpus } => {
+                validate_region(region)?;
+                validate_gpus(gpus)?;
+            }
+            TxKind::OpenLease { request, accept } => {
+                request.body.validate()?;
+                accept.body.validate()?;
+            }
+            TxKind::SlashDowntime { evidence } => {
+                if evidence.attestations.is_empty() || evidence.attestations.len() > MAX_VALIDATORS {
+                    return invalid("downtime evidence must carry 1 to 100 attestations");
+                }
+                if evidence.window_start > evidence.window_end {
+                    return invalid("downtime window ends before it starts");
+                }
+            }
+            TxKind::CloseLease { .. } | TxKind::CancelLease { .. } | TxKind::SlashEquivocation { .. } | TxKind::Unjail => {}
+        }
+        Ok(())
+    }
+}
+
+impl Signable for Transaction {
+    const DOMAIN: Domain = Domain::Transaction;
+}
+
+/// A transaction as it travels and as blocks hold it.
+pub type SignedTx = Signed<Transaction>;
+
+impl Wire for SignedTx {
+    const NAME: &'static str = "transaction";
+    const VERSION: u8 = 1;
+    const MAX_BYTES: usize = MAX_TX_BYTES;
+}
+
+impl SignedTx {
+    /// The transaction's id: a hash of its full encoding, signature included.
+    pub fn hash(&self) -> Result<Hash, Error> {
+        Ok(Hash::tagged(b"agora/tx-hash/1", &codec::encode(self)?))
+    }
+}

@@ -1,0 +1,1 @@
+//! Local agora networks. Process management arrives with the node issue.
