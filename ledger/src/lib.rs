@@ -1,1 +1,27 @@
-//! placeholder
+//! The agora ledger: a deterministic state machine (accounts, stake, providers,
+//! lease escrow, slashing) with no I/O and no clocks, and the one module that
+//! touches disk, `store`, which commits blocks to sled atomically.
+
+mod accounts;
+pub mod apply;
+pub mod error;
+pub mod events;
+pub mod genesis;
+mod journal;
+mod lease;
+pub mod params;
+mod provider;
+mod slashing;
+
+pub mod state;
+pub mod store;
+pub mod testkit;
+
+pub use journal::Mark;
+pub use apply::{BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
+pub use error::Error;
+pub use events::{Event, SettleReason, SlashReason};
+pub use genesis::{Genesis, GenesisAccount};
+pub use params::Params;
+pub use state::{Account, Lease, LeaseStatus, Provider, ProviderStatus, State, Validator};
+pub use store::Store;

@@ -7,7 +7,6 @@ use std::str::FromStr;
 
 use bech32::primitives::decode::CheckedHrpstring;
 use bech32::{Bech32m, Hrp};
-use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
@@ -15,8 +14,10 @@ use crate::error::Error;
 pub const ADDRESS_HRP: &str = "agora";
 
 /// An account: the raw ed25519 verifying key bytes.
-#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Address(pub [u8; 32]);
+
+crate::human_readable_serde!(Address, [u8; 32], "an agora1… address");
 
 impl Address {
     pub fn as_bytes(&self) -> &[u8; 32] {

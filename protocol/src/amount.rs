@@ -9,8 +9,27 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 /// An amount of AGR in micro-units (1 AGR = 1,000,000 micro-AGR).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(pub u64);
+
+// In JSON an amount is a string of micro-units ("1500000"), so no client
+// ever rounds it through a float; in binary it is a plain u64.
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.collect_str(&self.0) } else { s.serialize_u64(self.0) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse::<u64>().map(Amount).map_err(|_| serde::de::Error::custom(format!("expected micro-units as a decimal string, got {s:?}")))
+        } else {
+            u64::deserialize(d).map(Amount)
+        }
+    }
+}
 
 impl Amount {
     pub const ZERO: Amount = Amount(0);

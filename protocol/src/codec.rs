@@ -66,8 +66,8 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     encode_body(value, "canonical")
 }
 
-/// Appends the canonical bytes of `value` to `out`, reusing its allocation.
-pub fn canonical_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+/// Writes the canonical bytes of `value` to `out` (a buffer or a hasher).
+pub fn canonical_into<T: Serialize, W: std::io::Write>(value: &T, out: &mut W) -> Result<(), Error> {
     bincode::serde::encode_into_std_write(value, out, config())
         .map(|_| ())
         .map_err(|e| Error::Encode { type_name: "canonical", reason: e.to_string() })

@@ -30,8 +30,17 @@ impl fmt::Display for Height {
 pub struct TimestampMs(pub u64);
 
 /// A blake3 digest.
-#[derive(Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hash(pub [u8; 32]);
+
+crate::human_readable_serde!(Hash, [u8; 32], "a 64-digit hex hash");
+
+impl FromStr for Hash {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Hash::from_hex("hash", s)
+    }
+}
 
 impl Hash {
     pub const ZERO: Hash = Hash([0; 32]);
@@ -43,6 +52,16 @@ impl Hash {
         h.update(tag);
         h.update(data);
         Hash(*h.finalize().as_bytes())
+    }
+
+    /// blake3 of `tag || canonical(value)`, streamed: no intermediate buffer,
+    /// so hashing a large state costs no allocation.
+    pub fn of_canonical<T: serde::Serialize>(tag: &[u8], value: &T) -> Result<Hash, Error> {
+        let mut h = blake3::Hasher::new();
+        h.update(&(tag.len() as u64).to_le_bytes());
+        h.update(tag);
+        crate::codec::canonical_into(value, &mut h)?;
+        Ok(Hash(*h.finalize().as_bytes()))
     }
 
     pub fn to_hex(&self) -> String {

@@ -2,6 +2,9 @@
 //! addresses and keys, domain-separated signatures and the one versioned codec.
 //! Pure data and pure functions only: nothing here does I/O.
 
+#[macro_use]
+mod serde_util;
+
 pub mod address;
 pub mod amount;
 pub mod block;

@@ -1,0 +1,220 @@
+//! Applying transactions and blocks: the ledger's only entry points that
+//! change state. A block is all-or-nothing: any failing check or transaction
+//! rolls the state back to where it was and names the culprit.
+
+use agora_protocol::block::tx_root;
+use agora_protocol::sign::{BatchItem, verify_batch};
+use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, Height, SignedTx, TimestampMs, TxKind};
+
+use crate::accounts;
+use crate::error::Error;
+use crate::events::Event;
+use crate::lease;
+use crate::provider;
+use crate::slashing;
+use crate::state::State;
+
+/// Whether to verify transaction signatures. `Skip` is only for blocks this
+/// node already verified (replay from its own store) and for benchmarks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SigCheck {
+    Verify,
+    Skip,
+}
+
+/// The result of a committed block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockOutcome {
+    pub state_root: Hash,
+    pub events: Vec<Event>,
+}
+
+/// Applies a block: checks the header against the state, verifies every
+/// signature, runs start-of-block work (unbonding releases, lease expiry),
+/// applies each transaction in order and checks the header's state root.
+/// On any error the state is exactly as before.
+pub fn apply_block(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
+    let mark = state.checkpoint();
+    match apply_block_pending(state, block, sig) {
+        Ok(outcome) => {
+            finish_block(state, block);
+            Ok(outcome)
+        }
+        Err(e) => {
+            state.rollback(mark);
+            Err(e)
+        }
+    }
+}
+
+/// Applies a block but keeps its writes in the journal, so the store can
+/// persist it first and then `finish_block` or roll back.
+pub(crate) fn apply_block_pending(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
+    apply_block_inner(state, block, sig)
+}
+
+/// Makes a pending block final: the block becomes the state's tip.
+pub(crate) fn finish_block(state: &mut State, block: &Block) {
+    state.last_block_hash = block.hash();
+    state.commit_journal();
+    debug_assert!(state.audit().is_ok(), "invariant broken after block {}", block.header.height);
+}
+
+fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
+    let h = &block.header;
+    check_header(state, h, block.txs.len())?;
+    if tx_root(&block.txs)? != h.tx_root {
+        return Err(Error::TxRootMismatch);
+    }
+    if sig == SigCheck::Verify {
+        verify_tx_signatures(state, &block.txs)?;
+    }
+    let mut events = begin_block(state, h.height, h.time_ms)?;
+    for (index, tx) in block.txs.iter().enumerate() {
+        let tx_events =
+            execute(state, tx).map_err(|e| Error::InBlock { index, kind: tx.body.kind.name(), source: Box::new(e) })?;
+        events.extend(tx_events);
+    }
+    let computed = state.root();
+    if computed != h.state_root {
+        return Err(Error::StateRootMismatch { header: h.state_root, computed });
+    }
+    Ok(BlockOutcome { state_root: computed, events })
+}
+
+fn check_header(state: &State, h: &Header, tx_count: usize) -> Result<(), Error> {
+    if h.chain_id != *state.chain_id() {
+        return Err(Error::WrongChain { expected: state.chain_id().clone(), found: h.chain_id.clone() });
+    }
+    if h.height != state.height().next() {
+        return Err(Error::WrongHeight { expected: state.height().next(), found: h.height });
+    }
+    if h.parent_hash != state.last_block_hash() {
+        return Err(Error::WrongParent { expected: state.last_block_hash(), found: h.parent_hash });
+    }
+    if h.time_ms <= state.time_ms() {
+        return Err(Error::TimeNotIncreasing { previous: state.time_ms(), found: h.time_ms });
+    }
+    if tx_count as u64 > state.params().max_txs_per_block {
+        return Err(Error::TooManyTxs { count: tx_count, max: state.params().max_txs_per_block });
+    }
+    if !state.is_validator(&h.proposer) {
+        return Err(Error::ProposerNotValidator);
+    }
+    Ok(())
+}
+
+/// Batch-verifies the signatures of all transactions of a block.
+fn verify_tx_signatures(state: &State, txs: &[SignedTx]) -> Result<(), Error> {
+    let mut items = Vec::with_capacity(txs.len());
+    for tx in txs {
+        items.push(BatchItem { digest: tx.digest(state.chain_id())?, signature: tx.signature, signer: tx.signer });
+    }
+    verify_batch(&items).map_err(|index| Error::InBlock {
+        index,
+        kind: txs[index].body.kind.name(),
+        source: Box::new(Error::BadSignature("transaction signature does not match its sender".into())),
+    })
+}
+
+/// Start-of-block work, before any transaction: the block's height and time
+/// take effect, due unbonding is released and ended leases settle in full.
+fn begin_block(state: &mut State, height: Height, time_ms: TimestampMs) -> Result<Vec<Event>, Error> {
+    state.set_head(height, time_ms);
+    let mut events = accounts::release_unbonding(state)?;
+    events.extend(lease::expire_due(state)?);
+    Ok(events)
+}
+
+/// Applies one transaction whose signature is already checked. On error the
+/// caller rolls back; handlers may leave partial writes behind.
+fn execute(state: &mut State, tx: &SignedTx) -> Result<Vec<Event>, Error> {
+    tx.body.validate()?;
+    let sender = tx.signer;
+    let mut acct = state.account(&sender);
+    if tx.body.nonce != acct.nonce {
+        return Err(Error::WrongNonce { expected: acct.nonce, found: tx.body.nonce });
+    }
+    acct.nonce = acct.nonce.checked_add(1).ok_or(Error::Overflow("nonce"))?;
+    state.set_account(sender, acct);
+    dispatch(state, sender, &tx.body.kind)
+}
+
+fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Event>, Error> {
+    match kind {
+        TxKind::Transfer { to, amount } => accounts::transfer(state, sender, *to, *amount),
+        TxKind::Stake { amount } => accounts::stake(state, sender, *amount),
+        TxKind::Unstake { amount } => accounts::unstake(state, sender, *amount),
+        TxKind::RegisterProvider { region, gpus } => provider::register(state, sender, region, gpus),
+        TxKind::OpenLease { request, accept } => lease::open(state, sender, request, accept),
+        TxKind::CloseLease { lease_id, exit_code } => lease::close(state, sender, *lease_id, *exit_code),
+        TxKind::CancelLease { lease_id } => lease::cancel(state, sender, *lease_id),
+        TxKind::SlashDowntime { evidence } => slashing::slash_downtime(state, evidence),
+        TxKind::SlashEquivocation { evidence } => slashing::slash_equivocation(state, evidence),
+        TxKind::Unjail => provider::unjail(state, sender),
+    }
+}
+
+/// Applies one transaction on top of the current state (for the mempool and
+/// the block builder): verifies its signature, then executes it. On error
+/// nothing changes; on success its writes stay in the journal until the caller
+/// commits or rolls back.
+pub fn apply_tx(state: &mut State, tx: &SignedTx, sig: SigCheck) -> Result<Vec<Event>, Error> {
+    if sig == SigCheck::Verify {
+        tx.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
+    }
+    let mark = state.checkpoint();
+    execute(state, tx).inspect_err(|_| state.rollback(mark))
+}
+
+/// Builds the next block from candidate transactions: applies each in order,
+/// leaves out those that fail (returned with their errors), computes the
+/// post-state root and returns the block. The state is left unchanged; the
+/// block is committed later through `apply_block`.
+pub fn build_block(
+    state: &mut State,
+    candidates: Vec<SignedTx>,
+    time_ms: TimestampMs,
+    proposer: Address,
+    last_commit: Option<CommitCertificate>,
+) -> Result<(Block, Vec<(SignedTx, Error)>), Error> {
+    let mark = state.checkpoint();
+    let result = build_inner(state, candidates, time_ms, proposer, last_commit);
+    state.rollback(mark);
+    result
+}
+
+fn build_inner(
+    state: &mut State,
+    candidates: Vec<SignedTx>,
+    time_ms: TimestampMs,
+    proposer: Address,
+    last_commit: Option<CommitCertificate>,
+) -> Result<(Block, Vec<(SignedTx, Error)>), Error> {
+    let height = state.height().next();
+    let mut header = Header {
+        chain_id: state.chain_id().clone(),
+        height,
+        time_ms,
+        parent_hash: state.last_block_hash(),
+        tx_root: Hash::ZERO,
+        state_root: Hash::ZERO,
+        proposer,
+    };
+    check_header(state, &header, 0)?;
+    begin_block(state, height, time_ms)?;
+    let limit = state.params().max_txs_per_block as usize;
+    let (mut txs, mut rejected) = (Vec::new(), Vec::new());
+    for tx in candidates {
+        if txs.len() >= limit {
+            break;
+        }
+        match apply_tx(state, &tx, SigCheck::Verify) {
+            Ok(_) => txs.push(tx),
+            Err(e) => rejected.push((tx, e)),
+        }
+    }
+    header.tx_root = tx_root(&txs)?;
+    header.state_root = state.root();
+    Ok((Block { header, txs, last_commit }, rejected))
+}

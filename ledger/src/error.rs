@@ -1,0 +1,94 @@
+//! The ledger crate's single error type. A transaction or block that fails
+//! with any of these changed nothing; store errors name the height at fault.
+
+use agora_protocol::{Amount, ChainId, Hash, Height, LeaseId, TimestampMs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- transaction rules ---
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error(transparent)]
+    Protocol(#[from] agora_protocol::Error),
+    #[error("wrong nonce: expected {expected}, got {found}")]
+    WrongNonce { expected: u64, found: u64 },
+    #[error("insufficient funds: balance {have} < {need}")]
+    InsufficientFunds { need: Amount, have: Amount },
+    #[error("insufficient stake: stake {have} < {need}")]
+    InsufficientStake { need: Amount, have: Amount },
+    #[error("arithmetic overflow in {0}")]
+    Overflow(&'static str),
+    #[error("unknown lease {0}")]
+    UnknownLease(LeaseId),
+    #[error("lease {0} already exists")]
+    LeaseExists(LeaseId),
+    #[error("lease {0} is already settled")]
+    LeaseNotOpen(LeaseId),
+    #[error("sender is not a party to lease {0} allowed to do this")]
+    NotLeaseParty(LeaseId),
+    #[error("lease terms do not match: {0}")]
+    LeaseTerms(String),
+    #[error("lease request expired at {expired_at_ms:?} (block time {now_ms:?})")]
+    RequestExpired { expired_at_ms: TimestampMs, now_ms: TimestampMs },
+    #[error("not a registered provider")]
+    NotProvider,
+    #[error("provider is not active (jailed, tombstoned or under-staked)")]
+    ProviderNotActive,
+    #[error("provider is permanently jailed")]
+    Tombstoned,
+    #[error("provider is not jailed")]
+    NotJailed,
+    #[error("provider is jailed until height {until}")]
+    StillJailed { until: Height },
+    #[error("attestation signer is not a validator")]
+    NotValidator,
+    #[error("evidence is invalid: {0}")]
+    BadEvidence(String),
+    #[error("attestations hold {have} of {total} voting power; more than 2/3 is needed")]
+    InsufficientPower { have: u64, total: u64 },
+    #[error("this misbehaviour was already slashed")]
+    AlreadySlashed,
+
+    // --- block rules ---
+    #[error("block is for chain {found}, this is {expected}")]
+    WrongChain { expected: ChainId, found: ChainId },
+    #[error("block height {found}, expected {expected}")]
+    WrongHeight { expected: Height, found: Height },
+    #[error("block parent {found} is not the last block {expected}")]
+    WrongParent { expected: Hash, found: Hash },
+    #[error("block time {found:?} is not after the previous block time {previous:?}")]
+    TimeNotIncreasing { previous: TimestampMs, found: TimestampMs },
+    #[error("block has {count} transactions, limit {max}")]
+    TooManyTxs { count: usize, max: u64 },
+    #[error("block proposer is not a validator")]
+    ProposerNotValidator,
+    #[error("transaction root mismatch")]
+    TxRootMismatch,
+    #[error("state root mismatch: header {header}, computed {computed}")]
+    StateRootMismatch { header: Hash, computed: Hash },
+    #[error("transaction {index} ({kind}): {source}")]
+    InBlock { index: usize, kind: &'static str, source: Box<Error> },
+
+    // --- genesis and invariants ---
+    #[error("invalid genesis: {0}")]
+    Genesis(String),
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+
+    // --- storage ---
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("store is corrupt at height {height}: {reason}")]
+    Corrupt { height: Height, reason: String },
+    #[error("store belongs to another genesis (stored {stored}, given {given})")]
+    GenesisMismatch { stored: Hash, given: Hash },
+}
+
+impl From<sled::transaction::TransactionError<Error>> for Error {
+    fn from(e: sled::transaction::TransactionError<Error>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! What a block did, as a list of events: the node indexes them for queries
+//! and the CLI prints them. Events are outputs only; the state never reads them.
+
+use agora_protocol::{Address, Amount, Height, LeaseId};
+use serde::{Deserialize, Serialize};
+
+/// Why a lease's escrow was settled.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettleReason {
+    /// The provider reported the job finished.
+    Closed,
+    /// A party stopped it early.
+    Cancelled,
+    /// Its paid time ran out.
+    Expired,
+    /// Its provider was slashed and jailed.
+    ProviderSlashed,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlashReason {
+    Downtime { window_start: Height, window_end: Height },
+    Equivocation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Transferred { from: Address, to: Address, amount: Amount },
+    Staked { account: Address, amount: Amount },
+    UnbondingStarted { account: Address, amount: Amount, release_height: Height },
+    UnbondingReleased { account: Address, amount: Amount },
+    ProviderRegistered { provider: Address },
+    LeaseOpened { lease_id: LeaseId, buyer: Address, provider: Address, escrow: Amount },
+    LeaseSettled { lease_id: LeaseId, reason: SettleReason, paid: Amount, refunded: Amount },
+    Slashed { account: Address, burned: Amount, reason: SlashReason },
+    Jailed { provider: Address, until: Option<Height> },
+    Unjailed { provider: Address },
+}

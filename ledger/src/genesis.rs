@@ -1,0 +1,93 @@
+//! Genesis: the chain id, parameters, initial balances and stakes, and the
+//! initial validators. Its hash is the parent of block 1, binding every
+//! block to one genesis.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agora_protocol::{Address, Amount, ChainId, Hash, Height, TimestampMs};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::params::Params;
+use crate::state::{Account, State, StateData, Validator};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisAccount {
+    pub address: Address,
+    pub balance: Amount,
+    pub stake: Amount,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    pub chain_id: ChainId,
+    pub genesis_time_ms: TimestampMs,
+    pub params: Params,
+    pub accounts: Vec<GenesisAccount>,
+    /// Initial validators; each needs stake, which becomes its voting power.
+    pub validators: Vec<Address>,
+}
+
+impl Genesis {
+    /// The genesis identity, used as block 1's parent hash.
+    pub fn hash(&self) -> Hash {
+        // Plain owned data: canonical encoding cannot fail.
+        Hash::of_canonical(b"agora/genesis/1", self).unwrap_or(Hash::ZERO)
+    }
+
+    /// The state at height 0, after checking the genesis is coherent.
+    pub fn state(&self) -> Result<State, Error> {
+        self.chain_id.validate()?;
+        self.params.validate()?;
+        let mut accounts = BTreeMap::new();
+        let mut supply = Amount::ZERO;
+        let overflow = || Error::Genesis("total supply overflows u64".into());
+        for a in &self.accounts {
+            let acct = Account { balance: a.balance, stake: a.stake, unbonding: Amount::ZERO, nonce: 0 };
+            supply = supply.checked_add(a.balance).and_then(|s| s.checked_add(a.stake)).ok_or_else(overflow)?;
+            if acct.is_empty() {
+                continue;
+            }
+            if accounts.insert(a.address, acct).is_some() {
+                return Err(Error::Genesis(format!("account {} listed twice", a.address)));
+            }
+        }
+        let validators = self.validator_set(&accounts)?;
+        let data = StateData {
+            chain_id: self.chain_id.clone(),
+            params: self.params.clone(),
+            height: Height(0),
+            time_ms: self.genesis_time_ms,
+            supply,
+            burned: Amount::ZERO,
+            accounts,
+            providers: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_expiry: BTreeSet::new(),
+            unbonding: BTreeMap::new(),
+            slashed_windows: BTreeSet::new(),
+            slashed_equivocations: BTreeSet::new(),
+            validators,
+        };
+        Ok(State::from_data(data, self.hash()))
+    }
+
+    fn validator_set(&self, accounts: &BTreeMap<Address, Account>) -> Result<Vec<Validator>, Error> {
+        if self.validators.is_empty() || self.validators.len() as u64 > self.params.max_validators {
+            return Err(Error::Genesis(format!("needs 1 to {} validators", self.params.max_validators)));
+        }
+        let mut seen = BTreeSet::new();
+        let mut set = Vec::with_capacity(self.validators.len());
+        for v in &self.validators {
+            if !seen.insert(*v) {
+                return Err(Error::Genesis(format!("validator {v} listed twice")));
+            }
+            let stake = accounts.get(v).map(|a| a.stake).unwrap_or_default();
+            if stake.is_zero() {
+                return Err(Error::Genesis(format!("validator {v} has no stake")));
+            }
+            set.push(Validator { address: *v, power: stake.0 });
+        }
+        Ok(set)
+    }
+}

@@ -1,0 +1,121 @@
+//! The undo journal: every write to the state records what it replaced, so a
+//! rejected transaction or block is rolled back exactly, without cloning the
+//! state. All state writes in the crate go through the setters here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agora_protocol::{Address, Amount, Height, LeaseId, TimestampMs};
+
+use crate::state::{Account, Lease, Provider, State};
+
+/// One recorded write, holding the value it replaced.
+#[derive(Clone, Debug)]
+pub(crate) enum Undo {
+    Account(Address, Option<Account>),
+    Provider(Address, Option<Provider>),
+    Lease(LeaseId, Option<Lease>),
+    Expiry((TimestampMs, LeaseId), bool),
+    Unbonding((Height, Address), Option<Amount>),
+    SlashedWindow((Address, Height, Height), bool),
+    SlashedEquivocation((Address, u64), bool),
+    Burned(Amount),
+    Head(Height, TimestampMs),
+}
+
+/// A position in the journal to roll back to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Mark(usize);
+
+fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> Option<V>
+where
+    K: Clone,
+{
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    }
+}
+
+fn put_flag<K: Ord>(set: &mut BTreeSet<K>, key: K, present: bool) -> bool {
+    if present { !set.insert(key) } else { set.remove(&key) }
+}
+
+impl State {
+    /// The current journal position.
+    pub fn checkpoint(&self) -> Mark {
+        Mark(self.journal.len())
+    }
+
+    /// Undoes every write made since `mark`, newest first.
+    pub fn rollback(&mut self, mark: Mark) {
+        while self.journal.len() > mark.0 {
+            // The loop condition guarantees an entry.
+            let Some(undo) = self.journal.pop() else { break };
+            let d = &mut self.data;
+            match undo {
+                Undo::Account(k, v) => _ = put(&mut d.accounts, k, v),
+                Undo::Provider(k, v) => _ = put(&mut d.providers, k, v),
+                Undo::Lease(k, v) => _ = put(&mut d.leases, k, v),
+                Undo::Expiry(k, was) => _ = put_flag(&mut d.lease_expiry, k, was),
+                Undo::Unbonding(k, v) => _ = put(&mut d.unbonding, k, v),
+                Undo::SlashedWindow(k, was) => _ = put_flag(&mut d.slashed_windows, k, was),
+                Undo::SlashedEquivocation(k, was) => _ = put_flag(&mut d.slashed_equivocations, k, was),
+                Undo::Burned(v) => d.burned = v,
+                Undo::Head(h, t) => (d.height, d.time_ms) = (h, t),
+            }
+        }
+    }
+
+    /// Forgets the journal: what was written is now final.
+    pub fn commit_journal(&mut self) {
+        self.journal.clear();
+    }
+
+    pub(crate) fn set_account(&mut self, address: Address, account: Account) {
+        let value = (!account.is_empty()).then_some(account);
+        let old = put(&mut self.data.accounts, address, value);
+        self.journal.push(Undo::Account(address, old));
+    }
+
+    pub(crate) fn set_provider(&mut self, address: Address, provider: Provider) {
+        let old = put(&mut self.data.providers, address, Some(provider));
+        self.journal.push(Undo::Provider(address, old));
+    }
+
+    pub(crate) fn set_lease(&mut self, lease: Lease) {
+        let id = lease.id;
+        let old = put(&mut self.data.leases, id, Some(lease));
+        self.journal.push(Undo::Lease(id, old));
+    }
+
+    pub(crate) fn set_expiry(&mut self, key: (TimestampMs, LeaseId), present: bool) {
+        let was = put_flag(&mut self.data.lease_expiry, key, present);
+        self.journal.push(Undo::Expiry(key, was));
+    }
+
+    pub(crate) fn set_unbonding(&mut self, key: (Height, Address), amount: Amount) {
+        let value = (!amount.is_zero()).then_some(amount);
+        let old = put(&mut self.data.unbonding, key, value);
+        self.journal.push(Undo::Unbonding(key, old));
+    }
+
+    pub(crate) fn mark_window_slashed(&mut self, key: (Address, Height, Height)) {
+        let was = put_flag(&mut self.data.slashed_windows, key, true);
+        self.journal.push(Undo::SlashedWindow(key, was));
+    }
+
+    pub(crate) fn mark_equivocation_slashed(&mut self, key: (Address, u64)) {
+        let was = put_flag(&mut self.data.slashed_equivocations, key, true);
+        self.journal.push(Undo::SlashedEquivocation(key, was));
+    }
+
+    pub(crate) fn set_burned(&mut self, burned: Amount) {
+        self.journal.push(Undo::Burned(self.data.burned));
+        self.data.burned = burned;
+    }
+
+    pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs) {
+        self.journal.push(Undo::Head(self.data.height, self.data.time_ms));
+        (self.data.height, self.data.time_ms) = (height, time_ms);
+    }
+}

@@ -1,0 +1,134 @@
+//! Lease escrow: opening locks price × GPUs × duration from the buyer;
+//! closing or cancelling pays the provider pro-rata to elapsed block time and
+//! refunds the rest; expiry pays in full.
+
+use agora_protocol::{Address, LeaseAccept, LeaseId, LeaseRequest, Signed, TimestampMs};
+
+use crate::accounts::{credit, debit};
+use crate::error::Error;
+use crate::events::{Event, SettleReason};
+use crate::state::{Lease, LeaseStatus, State};
+
+/// Opens a lease from the buyer's signed request and the provider's
+/// countersignature. `sender` must be one of the two parties.
+pub(crate) fn open(
+    state: &mut State,
+    sender: Address,
+    request: &Signed<LeaseRequest>,
+    accept: &Signed<LeaseAccept>,
+) -> Result<Vec<Event>, Error> {
+    let chain = state.chain_id().clone();
+    request.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
+    accept.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
+    let (buyer, terms) = (request.signer, &request.body);
+    let id = request.lease_id()?;
+    if accept.signer != terms.provider {
+        return Err(Error::LeaseTerms("acceptance is not signed by the requested provider".into()));
+    }
+    if accept.body.lease_id != id {
+        return Err(Error::LeaseTerms("acceptance is for another lease".into()));
+    }
+    if sender != buyer && sender != terms.provider {
+        return Err(Error::NotLeaseParty(id));
+    }
+    if buyer == terms.provider {
+        return Err(Error::LeaseTerms("a provider cannot lease from itself".into()));
+    }
+    if accept.body.gpu_ids.len() != terms.gpus as usize {
+        return Err(Error::LeaseTerms(format!("{} GPU ids for {} GPUs", accept.body.gpu_ids.len(), terms.gpus)));
+    }
+    if state.lease(&id).is_some() {
+        return Err(Error::LeaseExists(id));
+    }
+    let now = state.time_ms();
+    if now > terms.expires_at_ms {
+        return Err(Error::RequestExpired { expired_at_ms: terms.expires_at_ms, now_ms: now });
+    }
+    if !state.is_active_provider(&terms.provider) {
+        return Err(Error::ProviderNotActive);
+    }
+    let escrow = terms.escrow().ok_or(Error::Overflow("escrow"))?;
+    let duration_ms = terms.duration_secs.checked_mul(1000).ok_or(Error::Overflow("duration"))?;
+    let end_ms = TimestampMs(now.0.checked_add(duration_ms).ok_or(Error::Overflow("lease end"))?);
+    debit(state, buyer, escrow)?;
+    state.set_lease(Lease {
+        id,
+        buyer,
+        provider: terms.provider,
+        gpu_model: terms.gpu_model.clone(),
+        gpus: terms.gpus,
+        gpu_ids: accept.body.gpu_ids.clone(),
+        price_per_gpu_hour: terms.price_per_gpu_hour,
+        escrow,
+        job_spec_hash: terms.job_spec_hash,
+        start_ms: now,
+        end_ms,
+        status: LeaseStatus::Open,
+    });
+    state.set_expiry((end_ms, id), true);
+    Ok(vec![Event::LeaseOpened { lease_id: id, buyer, provider: terms.provider, escrow }])
+}
+
+/// The provider reports the job ended.
+pub(crate) fn close(state: &mut State, sender: Address, id: LeaseId, exit_code: Option<i32>) -> Result<Vec<Event>, Error> {
+    let lease = open_lease(state, id)?;
+    if sender != lease.provider {
+        return Err(Error::NotLeaseParty(id));
+    }
+    Ok(vec![settle(state, id, SettleReason::Closed, exit_code)?])
+}
+
+/// Either party stops the lease early.
+pub(crate) fn cancel(state: &mut State, sender: Address, id: LeaseId) -> Result<Vec<Event>, Error> {
+    let lease = open_lease(state, id)?;
+    if sender != lease.buyer && sender != lease.provider {
+        return Err(Error::NotLeaseParty(id));
+    }
+    Ok(vec![settle(state, id, SettleReason::Cancelled, None)?])
+}
+
+fn open_lease(state: &State, id: LeaseId) -> Result<&Lease, Error> {
+    let lease = state.lease(&id).ok_or(Error::UnknownLease(id))?;
+    if lease.status != LeaseStatus::Open {
+        return Err(Error::LeaseNotOpen(id));
+    }
+    Ok(lease)
+}
+
+/// Pays the provider for the time served by the current block time (all of
+/// it once the lease has ended), refunds the rest to the buyer, and marks the
+/// lease settled.
+pub(crate) fn settle(state: &mut State, id: LeaseId, reason: SettleReason, exit_code: Option<i32>) -> Result<Event, Error> {
+    let mut lease = open_lease(state, id)?.clone();
+    let now = state.time_ms();
+    let duration = lease.end_ms.0.saturating_sub(lease.start_ms.0);
+    let elapsed = now.0.saturating_sub(lease.start_ms.0).min(duration);
+    let paid = if duration == 0 { lease.escrow } else { lease.escrow.mul_div_floor(elapsed, duration).ok_or(Error::Overflow("settlement"))? };
+    let refunded = lease.escrow.checked_sub(paid).ok_or(Error::Overflow("settlement"))?;
+    credit(state, lease.provider, paid)?;
+    credit(state, lease.buyer, refunded)?;
+    state.set_expiry((lease.end_ms, id), false);
+    lease.status = LeaseStatus::Settled { reason, paid, refunded, at_ms: now, exit_code };
+    state.set_lease(lease);
+    Ok(Event::LeaseSettled { lease_id: id, reason, paid, refunded })
+}
+
+/// Settles in full every open lease whose paid time ended by the current block time.
+pub(crate) fn expire_due(state: &mut State) -> Result<Vec<Event>, Error> {
+    let now = state.time_ms();
+    let due: Vec<LeaseId> =
+        state.data.lease_expiry.range(..=(now, LeaseId(agora_protocol::Hash([0xff; 32])))).map(|(_, id)| *id).collect();
+    due.into_iter().map(|id| settle(state, id, SettleReason::Expired, None)).collect()
+}
+
+/// Settles every open lease of a provider pro-rata (used when it is slashed).
+pub(crate) fn settle_all_of(state: &mut State, provider: Address, reason: SettleReason) -> Result<Vec<Event>, Error> {
+    let ids: Vec<LeaseId> = state
+        .data
+        .lease_expiry
+        .iter()
+        .filter(|(_, id)| state.lease(id).is_some_and(|l| l.provider == provider))
+        .map(|(_, id)| *id)
+        .collect();
+    ids.into_iter().map(|id| settle(state, id, reason, None)).collect()
+}

@@ -1,0 +1,65 @@
+//! Chain parameters, fixed at genesis. Every field is a rule all nodes must
+//! agree on, so they live in the state and are covered by the state root.
+
+use agora_protocol::Amount;
+use agora_protocol::limits::{MAX_TXS_PER_BLOCK, MAX_VALIDATORS};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Basis points in one whole (100%).
+pub const BPS_DENOMINATOR: u64 = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// Blocks between Unstake and the tokens returning to the balance.
+    pub unbonding_blocks: u64,
+    /// Stake a provider needs to register, advertise and take leases.
+    pub min_provider_stake: Amount,
+    /// Share of stake burned for proven downtime, in basis points.
+    pub downtime_slash_bps: u64,
+    /// Share of stake burned for equivocation, in basis points.
+    pub equivocation_slash_bps: u64,
+    /// Blocks a provider stays jailed after a downtime slash before it may unjail.
+    pub jail_blocks: u64,
+    /// Transactions one block may carry (≤ the protocol's hard limit).
+    pub max_txs_per_block: u64,
+    /// Blocks per validator-set epoch (used by consensus).
+    pub epoch_blocks: u64,
+    /// Largest validator set (used by consensus).
+    pub max_validators: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            unbonding_blocks: 100,
+            min_provider_stake: Amount::agr(100),
+            downtime_slash_bps: 100,
+            equivocation_slash_bps: 500,
+            jail_blocks: 50,
+            max_txs_per_block: MAX_TXS_PER_BLOCK as u64,
+            epoch_blocks: 100,
+            max_validators: 21,
+        }
+    }
+}
+
+impl Params {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: &str| Err(Error::Genesis(format!("params: {reason}")));
+        if self.downtime_slash_bps > BPS_DENOMINATOR || self.equivocation_slash_bps > BPS_DENOMINATOR {
+            return bad("slash fractions must be at most 10000 basis points");
+        }
+        if self.max_txs_per_block == 0 || self.max_txs_per_block > MAX_TXS_PER_BLOCK as u64 {
+            return bad("max_txs_per_block must be 1 to 5000");
+        }
+        if self.max_validators == 0 || self.max_validators > MAX_VALIDATORS as u64 {
+            return bad("max_validators must be 1 to 100");
+        }
+        if self.epoch_blocks == 0 {
+            return bad("epoch_blocks must be positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The ledger state: accounts, providers, leases, unbonding and slashing
+//! records. Reads are public; writes go through `journal` so a failed
+//! transaction or block can be undone exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use agora_protocol::{Address, Amount, ChainId, GpuSpec, Hash, Height, LeaseId, TimestampMs};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::events::SettleReason;
+use crate::journal::Undo;
+use crate::params::Params;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Spendable tokens.
+    pub balance: Amount,
+    /// Bonded tokens: the security behind a provider or validator.
+    pub stake: Amount,
+    /// Tokens on their way back from stake; the entries are in the unbonding queue.
+    pub unbonding: Amount,
+    /// The nonce the next transaction from this account must carry.
+    pub nonce: u64,
+}
+
+impl Account {
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Account::default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderStatus {
+    Active,
+    /// Slashed for downtime; may send Unjail from this height on.
+    Jailed { until: Height },
+    /// Slashed for equivocation; never comes back.
+    Tombstoned,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provider {
+    pub region: String,
+    pub gpus: Vec<GpuSpec>,
+    pub registered_at: Height,
+    pub status: ProviderStatus,
+    pub slashes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseStatus {
+    Open,
+    Settled { reason: SettleReason, paid: Amount, refunded: Amount, at_ms: TimestampMs, exit_code: Option<i32> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub buyer: Address,
+    pub provider: Address,
+    pub gpu_model: String,
+    pub gpus: u32,
+    pub gpu_ids: Vec<String>,
+    pub price_per_gpu_hour: Amount,
+    /// Locked from the buyer when the lease opened.
+    pub escrow: Amount,
+    pub job_spec_hash: Hash,
+    pub start_ms: TimestampMs,
+    pub end_ms: TimestampMs,
+    pub status: LeaseStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validator {
+    pub address: Address,
+    pub power: u64,
+}
+
+/// Everything the state root commits to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateData {
+    pub chain_id: ChainId,
+    pub params: Params,
+    pub height: Height,
+    pub time_ms: TimestampMs,
+    /// Tokens created at genesis; never changes.
+    pub supply: Amount,
+    pub burned: Amount,
+    pub accounts: BTreeMap<Address, Account>,
+    pub providers: BTreeMap<Address, Provider>,
+    pub leases: BTreeMap<LeaseId, Lease>,
+    /// Open leases by end time, so expiry is a range scan.
+    pub lease_expiry: BTreeSet<(TimestampMs, LeaseId)>,
+    /// Unbonding entries by release height.
+    pub unbonding: BTreeMap<(Height, Address), Amount>,
+    /// Downtime windows already slashed, per provider.
+    pub slashed_windows: BTreeSet<(Address, Height, Height)>,
+    /// Heartbeat sequence numbers already slashed for equivocation.
+    pub slashed_equivocations: BTreeSet<(Address, u64)>,
+    pub validators: Vec<Validator>,
+}
+
+/// The ledger state after some height. `last_block_hash` is outside the
+/// root (the root is inside that block's header).
+#[derive(Clone, Debug)]
+pub struct State {
+    pub(crate) data: StateData,
+    pub(crate) last_block_hash: Hash,
+    pub(crate) journal: Vec<Undo>,
+}
+
+impl PartialEq for State {
+    /// Two states are equal when everything committed is equal; the undo
+    /// journal is bookkeeping, not state.
+    fn eq(&self, other: &State) -> bool {
+        self.data == other.data && self.last_block_hash == other.last_block_hash
+    }
+}
+
+impl State {
+    pub(crate) fn from_data(data: StateData, last_block_hash: Hash) -> State {
+        State { data, last_block_hash, journal: Vec::new() }
+    }
+
+    pub fn chain_id(&self) -> &ChainId {
+        &self.data.chain_id
+    }
+    pub fn params(&self) -> &Params {
+        &self.data.params
+    }
+    pub fn height(&self) -> Height {
+        self.data.height
+    }
+    pub fn time_ms(&self) -> TimestampMs {
+        self.data.time_ms
+    }
+    pub fn last_block_hash(&self) -> Hash {
+        self.last_block_hash
+    }
+    pub fn supply(&self) -> Amount {
+        self.data.supply
+    }
+    pub fn burned(&self) -> Amount {
+        self.data.burned
+    }
+    /// An account; a never-seen address is an empty account with nonce 0.
+    pub fn account(&self, address: &Address) -> Account {
+        self.data.accounts.get(address).cloned().unwrap_or_default()
+    }
+    pub fn accounts(&self) -> impl Iterator<Item = (&Address, &Account)> {
+        self.data.accounts.iter()
+    }
+    pub fn provider(&self, address: &Address) -> Option<&Provider> {
+        self.data.providers.get(address)
+    }
+    pub fn providers(&self) -> impl Iterator<Item = (&Address, &Provider)> {
+        self.data.providers.iter()
+    }
+    pub fn lease(&self, id: &LeaseId) -> Option<&Lease> {
+        self.data.leases.get(id)
+    }
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.data.leases.values()
+    }
+    pub fn validators(&self) -> &[Validator] {
+        &self.data.validators
+    }
+    /// Unbonding entries as (release height, account, amount).
+    pub fn unbonding_entries(&self) -> impl Iterator<Item = (Height, Address, Amount)> + '_ {
+        self.data.unbonding.iter().map(|((h, a), amt)| (*h, *a, *amt))
+    }
+
+    /// Whether `address` is in the current validator set.
+    pub fn is_validator(&self, address: &Address) -> bool {
+        self.data.validators.iter().any(|v| v.address == *address)
+    }
+
+    /// A provider may advertise and take leases: registered, not jailed, staked enough.
+    pub fn is_active_provider(&self, address: &Address) -> bool {
+        self.provider(address).is_some_and(|p| p.status == ProviderStatus::Active)
+            && self.account(address).stake >= self.data.params.min_provider_stake
+    }
+
+    /// The deterministic commitment to the whole state: blake3 over its
+    /// canonical encoding, in which every map is sorted by key.
+    pub fn root(&self) -> Hash {
+        // Encoding plain owned data into a hasher cannot fail; the fallback
+        // keeps this total without a panic path.
+        Hash::of_canonical(b"agora/state/1", &self.data).unwrap_or(Hash::ZERO)
+    }
+
+    /// Checks the invariants every committed state must hold: the genesis
+    /// supply equals balances + stake + unbonding + open escrow + burned, and
+    /// each account's unbonding total equals its queue entries.
+    pub fn audit(&self) -> Result<(), Error> {
+        let mut total = u128::from(self.data.burned.0);
+        let mut unbonding_per_account: BTreeMap<Address, u128> = BTreeMap::new();
+        for ((_, addr), amount) in &self.data.unbonding {
+            *unbonding_per_account.entry(*addr).or_default() += u128::from(amount.0);
+        }
+        for (addr, acct) in &self.data.accounts {
+            total += u128::from(acct.balance.0) + u128::from(acct.stake.0) + u128::from(acct.unbonding.0);
+            let queued = unbonding_per_account.remove(addr).unwrap_or(0);
+            if queued != u128::from(acct.unbonding.0) {
+                return Err(Error::Invariant(format!("{addr}: unbonding {} but queue holds {queued}", acct.unbonding)));
+            }
+        }
+        if let Some((addr, _)) = unbonding_per_account.into_iter().next() {
+            return Err(Error::Invariant(format!("unbonding entry for unknown account {addr}")));
+        }
+        for lease in self.data.leases.values() {
+            let open = lease.status == LeaseStatus::Open;
+            if open {
+                total += u128::from(lease.escrow.0);
+            }
+            if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id)) {
+                return Err(Error::Invariant(format!("lease {} expiry index out of sync", lease.id)));
+            }
+        }
+        if total != u128::from(self.data.supply.0) {
+            return Err(Error::Invariant(format!("supply {} but holdings sum to {total} micro-AGR", self.data.supply)));
+        }
+        Ok(())
+    }
+}

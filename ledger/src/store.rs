@@ -1,0 +1,215 @@
+//! The durable block store and state store on sled: the only ledger module
+//! that does I/O. A commit writes the block, the new tip and (every
+//! `SNAPSHOT_INTERVAL_BLOCKS`) a state snapshot in one sled transaction and
+//! flushes before returning. Opening verifies the whole hash chain, loads the
+//! newest snapshot and replays the blocks after it; any inconsistency is an
+//! error naming the height.
+
+use std::path::Path;
+
+use agora_protocol::codec::{self, Wire};
+use agora_protocol::limits::MAX_STATE_SNAPSHOT_BYTES;
+use agora_protocol::{Block, Hash, Height};
+use sled::transaction::ConflictableTransactionError;
+use sled::{Transactional, Tree};
+
+use crate::apply::{BlockOutcome, SigCheck, apply_block, apply_block_pending, finish_block};
+use crate::error::Error;
+use crate::genesis::Genesis;
+use crate::state::{State, StateData};
+
+/// Blocks between state snapshots. Opening replays at most this many blocks;
+/// a smaller interval costs a full state encoding more often.
+pub const SNAPSHOT_INTERVAL_BLOCKS: u64 = 32;
+
+const META_GENESIS: &[u8] = b"genesis_hash";
+const META_TIP: &[u8] = b"tip_height";
+
+impl Wire for StateData {
+    const NAME: &'static str = "state snapshot";
+    const VERSION: u8 = 1;
+    const MAX_BYTES: usize = MAX_STATE_SNAPSHOT_BYTES;
+}
+
+/// An open ledger database: committed blocks plus the state at the tip.
+pub struct Store {
+    db: sled::Db,
+    meta: Tree,
+    blocks: Tree,
+    snapshots: Tree,
+    genesis: Genesis,
+    state: State,
+    snapshot_height: Option<Height>,
+}
+
+fn key(h: Height) -> [u8; 8] {
+    h.0.to_be_bytes()
+}
+
+fn corrupt(height: Height, reason: impl Into<String>) -> Error {
+    Error::Corrupt { height, reason: reason.into() }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` for `genesis`, verifying the
+    /// hash chain and rebuilding the state at the last committed block.
+    pub fn open(path: &Path, genesis: &Genesis) -> Result<Store, Error> {
+        let db = sled::Config::new().path(path).open()?;
+        let (meta, blocks, snapshots) = (db.open_tree("meta")?, db.open_tree("blocks")?, db.open_tree("snapshots")?);
+        let genesis_hash = genesis.hash();
+        match meta.get(META_GENESIS)? {
+            Some(stored) if stored.as_ref() != genesis_hash.0 => {
+                let stored = Hash(stored.as_ref().try_into().map_err(|_| corrupt(Height(0), "bad genesis hash"))?);
+                return Err(Error::GenesisMismatch { stored, given: genesis_hash });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_GENESIS, &genesis_hash.0)?;
+                db.flush()?;
+            }
+        }
+        let mut store = Store { db, meta, blocks, snapshots, genesis: genesis.clone(), state: genesis.state()?, snapshot_height: None };
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn tip_height(&self) -> Result<Height, Error> {
+        match self.meta.get(META_TIP)? {
+            None => Ok(Height(0)),
+            Some(v) => {
+                let raw: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt(Height(0), "tip record is not 8 bytes"))?;
+                Ok(Height(u64::from_be_bytes(raw)))
+            }
+        }
+    }
+
+    /// Verifies the chain up to the recorded tip and rebuilds the state.
+    fn recover(&mut self) -> Result<(), Error> {
+        let tip = self.tip_height()?;
+        let headers = self.verify_chain(tip)?;
+        if let Some(entry) = self.snapshots.last()? {
+            let raw: [u8; 8] = entry.0.as_ref().try_into().map_err(|_| corrupt(tip, "bad snapshot key"))?;
+            let at = Height(u64::from_be_bytes(raw));
+            if at.0 > tip.0 || at.0 == 0 {
+                return Err(corrupt(at, format!("snapshot beyond the tip {tip}")));
+            }
+            let data: StateData = codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
+            let (hash, root) = headers[at.0 as usize - 1];
+            let state = State::from_data(data, hash);
+            if state.root() != root || state.height() != at {
+                return Err(corrupt(at, "snapshot does not match the block's state root"));
+            }
+            self.state = state;
+            self.snapshot_height = Some(at);
+        }
+        for h in self.state.height().0 + 1..=tip.0 {
+            let block = self.read_block(Height(h))?;
+            apply_block(&mut self.state, &block, SigCheck::Skip).map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Reads blocks 1..=tip and checks heights, chain id and parent links.
+    /// Returns each block's (hash, state root).
+    fn verify_chain(&self, tip: Height) -> Result<Vec<(Hash, Hash)>, Error> {
+        let mut out = Vec::with_capacity(tip.0 as usize);
+        let mut parent = self.genesis.hash();
+        for h in 1..=tip.0 {
+            let block = self.read_block(Height(h))?;
+            let header = &block.header;
+            if header.height != Height(h) || header.chain_id != self.genesis.chain_id {
+                return Err(corrupt(Height(h), "block header names another height or chain"));
+            }
+            if header.parent_hash != parent {
+                return Err(corrupt(Height(h), "parent hash does not match the previous block"));
+            }
+            parent = block.hash();
+            out.push((parent, header.state_root));
+        }
+        if self.blocks.get(key(tip.next()))?.is_some() {
+            return Err(corrupt(tip.next(), "block stored beyond the recorded tip"));
+        }
+        Ok(out)
+    }
+
+    fn read_block(&self, h: Height) -> Result<Block, Error> {
+        let bytes = self.blocks.get(key(h))?.ok_or_else(|| corrupt(h, "block missing"))?;
+        codec::decode(&bytes).map_err(|e| corrupt(h, e.to_string()))
+    }
+
+    /// Applies `block` (verifying signatures) and persists it atomically,
+    /// flushed to disk before returning. On any error nothing is committed and
+    /// the in-memory state is unchanged.
+    pub fn commit(&mut self, block: &Block) -> Result<BlockOutcome, Error> {
+        let mark = self.state.checkpoint();
+        let result = apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
+            self.persist(block)?;
+            Ok(outcome)
+        });
+        match result {
+            Ok(outcome) => {
+                finish_block(&mut self.state, block);
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.state.rollback(mark);
+                Err(e)
+            }
+        }
+    }
+
+    fn persist(&mut self, block: &Block) -> Result<(), Error> {
+        let height = block.header.height;
+        let block_bytes = codec::encode(block)?;
+        let snapshot = if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
+        let previous = self.snapshot_height;
+        (&self.meta, &self.blocks, &self.snapshots).transaction(|(meta, blocks, snapshots)| {
+            blocks.insert(&key(height), block_bytes.as_slice())?;
+            meta.insert(META_TIP, &key(height))?;
+            if let Some(snap) = &snapshot {
+                snapshots.insert(&key(height), snap.as_slice())?;
+                if let Some(prev) = previous {
+                    snapshots.remove(&key(prev))?;
+                }
+            }
+            Ok::<(), ConflictableTransactionError<Error>>(())
+        })?;
+        self.db.flush()?;
+        if snapshot.is_some() {
+            self.snapshot_height = Some(height);
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn height(&self) -> Height {
+        self.state.height()
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// A committed block, if that height exists.
+    pub fn block(&self, h: Height) -> Result<Option<Block>, Error> {
+        if h.0 == 0 || h > self.height() {
+            return Ok(None);
+        }
+        self.read_block(h).map(Some)
+    }
+
+    /// Rebuilds the state from genesis by replaying every stored block,
+    /// ignoring snapshots; returns its root. A slow, independent check that
+    /// the snapshot path and the replay path agree.
+    pub fn replay_from_genesis(&self) -> Result<Hash, Error> {
+        let mut state = self.genesis.state()?;
+        for h in 1..=self.height().0 {
+            let block = self.read_block(Height(h))?;
+            apply_block(&mut state, &block, SigCheck::Skip).map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
+        }
+        Ok(state.root())
+    }
+}

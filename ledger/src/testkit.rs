@@ -1,0 +1,82 @@
+//! Fixtures shared by the ledger's tests, benchmarks and crash-test writer:
+//! deterministic keys, a genesis, signed transactions and block building.
+//! Never used on a real network: the keys derive from public names.
+
+use agora_protocol::{
+    Address, Amount, Block, ChainId, Keypair, SignedTx, Signed, TimestampMs, Transaction, TxKind,
+};
+
+use crate::apply::build_block;
+use crate::error::Error;
+use crate::genesis::{Genesis, GenesisAccount};
+use crate::params::Params;
+use crate::state::State;
+
+/// Milliseconds between consecutive test blocks.
+pub const BLOCK_INTERVAL_MS: u64 = 1_000;
+/// Genesis time of test chains: 2026-01-01T00:00:00Z.
+pub const GENESIS_TIME_MS: u64 = 1_767_225_600_000;
+
+/// A test network: `n` funded accounts, the first `validators` of them staked validators.
+#[derive(Clone, Debug)]
+pub struct TestChain {
+    pub keys: Vec<Keypair>,
+    pub genesis: Genesis,
+}
+
+impl TestChain {
+    pub fn new(accounts: usize, validators: usize, balance: Amount) -> TestChain {
+        let keys: Vec<Keypair> = (0..accounts).map(|i| Keypair::from_seed_phrase(&format!("agora-test-account-{i}"))).collect();
+        let genesis = Genesis {
+            chain_id: chain_id(),
+            genesis_time_ms: TimestampMs(GENESIS_TIME_MS),
+            params: Params::default(),
+            accounts: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| GenesisAccount {
+                    address: k.address(),
+                    balance,
+                    stake: if i < validators { Amount::agr(1_000) } else { Amount::ZERO },
+                })
+                .collect(),
+            validators: keys.iter().take(validators).map(Keypair::address).collect(),
+        };
+        TestChain { keys, genesis }
+    }
+
+    pub fn state(&self) -> State {
+        // The fixture genesis is valid by construction.
+        self.genesis.state().expect("test genesis is valid")
+    }
+
+    pub fn address(&self, i: usize) -> Address {
+        self.keys[i].address()
+    }
+
+    /// Builds the next block on `state` from `txs`, proposed by validator 0,
+    /// one block interval after the current block time. Rejected candidates
+    /// are left out.
+    pub fn next_block(&self, state: &mut State, txs: Vec<SignedTx>) -> Result<Block, Error> {
+        let time = TimestampMs(state.time_ms().0 + BLOCK_INTERVAL_MS);
+        let (block, _rejected) = build_block(state, txs, time, self.address(0), None)?;
+        Ok(block)
+    }
+}
+
+/// The chain id of every test chain.
+pub fn chain_id() -> ChainId {
+    // A constant valid id.
+    ChainId::new("agora-test-1").expect("valid chain id")
+}
+
+/// Signs a transaction for the test chain.
+pub fn sign_tx(key: &Keypair, nonce: u64, kind: TxKind) -> SignedTx {
+    // Signing plain in-memory data cannot fail.
+    Signed::sign(Transaction { nonce, kind }, key, &chain_id()).expect("signing succeeds")
+}
+
+/// A signed transfer.
+pub fn transfer(key: &Keypair, nonce: u64, to: Address, amount: Amount) -> SignedTx {
+    sign_tx(key, nonce, TxKind::Transfer { to, amount })
+}
