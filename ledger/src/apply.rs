@@ -8,6 +8,7 @@ use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, Height, Si
 
 use crate::accounts;
 use crate::error::Error;
+use crate::journal::Mark;
 use crate::events::Event;
 use crate::lease;
 use crate::provider;
@@ -178,43 +179,78 @@ pub fn build_block(
     proposer: Address,
     last_commit: Option<CommitCertificate>,
 ) -> Result<(Block, Vec<(SignedTx, Error)>), Error> {
-    let mark = state.checkpoint();
-    let result = build_inner(state, candidates, time_ms, proposer, last_commit);
-    state.rollback(mark);
-    result
-}
-
-fn build_inner(
-    state: &mut State,
-    candidates: Vec<SignedTx>,
-    time_ms: TimestampMs,
-    proposer: Address,
-    last_commit: Option<CommitCertificate>,
-) -> Result<(Block, Vec<(SignedTx, Error)>), Error> {
-    let height = state.height().next();
-    let mut header = Header {
-        chain_id: state.chain_id().clone(),
-        height,
-        time_ms,
-        parent_hash: state.last_block_hash(),
-        tx_root: Hash::ZERO,
-        state_root: Hash::ZERO,
-        proposer,
-    };
-    check_header(state, &header, 0)?;
-    begin_block(state, height, time_ms)?;
-    let limit = state.params().max_txs_per_block as usize;
-    let (mut txs, mut rejected) = (Vec::new(), Vec::new());
+    let mut builder = BlockBuilder::new(state, time_ms, proposer)?;
+    let mut rejected = Vec::new();
     for tx in candidates {
-        if txs.len() >= limit {
+        if builder.is_full() {
             break;
         }
-        match apply_tx(state, &tx, SigCheck::Verify) {
-            Ok(_) => txs.push(tx),
-            Err(e) => rejected.push((tx, e)),
+        if let Err(e) = builder.push(tx.clone()) {
+            rejected.push((tx, e));
         }
     }
-    header.tx_root = tx_root(&txs)?;
-    header.state_root = state.root();
-    Ok((Block { header, txs, last_commit }, rejected))
+    Ok((builder.finish(last_commit)?, rejected))
+}
+
+/// Assembles the next block on top of a state, one transaction at a time.
+/// Everything it applies is rolled back when it is finished or dropped: the
+/// block is committed later, through `apply_block`, like any other.
+pub struct BlockBuilder<'a> {
+    state: &'a mut State,
+    mark: Mark,
+    header: Header,
+    txs: Vec<SignedTx>,
+}
+
+impl<'a> BlockBuilder<'a> {
+    /// Starts the block after the state's tip at `time_ms`, proposed by `proposer`.
+    pub fn new(state: &'a mut State, time_ms: TimestampMs, proposer: Address) -> Result<BlockBuilder<'a>, Error> {
+        let header = Header {
+            chain_id: state.chain_id().clone(),
+            height: state.height().next(),
+            time_ms,
+            parent_hash: state.last_block_hash(),
+            tx_root: Hash::ZERO,
+            state_root: Hash::ZERO,
+            proposer,
+        };
+        check_header(state, &header, 0)?;
+        let mark = state.checkpoint();
+        begin_block(state, header.height, time_ms).inspect_err(|_| state.rollback(mark))?;
+        Ok(BlockBuilder { state, mark, header, txs: Vec::new() })
+    }
+
+    /// Whether the block holds the most transactions the parameters allow.
+    pub fn is_full(&self) -> bool {
+        self.txs.len() as u64 >= self.state.params().max_txs_per_block
+    }
+
+    /// Adds a transaction if it applies; on error the state is unchanged.
+    pub fn push(&mut self, tx: SignedTx) -> Result<Vec<Event>, Error> {
+        if self.is_full() {
+            return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
+        }
+        let events = apply_tx(self.state, &tx, SigCheck::Verify)?;
+        self.txs.push(tx);
+        Ok(events)
+    }
+
+    /// The state with the block's transactions so far applied.
+    pub fn state(&self) -> &State {
+        self.state
+    }
+
+    /// Seals the block: transaction root, post-state root, certificate.
+    pub fn finish(mut self, last_commit: Option<CommitCertificate>) -> Result<Block, Error> {
+        self.header.tx_root = tx_root(&self.txs)?;
+        self.header.state_root = self.state.root();
+        let txs = std::mem::take(&mut self.txs);
+        Ok(Block { header: self.header.clone(), txs, last_commit })
+    }
+}
+
+impl Drop for BlockBuilder<'_> {
+    fn drop(&mut self) {
+        self.state.rollback(self.mark);
+    }
 }

@@ -18,7 +18,7 @@ pub mod store;
 pub mod testkit;
 
 pub use journal::Mark;
-pub use apply::{BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
+pub use apply::{BlockBuilder, BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
 pub use error::Error;
 pub use events::{Event, SettleReason, SlashReason};
 pub use genesis::{Genesis, GenesisAccount};
