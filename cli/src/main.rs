@@ -1,1 +1,67 @@
-fn main() {}
+//! The `agora` binary: one program for GPU providers (the node daemon, in
+//! later issues), buyers (keys, offers, jobs) and local testnets. Errors are
+//! one line on stderr and a non-zero exit code; every query has `--json`.
+
+mod keys;
+mod testnet;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "Peer-to-peer marketplace for GPU compute",
+    propagate_version = true
+)]
+struct Cli {
+    /// Home directory for keys, configuration and data [env: AGORA_HOME] [default: ~/.agora]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, show and list account keys
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Run local agora networks
+    #[command(subcommand)]
+    Testnet(testnet::TestnetCommand),
+}
+
+/// `--home`, else `$AGORA_HOME`, else `~/.agora`.
+fn home_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag.or_else(|| std::env::var_os("AGORA_HOME").map(PathBuf::from)) {
+        return Ok(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow::anyhow!("HOME is not set; pass --home DIR"))?;
+    Ok(PathBuf::from(home).join(".agora"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = home_dir(cli.home).and_then(|home| match cli.command {
+        Command::Keys(cmd) => keys::run(&home, cmd),
+        Command::Testnet(cmd) => testnet::run(cmd),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

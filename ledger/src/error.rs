@@ -29,7 +29,10 @@ pub enum Error {
     #[error("lease terms do not match: {0}")]
     LeaseTerms(String),
     #[error("lease request expired at {expired_at_ms:?} (block time {now_ms:?})")]
-    RequestExpired { expired_at_ms: TimestampMs, now_ms: TimestampMs },
+    RequestExpired {
+        expired_at_ms: TimestampMs,
+        now_ms: TimestampMs,
+    },
     #[error("not a registered provider")]
     NotProvider,
     #[error("provider is not active (jailed, tombstoned or under-staked)")]
@@ -57,7 +60,10 @@ pub enum Error {
     #[error("block parent {found} is not the last block {expected}")]
     WrongParent { expected: Hash, found: Hash },
     #[error("block time {found:?} is not after the previous block time {previous:?}")]
-    TimeNotIncreasing { previous: TimestampMs, found: TimestampMs },
+    TimeNotIncreasing {
+        previous: TimestampMs,
+        found: TimestampMs,
+    },
     #[error("block has {count} transactions, limit {max}")]
     TooManyTxs { count: usize, max: u64 },
     #[error("block proposer is not a validator")]
@@ -67,7 +73,11 @@ pub enum Error {
     #[error("state root mismatch: header {header}, computed {computed}")]
     StateRootMismatch { header: Hash, computed: Hash },
     #[error("transaction {index} ({kind}): {source}")]
-    InBlock { index: usize, kind: &'static str, source: Box<Error> },
+    InBlock {
+        index: usize,
+        kind: &'static str,
+        source: Box<Error>,
+    },
 
     // --- genesis and invariants ---
     #[error("invalid genesis: {0}")]

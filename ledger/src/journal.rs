@@ -37,7 +37,11 @@ where
 }
 
 fn put_flag<K: Ord>(set: &mut BTreeSet<K>, key: K, present: bool) -> bool {
-    if present { !set.insert(key) } else { set.remove(&key) }
+    if present {
+        !set.insert(key)
+    } else {
+        set.remove(&key)
+    }
 }
 
 impl State {
@@ -50,7 +54,9 @@ impl State {
     pub fn rollback(&mut self, mark: Mark) {
         while self.journal.len() > mark.0 {
             // The loop condition guarantees an entry.
-            let Some(undo) = self.journal.pop() else { break };
+            let Some(undo) = self.journal.pop() else {
+                break;
+            };
             let d = &mut self.data;
             match undo {
                 Undo::Account(k, v) => _ = put(&mut d.accounts, k, v),
@@ -59,7 +65,9 @@ impl State {
                 Undo::Expiry(k, was) => _ = put_flag(&mut d.lease_expiry, k, was),
                 Undo::Unbonding(k, v) => _ = put(&mut d.unbonding, k, v),
                 Undo::SlashedWindow(k, was) => _ = put_flag(&mut d.slashed_windows, k, was),
-                Undo::SlashedEquivocation(k, was) => _ = put_flag(&mut d.slashed_equivocations, k, was),
+                Undo::SlashedEquivocation(k, was) => {
+                    _ = put_flag(&mut d.slashed_equivocations, k, was)
+                }
                 Undo::Burned(v) => d.burned = v,
                 Undo::Head(h, t) => (d.height, d.time_ms) = (h, t),
             }
@@ -115,7 +123,8 @@ impl State {
     }
 
     pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs) {
-        self.journal.push(Undo::Head(self.data.height, self.data.time_ms));
+        self.journal
+            .push(Undo::Head(self.data.height, self.data.time_ms));
         (self.data.height, self.data.time_ms) = (height, time_ms);
     }
 }

@@ -18,12 +18,18 @@ pub(crate) fn open(
     accept: &Signed<LeaseAccept>,
 ) -> Result<Vec<Event>, Error> {
     let chain = state.chain_id().clone();
-    request.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
-    accept.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
+    request
+        .verify(&chain)
+        .map_err(|e| Error::BadSignature(e.to_string()))?;
+    accept
+        .verify(&chain)
+        .map_err(|e| Error::BadSignature(e.to_string()))?;
     let (buyer, terms) = (request.signer, &request.body);
     let id = request.lease_id()?;
     if accept.signer != terms.provider {
-        return Err(Error::LeaseTerms("acceptance is not signed by the requested provider".into()));
+        return Err(Error::LeaseTerms(
+            "acceptance is not signed by the requested provider".into(),
+        ));
     }
     if accept.body.lease_id != id {
         return Err(Error::LeaseTerms("acceptance is for another lease".into()));
@@ -32,24 +38,40 @@ pub(crate) fn open(
         return Err(Error::NotLeaseParty(id));
     }
     if buyer == terms.provider {
-        return Err(Error::LeaseTerms("a provider cannot lease from itself".into()));
+        return Err(Error::LeaseTerms(
+            "a provider cannot lease from itself".into(),
+        ));
     }
     if accept.body.gpu_ids.len() != terms.gpus as usize {
-        return Err(Error::LeaseTerms(format!("{} GPU ids for {} GPUs", accept.body.gpu_ids.len(), terms.gpus)));
+        return Err(Error::LeaseTerms(format!(
+            "{} GPU ids for {} GPUs",
+            accept.body.gpu_ids.len(),
+            terms.gpus
+        )));
     }
     if state.lease(&id).is_some() {
         return Err(Error::LeaseExists(id));
     }
     let now = state.time_ms();
     if now > terms.expires_at_ms {
-        return Err(Error::RequestExpired { expired_at_ms: terms.expires_at_ms, now_ms: now });
+        return Err(Error::RequestExpired {
+            expired_at_ms: terms.expires_at_ms,
+            now_ms: now,
+        });
     }
     if !state.is_active_provider(&terms.provider) {
         return Err(Error::ProviderNotActive);
     }
     let escrow = terms.escrow().ok_or(Error::Overflow("escrow"))?;
-    let duration_ms = terms.duration_secs.checked_mul(1000).ok_or(Error::Overflow("duration"))?;
-    let end_ms = TimestampMs(now.0.checked_add(duration_ms).ok_or(Error::Overflow("lease end"))?);
+    let duration_ms = terms
+        .duration_secs
+        .checked_mul(1000)
+        .ok_or(Error::Overflow("duration"))?;
+    let end_ms = TimestampMs(
+        now.0
+            .checked_add(duration_ms)
+            .ok_or(Error::Overflow("lease end"))?,
+    );
     debit(state, buyer, escrow)?;
     state.set_lease(Lease {
         id,
@@ -66,11 +88,21 @@ pub(crate) fn open(
         status: LeaseStatus::Open,
     });
     state.set_expiry((end_ms, id), true);
-    Ok(vec![Event::LeaseOpened { lease_id: id, buyer, provider: terms.provider, escrow }])
+    Ok(vec![Event::LeaseOpened {
+        lease_id: id,
+        buyer,
+        provider: terms.provider,
+        escrow,
+    }])
 }
 
 /// The provider reports the job ended.
-pub(crate) fn close(state: &mut State, sender: Address, id: LeaseId, exit_code: Option<i32>) -> Result<Vec<Event>, Error> {
+pub(crate) fn close(
+    state: &mut State,
+    sender: Address,
+    id: LeaseId,
+    exit_code: Option<i32>,
+) -> Result<Vec<Event>, Error> {
     let lease = open_lease(state, id)?;
     if sender != lease.provider {
         return Err(Error::NotLeaseParty(id));
@@ -98,31 +130,67 @@ fn open_lease(state: &State, id: LeaseId) -> Result<&Lease, Error> {
 /// Pays the provider for the time served by the current block time (all of
 /// it once the lease has ended), refunds the rest to the buyer, and marks the
 /// lease settled.
-pub(crate) fn settle(state: &mut State, id: LeaseId, reason: SettleReason, exit_code: Option<i32>) -> Result<Event, Error> {
+pub(crate) fn settle(
+    state: &mut State,
+    id: LeaseId,
+    reason: SettleReason,
+    exit_code: Option<i32>,
+) -> Result<Event, Error> {
     let mut lease = open_lease(state, id)?.clone();
     let now = state.time_ms();
     let duration = lease.end_ms.0.saturating_sub(lease.start_ms.0);
     let elapsed = now.0.saturating_sub(lease.start_ms.0).min(duration);
-    let paid = if duration == 0 { lease.escrow } else { lease.escrow.mul_div_floor(elapsed, duration).ok_or(Error::Overflow("settlement"))? };
-    let refunded = lease.escrow.checked_sub(paid).ok_or(Error::Overflow("settlement"))?;
+    let paid = if duration == 0 {
+        lease.escrow
+    } else {
+        lease
+            .escrow
+            .mul_div_floor(elapsed, duration)
+            .ok_or(Error::Overflow("settlement"))?
+    };
+    let refunded = lease
+        .escrow
+        .checked_sub(paid)
+        .ok_or(Error::Overflow("settlement"))?;
     credit(state, lease.provider, paid)?;
     credit(state, lease.buyer, refunded)?;
     state.set_expiry((lease.end_ms, id), false);
-    lease.status = LeaseStatus::Settled { reason, paid, refunded, at_ms: now, exit_code };
+    lease.status = LeaseStatus::Settled {
+        reason,
+        paid,
+        refunded,
+        at_ms: now,
+        exit_code,
+    };
     state.set_lease(lease);
-    Ok(Event::LeaseSettled { lease_id: id, reason, paid, refunded })
+    Ok(Event::LeaseSettled {
+        lease_id: id,
+        reason,
+        paid,
+        refunded,
+    })
 }
 
 /// Settles in full every open lease whose paid time ended by the current block time.
 pub(crate) fn expire_due(state: &mut State) -> Result<Vec<Event>, Error> {
     let now = state.time_ms();
-    let due: Vec<LeaseId> =
-        state.data.lease_expiry.range(..=(now, LeaseId(agora_protocol::Hash([0xff; 32])))).map(|(_, id)| *id).collect();
-    due.into_iter().map(|id| settle(state, id, SettleReason::Expired, None)).collect()
+    let due: Vec<LeaseId> = state
+        .data
+        .lease_expiry
+        .range(..=(now, LeaseId(agora_protocol::Hash([0xff; 32]))))
+        .map(|(_, id)| *id)
+        .collect();
+    due.into_iter()
+        .map(|id| settle(state, id, SettleReason::Expired, None))
+        .collect()
 }
 
 /// Settles every open lease of a provider pro-rata (used when it is slashed).
-pub(crate) fn settle_all_of(state: &mut State, provider: Address, reason: SettleReason) -> Result<Vec<Event>, Error> {
+pub(crate) fn settle_all_of(
+    state: &mut State,
+    provider: Address,
+    reason: SettleReason,
+) -> Result<Vec<Event>, Error> {
     let ids: Vec<LeaseId> = state
         .data
         .lease_expiry
@@ -130,5 +198,7 @@ pub(crate) fn settle_all_of(state: &mut State, provider: Address, reason: Settle
         .filter(|(_, id)| state.lease(id).is_some_and(|l| l.provider == provider))
         .map(|(_, id)| *id)
         .collect();
-    ids.into_iter().map(|id| settle(state, id, reason, None)).collect()
+    ids.into_iter()
+        .map(|id| settle(state, id, reason, None))
+        .collect()
 }

@@ -17,11 +17,11 @@ pub mod state;
 pub mod store;
 pub mod testkit;
 
-pub use journal::Mark;
 pub use apply::{BlockBuilder, BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
 pub use error::Error;
 pub use events::{Event, SettleReason, SlashReason};
 pub use genesis::{Genesis, GenesisAccount};
+pub use journal::Mark;
 pub use params::Params;
 pub use state::{Account, Lease, LeaseStatus, Provider, ProviderStatus, State, Validator};
 pub use store::Store;

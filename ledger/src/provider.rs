@@ -8,7 +8,12 @@ use crate::state::{Provider, ProviderStatus, State};
 
 /// Registers a provider or updates its metadata. Needs the minimum stake;
 /// a tombstoned provider can never register again.
-pub(crate) fn register(state: &mut State, address: Address, region: &str, gpus: &[GpuSpec]) -> Result<Vec<Event>, Error> {
+pub(crate) fn register(
+    state: &mut State,
+    address: Address,
+    region: &str,
+    gpus: &[GpuSpec],
+) -> Result<Vec<Event>, Error> {
     let need = state.params().min_provider_stake;
     let have = state.account(&address).stake;
     if have < need {
@@ -16,7 +21,11 @@ pub(crate) fn register(state: &mut State, address: Address, region: &str, gpus: 
     }
     let provider = match state.provider(&address) {
         Some(p) if p.status == ProviderStatus::Tombstoned => return Err(Error::Tombstoned),
-        Some(p) => Provider { region: region.to_string(), gpus: gpus.to_vec(), ..p.clone() },
+        Some(p) => Provider {
+            region: region.to_string(),
+            gpus: gpus.to_vec(),
+            ..p.clone()
+        },
         None => Provider {
             region: region.to_string(),
             gpus: gpus.to_vec(),
@@ -30,11 +39,20 @@ pub(crate) fn register(state: &mut State, address: Address, region: &str, gpus: 
 }
 
 /// Jails a provider (until `until`, or forever with `None`) and counts the slash.
-pub(crate) fn jail(state: &mut State, address: Address, until: Option<Height>) -> Result<Event, Error> {
-    let mut p = state.provider(&address).cloned().ok_or(Error::NotProvider)?;
+pub(crate) fn jail(
+    state: &mut State,
+    address: Address,
+    until: Option<Height>,
+) -> Result<Event, Error> {
+    let mut p = state
+        .provider(&address)
+        .cloned()
+        .ok_or(Error::NotProvider)?;
     p.status = match (until, &p.status) {
         (None, _) | (_, ProviderStatus::Tombstoned) => ProviderStatus::Tombstoned,
-        (Some(u), ProviderStatus::Jailed { until: old }) => ProviderStatus::Jailed { until: u.max(*old) },
+        (Some(u), ProviderStatus::Jailed { until: old }) => {
+            ProviderStatus::Jailed { until: u.max(*old) }
+        }
         (Some(u), ProviderStatus::Active) => ProviderStatus::Jailed { until: u },
     };
     p.slashes = p.slashes.saturating_add(1);
@@ -43,16 +61,24 @@ pub(crate) fn jail(state: &mut State, address: Address, until: Option<Height>) -
         _ => None,
     };
     state.set_provider(address, p);
-    Ok(Event::Jailed { provider: address, until })
+    Ok(Event::Jailed {
+        provider: address,
+        until,
+    })
 }
 
 /// A jailed provider returns once its jail period is over and it is staked again.
 pub(crate) fn unjail(state: &mut State, address: Address) -> Result<Vec<Event>, Error> {
-    let mut p = state.provider(&address).cloned().ok_or(Error::NotProvider)?;
+    let mut p = state
+        .provider(&address)
+        .cloned()
+        .ok_or(Error::NotProvider)?;
     match p.status {
         ProviderStatus::Active => return Err(Error::NotJailed),
         ProviderStatus::Tombstoned => return Err(Error::Tombstoned),
-        ProviderStatus::Jailed { until } if state.height() < until => return Err(Error::StillJailed { until }),
+        ProviderStatus::Jailed { until } if state.height() < until => {
+            return Err(Error::StillJailed { until });
+        }
         ProviderStatus::Jailed { .. } => {}
     }
     let need = state.params().min_provider_stake;

@@ -15,18 +15,25 @@ use crate::lease::settle_all_of;
 use crate::provider::jail;
 use crate::state::{ProviderStatus, State};
 
-pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result<Vec<Event>, Error> {
+pub(crate) fn slash_downtime(
+    state: &mut State,
+    ev: &DowntimeEvidence,
+) -> Result<Vec<Event>, Error> {
     let provider = state.provider(&ev.provider).ok_or(Error::NotProvider)?;
     if provider.status == ProviderStatus::Tombstoned {
         return Err(Error::Tombstoned);
     }
     if ev.window_end >= state.height() {
-        return Err(Error::BadEvidence("downtime window has not ended yet".into()));
+        return Err(Error::BadEvidence(
+            "downtime window has not ended yet".into(),
+        ));
     }
     let overlapping = state
         .data
         .slashed_windows
-        .range((ev.provider, Height(0), Height(0))..=(ev.provider, Height(u64::MAX), Height(u64::MAX)))
+        .range(
+            (ev.provider, Height(0), Height(0))..=(ev.provider, Height(u64::MAX), Height(u64::MAX)),
+        )
         .any(|(_, start, end)| *start <= ev.window_end && *end >= ev.window_start);
     if overlapping {
         return Err(Error::AlreadySlashed);
@@ -35,9 +42,23 @@ pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result
     let burned = burn_stake_fraction(state, ev.provider, state.params().downtime_slash_bps)?;
     let until = Height(state.height().0.saturating_add(state.params().jail_blocks));
     state.mark_window_slashed((ev.provider, ev.window_start, ev.window_end));
-    let reason = SlashReason::Downtime { window_start: ev.window_start, window_end: ev.window_end };
-    let mut events = vec![Event::Slashed { account: ev.provider, burned, reason }, jail(state, ev.provider, Some(until))?];
-    events.extend(settle_all_of(state, ev.provider, SettleReason::ProviderSlashed)?);
+    let reason = SlashReason::Downtime {
+        window_start: ev.window_start,
+        window_end: ev.window_end,
+    };
+    let mut events = vec![
+        Event::Slashed {
+            account: ev.provider,
+            burned,
+            reason,
+        },
+        jail(state, ev.provider, Some(until))?,
+    ];
+    events.extend(settle_all_of(
+        state,
+        ev.provider,
+        SettleReason::ProviderSlashed,
+    )?);
     Ok(events)
 }
 
@@ -49,14 +70,26 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
     let mut have: u64 = 0;
     for att in &ev.attestations {
         let body = &att.body;
-        if body.provider != ev.provider || body.window_start != ev.window_start || body.window_end != ev.window_end {
-            return Err(Error::BadEvidence("attestation is for another provider or window".into()));
+        if body.provider != ev.provider
+            || body.window_start != ev.window_start
+            || body.window_end != ev.window_end
+        {
+            return Err(Error::BadEvidence(
+                "attestation is for another provider or window".into(),
+            ));
         }
-        let validator = state.validators().iter().find(|v| v.address == att.signer).ok_or(Error::NotValidator)?;
+        let validator = state
+            .validators()
+            .iter()
+            .find(|v| v.address == att.signer)
+            .ok_or(Error::NotValidator)?;
         if !seen.insert(att.signer) {
-            return Err(Error::BadEvidence("two attestations from one validator".into()));
+            return Err(Error::BadEvidence(
+                "two attestations from one validator".into(),
+            ));
         }
-        att.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
+        att.verify(state.chain_id())
+            .map_err(|e| Error::BadSignature(e.to_string()))?;
         have = have.saturating_add(validator.power);
     }
     if u128::from(have) * 3 <= u128::from(total) * 2 {
@@ -65,29 +98,49 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
     Ok(())
 }
 
-pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -> Result<Vec<Event>, Error> {
+pub(crate) fn slash_equivocation(
+    state: &mut State,
+    ev: &EquivocationEvidence,
+) -> Result<Vec<Event>, Error> {
     let (offender, seq) = match ev {
         EquivocationEvidence::Heartbeats { first, second } => {
             if first.signer != second.signer || first.body.seq != second.body.seq {
-                return Err(Error::BadEvidence("heartbeats are from different signers or sequences".into()));
+                return Err(Error::BadEvidence(
+                    "heartbeats are from different signers or sequences".into(),
+                ));
             }
             if first.body == second.body {
-                return Err(Error::BadEvidence("heartbeats are identical, not conflicting".into()));
+                return Err(Error::BadEvidence(
+                    "heartbeats are identical, not conflicting".into(),
+                ));
             }
             for hb in [first, second] {
-                hb.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
+                hb.verify(state.chain_id())
+                    .map_err(|e| Error::BadSignature(e.to_string()))?;
             }
             (first.signer, first.body.seq)
         }
     };
     let provider = state.provider(&offender).ok_or(Error::NotProvider)?;
-    if provider.status == ProviderStatus::Tombstoned || state.data.slashed_equivocations.contains(&(offender, seq)) {
+    if provider.status == ProviderStatus::Tombstoned
+        || state.data.slashed_equivocations.contains(&(offender, seq))
+    {
         return Err(Error::AlreadySlashed);
     }
     let burned = burn_stake_fraction(state, offender, state.params().equivocation_slash_bps)?;
     state.mark_equivocation_slashed((offender, seq));
-    let mut events =
-        vec![Event::Slashed { account: offender, burned, reason: SlashReason::Equivocation }, jail(state, offender, None)?];
-    events.extend(settle_all_of(state, offender, SettleReason::ProviderSlashed)?);
+    let mut events = vec![
+        Event::Slashed {
+            account: offender,
+            burned,
+            reason: SlashReason::Equivocation,
+        },
+        jail(state, offender, None)?,
+    ];
+    events.extend(settle_all_of(
+        state,
+        offender,
+        SettleReason::ProviderSlashed,
+    )?);
     Ok(events)
 }

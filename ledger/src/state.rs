@@ -34,7 +34,9 @@ impl Account {
 pub enum ProviderStatus {
     Active,
     /// Slashed for downtime; may send Unjail from this height on.
-    Jailed { until: Height },
+    Jailed {
+        until: Height,
+    },
     /// Slashed for equivocation; never comes back.
     Tombstoned,
 }
@@ -51,7 +53,13 @@ pub struct Provider {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseStatus {
     Open,
-    Settled { reason: SettleReason, paid: Amount, refunded: Amount, at_ms: TimestampMs, exit_code: Option<i32> },
+    Settled {
+        reason: SettleReason,
+        paid: Amount,
+        refunded: Amount,
+        at_ms: TimestampMs,
+        exit_code: Option<i32>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +128,11 @@ impl PartialEq for State {
 
 impl State {
     pub(crate) fn from_data(data: StateData, last_block_hash: Hash) -> State {
-        State { data, last_block_hash, journal: Vec::new() }
+        State {
+            data,
+            last_block_hash,
+            journal: Vec::new(),
+        }
     }
 
     pub fn chain_id(&self) -> &ChainId {
@@ -168,7 +180,10 @@ impl State {
     }
     /// Unbonding entries as (release height, account, amount).
     pub fn unbonding_entries(&self) -> impl Iterator<Item = (Height, Address, Amount)> + '_ {
-        self.data.unbonding.iter().map(|((h, a), amt)| (*h, *a, *amt))
+        self.data
+            .unbonding
+            .iter()
+            .map(|((h, a), amt)| (*h, *a, *amt))
     }
 
     /// Whether `address` is in the current validator set.
@@ -178,7 +193,8 @@ impl State {
 
     /// A provider may advertise and take leases: registered, not jailed, staked enough.
     pub fn is_active_provider(&self, address: &Address) -> bool {
-        self.provider(address).is_some_and(|p| p.status == ProviderStatus::Active)
+        self.provider(address)
+            .is_some_and(|p| p.status == ProviderStatus::Active)
             && self.account(address).stake >= self.data.params.min_provider_stake
     }
 
@@ -200,14 +216,21 @@ impl State {
             *unbonding_per_account.entry(*addr).or_default() += u128::from(amount.0);
         }
         for (addr, acct) in &self.data.accounts {
-            total += u128::from(acct.balance.0) + u128::from(acct.stake.0) + u128::from(acct.unbonding.0);
+            total += u128::from(acct.balance.0)
+                + u128::from(acct.stake.0)
+                + u128::from(acct.unbonding.0);
             let queued = unbonding_per_account.remove(addr).unwrap_or(0);
             if queued != u128::from(acct.unbonding.0) {
-                return Err(Error::Invariant(format!("{addr}: unbonding {} but queue holds {queued}", acct.unbonding)));
+                return Err(Error::Invariant(format!(
+                    "{addr}: unbonding {} but queue holds {queued}",
+                    acct.unbonding
+                )));
             }
         }
         if let Some((addr, _)) = unbonding_per_account.into_iter().next() {
-            return Err(Error::Invariant(format!("unbonding entry for unknown account {addr}")));
+            return Err(Error::Invariant(format!(
+                "unbonding entry for unknown account {addr}"
+            )));
         }
         for lease in self.data.leases.values() {
             let open = lease.status == LeaseStatus::Open;
@@ -215,11 +238,17 @@ impl State {
                 total += u128::from(lease.escrow.0);
             }
             if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id)) {
-                return Err(Error::Invariant(format!("lease {} expiry index out of sync", lease.id)));
+                return Err(Error::Invariant(format!(
+                    "lease {} expiry index out of sync",
+                    lease.id
+                )));
             }
         }
         if total != u128::from(self.data.supply.0) {
-            return Err(Error::Invariant(format!("supply {} but holdings sum to {total} micro-AGR", self.data.supply)));
+            return Err(Error::Invariant(format!(
+                "supply {} but holdings sum to {total} micro-AGR",
+                self.data.supply
+            )));
         }
         Ok(())
     }

@@ -47,7 +47,10 @@ fn key(h: Height) -> [u8; 8] {
 }
 
 fn corrupt(height: Height, reason: impl Into<String>) -> Error {
-    Error::Corrupt { height, reason: reason.into() }
+    Error::Corrupt {
+        height,
+        reason: reason.into(),
+    }
 }
 
 impl Store {
@@ -55,12 +58,24 @@ impl Store {
     /// hash chain and rebuilding the state at the last committed block.
     pub fn open(path: &Path, genesis: &Genesis) -> Result<Store, Error> {
         let db = sled::Config::new().path(path).open()?;
-        let (meta, blocks, snapshots) = (db.open_tree("meta")?, db.open_tree("blocks")?, db.open_tree("snapshots")?);
+        let (meta, blocks, snapshots) = (
+            db.open_tree("meta")?,
+            db.open_tree("blocks")?,
+            db.open_tree("snapshots")?,
+        );
         let genesis_hash = genesis.hash();
         match meta.get(META_GENESIS)? {
             Some(stored) if stored.as_ref() != genesis_hash.0 => {
-                let stored = Hash(stored.as_ref().try_into().map_err(|_| corrupt(Height(0), "bad genesis hash"))?);
-                return Err(Error::GenesisMismatch { stored, given: genesis_hash });
+                let stored = Hash(
+                    stored
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| corrupt(Height(0), "bad genesis hash"))?,
+                );
+                return Err(Error::GenesisMismatch {
+                    stored,
+                    given: genesis_hash,
+                });
             }
             Some(_) => {}
             None => {
@@ -68,7 +83,15 @@ impl Store {
                 db.flush()?;
             }
         }
-        let mut store = Store { db, meta, blocks, snapshots, genesis: genesis.clone(), state: genesis.state()?, snapshot_height: None };
+        let mut store = Store {
+            db,
+            meta,
+            blocks,
+            snapshots,
+            genesis: genesis.clone(),
+            state: genesis.state()?,
+            snapshot_height: None,
+        };
         store.recover()?;
         Ok(store)
     }
@@ -77,7 +100,10 @@ impl Store {
         match self.meta.get(META_TIP)? {
             None => Ok(Height(0)),
             Some(v) => {
-                let raw: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt(Height(0), "tip record is not 8 bytes"))?;
+                let raw: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(Height(0), "tip record is not 8 bytes"))?;
                 Ok(Height(u64::from_be_bytes(raw)))
             }
         }
@@ -88,23 +114,32 @@ impl Store {
         let tip = self.tip_height()?;
         let headers = self.verify_chain(tip)?;
         if let Some(entry) = self.snapshots.last()? {
-            let raw: [u8; 8] = entry.0.as_ref().try_into().map_err(|_| corrupt(tip, "bad snapshot key"))?;
+            let raw: [u8; 8] = entry
+                .0
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt(tip, "bad snapshot key"))?;
             let at = Height(u64::from_be_bytes(raw));
             if at.0 > tip.0 || at.0 == 0 {
                 return Err(corrupt(at, format!("snapshot beyond the tip {tip}")));
             }
-            let data: StateData = codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
+            let data: StateData =
+                codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
             let (hash, root) = headers[at.0 as usize - 1];
             let state = State::from_data(data, hash);
             if state.root() != root || state.height() != at {
-                return Err(corrupt(at, "snapshot does not match the block's state root"));
+                return Err(corrupt(
+                    at,
+                    "snapshot does not match the block's state root",
+                ));
             }
             self.state = state;
             self.snapshot_height = Some(at);
         }
         for h in self.state.height().0 + 1..=tip.0 {
             let block = self.read_block(Height(h))?;
-            apply_block(&mut self.state, &block, SigCheck::Skip).map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
+            apply_block(&mut self.state, &block, SigCheck::Skip)
+                .map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
         }
         Ok(())
     }
@@ -118,10 +153,16 @@ impl Store {
             let block = self.read_block(Height(h))?;
             let header = &block.header;
             if header.height != Height(h) || header.chain_id != self.genesis.chain_id {
-                return Err(corrupt(Height(h), "block header names another height or chain"));
+                return Err(corrupt(
+                    Height(h),
+                    "block header names another height or chain",
+                ));
             }
             if header.parent_hash != parent {
-                return Err(corrupt(Height(h), "parent hash does not match the previous block"));
+                return Err(corrupt(
+                    Height(h),
+                    "parent hash does not match the previous block",
+                ));
             }
             parent = block.hash();
             out.push((parent, header.state_root));
@@ -133,7 +174,10 @@ impl Store {
     }
 
     fn read_block(&self, h: Height) -> Result<Block, Error> {
-        let bytes = self.blocks.get(key(h))?.ok_or_else(|| corrupt(h, "block missing"))?;
+        let bytes = self
+            .blocks
+            .get(key(h))?
+            .ok_or_else(|| corrupt(h, "block missing"))?;
         codec::decode(&bytes).map_err(|e| corrupt(h, e.to_string()))
     }
 
@@ -142,10 +186,11 @@ impl Store {
     /// the in-memory state is unchanged.
     pub fn commit(&mut self, block: &Block) -> Result<BlockOutcome, Error> {
         let mark = self.state.checkpoint();
-        let result = apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
-            self.persist(block)?;
-            Ok(outcome)
-        });
+        let result =
+            apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
+                self.persist(block)?;
+                Ok(outcome)
+            });
         match result {
             Ok(outcome) => {
                 finish_block(&mut self.state, block);
@@ -161,7 +206,11 @@ impl Store {
     fn persist(&mut self, block: &Block) -> Result<(), Error> {
         let height = block.header.height;
         let block_bytes = codec::encode(block)?;
-        let snapshot = if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
+        let snapshot = if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 {
+            Some(codec::encode(&self.state.data)?)
+        } else {
+            None
+        };
         let previous = self.snapshot_height;
         (&self.meta, &self.blocks, &self.snapshots).transaction(|(meta, blocks, snapshots)| {
             blocks.insert(&key(height), block_bytes.as_slice())?;
@@ -208,7 +257,8 @@ impl Store {
         let mut state = self.genesis.state()?;
         for h in 1..=self.height().0 {
             let block = self.read_block(Height(h))?;
-            apply_block(&mut state, &block, SigCheck::Skip).map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
+            apply_block(&mut state, &block, SigCheck::Skip)
+                .map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
         }
         Ok(state.root())
     }

@@ -3,7 +3,7 @@
 //! Never used on a real network: the keys derive from public names.
 
 use agora_protocol::{
-    Address, Amount, Block, ChainId, Keypair, SignedTx, Signed, TimestampMs, Transaction, TxKind,
+    Address, Amount, Block, ChainId, Keypair, Signed, SignedTx, TimestampMs, Transaction, TxKind,
 };
 
 use crate::apply::build_block;
@@ -26,7 +26,9 @@ pub struct TestChain {
 
 impl TestChain {
     pub fn new(accounts: usize, validators: usize, balance: Amount) -> TestChain {
-        let keys: Vec<Keypair> = (0..accounts).map(|i| Keypair::from_seed_phrase(&format!("agora-test-account-{i}"))).collect();
+        let keys: Vec<Keypair> = (0..accounts)
+            .map(|i| Keypair::from_seed_phrase(&format!("agora-test-account-{i}")))
+            .collect();
         let genesis = Genesis {
             chain_id: chain_id(),
             genesis_time_ms: TimestampMs(GENESIS_TIME_MS),
@@ -37,7 +39,11 @@ impl TestChain {
                 .map(|(i, k)| GenesisAccount {
                     address: k.address(),
                     balance,
-                    stake: if i < validators { Amount::agr(1_000) } else { Amount::ZERO },
+                    stake: if i < validators {
+                        Amount::agr(1_000)
+                    } else {
+                        Amount::ZERO
+                    },
                 })
                 .collect(),
             validators: keys.iter().take(validators).map(Keypair::address).collect(),

@@ -4,10 +4,12 @@
 //! gives the same root, and extreme amounts never panic.
 
 use agora_ledger::testkit::{chain_id, sign_tx};
-use agora_ledger::{BlockBuilder, Genesis, GenesisAccount, LeaseStatus, Params, SigCheck, State, apply_block};
+use agora_ledger::{
+    BlockBuilder, Genesis, GenesisAccount, LeaseStatus, Params, SigCheck, State, apply_block,
+};
 use agora_protocol::{
-    Amount, Block, ChainId, DowntimeAttestation, DowntimeEvidence, GpuSpec, Hash, Height, Keypair, LeaseAccept,
-    LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
+    Amount, Block, ChainId, DowntimeAttestation, DowntimeEvidence, GpuSpec, Hash, Height, Keypair,
+    LeaseAccept, LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
 };
 use proptest::prelude::*;
 
@@ -15,22 +17,39 @@ const ACCOUNTS: usize = 6;
 const VALIDATORS: usize = 3;
 
 fn keys() -> Vec<Keypair> {
-    (0..ACCOUNTS).map(|i| Keypair::from_seed_phrase(&format!("prop-{i}"))).collect()
+    (0..ACCOUNTS)
+        .map(|i| Keypair::from_seed_phrase(&format!("prop-{i}")))
+        .collect()
 }
 
 /// Five ordinary accounts and one holding the rest of `u64::MAX`, so sums
 /// sit right at the edge of overflow.
 fn genesis(keys: &[Keypair]) -> Genesis {
-    let params = Params { unbonding_blocks: 3, jail_blocks: 2, min_provider_stake: Amount::agr(100), ..Params::default() };
+    let params = Params {
+        unbonding_blocks: 3,
+        jail_blocks: 2,
+        min_provider_stake: Amount::agr(100),
+        ..Params::default()
+    };
     let normal = Amount::agr(1_000);
-    let stake = |i: usize| if i < VALIDATORS { Amount::agr(500) } else { Amount::ZERO };
+    let stake = |i: usize| {
+        if i < VALIDATORS {
+            Amount::agr(500)
+        } else {
+            Amount::ZERO
+        }
+    };
     let others: u64 = (0..ACCOUNTS - 1).map(|i| normal.0 + stake(i).0).sum();
     let accounts = keys
         .iter()
         .enumerate()
         .map(|(i, k)| GenesisAccount {
             address: k.address(),
-            balance: if i == ACCOUNTS - 1 { Amount(u64::MAX - others) } else { normal },
+            balance: if i == ACCOUNTS - 1 {
+                Amount(u64::MAX - others)
+            } else {
+                normal
+            },
             stake: stake(i),
         })
         .collect();
@@ -57,17 +76,54 @@ const PROVIDERS: [usize; 2] = [3, 4];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Transfer { from: usize, to: usize, amount: u64, nonce_skew: i8 },
-    Stake { from: usize, amount: u64 },
-    Unstake { from: usize, amount: u64 },
-    Register { from: usize },
-    OpenLease { buyer: usize, provider: usize, gpus: u32, secs: u64, price: u64 },
-    CloseLease { sender: Party, pick: usize },
-    CancelLease { sender: Party, pick: usize },
-    SlashDowntime { provider: usize, voters: u8, start_back: u64, len: u64 },
-    Unjail { from: usize },
-    ForgedSignature { from: usize, amount: u64 },
-    EndBlock { secs: u64 },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: u64,
+        nonce_skew: i8,
+    },
+    Stake {
+        from: usize,
+        amount: u64,
+    },
+    Unstake {
+        from: usize,
+        amount: u64,
+    },
+    Register {
+        from: usize,
+    },
+    OpenLease {
+        buyer: usize,
+        provider: usize,
+        gpus: u32,
+        secs: u64,
+        price: u64,
+    },
+    CloseLease {
+        sender: Party,
+        pick: usize,
+    },
+    CancelLease {
+        sender: Party,
+        pick: usize,
+    },
+    SlashDowntime {
+        provider: usize,
+        voters: u8,
+        start_back: u64,
+        len: u64,
+    },
+    Unjail {
+        from: usize,
+    },
+    ForgedSignature {
+        from: usize,
+        amount: u64,
+    },
+    EndBlock {
+        secs: u64,
+    },
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -115,7 +171,10 @@ fn op() -> impl Strategy<Value = Op> {
 /// Turns an op into a signed transaction against the current state.
 fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> SignedTx {
     let nonce = |i: usize| state.account(&keys[i].address()).nonce;
-    let leases: Vec<_> = state.leases().filter(|l| l.status == LeaseStatus::Open).collect();
+    let leases: Vec<_> = state
+        .leases()
+        .filter(|l| l.status == LeaseStatus::Open)
+        .collect();
     // The chosen open lease (or an unknown id when there is none) and its sender.
     let pick = |p: usize, who: Party| match leases.get(p % leases.len().max(1)) {
         None => (Default::default(), 0),
@@ -125,21 +184,66 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
                 Party::Provider => l.provider,
                 Party::Anyone(i) => keys[i].address(),
             };
-            (l.id, keys.iter().position(|k| k.address() == sender).unwrap_or(0))
+            (
+                l.id,
+                keys.iter().position(|k| k.address() == sender).unwrap_or(0),
+            )
         }
     };
     match op {
-        Op::Transfer { from, to, amount, nonce_skew } => {
+        Op::Transfer {
+            from,
+            to,
+            amount,
+            nonce_skew,
+        } => {
             let n = nonce(*from).wrapping_add_signed(i64::from(*nonce_skew));
-            sign_tx(&keys[*from], n, TxKind::Transfer { to: keys[*to].address(), amount: Amount(*amount) })
+            sign_tx(
+                &keys[*from],
+                n,
+                TxKind::Transfer {
+                    to: keys[*to].address(),
+                    amount: Amount(*amount),
+                },
+            )
         }
-        Op::Stake { from, amount } => sign_tx(&keys[*from], nonce(*from), TxKind::Stake { amount: Amount(*amount) }),
-        Op::Unstake { from, amount } => sign_tx(&keys[*from], nonce(*from), TxKind::Unstake { amount: Amount(*amount) }),
+        Op::Stake { from, amount } => sign_tx(
+            &keys[*from],
+            nonce(*from),
+            TxKind::Stake {
+                amount: Amount(*amount),
+            },
+        ),
+        Op::Unstake { from, amount } => sign_tx(
+            &keys[*from],
+            nonce(*from),
+            TxKind::Unstake {
+                amount: Amount(*amount),
+            },
+        ),
         Op::Register { from } => {
-            let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
-            sign_tx(&keys[*from], nonce(*from), TxKind::RegisterProvider { region: "us-east".into(), gpus })
+            let gpus = vec![GpuSpec {
+                model: "A100-40GB".into(),
+                vram_mib: 40_960,
+                count: 8,
+                simulated: true,
+            }];
+            sign_tx(
+                &keys[*from],
+                nonce(*from),
+                TxKind::RegisterProvider {
+                    region: "us-east".into(),
+                    gpus,
+                },
+            )
         }
-        Op::OpenLease { buyer, provider, gpus, secs, price } => {
+        Op::OpenLease {
+            buyer,
+            provider,
+            gpus,
+            secs,
+            price,
+        } => {
             let request = LeaseRequest {
                 provider: keys[*provider].address(),
                 offer_seq: 0,
@@ -153,32 +257,75 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
             };
             let request = Signed::sign(request, &keys[*buyer], chain).unwrap();
             let gpu_ids = (0..*gpus).map(|g| g.to_string()).collect();
-            let accept =
-                Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, &keys[*provider], chain).unwrap();
-            sign_tx(&keys[*provider], nonce(*provider), TxKind::OpenLease { request, accept })
+            let accept = Signed::sign(
+                LeaseAccept {
+                    lease_id: request.lease_id().unwrap(),
+                    gpu_ids,
+                },
+                &keys[*provider],
+                chain,
+            )
+            .unwrap();
+            sign_tx(
+                &keys[*provider],
+                nonce(*provider),
+                TxKind::OpenLease { request, accept },
+            )
         }
         Op::CloseLease { sender, pick: p } => {
             let (lease_id, from) = pick(*p, *sender);
-            sign_tx(&keys[from], nonce(from), TxKind::CloseLease { lease_id, exit_code: Some(0) })
+            sign_tx(
+                &keys[from],
+                nonce(from),
+                TxKind::CloseLease {
+                    lease_id,
+                    exit_code: Some(0),
+                },
+            )
         }
         Op::CancelLease { sender, pick: p } => {
             let (lease_id, from) = pick(*p, *sender);
             sign_tx(&keys[from], nonce(from), TxKind::CancelLease { lease_id })
         }
-        Op::SlashDowntime { provider, voters, start_back, len } => {
+        Op::SlashDowntime {
+            provider,
+            voters,
+            start_back,
+            len,
+        } => {
             let end = state.height().0.saturating_sub(*start_back);
             let start = end.saturating_sub(*len);
-            let body = DowntimeAttestation { provider: keys[*provider].address(), window_start: Height(start), window_end: Height(end) };
+            let body = DowntimeAttestation {
+                provider: keys[*provider].address(),
+                window_start: Height(start),
+                window_end: Height(end),
+            };
             let attestations = (0..VALIDATORS)
                 .filter(|v| voters & (1 << v) != 0)
                 .map(|v| Signed::sign(body.clone(), &keys[v], chain).unwrap())
                 .collect();
-            let evidence = DowntimeEvidence { provider: body.provider, window_start: body.window_start, window_end: body.window_end, attestations };
-            sign_tx(&keys[ACCOUNTS - 1], nonce(ACCOUNTS - 1), TxKind::SlashDowntime { evidence })
+            let evidence = DowntimeEvidence {
+                provider: body.provider,
+                window_start: body.window_start,
+                window_end: body.window_end,
+                attestations,
+            };
+            sign_tx(
+                &keys[ACCOUNTS - 1],
+                nonce(ACCOUNTS - 1),
+                TxKind::SlashDowntime { evidence },
+            )
         }
         Op::Unjail { from } => sign_tx(&keys[*from], nonce(*from), TxKind::Unjail),
         Op::ForgedSignature { from, amount } => {
-            let mut tx = sign_tx(&keys[*from], nonce(*from), TxKind::Transfer { to: keys[0].address(), amount: Amount(*amount) });
+            let mut tx = sign_tx(
+                &keys[*from],
+                nonce(*from),
+                TxKind::Transfer {
+                    to: keys[0].address(),
+                    amount: Amount(*amount),
+                },
+            );
             tx.signer = keys[(*from + 1) % ACCOUNTS].address();
             tx
         }
@@ -188,12 +335,28 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
 
 /// Block 1: the provider accounts stake and register.
 fn prelude(keys: &[Keypair], state: &mut State) -> Block {
-    let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
+    let gpus = vec![GpuSpec {
+        model: "A100-40GB".into(),
+        vram_mib: 40_960,
+        count: 8,
+        simulated: true,
+    }];
     let time = TimestampMs(state.time_ms().0 + 1_000);
     let mut builder = BlockBuilder::new(state, time, keys[0].address()).unwrap();
     for p in PROVIDERS {
-        builder.push(sign_tx(&keys[p], 0, TxKind::Stake { amount: Amount::agr(300) })).unwrap();
-        let register = TxKind::RegisterProvider { region: "us-east".into(), gpus: gpus.clone() };
+        builder
+            .push(sign_tx(
+                &keys[p],
+                0,
+                TxKind::Stake {
+                    amount: Amount::agr(300),
+                },
+            ))
+            .unwrap();
+        let register = TxKind::RegisterProvider {
+            region: "us-east".into(),
+            gpus: gpus.clone(),
+        };
         builder.push(sign_tx(&keys[p], 1, register)).unwrap();
     }
     let block = builder.finish(None).unwrap();
@@ -220,14 +383,29 @@ fn run(ops: &[Op]) -> Result<(Vec<Block>, Hash), TestCaseError> {
             let tx = materialize(op, &keys, builder.state(), &chain);
             let before = builder.state().clone();
             match builder.push(tx) {
-                Ok(_) => prop_assert!(builder.state().audit().is_ok(), "supply broken after {op:?}: {:?}", builder.state().audit()),
-                Err(e) => prop_assert!(*builder.state() == before, "rejected {op:?} ({e}) changed the state"),
+                Ok(_) => prop_assert!(
+                    builder.state().audit().is_ok(),
+                    "supply broken after {op:?}: {:?}",
+                    builder.state().audit()
+                ),
+                Err(e) => prop_assert!(
+                    *builder.state() == before,
+                    "rejected {op:?} ({e}) changed the state"
+                ),
             }
         }
         let block = builder.finish(None).unwrap();
         let outcome = apply_block(&mut state, &block, SigCheck::Verify);
-        prop_assert!(outcome.is_ok(), "built block failed to apply: {:?}", outcome.err());
-        prop_assert!(state.audit().is_ok(), "supply broken after block: {:?}", state.audit());
+        prop_assert!(
+            outcome.is_ok(),
+            "built block failed to apply: {:?}",
+            outcome.err()
+        );
+        prop_assert!(
+            state.audit().is_ok(),
+            "supply broken after block: {:?}",
+            state.audit()
+        );
         prop_assert_eq!(state.root(), block.header.state_root);
         blocks.push(block);
     }

@@ -1,4 +1,10 @@
-//! The agora node daemon. Networking, consensus, offers, liveness and jobs arrive with later issues; for now it re-exports the libraries the daemon will drive.
+//! The agora node daemon's library. Networking, consensus, offers, liveness
+//! and jobs arrive with later issues; today it holds the on-disk key store
+//! that both the daemon and the CLI use.
+
+pub mod error;
+pub mod keystore;
 
 pub use agora_ledger as ledger;
 pub use agora_protocol as protocol;
+pub use error::Error;

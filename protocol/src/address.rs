@@ -27,8 +27,10 @@ impl Address {
     /// The key to verify this address's signatures; fails for byte strings
     /// that are not a valid curve point (possible for decoded input).
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, Error> {
-        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .map_err(|_| Error::BadSignature { domain: "address", reason: "not a valid ed25519 public key" })
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadSignature {
+            domain: "address",
+            reason: "not a valid ed25519 public key",
+        })
     }
 
     fn hrp() -> Hrp {
@@ -53,10 +55,17 @@ impl FromStr for Address {
     type Err = Error;
 
     fn from_str(input: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Address { input: input.to_string(), reason };
-        let checked = CheckedHrpstring::new::<Bech32m>(input.trim()).map_err(|e| err(describe_bech32(&e)))?;
+        let err = |reason: String| Error::Address {
+            input: input.to_string(),
+            reason,
+        };
+        let checked =
+            CheckedHrpstring::new::<Bech32m>(input.trim()).map_err(|e| err(describe_bech32(&e)))?;
         if checked.hrp() != Self::hrp() {
-            return Err(err(format!("prefix is {:?}, expected {ADDRESS_HRP:?}", checked.hrp().as_str())));
+            return Err(err(format!(
+                "prefix is {:?}, expected {ADDRESS_HRP:?}",
+                checked.hrp().as_str()
+            )));
         }
         let bytes: Vec<u8> = checked.byte_iter().collect();
         let raw: [u8; 32] = bytes
@@ -101,9 +110,21 @@ mod tests {
     #[test]
     fn rejects_wrong_prefix_and_length() {
         let other = bech32::encode::<Bech32m>(Hrp::parse("cosmos").unwrap(), &[7; 32]).unwrap();
-        assert!(other.parse::<Address>().unwrap_err().to_string().contains("prefix"));
+        assert!(
+            other
+                .parse::<Address>()
+                .unwrap_err()
+                .to_string()
+                .contains("prefix")
+        );
         let short = bech32::encode::<Bech32m>(Address::hrp(), &[7; 20]).unwrap();
-        assert!(short.parse::<Address>().unwrap_err().to_string().contains("20 bytes"));
+        assert!(
+            short
+                .parse::<Address>()
+                .unwrap_err()
+                .to_string()
+                .contains("20 bytes")
+        );
         assert!("".parse::<Address>().is_err());
         assert!("agora1".parse::<Address>().is_err());
     }

@@ -16,7 +16,11 @@ pub struct Amount(pub u64);
 // ever rounds it through a float; in binary it is a plain u64.
 impl Serialize for Amount {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.collect_str(&self.0) } else { s.serialize_u64(self.0) }
+        if s.is_human_readable() {
+            s.collect_str(&self.0)
+        } else {
+            s.serialize_u64(self.0)
+        }
     }
 }
 
@@ -24,7 +28,11 @@ impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
-            s.parse::<u64>().map(Amount).map_err(|_| serde::de::Error::custom(format!("expected micro-units as a decimal string, got {s:?}")))
+            s.parse::<u64>().map(Amount).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "expected micro-units as a decimal string, got {s:?}"
+                ))
+            })
         } else {
             u64::deserialize(d).map(Amount)
         }
@@ -91,12 +99,23 @@ impl FromStr for Amount {
     /// Parses decimal AGR (`12`, `0.5`, `1.000001`, optionally suffixed `AGR`)
     /// or raw micro-units with the suffix `uagr` (`1500000uagr`).
     fn from_str(input: &str) -> Result<Self, Error> {
-        let err = |reason: &str| Error::Amount { input: input.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| Error::Amount {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
         let s = input.trim();
         if let Some(micros) = s.strip_suffix("uagr") {
-            return micros.trim().parse::<u64>().map(Amount).map_err(|_| err("expected an integer before `uagr`"));
+            return micros
+                .trim()
+                .parse::<u64>()
+                .map(Amount)
+                .map_err(|_| err("expected an integer before `uagr`"));
         }
-        let s = s.strip_suffix("AGR").or_else(|| s.strip_suffix("agr")).unwrap_or(s).trim();
+        let s = s
+            .strip_suffix("AGR")
+            .or_else(|| s.strip_suffix("agr"))
+            .unwrap_or(s)
+            .trim();
         let (whole, frac) = match s.split_once('.') {
             Some((w, f)) => (w, f),
             None => (s, ""),
@@ -109,13 +128,21 @@ impl FromStr for Amount {
             return Err(err("expected a decimal number such as 1.5"));
         }
         if frac.len() > Self::DECIMALS {
-            return Err(err("more than 6 decimal places (1 uagr is the smallest unit)"));
+            return Err(err(
+                "more than 6 decimal places (1 uagr is the smallest unit)",
+            ));
         }
-        let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err("too large"))? };
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err("too large"))?
+        };
         let frac_micros: u64 = if frac.is_empty() {
             0
         } else {
-            format!("{frac:0<width$}", width = Self::DECIMALS).parse().map_err(|_| err("bad fraction"))?
+            format!("{frac:0<width$}", width = Self::DECIMALS)
+                .parse()
+                .map_err(|_| err("bad fraction"))?
         };
         whole
             .checked_mul(Self::MICROS_PER_AGR)
@@ -143,7 +170,15 @@ mod tests {
         assert_eq!("0.000001 AGR".parse::<Amount>().unwrap(), Amount(1));
         assert_eq!(".5".parse::<Amount>().unwrap(), Amount(500_000));
         assert_eq!("42uagr".parse::<Amount>().unwrap(), Amount(42));
-        for bad in ["", "1.0000001", "-1", "1e3", "abc", "18446744073710", "1.2.3"] {
+        for bad in [
+            "",
+            "1.0000001",
+            "-1",
+            "1e3",
+            "abc",
+            "18446744073710",
+            "1.2.3",
+        ] {
             assert!(bad.parse::<Amount>().is_err(), "{bad:?} should be rejected");
         }
     }
@@ -159,7 +194,10 @@ mod tests {
     #[test]
     fn mul_div_floor_is_exact_and_never_overflows() {
         assert_eq!(Amount(10).mul_div_floor(1, 3), Some(Amount(3)));
-        assert_eq!(Amount::MAX.mul_div_floor(u64::MAX, u64::MAX), Some(Amount::MAX));
+        assert_eq!(
+            Amount::MAX.mul_div_floor(u64::MAX, u64::MAX),
+            Some(Amount::MAX)
+        );
         assert_eq!(Amount::MAX.mul_div_floor(2, 1), None);
         assert_eq!(Amount(1).mul_div_floor(1, 0), None);
     }

@@ -14,19 +14,39 @@ pub enum Error {
     #[error("invalid hex {what}: {reason}")]
     Hex { what: &'static str, reason: String },
     #[error("{type_name}: {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { type_name: &'static str, len: usize, max: usize },
+    TooLarge {
+        type_name: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{type_name}: empty input")]
     Empty { type_name: &'static str },
     #[error("{type_name}: unsupported version {found} (expected {expected})")]
-    Version { type_name: &'static str, found: u8, expected: u8 },
+    Version {
+        type_name: &'static str,
+        found: u8,
+        expected: u8,
+    },
     #[error("{type_name}: malformed encoding: {reason}")]
-    Malformed { type_name: &'static str, reason: String },
+    Malformed {
+        type_name: &'static str,
+        reason: String,
+    },
     #[error("{type_name}: {extra} trailing bytes after the encoded value")]
-    TrailingBytes { type_name: &'static str, extra: usize },
+    TrailingBytes {
+        type_name: &'static str,
+        extra: usize,
+    },
     #[error("{type_name}: encoding failed: {reason}")]
-    Encode { type_name: &'static str, reason: String },
+    Encode {
+        type_name: &'static str,
+        reason: String,
+    },
     #[error("bad signature on {domain}: {reason}")]
-    BadSignature { domain: &'static str, reason: &'static str },
+    BadSignature {
+        domain: &'static str,
+        reason: &'static str,
+    },
     #[error("invalid secret key: {0}")]
     SecretKey(String),
     #[error("{what} is invalid: {reason}")]

@@ -10,7 +10,9 @@ use crate::error::Error;
 use crate::limits::MAX_CHAIN_ID_LEN;
 
 /// A block height; genesis is height 0 and the first block is height 1.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Height(pub u64);
 
 impl Height {
@@ -26,7 +28,9 @@ impl fmt::Display for Height {
 }
 
 /// Block time in milliseconds since the Unix epoch, as set by the proposer.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TimestampMs(pub u64);
 
 /// A blake3 digest.
@@ -70,7 +74,10 @@ impl Hash {
 
     pub fn from_hex(what: &'static str, s: &str) -> Result<Hash, Error> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(|e| Error::Hex { what, reason: e.to_string() })?;
+        hex::decode_to_slice(s.trim(), &mut out).map_err(|e| Error::Hex {
+            what,
+            reason: e.to_string(),
+        })?;
         Ok(Hash(out))
     }
 }
@@ -89,7 +96,9 @@ impl fmt::Debug for Hash {
 
 /// A lease's identity: the hash of the buyer's signed lease request, so a
 /// request can open at most one lease.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct LeaseId(pub Hash);
 
 impl fmt::Display for LeaseId {
@@ -112,11 +121,17 @@ pub struct ChainId(String);
 
 impl ChainId {
     pub fn new(s: &str) -> Result<ChainId, Error> {
-        let err = |reason: &str| Error::ChainId { input: s.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| Error::ChainId {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
         if s.is_empty() || s.len() > MAX_CHAIN_ID_LEN {
             return Err(err("must be 1 to 48 characters"));
         }
-        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(err("only lowercase letters, digits and '-' are allowed"));
         }
         Ok(ChainId(s.to_string()))

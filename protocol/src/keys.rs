@@ -43,7 +43,9 @@ impl<'de> Deserialize<'de> for Signature {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Signature, A::Error> {
                 let mut out = [0u8; 64];
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                    *slot = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
                 }
                 Ok(Signature(out))
             }
@@ -68,14 +70,17 @@ impl Keypair {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Result<Keypair, Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
-        getrandom::fill(secret.as_mut()).map_err(|e| Error::SecretKey(format!("no OS randomness: {e}")))?;
+        getrandom::fill(secret.as_mut())
+            .map_err(|e| Error::SecretKey(format!("no OS randomness: {e}")))?;
         Ok(Keypair::from_secret(&secret))
     }
 
     /// The key for a 32-byte secret seed (deterministic: used by tests and by
     /// the testnet's generated genesis).
     pub fn from_secret(secret: &[u8; 32]) -> Keypair {
-        Keypair { signing: SigningKey::from_bytes(secret) }
+        Keypair {
+            signing: SigningKey::from_bytes(secret),
+        }
     }
 
     /// Test and testnet helper: a key derived from a name, never for real funds.

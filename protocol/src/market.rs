@@ -24,7 +24,12 @@ pub struct GpuSpec {
 
 impl GpuSpec {
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |reason: &str| Err(Error::Invalid { what: "gpu spec", reason: reason.to_string() });
+        let invalid = |reason: &str| {
+            Err(Error::Invalid {
+                what: "gpu spec",
+                reason: reason.to_string(),
+            })
+        };
         if self.model.is_empty() || self.model.len() > MAX_GPU_MODEL_LEN {
             return invalid("model name must be 1 to 48 bytes");
         }
@@ -38,15 +43,24 @@ impl GpuSpec {
 /// Checks a provider's GPU list: 1 to `MAX_GPU_KINDS` valid entries.
 pub fn validate_gpus(gpus: &[GpuSpec]) -> Result<(), Error> {
     if gpus.is_empty() || gpus.len() > MAX_GPU_KINDS {
-        return Err(Error::Invalid { what: "gpu list", reason: format!("must list 1 to {MAX_GPU_KINDS} GPU kinds") });
+        return Err(Error::Invalid {
+            what: "gpu list",
+            reason: format!("must list 1 to {MAX_GPU_KINDS} GPU kinds"),
+        });
     }
     gpus.iter().try_for_each(GpuSpec::validate)
 }
 
 /// Checks a region name: 1 to `MAX_REGION_LEN` printable ASCII bytes.
 pub fn validate_region(region: &str) -> Result<(), Error> {
-    if region.is_empty() || region.len() > MAX_REGION_LEN || !region.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::Invalid { what: "region", reason: "must be 1 to 32 printable ASCII characters".into() });
+    if region.is_empty()
+        || region.len() > MAX_REGION_LEN
+        || !region.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::Invalid {
+            what: "region",
+            reason: "must be 1 to 32 printable ASCII characters".into(),
+        });
     }
     Ok(())
 }
@@ -68,7 +82,10 @@ impl Offer {
         validate_gpus(&self.gpus)?;
         validate_region(&self.region)?;
         if self.max_duration_secs == 0 || self.max_duration_secs > MAX_LEASE_DURATION_SECS {
-            return Err(Error::Invalid { what: "offer", reason: "max duration must be 1 s to 30 days".into() });
+            return Err(Error::Invalid {
+                what: "offer",
+                reason: "max duration must be 1 s to 30 days".into(),
+            });
         }
         Ok(())
     }
@@ -105,7 +122,12 @@ pub struct LeaseRequest {
 
 impl LeaseRequest {
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |reason: &str| Err(Error::Invalid { what: "lease request", reason: reason.to_string() });
+        let invalid = |reason: &str| {
+            Err(Error::Invalid {
+                what: "lease request",
+                reason: reason.to_string(),
+            })
+        };
         if self.gpu_model.is_empty() || self.gpu_model.len() > MAX_GPU_MODEL_LEN {
             return invalid("gpu model must be 1 to 48 bytes");
         }
@@ -141,7 +163,10 @@ impl Wire for Signed<LeaseRequest> {
 impl Signed<LeaseRequest> {
     /// The lease id this request opens: a hash of the whole signed request.
     pub fn lease_id(&self) -> Result<LeaseId, Error> {
-        Ok(LeaseId(Hash::tagged(b"agora/lease-id/1", &codec::encode(self)?)))
+        Ok(LeaseId(Hash::tagged(
+            b"agora/lease-id/1",
+            &codec::encode(self)?,
+        )))
     }
 }
 
@@ -155,8 +180,16 @@ pub struct LeaseAccept {
 
 impl LeaseAccept {
     pub fn validate(&self) -> Result<(), Error> {
-        if self.gpu_ids.len() > MAX_LEASED_GPU_IDS || self.gpu_ids.iter().any(|g| g.is_empty() || g.len() > MAX_GPU_ID_LEN) {
-            return Err(Error::Invalid { what: "lease acceptance", reason: "too many or malformed GPU ids".into() });
+        if self.gpu_ids.len() > MAX_LEASED_GPU_IDS
+            || self
+                .gpu_ids
+                .iter()
+                .any(|g| g.is_empty() || g.len() > MAX_GPU_ID_LEN)
+        {
+            return Err(Error::Invalid {
+                what: "lease acceptance",
+                reason: "too many or malformed GPU ids".into(),
+            });
         }
         Ok(())
     }

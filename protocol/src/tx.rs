@@ -25,19 +25,41 @@ pub struct Transaction {
 /// variant index is part of the encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxKind {
-    Transfer { to: Address, amount: Amount },
-    Stake { amount: Amount },
+    Transfer {
+        to: Address,
+        amount: Amount,
+    },
+    Stake {
+        amount: Amount,
+    },
     /// Moves stake to unbonding; released after the unbonding period.
-    Unstake { amount: Amount },
-    RegisterProvider { region: String, gpus: Vec<GpuSpec> },
+    Unstake {
+        amount: Amount,
+    },
+    RegisterProvider {
+        region: String,
+        gpus: Vec<GpuSpec>,
+    },
     /// Sent by either party once the provider has countersigned.
-    OpenLease { request: Signed<LeaseRequest>, accept: Signed<LeaseAccept> },
+    OpenLease {
+        request: Signed<LeaseRequest>,
+        accept: Signed<LeaseAccept>,
+    },
     /// The provider reports the job ended; settles pro-rata.
-    CloseLease { lease_id: LeaseId, exit_code: Option<i32> },
+    CloseLease {
+        lease_id: LeaseId,
+        exit_code: Option<i32>,
+    },
     /// Either party stops the lease early; settles pro-rata.
-    CancelLease { lease_id: LeaseId },
-    SlashDowntime { evidence: DowntimeEvidence },
-    SlashEquivocation { evidence: EquivocationEvidence },
+    CancelLease {
+        lease_id: LeaseId,
+    },
+    SlashDowntime {
+        evidence: DowntimeEvidence,
+    },
+    SlashEquivocation {
+        evidence: EquivocationEvidence,
+    },
     Unjail,
 }
 
@@ -62,9 +84,16 @@ impl TxKind {
 impl Transaction {
     /// Checks that need no state: bounded lists and strings, non-zero amounts.
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |reason: &str| Err(Error::Invalid { what: "transaction", reason: reason.to_string() });
+        let invalid = |reason: &str| {
+            Err(Error::Invalid {
+                what: "transaction",
+                reason: reason.to_string(),
+            })
+        };
         match &self.kind {
-            TxKind::Transfer { amount, .. } | TxKind::Stake { amount } | TxKind::Unstake { amount } => {
+            TxKind::Transfer { amount, .. }
+            | TxKind::Stake { amount }
+            | TxKind::Unstake { amount } => {
                 if amount.is_zero() {
                     return invalid("amount must be positive");
                 }
@@ -78,14 +107,18 @@ impl Transaction {
                 accept.body.validate()?;
             }
             TxKind::SlashDowntime { evidence } => {
-                if evidence.attestations.is_empty() || evidence.attestations.len() > MAX_VALIDATORS {
+                if evidence.attestations.is_empty() || evidence.attestations.len() > MAX_VALIDATORS
+                {
                     return invalid("downtime evidence must carry 1 to 100 attestations");
                 }
                 if evidence.window_start > evidence.window_end {
                     return invalid("downtime window ends before it starts");
                 }
             }
-            TxKind::CloseLease { .. } | TxKind::CancelLease { .. } | TxKind::SlashEquivocation { .. } | TxKind::Unjail => {}
+            TxKind::CloseLease { .. }
+            | TxKind::CancelLease { .. }
+            | TxKind::SlashEquivocation { .. }
+            | TxKind::Unjail => {}
         }
         Ok(())
     }

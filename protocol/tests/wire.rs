@@ -5,9 +5,10 @@
 
 use agora_protocol::codec::{self, Wire};
 use agora_protocol::{
-    Address, Amount, Block, ChainId, CommitCertificate, CommitSig, DowntimeAttestation, DowntimeEvidence,
-    EquivocationEvidence, Error, GpuSpec, Hash, Header, Heartbeat, Height, Keypair, LeaseAccept, LeaseId,
-    LeaseRequest, Offer, Signable, Signed, SignedTx, TimestampMs, Transaction, TxKind,
+    Address, Amount, Block, ChainId, CommitCertificate, CommitSig, DowntimeAttestation,
+    DowntimeEvidence, EquivocationEvidence, Error, GpuSpec, Hash, Header, Heartbeat, Height,
+    Keypair, LeaseAccept, LeaseId, LeaseRequest, Offer, Signable, Signed, SignedTx, TimestampMs,
+    Transaction, TxKind,
 };
 
 fn chain() -> ChainId {
@@ -23,7 +24,12 @@ fn signed<T: Signable>(body: T, signer: &str) -> Signed<T> {
 }
 
 fn gpu() -> GpuSpec {
-    GpuSpec { model: "H100-80GB".into(), vram_mib: 81_920, count: 2, simulated: true }
+    GpuSpec {
+        model: "H100-80GB".into(),
+        vram_mib: 81_920,
+        count: 2,
+        simulated: true,
+    }
 }
 
 fn offer() -> Signed<Offer> {
@@ -54,15 +60,32 @@ fn lease_request() -> Signed<LeaseRequest> {
 }
 
 fn lease_accept() -> Signed<LeaseAccept> {
-    signed(LeaseAccept { lease_id: lease_request().lease_id().unwrap(), gpu_ids: vec!["sim-0".into()] }, "provider")
+    signed(
+        LeaseAccept {
+            lease_id: lease_request().lease_id().unwrap(),
+            gpu_ids: vec!["sim-0".into()],
+        },
+        "provider",
+    )
 }
 
 fn heartbeat(seq: u64) -> Signed<Heartbeat> {
-    signed(Heartbeat { seq, height: Height(77), block_hash: Hash([seq as u8; 32]) }, "provider")
+    signed(
+        Heartbeat {
+            seq,
+            height: Height(77),
+            block_hash: Hash([seq as u8; 32]),
+        },
+        "provider",
+    )
 }
 
 fn attestation(validator: &str) -> Signed<DowntimeAttestation> {
-    let body = DowntimeAttestation { provider: key("provider").address(), window_start: Height(10), window_end: Height(20) };
+    let body = DowntimeAttestation {
+        provider: key("provider").address(),
+        window_start: Height(10),
+        window_end: Height(20),
+    };
     signed(body, validator)
 }
 
@@ -73,12 +96,28 @@ fn tx(kind: TxKind) -> SignedTx {
 fn transactions() -> Vec<SignedTx> {
     let lease_id = lease_request().lease_id().unwrap();
     vec![
-        tx(TxKind::Transfer { to: key("provider").address(), amount: Amount(1_234_567) }),
-        tx(TxKind::Stake { amount: Amount::agr(100) }),
-        tx(TxKind::Unstake { amount: Amount::agr(1) }),
-        tx(TxKind::RegisterProvider { region: "eu-west".into(), gpus: vec![gpu()] }),
-        tx(TxKind::OpenLease { request: lease_request(), accept: lease_accept() }),
-        tx(TxKind::CloseLease { lease_id, exit_code: Some(0) }),
+        tx(TxKind::Transfer {
+            to: key("provider").address(),
+            amount: Amount(1_234_567),
+        }),
+        tx(TxKind::Stake {
+            amount: Amount::agr(100),
+        }),
+        tx(TxKind::Unstake {
+            amount: Amount::agr(1),
+        }),
+        tx(TxKind::RegisterProvider {
+            region: "eu-west".into(),
+            gpus: vec![gpu()],
+        }),
+        tx(TxKind::OpenLease {
+            request: lease_request(),
+            accept: lease_accept(),
+        }),
+        tx(TxKind::CloseLease {
+            lease_id,
+            exit_code: Some(0),
+        }),
         tx(TxKind::CancelLease { lease_id }),
         tx(TxKind::SlashDowntime {
             evidence: DowntimeEvidence {
@@ -88,7 +127,12 @@ fn transactions() -> Vec<SignedTx> {
                 attestations: vec![attestation("v0"), attestation("v1"), attestation("v2")],
             },
         }),
-        tx(TxKind::SlashEquivocation { evidence: EquivocationEvidence::Heartbeats { first: heartbeat(1), second: heartbeat(2) } }),
+        tx(TxKind::SlashEquivocation {
+            evidence: EquivocationEvidence::Heartbeats {
+                first: heartbeat(1),
+                second: heartbeat(2),
+            },
+        }),
         tx(TxKind::Unjail),
     ]
 }
@@ -108,9 +152,16 @@ fn block() -> Block {
         height: Height(11),
         round: 0,
         block_hash: Hash([1; 32]),
-        signatures: vec![CommitSig { validator: key("v0").address(), signature: agora_protocol::Signature([5; 64]) }],
+        signatures: vec![CommitSig {
+            validator: key("v0").address(),
+            signature: agora_protocol::Signature([5; 64]),
+        }],
     });
-    Block { header, txs, last_commit }
+    Block {
+        header,
+        txs,
+        last_commit,
+    }
 }
 
 /// blake3 of the encoding, hex: pins every byte without pasting kilobytes.
@@ -133,7 +184,10 @@ fn pinned_test_vectors() {
         ("lease accept", fingerprint(&lease_accept())),
         ("heartbeat", fingerprint(&heartbeat(1))),
         ("attestation", fingerprint(&attestation("v0"))),
-        ("lease id", lease_request().lease_id().unwrap().to_string()[..32].to_string()),
+        (
+            "lease id",
+            lease_request().lease_id().unwrap().to_string()[..32].to_string(),
+        ),
         ("address", key("provider").address().to_string()),
     ];
     for ((name, got), (pinned_name, want)) in actual.iter().zip(PINNED) {
@@ -144,8 +198,11 @@ fn pinned_test_vectors() {
 
 /// version 1 | nonce 7 (u64 LE) | variant 0 (u32 LE) | to (32) | amount 1234567 (u64 LE) | signer (32) | signature (64)
 const PINNED_TRANSFER_HEX: &str = concat!(
-    "01", "0700000000000000", "00000000",
-    "1f02eeb028cba961abcce026faa0f77914adea8473bd8a24cd08e15f26f1ae52", "87d6120000000000",
+    "01",
+    "0700000000000000",
+    "00000000",
+    "1f02eeb028cba961abcce026faa0f77914adea8473bd8a24cd08e15f26f1ae52",
+    "87d6120000000000",
     "3c94235d13484806fdbfcc654e7b6aa23bebf8604616558e031ad79d8ea462f5",
     "18a59f3421dca0dee88ca3ccab90227df53dd82c8521011abc283a325044a888",
     "4587fd88a24559f3264cd0228b27a32221e5bc900491e26c86656e58a4f1ba05",
@@ -158,7 +215,10 @@ const PINNED: [(&str, &str); 8] = [
     ("heartbeat", "bcfa8bd99803db12b8aa930bc694f932"),
     ("attestation", "4fe7c331de2f28e18e2223b1b8e05244"),
     ("lease id", "9be5b05431f26713e3b0bbd17a4ed758"),
-    ("address", "agora1rupwavpgew5kr27vuqn04g8h0y22m65yww7c5fxdprs47fh34efqa9tkks"),
+    (
+        "address",
+        "agora1rupwavpgew5kr27vuqn04g8h0y22m65yww7c5fxdprs47fh34efqa9tkks",
+    ),
 ];
 
 #[test]
@@ -231,21 +291,38 @@ where
 {
     let bytes = codec::encode(value).unwrap();
     for len in 0..bytes.len() {
-        assert!(codec::decode::<T>(&bytes[..len]).is_err(), "{}: truncation to {len} bytes decoded", T::NAME);
+        assert!(
+            codec::decode::<T>(&bytes[..len]).is_err(),
+            "{}: truncation to {len} bytes decoded",
+            T::NAME
+        );
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(matches!(codec::decode::<T>(&longer), Err(Error::TrailingBytes { .. })));
+    assert!(matches!(
+        codec::decode::<T>(&longer),
+        Err(Error::TrailingBytes { .. })
+    ));
     let oversized = vec![T::VERSION; T::MAX_BYTES + 1];
-    assert!(matches!(codec::decode::<T>(&oversized), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        codec::decode::<T>(&oversized),
+        Err(Error::TooLarge { .. })
+    ));
     let mut versioned = bytes.clone();
     versioned[0] = T::VERSION.wrapping_add(1);
-    assert!(matches!(codec::decode::<T>(&versioned), Err(Error::Version { .. })));
+    assert!(matches!(
+        codec::decode::<T>(&versioned),
+        Err(Error::Version { .. })
+    ));
     for _ in 0..mutations {
         let m = mutate(rng, &bytes);
         if let Ok(decoded) = codec::decode::<T>(&m) {
             if decoded != *value {
-                assert!(!verify(&decoded), "{}: a mutated value still verifies: {decoded:?}", T::NAME);
+                assert!(
+                    !verify(&decoded),
+                    "{}: a mutated value still verifies: {decoded:?}",
+                    T::NAME
+                );
             }
         }
     }
@@ -257,7 +334,10 @@ fn verifies<T: Signable>(s: &Signed<T>) -> bool {
 
 #[test]
 fn mutated_encodings_are_rejected_without_panicking() {
-    let mutations: usize = std::env::var("AGORA_FUZZ_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let mutations: usize = std::env::var("AGORA_FUZZ_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
     let mut rng = Rng(0x5eed_0f_a60a);
     hammer(&offer(), verifies, &mut rng, mutations);
     hammer(&lease_request(), verifies, &mut rng, mutations);
@@ -269,7 +349,12 @@ fn mutated_encodings_are_rejected_without_panicking() {
     }
     // A block has no signature of its own; its hash must change instead.
     let b = block();
-    hammer(&b, |d: &Block| d.hash() == b.hash() && d.txs == b.txs && d.last_commit == b.last_commit, &mut rng, mutations / 4);
+    hammer(
+        &b,
+        |d: &Block| d.hash() == b.hash() && d.txs == b.txs && d.last_commit == b.last_commit,
+        &mut rng,
+        mutations / 4,
+    );
 }
 
 #[test]
@@ -299,7 +384,11 @@ fn signatures_are_bound_to_domain_and_chain() {
     let other_chain = ChainId::new("agora-other-1").unwrap();
     assert!(hb.verify(&other_chain).is_err());
     let as_attestation: Signed<DowntimeAttestation> = Signed {
-        body: DowntimeAttestation { provider: Address([0; 32]), window_start: Height(0), window_end: Height(0) },
+        body: DowntimeAttestation {
+            provider: Address([0; 32]),
+            window_start: Height(0),
+            window_end: Height(0),
+        },
         signer: hb.signer,
         signature: hb.signature,
     };

@@ -1,1 +1,8 @@
-//! Local agora networks. Process management arrives with the node issue.
+//! Local agora networks. Today: the single-process demo that runs the whole
+//! market path (stake, register, lease, job, settlement) on the real ledger
+//! and sled store. Multi-process testnets arrive with the node issue.
+
+pub mod demo;
+pub mod error;
+
+pub use error::Error;
