@@ -26,10 +26,7 @@ pub(crate) enum Undo {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Mark(usize);
 
-fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> Option<V>
-where
-    K: Clone,
-{
+fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> Option<V> {
     match value {
         Some(v) => map.insert(key, v),
         None => map.remove(&key),

@@ -338,7 +338,7 @@ fn mutated_encodings_are_rejected_without_panicking() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
-    let mut rng = Rng(0x5eed_0f_a60a);
+    let mut rng = Rng(0x005e_ed0f_a60a);
     hammer(&offer(), verifies, &mut rng, mutations);
     hammer(&lease_request(), verifies, &mut rng, mutations);
     hammer(&lease_accept(), verifies, &mut rng, mutations);
