@@ -40,8 +40,7 @@ fn home_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = flag.or_else(|| std::env::var_os("AGORA_HOME").map(PathBuf::from)) {
         return Ok(dir);
     }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| anyhow::anyhow!("HOME is not set; pass --home DIR"))?;
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("HOME is not set; pass --home DIR"))?;
     Ok(PathBuf::from(home).join(".agora"))
 }
 

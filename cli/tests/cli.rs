@@ -29,19 +29,9 @@ fn json(o: &Output) -> serde_json::Value {
 
 /// A failure is one line on stderr starting with `error:` and exit code 1.
 fn assert_one_line_error(o: &Output, needle: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout: {} stderr: {}",
-        stdout(o),
-        stderr(o)
-    );
+    assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {}", stdout(o), stderr(o));
     let err = stderr(o);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "error is not one line: {err:?}"
-    );
+    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err:?}");
     assert!(
         err.starts_with("error: ") && err.contains(needle),
         "{err:?} lacks {needle:?}"
@@ -51,10 +41,7 @@ fn assert_one_line_error(o: &Output, needle: &str) {
 #[test]
 fn keys_new_show_list_round_trip() {
     let home = tempfile::tempdir().unwrap();
-    let created = json(&agora(
-        home.path(),
-        &["keys", "new", "--name", "alice", "--json"],
-    ));
+    let created = json(&agora(home.path(), &["keys", "new", "--name", "alice", "--json"]));
     let address = created["address"].as_str().unwrap().to_string();
     assert!(address.starts_with("agora1"));
     let shown = agora(home.path(), &["keys", "show", "--name", "alice"]);
@@ -137,14 +124,8 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     let micros = |k: &str| report[k].as_str().unwrap().parse::<u64>().unwrap();
     let spent = micros("buyer_balance_before") - micros("buyer_balance_after");
     let earned = micros("provider_balance_after") - micros("provider_balance_before");
-    assert_eq!(
-        spent, earned,
-        "the buyer paid exactly what the provider earned"
-    );
-    assert_eq!(
-        micros("provider_paid") + micros("buyer_refunded"),
-        micros("escrow")
-    );
+    assert_eq!(spent, earned, "the buyer paid exactly what the provider earned");
+    assert_eq!(micros("provider_paid") + micros("buyer_refunded"), micros("escrow"));
     assert!(
         micros("buyer_refunded") > micros("provider_paid"),
         "a short job is paid pro-rata, not in full"

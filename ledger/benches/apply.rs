@@ -33,9 +33,7 @@ fn transfers_block(chain: &TestChain, state: &State, count: usize) -> Block {
         })
         .collect();
     let mut scratch = state.clone();
-    chain
-        .next_block(&mut scratch, txs)
-        .expect("benchmark block builds")
+    chain.next_block(&mut scratch, txs).expect("benchmark block builds")
 }
 
 fn bench_apply(c: &mut Criterion) {

@@ -4,9 +4,7 @@
 
 use agora_protocol::block::tx_root;
 use agora_protocol::sign::{BatchItem, verify_batch};
-use agora_protocol::{
-    Address, Block, CommitCertificate, Hash, Header, Height, SignedTx, TimestampMs, TxKind,
-};
+use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, Height, SignedTx, TimestampMs, TxKind};
 
 use crate::accounts;
 use crate::error::Error;
@@ -52,11 +50,7 @@ pub fn apply_block(state: &mut State, block: &Block, sig: SigCheck) -> Result<Bl
 
 /// Applies a block but keeps its writes in the journal, so the store can
 /// persist it first and then `finish_block` or roll back.
-pub(crate) fn apply_block_pending(
-    state: &mut State,
-    block: &Block,
-    sig: SigCheck,
-) -> Result<BlockOutcome, Error> {
+pub(crate) fn apply_block_pending(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
     apply_block_inner(state, block, sig)
 }
 
@@ -71,11 +65,7 @@ pub(crate) fn finish_block(state: &mut State, block: &Block) {
     );
 }
 
-fn apply_block_inner(
-    state: &mut State,
-    block: &Block,
-    sig: SigCheck,
-) -> Result<BlockOutcome, Error> {
+fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
     let h = &block.header;
     check_header(state, h, block.txs.len())?;
     if tx_root(&block.txs)? != h.tx_root {
@@ -164,11 +154,7 @@ fn verify_tx_signatures(state: &State, txs: &[SignedTx]) -> Result<(), Error> {
 
 /// Start-of-block work, before any transaction: the block's height and time
 /// take effect, due unbonding is released and ended leases settle in full.
-fn begin_block(
-    state: &mut State,
-    height: Height,
-    time_ms: TimestampMs,
-) -> Result<Vec<Event>, Error> {
+fn begin_block(state: &mut State, height: Height, time_ms: TimestampMs) -> Result<Vec<Event>, Error> {
     state.set_head(height, time_ms);
     let mut events = accounts::release_unbonding(state)?;
     events.extend(lease::expire_due(state)?);
@@ -197,14 +183,9 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
         TxKind::Transfer { to, amount } => accounts::transfer(state, sender, *to, *amount),
         TxKind::Stake { amount } => accounts::stake(state, sender, *amount),
         TxKind::Unstake { amount } => accounts::unstake(state, sender, *amount),
-        TxKind::RegisterProvider { region, gpus } => {
-            provider::register(state, sender, region, gpus)
-        }
+        TxKind::RegisterProvider { region, gpus } => provider::register(state, sender, region, gpus),
         TxKind::OpenLease { request, accept } => lease::open(state, sender, request, accept),
-        TxKind::CloseLease {
-            lease_id,
-            exit_code,
-        } => lease::close(state, sender, *lease_id, *exit_code),
+        TxKind::CloseLease { lease_id, exit_code } => lease::close(state, sender, *lease_id, *exit_code),
         TxKind::CancelLease { lease_id } => lease::cancel(state, sender, *lease_id),
         TxKind::SlashDowntime { evidence } => slashing::slash_downtime(state, evidence),
         TxKind::SlashEquivocation { evidence } => slashing::slash_equivocation(state, evidence),
@@ -261,11 +242,7 @@ pub struct BlockBuilder<'a> {
 
 impl<'a> BlockBuilder<'a> {
     /// Starts the block after the state's tip at `time_ms`, proposed by `proposer`.
-    pub fn new(
-        state: &'a mut State,
-        time_ms: TimestampMs,
-        proposer: Address,
-    ) -> Result<BlockBuilder<'a>, Error> {
+    pub fn new(state: &'a mut State, time_ms: TimestampMs, proposer: Address) -> Result<BlockBuilder<'a>, Error> {
         let header = Header {
             chain_id: state.chain_id().clone(),
             height: state.height().next(),

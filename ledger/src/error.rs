@@ -60,10 +60,7 @@ pub enum Error {
     #[error("block parent {found} is not the last block {expected}")]
     WrongParent { expected: Hash, found: Hash },
     #[error("block time {found:?} is not after the previous block time {previous:?}")]
-    TimeNotIncreasing {
-        previous: TimestampMs,
-        found: TimestampMs,
-    },
+    TimeNotIncreasing { previous: TimestampMs, found: TimestampMs },
     #[error("block has {count} transactions, limit {max}")]
     TooManyTxs { count: usize, max: u64 },
     #[error("block proposer is not a validator")]

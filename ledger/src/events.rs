@@ -19,10 +19,7 @@ pub enum SettleReason {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SlashReason {
-    Downtime {
-        window_start: Height,
-        window_end: Height,
-    },
+    Downtime { window_start: Height, window_end: Height },
     Equivocation,
 }
 

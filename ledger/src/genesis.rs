@@ -57,10 +57,7 @@ impl Genesis {
                 continue;
             }
             if accounts.insert(a.address, acct).is_some() {
-                return Err(Error::Genesis(format!(
-                    "account {} listed twice",
-                    a.address
-                )));
+                return Err(Error::Genesis(format!("account {} listed twice", a.address)));
             }
         }
         let validators = self.validator_set(&accounts)?;
@@ -83,10 +80,7 @@ impl Genesis {
         Ok(State::from_data(data, self.hash()))
     }
 
-    fn validator_set(
-        &self,
-        accounts: &BTreeMap<Address, Account>,
-    ) -> Result<Vec<Validator>, Error> {
+    fn validator_set(&self, accounts: &BTreeMap<Address, Account>) -> Result<Vec<Validator>, Error> {
         if self.validators.is_empty() || self.validators.len() as u64 > self.params.max_validators {
             return Err(Error::Genesis(format!(
                 "needs 1 to {} validators",

@@ -34,11 +34,7 @@ fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> Option<
 }
 
 fn put_flag<K: Ord>(set: &mut BTreeSet<K>, key: K, present: bool) -> bool {
-    if present {
-        !set.insert(key)
-    } else {
-        set.remove(&key)
-    }
+    if present { !set.insert(key) } else { set.remove(&key) }
 }
 
 impl State {
@@ -62,9 +58,7 @@ impl State {
                 Undo::Expiry(k, was) => _ = put_flag(&mut d.lease_expiry, k, was),
                 Undo::Unbonding(k, v) => _ = put(&mut d.unbonding, k, v),
                 Undo::SlashedWindow(k, was) => _ = put_flag(&mut d.slashed_windows, k, was),
-                Undo::SlashedEquivocation(k, was) => {
-                    _ = put_flag(&mut d.slashed_equivocations, k, was)
-                }
+                Undo::SlashedEquivocation(k, was) => _ = put_flag(&mut d.slashed_equivocations, k, was),
                 Undo::Burned(v) => d.burned = v,
                 Undo::Head(h, t) => (d.height, d.time_ms) = (h, t),
             }
@@ -120,8 +114,7 @@ impl State {
     }
 
     pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs) {
-        self.journal
-            .push(Undo::Head(self.data.height, self.data.time_ms));
+        self.journal.push(Undo::Head(self.data.height, self.data.time_ms));
         (self.data.height, self.data.time_ms) = (height, time_ms);
     }
 }

@@ -18,12 +18,8 @@ pub(crate) fn open(
     accept: &Signed<LeaseAccept>,
 ) -> Result<Vec<Event>, Error> {
     let chain = state.chain_id().clone();
-    request
-        .verify(&chain)
-        .map_err(|e| Error::BadSignature(e.to_string()))?;
-    accept
-        .verify(&chain)
-        .map_err(|e| Error::BadSignature(e.to_string()))?;
+    request.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
+    accept.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
     let (buyer, terms) = (request.signer, &request.body);
     let id = request.lease_id()?;
     if accept.signer != terms.provider {
@@ -38,9 +34,7 @@ pub(crate) fn open(
         return Err(Error::NotLeaseParty(id));
     }
     if buyer == terms.provider {
-        return Err(Error::LeaseTerms(
-            "a provider cannot lease from itself".into(),
-        ));
+        return Err(Error::LeaseTerms("a provider cannot lease from itself".into()));
     }
     if accept.body.gpu_ids.len() != terms.gpus as usize {
         return Err(Error::LeaseTerms(format!(
@@ -67,11 +61,7 @@ pub(crate) fn open(
         .duration_secs
         .checked_mul(1000)
         .ok_or(Error::Overflow("duration"))?;
-    let end_ms = TimestampMs(
-        now.0
-            .checked_add(duration_ms)
-            .ok_or(Error::Overflow("lease end"))?,
-    );
+    let end_ms = TimestampMs(now.0.checked_add(duration_ms).ok_or(Error::Overflow("lease end"))?);
     debit(state, buyer, escrow)?;
     state.set_lease(Lease {
         id,
@@ -148,10 +138,7 @@ pub(crate) fn settle(
             .mul_div_floor(elapsed, duration)
             .ok_or(Error::Overflow("settlement"))?
     };
-    let refunded = lease
-        .escrow
-        .checked_sub(paid)
-        .ok_or(Error::Overflow("settlement"))?;
+    let refunded = lease.escrow.checked_sub(paid).ok_or(Error::Overflow("settlement"))?;
     credit(state, lease.provider, paid)?;
     credit(state, lease.buyer, refunded)?;
     state.set_expiry((lease.end_ms, id), false);
@@ -186,11 +173,7 @@ pub(crate) fn expire_due(state: &mut State) -> Result<Vec<Event>, Error> {
 }
 
 /// Settles every open lease of a provider pro-rata (used when it is slashed).
-pub(crate) fn settle_all_of(
-    state: &mut State,
-    provider: Address,
-    reason: SettleReason,
-) -> Result<Vec<Event>, Error> {
+pub(crate) fn settle_all_of(state: &mut State, provider: Address, reason: SettleReason) -> Result<Vec<Event>, Error> {
     let ids: Vec<LeaseId> = state
         .data
         .lease_expiry
@@ -198,7 +181,5 @@ pub(crate) fn settle_all_of(
         .filter(|(_, id)| state.lease(id).is_some_and(|l| l.provider == provider))
         .map(|(_, id)| *id)
         .collect();
-    ids.into_iter()
-        .map(|id| settle(state, id, reason, None))
-        .collect()
+    ids.into_iter().map(|id| settle(state, id, reason, None)).collect()
 }

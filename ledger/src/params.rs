@@ -48,9 +48,7 @@ impl Default for Params {
 impl Params {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |reason: &str| Err(Error::Genesis(format!("params: {reason}")));
-        if self.downtime_slash_bps > BPS_DENOMINATOR
-            || self.equivocation_slash_bps > BPS_DENOMINATOR
-        {
+        if self.downtime_slash_bps > BPS_DENOMINATOR || self.equivocation_slash_bps > BPS_DENOMINATOR {
             return bad("slash fractions must be at most 10000 basis points");
         }
         if self.max_txs_per_block == 0 || self.max_txs_per_block > MAX_TXS_PER_BLOCK as u64 {

@@ -39,20 +39,11 @@ pub(crate) fn register(
 }
 
 /// Jails a provider (until `until`, or forever with `None`) and counts the slash.
-pub(crate) fn jail(
-    state: &mut State,
-    address: Address,
-    until: Option<Height>,
-) -> Result<Event, Error> {
-    let mut p = state
-        .provider(&address)
-        .cloned()
-        .ok_or(Error::NotProvider)?;
+pub(crate) fn jail(state: &mut State, address: Address, until: Option<Height>) -> Result<Event, Error> {
+    let mut p = state.provider(&address).cloned().ok_or(Error::NotProvider)?;
     p.status = match (until, &p.status) {
         (None, _) | (_, ProviderStatus::Tombstoned) => ProviderStatus::Tombstoned,
-        (Some(u), ProviderStatus::Jailed { until: old }) => {
-            ProviderStatus::Jailed { until: u.max(*old) }
-        }
+        (Some(u), ProviderStatus::Jailed { until: old }) => ProviderStatus::Jailed { until: u.max(*old) },
         (Some(u), ProviderStatus::Active) => ProviderStatus::Jailed { until: u },
     };
     p.slashes = p.slashes.saturating_add(1);
@@ -69,10 +60,7 @@ pub(crate) fn jail(
 
 /// A jailed provider returns once its jail period is over and it is staked again.
 pub(crate) fn unjail(state: &mut State, address: Address) -> Result<Vec<Event>, Error> {
-    let mut p = state
-        .provider(&address)
-        .cloned()
-        .ok_or(Error::NotProvider)?;
+    let mut p = state.provider(&address).cloned().ok_or(Error::NotProvider)?;
     match p.status {
         ProviderStatus::Active => return Err(Error::NotJailed),
         ProviderStatus::Tombstoned => return Err(Error::Tombstoned),

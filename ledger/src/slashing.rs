@@ -15,25 +15,18 @@ use crate::lease::settle_all_of;
 use crate::provider::jail;
 use crate::state::{ProviderStatus, State};
 
-pub(crate) fn slash_downtime(
-    state: &mut State,
-    ev: &DowntimeEvidence,
-) -> Result<Vec<Event>, Error> {
+pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result<Vec<Event>, Error> {
     let provider = state.provider(&ev.provider).ok_or(Error::NotProvider)?;
     if provider.status == ProviderStatus::Tombstoned {
         return Err(Error::Tombstoned);
     }
     if ev.window_end >= state.height() {
-        return Err(Error::BadEvidence(
-            "downtime window has not ended yet".into(),
-        ));
+        return Err(Error::BadEvidence("downtime window has not ended yet".into()));
     }
     let overlapping = state
         .data
         .slashed_windows
-        .range(
-            (ev.provider, Height(0), Height(0))..=(ev.provider, Height(u64::MAX), Height(u64::MAX)),
-        )
+        .range((ev.provider, Height(0), Height(0))..=(ev.provider, Height(u64::MAX), Height(u64::MAX)))
         .any(|(_, start, end)| *start <= ev.window_end && *end >= ev.window_start);
     if overlapping {
         return Err(Error::AlreadySlashed);
@@ -54,11 +47,7 @@ pub(crate) fn slash_downtime(
         },
         jail(state, ev.provider, Some(until))?,
     ];
-    events.extend(settle_all_of(
-        state,
-        ev.provider,
-        SettleReason::ProviderSlashed,
-    )?);
+    events.extend(settle_all_of(state, ev.provider, SettleReason::ProviderSlashed)?);
     Ok(events)
 }
 
@@ -70,10 +59,7 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
     let mut have: u64 = 0;
     for att in &ev.attestations {
         let body = &att.body;
-        if body.provider != ev.provider
-            || body.window_start != ev.window_start
-            || body.window_end != ev.window_end
-        {
+        if body.provider != ev.provider || body.window_start != ev.window_start || body.window_end != ev.window_end {
             return Err(Error::BadEvidence(
                 "attestation is for another provider or window".into(),
             ));
@@ -84,9 +70,7 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
             .find(|v| v.address == att.signer)
             .ok_or(Error::NotValidator)?;
         if !seen.insert(att.signer) {
-            return Err(Error::BadEvidence(
-                "two attestations from one validator".into(),
-            ));
+            return Err(Error::BadEvidence("two attestations from one validator".into()));
         }
         att.verify(state.chain_id())
             .map_err(|e| Error::BadSignature(e.to_string()))?;
@@ -98,10 +82,7 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
     Ok(())
 }
 
-pub(crate) fn slash_equivocation(
-    state: &mut State,
-    ev: &EquivocationEvidence,
-) -> Result<Vec<Event>, Error> {
+pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -> Result<Vec<Event>, Error> {
     let (offender, seq) = match ev {
         EquivocationEvidence::Heartbeats { first, second } => {
             if first.signer != second.signer || first.body.seq != second.body.seq {
@@ -110,9 +91,7 @@ pub(crate) fn slash_equivocation(
                 ));
             }
             if first.body == second.body {
-                return Err(Error::BadEvidence(
-                    "heartbeats are identical, not conflicting".into(),
-                ));
+                return Err(Error::BadEvidence("heartbeats are identical, not conflicting".into()));
             }
             for hb in [first, second] {
                 hb.verify(state.chain_id())
@@ -122,9 +101,7 @@ pub(crate) fn slash_equivocation(
         }
     };
     let provider = state.provider(&offender).ok_or(Error::NotProvider)?;
-    if provider.status == ProviderStatus::Tombstoned
-        || state.data.slashed_equivocations.contains(&(offender, seq))
-    {
+    if provider.status == ProviderStatus::Tombstoned || state.data.slashed_equivocations.contains(&(offender, seq)) {
         return Err(Error::AlreadySlashed);
     }
     let burned = burn_stake_fraction(state, offender, state.params().equivocation_slash_bps)?;
@@ -137,10 +114,6 @@ pub(crate) fn slash_equivocation(
         },
         jail(state, offender, None)?,
     ];
-    events.extend(settle_all_of(
-        state,
-        offender,
-        SettleReason::ProviderSlashed,
-    )?);
+    events.extend(settle_all_of(state, offender, SettleReason::ProviderSlashed)?);
     Ok(events)
 }

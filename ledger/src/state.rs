@@ -180,10 +180,7 @@ impl State {
     }
     /// Unbonding entries as (release height, account, amount).
     pub fn unbonding_entries(&self) -> impl Iterator<Item = (Height, Address, Amount)> + '_ {
-        self.data
-            .unbonding
-            .iter()
-            .map(|((h, a), amt)| (*h, *a, *amt))
+        self.data.unbonding.iter().map(|((h, a), amt)| (*h, *a, *amt))
     }
 
     /// Whether `address` is in the current validator set.
@@ -216,9 +213,7 @@ impl State {
             *unbonding_per_account.entry(*addr).or_default() += u128::from(amount.0);
         }
         for (addr, acct) in &self.data.accounts {
-            total += u128::from(acct.balance.0)
-                + u128::from(acct.stake.0)
-                + u128::from(acct.unbonding.0);
+            total += u128::from(acct.balance.0) + u128::from(acct.stake.0) + u128::from(acct.unbonding.0);
             let queued = unbonding_per_account.remove(addr).unwrap_or(0);
             if queued != u128::from(acct.unbonding.0) {
                 return Err(Error::Invariant(format!(
@@ -228,9 +223,7 @@ impl State {
             }
         }
         if let Some((addr, _)) = unbonding_per_account.into_iter().next() {
-            return Err(Error::Invariant(format!(
-                "unbonding entry for unknown account {addr}"
-            )));
+            return Err(Error::Invariant(format!("unbonding entry for unknown account {addr}")));
         }
         for lease in self.data.leases.values() {
             let open = lease.status == LeaseStatus::Open;
@@ -238,10 +231,7 @@ impl State {
                 total += u128::from(lease.escrow.0);
             }
             if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id)) {
-                return Err(Error::Invariant(format!(
-                    "lease {} expiry index out of sync",
-                    lease.id
-                )));
+                return Err(Error::Invariant(format!("lease {} expiry index out of sync", lease.id)));
             }
         }
         if total != u128::from(self.data.supply.0) {

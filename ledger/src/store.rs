@@ -123,15 +123,11 @@ impl Store {
             if at.0 > tip.0 || at.0 == 0 {
                 return Err(corrupt(at, format!("snapshot beyond the tip {tip}")));
             }
-            let data: StateData =
-                codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
+            let data: StateData = codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
             let (hash, root) = headers[at.0 as usize - 1];
             let state = State::from_data(data, hash);
             if state.root() != root || state.height() != at {
-                return Err(corrupt(
-                    at,
-                    "snapshot does not match the block's state root",
-                ));
+                return Err(corrupt(at, "snapshot does not match the block's state root"));
             }
             self.state = state;
             self.snapshot_height = Some(at);
@@ -153,16 +149,10 @@ impl Store {
             let block = self.read_block(Height(h))?;
             let header = &block.header;
             if header.height != Height(h) || header.chain_id != self.genesis.chain_id {
-                return Err(corrupt(
-                    Height(h),
-                    "block header names another height or chain",
-                ));
+                return Err(corrupt(Height(h), "block header names another height or chain"));
             }
             if header.parent_hash != parent {
-                return Err(corrupt(
-                    Height(h),
-                    "parent hash does not match the previous block",
-                ));
+                return Err(corrupt(Height(h), "parent hash does not match the previous block"));
             }
             parent = block.hash();
             out.push((parent, header.state_root));
@@ -174,10 +164,7 @@ impl Store {
     }
 
     fn read_block(&self, h: Height) -> Result<Block, Error> {
-        let bytes = self
-            .blocks
-            .get(key(h))?
-            .ok_or_else(|| corrupt(h, "block missing"))?;
+        let bytes = self.blocks.get(key(h))?.ok_or_else(|| corrupt(h, "block missing"))?;
         codec::decode(&bytes).map_err(|e| corrupt(h, e.to_string()))
     }
 
@@ -186,11 +173,10 @@ impl Store {
     /// the in-memory state is unchanged.
     pub fn commit(&mut self, block: &Block) -> Result<BlockOutcome, Error> {
         let mark = self.state.checkpoint();
-        let result =
-            apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
-                self.persist(block)?;
-                Ok(outcome)
-            });
+        let result = apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
+            self.persist(block)?;
+            Ok(outcome)
+        });
         match result {
             Ok(outcome) => {
                 finish_block(&mut self.state, block);

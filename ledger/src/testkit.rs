@@ -2,9 +2,7 @@
 //! deterministic keys, a genesis, signed transactions and block building.
 //! Never used on a real network: the keys derive from public names.
 
-use agora_protocol::{
-    Address, Amount, Block, ChainId, Keypair, Signed, SignedTx, TimestampMs, Transaction, TxKind,
-};
+use agora_protocol::{Address, Amount, Block, ChainId, Keypair, Signed, SignedTx, TimestampMs, Transaction, TxKind};
 
 use crate::apply::build_block;
 use crate::error::Error;

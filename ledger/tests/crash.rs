@@ -11,25 +11,12 @@ use std::time::Duration;
 
 use agora_ledger::Store;
 use agora_ledger::testkit::TestChain;
+use agora_protocol::rng::SeededRng;
 use agora_protocol::{Amount, Hash, Height};
 
 const DEFAULT_ITERATIONS: u64 = 12;
 /// Generous: the machine is shared and slow.
 const OPEN_DEADLINE: Duration = Duration::from_secs(60);
-
-/// xorshift64*: enough randomness for kill timing, replayable from a seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -74,7 +61,7 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_committed_blocks() {
             | 1
     });
     eprintln!("crash test: {iterations} iterations, AGORA_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = SeededRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let chain = TestChain::new(20, 1, Amount::agr(1_000_000));
     let mut confirmed = Height(0);

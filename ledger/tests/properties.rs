@@ -4,12 +4,10 @@
 //! gives the same root, and extreme amounts never panic.
 
 use agora_ledger::testkit::{chain_id, sign_tx};
-use agora_ledger::{
-    BlockBuilder, Genesis, GenesisAccount, LeaseStatus, Params, SigCheck, State, apply_block,
-};
+use agora_ledger::{BlockBuilder, Genesis, GenesisAccount, LeaseStatus, Params, SigCheck, State, apply_block};
 use agora_protocol::{
-    Amount, Block, ChainId, DowntimeAttestation, DowntimeEvidence, GpuSpec, Hash, Height, Keypair,
-    LeaseAccept, LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
+    Amount, Block, ChainId, DowntimeAttestation, DowntimeEvidence, GpuSpec, Hash, Height, Keypair, LeaseAccept,
+    LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
 };
 use proptest::prelude::*;
 
@@ -33,11 +31,7 @@ fn genesis(keys: &[Keypair]) -> Genesis {
     };
     let normal = Amount::agr(1_000);
     let stake = |i: usize| {
-        if i < VALIDATORS {
-            Amount::agr(500)
-        } else {
-            Amount::ZERO
-        }
+        if i < VALIDATORS { Amount::agr(500) } else { Amount::ZERO }
     };
     let others: u64 = (0..ACCOUNTS - 1).map(|i| normal.0 + stake(i).0).sum();
     let accounts = keys
@@ -171,10 +165,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// Turns an op into a signed transaction against the current state.
 fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> SignedTx {
     let nonce = |i: usize| state.account(&keys[i].address()).nonce;
-    let leases: Vec<_> = state
-        .leases()
-        .filter(|l| l.status == LeaseStatus::Open)
-        .collect();
+    let leases: Vec<_> = state.leases().filter(|l| l.status == LeaseStatus::Open).collect();
     // The chosen open lease (or an unknown id when there is none) and its sender.
     let pick = |p: usize, who: Party| match leases.get(p % leases.len().max(1)) {
         None => (Default::default(), 0),
@@ -184,10 +175,7 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
                 Party::Provider => l.provider,
                 Party::Anyone(i) => keys[i].address(),
             };
-            (
-                l.id,
-                keys.iter().position(|k| k.address() == sender).unwrap_or(0),
-            )
+            (l.id, keys.iter().position(|k| k.address() == sender).unwrap_or(0))
         }
     };
     match op {
@@ -388,24 +376,13 @@ fn run(ops: &[Op]) -> Result<(Vec<Block>, Hash), TestCaseError> {
                     "supply broken after {op:?}: {:?}",
                     builder.state().audit()
                 ),
-                Err(e) => prop_assert!(
-                    *builder.state() == before,
-                    "rejected {op:?} ({e}) changed the state"
-                ),
+                Err(e) => prop_assert!(*builder.state() == before, "rejected {op:?} ({e}) changed the state"),
             }
         }
         let block = builder.finish(None).unwrap();
         let outcome = apply_block(&mut state, &block, SigCheck::Verify);
-        prop_assert!(
-            outcome.is_ok(),
-            "built block failed to apply: {:?}",
-            outcome.err()
-        );
-        prop_assert!(
-            state.audit().is_ok(),
-            "supply broken after block: {:?}",
-            state.audit()
-        );
+        prop_assert!(outcome.is_ok(), "built block failed to apply: {:?}", outcome.err());
+        prop_assert!(state.audit().is_ok(), "supply broken after block: {:?}", state.audit());
         prop_assert_eq!(state.root(), block.header.state_root);
         blocks.push(block);
     }

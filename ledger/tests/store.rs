@@ -38,10 +38,7 @@ fn committed_blocks_survive_reopening() {
         store.state().account(&chain.address(2)).balance,
         Amount(Amount::agr(1_000).0 + 35)
     );
-    assert_eq!(
-        store.block(Height(5)).unwrap().unwrap().header.state_root,
-        root
-    );
+    assert_eq!(store.block(Height(5)).unwrap().unwrap().header.state_root, root);
     assert!(store.block(Height(6)).unwrap().is_none());
 }
 
@@ -69,16 +66,10 @@ fn a_rejected_block_is_not_stored() {
     let mut scratch = store.state().clone();
     let mut block = chain.next_block(&mut scratch, vec![]).unwrap();
     block.header.state_root = agora_protocol::Hash([1; 32]);
-    assert!(matches!(
-        store.commit(&block),
-        Err(Error::StateRootMismatch { .. })
-    ));
+    assert!(matches!(store.commit(&block), Err(Error::StateRootMismatch { .. })));
     assert_eq!((store.height(), store.state().root()), (Height(2), root));
     drop(store);
-    assert_eq!(
-        Store::open(dir.path(), &chain.genesis).unwrap().height(),
-        Height(2)
-    );
+    assert_eq!(Store::open(dir.path(), &chain.genesis).unwrap().height(), Height(2));
 }
 
 #[test]
@@ -131,29 +122,14 @@ fn a_corrupt_block_is_reported_with_its_height() {
     assert!(
         matches!(
             err,
-            Error::Corrupt {
-                height: Height(3),
-                ..
-            } | Error::Corrupt {
-                height: Height(4),
-                ..
-            }
+            Error::Corrupt { height: Height(3), .. } | Error::Corrupt { height: Height(4), .. }
         ),
         "{err}"
     );
     // Truncated block 3.
     tamper(dir.path(), "blocks", 3, |v| v.truncate(n / 3));
     let err = Store::open(dir.path(), &chain.genesis).err().unwrap();
-    assert!(
-        matches!(
-            err,
-            Error::Corrupt {
-                height: Height(3),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Corrupt { height: Height(3), .. }), "{err}");
 }
 
 #[test]

@@ -4,12 +4,11 @@
 
 use agora_ledger::testkit::{TestChain, chain_id, sign_tx, transfer};
 use agora_ledger::{
-    Error, Event, LeaseStatus, ProviderStatus, SettleReason, SigCheck, State, apply_block,
-    apply_tx, build_block,
+    Error, Event, LeaseStatus, ProviderStatus, SettleReason, SigCheck, State, apply_block, apply_tx, build_block,
 };
 use agora_protocol::{
-    Amount, DowntimeAttestation, DowntimeEvidence, EquivocationEvidence, GpuSpec, Hash, Heartbeat,
-    Height, Keypair, LeaseAccept, LeaseId, LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
+    Amount, DowntimeAttestation, DowntimeEvidence, EquivocationEvidence, GpuSpec, Hash, Heartbeat, Height, Keypair,
+    LeaseAccept, LeaseId, LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
 };
 
 /// Accounts: 0..=3 validators, 4 provider, 5 buyer, 6 other.
@@ -25,11 +24,7 @@ fn chain() -> TestChain {
 fn commit(chain: &TestChain, state: &mut State, txs: Vec<SignedTx>) -> Vec<Event> {
     let n = txs.len();
     let block = chain.next_block(state, txs).unwrap();
-    assert_eq!(
-        block.txs.len(),
-        n,
-        "a transaction was rejected by the builder"
-    );
+    assert_eq!(block.txs.len(), n, "a transaction was rejected by the builder");
     let outcome = apply_block(state, &block, SigCheck::Verify).unwrap();
     state.audit().unwrap();
     outcome.events
@@ -81,13 +76,7 @@ fn setup_provider(chain: &TestChain, state: &mut State) {
     );
 }
 
-fn lease_request(
-    chain: &TestChain,
-    state: &State,
-    gpus: u32,
-    duration_secs: u64,
-    nonce: u64,
-) -> Signed<LeaseRequest> {
+fn lease_request(chain: &TestChain, state: &State, gpus: u32, duration_secs: u64, nonce: u64) -> Signed<LeaseRequest> {
     let body = LeaseRequest {
         provider: chain.address(PROVIDER),
         offer_seq: 1,
@@ -103,9 +92,7 @@ fn lease_request(
 }
 
 fn accept(chain: &TestChain, request: &Signed<LeaseRequest>) -> Signed<LeaseAccept> {
-    let gpu_ids = (0..request.body.gpus)
-        .map(|i| format!("sim-gpu-{i}"))
-        .collect();
+    let gpu_ids = (0..request.body.gpus).map(|i| format!("sim-gpu-{i}")).collect();
     Signed::sign(
         LeaseAccept {
             lease_id: request.lease_id().unwrap(),
@@ -117,6 +104,18 @@ fn accept(chain: &TestChain, request: &Signed<LeaseRequest>) -> Signed<LeaseAcce
     .unwrap()
 }
 
+/// The provider's OpenLease transaction for a buyer's request, countersigned.
+fn open_tx(chain: &TestChain, nonce: u64, request: Signed<LeaseRequest>) -> SignedTx {
+    sign_tx(
+        &chain.keys[PROVIDER],
+        nonce,
+        TxKind::OpenLease {
+            accept: accept(chain, &request),
+            request,
+        },
+    )
+}
+
 /// Opens a lease for 2 GPUs × 1 hour at 2 AGR/GPU-hour (escrow 4 AGR).
 fn open_lease(chain: &TestChain, state: &mut State) -> LeaseId {
     let request = lease_request(chain, state, 2, 3600, 1);
@@ -126,11 +125,7 @@ fn open_lease(chain: &TestChain, state: &mut State) -> LeaseId {
     commit(
         chain,
         state,
-        vec![sign_tx(
-            &chain.keys[PROVIDER],
-            n,
-            TxKind::OpenLease { request, accept },
-        )],
+        vec![sign_tx(&chain.keys[PROVIDER], n, TxKind::OpenLease { request, accept })],
     );
     id
 }
@@ -149,21 +144,10 @@ fn transfer_moves_funds_and_bumps_nonce() {
     commit(
         &chain,
         &mut state,
-        vec![transfer(
-            &chain.keys[BUYER],
-            0,
-            chain.address(OTHER),
-            Amount::agr(5),
-        )],
+        vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount::agr(5))],
     );
-    assert_eq!(
-        state.account(&chain.address(BUYER)).balance,
-        Amount::agr(9_995)
-    );
-    assert_eq!(
-        state.account(&chain.address(OTHER)).balance,
-        Amount::agr(10_005)
-    );
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount::agr(9_995));
+    assert_eq!(state.account(&chain.address(OTHER)).balance, Amount::agr(10_005));
     assert_eq!(nonce(&state, &chain, BUYER), 1);
 }
 
@@ -175,10 +159,7 @@ fn bad_transfers_are_rejected_with_typed_errors() {
     let to = chain.address(OTHER);
     assert!(matches!(
         expect_err(&mut state, &transfer(key, 1, to, Amount(1))),
-        Error::WrongNonce {
-            expected: 0,
-            found: 1
-        }
+        Error::WrongNonce { expected: 0, found: 1 }
     ));
     assert!(matches!(
         expect_err(&mut state, &transfer(key, 0, to, Amount::agr(10_001))),
@@ -190,28 +171,19 @@ fn bad_transfers_are_rejected_with_typed_errors() {
     ));
     let mut forged = transfer(key, 0, to, Amount(1));
     forged.signer = chain.address(OTHER);
-    assert!(matches!(
-        expect_err(&mut state, &forged),
-        Error::BadSignature(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &forged), Error::BadSignature(_)));
     // Signed for another chain: the chain id is inside the digest.
     let other_chain = agora_protocol::ChainId::new("agora-other-1").unwrap();
     let foreign = Signed::sign(
         agora_protocol::Transaction {
             nonce: 0,
-            kind: TxKind::Transfer {
-                to,
-                amount: Amount(1),
-            },
+            kind: TxKind::Transfer { to, amount: Amount(1) },
         },
         key,
         &other_chain,
     )
     .unwrap();
-    assert!(matches!(
-        expect_err(&mut state, &foreign),
-        Error::BadSignature(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &foreign), Error::BadSignature(_)));
 }
 
 #[test]
@@ -230,27 +202,14 @@ fn extreme_amounts_fail_cleanly() {
         Error::InsufficientFunds { .. }
     ));
     assert!(matches!(
-        expect_err(
-            &mut state,
-            &sign_tx(key, 0, TxKind::Unstake { amount: max })
-        ),
+        expect_err(&mut state, &sign_tx(key, 0, TxKind::Unstake { amount: max })),
         Error::InsufficientStake { .. }
     ));
     let mut request = lease_request(&chain, &state, 64, 30 * 24 * 3600, 1);
     request.body.price_per_gpu_hour = max;
     let request = Signed::sign(request.body, key, &chain_id()).unwrap();
-    let tx = sign_tx(
-        &chain.keys[PROVIDER],
-        2,
-        TxKind::OpenLease {
-            accept: accept(&chain, &request),
-            request,
-        },
-    );
-    assert!(matches!(
-        expect_err(&mut state, &tx),
-        Error::Overflow("escrow")
-    ));
+    let tx = open_tx(&chain, 2, request);
+    assert!(matches!(expect_err(&mut state, &tx), Error::Overflow("escrow")));
 }
 
 #[test]
@@ -300,10 +259,7 @@ fn unstaked_tokens_return_after_the_unbonding_period() {
     );
     advance(&chain, &mut state, 1);
     let acct = state.account(&chain.address(OTHER));
-    assert_eq!(
-        (acct.balance, acct.unbonding),
-        (Amount::agr(9_800), Amount::ZERO)
-    );
+    assert_eq!((acct.balance, acct.unbonding), (Amount::agr(9_800), Amount::ZERO));
     assert!(matches!(
         expect_err(
             &mut state,
@@ -338,10 +294,7 @@ fn registering_a_provider_needs_minimum_stake() {
     ));
     setup_provider(&chain, &mut state);
     assert!(state.is_active_provider(&chain.address(PROVIDER)));
-    assert_eq!(
-        state.provider(&chain.address(PROVIDER)).unwrap().gpus,
-        gpus()
-    );
+    assert_eq!(state.provider(&chain.address(PROVIDER)).unwrap().gpus, gpus());
 }
 
 #[test]
@@ -387,10 +340,7 @@ fn opening_a_lease_locks_escrow_and_closing_settles_pro_rata() {
     );
     assert!(matches!(
         state.lease(&id).unwrap().status,
-        LeaseStatus::Settled {
-            exit_code: Some(0),
-            ..
-        }
+        LeaseStatus::Settled { exit_code: Some(0), .. }
     ));
 }
 
@@ -420,10 +370,7 @@ fn lease_rules_reject_wrong_parties_replays_and_bad_terms() {
             accept: good_accept.clone(),
         },
     );
-    assert!(matches!(
-        expect_err(&mut state, &by_other),
-        Error::NotLeaseParty(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &by_other), Error::NotLeaseParty(_)));
     // Acceptance signed by someone else than the provider.
     let forged = Signed::sign(good_accept.body.clone(), &chain.keys[OTHER], &chain_id()).unwrap();
     assert!(matches!(
@@ -440,20 +387,10 @@ fn lease_rules_reject_wrong_parties_replays_and_bad_terms() {
         &chain_id(),
     )
     .unwrap();
-    assert!(matches!(
-        expect_err(&mut state, &open(2, &short)),
-        Error::LeaseTerms(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &open(2, &short)), Error::LeaseTerms(_)));
     // A buyer who cannot pay: 64 GPUs × 30 days × 2 AGR = 92160 AGR > 10000.
     let huge = lease_request(&chain, &state, 64, 30 * 24 * 3600, 2);
-    let huge_tx = sign_tx(
-        &chain.keys[PROVIDER],
-        2,
-        TxKind::OpenLease {
-            accept: accept(&chain, &huge),
-            request: huge,
-        },
-    );
+    let huge_tx = open_tx(&chain, 2, huge);
     assert!(matches!(
         expect_err(&mut state, &huge_tx),
         Error::InsufficientFunds { .. }
@@ -489,10 +426,7 @@ fn lease_rules_reject_wrong_parties_replays_and_bad_terms() {
             lease_id: LeaseId(Hash([1; 32])),
         },
     );
-    assert!(matches!(
-        expect_err(&mut state, &unknown),
-        Error::UnknownLease(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &unknown), Error::UnknownLease(_)));
 }
 
 #[test]
@@ -502,18 +436,8 @@ fn expired_lease_requests_cannot_open() {
     setup_provider(&chain, &mut state);
     let request = lease_request(&chain, &state, 1, 60, 1);
     advance(&chain, &mut state, 61);
-    let tx = sign_tx(
-        &chain.keys[PROVIDER],
-        2,
-        TxKind::OpenLease {
-            accept: accept(&chain, &request),
-            request,
-        },
-    );
-    assert!(matches!(
-        expect_err(&mut state, &tx),
-        Error::RequestExpired { .. }
-    ));
+    let tx = open_tx(&chain, 2, request);
+    assert!(matches!(expect_err(&mut state, &tx), Error::RequestExpired { .. }));
 }
 
 #[test]
@@ -526,11 +450,7 @@ fn buyer_cancel_refunds_the_unused_time() {
     let events = commit(
         &chain,
         &mut state,
-        vec![sign_tx(
-            &chain.keys[BUYER],
-            0,
-            TxKind::CancelLease { lease_id: id },
-        )],
+        vec![sign_tx(&chain.keys[BUYER], 0, TxKind::CancelLease { lease_id: id })],
     );
     assert!(events.contains(&Event::LeaseSettled {
         lease_id: id,
@@ -539,10 +459,7 @@ fn buyer_cancel_refunds_the_unused_time() {
         refunded: Amount::agr(2)
     }));
     let again = sign_tx(&chain.keys[BUYER], 1, TxKind::CancelLease { lease_id: id });
-    assert!(matches!(
-        expect_err(&mut state, &again),
-        Error::LeaseNotOpen(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &again), Error::LeaseNotOpen(_)));
 }
 
 #[test]
@@ -552,21 +469,10 @@ fn a_lease_that_runs_out_settles_in_full() {
     setup_provider(&chain, &mut state);
     let request = lease_request(&chain, &state, 1, 10, 1);
     let id = request.lease_id().unwrap();
-    let tx = sign_tx(
-        &chain.keys[PROVIDER],
-        2,
-        TxKind::OpenLease {
-            accept: accept(&chain, &request),
-            request,
-        },
-    );
+    let tx = open_tx(&chain, 2, request);
     commit(&chain, &mut state, vec![tx]);
     let escrow = state.lease(&id).unwrap().escrow;
-    assert_eq!(
-        escrow,
-        Amount(5_556),
-        "2 AGR/h × 10 s rounds up to the micro-unit"
-    );
+    assert_eq!(escrow, Amount(5_556), "2 AGR/h × 10 s rounds up to the micro-unit");
     advance(&chain, &mut state, 9);
     assert_eq!(state.lease(&id).unwrap().status, LeaseStatus::Open);
     advance(&chain, &mut state, 1);
@@ -575,12 +481,7 @@ fn a_lease_that_runs_out_settles_in_full() {
     );
 }
 
-fn attest(
-    chain: &TestChain,
-    validator: usize,
-    start: u64,
-    end: u64,
-) -> Signed<DowntimeAttestation> {
+fn attest(chain: &TestChain, validator: usize, start: u64, end: u64) -> Signed<DowntimeAttestation> {
     let body = DowntimeAttestation {
         provider: chain.address(PROVIDER),
         window_start: Height(start),
@@ -595,10 +496,7 @@ fn downtime(chain: &TestChain, validators: &[usize], start: u64, end: u64) -> Tx
             provider: chain.address(PROVIDER),
             window_start: Height(start),
             window_end: Height(end),
-            attestations: validators
-                .iter()
-                .map(|v| attest(chain, *v, start, end))
-                .collect(),
+            attestations: validators.iter().map(|v| attest(chain, *v, start, end)).collect(),
         },
     }
 }
@@ -614,46 +512,22 @@ fn downtime_quorum_slashes_jails_refunds_and_only_once() {
     let stake_before = state.account(&chain.address(PROVIDER)).stake;
     // 2 of 4 equal validators is not more than 2/3.
     let weak = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1], 3, 8));
-    assert!(matches!(
-        expect_err(&mut state, &weak),
-        Error::InsufficientPower { .. }
-    ));
+    assert!(matches!(expect_err(&mut state, &weak), Error::InsufficientPower { .. }));
     // A non-validator's attestation is refused.
-    let outsider = sign_tx(
-        &chain.keys[OTHER],
-        0,
-        downtime(&chain, &[0, 1, OTHER], 3, 8),
-    );
-    assert!(matches!(
-        expect_err(&mut state, &outsider),
-        Error::NotValidator
-    ));
+    let outsider = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, OTHER], 3, 8));
+    assert!(matches!(expect_err(&mut state, &outsider), Error::NotValidator));
     // A repeated validator does not count twice.
     let dup = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 1], 3, 8));
-    assert!(matches!(
-        expect_err(&mut state, &dup),
-        Error::BadEvidence(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &dup), Error::BadEvidence(_)));
     // A window that has not ended yet.
     let h = state.height().0;
-    let future = sign_tx(
-        &chain.keys[OTHER],
-        0,
-        downtime(&chain, &[0, 1, 2], h - 2, h + 1),
-    );
-    assert!(matches!(
-        expect_err(&mut state, &future),
-        Error::BadEvidence(_)
-    ));
+    let future = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], h - 2, h + 1));
+    assert!(matches!(expect_err(&mut state, &future), Error::BadEvidence(_)));
 
     let events = commit(
         &chain,
         &mut state,
-        vec![sign_tx(
-            &chain.keys[OTHER],
-            0,
-            downtime(&chain, &[0, 1, 2], 3, 8),
-        )],
+        vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))],
     );
     let slash = stake_before.mul_div_floor(100, 10_000).unwrap();
     assert_eq!(
@@ -672,17 +546,11 @@ fn downtime_quorum_slashes_jails_refunds_and_only_once() {
             ..
         }
     )));
-    assert!(matches!(
-        state.lease(&id).unwrap().status,
-        LeaseStatus::Settled { .. }
-    ));
+    assert!(matches!(state.lease(&id).unwrap().status, LeaseStatus::Settled { .. }));
     assert!(!state.is_active_provider(&chain.address(PROVIDER)));
     // The same or an overlapping window is never slashed again.
     let again = sign_tx(&chain.keys[OTHER], 1, downtime(&chain, &[0, 1, 2, 3], 5, 9));
-    assert!(matches!(
-        expect_err(&mut state, &again),
-        Error::AlreadySlashed
-    ));
+    assert!(matches!(expect_err(&mut state, &again), Error::AlreadySlashed));
 }
 
 #[test]
@@ -694,34 +562,16 @@ fn a_jailed_provider_cannot_lease_and_unjails_after_the_jail_period() {
     commit(
         &chain,
         &mut state,
-        vec![sign_tx(
-            &chain.keys[OTHER],
-            0,
-            downtime(&chain, &[0, 1, 2], 3, 8),
-        )],
+        vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))],
     );
-    let ProviderStatus::Jailed { until } = state.provider(&chain.address(PROVIDER)).unwrap().status
-    else {
+    let ProviderStatus::Jailed { until } = state.provider(&chain.address(PROVIDER)).unwrap().status else {
         panic!("not jailed")
     };
     let request = lease_request(&chain, &state, 1, 60, 7);
-    let lease = sign_tx(
-        &chain.keys[PROVIDER],
-        2,
-        TxKind::OpenLease {
-            accept: accept(&chain, &request),
-            request,
-        },
-    );
-    assert!(matches!(
-        expect_err(&mut state, &lease),
-        Error::ProviderNotActive
-    ));
+    let lease = open_tx(&chain, 2, request);
+    assert!(matches!(expect_err(&mut state, &lease), Error::ProviderNotActive));
     let unjail = sign_tx(&chain.keys[PROVIDER], 2, TxKind::Unjail);
-    assert!(matches!(
-        expect_err(&mut state, &unjail),
-        Error::StillJailed { .. }
-    ));
+    assert!(matches!(expect_err(&mut state, &unjail), Error::StillJailed { .. }));
     let n = until.0 - state.height().0;
     advance(&chain, &mut state, n);
     commit(&chain, &mut state, vec![unjail]);
@@ -753,11 +603,7 @@ fn equivocating_heartbeats_tombstone_the_provider_once() {
         first: heartbeat(key, 5, 1),
         second: heartbeat(key, 5, 1),
     };
-    let tx = sign_tx(
-        &chain.keys[OTHER],
-        0,
-        TxKind::SlashEquivocation { evidence: same },
-    );
+    let tx = sign_tx(&chain.keys[OTHER], 0, TxKind::SlashEquivocation { evidence: same });
     assert!(matches!(expect_err(&mut state, &tx), Error::BadEvidence(_)));
     let ev = EquivocationEvidence::Heartbeats {
         first: heartbeat(key, 5, 1),
@@ -770,30 +616,19 @@ fn equivocating_heartbeats_tombstone_the_provider_once() {
         vec![sign_tx(
             &chain.keys[OTHER],
             0,
-            TxKind::SlashEquivocation {
-                evidence: ev.clone(),
-            },
+            TxKind::SlashEquivocation { evidence: ev.clone() },
         )],
     );
     assert_eq!(
         state.account(&chain.address(PROVIDER)).stake,
-        stake
-            .checked_sub(stake.mul_div_floor(500, 10_000).unwrap())
-            .unwrap()
+        stake.checked_sub(stake.mul_div_floor(500, 10_000).unwrap()).unwrap()
     );
     assert_eq!(
         state.provider(&chain.address(PROVIDER)).unwrap().status,
         ProviderStatus::Tombstoned
     );
-    let twice = sign_tx(
-        &chain.keys[OTHER],
-        1,
-        TxKind::SlashEquivocation { evidence: ev },
-    );
-    assert!(matches!(
-        expect_err(&mut state, &twice),
-        Error::AlreadySlashed
-    ));
+    let twice = sign_tx(&chain.keys[OTHER], 1, TxKind::SlashEquivocation { evidence: ev });
+    assert!(matches!(expect_err(&mut state, &twice), Error::AlreadySlashed));
     assert!(matches!(
         expect_err(&mut state, &sign_tx(key, 2, TxKind::Unjail)),
         Error::Tombstoned
@@ -821,18 +656,11 @@ fn slashing_reaches_unbonding_stake() {
     commit(
         &chain,
         &mut state,
-        vec![sign_tx(
-            &chain.keys[OTHER],
-            0,
-            downtime(&chain, &[0, 1, 2], 3, 8),
-        )],
+        vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))],
     );
     let acct = state.account(&chain.address(PROVIDER));
     // 1% of 1000 AGR bonded = 10 AGR: 5 from stake, 5 from unbonding.
-    assert_eq!(
-        (acct.stake, acct.unbonding),
-        (Amount::ZERO, Amount::agr(990))
-    );
+    assert_eq!((acct.stake, acct.unbonding), (Amount::ZERO, Amount::agr(990)));
     assert_eq!(state.burned(), Amount::agr(10));
 }
 
@@ -843,12 +671,9 @@ fn a_block_with_one_bad_transaction_changes_nothing() {
     let good = transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(1));
     let mut block = chain.next_block(&mut state, vec![good]).unwrap();
     // Smuggle in a transaction with a wrong nonce, fixing the tx root so only the rule fails.
-    block.txs.push(transfer(
-        &chain.keys[BUYER],
-        5,
-        chain.address(OTHER),
-        Amount(1),
-    ));
+    block
+        .txs
+        .push(transfer(&chain.keys[BUYER], 5, chain.address(OTHER), Amount(1)));
     block.header.tx_root = agora_protocol::block::tx_root(&block.txs).unwrap();
     let before = state.clone();
     let err = apply_block(&mut state, &block, SigCheck::Verify).unwrap_err();
@@ -863,12 +688,7 @@ fn block_header_checks_reject_bad_blocks() {
     let block = chain
         .next_block(
             &mut state,
-            vec![transfer(
-                &chain.keys[BUYER],
-                0,
-                chain.address(OTHER),
-                Amount(1),
-            )],
+            vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(1))],
         )
         .unwrap();
     let before = state.clone();
@@ -881,18 +701,9 @@ fn block_header_checks_reject_bad_blocks() {
         (mutate(&|b| b.header.height = Height(2)), "height"),
         (mutate(&|b| b.header.parent_hash = Hash([1; 32])), "parent"),
         (mutate(&|b| b.header.time_ms = TimestampMs(0)), "time"),
-        (
-            mutate(&|b| b.header.state_root = Hash([1; 32])),
-            "state root",
-        ),
-        (
-            mutate(&|b| b.header.tx_root = Hash([1; 32])),
-            "transaction root",
-        ),
-        (
-            mutate(&|b| b.header.proposer = chain.address(OTHER)),
-            "proposer",
-        ),
+        (mutate(&|b| b.header.state_root = Hash([1; 32])), "state root"),
+        (mutate(&|b| b.header.tx_root = Hash([1; 32])), "transaction root"),
+        (mutate(&|b| b.header.proposer = chain.address(OTHER)), "proposer"),
         (
             mutate(&|b| {
                 b.txs[0].signature.0[0] ^= 1;
@@ -903,9 +714,7 @@ fn block_header_checks_reject_bad_blocks() {
     ];
     let mut s = state.clone();
     for (bad, what) in cases {
-        let err = apply_block(&mut s, &bad, SigCheck::Verify)
-            .unwrap_err()
-            .to_string();
+        let err = apply_block(&mut s, &bad, SigCheck::Verify).unwrap_err().to_string();
         assert!(err.contains(what), "{what}: {err}");
         assert_eq!(s, before);
     }
@@ -924,14 +733,7 @@ fn the_builder_leaves_out_invalid_transactions() {
     let good = transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(1));
     let bad = transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(2)); // same nonce, now stale
     let time = TimestampMs(state.time_ms().0 + 1);
-    let (block, rejected) = build_block(
-        &mut state,
-        vec![good.clone(), bad],
-        time,
-        chain.address(0),
-        None,
-    )
-    .unwrap();
+    let (block, rejected) = build_block(&mut state, vec![good.clone(), bad], time, chain.address(0), None).unwrap();
     assert_eq!(block.txs, vec![good]);
     assert!(matches!(rejected[0].1, Error::WrongNonce { .. }));
     assert_eq!(state, before, "building must not change the state");

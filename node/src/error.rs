@@ -5,10 +5,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("key {name:?} already exists at {path}; refusing to overwrite it")]
     KeyExists { name: String, path: PathBuf },
     #[error("no key named {name:?} in {dir} (create one with `agora keys new --name {name}`)")]

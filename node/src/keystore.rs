@@ -85,19 +85,12 @@ pub fn create_from(home: &Path, name: &str, keypair: Keypair) -> Result<StoredKe
         address: keypair.address(),
         secret_key: hex::encode(keypair.secret_bytes().as_ref()),
     };
-    let json = Zeroizing::new(
-        serde_json::to_vec_pretty(&file).map_err(|e| Error::KeyFile {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?,
-    );
+    let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| Error::KeyFile {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?);
     // create_new makes "exists" and "create" one atomic step: no overwrite race.
-    let mut out = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
+    let mut out = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(Error::KeyExists {
@@ -132,11 +125,7 @@ pub fn load(home: &Path, name: &str) -> Result<StoredKey, Error> {
 }
 
 fn load_file(path: &Path) -> Result<StoredKey, Error> {
-    let mode = fs::metadata(path)
-        .map_err(Error::io(path))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = fs::metadata(path).map_err(Error::io(path))?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::KeyPermissions {
             path: path.to_path_buf(),
@@ -155,9 +144,7 @@ fn load_file(path: &Path) -> Result<StoredKey, Error> {
     }
     let keypair = Keypair::from_secret_hex(&secret).map_err(|e| malformed(e.to_string()))?;
     if keypair.address() != file.address {
-        return Err(malformed(
-            "the stored address does not match the secret key".into(),
-        ));
+        return Err(malformed("the stored address does not match the secret key".into()));
     }
     Ok(StoredKey {
         name: file.name,
@@ -174,10 +161,7 @@ pub fn list(home: &Path) -> Result<Vec<StoredKey>, Error> {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(Error::Io {
-                path: dir,
-                source: e,
-            });
+            return Err(Error::Io { path: dir, source: e });
         }
     };
     let mut keys = Vec::new();
@@ -209,14 +193,8 @@ mod tests {
     fn never_overwrites_an_existing_key() {
         let home = tempfile::tempdir().unwrap();
         let first = create(home.path(), "alice").unwrap();
-        assert!(matches!(
-            create(home.path(), "alice"),
-            Err(Error::KeyExists { .. })
-        ));
-        assert_eq!(
-            load(home.path(), "alice").unwrap().address(),
-            first.address()
-        );
+        assert!(matches!(create(home.path(), "alice"), Err(Error::KeyExists { .. })));
+        assert_eq!(load(home.path(), "alice").unwrap().address(), first.address());
     }
 
     #[test]
@@ -224,32 +202,20 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let k = create(home.path(), "alice").unwrap();
         fs::set_permissions(&k.path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            load(home.path(), "alice"),
-            Err(Error::KeyPermissions { .. })
-        ));
+        assert!(matches!(load(home.path(), "alice"), Err(Error::KeyPermissions { .. })));
         fs::set_permissions(&k.path, fs::Permissions::from_mode(0o600)).unwrap();
         let text = fs::read_to_string(&k.path).unwrap();
         let other = Keypair::from_seed_phrase("other").address().to_string();
         fs::write(&k.path, text.replace(&k.address().to_string(), &other)).unwrap();
-        assert!(matches!(
-            load(home.path(), "alice"),
-            Err(Error::KeyFile { .. })
-        ));
+        assert!(matches!(load(home.path(), "alice"), Err(Error::KeyFile { .. })));
     }
 
     #[test]
     fn rejects_bad_names() {
         let home = tempfile::tempdir().unwrap();
         for bad in ["", "../x", "a/b", "with space", &"x".repeat(65)] {
-            assert!(
-                matches!(create(home.path(), bad), Err(Error::KeyName(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(create(home.path(), bad), Err(Error::KeyName(_))), "{bad:?}");
         }
-        assert!(matches!(
-            load(home.path(), "nobody"),
-            Err(Error::KeyNotFound { .. })
-        ));
+        assert!(matches!(load(home.path(), "nobody"), Err(Error::KeyNotFound { .. })));
     }
 }

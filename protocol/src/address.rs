@@ -59,8 +59,7 @@ impl FromStr for Address {
             input: input.to_string(),
             reason,
         };
-        let checked =
-            CheckedHrpstring::new::<Bech32m>(input.trim()).map_err(|e| err(describe_bech32(&e)))?;
+        let checked = CheckedHrpstring::new::<Bech32m>(input.trim()).map_err(|e| err(describe_bech32(&e)))?;
         if checked.hrp() != Self::hrp() {
             return Err(err(format!(
                 "prefix is {:?}, expected {ADDRESS_HRP:?}",
@@ -110,21 +109,9 @@ mod tests {
     #[test]
     fn rejects_wrong_prefix_and_length() {
         let other = bech32::encode::<Bech32m>(Hrp::parse("cosmos").unwrap(), &[7; 32]).unwrap();
-        assert!(
-            other
-                .parse::<Address>()
-                .unwrap_err()
-                .to_string()
-                .contains("prefix")
-        );
+        assert!(other.parse::<Address>().unwrap_err().to_string().contains("prefix"));
         let short = bech32::encode::<Bech32m>(Address::hrp(), &[7; 20]).unwrap();
-        assert!(
-            short
-                .parse::<Address>()
-                .unwrap_err()
-                .to_string()
-                .contains("20 bytes")
-        );
+        assert!(short.parse::<Address>().unwrap_err().to_string().contains("20 bytes"));
         assert!("".parse::<Address>().is_err());
         assert!("agora1".parse::<Address>().is_err());
     }

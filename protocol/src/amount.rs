@@ -28,11 +28,9 @@ impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
-            s.parse::<u64>().map(Amount).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "expected micro-units as a decimal string, got {s:?}"
-                ))
-            })
+            s.parse::<u64>()
+                .map(Amount)
+                .map_err(|_| serde::de::Error::custom(format!("expected micro-units as a decimal string, got {s:?}")))
         } else {
             u64::deserialize(d).map(Amount)
         }
@@ -128,9 +126,7 @@ impl FromStr for Amount {
             return Err(err("expected a decimal number such as 1.5"));
         }
         if frac.len() > Self::DECIMALS {
-            return Err(err(
-                "more than 6 decimal places (1 uagr is the smallest unit)",
-            ));
+            return Err(err("more than 6 decimal places (1 uagr is the smallest unit)"));
         }
         let whole: u64 = if whole.is_empty() {
             0
@@ -170,15 +166,7 @@ mod tests {
         assert_eq!("0.000001 AGR".parse::<Amount>().unwrap(), Amount(1));
         assert_eq!(".5".parse::<Amount>().unwrap(), Amount(500_000));
         assert_eq!("42uagr".parse::<Amount>().unwrap(), Amount(42));
-        for bad in [
-            "",
-            "1.0000001",
-            "-1",
-            "1e3",
-            "abc",
-            "18446744073710",
-            "1.2.3",
-        ] {
+        for bad in ["", "1.0000001", "-1", "1e3", "abc", "18446744073710", "1.2.3"] {
             assert!(bad.parse::<Amount>().is_err(), "{bad:?} should be rejected");
         }
     }
@@ -194,10 +182,7 @@ mod tests {
     #[test]
     fn mul_div_floor_is_exact_and_never_overflows() {
         assert_eq!(Amount(10).mul_div_floor(1, 3), Some(Amount(3)));
-        assert_eq!(
-            Amount::MAX.mul_div_floor(u64::MAX, u64::MAX),
-            Some(Amount::MAX)
-        );
+        assert_eq!(Amount::MAX.mul_div_floor(u64::MAX, u64::MAX), Some(Amount::MAX));
         assert_eq!(Amount::MAX.mul_div_floor(2, 1), None);
         assert_eq!(Amount(1).mul_div_floor(1, 0), None);
     }

@@ -32,11 +32,9 @@ pub trait Wire: Serialize + DeserializeOwned {
 /// `VERSION || bincode(value)`, refused if it would exceed `MAX_BYTES`.
 pub fn encode<T: Wire>(value: &T) -> Result<Vec<u8>, Error> {
     let mut out = vec![T::VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| {
-        Error::Encode {
-            type_name: T::NAME,
-            reason: e.to_string(),
-        }
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| Error::Encode {
+        type_name: T::NAME,
+        reason: e.to_string(),
     })?;
     if out.len() > T::MAX_BYTES {
         return Err(Error::TooLarge {
@@ -58,9 +56,7 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, Error> {
             max: T::MAX_BYTES,
         });
     }
-    let (&version, body) = bytes
-        .split_first()
-        .ok_or(Error::Empty { type_name: T::NAME })?;
+    let (&version, body) = bytes.split_first().ok_or(Error::Empty { type_name: T::NAME })?;
     if version != T::VERSION {
         return Err(Error::Version {
             type_name: T::NAME,
@@ -68,11 +64,9 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, Error> {
             expected: T::VERSION,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config()).map_err(|e| {
-        Error::Malformed {
-            type_name: T::NAME,
-            reason: e.to_string(),
-        }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config()).map_err(|e| Error::Malformed {
+        type_name: T::NAME,
+        reason: e.to_string(),
     })?;
     if used != body.len() {
         return Err(Error::TrailingBytes {
@@ -84,10 +78,7 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, Error> {
 }
 
 /// Encodes a value without a version byte, for hashing and signing only.
-pub(crate) fn encode_body<T: Serialize>(
-    value: &T,
-    type_name: &'static str,
-) -> Result<Vec<u8>, Error> {
+pub(crate) fn encode_body<T: Serialize>(value: &T, type_name: &'static str) -> Result<Vec<u8>, Error> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode {
         type_name,
         reason: e.to_string(),
@@ -101,10 +92,7 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 }
 
 /// Writes the canonical bytes of `value` to `out` (a buffer or a hasher).
-pub fn canonical_into<T: Serialize, W: std::io::Write>(
-    value: &T,
-    out: &mut W,
-) -> Result<(), Error> {
+pub fn canonical_into<T: Serialize, W: std::io::Write>(value: &T, out: &mut W) -> Result<(), Error> {
     bincode::serde::encode_into_std_write(value, out, config())
         .map(|_| ())
         .map_err(|e| Error::Encode {

@@ -28,25 +28,13 @@ pub enum Error {
         expected: u8,
     },
     #[error("{type_name}: malformed encoding: {reason}")]
-    Malformed {
-        type_name: &'static str,
-        reason: String,
-    },
+    Malformed { type_name: &'static str, reason: String },
     #[error("{type_name}: {extra} trailing bytes after the encoded value")]
-    TrailingBytes {
-        type_name: &'static str,
-        extra: usize,
-    },
+    TrailingBytes { type_name: &'static str, extra: usize },
     #[error("{type_name}: encoding failed: {reason}")]
-    Encode {
-        type_name: &'static str,
-        reason: String,
-    },
+    Encode { type_name: &'static str, reason: String },
     #[error("bad signature on {domain}: {reason}")]
-    BadSignature {
-        domain: &'static str,
-        reason: &'static str,
-    },
+    BadSignature { domain: &'static str, reason: &'static str },
     #[error("invalid secret key: {0}")]
     SecretKey(String),
     #[error("{what} is invalid: {reason}")]

@@ -10,9 +10,7 @@ use crate::error::Error;
 use crate::limits::MAX_CHAIN_ID_LEN;
 
 /// A block height; genesis is height 0 and the first block is height 1.
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Height(pub u64);
 
 impl Height {
@@ -28,9 +26,7 @@ impl fmt::Display for Height {
 }
 
 /// Block time in milliseconds since the Unix epoch, as set by the proposer.
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TimestampMs(pub u64);
 
 /// A blake3 digest.
@@ -96,9 +92,7 @@ impl fmt::Debug for Hash {
 
 /// A lease's identity: the hash of the buyer's signed lease request, so a
 /// request can open at most one lease.
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LeaseId(pub Hash);
 
 impl fmt::Display for LeaseId {

@@ -43,9 +43,7 @@ impl<'de> Deserialize<'de> for Signature {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Signature, A::Error> {
                 let mut out = [0u8; 64];
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot = seq
-                        .next_element()?
-                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                    *slot = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(i, &self))?;
                 }
                 Ok(Signature(out))
             }
@@ -70,8 +68,7 @@ impl Keypair {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Result<Keypair, Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
-        getrandom::fill(secret.as_mut())
-            .map_err(|e| Error::SecretKey(format!("no OS randomness: {e}")))?;
+        getrandom::fill(secret.as_mut()).map_err(|e| Error::SecretKey(format!("no OS randomness: {e}")))?;
         Ok(Keypair::from_secret(&secret))
     }
 

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod limits;
 pub mod liveness;
 pub mod market;
+pub mod rng;
 pub mod sign;
 pub mod tx;
 

@@ -4,10 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::codec::Wire;
 use crate::ids::{Hash, Height};
 use crate::limits::*;
-use crate::sign::{Domain, Signable, Signed};
+use crate::sign::{Domain, Signed};
 
 /// "I am up", signed by a provider. Naming a recent block makes it impossible
 /// to produce in advance or replay later.
@@ -20,15 +19,7 @@ pub struct Heartbeat {
     pub block_hash: Hash,
 }
 
-impl Signable for Heartbeat {
-    const DOMAIN: Domain = Domain::Heartbeat;
-}
-
-impl Wire for Signed<Heartbeat> {
-    const NAME: &'static str = "heartbeat";
-    const VERSION: u8 = 1;
-    const MAX_BYTES: usize = MAX_LIVENESS_MSG_BYTES;
-}
+crate::signed_wire_type!(Heartbeat, Domain::Heartbeat, "heartbeat", MAX_LIVENESS_MSG_BYTES);
 
 /// "This provider was down over these blocks", signed by a validator after its
 /// own probe failed.
@@ -39,15 +30,12 @@ pub struct DowntimeAttestation {
     pub window_end: Height,
 }
 
-impl Signable for DowntimeAttestation {
-    const DOMAIN: Domain = Domain::DowntimeAttestation;
-}
-
-impl Wire for Signed<DowntimeAttestation> {
-    const NAME: &'static str = "downtime attestation";
-    const VERSION: u8 = 1;
-    const MAX_BYTES: usize = MAX_LIVENESS_MSG_BYTES;
-}
+crate::signed_wire_type!(
+    DowntimeAttestation,
+    Domain::DowntimeAttestation,
+    "downtime attestation",
+    MAX_LIVENESS_MSG_BYTES
+);
 
 /// Attestations from validators for one provider and window; the ledger
 /// slashes when their signers hold more than 2/3 of the voting power.

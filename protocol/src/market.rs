@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::amount::Amount;
-use crate::codec::{self, Wire};
+use crate::codec;
 use crate::error::Error;
 use crate::ids::{Hash, LeaseId, TimestampMs};
 use crate::limits::*;
-use crate::sign::{Domain, Signable, Signed};
+use crate::sign::{Domain, Signed};
 
 /// One kind of GPU on a host. `simulated` GPUs exist only in software (testnets)
 /// and are labelled so everywhere they appear.
@@ -53,10 +53,7 @@ pub fn validate_gpus(gpus: &[GpuSpec]) -> Result<(), Error> {
 
 /// Checks a region name: 1 to `MAX_REGION_LEN` printable ASCII bytes.
 pub fn validate_region(region: &str) -> Result<(), Error> {
-    if region.is_empty()
-        || region.len() > MAX_REGION_LEN
-        || !region.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if region.is_empty() || region.len() > MAX_REGION_LEN || !region.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::Invalid {
             what: "region",
             reason: "must be 1 to 32 printable ASCII characters".into(),
@@ -91,15 +88,7 @@ impl Offer {
     }
 }
 
-impl Signable for Offer {
-    const DOMAIN: Domain = Domain::Offer;
-}
-
-impl Wire for Signed<Offer> {
-    const NAME: &'static str = "offer";
-    const VERSION: u8 = 1;
-    const MAX_BYTES: usize = MAX_OFFER_BYTES;
-}
+crate::signed_wire_type!(Offer, Domain::Offer, "offer", MAX_OFFER_BYTES);
 
 /// A buyer's request for GPU time; the signer is the buyer. Signed locally by
 /// the buyer's CLI: nodes never hold buyers' keys.
@@ -150,23 +139,12 @@ impl LeaseRequest {
     }
 }
 
-impl Signable for LeaseRequest {
-    const DOMAIN: Domain = Domain::LeaseRequest;
-}
-
-impl Wire for Signed<LeaseRequest> {
-    const NAME: &'static str = "lease request";
-    const VERSION: u8 = 1;
-    const MAX_BYTES: usize = MAX_LEASE_MSG_BYTES;
-}
+crate::signed_wire_type!(LeaseRequest, Domain::LeaseRequest, "lease request", MAX_LEASE_MSG_BYTES);
 
 impl Signed<LeaseRequest> {
     /// The lease id this request opens: a hash of the whole signed request.
     pub fn lease_id(&self) -> Result<LeaseId, Error> {
-        Ok(LeaseId(Hash::tagged(
-            b"agora/lease-id/1",
-            &codec::encode(self)?,
-        )))
+        Ok(LeaseId(Hash::tagged(b"agora/lease-id/1", &codec::encode(self)?)))
     }
 }
 
@@ -181,10 +159,7 @@ pub struct LeaseAccept {
 impl LeaseAccept {
     pub fn validate(&self) -> Result<(), Error> {
         if self.gpu_ids.len() > MAX_LEASED_GPU_IDS
-            || self
-                .gpu_ids
-                .iter()
-                .any(|g| g.is_empty() || g.len() > MAX_GPU_ID_LEN)
+            || self.gpu_ids.iter().any(|g| g.is_empty() || g.len() > MAX_GPU_ID_LEN)
         {
             return Err(Error::Invalid {
                 what: "lease acceptance",
@@ -195,12 +170,9 @@ impl LeaseAccept {
     }
 }
 
-impl Signable for LeaseAccept {
-    const DOMAIN: Domain = Domain::LeaseAccept;
-}
-
-impl Wire for Signed<LeaseAccept> {
-    const NAME: &'static str = "lease acceptance";
-    const VERSION: u8 = 1;
-    const MAX_BYTES: usize = MAX_LEASE_MSG_BYTES;
-}
+crate::signed_wire_type!(
+    LeaseAccept,
+    Domain::LeaseAccept,
+    "lease acceptance",
+    MAX_LEASE_MSG_BYTES
+);

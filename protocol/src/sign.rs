@@ -73,11 +73,7 @@ impl<T: Signable> Signed<T> {
     }
 
     fn digest_of(body: &T, chain: &ChainId) -> Result<[u8; 32], Error> {
-        signing_digest(
-            T::DOMAIN,
-            chain,
-            &codec::encode_body(body, T::DOMAIN.tag())?,
-        )
+        signing_digest(T::DOMAIN, chain, &codec::encode_body(body, T::DOMAIN.tag())?)
     }
 
     /// The digest this signature must cover on `chain`.

@@ -5,13 +5,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::amount::Amount;
-use crate::codec::{self, Wire};
+use crate::codec;
 use crate::error::Error;
 use crate::ids::{Hash, LeaseId};
 use crate::limits::*;
 use crate::liveness::{DowntimeEvidence, EquivocationEvidence};
 use crate::market::{GpuSpec, LeaseAccept, LeaseRequest, validate_gpus, validate_region};
-use crate::sign::{Domain, Signable, Signed};
+use crate::sign::{Domain, Signed};
 
 /// A transaction body; the signer of the enclosing `Signed` is the sender.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,9 +91,7 @@ impl Transaction {
             })
         };
         match &self.kind {
-            TxKind::Transfer { amount, .. }
-            | TxKind::Stake { amount }
-            | TxKind::Unstake { amount } => {
+            TxKind::Transfer { amount, .. } | TxKind::Stake { amount } | TxKind::Unstake { amount } => {
                 if amount.is_zero() {
                     return invalid("amount must be positive");
                 }
@@ -107,8 +105,7 @@ impl Transaction {
                 accept.body.validate()?;
             }
             TxKind::SlashDowntime { evidence } => {
-                if evidence.attestations.is_empty() || evidence.attestations.len() > MAX_VALIDATORS
-                {
+                if evidence.attestations.is_empty() || evidence.attestations.len() > MAX_VALIDATORS {
                     return invalid("downtime evidence must carry 1 to 100 attestations");
                 }
                 if evidence.window_start > evidence.window_end {
@@ -124,18 +121,10 @@ impl Transaction {
     }
 }
 
-impl Signable for Transaction {
-    const DOMAIN: Domain = Domain::Transaction;
-}
-
 /// A transaction as it travels and as blocks hold it.
 pub type SignedTx = Signed<Transaction>;
 
-impl Wire for SignedTx {
-    const NAME: &'static str = "transaction";
-    const VERSION: u8 = 1;
-    const MAX_BYTES: usize = MAX_TX_BYTES;
-}
+crate::signed_wire_type!(Transaction, Domain::Transaction, "transaction", MAX_TX_BYTES);
 
 impl SignedTx {
     /// The transaction's id: a hash of its full encoding, signature included.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agora_ledger::{Event, Genesis, GenesisAccount, Params, Store, build_block};
 use agora_node::keystore;
 use agora_protocol::{
-    Address, Amount, ChainId, GpuSpec, Hash, Keypair, LeaseAccept, LeaseId, LeaseRequest, Signed,
-    SignedTx, TimestampMs, Transaction, TxKind,
+    Address, Amount, ChainId, GpuSpec, Hash, Keypair, LeaseAccept, LeaseId, LeaseRequest, Signed, SignedTx,
+    TimestampMs, Transaction, TxKind,
 };
 use serde::Serialize;
 
@@ -79,8 +79,7 @@ impl Demo {
     fn block(&mut self, what: &'static str, txs: Vec<SignedTx>) -> Result<Vec<Event>, Error> {
         let time = TimestampMs(now_ms().max(self.store.state().time_ms().0 + 1));
         let mut scratch = self.store.state().clone();
-        let (block, rejected) =
-            build_block(&mut scratch, txs, time, self.validator.address(), None)?;
+        let (block, rejected) = build_block(&mut scratch, txs, time, self.validator.address(), None)?;
         if let Some((_, e)) = rejected.into_iter().next() {
             return Err(Error::Rejected {
                 what,
@@ -98,11 +97,7 @@ impl Demo {
 
 /// Runs the demo in `dir` (created; must be empty if it exists), reporting
 /// each step through `progress`.
-pub fn run(
-    dir: &Path,
-    job: &[String],
-    progress: &mut dyn FnMut(String),
-) -> Result<DemoReport, Error> {
+pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Result<DemoReport, Error> {
     prepare_dir(dir)?;
     let keys = dir.join("home");
     let validator = keystore::create(&keys, "validator")?.keypair;
@@ -166,9 +161,7 @@ pub fn run(
     // The buyer signs locally; the provider countersigns with the GPUs it reserves.
     let request = Signed::sign(request, &buyer, &demo.chain)?;
     let lease_id = request.lease_id()?;
-    let gpu_ids: Vec<String> = (0..DEMO_GPUS)
-        .map(|i| format!("SIM-{DEMO_GPU_MODEL}-{i}"))
-        .collect();
+    let gpu_ids: Vec<String> = (0..DEMO_GPUS).map(|i| format!("SIM-{DEMO_GPU_MODEL}-{i}")).collect();
     let accept = Signed::sign(
         LeaseAccept {
             lease_id,
@@ -191,23 +184,11 @@ pub fn run(
 
     let workdir = dir.join("jobs").join(lease_id.to_string());
     progress(format!("running job: {}", job.join(" ")));
-    let (exit_code, output) = run_job(
-        job,
-        &workdir,
-        &gpu_ids,
-        lease_id,
-        Duration::from_secs(DEMO_LEASE_SECS),
-    )?;
+    let (exit_code, output) = run_job(job, &workdir, &gpu_ids, lease_id, Duration::from_secs(DEMO_LEASE_SECS))?;
     for line in output.lines() {
         progress(format!("  | {line}"));
     }
-    let close = demo.tx(
-        &provider,
-        TxKind::CloseLease {
-            lease_id,
-            exit_code,
-        },
-    )?;
+    let close = demo.tx(&provider, TxKind::CloseLease { lease_id, exit_code })?;
     let events = demo.block("close-lease", vec![close])?;
     let (paid, refunded) = events
         .iter()
@@ -256,9 +237,7 @@ pub fn run(
         provider_balance_after: provider_after,
         height: height.0,
         state_root: root,
-        supply_conserved: supply_conserved
-            && reopened.state().root() == root
-            && reopened.height() == height,
+        supply_conserved: supply_conserved && reopened.state().root() == root && reopened.height() == height,
     })
 }
 
@@ -276,12 +255,7 @@ fn prepare_dir(dir: &Path) -> Result<(), Error> {
     })
 }
 
-fn demo_genesis(
-    validator: &Keypair,
-    provider: &Keypair,
-    buyer: &Keypair,
-    now: u64,
-) -> Result<Genesis, Error> {
+fn demo_genesis(validator: &Keypair, provider: &Keypair, buyer: &Keypair, now: u64) -> Result<Genesis, Error> {
     let account = |k: &Keypair, balance, stake| GenesisAccount {
         address: k.address(),
         balance,
@@ -350,10 +324,7 @@ fn run_job(
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let mut output = fs::read(&out_path).map_err(|source| Error::Io {
-        path: out_path,
-        source,
-    })?;
+    let mut output = fs::read(&out_path).map_err(|source| Error::Io { path: out_path, source })?;
     output.truncate(MAX_JOB_OUTPUT_BYTES);
     Ok((
         status.and_then(|s| s.code()),

@@ -11,10 +11,7 @@ pub enum Error {
     #[error(transparent)]
     Protocol(#[from] agora_protocol::Error),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0} is not empty; the demo needs a fresh directory")]
     DirNotEmpty(PathBuf),
     #[error("the demo's {what} transaction was rejected: {reason}")]

@@ -23,15 +23,8 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(
-        args.next()
-            .ok_or("usage: ledger-crash-writer DB_PATH [MAX_HEIGHT]")?,
-    );
-    let max_height: u64 = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10_000);
+    let path = PathBuf::from(args.next().ok_or("usage: ledger-crash-writer DB_PATH [MAX_HEIGHT]")?);
+    let max_height: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10_000);
     let chain = TestChain::new(SENDERS, 1, Amount::agr(1_000_000));
     let mut store = Store::open(&path, &chain.genesis)?;
     let mut out = std::io::stdout().lock();
@@ -43,19 +36,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .map(|i| {
                 let from = (h as usize + i) % SENDERS;
                 let to = chain.address((from + 1 + i) % SENDERS);
-                let nonce =
-                    store.state().account(&chain.address(from)).nonce + (i / SENDERS) as u64;
+                let nonce = store.state().account(&chain.address(from)).nonce + (i / SENDERS) as u64;
                 transfer(&chain.keys[from], nonce, to, Amount(1 + h + i as u64))
             })
             .collect();
         let mut state = store.state().clone();
         let block = chain.next_block(&mut state, txs)?;
         let outcome = store.commit(&block)?;
-        writeln!(
-            out,
-            "committed {} {}",
-            block.header.height, outcome.state_root
-        )?;
+        writeln!(out, "committed {} {}", block.header.height, outcome.state_root)?;
         out.flush()?;
     }
     Ok(())
