@@ -16,6 +16,8 @@ pub enum Error {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("key file {path} is malformed: {reason}")]
     KeyFile { path: PathBuf, reason: String },
+    #[error("identity: {0}")]
+    Identity(String),
     #[error(transparent)]
     Protocol(#[from] agora_protocol::Error),
 }

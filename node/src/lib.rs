@@ -3,6 +3,7 @@
 //! that both the daemon and the CLI use.
 
 pub mod error;
+pub mod identity;
 pub mod keystore;
 
 pub use agora_ledger as ledger;
