@@ -76,6 +76,12 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    // --- consensus ---
+    #[error("block time is too far ahead of this node's clock")]
+    BlockTooFarAhead,
+    #[error("bad certificate: {0}")]
+    BadCertificate(String),
+
     // --- genesis and invariants ---
     #[error("invalid genesis: {0}")]
     Genesis(String),

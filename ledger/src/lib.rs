@@ -4,6 +4,7 @@
 
 mod accounts;
 pub mod apply;
+pub mod consensus;
 pub mod error;
 pub mod events;
 pub mod genesis;

@@ -12,7 +12,7 @@ use crate::address::Address;
 use crate::error::Error;
 
 /// An ed25519 signature (64 bytes), encoded as a fixed-size tuple.
-#[derive(Copy, Clone, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {

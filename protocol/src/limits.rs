@@ -15,6 +15,8 @@ pub const MAX_OFFER_BYTES: usize = 4 * 1024;
 pub const MAX_LEASE_MSG_BYTES: usize = 4 * 1024;
 /// Heartbeats and attestations are fixed-size small records.
 pub const MAX_LIVENESS_MSG_BYTES: usize = 1024;
+/// Votes and proposals are small fixed records (the block travels separately).
+pub const MAX_CONSENSUS_MSG_BYTES: usize = 1024;
 /// Largest local state snapshot; local storage only, never read from the network.
 pub const MAX_STATE_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
 /// The bincode allocation limit applied to every decode, on top of the

@@ -20,6 +20,9 @@ pub enum Domain {
     LeaseAccept,
     Heartbeat,
     DowntimeAttestation,
+    Vote,
+    Proposal,
+    ProposalBlock,
 }
 
 impl Domain {
@@ -33,6 +36,9 @@ impl Domain {
             Domain::LeaseAccept => "agora/sig/lease-accept/1",
             Domain::Heartbeat => "agora/sig/heartbeat/1",
             Domain::DowntimeAttestation => "agora/sig/downtime-attestation/1",
+            Domain::Vote => "agora/sig/vote/1",
+            Domain::Proposal => "agora/sig/proposal/1",
+            Domain::ProposalBlock => "agora/sig/proposal-block/1",
         }
     }
 }

@@ -1,0 +1,497 @@
+//! The consensus engine: one validator's (or follower's) view of consensus,
+//! without I/O. It owns Malachite's consensus state, the ledger state at the
+//! tip, the mempool and the blocks proposed at the current height, and turns
+//! every input into a list of actions for the node (or the simulator) to carry
+//! out. Time is an input: `handle` is given the current time in milliseconds.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use agora_protocol::consensus::{ConsensusMessage, Proposal as WireProposal, ProposalBlock, Vote as WireVote};
+use agora_protocol::{Block, ChainId, CommitCertificate, CommitSig, Hash, Height, Keypair, Signed, SignedTx, TimestampMs};
+use malachite_core_consensus::{
+    self as mcc, Effect, LocallyProposedValue, ProposedValue, Resumable, Resume, SignedConsensusMsg,
+};
+use malachite_core_types::{
+    CertificateError, CommitSignature, LinearTimeouts, NilOrVal, Round, SignedMessage, Timeout, Timeouts,
+    ThresholdParams, Validity, ValueOrigin, ValuePayload, VoteExtensionPolicy, VoteType,
+};
+
+use super::certificate::{CertifiedVote, verify_votes};
+use super::context::{
+    AgoraContext, BlockValue, ConsensusHeight, ConsensusProposal, ConsensusValidatorSet, ConsensusVote,
+    ValidatorAddress, pol_round_of, round_of, select_proposer,
+};
+use super::mempool::Mempool;
+use crate::apply::{SigCheck, apply_block, apply_block_pending, build_block};
+use crate::error::Error;
+use crate::events::Event;
+use crate::state::State;
+
+type McState = mcc::State<AgoraContext>;
+type McInput = mcc::Input<AgoraContext>;
+
+/// Proposed blocks kept per height (one per round is normal; more means a
+/// faulty proposer or many rounds).
+pub const MAX_PENDING_BLOCKS: usize = 32;
+/// Malachite's buffer for inputs from future heights, and per height.
+pub const INPUT_QUEUE_CAPACITY: usize = 256;
+pub const INPUT_QUEUE_PER_HEIGHT: usize = 128;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub timeouts: LinearTimeouts,
+    /// A proposed block's time may be at most this far ahead of our clock.
+    pub max_block_time_drift_ms: u64,
+    /// Whether this node takes part (signs); followers only verify and commit.
+    pub is_validator: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { timeouts: LinearTimeouts::default(), max_block_time_drift_ms: 5_000, is_validator: true }
+    }
+}
+
+/// What the engine is told.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Start consensus at the height after the ledger's tip.
+    Start,
+    /// A consensus message from a peer (already size-checked and decoded).
+    Message(ConsensusMessage),
+    /// A timer set by `Action::ScheduleTimeout` fired.
+    TimeoutElapsed(Timeout),
+    /// A transaction for the mempool.
+    Tx(SignedTx),
+}
+
+/// Two different signed votes from one validator for the same height, round
+/// and type: evidence for the slashing issue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoteEquivocation {
+    pub first: Signed<WireVote>,
+    pub second: Signed<WireVote>,
+}
+
+/// What the engine asks its host to do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Broadcast(ConsensusMessage),
+    ScheduleTimeout { timeout: Timeout, after: Duration },
+    CancelTimeout(Timeout),
+    CancelAllTimeouts,
+    /// Persist this block with its certificate before acting on anything else.
+    Commit { block: Box<Block>, certificate: CommitCertificate, events: Vec<Event> },
+    /// Consensus decided a block this node never received: fetch it (sync).
+    MissingBlock { height: Height, hash: Hash },
+    Evidence(VoteEquivocation),
+}
+
+/// Everything the effect handler needs, split from Malachite's state so both
+/// can be borrowed at once.
+struct Host {
+    chain: ChainId,
+    key: Keypair,
+    config: EngineConfig,
+    ledger: State,
+    mempool: Mempool,
+    /// Blocks proposed at the current height, by hash.
+    blocks: BTreeMap<Hash, Block>,
+    /// The certificate of the last committed block, carried by the next block.
+    last_commit: Option<CommitCertificate>,
+    now_ms: u64,
+    actions: Vec<Action>,
+    followups: VecDeque<McInput>,
+}
+
+pub struct Engine {
+    mc: McState,
+    host: Host,
+}
+
+fn validator_set(ledger: &State) -> ConsensusValidatorSet {
+    ConsensusValidatorSet::from_state(ledger)
+}
+
+impl Engine {
+    /// An engine on top of the ledger state `ledger` (the committed tip).
+    pub fn new(chain: ChainId, key: Keypair, ledger: State, config: EngineConfig) -> Engine {
+        let height = ConsensusHeight(ledger.height().0 + 1);
+        let params = mcc::Params {
+            address: ValidatorAddress(key.address()),
+            threshold_params: ThresholdParams::default(),
+            value_payload: ValuePayload::ProposalAndParts,
+            enabled: config.is_validator,
+        };
+        let mc =
+            McState::new(AgoraContext, height, validator_set(&ledger), params, INPUT_QUEUE_CAPACITY, INPUT_QUEUE_PER_HEIGHT);
+        let host = Host {
+            chain,
+            key,
+            config,
+            ledger,
+            mempool: Mempool::default(),
+            blocks: BTreeMap::new(),
+            last_commit: None,
+            now_ms: 0,
+            actions: Vec::new(),
+            followups: VecDeque::new(),
+        };
+        Engine { mc, host }
+    }
+
+    pub fn ledger(&self) -> &State {
+        &self.host.ledger
+    }
+
+    pub fn mempool(&self) -> &Mempool {
+        &self.host.mempool
+    }
+
+    /// The height consensus is working on.
+    pub fn height(&self) -> Height {
+        Height(self.mc.height().0)
+    }
+
+    pub fn round(&self) -> Round {
+        self.mc.round()
+    }
+
+    /// Feeds one input at time `now_ms`; returns the actions to carry out, in order.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
+        self.host.now_ms = now_ms;
+        match input {
+            Input::Start => self.host.followups.push_back(self.host.start_height_input()),
+            Input::TimeoutElapsed(t) => self.host.followups.push_back(McInput::TimeoutElapsed(t)),
+            Input::Tx(tx) => {
+                // Signature checked here so the pool never holds forgeries.
+                if tx.verify(&self.host.chain).is_ok() {
+                    let _ = self.host.mempool.add(&self.host.ledger, tx);
+                }
+            }
+            Input::Message(msg) => {
+                if let Some(i) = self.host.on_message(msg, self.mc.height(), self.mc.validator_set()) {
+                    self.host.followups.push_back(i);
+                }
+            }
+        }
+        while let Some(input) = self.host.followups.pop_front() {
+            let host = &mut self.host;
+            let result: Result<(), mcc::Error<AgoraContext>> = mcc::process!(input: input, state: &mut self.mc, metrics: &(), with: effect => host.on_effect(effect));
+            if let Err(e) = result {
+                tracing_free_log(&e);
+            }
+        }
+        std::mem::take(&mut self.host.actions)
+    }
+}
+
+/// Malachite reports internal errors (stale inputs and the like) that do not
+/// stop consensus; they are dropped here on purpose.
+fn tracing_free_log<E: std::fmt::Debug>(_e: &E) {}
+
+impl Host {
+    fn start_height_input(&self) -> McInput {
+        McInput::StartHeight(
+            ConsensusHeight(self.ledger.height().0 + 1),
+            validator_set(&self.ledger),
+            false,
+            None,
+            VoteExtensionPolicy::Disabled,
+        )
+    }
+
+    /// Checks a peer message and turns it into a Malachite input.
+    fn on_message(
+        &mut self,
+        msg: ConsensusMessage,
+        height: ConsensusHeight,
+        set: &ConsensusValidatorSet,
+    ) -> Option<McInput> {
+        match msg {
+            ConsensusMessage::Vote(v) => {
+                let vote = ConsensusVote::new(v.body, v.signer);
+                Some(McInput::Vote(SignedMessage::new(vote, v.signature)))
+            }
+            ConsensusMessage::Proposal(p) => {
+                let proposal = ConsensusProposal::new(p.body, p.signer);
+                Some(McInput::Proposal(SignedMessage::new(proposal, p.signature)))
+            }
+            ConsensusMessage::Block(b) => self.on_block(*b, height, set),
+        }
+    }
+
+    /// A proposed block: from the round's proposer, for the current height,
+    /// checked by applying it to the ledger (then rolled back).
+    fn on_block(
+        &mut self,
+        signed: Signed<ProposalBlock>,
+        height: ConsensusHeight,
+        set: &ConsensusValidatorSet,
+    ) -> Option<McInput> {
+        let ProposalBlock { round, pol_round, block } = &signed.body;
+        if block.header.height.0 != height.0 {
+            return None;
+        }
+        let proposer = select_proposer(set, height.0, i64::from(*round)).public_key;
+        if signed.signer != proposer || signed.verify(&self.chain).is_err() {
+            return None;
+        }
+        let hash = block.hash();
+        if !self.blocks.contains_key(&hash) && self.blocks.len() >= MAX_PENDING_BLOCKS {
+            return None;
+        }
+        let validity = Validity::from_bool(self.check_block(block).is_ok());
+        self.blocks.entry(hash).or_insert_with(|| block.clone());
+        Some(McInput::ProposedValue(
+            ProposedValue {
+                height,
+                round: round_of(*round),
+                valid_round: pol_round_of(*pol_round),
+                proposer: ValidatorAddress(signed.signer),
+                value: BlockValue(hash),
+                validity,
+            },
+            ValueOrigin::Consensus,
+        ))
+    }
+
+    /// A block is valid if its time is not too far ahead of ours, it carries
+    /// a valid certificate for its parent, and it applies to the ledger.
+    fn check_block(&mut self, block: &Block) -> Result<(), Error> {
+        if block.header.time_ms.0 > self.now_ms.saturating_add(self.config.max_block_time_drift_ms) {
+            return Err(Error::BlockTooFarAhead);
+        }
+        if let Some(cert) = &block.last_commit {
+            // Verified against the set that committed the parent: the current
+            // set, since sets change only at epoch boundaries (checked there).
+            super::certificate::verify_commit(
+                &self.chain,
+                &validator_set(&self.ledger),
+                cert,
+                self.ledger.height(),
+                self.ledger.last_block_hash(),
+            )?;
+        } else if self.ledger.height().0 > 0 {
+            return Err(Error::BadCertificate("block lacks its parent's commit certificate".into()));
+        }
+        let mark = self.ledger.checkpoint();
+        let result = apply_block_pending(&mut self.ledger, block, SigCheck::Verify).map(|_| ());
+        self.ledger.rollback(mark);
+        result
+    }
+
+    fn on_effect(&mut self, effect: Effect<AgoraContext>) -> Result<Resume<AgoraContext>, Error> {
+        Ok(match effect {
+            Effect::CancelAllTimeouts(r) => {
+                self.actions.push(Action::CancelAllTimeouts);
+                r.resume_with(())
+            }
+            Effect::CancelTimeout(t, r) => {
+                self.actions.push(Action::CancelTimeout(t));
+                r.resume_with(())
+            }
+            Effect::ScheduleTimeout(t, r) => {
+                let after = Timeouts::<AgoraContext>::duration_for(&self.config.timeouts, t);
+                self.actions.push(Action::ScheduleTimeout { timeout: t, after });
+                r.resume_with(())
+            }
+            Effect::StartRound(_, _, _, _, r) => r.resume_with(()),
+            Effect::PublishConsensusMsg(msg, r) => {
+                self.actions.push(Action::Broadcast(match msg {
+                    SignedConsensusMsg::Vote(v) => ConsensusMessage::Vote(v.message.to_wire(v.signature)),
+                    SignedConsensusMsg::Proposal(p) => ConsensusMessage::Proposal(p.message.to_wire(p.signature)),
+                }));
+                r.resume_with(())
+            }
+            Effect::PublishLivenessMsg(msg, r) => {
+                if let mcc::LivenessMsg::Vote(v) = msg {
+                    self.actions.push(Action::Broadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
+                }
+                r.resume_with(())
+            }
+            Effect::RepublishVote(v, r) => {
+                self.actions.push(Action::Broadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
+                r.resume_with(())
+            }
+            Effect::RepublishRoundCertificate(_, r) => r.resume_with(()),
+            Effect::GetValue(height, round, _timeout, r) => {
+                self.propose(height, round)?;
+                r.resume_with(())
+            }
+            Effect::RestreamProposal(height, round, valid_round, _, value_id, r) => {
+                self.restream(height, round, valid_round, value_id)?;
+                r.resume_with(())
+            }
+            Effect::CertVerifiedSyncValue(_, _, r) => r.resume_with(()),
+            Effect::CertRejectedSyncValue(_, _, _, r) => r.resume_with(()),
+            Effect::Decide(_, _, r) => r.resume_with(()),
+            Effect::SignVote(vote, r) => {
+                let signature = Signed::sign(vote.vote.clone(), &self.key, &self.chain)?.signature;
+                r.resume_with(SignedMessage::new(vote, signature))
+            }
+            Effect::SignProposal(proposal, r) => {
+                let signature = Signed::sign(proposal.proposal.clone(), &self.key, &self.chain)?.signature;
+                r.resume_with(SignedMessage::new(proposal, signature))
+            }
+            Effect::VerifySignature(msg, public_key, r) => r.resume_with(self.verify_signature(&msg, &public_key)),
+            Effect::VerifyCommitCertificate(cert, set, _, r) => {
+                let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
+                    validator: s.address.0,
+                    kind: agora_protocol::VoteKind::Precommit,
+                    block: Some(cert.value_id),
+                    signature: s.signature,
+                });
+                r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
+            }
+            Effect::VerifyExtendedCommitCertificate(cert, set, _, _, r) => {
+                let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
+                    validator: s.address.0,
+                    kind: agora_protocol::VoteKind::Precommit,
+                    block: Some(cert.value_id),
+                    signature: s.signature,
+                });
+                r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
+            }
+            Effect::VerifyPolkaCertificate(cert, set, _, r) => {
+                let votes = cert.polka_signatures.iter().map(|s| CertifiedVote {
+                    validator: s.address.0,
+                    kind: agora_protocol::VoteKind::Prevote,
+                    block: Some(cert.value_id),
+                    signature: s.signature,
+                });
+                r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
+            }
+            Effect::VerifyRoundCertificate(cert, set, _, r) => {
+                let votes = cert.round_signatures.iter().map(|s| CertifiedVote {
+                    validator: s.address.0,
+                    kind: match s.vote_type {
+                        VoteType::Prevote => agora_protocol::VoteKind::Prevote,
+                        VoteType::Precommit => agora_protocol::VoteKind::Precommit,
+                    },
+                    block: match s.value_id {
+                        NilOrVal::Nil => None,
+                        NilOrVal::Val(h) => Some(h),
+                    },
+                    signature: s.signature,
+                });
+                r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
+            }
+            Effect::WalAppend(_, _, r) => r.resume_with(()),
+            Effect::ExtendVote(_, _, _, _, r) => r.resume_with(None),
+            Effect::VerifyVoteExtension(_, _, _, _, _, _, r) => r.resume_with(Ok(())),
+            Effect::Finalize(cert, _, evidence, r) => {
+                self.record_evidence(&evidence);
+                self.commit(cert)?;
+                r.resume_with(())
+            }
+        })
+    }
+
+    fn verify_signature(
+        &self,
+        msg: &SignedMessage<AgoraContext, mcc::ConsensusMsg<AgoraContext>>,
+        public_key: &agora_protocol::Address,
+    ) -> bool {
+        match &msg.message {
+            mcc::ConsensusMsg::Vote(v) => {
+                v.validator.0 == *public_key && v.to_wire(msg.signature).verify(&self.chain).is_ok()
+            }
+            mcc::ConsensusMsg::Proposal(p) => {
+                p.proposer.0 == *public_key && p.to_wire(msg.signature).verify(&self.chain).is_ok()
+            }
+        }
+    }
+
+    fn verify_certificate(
+        &self,
+        set: &ConsensusValidatorSet,
+        height: ConsensusHeight,
+        round: Round,
+        votes: impl Iterator<Item = CertifiedVote>,
+    ) -> Result<(), CertificateError<AgoraContext>> {
+        let Some(round) = round.as_u32() else {
+            return Err(CertificateError::NotEnoughVotingPower { signed: 0, total: 0, expected: 1 });
+        };
+        verify_votes(&self.chain, set, Height(height.0), round, votes).map_err(|_| {
+            // Malachite only needs to know the certificate is unusable.
+            CertificateError::NotEnoughVotingPower { signed: 0, total: 0, expected: 1 }
+        })
+    }
+
+    /// Builds a block from the mempool, broadcasts it, and tells consensus.
+    fn propose(&mut self, height: ConsensusHeight, round: Round) -> Result<(), Error> {
+        if height.0 != self.ledger.height().0 + 1 {
+            return Ok(());
+        }
+        let time = TimestampMs(self.now_ms.max(self.ledger.time_ms().0 + 1));
+        let max = self.ledger.params().max_txs_per_block as usize;
+        let candidates = self.mempool.candidates(max);
+        let (block, _rejected) =
+            build_block(&mut self.ledger, candidates, time, self.key.address(), self.last_commit.clone())?;
+        let hash = block.hash();
+        let wire_round = round.as_u32().unwrap_or(0);
+        let proposal_block = ProposalBlock { round: wire_round, pol_round: None, block: block.clone() };
+        let signed = Signed::sign(proposal_block, &self.key, &self.chain)?;
+        self.blocks.insert(hash, block);
+        self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+        self.followups.push_back(McInput::Propose(LocallyProposedValue::new(height, round, BlockValue(hash))));
+        Ok(())
+    }
+
+    /// Re-sends a block we hold for a later round (re-proposal of a valid value).
+    fn restream(&mut self, height: ConsensusHeight, round: Round, valid_round: Round, hash: Hash) -> Result<(), Error> {
+        let Some(block) = self.blocks.get(&hash) else { return Ok(()) };
+        if block.header.height.0 != height.0 {
+            return Ok(());
+        }
+        let body = ProposalBlock { round: round.as_u32().unwrap_or(0), pol_round: valid_round.as_u32(), block: block.clone() };
+        let signed = Signed::sign(body, &self.key, &self.chain)?;
+        self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+        Ok(())
+    }
+
+    fn record_evidence(&mut self, evidence: &mcc::MisbehaviorEvidence<AgoraContext>) {
+        for (_, pairs) in evidence.votes.iter() {
+            for (first, second) in pairs {
+                self.actions.push(Action::Evidence(VoteEquivocation {
+                    first: first.message.to_wire(first.signature),
+                    second: second.message.to_wire(second.signature),
+                }));
+            }
+        }
+    }
+
+    /// Applies the decided block, hands it out for persistence, and moves
+    /// consensus to the next height.
+    fn commit(&mut self, cert: malachite_core_types::CommitCertificate<AgoraContext>) -> Result<(), Error> {
+        let height = Height(cert.height.0);
+        let Some(block) = self.blocks.get(&cert.value_id).cloned() else {
+            self.actions.push(Action::MissingBlock { height, hash: cert.value_id });
+            return Ok(());
+        };
+        let outcome = apply_block(&mut self.ledger, &block, SigCheck::Skip)?;
+        let certificate = CommitCertificate {
+            height,
+            round: cert.round.as_u32().unwrap_or(0),
+            block_hash: cert.value_id,
+            signatures: cert
+                .commit_signatures
+                .iter()
+                .map(|s: &CommitSignature<AgoraContext>| CommitSig { validator: s.address.0, signature: s.signature })
+                .collect(),
+        };
+        self.last_commit = Some(certificate.clone());
+        self.blocks.clear();
+        self.mempool.prune(&self.ledger);
+        self.actions.push(Action::Commit { block: Box::new(block), certificate, events: outcome.events });
+        self.followups.push_back(self.start_height_input());
+        Ok(())
+    }
+}
+
+/// Not used by the engine itself: the shape of a proposal signed for the wire.
+pub fn wire_proposal(p: &ConsensusProposal) -> &WireProposal {
+    &p.proposal
+}
