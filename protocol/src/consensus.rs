@@ -4,9 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::Address;
 use crate::block::Block;
 use crate::codec::Wire;
 use crate::ids::{Hash, Height};
+use crate::keys::Signature;
 use crate::limits::{MAX_BLOCK_BYTES, MAX_CONSENSUS_MSG_BYTES};
 use crate::sign::{Domain, Signed};
 
@@ -47,7 +49,43 @@ pub struct ProposalBlock {
 
 crate::signed_wire_type!(Vote, Domain::Vote, "vote", MAX_CONSENSUS_MSG_BYTES);
 crate::signed_wire_type!(Proposal, Domain::Proposal, "proposal", MAX_CONSENSUS_MSG_BYTES);
-crate::signed_wire_type!(ProposalBlock, Domain::ProposalBlock, "proposal block", MAX_BLOCK_BYTES + 1024);
+crate::signed_wire_type!(
+    ProposalBlock,
+    Domain::ProposalBlock,
+    "proposal block",
+    MAX_BLOCK_BYTES + 1024
+);
+
+/// One validator's signed vote inside a certificate (the vote's height and
+/// round are the certificate's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSig {
+    pub validator: Address,
+    pub kind: VoteKind,
+    pub block: Option<Hash>,
+    pub signature: Signature,
+}
+
+/// Why a round certificate lets a node move to its round.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoundCertKind {
+    /// More than 1/3 of power is already in this round.
+    Skip,
+    /// More than 2/3 of power precommitted in this round.
+    Precommit,
+}
+
+/// A bundle of votes for one height and round, re-gossiped so that a node
+/// that missed the individual votes can still follow (liveness under loss).
+/// Each signature is checked as the vote it stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteCertificate {
+    pub height: Height,
+    pub round: u32,
+    /// `Some` for a round certificate; `None` for a polka (prevotes for one block).
+    pub round_kind: Option<RoundCertKind>,
+    pub votes: Vec<CertSig>,
+}
 
 /// Every consensus message, as gossiped on the consensus topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +93,7 @@ pub enum ConsensusMessage {
     Vote(Signed<Vote>),
     Proposal(Signed<Proposal>),
     Block(Box<Signed<ProposalBlock>>),
+    Certificate(VoteCertificate),
 }
 
 impl ConsensusMessage {
@@ -63,6 +102,7 @@ impl ConsensusMessage {
             ConsensusMessage::Vote(v) => v.body.height,
             ConsensusMessage::Proposal(p) => p.body.height,
             ConsensusMessage::Block(b) => b.body.block.header.height,
+            ConsensusMessage::Certificate(c) => c.height,
         }
     }
 }

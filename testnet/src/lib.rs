@@ -4,5 +4,6 @@
 
 pub mod demo;
 pub mod error;
+pub mod sim;
 
 pub use error::Error;

@@ -40,14 +40,25 @@ pub fn verify_votes(
         if !seen.insert(v.validator) {
             return Err(Error::BadCertificate(format!("{} signed twice", v.validator)));
         }
-        let vote = Vote { kind: v.kind, height, round, block: v.block };
-        Signed { body: vote, signer: v.validator, signature: v.signature }
-            .verify(chain)
-            .map_err(|e| Error::BadCertificate(format!("signature of {}: {e}", v.validator)))?;
+        let vote = Vote {
+            kind: v.kind,
+            height,
+            round,
+            block: v.block,
+        };
+        Signed {
+            body: vote,
+            signer: v.validator,
+            signature: v.signature,
+        }
+        .verify(chain)
+        .map_err(|e| Error::BadCertificate(format!("signature of {}: {e}", v.validator)))?;
         signed = signed.saturating_add(validator.power);
     }
     if u128::from(signed) * 3 <= u128::from(total) * 2 {
-        return Err(Error::BadCertificate(format!("signers hold {signed} of {total} voting power")));
+        return Err(Error::BadCertificate(format!(
+            "signers hold {signed} of {total} voting power"
+        )));
     }
     Ok(())
 }
@@ -61,7 +72,10 @@ pub fn verify_commit(
     block_hash: Hash,
 ) -> Result<(), Error> {
     if cert.height != height || cert.block_hash != block_hash {
-        return Err(Error::BadCertificate(format!("certificate is for height {} block {}", cert.height, cert.block_hash)));
+        return Err(Error::BadCertificate(format!(
+            "certificate is for height {} block {}",
+            cert.height, cert.block_hash
+        )));
     }
     let votes = cert.signatures.iter().map(|s| CertifiedVote {
         validator: s.validator,

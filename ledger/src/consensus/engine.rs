@@ -7,14 +7,20 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use agora_protocol::consensus::{ConsensusMessage, Proposal as WireProposal, ProposalBlock, Vote as WireVote};
-use agora_protocol::{Block, ChainId, CommitCertificate, CommitSig, Hash, Height, Keypair, Signed, SignedTx, TimestampMs};
+use agora_protocol::consensus::{
+    CertSig, ConsensusMessage, ProposalBlock, RoundCertKind, Vote as WireVote, VoteCertificate, VoteKind,
+};
+use agora_protocol::limits::MAX_VALIDATORS;
+use agora_protocol::{
+    Block, ChainId, CommitCertificate, CommitSig, Hash, Height, Keypair, Signed, SignedTx, TimestampMs,
+};
 use malachite_core_consensus::{
     self as mcc, Effect, LocallyProposedValue, ProposedValue, Resumable, Resume, SignedConsensusMsg,
 };
 use malachite_core_types::{
-    CertificateError, CommitSignature, LinearTimeouts, NilOrVal, Round, SignedMessage, Timeout, Timeouts,
-    ThresholdParams, Validity, ValueOrigin, ValuePayload, VoteExtensionPolicy, VoteType,
+    CertificateError, CommitSignature, LinearTimeouts, NilOrVal, PolkaCertificate, PolkaSignature, Round,
+    RoundCertificate, RoundCertificateType, RoundSignature, SignedMessage, ThresholdParams, Timeout, Timeouts,
+    Validity, ValueOrigin, ValuePayload, VoteExtensionPolicy, VoteType,
 };
 
 use super::certificate::{CertifiedVote, verify_votes};
@@ -34,6 +40,8 @@ type McInput = mcc::Input<AgoraContext>;
 /// Proposed blocks kept per height (one per round is normal; more means a
 /// faulty proposer or many rounds).
 pub const MAX_PENDING_BLOCKS: usize = 32;
+/// Least time between two sync requests, so a lagging node does not flood peers.
+pub const SYNC_REQUEST_INTERVAL_MS: u64 = 500;
 /// Malachite's buffer for inputs from future heights, and per height.
 pub const INPUT_QUEUE_CAPACITY: usize = 256;
 pub const INPUT_QUEUE_PER_HEIGHT: usize = 128;
@@ -49,9 +57,17 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { timeouts: LinearTimeouts::default(), max_block_time_drift_ms: 5_000, is_validator: true }
+        EngineConfig {
+            timeouts: LinearTimeouts::default(),
+            max_block_time_drift_ms: 5_000,
+            is_validator: true,
+        }
     }
 }
+
+/// A consensus timer, opaque outside this module.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Timer(Timeout);
 
 /// What the engine is told.
 #[derive(Clone, Debug)]
@@ -61,9 +77,15 @@ pub enum Input {
     /// A consensus message from a peer (already size-checked and decoded).
     Message(ConsensusMessage),
     /// A timer set by `Action::ScheduleTimeout` fired.
-    TimeoutElapsed(Timeout),
+    TimeoutElapsed(Timer),
     /// A transaction for the mempool.
-    Tx(SignedTx),
+    Tx(Box<SignedTx>),
+    /// A committed block with its certificate, fetched from a peer by block
+    /// sync after `Action::SyncNeeded`.
+    Synced {
+        block: Box<Block>,
+        certificate: CommitCertificate,
+    },
 }
 
 /// Two different signed votes from one validator for the same height, round
@@ -78,13 +100,28 @@ pub struct VoteEquivocation {
 #[derive(Clone, Debug)]
 pub enum Action {
     Broadcast(ConsensusMessage),
-    ScheduleTimeout { timeout: Timeout, after: Duration },
-    CancelTimeout(Timeout),
+    ScheduleTimeout {
+        timer: Timer,
+        after: Duration,
+    },
+    CancelTimeout(Timer),
     CancelAllTimeouts,
     /// Persist this block with its certificate before acting on anything else.
-    Commit { block: Box<Block>, certificate: CommitCertificate, events: Vec<Event> },
+    Commit {
+        block: Box<Block>,
+        certificate: CommitCertificate,
+        events: Vec<Event>,
+    },
     /// Consensus decided a block this node never received: fetch it (sync).
-    MissingBlock { height: Height, hash: Hash },
+    MissingBlock {
+        height: Height,
+        hash: Hash,
+    },
+    /// Peers are ahead: fetch committed blocks after `have` from one of them
+    /// and feed them back as `Input::Synced`, in height order.
+    SyncNeeded {
+        have: Height,
+    },
     Evidence(VoteEquivocation),
 }
 
@@ -101,6 +138,8 @@ struct Host {
     /// The certificate of the last committed block, carried by the next block.
     last_commit: Option<CommitCertificate>,
     now_ms: u64,
+    /// When this node last asked peers for blocks.
+    last_sync_request_ms: Option<u64>,
     actions: Vec<Action>,
     followups: VecDeque<McInput>,
 }
@@ -115,8 +154,15 @@ fn validator_set(ledger: &State) -> ConsensusValidatorSet {
 }
 
 impl Engine {
-    /// An engine on top of the ledger state `ledger` (the committed tip).
-    pub fn new(chain: ChainId, key: Keypair, ledger: State, config: EngineConfig) -> Engine {
+    /// An engine on top of the ledger state `ledger` (the committed tip),
+    /// whose block was committed by `last_commit` (none at genesis).
+    pub fn new(
+        chain: ChainId,
+        key: Keypair,
+        ledger: State,
+        last_commit: Option<CommitCertificate>,
+        config: EngineConfig,
+    ) -> Engine {
         let height = ConsensusHeight(ledger.height().0 + 1);
         let params = mcc::Params {
             address: ValidatorAddress(key.address()),
@@ -124,8 +170,14 @@ impl Engine {
             value_payload: ValuePayload::ProposalAndParts,
             enabled: config.is_validator,
         };
-        let mc =
-            McState::new(AgoraContext, height, validator_set(&ledger), params, INPUT_QUEUE_CAPACITY, INPUT_QUEUE_PER_HEIGHT);
+        let mc = McState::new(
+            AgoraContext,
+            height,
+            validator_set(&ledger),
+            params,
+            INPUT_QUEUE_CAPACITY,
+            INPUT_QUEUE_PER_HEIGHT,
+        );
         let host = Host {
             chain,
             key,
@@ -133,8 +185,9 @@ impl Engine {
             ledger,
             mempool: Mempool::default(),
             blocks: BTreeMap::new(),
-            last_commit: None,
+            last_commit,
             now_ms: 0,
+            last_sync_request_ms: None,
             actions: Vec::new(),
             followups: VecDeque::new(),
         };
@@ -163,22 +216,31 @@ impl Engine {
         self.host.now_ms = now_ms;
         match input {
             Input::Start => self.host.followups.push_back(self.host.start_height_input()),
-            Input::TimeoutElapsed(t) => self.host.followups.push_back(McInput::TimeoutElapsed(t)),
+            Input::TimeoutElapsed(Timer(t)) => self.host.followups.push_back(McInput::TimeoutElapsed(t)),
             Input::Tx(tx) => {
                 // Signature checked here so the pool never holds forgeries.
                 if tx.verify(&self.host.chain).is_ok() {
-                    let _ = self.host.mempool.add(&self.host.ledger, tx);
+                    let _ = self.host.mempool.add(&self.host.ledger, *tx);
                 }
             }
             Input::Message(msg) => {
+                if msg.height().0 > self.mc.height().0 {
+                    self.host.maybe_request_sync();
+                }
                 if let Some(i) = self.host.on_message(msg, self.mc.height(), self.mc.validator_set()) {
                     self.host.followups.push_back(i);
+                }
+            }
+            Input::Synced { block, certificate } => {
+                if let Err(e) = self.host.apply_synced(*block, certificate) {
+                    tracing_free_log(&e);
                 }
             }
         }
         while let Some(input) = self.host.followups.pop_front() {
             let host = &mut self.host;
-            let result: Result<(), mcc::Error<AgoraContext>> = mcc::process!(input: input, state: &mut self.mc, metrics: &(), with: effect => host.on_effect(effect));
+            let result: Result<(), mcc::Error<AgoraContext>> =
+                mcc::process!(input: input, state: &mut self.mc, metrics: &(), with: effect => host.on_effect(effect));
             if let Err(e) = result {
                 tracing_free_log(&e);
             }
@@ -202,6 +264,40 @@ impl Host {
         )
     }
 
+    /// Asks for block sync, at most once per `SYNC_REQUEST_INTERVAL_MS`.
+    fn maybe_request_sync(&mut self) {
+        let due = self
+            .last_sync_request_ms
+            .is_none_or(|t| self.now_ms >= t + SYNC_REQUEST_INTERVAL_MS);
+        if due {
+            self.last_sync_request_ms = Some(self.now_ms);
+            self.actions.push(Action::SyncNeeded {
+                have: self.ledger.height(),
+            });
+        }
+    }
+
+    /// Commits a block fetched by sync: it must be the next height and carry
+    /// a valid certificate from the validator set of that height. Consensus
+    /// then restarts at the following height.
+    fn apply_synced(&mut self, block: Block, certificate: CommitCertificate) -> Result<(), Error> {
+        let height = self.ledger.height().next();
+        if block.header.height != height {
+            return Ok(());
+        }
+        super::certificate::verify_commit(
+            &self.chain,
+            &validator_set(&self.ledger),
+            &certificate,
+            height,
+            block.hash(),
+        )?;
+        let outcome = apply_block(&mut self.ledger, &block, SigCheck::Verify)?;
+        self.finish_commit(block, certificate, outcome.events);
+        self.last_sync_request_ms = None;
+        Ok(())
+    }
+
     /// Checks a peer message and turns it into a Malachite input.
     fn on_message(
         &mut self,
@@ -219,6 +315,8 @@ impl Host {
                 Some(McInput::Proposal(SignedMessage::new(proposal, p.signature)))
             }
             ConsensusMessage::Block(b) => self.on_block(*b, height, set),
+            ConsensusMessage::Certificate(c) if c.votes.len() <= MAX_VALIDATORS => Some(certificate_input(c)),
+            ConsensusMessage::Certificate(_) => None,
         }
     }
 
@@ -230,7 +328,11 @@ impl Host {
         height: ConsensusHeight,
         set: &ConsensusValidatorSet,
     ) -> Option<McInput> {
-        let ProposalBlock { round, pol_round, block } = &signed.body;
+        let ProposalBlock {
+            round,
+            pol_round,
+            block,
+        } = &signed.body;
         if block.header.height.0 != height.0 {
             return None;
         }
@@ -274,7 +376,9 @@ impl Host {
                 self.ledger.last_block_hash(),
             )?;
         } else if self.ledger.height().0 > 0 {
-            return Err(Error::BadCertificate("block lacks its parent's commit certificate".into()));
+            return Err(Error::BadCertificate(
+                "block lacks its parent's commit certificate".into(),
+            ));
         }
         let mark = self.ledger.checkpoint();
         let result = apply_block_pending(&mut self.ledger, block, SigCheck::Verify).map(|_| ());
@@ -289,12 +393,12 @@ impl Host {
                 r.resume_with(())
             }
             Effect::CancelTimeout(t, r) => {
-                self.actions.push(Action::CancelTimeout(t));
+                self.actions.push(Action::CancelTimeout(Timer(t)));
                 r.resume_with(())
             }
             Effect::ScheduleTimeout(t, r) => {
                 let after = Timeouts::<AgoraContext>::duration_for(&self.config.timeouts, t);
-                self.actions.push(Action::ScheduleTimeout { timeout: t, after });
+                self.actions.push(Action::ScheduleTimeout { timer: Timer(t), after });
                 r.resume_with(())
             }
             Effect::StartRound(_, _, _, _, r) => r.resume_with(()),
@@ -306,16 +410,24 @@ impl Host {
                 r.resume_with(())
             }
             Effect::PublishLivenessMsg(msg, r) => {
-                if let mcc::LivenessMsg::Vote(v) = msg {
-                    self.actions.push(Action::Broadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
-                }
+                self.actions.push(Action::Broadcast(match msg {
+                    mcc::LivenessMsg::Vote(v) => ConsensusMessage::Vote(v.message.to_wire(v.signature)),
+                    mcc::LivenessMsg::PolkaCertificate(c) => ConsensusMessage::Certificate(polka_to_wire(&c)),
+                    mcc::LivenessMsg::SkipRoundCertificate(c) => ConsensusMessage::Certificate(round_to_wire(&c)),
+                }));
                 r.resume_with(())
             }
             Effect::RepublishVote(v, r) => {
-                self.actions.push(Action::Broadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
+                self.actions.push(Action::Broadcast(ConsensusMessage::Vote(
+                    v.message.to_wire(v.signature),
+                )));
                 r.resume_with(())
             }
-            Effect::RepublishRoundCertificate(_, r) => r.resume_with(()),
+            Effect::RepublishRoundCertificate(c, r) => {
+                self.actions
+                    .push(Action::Broadcast(ConsensusMessage::Certificate(round_to_wire(&c))));
+                r.resume_with(())
+            }
             Effect::GetValue(height, round, _timeout, r) => {
                 self.propose(height, round)?;
                 r.resume_with(())
@@ -339,7 +451,7 @@ impl Host {
             Effect::VerifyCommitCertificate(cert, set, _, r) => {
                 let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
                     validator: s.address.0,
-                    kind: agora_protocol::VoteKind::Precommit,
+                    kind: VoteKind::Precommit,
                     block: Some(cert.value_id),
                     signature: s.signature,
                 });
@@ -348,7 +460,7 @@ impl Host {
             Effect::VerifyExtendedCommitCertificate(cert, set, _, _, r) => {
                 let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
                     validator: s.address.0,
-                    kind: agora_protocol::VoteKind::Precommit,
+                    kind: VoteKind::Precommit,
                     block: Some(cert.value_id),
                     signature: s.signature,
                 });
@@ -357,7 +469,7 @@ impl Host {
             Effect::VerifyPolkaCertificate(cert, set, _, r) => {
                 let votes = cert.polka_signatures.iter().map(|s| CertifiedVote {
                     validator: s.address.0,
-                    kind: agora_protocol::VoteKind::Prevote,
+                    kind: VoteKind::Prevote,
                     block: Some(cert.value_id),
                     signature: s.signature,
                 });
@@ -366,10 +478,7 @@ impl Host {
             Effect::VerifyRoundCertificate(cert, set, _, r) => {
                 let votes = cert.round_signatures.iter().map(|s| CertifiedVote {
                     validator: s.address.0,
-                    kind: match s.vote_type {
-                        VoteType::Prevote => agora_protocol::VoteKind::Prevote,
-                        VoteType::Precommit => agora_protocol::VoteKind::Precommit,
-                    },
+                    kind: kind_of(s.vote_type),
                     block: match s.value_id {
                         NilOrVal::Nil => None,
                         NilOrVal::Val(h) => Some(h),
@@ -404,6 +513,8 @@ impl Host {
         }
     }
 
+    // The error type is Malachite's resume value, not ours to shrink.
+    #[allow(clippy::result_large_err)]
     fn verify_certificate(
         &self,
         set: &ConsensusValidatorSet,
@@ -412,11 +523,19 @@ impl Host {
         votes: impl Iterator<Item = CertifiedVote>,
     ) -> Result<(), CertificateError<AgoraContext>> {
         let Some(round) = round.as_u32() else {
-            return Err(CertificateError::NotEnoughVotingPower { signed: 0, total: 0, expected: 1 });
+            return Err(CertificateError::NotEnoughVotingPower {
+                signed: 0,
+                total: 0,
+                expected: 1,
+            });
         };
         verify_votes(&self.chain, set, Height(height.0), round, votes).map_err(|_| {
             // Malachite only needs to know the certificate is unusable.
-            CertificateError::NotEnoughVotingPower { signed: 0, total: 0, expected: 1 }
+            CertificateError::NotEnoughVotingPower {
+                signed: 0,
+                total: 0,
+                expected: 1,
+            }
         })
     }
 
@@ -428,27 +547,48 @@ impl Host {
         let time = TimestampMs(self.now_ms.max(self.ledger.time_ms().0 + 1));
         let max = self.ledger.params().max_txs_per_block as usize;
         let candidates = self.mempool.candidates(max);
-        let (block, _rejected) =
-            build_block(&mut self.ledger, candidates, time, self.key.address(), self.last_commit.clone())?;
+        let (block, _rejected) = build_block(
+            &mut self.ledger,
+            candidates,
+            time,
+            self.key.address(),
+            self.last_commit.clone(),
+        )?;
         let hash = block.hash();
         let wire_round = round.as_u32().unwrap_or(0);
-        let proposal_block = ProposalBlock { round: wire_round, pol_round: None, block: block.clone() };
+        let proposal_block = ProposalBlock {
+            round: wire_round,
+            pol_round: None,
+            block: block.clone(),
+        };
         let signed = Signed::sign(proposal_block, &self.key, &self.chain)?;
         self.blocks.insert(hash, block);
-        self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
-        self.followups.push_back(McInput::Propose(LocallyProposedValue::new(height, round, BlockValue(hash))));
+        self.actions
+            .push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+        self.followups.push_back(McInput::Propose(LocallyProposedValue::new(
+            height,
+            round,
+            BlockValue(hash),
+        )));
         Ok(())
     }
 
     /// Re-sends a block we hold for a later round (re-proposal of a valid value).
     fn restream(&mut self, height: ConsensusHeight, round: Round, valid_round: Round, hash: Hash) -> Result<(), Error> {
-        let Some(block) = self.blocks.get(&hash) else { return Ok(()) };
+        let Some(block) = self.blocks.get(&hash) else {
+            return Ok(());
+        };
         if block.header.height.0 != height.0 {
             return Ok(());
         }
-        let body = ProposalBlock { round: round.as_u32().unwrap_or(0), pol_round: valid_round.as_u32(), block: block.clone() };
+        let body = ProposalBlock {
+            round: round.as_u32().unwrap_or(0),
+            pol_round: valid_round.as_u32(),
+            block: block.clone(),
+        };
         let signed = Signed::sign(body, &self.key, &self.chain)?;
-        self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+        self.actions
+            .push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
         Ok(())
     }
 
@@ -468,7 +608,10 @@ impl Host {
     fn commit(&mut self, cert: malachite_core_types::CommitCertificate<AgoraContext>) -> Result<(), Error> {
         let height = Height(cert.height.0);
         let Some(block) = self.blocks.get(&cert.value_id).cloned() else {
-            self.actions.push(Action::MissingBlock { height, hash: cert.value_id });
+            self.actions.push(Action::MissingBlock {
+                height,
+                hash: cert.value_id,
+            });
             return Ok(());
         };
         let outcome = apply_block(&mut self.ledger, &block, SigCheck::Skip)?;
@@ -479,19 +622,125 @@ impl Host {
             signatures: cert
                 .commit_signatures
                 .iter()
-                .map(|s: &CommitSignature<AgoraContext>| CommitSig { validator: s.address.0, signature: s.signature })
+                .map(|s: &CommitSignature<AgoraContext>| CommitSig {
+                    validator: s.address.0,
+                    signature: s.signature,
+                })
                 .collect(),
         };
+        self.finish_commit(block, certificate, outcome.events);
+        Ok(())
+    }
+
+    /// After the ledger applied a block: hand it out for persistence and
+    /// start consensus on the next height.
+    fn finish_commit(&mut self, block: Block, certificate: CommitCertificate, events: Vec<Event>) {
         self.last_commit = Some(certificate.clone());
         self.blocks.clear();
         self.mempool.prune(&self.ledger);
-        self.actions.push(Action::Commit { block: Box::new(block), certificate, events: outcome.events });
+        self.actions.push(Action::Commit {
+            block: Box::new(block),
+            certificate,
+            events,
+        });
         self.followups.push_back(self.start_height_input());
-        Ok(())
     }
 }
 
-/// Not used by the engine itself: the shape of a proposal signed for the wire.
-pub fn wire_proposal(p: &ConsensusProposal) -> &WireProposal {
-    &p.proposal
+fn kind_of(t: VoteType) -> VoteKind {
+    match t {
+        VoteType::Prevote => VoteKind::Prevote,
+        VoteType::Precommit => VoteKind::Precommit,
+    }
+}
+
+fn vote_type_of(k: VoteKind) -> VoteType {
+    match k {
+        VoteKind::Prevote => VoteType::Prevote,
+        VoteKind::Precommit => VoteType::Precommit,
+    }
+}
+
+fn polka_to_wire(c: &PolkaCertificate<AgoraContext>) -> VoteCertificate {
+    VoteCertificate {
+        height: Height(c.height.0),
+        round: c.round.as_u32().unwrap_or(0),
+        round_kind: None,
+        votes: c
+            .polka_signatures
+            .iter()
+            .map(|s| CertSig {
+                validator: s.address.0,
+                kind: VoteKind::Prevote,
+                block: Some(c.value_id),
+                signature: s.signature,
+            })
+            .collect(),
+    }
+}
+
+fn round_to_wire(c: &RoundCertificate<AgoraContext>) -> VoteCertificate {
+    VoteCertificate {
+        height: Height(c.height.0),
+        round: c.round.as_u32().unwrap_or(0),
+        round_kind: Some(match c.cert_type {
+            RoundCertificateType::Skip => RoundCertKind::Skip,
+            RoundCertificateType::Precommit => RoundCertKind::Precommit,
+        }),
+        votes: c
+            .round_signatures
+            .iter()
+            .map(|s| CertSig {
+                validator: s.address.0,
+                kind: kind_of(s.vote_type),
+                block: match s.value_id {
+                    NilOrVal::Nil => None,
+                    NilOrVal::Val(h) => Some(h),
+                },
+                signature: s.signature,
+            })
+            .collect(),
+    }
+}
+
+/// A gossiped certificate as Malachite's input; Malachite asks the host to
+/// verify it (`VerifyPolkaCertificate` / `VerifyRoundCertificate`) before use.
+fn certificate_input(c: VoteCertificate) -> McInput {
+    let height = ConsensusHeight(c.height.0);
+    let round = round_of(c.round);
+    match c.round_kind {
+        None => {
+            let block = c.votes.first().and_then(|v| v.block).unwrap_or_default();
+            McInput::PolkaCertificate(PolkaCertificate {
+                height,
+                round,
+                value_id: block,
+                polka_signatures: c
+                    .votes
+                    .iter()
+                    .map(|v| PolkaSignature::new(ValidatorAddress(v.validator), v.signature))
+                    .collect(),
+            })
+        }
+        Some(kind) => McInput::RoundCertificate(RoundCertificate {
+            height,
+            round,
+            cert_type: match kind {
+                RoundCertKind::Skip => RoundCertificateType::Skip,
+                RoundCertKind::Precommit => RoundCertificateType::Precommit,
+            },
+            round_signatures: c
+                .votes
+                .iter()
+                .map(|v| {
+                    RoundSignature::new(
+                        vote_type_of(v.kind),
+                        v.block.map_or(NilOrVal::Nil, NilOrVal::Val),
+                        ValidatorAddress(v.validator),
+                        v.signature,
+                    )
+                })
+                .collect(),
+        }),
+    }
 }

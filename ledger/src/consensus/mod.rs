@@ -9,4 +9,5 @@ pub mod context;
 pub mod engine;
 pub mod mempool;
 
-pub use engine::{Action, Engine, EngineConfig, Input, VoteEquivocation};
+pub use engine::{Action, Engine, EngineConfig, Input, Timer, VoteEquivocation};
+pub use malachite_core_types::LinearTimeouts;

@@ -1,0 +1,431 @@
+//! Deterministic simulation of an agora network: N validators running the
+//! real consensus engine and ledger over a simulated network driven by one
+//! seed (delays, reordering, loss, duplication), with invariants checked after
+//! every step. The same seed always gives the same run, bit for bit.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use agora_ledger::consensus::certificate::verify_commit;
+use agora_ledger::consensus::context::ConsensusValidatorSet;
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LinearTimeouts, Timer};
+use agora_ledger::testkit::{TestChain, transfer};
+use agora_ledger::{Genesis, State};
+use agora_protocol::consensus::ConsensusMessage;
+use agora_protocol::rng::SeededRng;
+use agora_protocol::{Amount, Block, CommitCertificate, Hash, Height, Keypair};
+
+/// Funded accounts that send the simulated client load.
+const CLIENT_ACCOUNTS: usize = 64;
+
+/// What can go wrong on the simulated network, in per-mille probabilities.
+#[derive(Clone, Debug)]
+pub struct NetworkFaults {
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    pub drop_per_mille: u64,
+    pub duplicate_per_mille: u64,
+}
+
+impl NetworkFaults {
+    pub fn none() -> NetworkFaults {
+        NetworkFaults {
+            latency_min_ms: 0,
+            latency_max_ms: 0,
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+        }
+    }
+
+    pub fn lossy() -> NetworkFaults {
+        NetworkFaults {
+            latency_min_ms: 5,
+            latency_max_ms: 200,
+            drop_per_mille: 50,
+            duplicate_per_mille: 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub validators: usize,
+    pub faults: NetworkFaults,
+    /// Transfers the clients submit per simulated second.
+    pub txs_per_second: u64,
+    /// Stop once every node has committed this many blocks…
+    pub target_height: u64,
+    /// …or when simulated time passes this (a liveness failure if reached first).
+    pub max_time_ms: u64,
+    pub timeouts: LinearTimeouts,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, validators: usize) -> SimConfig {
+        let ms = Duration::from_millis;
+        SimConfig {
+            seed,
+            validators,
+            faults: NetworkFaults::lossy(),
+            txs_per_second: 200,
+            target_height: 10,
+            max_time_ms: 600_000,
+            timeouts: LinearTimeouts {
+                propose: ms(400),
+                propose_delta: ms(100),
+                prevote: ms(200),
+                prevote_delta: ms(100),
+                precommit: ms(200),
+                precommit_delta: ms(100),
+                rebroadcast: ms(800),
+                max_timeout: ms(5_000),
+            },
+        }
+    }
+}
+
+/// A broken invariant, with the seed that reproduces it.
+#[derive(Debug, thiserror::Error)]
+#[error("seed {seed}: {what} (replay: AGORA_SIM_SEED={seed} cargo test -p agora-testnet --test sim replay_seed)")]
+pub struct SimFailure {
+    pub seed: u64,
+    pub what: String,
+}
+
+/// What a finished run looked like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub sim_time_ms: u64,
+    pub min_height: u64,
+    pub committed_txs: u64,
+    /// A digest of every commit in order: equal for equal runs.
+    pub trace: Hash,
+}
+
+/// Most blocks one sync response carries.
+const MAX_SYNC_BATCH: u64 = 16;
+
+enum Event {
+    Deliver {
+        to: usize,
+        msg: ConsensusMessage,
+    },
+    Sync {
+        to: usize,
+        blocks: Vec<(Block, CommitCertificate)>,
+    },
+    Timer {
+        node: usize,
+        timer: Timer,
+        generation: u64,
+    },
+    ClientLoad,
+}
+
+struct SimNode {
+    engine: Engine,
+    timers: Vec<(Timer, u64)>,
+    height: u64,
+    /// What this node persisted: its committed blocks with certificates.
+    store: Vec<(Block, CommitCertificate)>,
+}
+
+pub struct Sim {
+    config: SimConfig,
+    rng: SeededRng,
+    now_ms: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    nodes: Vec<SimNode>,
+    clients: Vec<(Keypair, u64)>,
+    /// The first block committed at each height, with its state root.
+    canonical: BTreeMap<u64, (Hash, Hash)>,
+    genesis: Genesis,
+    sets: BTreeMap<u64, ConsensusValidatorSet>,
+    trace: blake3::Hasher,
+    committed_txs: u64,
+    steps: u64,
+    generation: u64,
+}
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Sim {
+        let chain = TestChain::new(
+            config.validators + CLIENT_ACCOUNTS,
+            config.validators,
+            Amount::agr(1_000_000),
+        );
+        let nodes = (0..config.validators)
+            .map(|i| {
+                let engine_config = EngineConfig {
+                    timeouts: config.timeouts,
+                    max_block_time_drift_ms: 5_000,
+                    is_validator: true,
+                };
+                let engine = Engine::new(
+                    chain.genesis.chain_id.clone(),
+                    chain.keys[i].clone(),
+                    chain.state(),
+                    None,
+                    engine_config,
+                );
+                SimNode {
+                    engine,
+                    timers: Vec::new(),
+                    height: 0,
+                    store: Vec::new(),
+                }
+            })
+            .collect();
+        let clients = chain.keys[config.validators..].iter().map(|k| (k.clone(), 0)).collect();
+        let rng = SeededRng::new(config.seed);
+        Sim {
+            rng,
+            now_ms: chain.genesis.genesis_time_ms.0 + 1_000,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes,
+            clients,
+            canonical: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            genesis: chain.genesis,
+            trace: blake3::Hasher::new(),
+            committed_txs: 0,
+            steps: 0,
+            generation: 0,
+            config,
+        }
+    }
+
+    fn fail(&self, what: String) -> SimFailure {
+        SimFailure {
+            seed: self.config.seed,
+            what,
+        }
+    }
+
+    fn push(&mut self, at_ms: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_ms, self.seq)));
+        self.events.insert(self.seq, event);
+    }
+
+    /// Runs until every node reaches the target height or time runs out.
+    pub fn run(mut self) -> Result<SimReport, SimFailure> {
+        for i in 0..self.nodes.len() {
+            self.feed(i, Input::Start)?;
+        }
+        self.push(self.now_ms, Event::ClientLoad);
+        while self.nodes.iter().any(|n| n.height < self.config.target_height) {
+            let Some(Reverse((at, seq))) = self.queue.pop() else {
+                return Err(self.fail("no events left: the network stalled".into()));
+            };
+            if at > self.start_time() + self.config.max_time_ms {
+                let heights: Vec<(u64, String)> = self
+                    .nodes
+                    .iter()
+                    .map(|n| (n.height, format!("{}", n.engine.round())))
+                    .collect();
+                return Err(self.fail(format!(
+                    "liveness: (height, round) {heights:?} after {} ms",
+                    self.config.max_time_ms
+                )));
+            }
+            self.now_ms = self.now_ms.max(at);
+            self.steps += 1;
+            let event = self.events.remove(&seq).ok_or_else(|| self.fail("lost event".into()))?;
+            self.step(event)?;
+        }
+        let min_height = self.nodes.iter().map(|n| n.height).min().unwrap_or(0);
+        Ok(SimReport {
+            seed: self.config.seed,
+            steps: self.steps,
+            sim_time_ms: self.now_ms - self.start_time(),
+            min_height,
+            committed_txs: self.committed_txs,
+            trace: Hash(*self.trace.finalize().as_bytes()),
+        })
+    }
+
+    fn start_time(&self) -> u64 {
+        self.genesis.genesis_time_ms.0 + 1_000
+    }
+
+    fn step(&mut self, event: Event) -> Result<(), SimFailure> {
+        match event {
+            Event::Deliver { to, msg } => self.feed(to, Input::Message(msg)),
+            Event::Timer {
+                node,
+                timer,
+                generation,
+            } => {
+                let live = self.nodes[node]
+                    .timers
+                    .iter()
+                    .any(|(t, g)| *t == timer && *g == generation);
+                if live {
+                    self.nodes[node].timers.retain(|(t, _)| *t != timer);
+                    self.feed(node, Input::TimeoutElapsed(timer))?;
+                }
+                Ok(())
+            }
+            Event::ClientLoad => self.client_load(),
+            Event::Sync { to, blocks } => {
+                for (block, certificate) in blocks {
+                    self.feed(
+                        to,
+                        Input::Synced {
+                            block: Box::new(block),
+                            certificate,
+                        },
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every 100 ms each client may send a transfer, to a random node and
+    /// gossiped to the others.
+    fn client_load(&mut self) -> Result<(), SimFailure> {
+        let per_tick = self.config.txs_per_second.div_ceil(10) as usize;
+        for _ in 0..per_tick {
+            let c = self.rng.below(self.clients.len() as u64) as usize;
+            let to = self.clients[(c + 1) % self.clients.len()].0.address();
+            let (key, nonce) = &mut self.clients[c];
+            let tx = transfer(key, *nonce, to, Amount(1 + self.rng.below(1_000)));
+            *nonce += 1;
+            for i in 0..self.nodes.len() {
+                self.feed(i, Input::Tx(Box::new(tx.clone())))?;
+            }
+        }
+        self.push(self.now_ms + 100, Event::ClientLoad);
+        Ok(())
+    }
+
+    fn feed(&mut self, node: usize, input: Input) -> Result<(), SimFailure> {
+        let actions = self.nodes[node].engine.handle(self.now_ms, input);
+        for action in actions {
+            self.act(node, action)?;
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, node: usize, action: Action) -> Result<(), SimFailure> {
+        match action {
+            Action::Broadcast(msg) => self.broadcast(node, msg),
+            Action::ScheduleTimeout { timer, after } => {
+                self.generation += 1;
+                let generation = self.generation;
+                let n = &mut self.nodes[node];
+                n.timers.retain(|(t, _)| *t != timer);
+                n.timers.push((timer, generation));
+                self.push(
+                    self.now_ms + after.as_millis() as u64,
+                    Event::Timer {
+                        node,
+                        timer,
+                        generation,
+                    },
+                );
+            }
+            Action::CancelTimeout(timer) => self.nodes[node].timers.retain(|(t, _)| *t != timer),
+            Action::CancelAllTimeouts => self.nodes[node].timers.clear(),
+            Action::Commit { block, certificate, .. } => self.on_commit(node, &block, &certificate)?,
+            Action::MissingBlock { height, .. } => {
+                return Err(self.fail(format!("node {node} decided height {height} without the block")));
+            }
+            Action::SyncNeeded { have } => self.serve_sync(node, have.0),
+            Action::Evidence(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A random peer answers a sync request with the blocks it has after
+    /// `have`, subject to the same loss and latency as other messages.
+    fn serve_sync(&mut self, node: usize, have: u64) {
+        let peer = (node + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
+        let f = self.config.faults.clone();
+        if self.rng.below(1_000) < f.drop_per_mille {
+            return;
+        }
+        let end = (have + MAX_SYNC_BATCH).min(self.nodes[peer].store.len() as u64);
+        let blocks: Vec<_> = (have..end)
+            .map(|h| self.nodes[peer].store[h as usize].clone())
+            .collect();
+        if blocks.is_empty() {
+            return;
+        }
+        let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
+        self.push(self.now_ms + delay, Event::Sync { to: node, blocks });
+    }
+
+    fn broadcast(&mut self, from: usize, msg: ConsensusMessage) {
+        let f = self.config.faults.clone();
+        for to in (0..self.nodes.len()).filter(|&t| t != from) {
+            if self.rng.below(1_000) < f.drop_per_mille {
+                continue;
+            }
+            let copies = if self.rng.below(1_000) < f.duplicate_per_mille {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
+                self.push(self.now_ms + delay, Event::Deliver { to, msg: msg.clone() });
+            }
+        }
+    }
+
+    /// Safety checks on every commit: one block per height across all nodes,
+    /// a valid certificate, agreeing state roots, conserved supply.
+    fn on_commit(&mut self, node: usize, block: &Block, cert: &CommitCertificate) -> Result<(), SimFailure> {
+        let h = block.header.height.0;
+        let hash = block.hash();
+        let expected = self.nodes[node].height + 1;
+        if h != expected {
+            return Err(self.fail(format!("node {node} committed height {h}, expected {expected}")));
+        }
+        let set = self.validator_set_at(node, h);
+        verify_commit(&self.genesis.chain_id, &set, cert, Height(h), hash)
+            .map_err(|e| self.fail(format!("node {node} height {h}: invalid certificate: {e}")))?;
+        let ledger: &State = self.nodes[node].engine.ledger();
+        ledger
+            .audit()
+            .map_err(|e| self.fail(format!("node {node} height {h}: {e}")))?;
+        let root = ledger.root();
+        match self.canonical.get(&h) {
+            Some((other, other_root)) if *other != hash || *other_root != root => {
+                return Err(self.fail(format!(
+                    "SAFETY: node {node} committed {hash} at height {h}, another node {other}"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                self.canonical.insert(h, (hash, root));
+                self.committed_txs += block.txs.len() as u64;
+                self.trace.update(&h.to_le_bytes());
+                self.trace.update(&hash.0);
+            }
+        }
+        self.nodes[node].height = h;
+        self.nodes[node].store.push((block.clone(), cert.clone()));
+        Ok(())
+    }
+
+    /// The validator set that decided height `h` (the set of the ledger
+    /// state just before it; sets change only at epoch boundaries).
+    fn validator_set_at(&mut self, node: usize, h: u64) -> ConsensusValidatorSet {
+        self.sets
+            .entry(h)
+            .or_insert_with(|| ConsensusValidatorSet::from_state(self.nodes[node].engine.ledger()))
+            .clone()
+    }
+}
