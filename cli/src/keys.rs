@@ -45,11 +45,7 @@ struct KeyView {
 
 impl From<&StoredKey> for KeyView {
     fn from(k: &StoredKey) -> Self {
-        KeyView {
-            name: k.name.clone(),
-            address: k.address().to_string(),
-            path: k.path.display().to_string(),
-        }
+        KeyView { name: k.name.clone(), address: k.address().to_string(), path: k.path.display().to_string() }
     }
 }
 
@@ -62,10 +58,7 @@ pub fn run(home: &Path, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("created key {:?}", key.name);
                 println!("address: {}", key.address());
-                println!(
-                    "file:    {} (mode 0600; back it up, it controls the account's funds)",
-                    key.path.display()
-                );
+                println!("file:    {} (mode 0600; back it up, it controls the account's funds)", key.path.display());
             }
         }
         KeysCommand::Show(args) => {
@@ -81,10 +74,7 @@ pub fn run(home: &Path, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&keys)?;
             } else if keys.is_empty() {
-                println!(
-                    "no keys in {} (create one with `agora keys new`)",
-                    keystore::keys_dir(home).display()
-                );
+                println!("no keys in {} (create one with `agora keys new`)", keystore::keys_dir(home).display());
             } else {
                 let width = keys.iter().map(|k| k.name.len()).max().unwrap_or(4).max(4);
                 println!("{:width$}  ADDRESS", "NAME");

@@ -11,12 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "agora",
-    version,
-    about = "Peer-to-peer marketplace for GPU compute",
-    propagate_version = true
-)]
+#[command(name = "agora", version, about = "Peer-to-peer marketplace for GPU compute", propagate_version = true)]
 struct Cli {
     /// Home directory for keys, configuration and data [env: AGORA_HOME] [default: ~/.agora]
     #[arg(long, global = true, value_name = "DIR")]

@@ -28,11 +28,7 @@ pub enum TestnetCommand {
 
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
     let TestnetCommand::Demo { dir, json, job } = cmd;
-    let job = if job.is_empty() {
-        demo::DEFAULT_JOB.iter().map(|s| s.to_string()).collect()
-    } else {
-        job
-    };
+    let job = if job.is_empty() { demo::DEFAULT_JOB.iter().map(|s| s.to_string()).collect() } else { job };
     let temp;
     let dir = match dir {
         Some(d) => d,
@@ -52,18 +48,12 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         println!();
-        println!(
-            "buyer    {}: {} -> {}",
-            report.buyer, report.buyer_balance_before, report.buyer_balance_after
-        );
+        println!("buyer    {}: {} -> {}", report.buyer, report.buyer_balance_before, report.buyer_balance_after);
         println!(
             "provider {}: {} -> {}",
             report.provider, report.provider_balance_before, report.provider_balance_after
         );
-        println!(
-            "supply conserved and ledger durable: {}",
-            if report.supply_conserved { "yes" } else { "NO" }
-        );
+        println!("supply conserved and ledger durable: {}", if report.supply_conserved { "yes" } else { "NO" });
     }
     if !report.supply_conserved {
         anyhow::bail!("ledger invariant check failed after the demo");

@@ -32,10 +32,7 @@ fn assert_one_line_error(o: &Output, needle: &str) {
     assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {}", stdout(o), stderr(o));
     let err = stderr(o);
     assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err:?}");
-    assert!(
-        err.starts_with("error: ") && err.contains(needle),
-        "{err:?} lacks {needle:?}"
-    );
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err:?} lacks {needle:?}");
 }
 
 #[test]
@@ -48,12 +45,7 @@ fn keys_new_show_list_round_trip() {
     assert_eq!(stdout(&shown).trim(), address);
     agora(home.path(), &["keys", "new", "--name", "bob"]);
     let listed = json(&agora(home.path(), &["keys", "list", "--json"]));
-    let names: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alice", "bob"]);
     let mode = std::fs::metadata(created["path"].as_str().unwrap()).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -65,23 +57,10 @@ fn key_errors_are_one_line_and_non_zero() {
     let home = tempfile::tempdir().unwrap();
     agora(home.path(), &["keys", "new", "--name", "alice"]);
     let before = stdout(&agora(home.path(), &["keys", "show", "--name", "alice"]));
-    assert_one_line_error(
-        &agora(home.path(), &["keys", "new", "--name", "alice"]),
-        "refusing to overwrite",
-    );
-    assert_eq!(
-        stdout(&agora(home.path(), &["keys", "show", "--name", "alice"])),
-        before,
-        "the key changed"
-    );
-    assert_one_line_error(
-        &agora(home.path(), &["keys", "show", "--name", "nobody"]),
-        "no key named",
-    );
-    assert_one_line_error(
-        &agora(home.path(), &["keys", "new", "--name", "../escape"]),
-        "invalid key name",
-    );
+    assert_one_line_error(&agora(home.path(), &["keys", "new", "--name", "alice"]), "refusing to overwrite");
+    assert_eq!(stdout(&agora(home.path(), &["keys", "show", "--name", "alice"])), before, "the key changed");
+    assert_one_line_error(&agora(home.path(), &["keys", "show", "--name", "nobody"]), "no key named");
+    assert_one_line_error(&agora(home.path(), &["keys", "new", "--name", "../escape"]), "invalid key name");
     let listed = agora(home.path(), &["keys", "list"]);
     assert!(stdout(&listed).contains("alice"));
 }
@@ -100,12 +79,7 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     let o = Command::new(env!("CARGO_BIN_EXE_agora"))
         .args(["testnet", "demo", "--json", "--dir"])
         .arg(&demo_dir)
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "echo hello; echo $CUDA_VISIBLE_DEVICES; echo $SECRET_FROM_PARENT",
-        ])
+        .args(["--", "sh", "-c", "echo hello; echo $CUDA_VISIBLE_DEVICES; echo $SECRET_FROM_PARENT"])
         .env("SECRET_FROM_PARENT", "leaked")
         .output()
         .unwrap();
@@ -114,11 +88,7 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines[0], "hello");
     assert_eq!(lines[1], "SIM-H100-80GB-0,SIM-H100-80GB-1");
-    assert_eq!(
-        lines.get(2).copied().unwrap_or(""),
-        "",
-        "the job saw the parent's environment"
-    );
+    assert_eq!(lines.get(2).copied().unwrap_or(""), "", "the job saw the parent's environment");
     assert_eq!(report["job_exit_code"], 0);
     assert_eq!(report["supply_conserved"], true);
     let micros = |k: &str| report[k].as_str().unwrap().parse::<u64>().unwrap();
@@ -126,15 +96,9 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     let earned = micros("provider_balance_after") - micros("provider_balance_before");
     assert_eq!(spent, earned, "the buyer paid exactly what the provider earned");
     assert_eq!(micros("provider_paid") + micros("buyer_refunded"), micros("escrow"));
-    assert!(
-        micros("buyer_refunded") > micros("provider_paid"),
-        "a short job is paid pro-rata, not in full"
-    );
+    assert!(micros("buyer_refunded") > micros("provider_paid"), "a short job is paid pro-rata, not in full");
     // The directory now holds a ledger: a second demo there is refused.
-    let again = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .args(["testnet", "demo", "--dir"])
-        .arg(&demo_dir)
-        .output()
-        .unwrap();
+    let again =
+        Command::new(env!("CARGO_BIN_EXE_agora")).args(["testnet", "demo", "--dir"]).arg(&demo_dir).output().unwrap();
     assert_one_line_error(&again, "not empty");
 }

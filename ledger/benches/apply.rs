@@ -24,12 +24,7 @@ fn transfers_block(chain: &TestChain, state: &State, count: usize) -> Block {
         .map(|i| {
             let from = 1 + i;
             let nonce = state.account(&chain.address(from)).nonce;
-            transfer(
-                &chain.keys[from],
-                nonce,
-                chain.address(1 + (i + 1) % TRANSFERS),
-                Amount(1 + i as u64),
-            )
+            transfer(&chain.keys[from], nonce, chain.address(1 + (i + 1) % TRANSFERS), Amount(1 + i as u64))
         })
         .collect();
     let mut scratch = state.clone();
@@ -42,10 +37,7 @@ fn bench_apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_block_1000_transfers");
     group.throughput(Throughput::Elements(TRANSFERS as u64));
     group.sample_size(20);
-    for (name, sig) in [
-        ("verify_signatures", SigCheck::Verify),
-        ("skip_signatures", SigCheck::Skip),
-    ] {
+    for (name, sig) in [("verify_signatures", SigCheck::Verify), ("skip_signatures", SigCheck::Skip)] {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || state.clone(),

@@ -58,11 +58,7 @@ pub(crate) fn apply_block_pending(state: &mut State, block: &Block, sig: SigChec
 pub(crate) fn finish_block(state: &mut State, block: &Block) {
     state.last_block_hash = block.hash();
     state.commit_journal();
-    debug_assert!(
-        state.audit().is_ok(),
-        "invariant broken after block {}",
-        block.header.height
-    );
+    debug_assert!(state.audit().is_ok(), "invariant broken after block {}", block.header.height);
 }
 
 fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
@@ -76,56 +72,32 @@ fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<
     }
     let mut events = begin_block(state, h.height, h.time_ms)?;
     for (index, tx) in block.txs.iter().enumerate() {
-        let tx_events = execute(state, tx).map_err(|e| Error::InBlock {
-            index,
-            kind: tx.body.kind.name(),
-            source: Box::new(e),
-        })?;
+        let tx_events =
+            execute(state, tx).map_err(|e| Error::InBlock { index, kind: tx.body.kind.name(), source: Box::new(e) })?;
         events.extend(tx_events);
     }
     let computed = state.root();
     if computed != h.state_root {
-        return Err(Error::StateRootMismatch {
-            header: h.state_root,
-            computed,
-        });
+        return Err(Error::StateRootMismatch { header: h.state_root, computed });
     }
-    Ok(BlockOutcome {
-        state_root: computed,
-        events,
-    })
+    Ok(BlockOutcome { state_root: computed, events })
 }
 
 fn check_header(state: &State, h: &Header, tx_count: usize) -> Result<(), Error> {
     if h.chain_id != *state.chain_id() {
-        return Err(Error::WrongChain {
-            expected: state.chain_id().clone(),
-            found: h.chain_id.clone(),
-        });
+        return Err(Error::WrongChain { expected: state.chain_id().clone(), found: h.chain_id.clone() });
     }
     if h.height != state.height().next() {
-        return Err(Error::WrongHeight {
-            expected: state.height().next(),
-            found: h.height,
-        });
+        return Err(Error::WrongHeight { expected: state.height().next(), found: h.height });
     }
     if h.parent_hash != state.last_block_hash() {
-        return Err(Error::WrongParent {
-            expected: state.last_block_hash(),
-            found: h.parent_hash,
-        });
+        return Err(Error::WrongParent { expected: state.last_block_hash(), found: h.parent_hash });
     }
     if h.time_ms <= state.time_ms() {
-        return Err(Error::TimeNotIncreasing {
-            previous: state.time_ms(),
-            found: h.time_ms,
-        });
+        return Err(Error::TimeNotIncreasing { previous: state.time_ms(), found: h.time_ms });
     }
     if tx_count as u64 > state.params().max_txs_per_block {
-        return Err(Error::TooManyTxs {
-            count: tx_count,
-            max: state.params().max_txs_per_block,
-        });
+        return Err(Error::TooManyTxs { count: tx_count, max: state.params().max_txs_per_block });
     }
     if !state.is_validator(&h.proposer) {
         return Err(Error::ProposerNotValidator);
@@ -137,18 +109,12 @@ fn check_header(state: &State, h: &Header, tx_count: usize) -> Result<(), Error>
 fn verify_tx_signatures(state: &State, txs: &[SignedTx]) -> Result<(), Error> {
     let mut items = Vec::with_capacity(txs.len());
     for tx in txs {
-        items.push(BatchItem {
-            digest: tx.digest(state.chain_id())?,
-            signature: tx.signature,
-            signer: tx.signer,
-        });
+        items.push(BatchItem { digest: tx.digest(state.chain_id())?, signature: tx.signature, signer: tx.signer });
     }
     verify_batch(&items).map_err(|index| Error::InBlock {
         index,
         kind: txs[index].body.kind.name(),
-        source: Box::new(Error::BadSignature(
-            "transaction signature does not match its sender".into(),
-        )),
+        source: Box::new(Error::BadSignature("transaction signature does not match its sender".into())),
     })
 }
 
@@ -168,10 +134,7 @@ fn execute(state: &mut State, tx: &SignedTx) -> Result<Vec<Event>, Error> {
     let sender = tx.signer;
     let mut acct = state.account(&sender);
     if tx.body.nonce != acct.nonce {
-        return Err(Error::WrongNonce {
-            expected: acct.nonce,
-            found: tx.body.nonce,
-        });
+        return Err(Error::WrongNonce { expected: acct.nonce, found: tx.body.nonce });
     }
     acct.nonce = acct.nonce.checked_add(1).ok_or(Error::Overflow("nonce"))?;
     state.set_account(sender, acct);
@@ -199,8 +162,7 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
 /// commits or rolls back.
 pub fn apply_tx(state: &mut State, tx: &SignedTx, sig: SigCheck) -> Result<Vec<Event>, Error> {
     if sig == SigCheck::Verify {
-        tx.verify(state.chain_id())
-            .map_err(|e| Error::BadSignature(e.to_string()))?;
+        tx.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
     }
     let mark = state.checkpoint();
     execute(state, tx).inspect_err(|_| state.rollback(mark))
@@ -255,12 +217,7 @@ impl<'a> BlockBuilder<'a> {
         check_header(state, &header, 0)?;
         let mark = state.checkpoint();
         begin_block(state, header.height, time_ms).inspect_err(|_| state.rollback(mark))?;
-        Ok(BlockBuilder {
-            state,
-            mark,
-            header,
-            txs: Vec::new(),
-        })
+        Ok(BlockBuilder { state, mark, header, txs: Vec::new() })
     }
 
     /// Whether the block holds the most transactions the parameters allow.
@@ -271,12 +228,20 @@ impl<'a> BlockBuilder<'a> {
     /// Adds a transaction if it applies; on error the state is unchanged.
     pub fn push(&mut self, tx: SignedTx) -> Result<Vec<Event>, Error> {
         if self.is_full() {
-            return Err(Error::TooManyTxs {
-                count: self.txs.len() + 1,
-                max: self.state.params().max_txs_per_block,
-            });
+            return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
         }
         let events = apply_tx(self.state, &tx, SigCheck::Verify)?;
+        self.txs.push(tx);
+        Ok(events)
+    }
+
+    /// Adds a transaction whose signature the caller already verified (the
+    /// mempool checks every transaction on entry); on error nothing changes.
+    pub fn push_verified(&mut self, tx: SignedTx) -> Result<Vec<Event>, Error> {
+        if self.is_full() {
+            return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
+        }
+        let events = apply_tx(self.state, &tx, SigCheck::Skip)?;
         self.txs.push(tx);
         Ok(events)
     }
@@ -291,11 +256,7 @@ impl<'a> BlockBuilder<'a> {
         self.header.tx_root = tx_root(&self.txs)?;
         self.header.state_root = self.state.root();
         let txs = std::mem::take(&mut self.txs);
-        Ok(Block {
-            header: self.header.clone(),
-            txs,
-            last_commit,
-        })
+        Ok(Block { header: self.header.clone(), txs, last_commit })
     }
 }
 

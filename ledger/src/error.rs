@@ -29,10 +29,7 @@ pub enum Error {
     #[error("lease terms do not match: {0}")]
     LeaseTerms(String),
     #[error("lease request expired at {expired_at_ms:?} (block time {now_ms:?})")]
-    RequestExpired {
-        expired_at_ms: TimestampMs,
-        now_ms: TimestampMs,
-    },
+    RequestExpired { expired_at_ms: TimestampMs, now_ms: TimestampMs },
     #[error("not a registered provider")]
     NotProvider,
     #[error("provider is not active (jailed, tombstoned or under-staked)")]
@@ -70,11 +67,7 @@ pub enum Error {
     #[error("state root mismatch: header {header}, computed {computed}")]
     StateRootMismatch { header: Hash, computed: Hash },
     #[error("transaction {index} ({kind}): {source}")]
-    InBlock {
-        index: usize,
-        kind: &'static str,
-        source: Box<Error>,
-    },
+    InBlock { index: usize, kind: &'static str, source: Box<Error> },
 
     // --- consensus ---
     #[error("block time is too far ahead of this node's clock")]

@@ -43,16 +43,8 @@ impl Genesis {
         let mut supply = Amount::ZERO;
         let overflow = || Error::Genesis("total supply overflows u64".into());
         for a in &self.accounts {
-            let acct = Account {
-                balance: a.balance,
-                stake: a.stake,
-                unbonding: Amount::ZERO,
-                nonce: 0,
-            };
-            supply = supply
-                .checked_add(a.balance)
-                .and_then(|s| s.checked_add(a.stake))
-                .ok_or_else(overflow)?;
+            let acct = Account { balance: a.balance, stake: a.stake, unbonding: Amount::ZERO, nonce: 0 };
+            supply = supply.checked_add(a.balance).and_then(|s| s.checked_add(a.stake)).ok_or_else(overflow)?;
             if acct.is_empty() {
                 continue;
             }
@@ -82,10 +74,7 @@ impl Genesis {
 
     fn validator_set(&self, accounts: &BTreeMap<Address, Account>) -> Result<Vec<Validator>, Error> {
         if self.validators.is_empty() || self.validators.len() as u64 > self.params.max_validators {
-            return Err(Error::Genesis(format!(
-                "needs 1 to {} validators",
-                self.params.max_validators
-            )));
+            return Err(Error::Genesis(format!("needs 1 to {} validators", self.params.max_validators)));
         }
         let mut seen = BTreeSet::new();
         let mut set = Vec::with_capacity(self.validators.len());
@@ -97,10 +86,7 @@ impl Genesis {
             if stake.is_zero() {
                 return Err(Error::Genesis(format!("validator {v} has no stake")));
             }
-            set.push(Validator {
-                address: *v,
-                power: stake.0,
-            });
+            set.push(Validator { address: *v, power: stake.0 });
         }
         Ok(set)
     }

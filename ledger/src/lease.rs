@@ -23,9 +23,7 @@ pub(crate) fn open(
     let (buyer, terms) = (request.signer, &request.body);
     let id = request.lease_id()?;
     if accept.signer != terms.provider {
-        return Err(Error::LeaseTerms(
-            "acceptance is not signed by the requested provider".into(),
-        ));
+        return Err(Error::LeaseTerms("acceptance is not signed by the requested provider".into()));
     }
     if accept.body.lease_id != id {
         return Err(Error::LeaseTerms("acceptance is for another lease".into()));
@@ -37,30 +35,20 @@ pub(crate) fn open(
         return Err(Error::LeaseTerms("a provider cannot lease from itself".into()));
     }
     if accept.body.gpu_ids.len() != terms.gpus as usize {
-        return Err(Error::LeaseTerms(format!(
-            "{} GPU ids for {} GPUs",
-            accept.body.gpu_ids.len(),
-            terms.gpus
-        )));
+        return Err(Error::LeaseTerms(format!("{} GPU ids for {} GPUs", accept.body.gpu_ids.len(), terms.gpus)));
     }
     if state.lease(&id).is_some() {
         return Err(Error::LeaseExists(id));
     }
     let now = state.time_ms();
     if now > terms.expires_at_ms {
-        return Err(Error::RequestExpired {
-            expired_at_ms: terms.expires_at_ms,
-            now_ms: now,
-        });
+        return Err(Error::RequestExpired { expired_at_ms: terms.expires_at_ms, now_ms: now });
     }
     if !state.is_active_provider(&terms.provider) {
         return Err(Error::ProviderNotActive);
     }
     let escrow = terms.escrow().ok_or(Error::Overflow("escrow"))?;
-    let duration_ms = terms
-        .duration_secs
-        .checked_mul(1000)
-        .ok_or(Error::Overflow("duration"))?;
+    let duration_ms = terms.duration_secs.checked_mul(1000).ok_or(Error::Overflow("duration"))?;
     let end_ms = TimestampMs(now.0.checked_add(duration_ms).ok_or(Error::Overflow("lease end"))?);
     debit(state, buyer, escrow)?;
     state.set_lease(Lease {
@@ -78,12 +66,7 @@ pub(crate) fn open(
         status: LeaseStatus::Open,
     });
     state.set_expiry((end_ms, id), true);
-    Ok(vec![Event::LeaseOpened {
-        lease_id: id,
-        buyer,
-        provider: terms.provider,
-        escrow,
-    }])
+    Ok(vec![Event::LeaseOpened { lease_id: id, buyer, provider: terms.provider, escrow }])
 }
 
 /// The provider reports the job ended.
@@ -133,43 +116,23 @@ pub(crate) fn settle(
     let paid = if duration == 0 {
         lease.escrow
     } else {
-        lease
-            .escrow
-            .mul_div_floor(elapsed, duration)
-            .ok_or(Error::Overflow("settlement"))?
+        lease.escrow.mul_div_floor(elapsed, duration).ok_or(Error::Overflow("settlement"))?
     };
     let refunded = lease.escrow.checked_sub(paid).ok_or(Error::Overflow("settlement"))?;
     credit(state, lease.provider, paid)?;
     credit(state, lease.buyer, refunded)?;
     state.set_expiry((lease.end_ms, id), false);
-    lease.status = LeaseStatus::Settled {
-        reason,
-        paid,
-        refunded,
-        at_ms: now,
-        exit_code,
-    };
+    lease.status = LeaseStatus::Settled { reason, paid, refunded, at_ms: now, exit_code };
     state.set_lease(lease);
-    Ok(Event::LeaseSettled {
-        lease_id: id,
-        reason,
-        paid,
-        refunded,
-    })
+    Ok(Event::LeaseSettled { lease_id: id, reason, paid, refunded })
 }
 
 /// Settles in full every open lease whose paid time ended by the current block time.
 pub(crate) fn expire_due(state: &mut State) -> Result<Vec<Event>, Error> {
     let now = state.time_ms();
-    let due: Vec<LeaseId> = state
-        .data
-        .lease_expiry
-        .range(..=(now, LeaseId(agora_protocol::Hash([0xff; 32]))))
-        .map(|(_, id)| *id)
-        .collect();
-    due.into_iter()
-        .map(|id| settle(state, id, SettleReason::Expired, None))
-        .collect()
+    let due: Vec<LeaseId> =
+        state.data.lease_expiry.range(..=(now, LeaseId(agora_protocol::Hash([0xff; 32])))).map(|(_, id)| *id).collect();
+    due.into_iter().map(|id| settle(state, id, SettleReason::Expired, None)).collect()
 }
 
 /// Settles every open lease of a provider pro-rata (used when it is slashed).

@@ -21,11 +21,7 @@ pub(crate) fn register(
     }
     let provider = match state.provider(&address) {
         Some(p) if p.status == ProviderStatus::Tombstoned => return Err(Error::Tombstoned),
-        Some(p) => Provider {
-            region: region.to_string(),
-            gpus: gpus.to_vec(),
-            ..p.clone()
-        },
+        Some(p) => Provider { region: region.to_string(), gpus: gpus.to_vec(), ..p.clone() },
         None => Provider {
             region: region.to_string(),
             gpus: gpus.to_vec(),
@@ -52,10 +48,7 @@ pub(crate) fn jail(state: &mut State, address: Address, until: Option<Height>) -
         _ => None,
     };
     state.set_provider(address, p);
-    Ok(Event::Jailed {
-        provider: address,
-        until,
-    })
+    Ok(Event::Jailed { provider: address, until })
 }
 
 /// A jailed provider returns once its jail period is over and it is staked again.

@@ -35,18 +35,9 @@ pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result
     let burned = burn_stake_fraction(state, ev.provider, state.params().downtime_slash_bps)?;
     let until = Height(state.height().0.saturating_add(state.params().jail_blocks));
     state.mark_window_slashed((ev.provider, ev.window_start, ev.window_end));
-    let reason = SlashReason::Downtime {
-        window_start: ev.window_start,
-        window_end: ev.window_end,
-    };
-    let mut events = vec![
-        Event::Slashed {
-            account: ev.provider,
-            burned,
-            reason,
-        },
-        jail(state, ev.provider, Some(until))?,
-    ];
+    let reason = SlashReason::Downtime { window_start: ev.window_start, window_end: ev.window_end };
+    let mut events =
+        vec![Event::Slashed { account: ev.provider, burned, reason }, jail(state, ev.provider, Some(until))?];
     events.extend(settle_all_of(state, ev.provider, SettleReason::ProviderSlashed)?);
     Ok(events)
 }
@@ -60,20 +51,13 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
     for att in &ev.attestations {
         let body = &att.body;
         if body.provider != ev.provider || body.window_start != ev.window_start || body.window_end != ev.window_end {
-            return Err(Error::BadEvidence(
-                "attestation is for another provider or window".into(),
-            ));
+            return Err(Error::BadEvidence("attestation is for another provider or window".into()));
         }
-        let validator = state
-            .validators()
-            .iter()
-            .find(|v| v.address == att.signer)
-            .ok_or(Error::NotValidator)?;
+        let validator = state.validators().iter().find(|v| v.address == att.signer).ok_or(Error::NotValidator)?;
         if !seen.insert(att.signer) {
             return Err(Error::BadEvidence("two attestations from one validator".into()));
         }
-        att.verify(state.chain_id())
-            .map_err(|e| Error::BadSignature(e.to_string()))?;
+        att.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
         have = have.saturating_add(validator.power);
     }
     if u128::from(have) * 3 <= u128::from(total) * 2 {
@@ -86,16 +70,13 @@ pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -
     let (offender, seq) = match ev {
         EquivocationEvidence::Heartbeats { first, second } => {
             if first.signer != second.signer || first.body.seq != second.body.seq {
-                return Err(Error::BadEvidence(
-                    "heartbeats are from different signers or sequences".into(),
-                ));
+                return Err(Error::BadEvidence("heartbeats are from different signers or sequences".into()));
             }
             if first.body == second.body {
                 return Err(Error::BadEvidence("heartbeats are identical, not conflicting".into()));
             }
             for hb in [first, second] {
-                hb.verify(state.chain_id())
-                    .map_err(|e| Error::BadSignature(e.to_string()))?;
+                hb.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
             }
             (first.signer, first.body.seq)
         }
@@ -107,11 +88,7 @@ pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -
     let burned = burn_stake_fraction(state, offender, state.params().equivocation_slash_bps)?;
     state.mark_equivocation_slashed((offender, seq));
     let mut events = vec![
-        Event::Slashed {
-            account: offender,
-            burned,
-            reason: SlashReason::Equivocation,
-        },
+        Event::Slashed { account: offender, burned, reason: SlashReason::Equivocation },
         jail(state, offender, None)?,
     ];
     events.extend(settle_all_of(state, offender, SettleReason::ProviderSlashed)?);

@@ -53,13 +53,7 @@ pub struct Provider {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseStatus {
     Open,
-    Settled {
-        reason: SettleReason,
-        paid: Amount,
-        refunded: Amount,
-        at_ms: TimestampMs,
-        exit_code: Option<i32>,
-    },
+    Settled { reason: SettleReason, paid: Amount, refunded: Amount, at_ms: TimestampMs, exit_code: Option<i32> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,11 +122,7 @@ impl PartialEq for State {
 
 impl State {
     pub(crate) fn from_data(data: StateData, last_block_hash: Hash) -> State {
-        State {
-            data,
-            last_block_hash,
-            journal: Vec::new(),
-        }
+        State { data, last_block_hash, journal: Vec::new() }
     }
 
     pub fn chain_id(&self) -> &ChainId {
@@ -190,8 +180,7 @@ impl State {
 
     /// A provider may advertise and take leases: registered, not jailed, staked enough.
     pub fn is_active_provider(&self, address: &Address) -> bool {
-        self.provider(address)
-            .is_some_and(|p| p.status == ProviderStatus::Active)
+        self.provider(address).is_some_and(|p| p.status == ProviderStatus::Active)
             && self.account(address).stake >= self.data.params.min_provider_stake
     }
 
@@ -216,10 +205,7 @@ impl State {
             total += u128::from(acct.balance.0) + u128::from(acct.stake.0) + u128::from(acct.unbonding.0);
             let queued = unbonding_per_account.remove(addr).unwrap_or(0);
             if queued != u128::from(acct.unbonding.0) {
-                return Err(Error::Invariant(format!(
-                    "{addr}: unbonding {} but queue holds {queued}",
-                    acct.unbonding
-                )));
+                return Err(Error::Invariant(format!("{addr}: unbonding {} but queue holds {queued}", acct.unbonding)));
             }
         }
         if let Some((addr, _)) = unbonding_per_account.into_iter().next() {
@@ -235,10 +221,7 @@ impl State {
             }
         }
         if total != u128::from(self.data.supply.0) {
-            return Err(Error::Invariant(format!(
-                "supply {} but holdings sum to {total} micro-AGR",
-                self.data.supply
-            )));
+            return Err(Error::Invariant(format!("supply {} but holdings sum to {total} micro-AGR", self.data.supply)));
         }
         Ok(())
     }

@@ -47,10 +47,7 @@ fn key(h: Height) -> [u8; 8] {
 }
 
 fn corrupt(height: Height, reason: impl Into<String>) -> Error {
-    Error::Corrupt {
-        height,
-        reason: reason.into(),
-    }
+    Error::Corrupt { height, reason: reason.into() }
 }
 
 impl Store {
@@ -58,24 +55,12 @@ impl Store {
     /// hash chain and rebuilding the state at the last committed block.
     pub fn open(path: &Path, genesis: &Genesis) -> Result<Store, Error> {
         let db = sled::Config::new().path(path).open()?;
-        let (meta, blocks, snapshots) = (
-            db.open_tree("meta")?,
-            db.open_tree("blocks")?,
-            db.open_tree("snapshots")?,
-        );
+        let (meta, blocks, snapshots) = (db.open_tree("meta")?, db.open_tree("blocks")?, db.open_tree("snapshots")?);
         let genesis_hash = genesis.hash();
         match meta.get(META_GENESIS)? {
             Some(stored) if stored.as_ref() != genesis_hash.0 => {
-                let stored = Hash(
-                    stored
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| corrupt(Height(0), "bad genesis hash"))?,
-                );
-                return Err(Error::GenesisMismatch {
-                    stored,
-                    given: genesis_hash,
-                });
+                let stored = Hash(stored.as_ref().try_into().map_err(|_| corrupt(Height(0), "bad genesis hash"))?);
+                return Err(Error::GenesisMismatch { stored, given: genesis_hash });
             }
             Some(_) => {}
             None => {
@@ -100,10 +85,8 @@ impl Store {
         match self.meta.get(META_TIP)? {
             None => Ok(Height(0)),
             Some(v) => {
-                let raw: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt(Height(0), "tip record is not 8 bytes"))?;
+                let raw: [u8; 8] =
+                    v.as_ref().try_into().map_err(|_| corrupt(Height(0), "tip record is not 8 bytes"))?;
                 Ok(Height(u64::from_be_bytes(raw)))
             }
         }
@@ -114,11 +97,7 @@ impl Store {
         let tip = self.tip_height()?;
         let headers = self.verify_chain(tip)?;
         if let Some(entry) = self.snapshots.last()? {
-            let raw: [u8; 8] = entry
-                .0
-                .as_ref()
-                .try_into()
-                .map_err(|_| corrupt(tip, "bad snapshot key"))?;
+            let raw: [u8; 8] = entry.0.as_ref().try_into().map_err(|_| corrupt(tip, "bad snapshot key"))?;
             let at = Height(u64::from_be_bytes(raw));
             if at.0 > tip.0 || at.0 == 0 {
                 return Err(corrupt(at, format!("snapshot beyond the tip {tip}")));
@@ -192,11 +171,8 @@ impl Store {
     fn persist(&mut self, block: &Block) -> Result<(), Error> {
         let height = block.header.height;
         let block_bytes = codec::encode(block)?;
-        let snapshot = if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 {
-            Some(codec::encode(&self.state.data)?)
-        } else {
-            None
-        };
+        let snapshot =
+            if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
         let previous = self.snapshot_height;
         (&self.meta, &self.blocks, &self.snapshots).transaction(|(meta, blocks, snapshots)| {
             blocks.insert(&key(height), block_bytes.as_slice())?;

@@ -24,9 +24,8 @@ pub struct TestChain {
 
 impl TestChain {
     pub fn new(accounts: usize, validators: usize, balance: Amount) -> TestChain {
-        let keys: Vec<Keypair> = (0..accounts)
-            .map(|i| Keypair::from_seed_phrase(&format!("agora-test-account-{i}")))
-            .collect();
+        let keys: Vec<Keypair> =
+            (0..accounts).map(|i| Keypair::from_seed_phrase(&format!("agora-test-account-{i}"))).collect();
         let genesis = Genesis {
             chain_id: chain_id(),
             genesis_time_ms: TimestampMs(GENESIS_TIME_MS),
@@ -37,11 +36,7 @@ impl TestChain {
                 .map(|(i, k)| GenesisAccount {
                     address: k.address(),
                     balance,
-                    stake: if i < validators {
-                        Amount::agr(1_000)
-                    } else {
-                        Amount::ZERO
-                    },
+                    stake: if i < validators { Amount::agr(1_000) } else { Amount::ZERO },
                 })
                 .collect(),
             validators: keys.iter().take(validators).map(Keypair::address).collect(),

@@ -54,11 +54,7 @@ fn follow(child: &mut Child) -> mpsc::Receiver<(Height, Hash)> {
 fn sigkill_at_random_moments_never_loses_or_corrupts_committed_blocks() {
     let iterations = env_u64("AGORA_CRASH_ITERATIONS").unwrap_or(DEFAULT_ITERATIONS);
     let seed = env_u64("AGORA_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
     eprintln!("crash test: {iterations} iterations, AGORA_CRASH_SEED={seed}");
     let mut rng = SeededRng::new(seed);
@@ -70,11 +66,7 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_committed_blocks() {
         let commits = follow(&mut child);
         let mut reported = None;
         for _ in 0..1 + rng.below(6) {
-            reported = Some(
-                commits
-                    .recv_timeout(OPEN_DEADLINE)
-                    .expect("writer made no progress in time"),
-            );
+            reported = Some(commits.recv_timeout(OPEN_DEADLINE).expect("writer made no progress in time"));
         }
         // Let it run on into a random point, usually mid-commit.
         std::thread::sleep(Duration::from_micros(rng.below(30_000)));
@@ -86,31 +78,13 @@ fn sigkill_at_random_moments_never_loses_or_corrupts_committed_blocks() {
             .unwrap_or_else(|e| panic!("iteration {i}, seed {seed}: reopen failed: {e}"));
         if let Some((h, root)) = reported {
             confirmed = h;
-            let block = store
-                .block(h)
-                .unwrap()
-                .unwrap_or_else(|| panic!("seed {seed}: reported block {h} lost"));
-            assert_eq!(
-                block.header.state_root, root,
-                "seed {seed}: block {h} changed after the crash"
-            );
+            let block = store.block(h).unwrap().unwrap_or_else(|| panic!("seed {seed}: reported block {h} lost"));
+            assert_eq!(block.header.state_root, root, "seed {seed}: block {h} changed after the crash");
         }
-        assert!(
-            store.height() >= confirmed,
-            "seed {seed}: height {} < reported {confirmed}",
-            store.height()
-        );
+        assert!(store.height() >= confirmed, "seed {seed}: height {} < reported {confirmed}", store.height());
         let replayed = store.replay_from_genesis().unwrap();
-        assert_eq!(
-            store.state().root(),
-            replayed,
-            "seed {seed}: state root differs from replay at {}",
-            store.height()
-        );
+        assert_eq!(store.state().root(), replayed, "seed {seed}: state root differs from replay at {}", store.height());
         store.state().audit().unwrap();
     }
-    assert!(
-        confirmed.0 >= iterations,
-        "the writer should have committed at least one block per run"
-    );
+    assert!(confirmed.0 >= iterations, "the writer should have committed at least one block per run");
 }

@@ -15,20 +15,14 @@ const ACCOUNTS: usize = 6;
 const VALIDATORS: usize = 3;
 
 fn keys() -> Vec<Keypair> {
-    (0..ACCOUNTS)
-        .map(|i| Keypair::from_seed_phrase(&format!("prop-{i}")))
-        .collect()
+    (0..ACCOUNTS).map(|i| Keypair::from_seed_phrase(&format!("prop-{i}"))).collect()
 }
 
 /// Five ordinary accounts and one holding the rest of `u64::MAX`, so sums
 /// sit right at the edge of overflow.
 fn genesis(keys: &[Keypair]) -> Genesis {
-    let params = Params {
-        unbonding_blocks: 3,
-        jail_blocks: 2,
-        min_provider_stake: Amount::agr(100),
-        ..Params::default()
-    };
+    let params =
+        Params { unbonding_blocks: 3, jail_blocks: 2, min_provider_stake: Amount::agr(100), ..Params::default() };
     let normal = Amount::agr(1_000);
     let stake = |i: usize| {
         if i < VALIDATORS { Amount::agr(500) } else { Amount::ZERO }
@@ -39,11 +33,7 @@ fn genesis(keys: &[Keypair]) -> Genesis {
         .enumerate()
         .map(|(i, k)| GenesisAccount {
             address: k.address(),
-            balance: if i == ACCOUNTS - 1 {
-                Amount(u64::MAX - others)
-            } else {
-                normal
-            },
+            balance: if i == ACCOUNTS - 1 { Amount(u64::MAX - others) } else { normal },
             stake: stake(i),
         })
         .collect();
@@ -70,54 +60,17 @@ const PROVIDERS: [usize; 2] = [3, 4];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Transfer {
-        from: usize,
-        to: usize,
-        amount: u64,
-        nonce_skew: i8,
-    },
-    Stake {
-        from: usize,
-        amount: u64,
-    },
-    Unstake {
-        from: usize,
-        amount: u64,
-    },
-    Register {
-        from: usize,
-    },
-    OpenLease {
-        buyer: usize,
-        provider: usize,
-        gpus: u32,
-        secs: u64,
-        price: u64,
-    },
-    CloseLease {
-        sender: Party,
-        pick: usize,
-    },
-    CancelLease {
-        sender: Party,
-        pick: usize,
-    },
-    SlashDowntime {
-        provider: usize,
-        voters: u8,
-        start_back: u64,
-        len: u64,
-    },
-    Unjail {
-        from: usize,
-    },
-    ForgedSignature {
-        from: usize,
-        amount: u64,
-    },
-    EndBlock {
-        secs: u64,
-    },
+    Transfer { from: usize, to: usize, amount: u64, nonce_skew: i8 },
+    Stake { from: usize, amount: u64 },
+    Unstake { from: usize, amount: u64 },
+    Register { from: usize },
+    OpenLease { buyer: usize, provider: usize, gpus: u32, secs: u64, price: u64 },
+    CloseLease { sender: Party, pick: usize },
+    CancelLease { sender: Party, pick: usize },
+    SlashDowntime { provider: usize, voters: u8, start_back: u64, len: u64 },
+    Unjail { from: usize },
+    ForgedSignature { from: usize, amount: u64 },
+    EndBlock { secs: u64 },
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -179,59 +132,19 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
         }
     };
     match op {
-        Op::Transfer {
-            from,
-            to,
-            amount,
-            nonce_skew,
-        } => {
+        Op::Transfer { from, to, amount, nonce_skew } => {
             let n = nonce(*from).wrapping_add_signed(i64::from(*nonce_skew));
-            sign_tx(
-                &keys[*from],
-                n,
-                TxKind::Transfer {
-                    to: keys[*to].address(),
-                    amount: Amount(*amount),
-                },
-            )
+            sign_tx(&keys[*from], n, TxKind::Transfer { to: keys[*to].address(), amount: Amount(*amount) })
         }
-        Op::Stake { from, amount } => sign_tx(
-            &keys[*from],
-            nonce(*from),
-            TxKind::Stake {
-                amount: Amount(*amount),
-            },
-        ),
-        Op::Unstake { from, amount } => sign_tx(
-            &keys[*from],
-            nonce(*from),
-            TxKind::Unstake {
-                amount: Amount(*amount),
-            },
-        ),
+        Op::Stake { from, amount } => sign_tx(&keys[*from], nonce(*from), TxKind::Stake { amount: Amount(*amount) }),
+        Op::Unstake { from, amount } => {
+            sign_tx(&keys[*from], nonce(*from), TxKind::Unstake { amount: Amount(*amount) })
+        }
         Op::Register { from } => {
-            let gpus = vec![GpuSpec {
-                model: "A100-40GB".into(),
-                vram_mib: 40_960,
-                count: 8,
-                simulated: true,
-            }];
-            sign_tx(
-                &keys[*from],
-                nonce(*from),
-                TxKind::RegisterProvider {
-                    region: "us-east".into(),
-                    gpus,
-                },
-            )
+            let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
+            sign_tx(&keys[*from], nonce(*from), TxKind::RegisterProvider { region: "us-east".into(), gpus })
         }
-        Op::OpenLease {
-            buyer,
-            provider,
-            gpus,
-            secs,
-            price,
-        } => {
+        Op::OpenLease { buyer, provider, gpus, secs, price } => {
             let request = LeaseRequest {
                 provider: keys[*provider].address(),
                 offer_seq: 0,
@@ -245,42 +158,20 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
             };
             let request = Signed::sign(request, &keys[*buyer], chain).unwrap();
             let gpu_ids = (0..*gpus).map(|g| g.to_string()).collect();
-            let accept = Signed::sign(
-                LeaseAccept {
-                    lease_id: request.lease_id().unwrap(),
-                    gpu_ids,
-                },
-                &keys[*provider],
-                chain,
-            )
-            .unwrap();
-            sign_tx(
-                &keys[*provider],
-                nonce(*provider),
-                TxKind::OpenLease { request, accept },
-            )
+            let accept =
+                Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, &keys[*provider], chain)
+                    .unwrap();
+            sign_tx(&keys[*provider], nonce(*provider), TxKind::OpenLease { request, accept })
         }
         Op::CloseLease { sender, pick: p } => {
             let (lease_id, from) = pick(*p, *sender);
-            sign_tx(
-                &keys[from],
-                nonce(from),
-                TxKind::CloseLease {
-                    lease_id,
-                    exit_code: Some(0),
-                },
-            )
+            sign_tx(&keys[from], nonce(from), TxKind::CloseLease { lease_id, exit_code: Some(0) })
         }
         Op::CancelLease { sender, pick: p } => {
             let (lease_id, from) = pick(*p, *sender);
             sign_tx(&keys[from], nonce(from), TxKind::CancelLease { lease_id })
         }
-        Op::SlashDowntime {
-            provider,
-            voters,
-            start_back,
-            len,
-        } => {
+        Op::SlashDowntime { provider, voters, start_back, len } => {
             let end = state.height().0.saturating_sub(*start_back);
             let start = end.saturating_sub(*len);
             let body = DowntimeAttestation {
@@ -298,21 +189,14 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
                 window_end: body.window_end,
                 attestations,
             };
-            sign_tx(
-                &keys[ACCOUNTS - 1],
-                nonce(ACCOUNTS - 1),
-                TxKind::SlashDowntime { evidence },
-            )
+            sign_tx(&keys[ACCOUNTS - 1], nonce(ACCOUNTS - 1), TxKind::SlashDowntime { evidence })
         }
         Op::Unjail { from } => sign_tx(&keys[*from], nonce(*from), TxKind::Unjail),
         Op::ForgedSignature { from, amount } => {
             let mut tx = sign_tx(
                 &keys[*from],
                 nonce(*from),
-                TxKind::Transfer {
-                    to: keys[0].address(),
-                    amount: Amount(*amount),
-                },
+                TxKind::Transfer { to: keys[0].address(), amount: Amount(*amount) },
             );
             tx.signer = keys[(*from + 1) % ACCOUNTS].address();
             tx
@@ -323,28 +207,12 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
 
 /// Block 1: the provider accounts stake and register.
 fn prelude(keys: &[Keypair], state: &mut State) -> Block {
-    let gpus = vec![GpuSpec {
-        model: "A100-40GB".into(),
-        vram_mib: 40_960,
-        count: 8,
-        simulated: true,
-    }];
+    let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
     let time = TimestampMs(state.time_ms().0 + 1_000);
     let mut builder = BlockBuilder::new(state, time, keys[0].address()).unwrap();
     for p in PROVIDERS {
-        builder
-            .push(sign_tx(
-                &keys[p],
-                0,
-                TxKind::Stake {
-                    amount: Amount::agr(300),
-                },
-            ))
-            .unwrap();
-        let register = TxKind::RegisterProvider {
-            region: "us-east".into(),
-            gpus: gpus.clone(),
-        };
+        builder.push(sign_tx(&keys[p], 0, TxKind::Stake { amount: Amount::agr(300) })).unwrap();
+        let register = TxKind::RegisterProvider { region: "us-east".into(), gpus: gpus.clone() };
         builder.push(sign_tx(&keys[p], 1, register)).unwrap();
     }
     let block = builder.finish(None).unwrap();

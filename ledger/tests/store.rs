@@ -34,10 +34,7 @@ fn committed_blocks_survive_reopening() {
     let store = Store::open(dir.path(), &chain.genesis).unwrap();
     assert_eq!(store.height(), Height(5));
     assert_eq!(store.state().root(), root);
-    assert_eq!(
-        store.state().account(&chain.address(2)).balance,
-        Amount(Amount::agr(1_000).0 + 35)
-    );
+    assert_eq!(store.state().account(&chain.address(2)).balance, Amount(Amount::agr(1_000).0 + 35));
     assert_eq!(store.block(Height(5)).unwrap().unwrap().header.state_root, root);
     assert!(store.block(Height(6)).unwrap().is_none());
 }
@@ -78,10 +75,7 @@ fn a_store_refuses_another_genesis() {
     let chain = chain();
     drop(Store::open(dir.path(), &chain.genesis).unwrap());
     let other = TestChain::new(5, 1, Amount::agr(1_000));
-    assert!(matches!(
-        Store::open(dir.path(), &other.genesis),
-        Err(Error::GenesisMismatch { .. })
-    ));
+    assert!(matches!(Store::open(dir.path(), &other.genesis), Err(Error::GenesisMismatch { .. })));
 }
 
 /// Rewrites one raw value in a tree of the store's sled database.
@@ -104,26 +98,14 @@ fn a_corrupt_block_is_reported_with_its_height() {
         commit_blocks(&chain, &mut store, 6);
     }
     let len = |dir: &std::path::Path| {
-        sled::open(dir)
-            .unwrap()
-            .open_tree("blocks")
-            .unwrap()
-            .get(3u64.to_be_bytes())
-            .unwrap()
-            .unwrap()
-            .len()
+        sled::open(dir).unwrap().open_tree("blocks").unwrap().get(3u64.to_be_bytes()).unwrap().unwrap().len()
     };
     let n = len(dir.path());
     // Flip a bit in the middle of block 3 (inside a transfer amount or signature).
     tamper(dir.path(), "blocks", 3, |v| v[n / 2] ^= 0x10);
-    let err = Store::open(dir.path(), &chain.genesis)
-        .err()
-        .expect("corruption must be detected");
+    let err = Store::open(dir.path(), &chain.genesis).err().expect("corruption must be detected");
     assert!(
-        matches!(
-            err,
-            Error::Corrupt { height: Height(3), .. } | Error::Corrupt { height: Height(4), .. }
-        ),
+        matches!(err, Error::Corrupt { height: Height(3), .. } | Error::Corrupt { height: Height(4), .. }),
         "{err}"
     );
     // Truncated block 3.
@@ -145,8 +127,5 @@ fn a_corrupt_snapshot_is_reported_with_its_height() {
         v[last] ^= 1;
     });
     let err = Store::open(dir.path(), &chain.genesis).err().unwrap();
-    assert!(
-        matches!(err, Error::Corrupt { height, .. } if height == Height(SNAPSHOT_INTERVAL_BLOCKS)),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Corrupt { height, .. } if height == Height(SNAPSHOT_INTERVAL_BLOCKS)), "{err}");
 }

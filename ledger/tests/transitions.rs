@@ -42,12 +42,7 @@ fn nonce(state: &State, chain: &TestChain, i: usize) -> u64 {
 }
 
 fn gpus() -> Vec<GpuSpec> {
-    vec![GpuSpec {
-        model: "H100-80GB".into(),
-        vram_mib: 81_920,
-        count: 4,
-        simulated: true,
-    }]
+    vec![GpuSpec { model: "H100-80GB".into(), vram_mib: 81_920, count: 4, simulated: true }]
 }
 
 /// Stakes and registers the provider.
@@ -57,21 +52,8 @@ fn setup_provider(chain: &TestChain, state: &mut State) {
         chain,
         state,
         vec![
-            sign_tx(
-                key,
-                0,
-                TxKind::Stake {
-                    amount: Amount::agr(1_000),
-                },
-            ),
-            sign_tx(
-                key,
-                1,
-                TxKind::RegisterProvider {
-                    region: "eu-west".into(),
-                    gpus: gpus(),
-                },
-            ),
+            sign_tx(key, 0, TxKind::Stake { amount: Amount::agr(1_000) }),
+            sign_tx(key, 1, TxKind::RegisterProvider { region: "eu-west".into(), gpus: gpus() }),
         ],
     );
 }
@@ -93,27 +75,13 @@ fn lease_request(chain: &TestChain, state: &State, gpus: u32, duration_secs: u64
 
 fn accept(chain: &TestChain, request: &Signed<LeaseRequest>) -> Signed<LeaseAccept> {
     let gpu_ids = (0..request.body.gpus).map(|i| format!("sim-gpu-{i}")).collect();
-    Signed::sign(
-        LeaseAccept {
-            lease_id: request.lease_id().unwrap(),
-            gpu_ids,
-        },
-        &chain.keys[PROVIDER],
-        &chain_id(),
-    )
-    .unwrap()
+    Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, &chain.keys[PROVIDER], &chain_id())
+        .unwrap()
 }
 
 /// The provider's OpenLease transaction for a buyer's request, countersigned.
 fn open_tx(chain: &TestChain, nonce: u64, request: Signed<LeaseRequest>) -> SignedTx {
-    sign_tx(
-        &chain.keys[PROVIDER],
-        nonce,
-        TxKind::OpenLease {
-            accept: accept(chain, &request),
-            request,
-        },
-    )
+    sign_tx(&chain.keys[PROVIDER], nonce, TxKind::OpenLease { accept: accept(chain, &request), request })
 }
 
 /// Opens a lease for 2 GPUs × 1 hour at 2 AGR/GPU-hour (escrow 4 AGR).
@@ -122,11 +90,7 @@ fn open_lease(chain: &TestChain, state: &mut State) -> LeaseId {
     let id = request.lease_id().unwrap();
     let accept = accept(chain, &request);
     let n = nonce(state, chain, PROVIDER);
-    commit(
-        chain,
-        state,
-        vec![sign_tx(&chain.keys[PROVIDER], n, TxKind::OpenLease { request, accept })],
-    );
+    commit(chain, state, vec![sign_tx(&chain.keys[PROVIDER], n, TxKind::OpenLease { request, accept })]);
     id
 }
 
@@ -141,11 +105,7 @@ fn expect_err(state: &mut State, tx: &SignedTx) -> Error {
 fn transfer_moves_funds_and_bumps_nonce() {
     let chain = chain();
     let mut state = chain.state();
-    commit(
-        &chain,
-        &mut state,
-        vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount::agr(5))],
-    );
+    commit(&chain, &mut state, vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount::agr(5))]);
     assert_eq!(state.account(&chain.address(BUYER)).balance, Amount::agr(9_995));
     assert_eq!(state.account(&chain.address(OTHER)).balance, Amount::agr(10_005));
     assert_eq!(nonce(&state, &chain, BUYER), 1);
@@ -165,20 +125,14 @@ fn bad_transfers_are_rejected_with_typed_errors() {
         expect_err(&mut state, &transfer(key, 0, to, Amount::agr(10_001))),
         Error::InsufficientFunds { .. }
     ));
-    assert!(matches!(
-        expect_err(&mut state, &transfer(key, 0, to, Amount::ZERO)),
-        Error::Protocol(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &transfer(key, 0, to, Amount::ZERO)), Error::Protocol(_)));
     let mut forged = transfer(key, 0, to, Amount(1));
     forged.signer = chain.address(OTHER);
     assert!(matches!(expect_err(&mut state, &forged), Error::BadSignature(_)));
     // Signed for another chain: the chain id is inside the digest.
     let other_chain = agora_protocol::ChainId::new("agora-other-1").unwrap();
     let foreign = Signed::sign(
-        agora_protocol::Transaction {
-            nonce: 0,
-            kind: TxKind::Transfer { to, amount: Amount(1) },
-        },
+        agora_protocol::Transaction { nonce: 0, kind: TxKind::Transfer { to, amount: Amount(1) } },
         key,
         &other_chain,
     )
@@ -217,28 +171,8 @@ fn unstaked_tokens_return_after_the_unbonding_period() {
     let chain = chain();
     let mut state = chain.state();
     let key = &chain.keys[OTHER];
-    commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(
-            key,
-            0,
-            TxKind::Stake {
-                amount: Amount::agr(300),
-            },
-        )],
-    );
-    let events = commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(
-            key,
-            1,
-            TxKind::Unstake {
-                amount: Amount::agr(100),
-            },
-        )],
-    );
+    commit(&chain, &mut state, vec![sign_tx(key, 0, TxKind::Stake { amount: Amount::agr(300) })]);
+    let events = commit(&chain, &mut state, vec![sign_tx(key, 1, TxKind::Unstake { amount: Amount::agr(100) })]);
     let release = state.height().0 + state.params().unbonding_blocks;
     assert!(events.contains(&Event::UnbondingStarted {
         account: chain.address(OTHER),
@@ -246,31 +180,15 @@ fn unstaked_tokens_return_after_the_unbonding_period() {
         release_height: Height(release)
     }));
     let acct = state.account(&chain.address(OTHER));
-    assert_eq!(
-        (acct.balance, acct.stake, acct.unbonding),
-        (Amount::agr(9_700), Amount::agr(200), Amount::agr(100))
-    );
+    assert_eq!((acct.balance, acct.stake, acct.unbonding), (Amount::agr(9_700), Amount::agr(200), Amount::agr(100)));
     let n = release - state.height().0 - 1;
     advance(&chain, &mut state, n);
-    assert_eq!(
-        state.account(&chain.address(OTHER)).unbonding,
-        Amount::agr(100),
-        "released too early"
-    );
+    assert_eq!(state.account(&chain.address(OTHER)).unbonding, Amount::agr(100), "released too early");
     advance(&chain, &mut state, 1);
     let acct = state.account(&chain.address(OTHER));
     assert_eq!((acct.balance, acct.unbonding), (Amount::agr(9_800), Amount::ZERO));
     assert!(matches!(
-        expect_err(
-            &mut state,
-            &sign_tx(
-                key,
-                2,
-                TxKind::Unstake {
-                    amount: Amount::agr(201)
-                }
-            )
-        ),
+        expect_err(&mut state, &sign_tx(key, 2, TxKind::Unstake { amount: Amount::agr(201) })),
         Error::InsufficientStake { .. }
     ));
 }
@@ -280,18 +198,8 @@ fn registering_a_provider_needs_minimum_stake() {
     let chain = chain();
     let mut state = chain.state();
     let key = &chain.keys[PROVIDER];
-    let register = sign_tx(
-        key,
-        0,
-        TxKind::RegisterProvider {
-            region: "eu-west".into(),
-            gpus: gpus(),
-        },
-    );
-    assert!(matches!(
-        expect_err(&mut state, &register),
-        Error::InsufficientStake { .. }
-    ));
+    let register = sign_tx(key, 0, TxKind::RegisterProvider { region: "eu-west".into(), gpus: gpus() });
+    assert!(matches!(expect_err(&mut state, &register), Error::InsufficientStake { .. }));
     setup_provider(&chain, &mut state);
     assert!(state.is_active_provider(&chain.address(PROVIDER)));
     assert_eq!(state.provider(&chain.address(PROVIDER)).unwrap().gpus, gpus());
@@ -305,24 +213,14 @@ fn opening_a_lease_locks_escrow_and_closing_settles_pro_rata() {
     let buyer_before = state.account(&chain.address(BUYER)).balance;
     let provider_before = state.account(&chain.address(PROVIDER)).balance;
     let id = open_lease(&chain, &mut state);
-    assert_eq!(
-        state.account(&chain.address(BUYER)).balance,
-        buyer_before.checked_sub(Amount::agr(4)).unwrap()
-    );
+    assert_eq!(state.account(&chain.address(BUYER)).balance, buyer_before.checked_sub(Amount::agr(4)).unwrap());
     // 900 blocks of 1 s = a quarter of the hour later, the provider closes it.
     advance(&chain, &mut state, 899);
     let n = nonce(&state, &chain, PROVIDER);
     let events = commit(
         &chain,
         &mut state,
-        vec![sign_tx(
-            &chain.keys[PROVIDER],
-            n,
-            TxKind::CloseLease {
-                lease_id: id,
-                exit_code: Some(0),
-            },
-        )],
+        vec![sign_tx(&chain.keys[PROVIDER], n, TxKind::CloseLease { lease_id: id, exit_code: Some(0) })],
     );
     assert!(events.contains(&Event::LeaseSettled {
         lease_id: id,
@@ -330,18 +228,9 @@ fn opening_a_lease_locks_escrow_and_closing_settles_pro_rata() {
         paid: Amount::agr(1),
         refunded: Amount::agr(3)
     }));
-    assert_eq!(
-        state.account(&chain.address(PROVIDER)).balance,
-        provider_before.checked_add(Amount::agr(1)).unwrap()
-    );
-    assert_eq!(
-        state.account(&chain.address(BUYER)).balance,
-        buyer_before.checked_sub(Amount::agr(1)).unwrap()
-    );
-    assert!(matches!(
-        state.lease(&id).unwrap().status,
-        LeaseStatus::Settled { exit_code: Some(0), .. }
-    ));
+    assert_eq!(state.account(&chain.address(PROVIDER)).balance, provider_before.checked_add(Amount::agr(1)).unwrap());
+    assert_eq!(state.account(&chain.address(BUYER)).balance, buyer_before.checked_sub(Amount::agr(1)).unwrap());
+    assert!(matches!(state.lease(&id).unwrap().status, LeaseStatus::Settled { exit_code: Some(0), .. }));
 }
 
 #[test]
@@ -352,37 +241,18 @@ fn lease_rules_reject_wrong_parties_replays_and_bad_terms() {
     let request = lease_request(&chain, &state, 2, 3600, 1);
     let good_accept = accept(&chain, &request);
     let open = |nonce, accept: &Signed<LeaseAccept>| {
-        sign_tx(
-            &chain.keys[PROVIDER],
-            nonce,
-            TxKind::OpenLease {
-                request: request.clone(),
-                accept: accept.clone(),
-            },
-        )
+        sign_tx(&chain.keys[PROVIDER], nonce, TxKind::OpenLease { request: request.clone(), accept: accept.clone() })
     };
     // An outsider cannot open it.
-    let by_other = sign_tx(
-        &chain.keys[OTHER],
-        0,
-        TxKind::OpenLease {
-            request: request.clone(),
-            accept: good_accept.clone(),
-        },
-    );
+    let by_other =
+        sign_tx(&chain.keys[OTHER], 0, TxKind::OpenLease { request: request.clone(), accept: good_accept.clone() });
     assert!(matches!(expect_err(&mut state, &by_other), Error::NotLeaseParty(_)));
     // Acceptance signed by someone else than the provider.
     let forged = Signed::sign(good_accept.body.clone(), &chain.keys[OTHER], &chain_id()).unwrap();
-    assert!(matches!(
-        expect_err(&mut state, &open(2, &forged)),
-        Error::LeaseTerms(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &open(2, &forged)), Error::LeaseTerms(_)));
     // Wrong number of GPU ids.
     let short = Signed::sign(
-        LeaseAccept {
-            gpu_ids: vec!["0".into()],
-            ..good_accept.body.clone()
-        },
+        LeaseAccept { gpu_ids: vec!["0".into()], ..good_accept.body.clone() },
         &chain.keys[PROVIDER],
         &chain_id(),
     )
@@ -391,41 +261,16 @@ fn lease_rules_reject_wrong_parties_replays_and_bad_terms() {
     // A buyer who cannot pay: 64 GPUs × 30 days × 2 AGR = 92160 AGR > 10000.
     let huge = lease_request(&chain, &state, 64, 30 * 24 * 3600, 2);
     let huge_tx = open_tx(&chain, 2, huge);
-    assert!(matches!(
-        expect_err(&mut state, &huge_tx),
-        Error::InsufficientFunds { .. }
-    ));
+    assert!(matches!(expect_err(&mut state, &huge_tx), Error::InsufficientFunds { .. }));
     // The real one opens once; the same request cannot open a second lease.
     commit(&chain, &mut state, vec![open(2, &good_accept)]);
-    assert!(matches!(
-        expect_err(&mut state, &open(3, &good_accept)),
-        Error::LeaseExists(_)
-    ));
+    assert!(matches!(expect_err(&mut state, &open(3, &good_accept)), Error::LeaseExists(_)));
     let id = request.lease_id().unwrap();
-    let close_by_buyer = sign_tx(
-        &chain.keys[BUYER],
-        0,
-        TxKind::CloseLease {
-            lease_id: id,
-            exit_code: None,
-        },
-    );
-    assert!(matches!(
-        expect_err(&mut state, &close_by_buyer),
-        Error::NotLeaseParty(_)
-    ));
+    let close_by_buyer = sign_tx(&chain.keys[BUYER], 0, TxKind::CloseLease { lease_id: id, exit_code: None });
+    assert!(matches!(expect_err(&mut state, &close_by_buyer), Error::NotLeaseParty(_)));
     let cancel_by_other = sign_tx(&chain.keys[OTHER], 0, TxKind::CancelLease { lease_id: id });
-    assert!(matches!(
-        expect_err(&mut state, &cancel_by_other),
-        Error::NotLeaseParty(_)
-    ));
-    let unknown = sign_tx(
-        &chain.keys[BUYER],
-        0,
-        TxKind::CancelLease {
-            lease_id: LeaseId(Hash([1; 32])),
-        },
-    );
+    assert!(matches!(expect_err(&mut state, &cancel_by_other), Error::NotLeaseParty(_)));
+    let unknown = sign_tx(&chain.keys[BUYER], 0, TxKind::CancelLease { lease_id: LeaseId(Hash([1; 32])) });
     assert!(matches!(expect_err(&mut state, &unknown), Error::UnknownLease(_)));
 }
 
@@ -447,11 +292,7 @@ fn buyer_cancel_refunds_the_unused_time() {
     setup_provider(&chain, &mut state);
     let id = open_lease(&chain, &mut state);
     advance(&chain, &mut state, 1799);
-    let events = commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(&chain.keys[BUYER], 0, TxKind::CancelLease { lease_id: id })],
-    );
+    let events = commit(&chain, &mut state, vec![sign_tx(&chain.keys[BUYER], 0, TxKind::CancelLease { lease_id: id })]);
     assert!(events.contains(&Event::LeaseSettled {
         lease_id: id,
         reason: SettleReason::Cancelled,
@@ -482,11 +323,8 @@ fn a_lease_that_runs_out_settles_in_full() {
 }
 
 fn attest(chain: &TestChain, validator: usize, start: u64, end: u64) -> Signed<DowntimeAttestation> {
-    let body = DowntimeAttestation {
-        provider: chain.address(PROVIDER),
-        window_start: Height(start),
-        window_end: Height(end),
-    };
+    let body =
+        DowntimeAttestation { provider: chain.address(PROVIDER), window_start: Height(start), window_end: Height(end) };
     Signed::sign(body, &chain.keys[validator], &chain_id()).unwrap()
 }
 
@@ -524,28 +362,12 @@ fn downtime_quorum_slashes_jails_refunds_and_only_once() {
     let future = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], h - 2, h + 1));
     assert!(matches!(expect_err(&mut state, &future), Error::BadEvidence(_)));
 
-    let events = commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))],
-    );
+    let events = commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))]);
     let slash = stake_before.mul_div_floor(100, 10_000).unwrap();
-    assert_eq!(
-        state.account(&chain.address(PROVIDER)).stake,
-        stake_before.checked_sub(slash).unwrap()
-    );
+    assert_eq!(state.account(&chain.address(PROVIDER)).stake, stake_before.checked_sub(slash).unwrap());
     assert_eq!(state.burned(), burned_before.checked_add(slash).unwrap());
-    assert!(matches!(
-        state.provider(&chain.address(PROVIDER)).unwrap().status,
-        ProviderStatus::Jailed { .. }
-    ));
-    assert!(events.iter().any(|e| matches!(
-        e,
-        Event::LeaseSettled {
-            reason: SettleReason::ProviderSlashed,
-            ..
-        }
-    )));
+    assert!(matches!(state.provider(&chain.address(PROVIDER)).unwrap().status, ProviderStatus::Jailed { .. }));
+    assert!(events.iter().any(|e| matches!(e, Event::LeaseSettled { reason: SettleReason::ProviderSlashed, .. })));
     assert!(matches!(state.lease(&id).unwrap().status, LeaseStatus::Settled { .. }));
     assert!(!state.is_active_provider(&chain.address(PROVIDER)));
     // The same or an overlapping window is never slashed again.
@@ -559,11 +381,7 @@ fn a_jailed_provider_cannot_lease_and_unjails_after_the_jail_period() {
     let mut state = chain.state();
     setup_provider(&chain, &mut state);
     advance(&chain, &mut state, 10);
-    commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))],
-    );
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))]);
     let ProviderStatus::Jailed { until } = state.provider(&chain.address(PROVIDER)).unwrap().status else {
         panic!("not jailed")
     };
@@ -581,16 +399,8 @@ fn a_jailed_provider_cannot_lease_and_unjails_after_the_jail_period() {
 }
 
 fn heartbeat(key: &Keypair, seq: u64, height: u64) -> Signed<Heartbeat> {
-    Signed::sign(
-        Heartbeat {
-            seq,
-            height: Height(height),
-            block_hash: Hash([height as u8; 32]),
-        },
-        key,
-        &chain_id(),
-    )
-    .unwrap()
+    Signed::sign(Heartbeat { seq, height: Height(height), block_hash: Hash([height as u8; 32]) }, key, &chain_id())
+        .unwrap()
 }
 
 #[test]
@@ -599,40 +409,24 @@ fn equivocating_heartbeats_tombstone_the_provider_once() {
     let mut state = chain.state();
     setup_provider(&chain, &mut state);
     let key = &chain.keys[PROVIDER];
-    let same = EquivocationEvidence::Heartbeats {
-        first: heartbeat(key, 5, 1),
-        second: heartbeat(key, 5, 1),
-    };
+    let same = EquivocationEvidence::Heartbeats { first: heartbeat(key, 5, 1), second: heartbeat(key, 5, 1) };
     let tx = sign_tx(&chain.keys[OTHER], 0, TxKind::SlashEquivocation { evidence: same });
     assert!(matches!(expect_err(&mut state, &tx), Error::BadEvidence(_)));
-    let ev = EquivocationEvidence::Heartbeats {
-        first: heartbeat(key, 5, 1),
-        second: heartbeat(key, 5, 2),
-    };
+    let ev = EquivocationEvidence::Heartbeats { first: heartbeat(key, 5, 1), second: heartbeat(key, 5, 2) };
     let stake = state.account(&chain.address(PROVIDER)).stake;
     commit(
         &chain,
         &mut state,
-        vec![sign_tx(
-            &chain.keys[OTHER],
-            0,
-            TxKind::SlashEquivocation { evidence: ev.clone() },
-        )],
+        vec![sign_tx(&chain.keys[OTHER], 0, TxKind::SlashEquivocation { evidence: ev.clone() })],
     );
     assert_eq!(
         state.account(&chain.address(PROVIDER)).stake,
         stake.checked_sub(stake.mul_div_floor(500, 10_000).unwrap()).unwrap()
     );
-    assert_eq!(
-        state.provider(&chain.address(PROVIDER)).unwrap().status,
-        ProviderStatus::Tombstoned
-    );
+    assert_eq!(state.provider(&chain.address(PROVIDER)).unwrap().status, ProviderStatus::Tombstoned);
     let twice = sign_tx(&chain.keys[OTHER], 1, TxKind::SlashEquivocation { evidence: ev });
     assert!(matches!(expect_err(&mut state, &twice), Error::AlreadySlashed));
-    assert!(matches!(
-        expect_err(&mut state, &sign_tx(key, 2, TxKind::Unjail)),
-        Error::Tombstoned
-    ));
+    assert!(matches!(expect_err(&mut state, &sign_tx(key, 2, TxKind::Unjail)), Error::Tombstoned));
 }
 
 #[test]
@@ -641,23 +435,9 @@ fn slashing_reaches_unbonding_stake() {
     let mut state = chain.state();
     setup_provider(&chain, &mut state);
     // The provider tries to escape by unstaking almost everything.
-    commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(
-            &chain.keys[PROVIDER],
-            2,
-            TxKind::Unstake {
-                amount: Amount::agr(995),
-            },
-        )],
-    );
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[PROVIDER], 2, TxKind::Unstake { amount: Amount::agr(995) })]);
     advance(&chain, &mut state, 10);
-    commit(
-        &chain,
-        &mut state,
-        vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))],
-    );
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))]);
     let acct = state.account(&chain.address(PROVIDER));
     // 1% of 1000 AGR bonded = 10 AGR: 5 from stake, 5 from unbonding.
     assert_eq!((acct.stake, acct.unbonding), (Amount::ZERO, Amount::agr(990)));
@@ -671,9 +451,7 @@ fn a_block_with_one_bad_transaction_changes_nothing() {
     let good = transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(1));
     let mut block = chain.next_block(&mut state, vec![good]).unwrap();
     // Smuggle in a transaction with a wrong nonce, fixing the tx root so only the rule fails.
-    block
-        .txs
-        .push(transfer(&chain.keys[BUYER], 5, chain.address(OTHER), Amount(1)));
+    block.txs.push(transfer(&chain.keys[BUYER], 5, chain.address(OTHER), Amount(1)));
     block.header.tx_root = agora_protocol::block::tx_root(&block.txs).unwrap();
     let before = state.clone();
     let err = apply_block(&mut state, &block, SigCheck::Verify).unwrap_err();
@@ -685,12 +463,8 @@ fn a_block_with_one_bad_transaction_changes_nothing() {
 fn block_header_checks_reject_bad_blocks() {
     let chain = chain();
     let mut state = chain.state();
-    let block = chain
-        .next_block(
-            &mut state,
-            vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(1))],
-        )
-        .unwrap();
+    let block =
+        chain.next_block(&mut state, vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount(1))]).unwrap();
     let before = state.clone();
     let mutate = |f: &dyn Fn(&mut agora_protocol::Block)| {
         let mut b = block.clone();
@@ -719,10 +493,7 @@ fn block_header_checks_reject_bad_blocks() {
         assert_eq!(s, before);
     }
     apply_block(&mut state, &block, SigCheck::Verify).unwrap();
-    assert!(matches!(
-        apply_block(&mut state, &block, SigCheck::Verify),
-        Err(Error::WrongHeight { .. })
-    ));
+    assert!(matches!(apply_block(&mut state, &block, SigCheck::Verify), Err(Error::WrongHeight { .. })));
 }
 
 #[test]

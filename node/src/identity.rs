@@ -21,10 +21,7 @@ pub fn peer_id(key: &Keypair) -> Result<PeerId, Error> {
 
 /// The agora address of a libp2p peer's public key, if it is ed25519.
 pub fn address_of(public: &PublicKey) -> Result<Address, Error> {
-    let ed = public
-        .clone()
-        .try_into_ed25519()
-        .map_err(|_| Error::Identity("peer key is not ed25519".into()))?;
+    let ed = public.clone().try_into_ed25519().map_err(|_| Error::Identity("peer key is not ed25519".into()))?;
     Ok(Address(ed.to_bytes()))
 }
 

@@ -50,14 +50,8 @@ pub fn keys_dir(home: &Path) -> PathBuf {
 fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= MAX_KEY_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::KeyName(name.to_string()))
-    }
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(Error::KeyName(name.to_string())) }
 }
 
 fn key_path(home: &Path, name: &str) -> PathBuf {
@@ -73,11 +67,7 @@ pub fn create(home: &Path, name: &str) -> Result<StoredKey, Error> {
 pub fn create_from(home: &Path, name: &str, keypair: Keypair) -> Result<StoredKey, Error> {
     check_name(name)?;
     let dir = keys_dir(home);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(Error::io(&dir))?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(Error::io(&dir))?;
     let path = key_path(home, name);
     let file = KeyFile {
         version: KEY_FILE_VERSION,
@@ -85,30 +75,19 @@ pub fn create_from(home: &Path, name: &str, keypair: Keypair) -> Result<StoredKe
         address: keypair.address(),
         secret_key: hex::encode(keypair.secret_bytes().as_ref()),
     };
-    let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| Error::KeyFile {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?);
+    let json = Zeroizing::new(
+        serde_json::to_vec_pretty(&file).map_err(|e| Error::KeyFile { path: path.clone(), reason: e.to_string() })?,
+    );
     // create_new makes "exists" and "create" one atomic step: no overwrite race.
     let mut out = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::KeyExists {
-                name: name.to_string(),
-                path,
-            });
+            return Err(Error::KeyExists { name: name.to_string(), path });
         }
         Err(e) => return Err(Error::Io { path, source: e }),
     };
-    out.write_all(&json)
-        .and_then(|_| out.write_all(b"\n"))
-        .and_then(|_| out.sync_all())
-        .map_err(Error::io(&path))?;
-    Ok(StoredKey {
-        name: name.to_string(),
-        path,
-        keypair,
-    })
+    out.write_all(&json).and_then(|_| out.write_all(b"\n")).and_then(|_| out.sync_all()).map_err(Error::io(&path))?;
+    Ok(StoredKey { name: name.to_string(), path, keypair })
 }
 
 /// Loads the key named `name`.
@@ -116,10 +95,7 @@ pub fn load(home: &Path, name: &str) -> Result<StoredKey, Error> {
     check_name(name)?;
     let path = key_path(home, name);
     if !path.exists() {
-        return Err(Error::KeyNotFound {
-            name: name.to_string(),
-            dir: keys_dir(home),
-        });
+        return Err(Error::KeyNotFound { name: name.to_string(), dir: keys_dir(home) });
     }
     load_file(&path)
 }
@@ -127,16 +103,10 @@ pub fn load(home: &Path, name: &str) -> Result<StoredKey, Error> {
 fn load_file(path: &Path) -> Result<StoredKey, Error> {
     let mode = fs::metadata(path).map_err(Error::io(path))?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Error::KeyPermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(Error::KeyPermissions { path: path.to_path_buf(), mode });
     }
     let raw = Zeroizing::new(fs::read(path).map_err(Error::io(path))?);
-    let malformed = |reason: String| Error::KeyFile {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let malformed = |reason: String| Error::KeyFile { path: path.to_path_buf(), reason };
     let file: KeyFile = serde_json::from_slice(&raw).map_err(|e| malformed(e.to_string()))?;
     let secret = Zeroizing::new(file.secret_key);
     if file.version != KEY_FILE_VERSION {
@@ -146,11 +116,7 @@ fn load_file(path: &Path) -> Result<StoredKey, Error> {
     if keypair.address() != file.address {
         return Err(malformed("the stored address does not match the secret key".into()));
     }
-    Ok(StoredKey {
-        name: file.name,
-        path: path.to_path_buf(),
-        keypair,
-    })
+    Ok(StoredKey { name: file.name, path: path.to_path_buf(), keypair })
 }
 
 /// Every key in the home directory, sorted by name. A missing directory is

@@ -27,10 +27,8 @@ impl Address {
     /// The key to verify this address's signatures; fails for byte strings
     /// that are not a valid curve point (possible for decoded input).
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, Error> {
-        ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadSignature {
-            domain: "address",
-            reason: "not a valid ed25519 public key",
-        })
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| Error::BadSignature { domain: "address", reason: "not a valid ed25519 public key" })
     }
 
     fn hrp() -> Hrp {
@@ -55,21 +53,14 @@ impl FromStr for Address {
     type Err = Error;
 
     fn from_str(input: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Address {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason: String| Error::Address { input: input.to_string(), reason };
         let checked = CheckedHrpstring::new::<Bech32m>(input.trim()).map_err(|e| err(describe_bech32(&e)))?;
         if checked.hrp() != Self::hrp() {
-            return Err(err(format!(
-                "prefix is {:?}, expected {ADDRESS_HRP:?}",
-                checked.hrp().as_str()
-            )));
+            return Err(err(format!("prefix is {:?}, expected {ADDRESS_HRP:?}", checked.hrp().as_str())));
         }
         let bytes: Vec<u8> = checked.byte_iter().collect();
-        let raw: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| err(format!("payload is {} bytes, expected 32", b.len())))?;
+        let raw: [u8; 32] =
+            bytes.try_into().map_err(|b: Vec<u8>| err(format!("payload is {} bytes, expected 32", b.len())))?;
         Ok(Address(raw))
     }
 }

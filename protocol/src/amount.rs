@@ -16,11 +16,7 @@ pub struct Amount(pub u64);
 // ever rounds it through a float; in binary it is a plain u64.
 impl Serialize for Amount {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.collect_str(&self.0)
-        } else {
-            s.serialize_u64(self.0)
-        }
+        if s.is_human_readable() { s.collect_str(&self.0) } else { s.serialize_u64(self.0) }
     }
 }
 
@@ -97,23 +93,12 @@ impl FromStr for Amount {
     /// Parses decimal AGR (`12`, `0.5`, `1.000001`, optionally suffixed `AGR`)
     /// or raw micro-units with the suffix `uagr` (`1500000uagr`).
     fn from_str(input: &str) -> Result<Self, Error> {
-        let err = |reason: &str| Error::Amount {
-            input: input.to_string(),
-            reason: reason.to_string(),
-        };
+        let err = |reason: &str| Error::Amount { input: input.to_string(), reason: reason.to_string() };
         let s = input.trim();
         if let Some(micros) = s.strip_suffix("uagr") {
-            return micros
-                .trim()
-                .parse::<u64>()
-                .map(Amount)
-                .map_err(|_| err("expected an integer before `uagr`"));
+            return micros.trim().parse::<u64>().map(Amount).map_err(|_| err("expected an integer before `uagr`"));
         }
-        let s = s
-            .strip_suffix("AGR")
-            .or_else(|| s.strip_suffix("agr"))
-            .unwrap_or(s)
-            .trim();
+        let s = s.strip_suffix("AGR").or_else(|| s.strip_suffix("agr")).unwrap_or(s).trim();
         let (whole, frac) = match s.split_once('.') {
             Some((w, f)) => (w, f),
             None => (s, ""),
@@ -128,17 +113,11 @@ impl FromStr for Amount {
         if frac.len() > Self::DECIMALS {
             return Err(err("more than 6 decimal places (1 uagr is the smallest unit)"));
         }
-        let whole: u64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| err("too large"))?
-        };
+        let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err("too large"))? };
         let frac_micros: u64 = if frac.is_empty() {
             0
         } else {
-            format!("{frac:0<width$}", width = Self::DECIMALS)
-                .parse()
-                .map_err(|_| err("bad fraction"))?
+            format!("{frac:0<width$}", width = Self::DECIMALS).parse().map_err(|_| err("bad fraction"))?
         };
         whole
             .checked_mul(Self::MICROS_PER_AGR)

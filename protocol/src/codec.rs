@@ -15,10 +15,7 @@ use crate::limits::MAX_DECODE_BYTES;
 type Config = Configuration<LittleEndian, Fixint, Limit<MAX_DECODE_BYTES>>;
 
 const fn config() -> Config {
-    config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<MAX_DECODE_BYTES>()
+    config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<MAX_DECODE_BYTES>()
 }
 
 /// A type with its own wire identity: a name for errors, a version carried as
@@ -32,16 +29,10 @@ pub trait Wire: Serialize + DeserializeOwned {
 /// `VERSION || bincode(value)`, refused if it would exceed `MAX_BYTES`.
 pub fn encode<T: Wire>(value: &T) -> Result<Vec<u8>, Error> {
     let mut out = vec![T::VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| Error::Encode {
-        type_name: T::NAME,
-        reason: e.to_string(),
-    })?;
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| Error::Encode { type_name: T::NAME, reason: e.to_string() })?;
     if out.len() > T::MAX_BYTES {
-        return Err(Error::TooLarge {
-            type_name: T::NAME,
-            len: out.len(),
-            max: T::MAX_BYTES,
-        });
+        return Err(Error::TooLarge { type_name: T::NAME, len: out.len(), max: T::MAX_BYTES });
     }
     Ok(out)
 }
@@ -50,39 +41,23 @@ pub fn encode<T: Wire>(value: &T) -> Result<Vec<u8>, Error> {
 /// the version, then that the value uses every byte.
 pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.len() > T::MAX_BYTES {
-        return Err(Error::TooLarge {
-            type_name: T::NAME,
-            len: bytes.len(),
-            max: T::MAX_BYTES,
-        });
+        return Err(Error::TooLarge { type_name: T::NAME, len: bytes.len(), max: T::MAX_BYTES });
     }
     let (&version, body) = bytes.split_first().ok_or(Error::Empty { type_name: T::NAME })?;
     if version != T::VERSION {
-        return Err(Error::Version {
-            type_name: T::NAME,
-            found: version,
-            expected: T::VERSION,
-        });
+        return Err(Error::Version { type_name: T::NAME, found: version, expected: T::VERSION });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config()).map_err(|e| Error::Malformed {
-        type_name: T::NAME,
-        reason: e.to_string(),
-    })?;
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| Error::Malformed { type_name: T::NAME, reason: e.to_string() })?;
     if used != body.len() {
-        return Err(Error::TrailingBytes {
-            type_name: T::NAME,
-            extra: body.len() - used,
-        });
+        return Err(Error::TrailingBytes { type_name: T::NAME, extra: body.len() - used });
     }
     Ok(value)
 }
 
 /// Encodes a value without a version byte, for hashing and signing only.
 pub(crate) fn encode_body<T: Serialize>(value: &T, type_name: &'static str) -> Result<Vec<u8>, Error> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode {
-        type_name,
-        reason: e.to_string(),
-    })
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode { type_name, reason: e.to_string() })
 }
 
 /// The canonical bytes of any serializable value, for hashing (state roots,
@@ -95,8 +70,5 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 pub fn canonical_into<T: Serialize, W: std::io::Write>(value: &T, out: &mut W) -> Result<(), Error> {
     bincode::serde::encode_into_std_write(value, out, config())
         .map(|_| ())
-        .map_err(|e| Error::Encode {
-            type_name: "canonical",
-            reason: e.to_string(),
-        })
+        .map_err(|e| Error::Encode { type_name: "canonical", reason: e.to_string() })
 }

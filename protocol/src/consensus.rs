@@ -49,12 +49,7 @@ pub struct ProposalBlock {
 
 crate::signed_wire_type!(Vote, Domain::Vote, "vote", MAX_CONSENSUS_MSG_BYTES);
 crate::signed_wire_type!(Proposal, Domain::Proposal, "proposal", MAX_CONSENSUS_MSG_BYTES);
-crate::signed_wire_type!(
-    ProposalBlock,
-    Domain::ProposalBlock,
-    "proposal block",
-    MAX_BLOCK_BYTES + 1024
-);
+crate::signed_wire_type!(ProposalBlock, Domain::ProposalBlock, "proposal block", MAX_BLOCK_BYTES + 1024);
 
 /// One validator's signed vote inside a certificate (the vote's height and
 /// round are the certificate's).

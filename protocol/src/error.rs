@@ -14,19 +14,11 @@ pub enum Error {
     #[error("invalid hex {what}: {reason}")]
     Hex { what: &'static str, reason: String },
     #[error("{type_name}: {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge {
-        type_name: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLarge { type_name: &'static str, len: usize, max: usize },
     #[error("{type_name}: empty input")]
     Empty { type_name: &'static str },
     #[error("{type_name}: unsupported version {found} (expected {expected})")]
-    Version {
-        type_name: &'static str,
-        found: u8,
-        expected: u8,
-    },
+    Version { type_name: &'static str, found: u8, expected: u8 },
     #[error("{type_name}: malformed encoding: {reason}")]
     Malformed { type_name: &'static str, reason: String },
     #[error("{type_name}: {extra} trailing bytes after the encoded value")]

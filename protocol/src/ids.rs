@@ -70,10 +70,7 @@ impl Hash {
 
     pub fn from_hex(what: &'static str, s: &str) -> Result<Hash, Error> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(|e| Error::Hex {
-            what,
-            reason: e.to_string(),
-        })?;
+        hex::decode_to_slice(s.trim(), &mut out).map_err(|e| Error::Hex { what, reason: e.to_string() })?;
         Ok(Hash(out))
     }
 }
@@ -115,17 +112,11 @@ pub struct ChainId(String);
 
 impl ChainId {
     pub fn new(s: &str) -> Result<ChainId, Error> {
-        let err = |reason: &str| Error::ChainId {
-            input: s.to_string(),
-            reason: reason.to_string(),
-        };
+        let err = |reason: &str| Error::ChainId { input: s.to_string(), reason: reason.to_string() };
         if s.is_empty() || s.len() > MAX_CHAIN_ID_LEN {
             return Err(err("must be 1 to 48 characters"));
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return Err(err("only lowercase letters, digits and '-' are allowed"));
         }
         Ok(ChainId(s.to_string()))

@@ -75,9 +75,7 @@ impl Keypair {
     /// The key for a 32-byte secret seed (deterministic: used by tests and by
     /// the testnet's generated genesis).
     pub fn from_secret(secret: &[u8; 32]) -> Keypair {
-        Keypair {
-            signing: SigningKey::from_bytes(secret),
-        }
+        Keypair { signing: SigningKey::from_bytes(secret) }
     }
 
     /// Test and testnet helper: a key derived from a name, never for real funds.

@@ -52,10 +52,7 @@ pub struct DowntimeEvidence {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EquivocationEvidence {
     /// Two different heartbeats with the same sequence number.
-    Heartbeats {
-        first: Signed<Heartbeat>,
-        second: Signed<Heartbeat>,
-    },
+    Heartbeats { first: Signed<Heartbeat>, second: Signed<Heartbeat> },
 }
 
 impl EquivocationEvidence {

@@ -24,12 +24,7 @@ pub struct GpuSpec {
 
 impl GpuSpec {
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |reason: &str| {
-            Err(Error::Invalid {
-                what: "gpu spec",
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |reason: &str| Err(Error::Invalid { what: "gpu spec", reason: reason.to_string() });
         if self.model.is_empty() || self.model.len() > MAX_GPU_MODEL_LEN {
             return invalid("model name must be 1 to 48 bytes");
         }
@@ -43,10 +38,7 @@ impl GpuSpec {
 /// Checks a provider's GPU list: 1 to `MAX_GPU_KINDS` valid entries.
 pub fn validate_gpus(gpus: &[GpuSpec]) -> Result<(), Error> {
     if gpus.is_empty() || gpus.len() > MAX_GPU_KINDS {
-        return Err(Error::Invalid {
-            what: "gpu list",
-            reason: format!("must list 1 to {MAX_GPU_KINDS} GPU kinds"),
-        });
+        return Err(Error::Invalid { what: "gpu list", reason: format!("must list 1 to {MAX_GPU_KINDS} GPU kinds") });
     }
     gpus.iter().try_for_each(GpuSpec::validate)
 }
@@ -54,10 +46,7 @@ pub fn validate_gpus(gpus: &[GpuSpec]) -> Result<(), Error> {
 /// Checks a region name: 1 to `MAX_REGION_LEN` printable ASCII bytes.
 pub fn validate_region(region: &str) -> Result<(), Error> {
     if region.is_empty() || region.len() > MAX_REGION_LEN || !region.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::Invalid {
-            what: "region",
-            reason: "must be 1 to 32 printable ASCII characters".into(),
-        });
+        return Err(Error::Invalid { what: "region", reason: "must be 1 to 32 printable ASCII characters".into() });
     }
     Ok(())
 }
@@ -79,10 +68,7 @@ impl Offer {
         validate_gpus(&self.gpus)?;
         validate_region(&self.region)?;
         if self.max_duration_secs == 0 || self.max_duration_secs > MAX_LEASE_DURATION_SECS {
-            return Err(Error::Invalid {
-                what: "offer",
-                reason: "max duration must be 1 s to 30 days".into(),
-            });
+            return Err(Error::Invalid { what: "offer", reason: "max duration must be 1 s to 30 days".into() });
         }
         Ok(())
     }
@@ -111,12 +97,7 @@ pub struct LeaseRequest {
 
 impl LeaseRequest {
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |reason: &str| {
-            Err(Error::Invalid {
-                what: "lease request",
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |reason: &str| Err(Error::Invalid { what: "lease request", reason: reason.to_string() });
         if self.gpu_model.is_empty() || self.gpu_model.len() > MAX_GPU_MODEL_LEN {
             return invalid("gpu model must be 1 to 48 bytes");
         }
@@ -161,18 +142,10 @@ impl LeaseAccept {
         if self.gpu_ids.len() > MAX_LEASED_GPU_IDS
             || self.gpu_ids.iter().any(|g| g.is_empty() || g.len() > MAX_GPU_ID_LEN)
         {
-            return Err(Error::Invalid {
-                what: "lease acceptance",
-                reason: "too many or malformed GPU ids".into(),
-            });
+            return Err(Error::Invalid { what: "lease acceptance", reason: "too many or malformed GPU ids".into() });
         }
         Ok(())
     }
 }
 
-crate::signed_wire_type!(
-    LeaseAccept,
-    Domain::LeaseAccept,
-    "lease acceptance",
-    MAX_LEASE_MSG_BYTES
-);
+crate::signed_wire_type!(LeaseAccept, Domain::LeaseAccept, "lease acceptance", MAX_LEASE_MSG_BYTES);

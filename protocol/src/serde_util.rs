@@ -9,11 +9,7 @@ macro_rules! human_readable_serde {
     ($ty:ident, $raw:ty, $expecting:literal) => {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                if s.is_human_readable() {
-                    s.collect_str(self)
-                } else {
-                    self.0.serialize(s)
-                }
+                if s.is_human_readable() { s.collect_str(self) } else { self.0.serialize(s) }
             }
         }
 
@@ -21,8 +17,7 @@ macro_rules! human_readable_serde {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 if d.is_human_readable() {
                     let s = <String as serde::Deserialize>::deserialize(d)?;
-                    s.parse::<$ty>()
-                        .map_err(|e| serde::de::Error::custom(format!("expected {}: {e}", $expecting)))
+                    s.parse::<$ty>().map_err(|e| serde::de::Error::custom(format!("expected {}: {e}", $expecting)))
                 } else {
                     <$raw as serde::Deserialize>::deserialize(d).map($ty)
                 }

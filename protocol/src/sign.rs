@@ -71,11 +71,7 @@ impl<T: Signable> Signed<T> {
     /// Signs `body` with `key` for `chain`.
     pub fn sign(body: T, key: &Keypair, chain: &ChainId) -> Result<Signed<T>, Error> {
         let digest = Self::digest_of(&body, chain)?;
-        Ok(Signed {
-            signature: key.sign_digest(&digest),
-            signer: key.address(),
-            body,
-        })
+        Ok(Signed { signature: key.sign_digest(&digest), signer: key.address(), body })
     }
 
     fn digest_of(body: &T, chain: &ChainId) -> Result<[u8; 32], Error> {
@@ -89,17 +85,10 @@ impl<T: Signable> Signed<T> {
 
     /// Checks the signature (strict ed25519: rejects malleable and small-order forms).
     pub fn verify(&self, chain: &ChainId) -> Result<(), Error> {
-        let bad = |reason| Error::BadSignature {
-            domain: T::DOMAIN.tag(),
-            reason,
-        };
-        let key = self
-            .signer
-            .verifying_key()
-            .map_err(|_| bad("signer is not a valid public key"))?;
+        let bad = |reason| Error::BadSignature { domain: T::DOMAIN.tag(), reason };
+        let key = self.signer.verifying_key().map_err(|_| bad("signer is not a valid public key"))?;
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature.0);
-        key.verify_strict(&self.digest(chain)?, &sig)
-            .map_err(|_| bad("signature does not match"))
+        key.verify_strict(&self.digest(chain)?, &sig).map_err(|_| bad("signature does not match"))
     }
 }
 
@@ -119,10 +108,8 @@ pub fn verify_batch(items: &[BatchItem]) -> Result<(), usize> {
         keys.push(item.signer.verifying_key().map_err(|_| i)?);
     }
     let messages: Vec<&[u8]> = items.iter().map(|i| &i.digest[..]).collect();
-    let sigs: Vec<ed25519_dalek::Signature> = items
-        .iter()
-        .map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0))
-        .collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        items.iter().map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0)).collect();
     if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
         // The batch coefficients are derived from the inputs, so every node
         // reaches the same verdict on the same block. Weak (small-order) keys

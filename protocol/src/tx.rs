@@ -84,12 +84,7 @@ impl TxKind {
 impl Transaction {
     /// Checks that need no state: bounded lists and strings, non-zero amounts.
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |reason: &str| {
-            Err(Error::Invalid {
-                what: "transaction",
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |reason: &str| Err(Error::Invalid { what: "transaction", reason: reason.to_string() });
         match &self.kind {
             TxKind::Transfer { amount, .. } | TxKind::Stake { amount } | TxKind::Unstake { amount } => {
                 if amount.is_zero() {

@@ -24,12 +24,7 @@ fn signed<T: Signable>(body: T, signer: &str) -> Signed<T> {
 }
 
 fn gpu() -> GpuSpec {
-    GpuSpec {
-        model: "H100-80GB".into(),
-        vram_mib: 81_920,
-        count: 2,
-        simulated: true,
-    }
+    GpuSpec { model: "H100-80GB".into(), vram_mib: 81_920, count: 2, simulated: true }
 }
 
 fn offer() -> Signed<Offer> {
@@ -60,32 +55,16 @@ fn lease_request() -> Signed<LeaseRequest> {
 }
 
 fn lease_accept() -> Signed<LeaseAccept> {
-    signed(
-        LeaseAccept {
-            lease_id: lease_request().lease_id().unwrap(),
-            gpu_ids: vec!["sim-0".into()],
-        },
-        "provider",
-    )
+    signed(LeaseAccept { lease_id: lease_request().lease_id().unwrap(), gpu_ids: vec!["sim-0".into()] }, "provider")
 }
 
 fn heartbeat(seq: u64) -> Signed<Heartbeat> {
-    signed(
-        Heartbeat {
-            seq,
-            height: Height(77),
-            block_hash: Hash([seq as u8; 32]),
-        },
-        "provider",
-    )
+    signed(Heartbeat { seq, height: Height(77), block_hash: Hash([seq as u8; 32]) }, "provider")
 }
 
 fn attestation(validator: &str) -> Signed<DowntimeAttestation> {
-    let body = DowntimeAttestation {
-        provider: key("provider").address(),
-        window_start: Height(10),
-        window_end: Height(20),
-    };
+    let body =
+        DowntimeAttestation { provider: key("provider").address(), window_start: Height(10), window_end: Height(20) };
     signed(body, validator)
 }
 
@@ -96,26 +75,12 @@ fn tx(kind: TxKind) -> SignedTx {
 fn transactions() -> Vec<SignedTx> {
     let lease_id = lease_request().lease_id().unwrap();
     vec![
-        tx(TxKind::Transfer {
-            to: key("provider").address(),
-            amount: Amount(1_234_567),
-        }),
-        tx(TxKind::Stake {
-            amount: Amount::agr(100),
-        }),
+        tx(TxKind::Transfer { to: key("provider").address(), amount: Amount(1_234_567) }),
+        tx(TxKind::Stake { amount: Amount::agr(100) }),
         tx(TxKind::Unstake { amount: Amount::agr(1) }),
-        tx(TxKind::RegisterProvider {
-            region: "eu-west".into(),
-            gpus: vec![gpu()],
-        }),
-        tx(TxKind::OpenLease {
-            request: lease_request(),
-            accept: lease_accept(),
-        }),
-        tx(TxKind::CloseLease {
-            lease_id,
-            exit_code: Some(0),
-        }),
+        tx(TxKind::RegisterProvider { region: "eu-west".into(), gpus: vec![gpu()] }),
+        tx(TxKind::OpenLease { request: lease_request(), accept: lease_accept() }),
+        tx(TxKind::CloseLease { lease_id, exit_code: Some(0) }),
         tx(TxKind::CancelLease { lease_id }),
         tx(TxKind::SlashDowntime {
             evidence: DowntimeEvidence {
@@ -126,10 +91,7 @@ fn transactions() -> Vec<SignedTx> {
             },
         }),
         tx(TxKind::SlashEquivocation {
-            evidence: EquivocationEvidence::Heartbeats {
-                first: heartbeat(1),
-                second: heartbeat(2),
-            },
+            evidence: EquivocationEvidence::Heartbeats { first: heartbeat(1), second: heartbeat(2) },
         }),
         tx(TxKind::Unjail),
     ]
@@ -150,16 +112,9 @@ fn block() -> Block {
         height: Height(11),
         round: 0,
         block_hash: Hash([1; 32]),
-        signatures: vec![CommitSig {
-            validator: key("v0").address(),
-            signature: agora_protocol::Signature([5; 64]),
-        }],
+        signatures: vec![CommitSig { validator: key("v0").address(), signature: agora_protocol::Signature([5; 64]) }],
     });
-    Block {
-        header,
-        txs,
-        last_commit,
-    }
+    Block { header, txs, last_commit }
 }
 
 /// blake3 of the encoding, hex: pins every byte without pasting kilobytes.
@@ -182,10 +137,7 @@ fn pinned_test_vectors() {
         ("lease accept", fingerprint(&lease_accept())),
         ("heartbeat", fingerprint(&heartbeat(1))),
         ("attestation", fingerprint(&attestation("v0"))),
-        (
-            "lease id",
-            lease_request().lease_id().unwrap().to_string()[..32].to_string(),
-        ),
+        ("lease id", lease_request().lease_id().unwrap().to_string()[..32].to_string()),
         ("address", key("provider").address().to_string()),
     ];
     for ((name, got), (pinned_name, want)) in actual.iter().zip(PINNED) {
@@ -213,10 +165,7 @@ const PINNED: [(&str, &str); 8] = [
     ("heartbeat", "bcfa8bd99803db12b8aa930bc694f932"),
     ("attestation", "4fe7c331de2f28e18e2223b1b8e05244"),
     ("lease id", "9be5b05431f26713e3b0bbd17a4ed758"),
-    (
-        "address",
-        "agora1rupwavpgew5kr27vuqn04g8h0y22m65yww7c5fxdprs47fh34efqa9tkks",
-    ),
+    ("address", "agora1rupwavpgew5kr27vuqn04g8h0y22m65yww7c5fxdprs47fh34efqa9tkks"),
 ];
 
 #[test]
@@ -286,11 +235,7 @@ where
 {
     let bytes = codec::encode(value).unwrap();
     for len in 0..bytes.len() {
-        assert!(
-            codec::decode::<T>(&bytes[..len]).is_err(),
-            "{}: truncation to {len} bytes decoded",
-            T::NAME
-        );
+        assert!(codec::decode::<T>(&bytes[..len]).is_err(), "{}: truncation to {len} bytes decoded", T::NAME);
     }
     let mut longer = bytes.clone();
     longer.push(0);
@@ -304,11 +249,7 @@ where
         let m = mutate(rng, &bytes);
         if let Ok(decoded) = codec::decode::<T>(&m) {
             if decoded != *value {
-                assert!(
-                    !verify(&decoded),
-                    "{}: a mutated value still verifies: {decoded:?}",
-                    T::NAME
-                );
+                assert!(!verify(&decoded), "{}: a mutated value still verifies: {decoded:?}", T::NAME);
             }
         }
     }
@@ -320,10 +261,7 @@ fn verifies<T: Signable>(s: &Signed<T>) -> bool {
 
 #[test]
 fn mutated_encodings_are_rejected_without_panicking() {
-    let mutations: usize = std::env::var("AGORA_FUZZ_MUTATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+    let mutations: usize = std::env::var("AGORA_FUZZ_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
     let mut rng = Rng(SeededRng::new(0x005e_ed0f_a60a));
     hammer(&offer(), verifies, &mut rng, mutations);
     hammer(&lease_request(), verifies, &mut rng, mutations);
@@ -370,11 +308,7 @@ fn signatures_are_bound_to_domain_and_chain() {
     let other_chain = ChainId::new("agora-other-1").unwrap();
     assert!(hb.verify(&other_chain).is_err());
     let as_attestation: Signed<DowntimeAttestation> = Signed {
-        body: DowntimeAttestation {
-            provider: Address([0; 32]),
-            window_start: Height(0),
-            window_end: Height(0),
-        },
+        body: DowntimeAttestation { provider: Address([0; 32]), window_start: Height(0), window_end: Height(0) },
         signer: hb.signer,
         signature: hb.signature,
     };

@@ -23,11 +23,8 @@ use crate::error::Error;
 /// The demo network's chain id.
 pub const DEMO_CHAIN_ID: &str = "agora-demo-1";
 /// The job a buyer runs when none is given.
-pub const DEFAULT_JOB: &[&str] = &[
-    "sh",
-    "-c",
-    "echo 'hello from an agora lease'; echo \"leased GPUs: $CUDA_VISIBLE_DEVICES\"; sleep 2",
-];
+pub const DEFAULT_JOB: &[&str] =
+    &["sh", "-c", "echo 'hello from an agora lease'; echo \"leased GPUs: $CUDA_VISIBLE_DEVICES\"; sleep 2"];
 /// Simulated GPUs the demo provider offers.
 const DEMO_GPU_MODEL: &str = "H100-80GB";
 const DEMO_GPUS: u32 = 2;
@@ -68,10 +65,7 @@ struct Demo {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Demo {
@@ -81,10 +75,7 @@ impl Demo {
         let mut scratch = self.store.state().clone();
         let (block, rejected) = build_block(&mut scratch, txs, time, self.validator.address(), None)?;
         if let Some((_, e)) = rejected.into_iter().next() {
-            return Err(Error::Rejected {
-                what,
-                reason: e.to_string(),
-            });
+            return Err(Error::Rejected { what, reason: e.to_string() });
         }
         Ok(self.store.commit(&block)?.events)
     }
@@ -106,36 +97,13 @@ pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Resu
     let genesis = demo_genesis(&validator, &provider, &buyer, now_ms())?;
     let chain = genesis.chain_id.clone();
     let store = Store::open(&dir.join("ledger"), &genesis)?;
-    progress(format!(
-        "genesis: chain {chain}, 1 validator, ledger at {}",
-        dir.join("ledger").display()
-    ));
-    let mut demo = Demo {
-        store,
-        validator,
-        chain,
-    };
+    progress(format!("genesis: chain {chain}, 1 validator, ledger at {}", dir.join("ledger").display()));
+    let mut demo = Demo { store, validator, chain };
 
-    let gpus = vec![GpuSpec {
-        model: DEMO_GPU_MODEL.into(),
-        vram_mib: 81_920,
-        count: DEMO_GPUS,
-        simulated: true,
-    }];
-    let stake = demo.tx(
-        &provider,
-        TxKind::Stake {
-            amount: Amount::agr(500),
-        },
-    )?;
+    let gpus = vec![GpuSpec { model: DEMO_GPU_MODEL.into(), vram_mib: 81_920, count: DEMO_GPUS, simulated: true }];
+    let stake = demo.tx(&provider, TxKind::Stake { amount: Amount::agr(500) })?;
     demo.block("stake", vec![stake])?;
-    let register = demo.tx(
-        &provider,
-        TxKind::RegisterProvider {
-            region: "local".into(),
-            gpus,
-        },
-    )?;
+    let register = demo.tx(&provider, TxKind::RegisterProvider { region: "local".into(), gpus })?;
     demo.block("register", vec![register])?;
     progress(format!(
         "provider {} staked 500 AGR and offers {DEMO_GPUS}x {DEMO_GPU_MODEL} (simulated) at {DEMO_PRICE}/GPU-hour",
@@ -143,10 +111,8 @@ pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Resu
     ));
 
     let state = demo.store.state();
-    let (buyer_before, provider_before) = (
-        state.account(&buyer.address()).balance,
-        state.account(&provider.address()).balance,
-    );
+    let (buyer_before, provider_before) =
+        (state.account(&buyer.address()).balance, state.account(&provider.address()).balance);
     let request = LeaseRequest {
         provider: provider.address(),
         offer_seq: 1,
@@ -162,25 +128,11 @@ pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Resu
     let request = Signed::sign(request, &buyer, &demo.chain)?;
     let lease_id = request.lease_id()?;
     let gpu_ids: Vec<String> = (0..DEMO_GPUS).map(|i| format!("SIM-{DEMO_GPU_MODEL}-{i}")).collect();
-    let accept = Signed::sign(
-        LeaseAccept {
-            lease_id,
-            gpu_ids: gpu_ids.clone(),
-        },
-        &provider,
-        &demo.chain,
-    )?;
+    let accept = Signed::sign(LeaseAccept { lease_id, gpu_ids: gpu_ids.clone() }, &provider, &demo.chain)?;
     let open = demo.tx(&provider, TxKind::OpenLease { request, accept })?;
     demo.block("open-lease", vec![open])?;
-    let escrow = demo
-        .store
-        .state()
-        .lease(&lease_id)
-        .map(|l| l.escrow)
-        .unwrap_or_default();
-    progress(format!(
-        "lease {lease_id} opened on chain: {escrow} locked in escrow for {DEMO_GPUS} GPUs x 1 hour"
-    ));
+    let escrow = demo.store.state().lease(&lease_id).map(|l| l.escrow).unwrap_or_default();
+    progress(format!("lease {lease_id} opened on chain: {escrow} locked in escrow for {DEMO_GPUS} GPUs x 1 hour"));
 
     let workdir = dir.join("jobs").join(lease_id.to_string());
     progress(format!("running job: {}", job.join(" ")));
@@ -197,20 +149,15 @@ pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Resu
             _ => None,
         })
         .unwrap_or_default();
-    let ended = exit_code.map_or("was killed at the lease's time limit".to_string(), |c| {
-        format!("exited with code {c}")
-    });
-    progress(format!(
-        "job {ended}; lease settled: provider paid {paid}, buyer refunded {refunded}"
-    ));
+    let ended =
+        exit_code.map_or("was killed at the lease's time limit".to_string(), |c| format!("exited with code {c}"));
+    progress(format!("job {ended}; lease settled: provider paid {paid}, buyer refunded {refunded}"));
 
     let height = demo.store.height();
     let root = demo.store.state().root();
     let supply_conserved = demo.store.state().audit().is_ok();
-    let (buyer_after, provider_after) = (
-        demo.store.state().account(&buyer.address()).balance,
-        demo.store.state().account(&provider.address()).balance,
-    );
+    let (buyer_after, provider_after) =
+        (demo.store.state().account(&buyer.address()).balance, demo.store.state().account(&provider.address()).balance);
     drop(demo);
     // Reopen from disk: the same height and root come back.
     let reopened = Store::open(&dir.join("ledger"), &genesis)?;
@@ -242,25 +189,15 @@ pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Resu
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| Error::Io { path: dir.to_path_buf(), source };
     if dir.exists() && fs::read_dir(dir).map_err(io)?.next().is_some() {
         return Err(Error::DirNotEmpty(dir.to_path_buf()));
     }
-    fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })
+    fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })
 }
 
 fn demo_genesis(validator: &Keypair, provider: &Keypair, buyer: &Keypair, now: u64) -> Result<Genesis, Error> {
-    let account = |k: &Keypair, balance, stake| GenesisAccount {
-        address: k.address(),
-        balance,
-        stake,
-    };
+    let account = |k: &Keypair, balance, stake| GenesisAccount { address: k.address(), balance, stake };
     Ok(Genesis {
         chain_id: ChainId::new(DEMO_CHAIN_ID)?,
         genesis_time_ms: TimestampMs(now),
@@ -285,19 +222,10 @@ fn run_job(
     limit: Duration,
 ) -> Result<(Option<i32>, String), Error> {
     let (program, args) = job.split_first().ok_or(Error::EmptyJob)?;
-    fs::create_dir_all(workdir).map_err(|source| Error::Io {
-        path: workdir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(workdir).map_err(|source| Error::Io { path: workdir.to_path_buf(), source })?;
     let out_path = workdir.join("output.log");
-    let out = fs::File::create(&out_path).map_err(|source| Error::Io {
-        path: out_path.clone(),
-        source,
-    })?;
-    let err = out.try_clone().map_err(|source| Error::Io {
-        path: out_path.clone(),
-        source,
-    })?;
+    let out = fs::File::create(&out_path).map_err(|source| Error::Io { path: out_path.clone(), source })?;
+    let err = out.try_clone().map_err(|source| Error::Io { path: out_path.clone(), source })?;
     let mut child = Command::new(program)
         .args(args)
         .env_clear()
@@ -326,8 +254,5 @@ fn run_job(
     };
     let mut output = fs::read(&out_path).map_err(|source| Error::Io { path: out_path, source })?;
     output.truncate(MAX_JOB_OUTPUT_BYTES);
-    Ok((
-        status.and_then(|s| s.code()),
-        String::from_utf8_lossy(&output).into_owned(),
-    ))
+    Ok((status.and_then(|s| s.code()), String::from_utf8_lossy(&output).into_owned()))
 }

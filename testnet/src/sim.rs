@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use agora_ledger::consensus::certificate::verify_commit;
 use agora_ledger::consensus::context::ConsensusValidatorSet;
-use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LinearTimeouts, Timer};
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LinearTimeouts, Timer, WalEntry};
 use agora_ledger::testkit::{TestChain, transfer};
-use agora_ledger::{Genesis, State};
-use agora_protocol::consensus::ConsensusMessage;
+use agora_ledger::{Genesis, SigCheck, State, apply_block};
+use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
-use agora_protocol::{Amount, Block, CommitCertificate, Hash, Height, Keypair};
+use agora_protocol::{Address, Amount, Block, CommitCertificate, Hash, Height, Keypair, Signed};
 
 /// Funded accounts that send the simulated client load.
 const CLIENT_ACCOUNTS: usize = 64;
@@ -30,21 +30,11 @@ pub struct NetworkFaults {
 
 impl NetworkFaults {
     pub fn none() -> NetworkFaults {
-        NetworkFaults {
-            latency_min_ms: 0,
-            latency_max_ms: 0,
-            drop_per_mille: 0,
-            duplicate_per_mille: 0,
-        }
+        NetworkFaults { latency_min_ms: 0, latency_max_ms: 0, drop_per_mille: 0, duplicate_per_mille: 0 }
     }
 
     pub fn lossy() -> NetworkFaults {
-        NetworkFaults {
-            latency_min_ms: 5,
-            latency_max_ms: 200,
-            drop_per_mille: 50,
-            duplicate_per_mille: 20,
-        }
+        NetworkFaults { latency_min_ms: 5, latency_max_ms: 200, drop_per_mille: 50, duplicate_per_mille: 20 }
     }
 }
 
@@ -60,6 +50,12 @@ pub struct SimConfig {
     /// …or when simulated time passes this (a liveness failure if reached first).
     pub max_time_ms: u64,
     pub timeouts: LinearTimeouts,
+    /// Crash one honest validator and restart it from its store and WAL.
+    pub crash_restart: bool,
+    /// Cut the network into two sides for a while, then heal it.
+    pub partition: bool,
+    /// Make the last validator Byzantine: it equivocates and sends garbage.
+    pub byzantine: bool,
 }
 
 impl SimConfig {
@@ -69,7 +65,7 @@ impl SimConfig {
             seed,
             validators,
             faults: NetworkFaults::lossy(),
-            txs_per_second: 200,
+            txs_per_second: 20,
             target_height: 10,
             max_time_ms: 600_000,
             timeouts: LinearTimeouts {
@@ -82,7 +78,16 @@ impl SimConfig {
                 rebroadcast: ms(800),
                 max_timeout: ms(5_000),
             },
+            crash_restart: false,
+            partition: false,
+            byzantine: false,
         }
+    }
+
+    /// Every fault at once: loss, duplication, delays, a crash and restart,
+    /// a partition that heals, and one Byzantine validator.
+    pub fn all_faults(seed: u64, validators: usize) -> SimConfig {
+        SimConfig { crash_restart: true, partition: true, byzantine: true, ..SimConfig::new(seed, validators) }
     }
 }
 
@@ -102,6 +107,8 @@ pub struct SimReport {
     pub sim_time_ms: u64,
     pub min_height: u64,
     pub committed_txs: u64,
+    /// Equivocation evidence honest nodes produced against the Byzantine validator.
+    pub evidence: u64,
     /// A digest of every commit in order: equal for equal runs.
     pub trace: Hash,
 }
@@ -110,28 +117,25 @@ pub struct SimReport {
 const MAX_SYNC_BATCH: u64 = 16;
 
 enum Event {
-    Deliver {
-        to: usize,
-        msg: ConsensusMessage,
-    },
-    Sync {
-        to: usize,
-        blocks: Vec<(Block, CommitCertificate)>,
-    },
-    Timer {
-        node: usize,
-        timer: Timer,
-        generation: u64,
-    },
+    Deliver { to: usize, from: usize, msg: ConsensusMessage },
+    Sync { to: usize, blocks: Vec<(Block, CommitCertificate)> },
+    Timer { node: usize, timer: Timer, generation: u64 },
     ClientLoad,
+    Crash { node: usize },
+    Restart { node: usize },
+    Partition { side: Vec<bool> },
+    Heal,
 }
 
 struct SimNode {
     engine: Engine,
     timers: Vec<(Timer, u64)>,
     height: u64,
-    /// What this node persisted: its committed blocks with certificates.
+    /// What this node persisted: its committed blocks with certificates…
     store: Vec<(Block, CommitCertificate)>,
+    /// …and its write-ahead log for the height in progress.
+    wal: Vec<(Height, WalEntry)>,
+    alive: bool,
 }
 
 pub struct Sim {
@@ -151,35 +155,31 @@ pub struct Sim {
     committed_txs: u64,
     steps: u64,
     generation: u64,
+    keys: Vec<Keypair>,
+    engine_config: EngineConfig,
+    /// Which side of a partition each node is on, while one is in force.
+    partition: Option<Vec<bool>>,
+    byzantine: Option<usize>,
+    /// Every vote an honest node signed, to catch double signing across restarts.
+    signed_votes: BTreeMap<(Address, u64, u32, VoteKind), Option<Hash>>,
+    evidence: u64,
 }
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
-        let chain = TestChain::new(
-            config.validators + CLIENT_ACCOUNTS,
-            config.validators,
-            Amount::agr(1_000_000),
-        );
+        let chain = TestChain::new(config.validators + CLIENT_ACCOUNTS, config.validators, Amount::agr(1_000_000));
+        let engine_config =
+            EngineConfig { timeouts: config.timeouts, max_block_time_drift_ms: 5_000, is_validator: true };
         let nodes = (0..config.validators)
             .map(|i| {
-                let engine_config = EngineConfig {
-                    timeouts: config.timeouts,
-                    max_block_time_drift_ms: 5_000,
-                    is_validator: true,
-                };
                 let engine = Engine::new(
                     chain.genesis.chain_id.clone(),
                     chain.keys[i].clone(),
                     chain.state(),
                     None,
-                    engine_config,
+                    engine_config.clone(),
                 );
-                SimNode {
-                    engine,
-                    timers: Vec::new(),
-                    height: 0,
-                    store: Vec::new(),
-                }
+                SimNode { engine, timers: Vec::new(), height: 0, store: Vec::new(), wal: Vec::new(), alive: true }
             })
             .collect();
         let clients = chain.keys[config.validators..].iter().map(|k| (k.clone(), 0)).collect();
@@ -199,15 +199,39 @@ impl Sim {
             committed_txs: 0,
             steps: 0,
             generation: 0,
+            keys: chain.keys[..config.validators].to_vec(),
+            engine_config,
+            partition: None,
+            byzantine: config.byzantine.then_some(config.validators - 1),
+            signed_votes: BTreeMap::new(),
+            evidence: 0,
             config,
         }
     }
 
-    fn fail(&self, what: String) -> SimFailure {
-        SimFailure {
-            seed: self.config.seed,
-            what,
+    /// Schedules the configured crash, partition and heal at seeded times.
+    fn plan_faults(&mut self) {
+        let start = self.now_ms;
+        let honest = self.byzantine.map_or(self.nodes.len(), |b| b);
+        if self.config.crash_restart {
+            let node = self.rng.below(honest as u64) as usize;
+            let at = start + 200 + self.rng.below(3_000);
+            let down_for = 500 + self.rng.below(3_000);
+            self.push(at, Event::Crash { node });
+            self.push(at + down_for, Event::Restart { node });
         }
+        if self.config.partition {
+            // Either a minority cut off, or an even split (which halts progress until healed).
+            let side: Vec<bool> = (0..self.nodes.len()).map(|_| self.rng.below(2) == 0).collect();
+            let at = start + 200 + self.rng.below(3_000);
+            let lasts = 500 + self.rng.below(4_000);
+            self.push(at, Event::Partition { side });
+            self.push(at + lasts, Event::Heal);
+        }
+    }
+
+    fn fail(&self, what: String) -> SimFailure {
+        SimFailure { seed: self.config.seed, what }
     }
 
     fn push(&mut self, at_ms: u64, event: Event) {
@@ -222,20 +246,17 @@ impl Sim {
             self.feed(i, Input::Start)?;
         }
         self.push(self.now_ms, Event::ClientLoad);
+        self.plan_faults();
         while self.nodes.iter().any(|n| n.height < self.config.target_height) {
             let Some(Reverse((at, seq))) = self.queue.pop() else {
                 return Err(self.fail("no events left: the network stalled".into()));
             };
             if at > self.start_time() + self.config.max_time_ms {
-                let heights: Vec<(u64, String)> = self
-                    .nodes
-                    .iter()
-                    .map(|n| (n.height, format!("{}", n.engine.round())))
-                    .collect();
-                return Err(self.fail(format!(
-                    "liveness: (height, round) {heights:?} after {} ms",
-                    self.config.max_time_ms
-                )));
+                let heights: Vec<(u64, String)> =
+                    self.nodes.iter().map(|n| (n.height, format!("{}", n.engine.round()))).collect();
+                return Err(
+                    self.fail(format!("liveness: (height, round) {heights:?} after {} ms", self.config.max_time_ms))
+                );
             }
             self.now_ms = self.now_ms.max(at);
             self.steps += 1;
@@ -249,6 +270,7 @@ impl Sim {
             sim_time_ms: self.now_ms - self.start_time(),
             min_height,
             committed_txs: self.committed_txs,
+            evidence: self.evidence,
             trace: Hash(*self.trace.finalize().as_bytes()),
         })
     }
@@ -259,16 +281,29 @@ impl Sim {
 
     fn step(&mut self, event: Event) -> Result<(), SimFailure> {
         match event {
-            Event::Deliver { to, msg } => self.feed(to, Input::Message(msg)),
-            Event::Timer {
-                node,
-                timer,
-                generation,
-            } => {
-                let live = self.nodes[node]
-                    .timers
-                    .iter()
-                    .any(|(t, g)| *t == timer && *g == generation);
+            Event::Deliver { to, from, msg } => {
+                if self.nodes[to].alive && self.connected(from, to) {
+                    self.feed(to, Input::Message(msg))?;
+                }
+                Ok(())
+            }
+            Event::Crash { node } => {
+                // Everything in memory is lost; the store and the WAL survive.
+                self.nodes[node].alive = false;
+                self.nodes[node].timers.clear();
+                Ok(())
+            }
+            Event::Restart { node } => self.restart(node),
+            Event::Partition { side } => {
+                self.partition = Some(side);
+                Ok(())
+            }
+            Event::Heal => {
+                self.partition = None;
+                Ok(())
+            }
+            Event::Timer { node, timer, generation } => {
+                let live = self.nodes[node].timers.iter().any(|(t, g)| *t == timer && *g == generation);
                 if live {
                     self.nodes[node].timers.retain(|(t, _)| *t != timer);
                     self.feed(node, Input::TimeoutElapsed(timer))?;
@@ -277,14 +312,11 @@ impl Sim {
             }
             Event::ClientLoad => self.client_load(),
             Event::Sync { to, blocks } => {
+                if !self.nodes[to].alive {
+                    return Ok(());
+                }
                 for (block, certificate) in blocks {
-                    self.feed(
-                        to,
-                        Input::Synced {
-                            block: Box::new(block),
-                            certificate,
-                        },
-                    )?;
+                    self.feed(to, Input::Synced { block: Box::new(block), certificate })?;
                 }
                 Ok(())
             }
@@ -302,7 +334,9 @@ impl Sim {
             let tx = transfer(key, *nonce, to, Amount(1 + self.rng.below(1_000)));
             *nonce += 1;
             for i in 0..self.nodes.len() {
-                self.feed(i, Input::Tx(Box::new(tx.clone())))?;
+                if self.nodes[i].alive {
+                    self.feed(i, Input::Tx(Box::new(tx.clone())))?;
+                }
             }
         }
         self.push(self.now_ms + 100, Event::ClientLoad);
@@ -311,38 +345,67 @@ impl Sim {
 
     fn feed(&mut self, node: usize, input: Input) -> Result<(), SimFailure> {
         let actions = self.nodes[node].engine.handle(self.now_ms, input);
+        self.act_all(node, actions)
+    }
+
+    fn act_all(&mut self, node: usize, actions: Vec<Action>) -> Result<(), SimFailure> {
         for action in actions {
             self.act(node, action)?;
         }
         Ok(())
     }
 
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.partition.as_ref().is_none_or(|side| side[a] == side[b])
+    }
+
+    /// Rebuilds a crashed node from what it persisted: the ledger by replaying
+    /// its stored blocks, consensus by replaying its WAL.
+    fn restart(&mut self, node: usize) -> Result<(), SimFailure> {
+        let mut ledger = self.genesis.state().map_err(|e| self.fail(e.to_string()))?;
+        for (block, _) in &self.nodes[node].store {
+            apply_block(&mut ledger, block, SigCheck::Skip).map_err(|e| self.fail(format!("restart replay: {e}")))?;
+        }
+        let last_commit = self.nodes[node].store.last().map(|(_, c)| c.clone());
+        let (engine, actions) = Engine::restart(
+            self.genesis.chain_id.clone(),
+            self.keys[node].clone(),
+            ledger,
+            last_commit,
+            self.engine_config.clone(),
+            &self.nodes[node].wal,
+            self.now_ms,
+        );
+        self.nodes[node].engine = engine;
+        self.nodes[node].alive = true;
+        self.act_all(node, actions)
+    }
+
     fn act(&mut self, node: usize, action: Action) -> Result<(), SimFailure> {
         match action {
-            Action::Broadcast(msg) => self.broadcast(node, msg),
+            Action::Broadcast(msg) => self.broadcast(node, msg)?,
             Action::ScheduleTimeout { timer, after } => {
                 self.generation += 1;
                 let generation = self.generation;
                 let n = &mut self.nodes[node];
                 n.timers.retain(|(t, _)| *t != timer);
                 n.timers.push((timer, generation));
-                self.push(
-                    self.now_ms + after.as_millis() as u64,
-                    Event::Timer {
-                        node,
-                        timer,
-                        generation,
-                    },
-                );
+                self.push(self.now_ms + after.as_millis() as u64, Event::Timer { node, timer, generation });
             }
             Action::CancelTimeout(timer) => self.nodes[node].timers.retain(|(t, _)| *t != timer),
             Action::CancelAllTimeouts => self.nodes[node].timers.clear(),
             Action::Commit { block, certificate, .. } => self.on_commit(node, &block, &certificate)?,
-            Action::MissingBlock { height, .. } => {
-                return Err(self.fail(format!("node {node} decided height {height} without the block")));
-            }
+            // The engine asks for sync itself (`SyncNeeded`).
+            Action::MissingBlock { .. } => {}
             Action::SyncNeeded { have } => self.serve_sync(node, have.0),
-            Action::Evidence(_) => {}
+            Action::WalAppend { height, entry } => self.nodes[node].wal.push((height, entry)),
+            Action::Evidence(e) => {
+                if Some(node) != self.byzantine
+                    && self.byzantine.is_some_and(|b| e.first.signer == self.keys[b].address())
+                {
+                    self.evidence += 1;
+                }
+            }
         }
         Ok(())
     }
@@ -352,13 +415,11 @@ impl Sim {
     fn serve_sync(&mut self, node: usize, have: u64) {
         let peer = (node + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
         let f = self.config.faults.clone();
-        if self.rng.below(1_000) < f.drop_per_mille {
+        if self.rng.below(1_000) < f.drop_per_mille || !self.nodes[peer].alive || !self.connected(node, peer) {
             return;
         }
         let end = (have + MAX_SYNC_BATCH).min(self.nodes[peer].store.len() as u64);
-        let blocks: Vec<_> = (have..end)
-            .map(|h| self.nodes[peer].store[h as usize].clone())
-            .collect();
+        let blocks: Vec<_> = (have..end).map(|h| self.nodes[peer].store[h as usize].clone()).collect();
         if blocks.is_empty() {
             return;
         }
@@ -366,22 +427,90 @@ impl Sim {
         self.push(self.now_ms + delay, Event::Sync { to: node, blocks });
     }
 
-    fn broadcast(&mut self, from: usize, msg: ConsensusMessage) {
-        let f = self.config.faults.clone();
-        for to in (0..self.nodes.len()).filter(|&t| t != from) {
-            if self.rng.below(1_000) < f.drop_per_mille {
-                continue;
-            }
-            let copies = if self.rng.below(1_000) < f.duplicate_per_mille {
-                2
-            } else {
-                1
-            };
-            for _ in 0..copies {
-                let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
-                self.push(self.now_ms + delay, Event::Deliver { to, msg: msg.clone() });
+    fn broadcast(&mut self, from: usize, msg: ConsensusMessage) -> Result<(), SimFailure> {
+        if Some(from) == self.byzantine {
+            self.byzantine_broadcast(from, msg);
+            return Ok(());
+        }
+        if let ConsensusMessage::Vote(v) = &msg {
+            let key = (v.signer, v.body.height.0, v.body.round, v.body.kind);
+            match self.signed_votes.get(&key) {
+                Some(block) if *block != v.body.block => {
+                    return Err(self.fail(format!("node {from} signed two different votes for {key:?}")));
+                }
+                Some(_) => {}
+                None => _ = self.signed_votes.insert(key, v.body.block),
             }
         }
+        for to in (0..self.nodes.len()).filter(|&t| t != from) {
+            self.send(from, to, msg.clone());
+        }
+        Ok(())
+    }
+
+    /// Sends one message over the faulty network: maybe dropped, maybe
+    /// duplicated, delayed by a random latency.
+    fn send(&mut self, from: usize, to: usize, msg: ConsensusMessage) {
+        let f = self.config.faults.clone();
+        if self.rng.below(1_000) < f.drop_per_mille {
+            return;
+        }
+        let copies = if self.rng.below(1_000) < f.duplicate_per_mille { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
+            self.push(self.now_ms + delay, Event::Deliver { to, from, msg: msg.clone() });
+        }
+    }
+
+    /// The Byzantine validator: every vote goes out in two conflicting
+    /// versions (half the peers get each), and it sprays garbage: forged
+    /// signatures and votes for heights far ahead.
+    fn byzantine_broadcast(&mut self, from: usize, msg: ConsensusMessage) {
+        let key = self.keys[from].clone();
+        let chain = self.genesis.chain_id.clone();
+        let second = match &msg {
+            ConsensusMessage::Vote(v) => {
+                let mut other = v.body.clone();
+                other.block = match other.block {
+                    Some(_) => None,
+                    None => Some(Hash([self.rng.below(256) as u8; 32])),
+                };
+                Signed::sign(other, &key, &chain).map(ConsensusMessage::Vote).unwrap_or_else(|_| msg.clone())
+            }
+            _ => msg.clone(),
+        };
+        for to in (0..self.nodes.len()).filter(|&t| t != from) {
+            // Even peers get one version, odd peers the other, and every
+            // third peer both (so honest nodes can catch it).
+            let m = if to % 2 == 0 { msg.clone() } else { second.clone() };
+            self.send(from, to, m);
+            if to % 3 == 0 && second != msg {
+                let m = if to % 2 == 0 { second.clone() } else { msg.clone() };
+                self.send(from, to, m);
+            }
+            if self.rng.below(4) == 0 {
+                let garbage = self.garbage(&msg);
+                self.send(from, to, garbage);
+            }
+        }
+    }
+
+    /// A malformed variant of a message: a broken signature or a height far ahead.
+    fn garbage(&mut self, msg: &ConsensusMessage) -> ConsensusMessage {
+        let mut m = msg.clone();
+        match &mut m {
+            ConsensusMessage::Vote(v) => {
+                if self.rng.below(2) == 0 {
+                    v.signature.0[self.rng.below(64) as usize] ^= 0x40;
+                } else {
+                    v.body.height = Height(v.body.height.0 + 1_000_000);
+                }
+            }
+            ConsensusMessage::Proposal(p) => p.signature.0[0] ^= 1,
+            ConsensusMessage::Block(b) => b.body.block.header.time_ms.0 += 1,
+            ConsensusMessage::Certificate(c) => c.votes.truncate(1),
+        }
+        m
     }
 
     /// Safety checks on every commit: one block per height across all nodes,
@@ -397,15 +526,13 @@ impl Sim {
         verify_commit(&self.genesis.chain_id, &set, cert, Height(h), hash)
             .map_err(|e| self.fail(format!("node {node} height {h}: invalid certificate: {e}")))?;
         let ledger: &State = self.nodes[node].engine.ledger();
-        ledger
-            .audit()
-            .map_err(|e| self.fail(format!("node {node} height {h}: {e}")))?;
+        ledger.audit().map_err(|e| self.fail(format!("node {node} height {h}: {e}")))?;
         let root = ledger.root();
         match self.canonical.get(&h) {
             Some((other, other_root)) if *other != hash || *other_root != root => {
-                return Err(self.fail(format!(
-                    "SAFETY: node {node} committed {hash} at height {h}, another node {other}"
-                )));
+                return Err(
+                    self.fail(format!("SAFETY: node {node} committed {hash} at height {h}, another node {other}"))
+                );
             }
             Some(_) => {}
             None => {
@@ -415,8 +542,10 @@ impl Sim {
                 self.trace.update(&hash.0);
             }
         }
-        self.nodes[node].height = h;
-        self.nodes[node].store.push((block.clone(), cert.clone()));
+        let n = &mut self.nodes[node];
+        n.height = h;
+        n.store.push((block.clone(), cert.clone()));
+        n.wal.retain(|(wh, _)| wh.0 > h);
         Ok(())
     }
 

@@ -32,33 +32,21 @@ pub fn verify_votes(
     let mut seen = BTreeSet::new();
     let mut signed: u64 = 0;
     for v in votes {
-        let validator = set
-            .validators()
-            .iter()
-            .find(|x| x.public_key == v.validator)
-            .ok_or_else(|| Error::BadCertificate(format!("{} is not a validator at height {height}", v.validator)))?;
+        let validator =
+            set.validators().iter().find(|x| x.public_key == v.validator).ok_or_else(|| {
+                Error::BadCertificate(format!("{} is not a validator at height {height}", v.validator))
+            })?;
         if !seen.insert(v.validator) {
             return Err(Error::BadCertificate(format!("{} signed twice", v.validator)));
         }
-        let vote = Vote {
-            kind: v.kind,
-            height,
-            round,
-            block: v.block,
-        };
-        Signed {
-            body: vote,
-            signer: v.validator,
-            signature: v.signature,
-        }
-        .verify(chain)
-        .map_err(|e| Error::BadCertificate(format!("signature of {}: {e}", v.validator)))?;
+        let vote = Vote { kind: v.kind, height, round, block: v.block };
+        Signed { body: vote, signer: v.validator, signature: v.signature }
+            .verify(chain)
+            .map_err(|e| Error::BadCertificate(format!("signature of {}: {e}", v.validator)))?;
         signed = signed.saturating_add(validator.power);
     }
     if u128::from(signed) * 3 <= u128::from(total) * 2 {
-        return Err(Error::BadCertificate(format!(
-            "signers hold {signed} of {total} voting power"
-        )));
+        return Err(Error::BadCertificate(format!("signers hold {signed} of {total} voting power")));
     }
     Ok(())
 }

@@ -107,20 +107,12 @@ pub struct ConsensusVote {
 impl ConsensusVote {
     pub fn new(vote: WireVote, validator: Address) -> ConsensusVote {
         let value = vote.block.map_or(NilOrVal::Nil, NilOrVal::Val);
-        ConsensusVote {
-            vote,
-            validator: ValidatorAddress(validator),
-            value,
-        }
+        ConsensusVote { vote, validator: ValidatorAddress(validator), value }
     }
 
     /// The signed wire form of this vote.
     pub fn to_wire(&self, signature: Signature) -> Signed<WireVote> {
-        Signed {
-            body: self.vote.clone(),
-            signer: self.validator.0,
-            signature,
-        }
+        Signed { body: self.vote.clone(), signer: self.validator.0, signature }
     }
 }
 
@@ -184,19 +176,11 @@ pub struct ConsensusProposal {
 impl ConsensusProposal {
     pub fn new(proposal: WireProposal, proposer: Address) -> ConsensusProposal {
         let value = BlockValue(proposal.block);
-        ConsensusProposal {
-            proposal,
-            proposer: ValidatorAddress(proposer),
-            value,
-        }
+        ConsensusProposal { proposal, proposer: ValidatorAddress(proposer), value }
     }
 
     pub fn to_wire(&self, signature: Signature) -> Signed<WireProposal> {
-        Signed {
-            body: self.proposal.clone(),
-            signer: self.proposer.0,
-            signature,
-        }
+        Signed { body: self.proposal.clone(), signer: self.proposer.0, signature }
     }
 }
 
@@ -268,11 +252,7 @@ impl ConsensusValidatorSet {
         let mut validators: Vec<ConsensusValidator> = members
             .into_iter()
             .filter(|(_, p)| *p > 0)
-            .map(|(a, power)| ConsensusValidator {
-                address: ValidatorAddress(a),
-                public_key: a,
-                power,
-            })
+            .map(|(a, power)| ConsensusValidator { address: ValidatorAddress(a), public_key: a, power })
             .collect();
         validators.sort_by_key(|v| v.address);
         validators.dedup_by_key(|v| v.address);
@@ -297,10 +277,7 @@ impl mc::ValidatorSet<AgoraContext> for ConsensusValidatorSet {
         self.total
     }
     fn get_by_address(&self, address: &ValidatorAddress) -> Option<&ConsensusValidator> {
-        self.validators
-            .binary_search_by_key(address, |v| v.address)
-            .ok()
-            .map(|i| &self.validators[i])
+        self.validators.binary_search_by_key(address, |v| v.address).ok().map(|i| &self.validators[i])
     }
     fn get_by_index(&self, index: usize) -> Option<&ConsensusValidator> {
         self.validators.get(index)
@@ -385,15 +362,7 @@ fn new_vote(
         NilOrVal::Nil => None,
         NilOrVal::Val(h) => Some(h),
     };
-    ConsensusVote::new(
-        WireVote {
-            kind,
-            height: LedgerHeight(height.0),
-            round: round_u32(round),
-            block,
-        },
-        address.0,
-    )
+    ConsensusVote::new(WireVote { kind, height: LedgerHeight(height.0), round: round_u32(round), block }, address.0)
 }
 
 /// The proposer of `(height, round)`: weighted by power, deterministic.

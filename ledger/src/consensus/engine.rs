@@ -29,7 +29,8 @@ use super::context::{
     ValidatorAddress, pol_round_of, round_of, select_proposer,
 };
 use super::mempool::Mempool;
-use crate::apply::{SigCheck, apply_block, apply_block_pending, build_block};
+use super::wal::WalEntry;
+use crate::apply::{BlockBuilder, SigCheck, apply_block, apply_block_pending};
 use crate::error::Error;
 use crate::events::Event;
 use crate::state::State;
@@ -57,11 +58,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            timeouts: LinearTimeouts::default(),
-            max_block_time_drift_ms: 5_000,
-            is_validator: true,
-        }
+        EngineConfig { timeouts: LinearTimeouts::default(), max_block_time_drift_ms: 5_000, is_validator: true }
     }
 }
 
@@ -82,10 +79,7 @@ pub enum Input {
     Tx(Box<SignedTx>),
     /// A committed block with its certificate, fetched from a peer by block
     /// sync after `Action::SyncNeeded`.
-    Synced {
-        block: Box<Block>,
-        certificate: CommitCertificate,
-    },
+    Synced { block: Box<Block>, certificate: CommitCertificate },
 }
 
 /// Two different signed votes from one validator for the same height, round
@@ -96,7 +90,7 @@ pub struct VoteEquivocation {
     pub second: Signed<WireVote>,
 }
 
-/// What the engine asks its host to do.
+/// What the engine asks its host to do. Actions must be carried out in order.
 #[derive(Clone, Debug)]
 pub enum Action {
     Broadcast(ConsensusMessage),
@@ -106,7 +100,14 @@ pub enum Action {
     },
     CancelTimeout(Timer),
     CancelAllTimeouts,
-    /// Persist this block with its certificate before acting on anything else.
+    /// Append to the write-ahead log; must be durable before any later action
+    /// (in particular before the broadcast of the vote it records).
+    WalAppend {
+        height: Height,
+        entry: WalEntry,
+    },
+    /// Persist this block with its certificate before acting on anything else;
+    /// the WAL entries of this height and below may then be dropped.
     Commit {
         block: Box<Block>,
         certificate: CommitCertificate,
@@ -194,6 +195,39 @@ impl Engine {
         Engine { mc, host }
     }
 
+    /// Restarts an engine after a crash: `wal` holds the entries logged for
+    /// the height after the ledger's tip (older ones are ignored). Replaying
+    /// them re-derives this node's own votes, which Malachite checks against
+    /// the log and re-uses, so nothing is signed twice differently. Returns
+    /// the engine and the actions of the replay (timers and re-broadcasts).
+    pub fn restart(
+        chain: ChainId,
+        key: Keypair,
+        ledger: State,
+        last_commit: Option<CommitCertificate>,
+        config: EngineConfig,
+        wal: &[(Height, WalEntry)],
+        now_ms: u64,
+    ) -> (Engine, Vec<Action>) {
+        let mut engine = Engine::new(chain, key, ledger, last_commit, config);
+        let height = engine.host.ledger.height().next();
+        let inputs: Vec<McInput> = wal.iter().filter(|(h, _)| *h == height).map(|(_, e)| e.to_input(height)).collect();
+        engine.mc.index_wal_entries(inputs.iter());
+        let mut start = engine.host.start_height_input();
+        if let McInput::StartHeight(_, _, is_restart, _, _) = &mut start {
+            *is_restart = true;
+        }
+        engine.host.now_ms = now_ms;
+        engine.host.followups.push_back(start);
+        engine.host.followups.extend(inputs);
+        engine.run_followups();
+        engine.mc.reset_entries_index();
+        // Entries replayed above were already durable; do not log them twice.
+        engine.host.actions.retain(|a| !matches!(a, Action::WalAppend { .. }));
+        let actions = std::mem::take(&mut engine.host.actions);
+        (engine, actions)
+    }
+
     pub fn ledger(&self) -> &State {
         &self.host.ledger
     }
@@ -237,6 +271,11 @@ impl Engine {
                 }
             }
         }
+        self.run_followups();
+        std::mem::take(&mut self.host.actions)
+    }
+
+    fn run_followups(&mut self) {
         while let Some(input) = self.host.followups.pop_front() {
             let host = &mut self.host;
             let result: Result<(), mcc::Error<AgoraContext>> =
@@ -245,7 +284,6 @@ impl Engine {
                 tracing_free_log(&e);
             }
         }
-        std::mem::take(&mut self.host.actions)
     }
 }
 
@@ -266,14 +304,10 @@ impl Host {
 
     /// Asks for block sync, at most once per `SYNC_REQUEST_INTERVAL_MS`.
     fn maybe_request_sync(&mut self) {
-        let due = self
-            .last_sync_request_ms
-            .is_none_or(|t| self.now_ms >= t + SYNC_REQUEST_INTERVAL_MS);
+        let due = self.last_sync_request_ms.is_none_or(|t| self.now_ms >= t + SYNC_REQUEST_INTERVAL_MS);
         if due {
             self.last_sync_request_ms = Some(self.now_ms);
-            self.actions.push(Action::SyncNeeded {
-                have: self.ledger.height(),
-            });
+            self.actions.push(Action::SyncNeeded { have: self.ledger.height() });
         }
     }
 
@@ -328,11 +362,7 @@ impl Host {
         height: ConsensusHeight,
         set: &ConsensusValidatorSet,
     ) -> Option<McInput> {
-        let ProposalBlock {
-            round,
-            pol_round,
-            block,
-        } = &signed.body;
+        let ProposalBlock { round, pol_round, block } = &signed.body;
         if block.header.height.0 != height.0 {
             return None;
         }
@@ -376,9 +406,7 @@ impl Host {
                 self.ledger.last_block_hash(),
             )?;
         } else if self.ledger.height().0 > 0 {
-            return Err(Error::BadCertificate(
-                "block lacks its parent's commit certificate".into(),
-            ));
+            return Err(Error::BadCertificate("block lacks its parent's commit certificate".into()));
         }
         let mark = self.ledger.checkpoint();
         let result = apply_block_pending(&mut self.ledger, block, SigCheck::Verify).map(|_| ());
@@ -418,14 +446,11 @@ impl Host {
                 r.resume_with(())
             }
             Effect::RepublishVote(v, r) => {
-                self.actions.push(Action::Broadcast(ConsensusMessage::Vote(
-                    v.message.to_wire(v.signature),
-                )));
+                self.actions.push(Action::Broadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
                 r.resume_with(())
             }
             Effect::RepublishRoundCertificate(c, r) => {
-                self.actions
-                    .push(Action::Broadcast(ConsensusMessage::Certificate(round_to_wire(&c))));
+                self.actions.push(Action::Broadcast(ConsensusMessage::Certificate(round_to_wire(&c))));
                 r.resume_with(())
             }
             Effect::GetValue(height, round, _timeout, r) => {
@@ -487,7 +512,12 @@ impl Host {
                 });
                 r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
             }
-            Effect::WalAppend(_, _, r) => r.resume_with(()),
+            Effect::WalAppend(height, input, r) => {
+                if let Some(entry) = WalEntry::from_input(&input) {
+                    self.actions.push(Action::WalAppend { height: Height(height.0), entry });
+                }
+                r.resume_with(())
+            }
             Effect::ExtendVote(_, _, _, _, r) => r.resume_with(None),
             Effect::VerifyVoteExtension(_, _, _, _, _, _, r) => r.resume_with(Ok(())),
             Effect::Finalize(cert, _, evidence, r) => {
@@ -523,19 +553,11 @@ impl Host {
         votes: impl Iterator<Item = CertifiedVote>,
     ) -> Result<(), CertificateError<AgoraContext>> {
         let Some(round) = round.as_u32() else {
-            return Err(CertificateError::NotEnoughVotingPower {
-                signed: 0,
-                total: 0,
-                expected: 1,
-            });
+            return Err(CertificateError::NotEnoughVotingPower { signed: 0, total: 0, expected: 1 });
         };
         verify_votes(&self.chain, set, Height(height.0), round, votes).map_err(|_| {
             // Malachite only needs to know the certificate is unusable.
-            CertificateError::NotEnoughVotingPower {
-                signed: 0,
-                total: 0,
-                expected: 1,
-            }
+            CertificateError::NotEnoughVotingPower { signed: 0, total: 0, expected: 1 }
         })
     }
 
@@ -547,29 +569,20 @@ impl Host {
         let time = TimestampMs(self.now_ms.max(self.ledger.time_ms().0 + 1));
         let max = self.ledger.params().max_txs_per_block as usize;
         let candidates = self.mempool.candidates(max);
-        let (block, _rejected) = build_block(
-            &mut self.ledger,
-            candidates,
-            time,
-            self.key.address(),
-            self.last_commit.clone(),
-        )?;
+        let mut builder = BlockBuilder::new(&mut self.ledger, time, self.key.address())?;
+        for tx in candidates {
+            // Mempool transactions were signature-checked on entry; ones that
+            // no longer apply (stale nonce, spent balance) are left out.
+            let _ = builder.push_verified(tx);
+        }
+        let block = builder.finish(self.last_commit.clone())?;
         let hash = block.hash();
         let wire_round = round.as_u32().unwrap_or(0);
-        let proposal_block = ProposalBlock {
-            round: wire_round,
-            pol_round: None,
-            block: block.clone(),
-        };
+        let proposal_block = ProposalBlock { round: wire_round, pol_round: None, block: block.clone() };
         let signed = Signed::sign(proposal_block, &self.key, &self.chain)?;
         self.blocks.insert(hash, block);
-        self.actions
-            .push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
-        self.followups.push_back(McInput::Propose(LocallyProposedValue::new(
-            height,
-            round,
-            BlockValue(hash),
-        )));
+        self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+        self.followups.push_back(McInput::Propose(LocallyProposedValue::new(height, round, BlockValue(hash))));
         Ok(())
     }
 
@@ -581,14 +594,10 @@ impl Host {
         if block.header.height.0 != height.0 {
             return Ok(());
         }
-        let body = ProposalBlock {
-            round: round.as_u32().unwrap_or(0),
-            pol_round: valid_round.as_u32(),
-            block: block.clone(),
-        };
+        let body =
+            ProposalBlock { round: round.as_u32().unwrap_or(0), pol_round: valid_round.as_u32(), block: block.clone() };
         let signed = Signed::sign(body, &self.key, &self.chain)?;
-        self.actions
-            .push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+        self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
         Ok(())
     }
 
@@ -608,10 +617,11 @@ impl Host {
     fn commit(&mut self, cert: malachite_core_types::CommitCertificate<AgoraContext>) -> Result<(), Error> {
         let height = Height(cert.height.0);
         let Some(block) = self.blocks.get(&cert.value_id).cloned() else {
-            self.actions.push(Action::MissingBlock {
-                height,
-                hash: cert.value_id,
-            });
+            // Decided without the block (it was lost, or we restarted): any
+            // peer that committed it can send it with its certificate.
+            self.actions.push(Action::MissingBlock { height, hash: cert.value_id });
+            self.last_sync_request_ms = None;
+            self.maybe_request_sync();
             return Ok(());
         };
         let outcome = apply_block(&mut self.ledger, &block, SigCheck::Skip)?;
@@ -622,10 +632,7 @@ impl Host {
             signatures: cert
                 .commit_signatures
                 .iter()
-                .map(|s: &CommitSignature<AgoraContext>| CommitSig {
-                    validator: s.address.0,
-                    signature: s.signature,
-                })
+                .map(|s: &CommitSignature<AgoraContext>| CommitSig { validator: s.address.0, signature: s.signature })
                 .collect(),
         };
         self.finish_commit(block, certificate, outcome.events);
@@ -638,11 +645,7 @@ impl Host {
         self.last_commit = Some(certificate.clone());
         self.blocks.clear();
         self.mempool.prune(&self.ledger);
-        self.actions.push(Action::Commit {
-            block: Box::new(block),
-            certificate,
-            events,
-        });
+        self.actions.push(Action::Commit { block: Box::new(block), certificate, events });
         self.followups.push_back(self.start_height_input());
     }
 }
@@ -661,7 +664,7 @@ fn vote_type_of(k: VoteKind) -> VoteType {
     }
 }
 
-fn polka_to_wire(c: &PolkaCertificate<AgoraContext>) -> VoteCertificate {
+pub(crate) fn polka_to_wire(c: &PolkaCertificate<AgoraContext>) -> VoteCertificate {
     VoteCertificate {
         height: Height(c.height.0),
         round: c.round.as_u32().unwrap_or(0),
@@ -679,7 +682,7 @@ fn polka_to_wire(c: &PolkaCertificate<AgoraContext>) -> VoteCertificate {
     }
 }
 
-fn round_to_wire(c: &RoundCertificate<AgoraContext>) -> VoteCertificate {
+pub(crate) fn round_to_wire(c: &RoundCertificate<AgoraContext>) -> VoteCertificate {
     VoteCertificate {
         height: Height(c.height.0),
         round: c.round.as_u32().unwrap_or(0),
@@ -705,7 +708,7 @@ fn round_to_wire(c: &RoundCertificate<AgoraContext>) -> VoteCertificate {
 
 /// A gossiped certificate as Malachite's input; Malachite asks the host to
 /// verify it (`VerifyPolkaCertificate` / `VerifyRoundCertificate`) before use.
-fn certificate_input(c: VoteCertificate) -> McInput {
+pub(crate) fn certificate_input(c: VoteCertificate) -> McInput {
     let height = ConsensusHeight(c.height.0);
     let round = round_of(c.round);
     match c.round_kind {

@@ -63,7 +63,6 @@ impl Mempool {
 
     /// Drops every transaction whose nonce the ledger has already used.
     pub fn prune(&mut self, state: &State) {
-        self.txs
-            .retain(|(sender, nonce), _| *nonce >= state.account(sender).nonce);
+        self.txs.retain(|(sender, nonce), _| *nonce >= state.account(sender).nonce);
     }
 }

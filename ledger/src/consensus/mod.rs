@@ -8,6 +8,8 @@ pub mod certificate;
 pub mod context;
 pub mod engine;
 pub mod mempool;
+pub mod wal;
 
 pub use engine::{Action, Engine, EngineConfig, Input, Timer, VoteEquivocation};
 pub use malachite_core_types::LinearTimeouts;
+pub use wal::WalEntry;
