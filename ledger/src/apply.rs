@@ -76,6 +76,7 @@ fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<
             execute(state, tx).map_err(|e| Error::InBlock { index, kind: tx.body.kind.name(), source: Box::new(e) })?;
         events.extend(tx_events);
     }
+    events.extend(crate::validators::end_block(state));
     let computed = state.root();
     if computed != h.state_root {
         return Err(Error::StateRootMismatch { header: h.state_root, computed });
@@ -122,6 +123,7 @@ fn verify_tx_signatures(state: &State, txs: &[SignedTx]) -> Result<(), Error> {
 /// take effect, due unbonding is released and ended leases settle in full.
 fn begin_block(state: &mut State, height: Height, time_ms: TimestampMs) -> Result<Vec<Event>, Error> {
     state.set_head(height, time_ms);
+    state.note_deciding_validators();
     let mut events = accounts::release_unbonding(state)?;
     events.extend(lease::expire_due(state)?);
     Ok(events)
@@ -253,6 +255,7 @@ impl<'a> BlockBuilder<'a> {
 
     /// Seals the block: transaction root, post-state root, certificate.
     pub fn finish(mut self, last_commit: Option<CommitCertificate>) -> Result<Block, Error> {
+        crate::validators::end_block(self.state);
         self.header.tx_root = tx_root(&self.txs)?;
         self.header.state_root = self.state.root();
         let txs = std::mem::take(&mut self.txs);

@@ -25,14 +25,53 @@ pub enum SlashReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    Transferred { from: Address, to: Address, amount: Amount },
-    Staked { account: Address, amount: Amount },
-    UnbondingStarted { account: Address, amount: Amount, release_height: Height },
-    UnbondingReleased { account: Address, amount: Amount },
-    ProviderRegistered { provider: Address },
-    LeaseOpened { lease_id: LeaseId, buyer: Address, provider: Address, escrow: Amount },
-    LeaseSettled { lease_id: LeaseId, reason: SettleReason, paid: Amount, refunded: Amount },
-    Slashed { account: Address, burned: Amount, reason: SlashReason },
-    Jailed { provider: Address, until: Option<Height> },
-    Unjailed { provider: Address },
+    Transferred {
+        from: Address,
+        to: Address,
+        amount: Amount,
+    },
+    Staked {
+        account: Address,
+        amount: Amount,
+    },
+    UnbondingStarted {
+        account: Address,
+        amount: Amount,
+        release_height: Height,
+    },
+    UnbondingReleased {
+        account: Address,
+        amount: Amount,
+    },
+    ProviderRegistered {
+        provider: Address,
+    },
+    LeaseOpened {
+        lease_id: LeaseId,
+        buyer: Address,
+        provider: Address,
+        escrow: Amount,
+    },
+    LeaseSettled {
+        lease_id: LeaseId,
+        reason: SettleReason,
+        paid: Amount,
+        refunded: Amount,
+    },
+    Slashed {
+        account: Address,
+        burned: Amount,
+        reason: SlashReason,
+    },
+    Jailed {
+        provider: Address,
+        until: Option<Height>,
+    },
+    Unjailed {
+        provider: Address,
+    },
+    /// The validator set for the heights after this block: (address, power).
+    ValidatorSetChanged {
+        validators: Vec<(Address, u64)>,
+    },
 }

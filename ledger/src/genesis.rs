@@ -67,6 +67,7 @@ impl Genesis {
             unbonding: BTreeMap::new(),
             slashed_windows: BTreeSet::new(),
             slashed_equivocations: BTreeSet::new(),
+            last_validators: validators.clone(),
             validators,
         };
         Ok(State::from_data(data, self.hash()))
@@ -88,6 +89,8 @@ impl Genesis {
             }
             set.push(Validator { address: *v, power: stake.0 });
         }
+        // Canonical order, the same the epoch rotation produces.
+        set.sort_by_key(|v| v.address);
         Ok(set)
     }
 }

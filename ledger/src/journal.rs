@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use agora_protocol::{Address, Amount, Height, LeaseId, TimestampMs};
 
-use crate::state::{Account, Lease, Provider, State};
+use crate::state::{Account, Lease, Provider, State, Validator};
 
 /// One recorded write, holding the value it replaced.
 #[derive(Clone, Debug)]
@@ -20,6 +20,8 @@ pub(crate) enum Undo {
     SlashedEquivocation((Address, u64), bool),
     Burned(Amount),
     Head(Height, TimestampMs),
+    Validators(Vec<Validator>),
+    LastValidators(Vec<Validator>),
 }
 
 /// A position in the journal to roll back to.
@@ -61,6 +63,8 @@ impl State {
                 Undo::SlashedEquivocation(k, was) => _ = put_flag(&mut d.slashed_equivocations, k, was),
                 Undo::Burned(v) => d.burned = v,
                 Undo::Head(h, t) => (d.height, d.time_ms) = (h, t),
+                Undo::Validators(v) => d.validators = v,
+                Undo::LastValidators(v) => d.last_validators = v,
             }
         }
     }
@@ -116,5 +120,20 @@ impl State {
     pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs) {
         self.journal.push(Undo::Head(self.data.height, self.data.time_ms));
         (self.data.height, self.data.time_ms) = (height, time_ms);
+    }
+}
+
+impl State {
+    pub(crate) fn set_validators(&mut self, validators: Vec<Validator>) {
+        let old = std::mem::replace(&mut self.data.validators, validators);
+        self.journal.push(Undo::Validators(old));
+    }
+
+    /// Records that the current validators are deciding the block being applied.
+    pub(crate) fn note_deciding_validators(&mut self) {
+        if self.data.last_validators != self.data.validators {
+            let old = std::mem::replace(&mut self.data.last_validators, self.data.validators.clone());
+            self.journal.push(Undo::LastValidators(old));
+        }
     }
 }

@@ -17,6 +17,7 @@ mod slashing;
 pub mod state;
 pub mod store;
 pub mod testkit;
+pub mod validators;
 
 pub use apply::{BlockBuilder, BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
 pub use error::Error;

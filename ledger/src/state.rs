@@ -100,7 +100,12 @@ pub(crate) struct StateData {
     pub slashed_windows: BTreeSet<(Address, Height, Height)>,
     /// Heartbeat sequence numbers already slashed for equivocation.
     pub slashed_equivocations: BTreeSet<(Address, u64)>,
+    /// The validators for the next height.
     pub validators: Vec<Validator>,
+    /// The validators that decided the latest block (differs from
+    /// `validators` right after an epoch rotation); its certificate is
+    /// checked against them.
+    pub last_validators: Vec<Validator>,
 }
 
 /// The ledger state after some height. `last_block_hash` is outside the
@@ -165,8 +170,13 @@ impl State {
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.data.leases.values()
     }
+    /// The validators for the next height.
     pub fn validators(&self) -> &[Validator] {
         &self.data.validators
+    }
+    /// The validators that decided the latest block.
+    pub fn last_validators(&self) -> &[Validator] {
+        &self.data.last_validators
     }
     /// Unbonding entries as (release height, account, amount).
     pub fn unbonding_entries(&self) -> impl Iterator<Item = (Height, Address, Amount)> + '_ {

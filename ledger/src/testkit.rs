@@ -53,12 +53,14 @@ impl TestChain {
         self.keys[i].address()
     }
 
-    /// Builds the next block on `state` from `txs`, proposed by validator 0,
+    /// Builds the next block on `state` from `txs`, proposed by a current validator,
     /// one block interval after the current block time. Rejected candidates
     /// are left out.
     pub fn next_block(&self, state: &mut State, txs: Vec<SignedTx>) -> Result<Block, Error> {
         let time = TimestampMs(state.time_ms().0 + BLOCK_INTERVAL_MS);
-        let (block, _rejected) = build_block(state, txs, time, self.address(0), None)?;
+        // Any current validator may propose as far as the ledger is concerned.
+        let proposer = state.validators().first().map_or(self.address(0), |v| v.address);
+        let (block, _rejected) = build_block(state, txs, time, proposer, None)?;
         Ok(block)
     }
 }

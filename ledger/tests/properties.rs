@@ -21,8 +21,13 @@ fn keys() -> Vec<Keypair> {
 /// Five ordinary accounts and one holding the rest of `u64::MAX`, so sums
 /// sit right at the edge of overflow.
 fn genesis(keys: &[Keypair]) -> Genesis {
-    let params =
-        Params { unbonding_blocks: 3, jail_blocks: 2, min_provider_stake: Amount::agr(100), ..Params::default() };
+    let params = Params {
+        unbonding_blocks: 3,
+        jail_blocks: 2,
+        min_provider_stake: Amount::agr(100),
+        epoch_blocks: 3,
+        ..Params::default()
+    };
     let normal = Amount::agr(1_000);
     let stake = |i: usize| {
         if i < VALIDATORS { Amount::agr(500) } else { Amount::ZERO }
@@ -209,7 +214,8 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
 fn prelude(keys: &[Keypair], state: &mut State) -> Block {
     let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
     let time = TimestampMs(state.time_ms().0 + 1_000);
-    let mut builder = BlockBuilder::new(state, time, keys[0].address()).unwrap();
+    let proposer = state.validators()[0].address;
+    let mut builder = BlockBuilder::new(state, time, proposer).unwrap();
     for p in PROVIDERS {
         builder.push(sign_tx(&keys[p], 0, TxKind::Stake { amount: Amount::agr(300) })).unwrap();
         let register = TxKind::RegisterProvider { region: "us-east".into(), gpus: gpus.clone() };
@@ -234,7 +240,8 @@ fn run(ops: &[Op]) -> Result<(Vec<Block>, Hash), TestCaseError> {
             _ => 1,
         };
         let time = TimestampMs(state.time_ms().0 + secs * 1_000);
-        let mut builder = BlockBuilder::new(&mut state, time, keys[0].address()).unwrap();
+        let proposer = state.validators()[0].address;
+        let mut builder = BlockBuilder::new(&mut state, time, proposer).unwrap();
         for op in chunk.iter().filter(|op| !matches!(op, Op::EndBlock { .. })) {
             let tx = materialize(op, &keys, builder.state(), &chain);
             let before = builder.state().clone();

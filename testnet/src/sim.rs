@@ -10,14 +10,16 @@ use std::time::Duration;
 use agora_ledger::consensus::certificate::verify_commit;
 use agora_ledger::consensus::context::ConsensusValidatorSet;
 use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LinearTimeouts, Timer, WalEntry};
-use agora_ledger::testkit::{TestChain, transfer};
+use agora_ledger::testkit::{TestChain, sign_tx, transfer};
 use agora_ledger::{Genesis, SigCheck, State, apply_block};
 use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
-use agora_protocol::{Address, Amount, Block, CommitCertificate, Hash, Height, Keypair, Signed};
+use agora_protocol::{Address, Amount, Block, CommitCertificate, Hash, Height, Keypair, Signed, TxKind};
 
 /// Funded accounts that send the simulated client load.
 const CLIENT_ACCOUNTS: usize = 64;
+/// Blocks per validator-set epoch in simulations.
+const SIM_EPOCH_BLOCKS: u64 = 4;
 
 /// What can go wrong on the simulated network, in per-mille probabilities.
 #[derive(Clone, Debug)]
@@ -109,6 +111,8 @@ pub struct SimReport {
     pub committed_txs: u64,
     /// Equivocation evidence honest nodes produced against the Byzantine validator.
     pub evidence: u64,
+    /// Heights whose deciding validator set differed from the previous height's.
+    pub set_changes: u64,
     /// A digest of every commit in order: equal for equal runs.
     pub trace: Hash,
 }
@@ -167,7 +171,9 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
-        let chain = TestChain::new(config.validators + CLIENT_ACCOUNTS, config.validators, Amount::agr(1_000_000));
+        let mut chain = TestChain::new(config.validators + CLIENT_ACCOUNTS, config.validators, Amount::agr(1_000_000));
+        // Short epochs, so runs cross several validator-set rotations.
+        chain.genesis.params.epoch_blocks = SIM_EPOCH_BLOCKS;
         let engine_config =
             EngineConfig { timeouts: config.timeouts, max_block_time_drift_ms: 5_000, is_validator: true };
         let nodes = (0..config.validators)
@@ -271,6 +277,7 @@ impl Sim {
             min_height,
             committed_txs: self.committed_txs,
             evidence: self.evidence,
+            set_changes: self.sets.values().zip(self.sets.values().skip(1)).filter(|(a, b)| a != b).count() as u64,
             trace: Hash(*self.trace.finalize().as_bytes()),
         })
     }
@@ -331,7 +338,13 @@ impl Sim {
             let c = self.rng.below(self.clients.len() as u64) as usize;
             let to = self.clients[(c + 1) % self.clients.len()].0.address();
             let (key, nonce) = &mut self.clients[c];
-            let tx = transfer(key, *nonce, to, Amount(1 + self.rng.below(1_000)));
+            // Mostly transfers; some small stakes, which change the validator
+            // set at the next epoch (with power too small to stall consensus).
+            let tx = if self.rng.below(8) == 0 {
+                sign_tx(key, *nonce, TxKind::Stake { amount: Amount(1 + self.rng.below(Amount::agr(5).0)) })
+            } else {
+                transfer(key, *nonce, to, Amount(1 + self.rng.below(1_000)))
+            };
             *nonce += 1;
             for i in 0..self.nodes.len() {
                 if self.nodes[i].alive {
@@ -549,12 +562,15 @@ impl Sim {
         Ok(())
     }
 
-    /// The validator set that decided height `h` (the set of the ledger
-    /// state just before it; sets change only at epoch boundaries).
+    /// The validator set that decided height `h`, as recorded by the first
+    /// node to commit it (all nodes' states are checked to agree).
     fn validator_set_at(&mut self, node: usize, h: u64) -> ConsensusValidatorSet {
         self.sets
             .entry(h)
-            .or_insert_with(|| ConsensusValidatorSet::from_state(self.nodes[node].engine.ledger()))
+            .or_insert_with(|| {
+                let deciders = self.nodes[node].engine.ledger().last_validators();
+                ConsensusValidatorSet::new(deciders.iter().map(|v| (v.address, v.power)))
+            })
             .clone()
     }
 }

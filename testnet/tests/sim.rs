@@ -43,11 +43,14 @@ fn replay_seed() {
 fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
     let seeds = env_u64("AGORA_SIM_SEEDS").unwrap_or(default_seeds);
     let started = std::time::Instant::now();
-    let mut evidence = 0;
+    let (mut evidence, mut set_changes) = (0, 0);
     for seed in 0..seeds {
-        evidence += run(SimConfig::all_faults(seed, validators)).evidence;
+        let report = run(SimConfig::all_faults(seed, validators));
+        evidence += report.evidence;
+        set_changes += report.set_changes;
     }
     eprintln!("{seeds} seeds of {validators} validators with all faults in {:?}", started.elapsed());
+    assert!(set_changes > 0, "no run crossed a validator-set change");
     evidence
 }
 

@@ -396,11 +396,13 @@ impl Host {
             return Err(Error::BlockTooFarAhead);
         }
         if let Some(cert) = &block.last_commit {
-            // Verified against the set that committed the parent: the current
-            // set, since sets change only at epoch boundaries (checked there).
+            // Verified against the set that decided the parent, which differs
+            // from the current one right after an epoch rotation.
+            let deciders =
+                ConsensusValidatorSet::new(self.ledger.last_validators().iter().map(|v| (v.address, v.power)));
             super::certificate::verify_commit(
                 &self.chain,
-                &validator_set(&self.ledger),
+                &deciders,
                 cert,
                 self.ledger.height(),
                 self.ledger.last_block_hash(),
