@@ -3,6 +3,7 @@
 //! one line on stderr and a non-zero exit code; every query has `--json`.
 
 mod keys;
+mod ledger;
 mod testnet;
 
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ enum Command {
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Inspect a ledger store: status, validators, accounts
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
     /// Run local agora networks
     #[command(subcommand)]
     Testnet(testnet::TestnetCommand),
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = home_dir(cli.home).and_then(|home| match cli.command {
         Command::Keys(cmd) => keys::run(&home, cmd),
+        Command::Ledger(cmd) => ledger::run(&home, cmd),
         Command::Testnet(cmd) => testnet::run(cmd),
     });
     match result {

@@ -97,6 +97,20 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     assert_eq!(spent, earned, "the buyer paid exactly what the provider earned");
     assert_eq!(micros("provider_paid") + micros("buyer_refunded"), micros("escrow"));
     assert!(micros("buyer_refunded") > micros("provider_paid"), "a short job is paid pro-rata, not in full");
+    // The ledger it left behind can be inspected.
+    let home = dir.path().join("home");
+    let data = demo_dir.join("ledger");
+    let data = data.to_str().unwrap();
+    let status = json(&agora(&home, &["ledger", "status", "--data", data, "--json"]));
+    assert_eq!(status["height"], 4);
+    assert_eq!(status["chain_id"], "agora-demo-1");
+    let validators = json(&agora(&home, &["ledger", "validators", "--data", data, "--json"]));
+    assert_eq!(validators.as_array().unwrap().len(), 1);
+    let buyer = report["buyer"].as_str().unwrap();
+    let account = json(&agora(&home, &["ledger", "account", buyer, "--data", data, "--json"]));
+    assert_eq!(account["balance"], report["buyer_balance_after"]);
+    assert_one_line_error(&agora(&home, &["ledger", "account", "agora1bogus", "--data", data]), "invalid address");
+    assert_one_line_error(&agora(&home, &["ledger", "status", "--data", "/nonexistent/agora"]), "no ledger store");
     // The directory now holds a ledger: a second demo there is refused.
     let again =
         Command::new(env!("CARGO_BIN_EXE_agora")).args(["testnet", "demo", "--dir"]).arg(&demo_dir).output().unwrap();

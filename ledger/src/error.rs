@@ -86,6 +86,8 @@ pub enum Error {
     Storage(#[from] sled::Error),
     #[error("store is corrupt at height {height}: {reason}")]
     Corrupt { height: Height, reason: String },
+    #[error("no ledger store at {0}")]
+    NoStore(String),
     #[error("store belongs to another genesis (stored {stored}, given {given})")]
     GenesisMismatch { stored: Hash, given: Hash },
 }

@@ -28,6 +28,13 @@ pub struct Genesis {
     pub validators: Vec<Address>,
 }
 
+impl agora_protocol::Wire for Genesis {
+    const NAME: &'static str = "genesis";
+    const VERSION: u8 = 1;
+    /// Local files and stores only; room for a hundred thousand accounts.
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+}
+
 impl Genesis {
     /// The genesis identity, used as block 1's parent hash.
     pub fn hash(&self) -> Hash {

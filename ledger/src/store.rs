@@ -1,7 +1,7 @@
 //! The durable block store and state store on sled: the only ledger module
-//! that does I/O. A commit writes the block, the new tip and (every
-//! `SNAPSHOT_INTERVAL_BLOCKS`) a state snapshot in one sled transaction and
-//! flushes before returning. Opening verifies the whole hash chain, loads the
+//! that does I/O. A commit writes the block, its certificate, the new tip and
+//! (every `SNAPSHOT_INTERVAL_BLOCKS`) a state snapshot in one sled transaction,
+//! drops the consensus WAL of that height, and flushes before returning. Opening verifies the whole hash chain, loads the
 //! newest snapshot and replays the blocks after it; any inconsistency is an
 //! error naming the height.
 
@@ -9,11 +9,12 @@ use std::path::Path;
 
 use agora_protocol::codec::{self, Wire};
 use agora_protocol::limits::MAX_STATE_SNAPSHOT_BYTES;
-use agora_protocol::{Block, Hash, Height};
+use agora_protocol::{Block, CommitCertificate, Hash, Height};
 use sled::transaction::ConflictableTransactionError;
 use sled::{Transactional, Tree};
 
 use crate::apply::{BlockOutcome, SigCheck, apply_block, apply_block_pending, finish_block};
+use crate::consensus::WalEntry;
 use crate::error::Error;
 use crate::genesis::Genesis;
 use crate::state::{State, StateData};
@@ -23,6 +24,7 @@ use crate::state::{State, StateData};
 pub const SNAPSHOT_INTERVAL_BLOCKS: u64 = 32;
 
 const META_GENESIS: &[u8] = b"genesis_hash";
+const META_GENESIS_DOC: &[u8] = b"genesis";
 const META_TIP: &[u8] = b"tip_height";
 
 impl Wire for StateData {
@@ -37,6 +39,8 @@ pub struct Store {
     meta: Tree,
     blocks: Tree,
     snapshots: Tree,
+    certificates: Tree,
+    wal: Tree,
     genesis: Genesis,
     state: State,
     snapshot_height: Option<Height>,
@@ -44,6 +48,20 @@ pub struct Store {
 
 fn key(h: Height) -> [u8; 8] {
     h.0.to_be_bytes()
+}
+
+fn parse_wal_key(k: &[u8]) -> Option<(Height, u64)> {
+    let k: &[u8; 16] = k.try_into().ok()?;
+    let (h, seq) = k.split_at(8);
+    Some((Height(u64::from_be_bytes(h.try_into().ok()?)), u64::from_be_bytes(seq.try_into().ok()?)))
+}
+
+/// WAL keys sort by height, then append order.
+fn wal_key(h: Height, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&h.0.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn corrupt(height: Height, reason: impl Into<String>) -> Error {
@@ -55,7 +73,7 @@ impl Store {
     /// hash chain and rebuilding the state at the last committed block.
     pub fn open(path: &Path, genesis: &Genesis) -> Result<Store, Error> {
         let db = sled::Config::new().path(path).open()?;
-        let (meta, blocks, snapshots) = (db.open_tree("meta")?, db.open_tree("blocks")?, db.open_tree("snapshots")?);
+        let meta = db.open_tree("meta")?;
         let genesis_hash = genesis.hash();
         match meta.get(META_GENESIS)? {
             Some(stored) if stored.as_ref() != genesis_hash.0 => {
@@ -64,17 +82,39 @@ impl Store {
             }
             Some(_) => {}
             None => {
+                meta.insert(META_GENESIS_DOC, codec::encode(genesis)?)?;
                 meta.insert(META_GENESIS, &genesis_hash.0)?;
                 db.flush()?;
             }
         }
+        Store::open_db(db, meta, genesis.clone())
+    }
+
+    /// Opens an existing store, using the genesis recorded in it.
+    pub fn open_existing(path: &Path) -> Result<Store, Error> {
+        if !path.exists() {
+            return Err(Error::NoStore(path.display().to_string()));
+        }
+        let db = sled::Config::new().path(path).open()?;
+        let meta = db.open_tree("meta")?;
+        let bytes = meta.get(META_GENESIS_DOC)?.ok_or_else(|| Error::NoStore(path.display().to_string()))?;
+        let genesis: Genesis = codec::decode(&bytes).map_err(|e| corrupt(Height(0), format!("genesis: {e}")))?;
+        if meta.get(META_GENESIS)?.as_deref() != Some(&genesis.hash().0[..]) {
+            return Err(corrupt(Height(0), "stored genesis does not match its hash"));
+        }
+        Store::open_db(db, meta, genesis)
+    }
+
+    fn open_db(db: sled::Db, meta: Tree, genesis: Genesis) -> Result<Store, Error> {
         let mut store = Store {
+            blocks: db.open_tree("blocks")?,
+            snapshots: db.open_tree("snapshots")?,
+            certificates: db.open_tree("certificates")?,
+            wal: db.open_tree("wal")?,
+            state: genesis.state()?,
+            genesis,
             db,
             meta,
-            blocks,
-            snapshots,
-            genesis: genesis.clone(),
-            state: genesis.state()?,
             snapshot_height: None,
         };
         store.recover()?;
@@ -151,9 +191,19 @@ impl Store {
     /// flushed to disk before returning. On any error nothing is committed and
     /// the in-memory state is unchanged.
     pub fn commit(&mut self, block: &Block) -> Result<BlockOutcome, Error> {
+        self.commit_inner(block, None)
+    }
+
+    /// Like `commit`, and stores the block's commit certificate with it (for
+    /// block sync) and drops the write-ahead log of its height, atomically.
+    pub fn commit_certified(&mut self, block: &Block, certificate: &CommitCertificate) -> Result<BlockOutcome, Error> {
+        self.commit_inner(block, Some(certificate))
+    }
+
+    fn commit_inner(&mut self, block: &Block, certificate: Option<&CommitCertificate>) -> Result<BlockOutcome, Error> {
         let mark = self.state.checkpoint();
         let result = apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
-            self.persist(block)?;
+            self.persist(block, certificate)?;
             Ok(outcome)
         });
         match result {
@@ -168,28 +218,71 @@ impl Store {
         }
     }
 
-    fn persist(&mut self, block: &Block) -> Result<(), Error> {
+    fn persist(&mut self, block: &Block, certificate: Option<&CommitCertificate>) -> Result<(), Error> {
         let height = block.header.height;
         let block_bytes = codec::encode(block)?;
+        let cert_bytes = certificate.map(codec::encode).transpose()?;
         let snapshot =
             if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
         let previous = self.snapshot_height;
-        (&self.meta, &self.blocks, &self.snapshots).transaction(|(meta, blocks, snapshots)| {
-            blocks.insert(&key(height), block_bytes.as_slice())?;
-            meta.insert(META_TIP, &key(height))?;
-            if let Some(snap) = &snapshot {
-                snapshots.insert(&key(height), snap.as_slice())?;
-                if let Some(prev) = previous {
-                    snapshots.remove(&key(prev))?;
+        // WAL entries of this height and below are obsolete once it commits.
+        let stale_wal: Vec<sled::IVec> =
+            self.wal.range(..wal_key(height.next(), 0)).keys().collect::<Result<_, _>>()?;
+        (&self.meta, &self.blocks, &self.snapshots, &self.certificates, &self.wal).transaction(
+            |(meta, blocks, snapshots, certificates, wal)| {
+                blocks.insert(&key(height), block_bytes.as_slice())?;
+                meta.insert(META_TIP, &key(height))?;
+                if let Some(cert) = &cert_bytes {
+                    certificates.insert(&key(height), cert.as_slice())?;
                 }
-            }
-            Ok::<(), ConflictableTransactionError<Error>>(())
-        })?;
+                if let Some(snap) = &snapshot {
+                    snapshots.insert(&key(height), snap.as_slice())?;
+                    if let Some(prev) = previous {
+                        snapshots.remove(&key(prev))?;
+                    }
+                }
+                for k in &stale_wal {
+                    wal.remove(k)?;
+                }
+                Ok::<(), ConflictableTransactionError<Error>>(())
+            },
+        )?;
         self.db.flush()?;
         if snapshot.is_some() {
             self.snapshot_height = Some(height);
         }
         Ok(())
+    }
+
+    /// Appends a consensus write-ahead-log entry for `height`, durable when
+    /// this returns (Malachite's WalAppend contract).
+    pub fn wal_append(&self, height: Height, entry: &WalEntry) -> Result<(), Error> {
+        let seq = match self.wal.last()? {
+            None => 0,
+            Some((k, _)) => parse_wal_key(&k).ok_or_else(|| corrupt(height, "malformed wal key"))?.1 + 1,
+        };
+        self.wal.insert(wal_key(height, seq), codec::encode(entry)?)?;
+        self.wal.flush()?;
+        Ok(())
+    }
+
+    /// Every WAL entry in append order, with its height.
+    pub fn wal_entries(&self) -> Result<Vec<(Height, WalEntry)>, Error> {
+        let mut out = Vec::new();
+        for item in self.wal.iter() {
+            let (k, v) = item?;
+            let (height, _) = parse_wal_key(&k).ok_or_else(|| corrupt(self.height(), "malformed wal key"))?;
+            out.push((height, codec::decode(&v).map_err(|e| corrupt(height, format!("wal: {e}")))?));
+        }
+        Ok(out)
+    }
+
+    /// The commit certificate stored with a block, if it was committed with one.
+    pub fn certificate(&self, h: Height) -> Result<Option<CommitCertificate>, Error> {
+        match self.certificates.get(key(h))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| corrupt(h, format!("certificate: {e}"))),
+        }
     }
 
     pub fn state(&self) -> &State {

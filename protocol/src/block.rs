@@ -60,6 +60,13 @@ pub struct Block {
     pub last_commit: Option<CommitCertificate>,
 }
 
+impl Wire for CommitCertificate {
+    const NAME: &'static str = "commit certificate";
+    const VERSION: u8 = 1;
+    /// 100 validators × (32-byte address + 64-byte signature) plus the header fields.
+    const MAX_BYTES: usize = 16 * 1024;
+}
+
 impl Wire for Block {
     const NAME: &'static str = "block";
     const VERSION: u8 = 1;
