@@ -2,6 +2,7 @@
 //! later issues), buyers (keys, offers, jobs) and local testnets. Errors are
 //! one line on stderr and a non-zero exit code; every query has `--json`.
 
+mod bench;
 mod keys;
 mod ledger;
 mod testnet;
@@ -29,6 +30,9 @@ enum Command {
     /// Inspect a ledger store: status, validators, accounts
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
+    /// Benchmarks that print JSON figures
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run local agora networks
     #[command(subcommand)]
     Testnet(testnet::TestnetCommand),
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
     let result = home_dir(cli.home).and_then(|home| match cli.command {
         Command::Keys(cmd) => keys::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Testnet(cmd) => testnet::run(cmd),
     });
     match result {

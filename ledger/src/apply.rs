@@ -108,14 +108,29 @@ fn check_header(state: &State, h: &Header, tx_count: usize) -> Result<(), Error>
 
 /// Batch-verifies the signatures of all transactions of a block.
 fn verify_tx_signatures(state: &State, txs: &[SignedTx]) -> Result<(), Error> {
+    verify_tx_signatures_where(state, txs, |_| true)
+}
+
+/// Batch-verifies the signatures of the transactions `needs` selects (the
+/// consensus engine skips those its mempool already verified).
+pub(crate) fn verify_tx_signatures_where(
+    state: &State,
+    txs: &[SignedTx],
+    needs: impl Fn(&SignedTx) -> bool,
+) -> Result<(), Error> {
     let mut items = Vec::with_capacity(txs.len());
-    for tx in txs {
+    let mut indices = Vec::with_capacity(txs.len());
+    for (i, tx) in txs.iter().enumerate().filter(|(_, tx)| needs(tx)) {
         items.push(BatchItem { digest: tx.digest(state.chain_id())?, signature: tx.signature, signer: tx.signer });
+        indices.push(i);
     }
-    verify_batch(&items).map_err(|index| Error::InBlock {
-        index,
-        kind: txs[index].body.kind.name(),
-        source: Box::new(Error::BadSignature("transaction signature does not match its sender".into())),
+    verify_batch(&items).map_err(|k| {
+        let index = indices[k];
+        Error::InBlock {
+            index,
+            kind: txs[index].body.kind.name(),
+            source: Box::new(Error::BadSignature("transaction signature does not match its sender".into())),
+        }
     })
 }
 

@@ -16,8 +16,10 @@ use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{Address, Amount, Block, CommitCertificate, Hash, Height, Keypair, Signed, TxKind};
 
-/// Funded accounts that send the simulated client load.
+/// Funded accounts that send the simulated client load, by default.
 const CLIENT_ACCOUNTS: usize = 64;
+/// Transactions per mempool batch when preloading.
+const PRELOAD_BATCH: usize = 256;
 /// Blocks per validator-set epoch in simulations.
 const SIM_EPOCH_BLOCKS: u64 = 4;
 
@@ -49,6 +51,12 @@ pub struct SimConfig {
     pub txs_per_second: u64,
     /// Stop once every node has committed this many blocks…
     pub target_height: u64,
+    /// Funded client accounts.
+    pub clients: usize,
+    /// Transfers handed to every node's mempool before the start (benchmarks).
+    pub preload_txs: usize,
+    /// With a preload: stop once all of it is committed on every node.
+    pub stop_when_preload_committed: bool,
     /// …or when simulated time passes this (a liveness failure if reached first).
     pub max_time_ms: u64,
     pub timeouts: LinearTimeouts,
@@ -69,6 +77,9 @@ impl SimConfig {
             faults: NetworkFaults::lossy(),
             txs_per_second: 20,
             target_height: 10,
+            clients: CLIENT_ACCOUNTS,
+            preload_txs: 0,
+            stop_when_preload_committed: false,
             max_time_ms: 600_000,
             timeouts: LinearTimeouts {
                 propose: ms(400),
@@ -171,11 +182,11 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
-        let mut chain = TestChain::new(config.validators + CLIENT_ACCOUNTS, config.validators, Amount::agr(1_000_000));
+        let mut chain = TestChain::new(config.validators + config.clients, config.validators, Amount::agr(1_000_000));
         // Short epochs, so runs cross several validator-set rotations.
         chain.genesis.params.epoch_blocks = SIM_EPOCH_BLOCKS;
         let engine_config =
-            EngineConfig { timeouts: config.timeouts, max_block_time_drift_ms: 5_000, is_validator: true };
+            EngineConfig { commit_pause: Duration::ZERO, timeouts: config.timeouts, ..EngineConfig::default() };
         let nodes = (0..config.validators)
             .map(|i| {
                 let engine = Engine::new(
@@ -253,7 +264,8 @@ impl Sim {
         }
         self.push(self.now_ms, Event::ClientLoad);
         self.plan_faults();
-        while self.nodes.iter().any(|n| n.height < self.config.target_height) {
+        self.preload()?;
+        while !self.done() {
             let Some(Reverse((at, seq))) = self.queue.pop() else {
                 return Err(self.fail("no events left: the network stalled".into()));
             };
@@ -280,6 +292,34 @@ impl Sim {
             set_changes: self.sets.values().zip(self.sets.values().skip(1)).filter(|(a, b)| a != b).count() as u64,
             trace: Hash(*self.trace.finalize().as_bytes()),
         })
+    }
+
+    fn done(&self) -> bool {
+        if self.config.stop_when_preload_committed {
+            let top = self.canonical.keys().next_back().copied().unwrap_or(0);
+            return self.committed_txs >= self.config.preload_txs as u64 && self.nodes.iter().all(|n| n.height >= top);
+        }
+        self.nodes.iter().all(|n| n.height >= self.config.target_height)
+    }
+
+    /// Hands `preload_txs` transfers, spread over the clients, to every node,
+    /// in batches as a node's gossip layer would.
+    fn preload(&mut self) -> Result<(), SimFailure> {
+        let txs: Vec<_> = (0..self.config.preload_txs)
+            .map(|i| {
+                let c = i % self.clients.len();
+                let to = self.clients[(c + 1) % self.clients.len()].0.address();
+                let (key, nonce) = &mut self.clients[c];
+                *nonce += 1;
+                transfer(key, *nonce - 1, to, Amount(1 + (i as u64 % 1_000)))
+            })
+            .collect();
+        for batch in txs.chunks(PRELOAD_BATCH) {
+            for n in 0..self.nodes.len() {
+                self.feed(n, Input::Txs(batch.to_vec()))?;
+            }
+        }
+        Ok(())
     }
 
     fn start_time(&self) -> u64 {

@@ -56,6 +56,12 @@ impl Mempool {
         Ok(())
     }
 
+    /// Whether exactly this transaction (same body and signature) is queued,
+    /// and so was signature-checked when it entered.
+    pub fn contains(&self, tx: &SignedTx) -> bool {
+        self.txs.get(&(tx.signer, tx.body.nonce)).is_some_and(|queued| queued == tx)
+    }
+
     /// Up to `max` candidates, each account's in nonce order.
     pub fn candidates(&self, max: usize) -> Vec<SignedTx> {
         self.txs.values().take(max).cloned().collect()

@@ -1,0 +1,97 @@
+//! `agora bench consensus`: the deterministic simulation as a benchmark. A
+//! 4-validator network (configurable) with a fixed latency and no faults
+//! commits a preloaded batch of signed transfers; prints JSON figures. With
+//! zero latency this is the pure CPU cost of consensus + ledger for every
+//! node, all on one core: the upper bound for a real network.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use agora_testnet::sim::{NetworkFaults, Sim, SimConfig};
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::print_json;
+
+/// Transfers one client account contributes (below the mempool's per-account cap).
+const TXS_PER_CLIENT: usize = 50;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Committed transactions and blocks per second of a simulated network
+    Consensus {
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// One-way message latency in simulated milliseconds
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Signed transfers to commit (at most 10,000: the mempool's capacity)
+        #[arg(long, default_value_t = 10_000)]
+        txs: usize,
+        /// Empty blocks to commit for the blocks/s figure
+        #[arg(long, default_value_t = 200)]
+        blocks: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct Report {
+    validators: usize,
+    latency_ms: u64,
+    txs_committed: u64,
+    txs_wall_ms: u128,
+    txs_per_sec_wall: f64,
+    txs_per_sec_simulated: f64,
+    blocks_for_txs: u64,
+    empty_blocks: u64,
+    empty_blocks_wall_ms: u128,
+    blocks_per_sec_wall: f64,
+    blocks_per_sec_simulated: f64,
+}
+
+fn config(validators: usize, latency_ms: u64) -> SimConfig {
+    let mut c = SimConfig::new(1, validators);
+    c.faults = NetworkFaults {
+        latency_min_ms: latency_ms,
+        latency_max_ms: latency_ms,
+        drop_per_mille: 0,
+        duplicate_per_mille: 0,
+    };
+    c.txs_per_second = 0;
+    c
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Consensus { validators, latency_ms, txs, blocks } = cmd;
+    anyhow::ensure!((1..=100).contains(&validators), "--validators must be 1 to 100");
+    anyhow::ensure!(txs <= agora_ledger::consensus::mempool::MAX_MEMPOOL_TXS, "--txs must be at most 10000");
+    let mut c = config(validators, latency_ms);
+    c.clients = txs.div_ceil(TXS_PER_CLIENT).max(1);
+    c.preload_txs = txs;
+    c.stop_when_preload_committed = true;
+    let started = Instant::now();
+    let with_txs = Sim::new(c).run()?;
+    let txs_wall = started.elapsed();
+
+    let mut c = config(validators, latency_ms);
+    c.target_height = blocks;
+    let started = Instant::now();
+    let empty = Sim::new(c).run()?;
+    let blocks_wall = started.elapsed();
+
+    let per_sec = |n: u64, ms: f64| if ms > 0.0 { n as f64 * 1_000.0 / ms } else { f64::INFINITY };
+    print_json(&Report {
+        validators,
+        latency_ms,
+        txs_committed: with_txs.committed_txs,
+        txs_wall_ms: txs_wall.as_millis(),
+        txs_per_sec_wall: per_sec(with_txs.committed_txs, txs_wall.as_secs_f64() * 1_000.0),
+        txs_per_sec_simulated: per_sec(with_txs.committed_txs, with_txs.sim_time_ms as f64),
+        blocks_for_txs: with_txs.min_height,
+        empty_blocks: empty.min_height,
+        empty_blocks_wall_ms: blocks_wall.as_millis(),
+        blocks_per_sec_wall: per_sec(empty.min_height, blocks_wall.as_secs_f64() * 1_000.0),
+        blocks_per_sec_simulated: per_sec(empty.min_height, empty.sim_time_ms as f64),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,122 @@
+//! The consensus engine without a network: a lone validator commits one
+//! block per next-height timer (never in a loop), commit certificates are
+//! checked strictly, and a restart from the WAL re-signs exactly the same votes.
+
+use std::time::Duration;
+
+use agora_ledger::consensus::certificate::verify_commit;
+use agora_ledger::consensus::context::ConsensusValidatorSet;
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, WalEntry};
+use agora_ledger::testkit::{TestChain, chain_id};
+use agora_protocol::consensus::{ConsensusMessage, Vote, VoteKind};
+use agora_protocol::{Amount, CommitCertificate, CommitSig, Hash, Height, Signed};
+
+fn config() -> EngineConfig {
+    EngineConfig { commit_pause: Duration::ZERO, ..EngineConfig::default() }
+}
+
+fn commits(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Commit { block, .. } => Some(block.header.height.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn next_height_timer(actions: &[Action]) -> Option<Input> {
+    actions.iter().find_map(|a| match a {
+        Action::ScheduleTimeout { timer, .. } if timer.is_next_height() => Some(Input::TimeoutElapsed(*timer)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_lone_validator_commits_one_block_per_next_height_timer() {
+    let chain = TestChain::new(2, 1, Amount::agr(1_000));
+    let mut engine = Engine::new(chain_id(), chain.keys[0].clone(), chain.state(), None, config());
+    let now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let actions = engine.handle(now, Input::Start);
+    assert_eq!(commits(&actions), vec![1], "exactly one block per call, no runaway loop");
+    let timer = next_height_timer(&actions).expect("the next height waits on a timer");
+    let actions = engine.handle(now + 1_000, timer);
+    assert_eq!(commits(&actions), vec![2]);
+    assert_eq!(engine.ledger().height(), Height(2));
+}
+
+#[test]
+fn commit_certificates_need_two_thirds_of_distinct_valid_signers() {
+    let chain = TestChain::new(5, 4, Amount::agr(1_000));
+    let state = chain.state();
+    let set = ConsensusValidatorSet::from_state(&state);
+    let block = Hash([7; 32]);
+    let sig = |i: usize, block: Hash| {
+        let vote = Vote { kind: VoteKind::Precommit, height: Height(1), round: 0, block: Some(block) };
+        let s = Signed::sign(vote, &chain.keys[i], &chain_id()).unwrap();
+        CommitSig { validator: s.signer, signature: s.signature }
+    };
+    let cert =
+        |sigs: Vec<CommitSig>| CommitCertificate { height: Height(1), round: 0, block_hash: block, signatures: sigs };
+    let check = |c: &CommitCertificate| verify_commit(&chain_id(), &set, c, Height(1), block);
+    assert!(check(&cert(vec![sig(0, block), sig(1, block), sig(2, block)])).is_ok());
+    assert!(check(&cert(vec![sig(0, block), sig(1, block)])).is_err(), "2 of 4 is not more than 2/3");
+    assert!(check(&cert(vec![sig(0, block), sig(1, block), sig(1, block)])).is_err(), "a signer counts once");
+    assert!(check(&cert(vec![sig(0, block), sig(1, block), sig(4, block)])).is_err(), "account 4 is no validator");
+    let other = Hash([8; 32]);
+    assert!(check(&cert(vec![sig(0, block), sig(1, block), sig(2, other)])).is_err(), "a vote for another block");
+    let mut forged = sig(2, block);
+    forged.signature.0[0] ^= 1;
+    assert!(check(&cert(vec![sig(0, block), sig(1, block), forged])).is_err());
+    assert!(
+        verify_commit(&chain_id(), &set, &cert(vec![sig(0, block), sig(1, block), sig(2, block)]), Height(2), block)
+            .is_err()
+    );
+}
+
+fn own_votes(actions: &[Action]) -> Vec<Signed<Vote>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Broadcast(ConsensusMessage::Vote(v)) => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_from_the_wal_re_signs_the_same_votes() {
+    // Four validators; we run validator `me` alone, so it prevotes nil after its
+    // propose timeout and can go no further: the state a crash would interrupt.
+    let chain = TestChain::new(4, 4, Amount::agr(1_000));
+    let now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let me = 0;
+    let mut engine = Engine::new(chain_id(), chain.keys[me].clone(), chain.state(), None, config());
+    let mut actions = engine.handle(now, Input::Start);
+    let mut wal: Vec<(Height, WalEntry)> = Vec::new();
+    let mut votes = Vec::new();
+    let mut timers = std::collections::VecDeque::new();
+    for step in 0..20u64 {
+        for a in &actions {
+            match a {
+                Action::WalAppend { height, entry } => wal.push((*height, entry.clone())),
+                Action::ScheduleTimeout { timer, .. } => timers.push_back(*timer),
+                _ => {}
+            }
+        }
+        votes.extend(own_votes(&actions));
+        let Some(timer) = timers.pop_front() else { break };
+        actions = engine.handle(now + 1_000 * (step + 1), Input::TimeoutElapsed(timer));
+    }
+    assert!(!votes.is_empty(), "the validator should have voted");
+    assert!(wal.iter().any(|(_, e)| matches!(e, WalEntry::Vote(_))), "its votes are in the WAL");
+    let (_, replayed) = Engine::restart(chain_id(), chain.keys[me].clone(), chain.state(), None, config(), &wal, now);
+    let replayed = own_votes(&replayed);
+    assert!(!replayed.is_empty(), "the replay re-derives and re-sends its votes");
+    for v in replayed {
+        let before = votes.iter().find(|b| b.body.round == v.body.round && b.body.kind == v.body.kind);
+        let before = before.expect("the replay only re-sends votes it cast before the crash");
+        assert_eq!(before.body, v.body, "re-signed a different vote after restart");
+        assert_eq!(before.signature, v.signature, "ed25519 is deterministic: the same vote, the same signature");
+    }
+}
