@@ -244,21 +244,20 @@ impl<'a> BlockBuilder<'a> {
 
     /// Adds a transaction if it applies; on error the state is unchanged.
     pub fn push(&mut self, tx: SignedTx) -> Result<Vec<Event>, Error> {
-        if self.is_full() {
-            return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
-        }
-        let events = apply_tx(self.state, &tx, SigCheck::Verify)?;
-        self.txs.push(tx);
-        Ok(events)
+        self.push_checked(tx, SigCheck::Verify)
     }
 
     /// Adds a transaction whose signature the caller already verified (the
     /// mempool checks every transaction on entry); on error nothing changes.
     pub fn push_verified(&mut self, tx: SignedTx) -> Result<Vec<Event>, Error> {
+        self.push_checked(tx, SigCheck::Skip)
+    }
+
+    fn push_checked(&mut self, tx: SignedTx, sig: SigCheck) -> Result<Vec<Event>, Error> {
         if self.is_full() {
             return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
         }
-        let events = apply_tx(self.state, &tx, SigCheck::Skip)?;
+        let events = apply_tx(self.state, &tx, sig)?;
         self.txs.push(tx);
         Ok(events)
     }

@@ -74,25 +74,23 @@ impl mc::SigningScheme for Ed25519 {
     type PrivateKey = Keypair;
 
     fn decode_signature(bytes: &[u8]) -> Result<Signature, Self::DecodingError> {
-        let raw: [u8; 64] = bytes.try_into().map_err(|_| agora_protocol::Error::Invalid {
-            what: "signature",
-            reason: format!("{} bytes, expected 64", bytes.len()),
-        })?;
-        Ok(Signature(raw))
+        fixed_bytes("signature", bytes).map(Signature)
     }
     fn encode_signature(signature: &Signature) -> Vec<u8> {
         signature.0.to_vec()
     }
     fn decode_public_key(bytes: &[u8]) -> Result<Address, Self::DecodingError> {
-        let raw: [u8; 32] = bytes.try_into().map_err(|_| agora_protocol::Error::Invalid {
-            what: "public key",
-            reason: format!("{} bytes, expected 32", bytes.len()),
-        })?;
-        Ok(Address(raw))
+        fixed_bytes("public key", bytes).map(Address)
     }
     fn encode_public_key(key: &Address) -> Vec<u8> {
         key.0.to_vec()
     }
+}
+
+fn fixed_bytes<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N], agora_protocol::Error> {
+    bytes
+        .try_into()
+        .map_err(|_| agora_protocol::Error::Invalid { what, reason: format!("{} bytes, expected {N}", bytes.len()) })
 }
 
 /// A vote as Malachite handles it: the wire vote plus its voter and the

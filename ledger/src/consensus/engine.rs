@@ -523,22 +523,11 @@ impl Host {
             }
             Effect::VerifySignature(msg, public_key, r) => r.resume_with(self.verify_signature(&msg, &public_key)),
             Effect::VerifyCommitCertificate(cert, set, _, r) => {
-                let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
-                    validator: s.address.0,
-                    kind: VoteKind::Precommit,
-                    block: Some(cert.value_id),
-                    signature: s.signature,
-                });
-                r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
+                r.resume_with(self.verify_commit_certificate(&cert, &set))
             }
             Effect::VerifyExtendedCommitCertificate(cert, set, _, _, r) => {
-                let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
-                    validator: s.address.0,
-                    kind: VoteKind::Precommit,
-                    block: Some(cert.value_id),
-                    signature: s.signature,
-                });
-                r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
+                // Vote extensions are disabled, so only the precommits matter.
+                r.resume_with(self.verify_commit_certificate(&cert.trim_vote_extensions(), &set))
             }
             Effect::VerifyPolkaCertificate(cert, set, _, r) => {
                 let votes = cert.polka_signatures.iter().map(|s| CertifiedVote {
@@ -553,10 +542,7 @@ impl Host {
                 let votes = cert.round_signatures.iter().map(|s| CertifiedVote {
                     validator: s.address.0,
                     kind: kind_of(s.vote_type),
-                    block: match s.value_id {
-                        NilOrVal::Nil => None,
-                        NilOrVal::Val(h) => Some(h),
-                    },
+                    block: option_of(s.value_id),
                     signature: s.signature,
                 });
                 r.resume_with(self.verify_certificate(&set, cert.height, cert.round, votes))
@@ -590,6 +576,21 @@ impl Host {
                 p.proposer.0 == *public_key && p.to_wire(msg.signature).verify(&self.chain).is_ok()
             }
         }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn verify_commit_certificate(
+        &self,
+        cert: &malachite_core_types::CommitCertificate<AgoraContext>,
+        set: &ConsensusValidatorSet,
+    ) -> Result<(), CertificateError<AgoraContext>> {
+        let votes = cert.commit_signatures.iter().map(|s| CertifiedVote {
+            validator: s.address.0,
+            kind: VoteKind::Precommit,
+            block: Some(cert.value_id),
+            signature: s.signature,
+        });
+        self.verify_certificate(set, cert.height, cert.round, votes)
     }
 
     // The error type is Malachite's resume value, not ours to shrink.
@@ -703,6 +704,13 @@ impl Host {
     }
 }
 
+fn option_of(v: NilOrVal<Hash>) -> Option<Hash> {
+    match v {
+        NilOrVal::Nil => None,
+        NilOrVal::Val(h) => Some(h),
+    }
+}
+
 fn kind_of(t: VoteType) -> VoteKind {
     match t {
         VoteType::Prevote => VoteKind::Prevote,
@@ -749,10 +757,7 @@ pub(crate) fn round_to_wire(c: &RoundCertificate<AgoraContext>) -> VoteCertifica
             .map(|s| CertSig {
                 validator: s.address.0,
                 kind: kind_of(s.vote_type),
-                block: match s.value_id {
-                    NilOrVal::Nil => None,
-                    NilOrVal::Val(h) => Some(h),
-                },
+                block: option_of(s.value_id),
                 signature: s.signature,
             })
             .collect(),
