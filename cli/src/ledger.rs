@@ -17,6 +17,12 @@ pub enum LedgerCommand {
     Status(StoreArgs),
     /// The validator set for the next height, with voting power
     Validators(StoreArgs),
+    /// A committed block's header, transactions and commit certificate
+    Block {
+        height: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// An account's balance, stake, unbonding and nonce
     Account {
         /// agora1… address
@@ -51,6 +57,20 @@ struct StatusView {
     state_root: String,
     supply: agora_protocol::Amount,
     burned: agora_protocol::Amount,
+}
+
+#[derive(Serialize)]
+struct BlockView {
+    height: u64,
+    hash: String,
+    time_ms: u64,
+    parent: String,
+    state_root: String,
+    proposer: Address,
+    txs: Vec<String>,
+    /// Validators whose precommits committed this block.
+    committed_by: Vec<Address>,
+    commit_round: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +119,36 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
                 for v in &views {
                     let share = if total == 0 { 0.0 } else { v.power as f64 * 100.0 / total as f64 };
                     println!("{:<64}  {:>7.2}%  {}", v.address.to_string(), share, v.stake);
+                }
+            }
+        }
+        LedgerCommand::Block { height, store } => {
+            let st = store.open(home)?;
+            let h = agora_protocol::Height(height);
+            let block =
+                st.block(h)?.ok_or_else(|| anyhow::anyhow!("no block at height {height} (tip is {})", st.height()))?;
+            let cert = st.certificate(h)?;
+            let view = BlockView {
+                height,
+                hash: block.hash().to_hex(),
+                time_ms: block.header.time_ms.0,
+                parent: block.header.parent_hash.to_hex(),
+                state_root: block.header.state_root.to_hex(),
+                proposer: block.header.proposer,
+                txs: block.txs.iter().map(|t| t.body.kind.name().to_string()).collect(),
+                committed_by: cert.iter().flat_map(|c| c.signatures.iter().map(|s| s.validator)).collect(),
+                commit_round: cert.map(|c| c.round),
+            };
+            if store.json {
+                print_json(&view)?;
+            } else {
+                println!("height     {}", view.height);
+                println!("hash       {}", view.hash);
+                println!("proposer   {}", view.proposer);
+                println!("txs        {}", if view.txs.is_empty() { "-".to_string() } else { view.txs.join(", ") });
+                match view.commit_round {
+                    Some(r) => println!("committed  round {r} by {} validator(s)", view.committed_by.len()),
+                    None => println!("committed  (no certificate stored)"),
                 }
             }
         }

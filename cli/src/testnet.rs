@@ -42,7 +42,11 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
     };
-    progress("agora testnet demo (single process: real ledger, sled store and job process; networking arrives with the node daemon)".into());
+    progress(
+        "agora testnet demo (one process: one validator running real consensus, the sled ledger and a real job \
+         process; multi-node networking arrives with the node daemon)"
+            .into(),
+    );
     let report = demo::run(&dir, &job, &mut progress)?;
     if json {
         print_json(&report)?;

@@ -106,6 +106,11 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     assert_eq!(status["chain_id"], "agora-demo-1");
     let validators = json(&agora(&home, &["ledger", "validators", "--data", data, "--json"]));
     assert_eq!(validators.as_array().unwrap().len(), 1);
+    // Every block was decided by consensus and carries its commit certificate.
+    let block = json(&agora(&home, &["ledger", "block", "3", "--data", data, "--json"]));
+    assert_eq!(block["txs"], serde_json::json!(["open-lease"]));
+    assert_eq!(block["committed_by"].as_array().unwrap().len(), 1);
+    assert_one_line_error(&agora(&home, &["ledger", "block", "99", "--data", data]), "no block at height 99");
     let buyer = report["buyer"].as_str().unwrap();
     let account = json(&agora(&home, &["ledger", "account", buyer, "--data", data, "--json"]));
     assert_eq!(account["balance"], report["buyer_balance_after"]);

@@ -3,14 +3,16 @@
 //! provider stakes and registers simulated GPUs, a buyer signs a lease
 //! request, the provider countersigns, escrow locks, the job runs as a real
 //! child process with the leased GPU ids, and the lease settles pro-rata.
-//! Networking and consensus replace the in-process block producer in later issues.
+//! Blocks are produced by the real consensus engine with one validator, and
+//! committed with their certificates; networking arrives with the node issue.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agora_ledger::{Event, Genesis, GenesisAccount, Params, Store, build_block};
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input};
+use agora_ledger::{Event, Genesis, GenesisAccount, Params, SigCheck, Store, apply_tx};
 use agora_node::keystore;
 use agora_protocol::{
     Address, Amount, ChainId, GpuSpec, Hash, Keypair, LeaseAccept, LeaseId, LeaseRequest, Signed, SignedTx,
@@ -58,10 +60,14 @@ pub struct DemoReport {
     pub supply_conserved: bool,
 }
 
+/// The demo's single validator: the real consensus engine (proposal,
+/// votes, commit certificate) over the real sled store and WAL.
 struct Demo {
     store: Store,
-    validator: Keypair,
+    engine: Engine,
     chain: ChainId,
+    /// The engine's next-height timer, fired when the demo wants a block.
+    next: Option<Input>,
 }
 
 fn now_ms() -> u64 {
@@ -69,15 +75,35 @@ fn now_ms() -> u64 {
 }
 
 impl Demo {
-    /// Produces and commits one block holding `txs`, all of which must apply.
+    /// Has consensus produce and commit one block holding `txs`, all of
+    /// which must apply; returns the block's events.
     fn block(&mut self, what: &'static str, txs: Vec<SignedTx>) -> Result<Vec<Event>, Error> {
-        let time = TimestampMs(now_ms().max(self.store.state().time_ms().0 + 1));
+        // Checked first so a refusal is reported plainly, not silently left out.
         let mut scratch = self.store.state().clone();
-        let (block, rejected) = build_block(&mut scratch, txs, time, self.validator.address(), None)?;
-        if let Some((_, e)) = rejected.into_iter().next() {
-            return Err(Error::Rejected { what, reason: e.to_string() });
+        for tx in &txs {
+            apply_tx(&mut scratch, tx, SigCheck::Verify)
+                .map_err(|e| Error::Rejected { what, reason: e.to_string() })?;
         }
-        Ok(self.store.commit(&block)?.events)
+        let wanted = txs.len();
+        self.engine.handle(now_ms(), Input::Txs(txs));
+        let input = self.next.take().unwrap_or(Input::Start);
+        let mut events = None;
+        for action in self.engine.handle(now_ms(), input) {
+            match action {
+                Action::WalAppend { height, entry } => self.store.wal_append(height, &entry)?,
+                Action::Commit { block, certificate, .. } => {
+                    if block.txs.len() != wanted {
+                        return Err(Error::Rejected { what, reason: "left out of the block".into() });
+                    }
+                    events = Some(self.store.commit_certified(&block, &certificate)?.events);
+                }
+                Action::ScheduleTimeout { timer, .. } if timer.is_next_height() => {
+                    self.next = Some(Input::TimeoutElapsed(timer));
+                }
+                _ => {}
+            }
+        }
+        events.ok_or(Error::Rejected { what, reason: "consensus did not commit a block".into() })
     }
 
     fn tx(&self, key: &Keypair, kind: TxKind) -> Result<SignedTx, Error> {
@@ -98,7 +124,9 @@ pub fn run(dir: &Path, job: &[String], progress: &mut dyn FnMut(String)) -> Resu
     let chain = genesis.chain_id.clone();
     let store = Store::open(&dir.join("ledger"), &genesis)?;
     progress(format!("genesis: chain {chain}, 1 validator, ledger at {}", dir.join("ledger").display()));
-    let mut demo = Demo { store, validator, chain };
+    let config = EngineConfig { commit_pause: Duration::ZERO, ..EngineConfig::default() };
+    let engine = Engine::new(chain.clone(), validator, store.state().clone(), None, config);
+    let mut demo = Demo { store, engine, chain, next: None };
 
     let gpus = vec![GpuSpec { model: DEMO_GPU_MODEL.into(), vram_mib: 81_920, count: DEMO_GPUS, simulated: true }];
     let stake = demo.tx(&provider, TxKind::Stake { amount: Amount::agr(500) })?;
