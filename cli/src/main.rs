@@ -5,6 +5,7 @@
 mod bench;
 mod keys;
 mod ledger;
+mod node;
 mod testnet;
 
 use std::path::PathBuf;
@@ -24,6 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a node home: node key and config.toml
+    Init(node::InitArgs),
+    /// Run the node daemon
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -51,6 +57,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = home_dir(cli.home).and_then(|home| match cli.command {
         Command::Keys(cmd) => keys::run(&home, cmd),
+        Command::Init(args) => node::init(&home, args),
+        Command::Node(cmd) => node::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Testnet(cmd) => testnet::run(cmd),

@@ -5,13 +5,67 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agora_testnet::demo;
+use agora_testnet::{demo, local};
 use clap::Subcommand;
 
 use crate::print_json;
 
+/// Where testnet commands look when no --dir is given.
+const DEFAULT_TESTNET_DIR: &str = "agora-testnet";
+
 #[derive(Subcommand)]
 pub enum TestnetCommand {
+    /// Start N real node processes on loopback with a generated genesis
+    Up {
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// How many of the nodes are providers with simulated GPUs
+        #[arg(long, default_value_t = 0)]
+        providers: usize,
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+        /// First port; node i uses base+2i (P2P) and base+2i+1 (API)
+        #[arg(long, default_value_t = 27000)]
+        base_port: u16,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Height and peers of every node
+    Status {
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every process the testnet started (and nothing else)
+    Down {
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
+    /// SIGKILL node I
+    Kill {
+        index: usize,
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
+    /// SIGSTOP node I
+    Pause {
+        index: usize,
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
+    /// SIGCONT node I
+    Resume {
+        index: usize,
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
+    /// Start node I again on its home
+    Restart {
+        index: usize,
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
     /// Stake a provider, lease its simulated GPUs as a buyer, run a job and settle the escrow
     Demo {
         /// Keep the demo's keys, ledger and job output here (must be empty or absent) instead of a temporary directory
@@ -27,7 +81,86 @@ pub enum TestnetCommand {
 }
 
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
-    let TestnetCommand::Demo { dir, json, job } = cmd;
+    match cmd {
+        TestnetCommand::Demo { dir, json, job } => demo_cmd(dir, json, job),
+        TestnetCommand::Up { nodes, providers, dir, base_port, json } => {
+            let agora = std::env::current_exe()?;
+            let mut progress = |line: String| {
+                if !json {
+                    println!("{line}");
+                }
+            };
+            let file = local::up(&agora, &dir, nodes, providers, base_port, &mut progress)?;
+            if json {
+                print_json(&file)?;
+            } else {
+                print_nodes(&file);
+                println!("testnet running; described in {}", dir.join(local::TESTNET_FILE).display());
+                println!("buyer key: agora --home {} keys show", file.buyer_home.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TestnetCommand::Status { dir, json } => {
+            let file = local::TestnetFile::load(&dir)?;
+            let rows: Vec<serde_json::Value> = file
+                .nodes
+                .iter()
+                .map(|n| {
+                    let status = agora_testnet::http::get(&n.api_url, "/v1/status").ok().and_then(|r| r.json().ok());
+                    serde_json::json!({"index": n.index, "pid": n.pid, "api_url": n.api_url, "status": status})
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<6} {:<8} {:<24} {:>8} {:>6}", "NODE", "PID", "API", "HEIGHT", "PEERS");
+                for r in rows {
+                    let s = &r["status"];
+                    let h = s["height"].as_u64().map_or("down".to_string(), |h| h.to_string());
+                    let p = s["peers"].as_u64().map_or("-".to_string(), |p| p.to_string());
+                    println!(
+                        "{:<6} {:<8} {:<24} {:>8} {:>6}",
+                        r["index"],
+                        r["pid"],
+                        r["api_url"].as_str().unwrap_or(""),
+                        h,
+                        p
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TestnetCommand::Down { dir } => {
+            for (i, was_running) in local::down(&dir)? {
+                println!("node{i}: {}", if was_running { "stopped" } else { "was not running" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TestnetCommand::Kill { index, dir } => signal(&dir, index, "kill"),
+        TestnetCommand::Pause { index, dir } => signal(&dir, index, "pause"),
+        TestnetCommand::Resume { index, dir } => signal(&dir, index, "resume"),
+        TestnetCommand::Restart { index, dir } => {
+            let pid = local::restart(&std::env::current_exe()?, &dir, index)?;
+            println!("node{index} restarted (pid {pid})");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn signal(dir: &std::path::Path, index: usize, what: &str) -> anyhow::Result<ExitCode> {
+    local::signal(dir, index, what)?;
+    println!("node{index}: {what}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_nodes(file: &local::TestnetFile) {
+    println!("{:<6} {:<8} {:<24} {:<64}", "NODE", "PID", "API", "ADDRESS");
+    for n in &file.nodes {
+        println!("{:<6} {:<8} {:<24} {:<64}", n.index, n.pid, n.api_url, n.address);
+    }
+}
+
+fn demo_cmd(dir: Option<PathBuf>, json: bool, job: Vec<String>) -> anyhow::Result<ExitCode> {
     let job = if job.is_empty() { demo::DEFAULT_JOB.iter().map(|s| s.to_string()).collect() } else { job };
     let temp;
     let dir = match dir {

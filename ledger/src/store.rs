@@ -285,6 +285,18 @@ impl Store {
         }
     }
 
+    /// Writes everything buffered to disk (commits already are; this is for shutdown).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A cheap, thread-safe handle for reading committed blocks and
+    /// certificates from other tasks (the HTTP API, sync responses).
+    pub fn reader(&self) -> BlockReader {
+        BlockReader { blocks: self.blocks.clone(), certificates: self.certificates.clone() }
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -316,5 +328,30 @@ impl Store {
                 .map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
         }
         Ok(state.root())
+    }
+}
+
+/// Read access to committed blocks and certificates, shareable across threads.
+#[derive(Clone)]
+pub struct BlockReader {
+    blocks: Tree,
+    certificates: Tree,
+}
+
+impl BlockReader {
+    /// The block at `h`, if committed.
+    pub fn block(&self, h: Height) -> Result<Option<Block>, Error> {
+        match self.blocks.get(key(h))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| corrupt(h, e.to_string())),
+        }
+    }
+
+    /// The certificate stored with block `h`, if any.
+    pub fn certificate(&self, h: Height) -> Result<Option<CommitCertificate>, Error> {
+        match self.certificates.get(key(h))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| corrupt(h, format!("certificate: {e}"))),
+        }
     }
 }

@@ -16,6 +16,12 @@ pub enum Error {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("key file {path} is malformed: {reason}")]
     KeyFile { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Ledger(#[from] agora_ledger::Error),
+    #[error("network: {0}")]
+    Network(String),
     #[error("identity: {0}")]
     Identity(String),
     #[error(transparent)]

@@ -18,6 +18,7 @@ pub mod liveness;
 pub mod market;
 pub mod rng;
 pub mod sign;
+pub mod sync;
 pub mod tx;
 
 pub use address::Address;

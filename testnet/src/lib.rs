@@ -4,6 +4,8 @@
 
 pub mod demo;
 pub mod error;
+pub mod http;
+pub mod local;
 pub mod sim;
 
 pub use error::Error;

@@ -1,0 +1,127 @@
+//! `agora init` and `agora node run`: set up a node home and run the daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agora_node::config::{NODE_KEY_NAME, NodeConfig};
+use agora_node::keystore;
+use clap::{Args, Subcommand};
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// A human name for this node
+    #[arg(long, default_value = "agora-node")]
+    moniker: String,
+    /// A genesis file to copy into the home
+    #[arg(long, value_name = "FILE")]
+    genesis: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Run the node daemon (P2P, consensus, HTTP API) until SIGINT/SIGTERM
+    Run(RunArgs),
+}
+
+/// Flag overrides for every config.toml field.
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    moniker: Option<String>,
+    /// libp2p listen multiaddr
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP API address
+    #[arg(long)]
+    api: Option<String>,
+    /// Bootstrap peer multiaddr (repeatable; replaces the configured list)
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// none | auto | simulated:2xH100-80GB
+    #[arg(long)]
+    gpus: Option<String>,
+    #[arg(long)]
+    commit_pause_ms: Option<u64>,
+    /// Expose fault-injection endpoints (testnets only)
+    #[arg(long)]
+    testnet_admin: bool,
+    /// Log level or filter (overrides RUST_LOG)
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log as JSON lines
+    #[arg(long)]
+    log_json: bool,
+}
+
+pub fn init(home: &Path, args: InitArgs) -> anyhow::Result<ExitCode> {
+    if NodeConfig::path(home).exists() {
+        anyhow::bail!(
+            "{} already exists; refusing to overwrite a node's configuration",
+            NodeConfig::path(home).display()
+        );
+    }
+    std::fs::create_dir_all(home)?;
+    let key = keystore::create(home, NODE_KEY_NAME)?;
+    NodeConfig::new(&args.moniker).save(home)?;
+    if let Some(g) = args.genesis {
+        let genesis: agora_ledger::Genesis = serde_json::from_str(&std::fs::read_to_string(&g)?)
+            .map_err(|e| anyhow::anyhow!("{}: not a genesis file: {e}", g.display()))?;
+        agora_node::config::save_genesis(home, &genesis)?;
+    }
+    println!("initialised node {:?} in {}", args.moniker, home.display());
+    println!("address: {}", key.address());
+    println!("peer id: {}", agora_node::identity::peer_id(&key.keypair)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+    let NodeCommand::Run(args) = cmd;
+    init_logging(args.log_level.as_deref(), args.log_json);
+    let mut config = NodeConfig::load(home)?;
+    if let Some(v) = args.moniker {
+        config.moniker = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.api {
+        config.api = v;
+    }
+    if !args.bootstrap.is_empty() {
+        config.bootstrap = args.bootstrap;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.gpus {
+        config.gpus = v;
+    }
+    if let Some(v) = args.commit_pause_ms {
+        config.commit_pause_ms = v;
+    }
+    config.testnet_admin |= args.testnet_admin;
+    agora_node::run::run(home, config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(level: Option<&str>, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("info,libp2p=warn,arc_malachitebft_core_consensus=warn,arc_malachitebft_core_driver=warn")
+        }),
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,134 @@
+//! The HTTP JSON API (axum), versioned under `/v1/`. Reads come from the
+//! state the daemon shares after each commit; transactions go to the daemon's
+//! loop through a bounded queue. Errors are 4xx/5xx with `{"error": "..."}`;
+//! amounts are strings of micro-AGR.
+
+use agora_protocol::codec;
+use agora_protocol::{Address, Height, SignedTx};
+use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::daemon::{Command, Shared};
+
+/// Largest request body: a hex-encoded transaction at its size limit, plus JSON.
+pub const MAX_BODY_BYTES: usize = 2 * agora_protocol::limits::MAX_TX_BYTES + 1024;
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+fn internal(msg: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
+}
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/accounts/{address}", get(account))
+        .route("/v1/validators", get(validators))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/tx", post(submit_tx))
+        .fallback(|| async { not_found("no such endpoint; see docs/api.md") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+async fn status(AxumState(s): AxumState<Shared>) -> Result<Json<crate::daemon::NodeStatus>, ApiError> {
+    let status = s.status.read().map_err(internal)?.clone();
+    Ok(Json(status))
+}
+
+async fn account(
+    AxumState(s): AxumState<Shared>,
+    Path(address): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let address: Address = address.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let ledger = s.ledger.read().map_err(internal)?;
+    let account = ledger.account(&address);
+    Ok(Json(serde_json::json!({
+        "address": address,
+        "balance": account.balance,
+        "stake": account.stake,
+        "unbonding": account.unbonding,
+        "nonce": account.nonce,
+        "height": ledger.height().0,
+    })))
+}
+
+#[derive(Serialize)]
+struct ValidatorView {
+    address: Address,
+    power: String,
+}
+
+async fn validators(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<ValidatorView>>, ApiError> {
+    let ledger = s.ledger.read().map_err(internal)?;
+    Ok(Json(
+        ledger.validators().iter().map(|v| ValidatorView { address: v.address, power: v.power.to_string() }).collect(),
+    ))
+}
+
+async fn block(
+    AxumState(s): AxumState<Shared>,
+    Path(height): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let h: u64 = height.parse().map_err(|_| bad_request(format!("height {height:?} is not a number")))?;
+    let block =
+        s.blocks.block(Height(h)).map_err(internal)?.ok_or_else(|| not_found(format!("no block at height {h}")))?;
+    let cert = s.blocks.certificate(Height(h)).map_err(internal)?;
+    Ok(Json(serde_json::json!({
+        "height": h,
+        "hash": block.hash(),
+        "header": block.header,
+        "txs": block.txs.iter().map(|t| serde_json::json!({
+            "hash": t.hash().ok(),
+            "kind": t.body.kind.name(),
+            "sender": t.signer,
+            "nonce": t.body.nonce,
+        })).collect::<Vec<_>>(),
+        "committed_by": cert.map(|c| c.signatures.iter().map(|s| s.validator).collect::<Vec<_>>()),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitTx {
+    /// The transaction's wire encoding, hex.
+    tx: String,
+}
+
+async fn submit_tx(
+    AxumState(s): AxumState<Shared>,
+    body: Result<Json<SubmitTx>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| bad_request(format!("malformed request: {}", e.body_text())))?;
+    let bytes = hex::decode(body.tx.trim()).map_err(|e| bad_request(format!("tx is not hex: {e}")))?;
+    let tx: SignedTx = codec::decode(&bytes).map_err(|e| bad_request(e.to_string()))?;
+    let expected = s.ledger.read().map_err(internal)?.account(&tx.signer).nonce;
+    if tx.body.nonce < expected {
+        return Err(bad_request(format!("nonce {} already used (account nonce is {expected})", tx.body.nonce)));
+    }
+    let (reply, rx) = oneshot::channel();
+    s.commands
+        .try_send(Command::SubmitTx { tx: Box::new(tx), reply })
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    let hash = rx.await.map_err(internal)?.map_err(bad_request)?;
+    Ok(Json(serde_json::json!({ "hash": hash })))
+}

@@ -1,0 +1,93 @@
+//! The node's configuration: `HOME/config.toml`, written by `agora init`, with
+//! every field overridable by a flag of `agora node run`. The genesis lives
+//! beside it in `HOME/genesis.json`; the node key in `HOME/keys/node.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The key name of a node's own key in its home.
+pub const NODE_KEY_NAME: &str = "node";
+/// Default P2P listen address.
+pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/26656";
+/// Default HTTP API address (loopback only: the API can submit transactions).
+pub const DEFAULT_API: &str = "127.0.0.1:7600";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A human name for this node, shown in status and logs.
+    pub moniker: String,
+    /// libp2p listen address (multiaddr).
+    pub listen: String,
+    /// HTTP API listen address.
+    pub api: String,
+    /// Peers to dial at start, as multiaddrs ending in /p2p/PEER_ID.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Where the ledger store lives; relative paths are under the home.
+    pub data_dir: PathBuf,
+    /// `none`, `auto` (NVML, then nvidia-smi) or `simulated:2xH100-80GB`.
+    pub gpus: String,
+    /// Pause after each commit before the next height (block-time floor).
+    pub commit_pause_ms: u64,
+    /// Exposes fault-injection endpoints (testnets only).
+    #[serde(default)]
+    pub testnet_admin: bool,
+}
+
+impl NodeConfig {
+    pub fn new(moniker: &str) -> NodeConfig {
+        NodeConfig {
+            moniker: moniker.to_string(),
+            listen: DEFAULT_LISTEN.to_string(),
+            api: DEFAULT_API.to_string(),
+            bootstrap: Vec::new(),
+            data_dir: PathBuf::from("data"),
+            gpus: "auto".to_string(),
+            commit_pause_ms: 500,
+            testnet_admin: false,
+        }
+    }
+
+    pub fn path(home: &Path) -> PathBuf {
+        home.join("config.toml")
+    }
+
+    pub fn load(home: &Path) -> Result<NodeConfig, Error> {
+        let path = NodeConfig::path(home);
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        toml::from_str(&text).map_err(|e| Error::Config { path, reason: e.message().to_string() })
+    }
+
+    pub fn save(&self, home: &Path) -> Result<(), Error> {
+        let path = NodeConfig::path(home);
+        let text = toml::to_string(self).map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
+        std::fs::write(&path, text).map_err(Error::io(&path))
+    }
+
+    /// The ledger store directory.
+    pub fn ledger_dir(&self, home: &Path) -> PathBuf {
+        home.join(&self.data_dir).join("ledger")
+    }
+}
+
+/// `HOME/genesis.json`.
+pub fn genesis_path(home: &Path) -> PathBuf {
+    home.join("genesis.json")
+}
+
+pub fn load_genesis(home: &Path) -> Result<agora_ledger::Genesis, Error> {
+    let path = genesis_path(home);
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config { path, reason: e.to_string() })
+}
+
+pub fn save_genesis(home: &Path, genesis: &agora_ledger::Genesis) -> Result<(), Error> {
+    let path = genesis_path(home);
+    let text = serde_json::to_string_pretty(genesis)
+        .map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
+    std::fs::write(&path, text).map_err(Error::io(&path))
+}

@@ -1,0 +1,387 @@
+//! The node daemon's event loop: it owns the swarm, the consensus engine and
+//! the ledger store, and only moves bytes and time between them. Gossip is
+//! validated here before it is forwarded; engine actions are carried out in
+//! order (WAL appends and commits are durable before anything after them).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Timer};
+use agora_ledger::store::BlockReader;
+use agora_ledger::{State, Store};
+use agora_protocol::codec::{self, Wire};
+use agora_protocol::consensus::ConsensusMessage;
+use agora_protocol::sync::{MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
+use agora_protocol::{ChainId, Hash, Height, Keypair, SignedTx};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::net::gossip::{TOPIC_CONSENSUS, TOPIC_TXS, TOPICS, topic};
+use crate::net::{Behaviour, BehaviourEvent, build_swarm};
+
+/// Commands the HTTP API sends to the loop.
+pub enum Command {
+    SubmitTx { tx: Box<SignedTx>, reply: oneshot::Sender<Result<Hash, String>> },
+}
+
+/// Capacity of the API → loop command queue.
+pub const COMMAND_QUEUE: usize = 256;
+
+/// What the API shows; refreshed by the loop after every event.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeStatus {
+    pub moniker: String,
+    pub peer_id: String,
+    pub address: String,
+    pub chain_id: String,
+    pub height: u64,
+    pub latest_block_hash: String,
+    pub state_root: String,
+    pub peers: usize,
+    pub syncing: bool,
+    pub validator: bool,
+    pub mempool: usize,
+    pub listen: Vec<String>,
+}
+
+/// State shared with the API: the status, the ledger state at the tip and a block reader.
+#[derive(Clone)]
+pub struct Shared {
+    pub status: Arc<RwLock<NodeStatus>>,
+    pub ledger: Arc<RwLock<State>>,
+    pub blocks: BlockReader,
+    pub commands: mpsc::Sender<Command>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Daemon {
+    chain: ChainId,
+    store: Store,
+    engine: Engine,
+    swarm: Swarm<Behaviour>,
+    timers: HashMap<Timer, Instant>,
+    shared: Shared,
+    commands: mpsc::Receiver<Command>,
+    sync_in_flight: bool,
+    peers: Vec<PeerId>,
+    next_sync_peer: usize,
+}
+
+impl Daemon {
+    /// Opens the store, restarts consensus from its WAL and starts listening.
+    pub fn start(home: &Path, config: &NodeConfig, key: Keypair) -> Result<(Daemon, Shared), Error> {
+        let genesis = crate::config::load_genesis(home)?;
+        let store = Store::open(&config.ledger_dir(home), &genesis)?;
+        let wal = store.wal_entries()?;
+        let last_commit = store.certificate(store.height())?;
+        let engine_config =
+            EngineConfig { commit_pause: Duration::from_millis(config.commit_pause_ms), ..EngineConfig::default() };
+        let chain = genesis.chain_id.clone();
+        let (engine, actions) = Engine::restart(
+            chain.clone(),
+            key.clone(),
+            store.state().clone(),
+            last_commit,
+            engine_config,
+            &wal,
+            now_ms(),
+        );
+        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?)?;
+        for t in TOPICS {
+            swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
+        }
+        let listen: Multiaddr =
+            config.listen.parse().map_err(|e| Error::Network(format!("listen {}: {e}", config.listen)))?;
+        swarm.listen_on(listen).map_err(|e| Error::Network(e.to_string()))?;
+        for addr in &config.bootstrap {
+            let ma: Multiaddr = addr.parse().map_err(|e| Error::Network(format!("bootstrap {addr}: {e}")))?;
+            if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = ma.iter().last() {
+                swarm.behaviour_mut().kad.add_address(&peer, ma.clone());
+            }
+            if let Err(e) = swarm.dial(ma) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let status = NodeStatus {
+            moniker: config.moniker.clone(),
+            peer_id: swarm.local_peer_id().to_string(),
+            address: key.address().to_string(),
+            chain_id: chain.to_string(),
+            height: store.height().0,
+            latest_block_hash: store.state().last_block_hash().to_hex(),
+            state_root: store.state().root().to_hex(),
+            peers: 0,
+            syncing: false,
+            validator: store.state().is_validator(&key.address()),
+            mempool: 0,
+            listen: Vec::new(),
+        };
+        let shared = Shared {
+            status: Arc::new(RwLock::new(status)),
+            ledger: Arc::new(RwLock::new(store.state().clone())),
+            blocks: store.reader(),
+            commands: tx,
+        };
+        let mut daemon = Daemon {
+            chain,
+            store,
+            engine,
+            swarm,
+            timers: HashMap::new(),
+            shared: shared.clone(),
+            commands: rx,
+            sync_in_flight: false,
+            peers: Vec::new(),
+            next_sync_peer: 0,
+        };
+        daemon.act(actions)?;
+        Ok((daemon, shared))
+    }
+
+    /// Runs until `shutdown` resolves, then flushes the store.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let actions = self.engine.handle(now_ms(), Input::Start);
+        self.act(actions)?;
+        tokio::pin!(shutdown);
+        loop {
+            let next_timer = self.timers.values().min().copied();
+            let sleep = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event)?,
+                Some(cmd) = self.commands.recv() => self.on_command(cmd)?,
+                _ = sleep => self.fire_timers()?,
+            }
+            self.publish_status();
+        }
+        tracing::info!("shutting down: flushing the ledger store");
+        self.store.flush()?;
+        Ok(())
+    }
+
+    fn fire_timers(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        let due: Vec<Timer> = self.timers.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
+        for t in due {
+            self.timers.remove(&t);
+            let actions = self.engine.handle(now_ms(), Input::TimeoutElapsed(t));
+            self.act(actions)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out engine actions in order.
+    fn act(&mut self, actions: Vec<Action>) -> Result<(), Error> {
+        for action in actions {
+            match action {
+                Action::Broadcast(msg) => self.publish(TOPIC_CONSENSUS, codec::encode(&msg)?),
+                Action::ScheduleTimeout { timer, after } => _ = self.timers.insert(timer, Instant::now() + after),
+                Action::CancelTimeout(timer) => _ = self.timers.remove(&timer),
+                Action::CancelAllTimeouts => self.timers.retain(|t, _| t.is_next_height()),
+                Action::WalAppend { height, entry } => self.store.wal_append(height, &entry)?,
+                Action::Commit { block, certificate, .. } => {
+                    self.store.commit_certified(&block, &certificate)?;
+                    tracing::info!(height = %block.header.height, txs = block.txs.len(), hash = %block.hash(), "committed");
+                    if let Ok(mut l) = self.shared.ledger.write() {
+                        *l = self.store.state().clone();
+                    }
+                    if let Ok(mut s) = self.shared.status.write() {
+                        s.height = self.store.height().0;
+                        s.latest_block_hash = self.store.state().last_block_hash().to_hex();
+                        s.state_root = block.header.state_root.to_hex();
+                    }
+                }
+                Action::SyncNeeded { have } => self.request_sync(have),
+                Action::MissingBlock { height, .. } => tracing::info!(%height, "decided a block we lack; syncing"),
+                Action::Evidence(e) => tracing::warn!(validator = %e.first.signer, "equivocation evidence"),
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, name: &str, data: Vec<u8>) {
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic(name), data) {
+            // No peers yet, or the same bytes published recently: gossip retries on its own.
+            tracing::debug!(topic = name, error = %e, "publish skipped");
+        }
+    }
+
+    fn request_sync(&mut self, have: Height) {
+        if self.sync_in_flight || self.peers.is_empty() {
+            return;
+        }
+        self.next_sync_peer = (self.next_sync_peer + 1) % self.peers.len();
+        let peer = self.peers[self.next_sync_peer];
+        self.swarm.behaviour_mut().sync.send_request(&peer, SyncRequest { have, max: MAX_SYNC_BLOCKS });
+        self.sync_in_flight = true;
+    }
+
+    fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
+        match cmd {
+            Command::SubmitTx { tx, reply } => {
+                let result = (|| {
+                    tx.verify(&self.chain).map_err(|e| e.to_string())?;
+                    let hash = tx.hash().map_err(|e| e.to_string())?;
+                    let bytes = codec::encode(tx.as_ref()).map_err(|e| e.to_string())?;
+                    Ok::<_, String>((hash, bytes))
+                })();
+                match result {
+                    Ok((hash, bytes)) => {
+                        self.publish(TOPIC_TXS, bytes);
+                        let actions = self.engine.handle(now_ms(), Input::Tx(tx));
+                        self.act(actions)?;
+                        let _ = reply.send(Ok(hash));
+                    }
+                    Err(e) => _ = reply.send(Err(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), Error> {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let (acceptance, input) = self.validate_gossip(message.topic.as_str(), &message.data);
+                let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+                if let Some(input) = input {
+                    let actions = self.engine.handle(now_ms(), input);
+                    self.act(actions)?;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { message, .. })) => {
+                self.on_sync_message(message)?
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { .. })) => {
+                self.sync_in_flight = false;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if !self.peers.contains(&peer_id) => {
+                self.peers.push(peer_id)
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peers.retain(|p| *p != peer_id),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if let Ok(mut s) = self.shared.status.write() {
+                    s.listen.push(address.to_string());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks a gossip message before it is forwarded: it must decode within
+    /// its size limit and carry a valid signature. Invalid ones are rejected,
+    /// which lowers the sender's score.
+    fn validate_gossip(&self, topic: &str, data: &[u8]) -> (MessageAcceptance, Option<Input>) {
+        match topic {
+            TOPIC_CONSENSUS => match codec::decode::<ConsensusMessage>(data) {
+                Ok(msg) if consensus_signature_ok(&msg, &self.chain) => {
+                    (MessageAcceptance::Accept, Some(Input::Message(msg)))
+                }
+                _ => (MessageAcceptance::Reject, None),
+            },
+            TOPIC_TXS => match codec::decode::<SignedTx>(data) {
+                Ok(tx) if tx.verify(&self.chain).is_ok() => (MessageAcceptance::Accept, Some(Input::Tx(Box::new(tx)))),
+                _ => (MessageAcceptance::Reject, None),
+            },
+            // Offers, heartbeats and attestations arrive with later issues.
+            _ => (MessageAcceptance::Ignore, None),
+        }
+    }
+
+    fn on_sync_message(&mut self, message: Message<SyncRequest, SyncResponse>) -> Result<(), Error> {
+        match message {
+            Message::Request { request, channel, .. } => {
+                let response = self.sync_response(&request)?;
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+            }
+            Message::Response { response, .. } => {
+                self.sync_in_flight = false;
+                let full = response.blocks.len() as u32 >= MAX_SYNC_BLOCKS;
+                for (block, certificate) in response.blocks {
+                    let actions = self.engine.handle(now_ms(), Input::Synced { block: Box::new(block), certificate });
+                    self.act(actions)?;
+                }
+                if full {
+                    // More to fetch: ask again at once rather than waiting for gossip.
+                    self.request_sync(self.store.height());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `MAX_SYNC_BLOCKS` committed blocks after `have`, within the size limit.
+    fn sync_response(&self, request: &SyncRequest) -> Result<SyncResponse, Error> {
+        let mut blocks = Vec::new();
+        let mut size = 0usize;
+        let end = (request.have.0 + u64::from(request.max.min(MAX_SYNC_BLOCKS))).min(self.store.height().0);
+        for h in request.have.0 + 1..=end {
+            let (Some(block), Some(cert)) = (self.store.block(Height(h))?, self.store.certificate(Height(h))?) else {
+                break;
+            };
+            size += codec::encode(&block)?.len() + 4096;
+            if size > MAX_SYNC_RESPONSE_BYTES - Block::MAX_BYTES.min(MAX_SYNC_RESPONSE_BYTES / 2) && !blocks.is_empty()
+            {
+                break;
+            }
+            blocks.push((block, cert));
+        }
+        Ok(SyncResponse { blocks })
+    }
+
+    fn publish_status(&self) {
+        if let Ok(mut s) = self.shared.status.write() {
+            s.peers = self.peers.len();
+            s.syncing = self.sync_in_flight;
+            s.mempool = self.engine.mempool().len();
+        }
+    }
+}
+
+use agora_protocol::Block;
+
+/// The cheap signature check done before forwarding consensus gossip.
+fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {
+    match msg {
+        ConsensusMessage::Vote(v) => v.verify(chain).is_ok(),
+        ConsensusMessage::Proposal(p) => p.verify(chain).is_ok(),
+        ConsensusMessage::Block(b) => b.verify(chain).is_ok(),
+        ConsensusMessage::Certificate(c) => c.votes.len() <= agora_protocol::limits::MAX_VALIDATORS,
+    }
+}

@@ -1,0 +1,74 @@
+//! Gossipsub: versioned topics, content-addressed message ids (a vote relayed
+//! by many peers is one message), strict signing, validation by the node
+//! before forwarding, and peer scoring that graylists senders of invalid messages.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agora_protocol::Hash;
+use agora_protocol::codec::Wire;
+use agora_protocol::consensus::ConsensusMessage;
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
+};
+
+/// Consensus votes, proposals, blocks and certificates.
+pub const TOPIC_CONSENSUS: &str = "agora/consensus/1";
+/// Signed transactions on their way to the proposer's mempool.
+pub const TOPIC_TXS: &str = "agora/txs/1";
+/// Provider offers.
+pub const TOPIC_OFFERS: &str = "agora/offers/1";
+/// Provider heartbeats.
+pub const TOPIC_HEARTBEATS: &str = "agora/heartbeats/1";
+/// Validators' downtime attestations.
+pub const TOPIC_ATTESTATIONS: &str = "agora/attestations/1";
+/// Every topic a node subscribes to.
+pub const TOPICS: [&str; 5] = [TOPIC_CONSENSUS, TOPIC_TXS, TOPIC_OFFERS, TOPIC_HEARTBEATS, TOPIC_ATTESTATIONS];
+
+/// Largest gossip message: a consensus message carrying a full block.
+pub const MAX_GOSSIP_BYTES: usize = ConsensusMessage::MAX_BYTES;
+/// How long message ids are remembered for de-duplication.
+pub const DUPLICATE_CACHE_TIME: Duration = Duration::from_secs(120);
+/// Score lost per invalid message; one is enough to fall below the graylist threshold.
+pub const INVALID_MESSAGE_WEIGHT: f64 = -100.0;
+
+pub fn topic(name: &str) -> IdentTopic {
+    IdentTopic::new(name)
+}
+
+/// The gossipsub behaviour with agora's settings and scoring.
+pub fn behaviour(
+    key: &libp2p::identity::Keypair,
+) -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .duplicate_cache_time(DUPLICATE_CACHE_TIME)
+        .heartbeat_interval(Duration::from_millis(500))
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(Hash::tagged(b"agora/gossip-id/1", &m.data).0.to_vec())
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;
+    behaviour.with_peer_score(score_params(), PeerScoreThresholds::default())?;
+    Ok(behaviour)
+}
+
+/// Scoring that punishes invalid messages hard and nothing else: in small
+/// networks, delivery-rate penalties would punish honest but quiet peers.
+fn score_params() -> PeerScoreParams {
+    let params = TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay: 0.9,
+        ..TopicScoreParams::default()
+    };
+    let topics: HashMap<_, _> = TOPICS.iter().map(|t| (topic(t).hash(), params.clone())).collect();
+    PeerScoreParams { topics, ..PeerScoreParams::default() }
+}

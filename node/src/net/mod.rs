@@ -1,0 +1,58 @@
+//! The libp2p stack: TCP + noise + yamux, with identify, ping, kademlia,
+//! gossipsub (versioned topics, strict validation, peer scoring) and a
+//! request-response protocol for block sync, composed as one behaviour.
+
+pub mod codec;
+pub mod gossip;
+
+use std::time::Duration;
+
+use agora_protocol::sync::{SyncRequest, SyncResponse};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, gossipsub, identify, kad, noise, ping, request_response, tcp, yamux};
+
+use crate::error::Error;
+
+/// The block-sync protocol name.
+pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
+/// Identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1";
+/// A connection with no traffic is closed after this long.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// A sync request that gets no answer in this time has failed.
+pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub type SyncCodec = codec::WireCodec<SyncRequest, SyncResponse>;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub sync: request_response::Behaviour<SyncCodec>,
+}
+
+/// Builds the swarm for `key`, listening nowhere yet.
+pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, Error> {
+    let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| net(&e))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let gossipsub = gossip::behaviour(key)?;
+            let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()));
+            let kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+            let sync = request_response::Behaviour::new(
+                [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
+            );
+            Ok(Behaviour { gossipsub, identify, ping: ping::Behaviour::default(), kad, sync })
+        })
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,54 @@
+//! `agora node run`: starts the daemon and the HTTP API on a tokio runtime
+//! and stops both cleanly on SIGINT or SIGTERM (the store is flushed, the
+//! swarm and the API server are closed).
+
+use std::path::Path;
+
+use tokio::sync::watch;
+
+use crate::config::{NODE_KEY_NAME, NodeConfig};
+use crate::daemon::Daemon;
+use crate::error::Error;
+use crate::{api, keystore};
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the node in `home` with `config` until a shutdown signal.
+pub fn run(home: &Path, config: NodeConfig) -> Result<(), Error> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io(home))?;
+    runtime.block_on(run_async(home, config))
+}
+
+async fn run_async(home: &Path, config: NodeConfig) -> Result<(), Error> {
+    let key = keystore::load(home, NODE_KEY_NAME)?.keypair;
+    let (daemon, shared) = Daemon::start(home, &config, key)?;
+    let listener = tokio::net::TcpListener::bind(&config.api)
+        .await
+        .map_err(|e| Error::Network(format!("cannot listen for the API on {}: {e}", config.api)))?;
+    tracing::info!(api = %config.api, moniker = %config.moniker, "node started");
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = axum::serve(listener, api::router(shared)).with_graceful_shutdown(async move {
+        let _ = stop_rx.changed().await;
+    });
+    let api_task = tokio::spawn(async move { server.await });
+    let result = daemon.run(shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    tracing::info!("stopped");
+    result
+}

@@ -1,0 +1,263 @@
+//! `agora testnet up|down|status|kill|pause|resume|restart`: a network of
+//! real `agora node run` processes on loopback. `up` generates keys, a genesis
+//! and one home per node, starts the processes in the background, waits until
+//! they commit blocks and records everything in `DIR/testnet.json`; the other
+//! commands act only on the processes recorded there.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agora_ledger::{Genesis, GenesisAccount, Params};
+use agora_node::config::{NODE_KEY_NAME, NodeConfig, save_genesis};
+use agora_node::{identity, keystore};
+use agora_protocol::{Amount, ChainId, TimestampMs};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::http;
+
+/// The chain id of local testnets.
+pub const TESTNET_CHAIN_ID: &str = "agora-testnet-1";
+/// The file that describes a running testnet.
+pub const TESTNET_FILE: &str = "testnet.json";
+/// How long `up` waits for the first blocks.
+pub const START_DEADLINE: Duration = Duration::from_secs(90);
+/// Block-time floor of testnet nodes.
+pub const TESTNET_COMMIT_PAUSE_MS: u64 = 200;
+/// Simulated GPUs each provider node declares.
+pub const TESTNET_PROVIDER_GPUS: &str = "simulated:2xH100-80GB";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub index: usize,
+    pub moniker: String,
+    pub peer_id: String,
+    pub address: String,
+    pub p2p: String,
+    pub api_url: String,
+    pub home: PathBuf,
+    pub pid: u32,
+    pub provider: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestnetFile {
+    pub chain_id: String,
+    pub dir: PathBuf,
+    /// Home directory holding the funded buyer key (`keys/default.json`).
+    pub buyer_home: PathBuf,
+    pub nodes: Vec<NodeEntry>,
+}
+
+impl TestnetFile {
+    pub fn load(dir: &Path) -> Result<TestnetFile, Error> {
+        let path = dir.join(TESTNET_FILE);
+        let text = fs::read_to_string(&path).map_err(|_| Error::NoTestnet(dir.to_path_buf()))?;
+        serde_json::from_str(&text).map_err(|e| Error::Io { path, source: std::io::Error::other(e) })
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        let path = self.dir.join(TESTNET_FILE);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+        fs::write(&path, text).map_err(|source| Error::Io { path, source })
+    }
+
+    pub fn node(&self, index: usize) -> Result<&NodeEntry, Error> {
+        self.nodes.get(index).ok_or(Error::NoSuchNode(index, self.nodes.len()))
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// Creates homes and a genesis for `nodes` validators (the first `providers`
+/// of them providers with simulated GPUs) and starts them.
+pub fn up(
+    agora: &Path,
+    dir: &Path,
+    nodes: usize,
+    providers: usize,
+    base_port: u16,
+    progress: &mut dyn FnMut(String),
+) -> Result<TestnetFile, Error> {
+    if nodes == 0 || providers > nodes {
+        return Err(Error::BadArgs("need at least one node, and no more providers than nodes".into()));
+    }
+    if dir.join(TESTNET_FILE).exists() {
+        return Err(Error::DirNotEmpty(dir.to_path_buf()));
+    }
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut entries = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..nodes {
+        let home = dir.join(format!("node{i}"));
+        let key = keystore::create(&home, NODE_KEY_NAME)?.keypair;
+        let port = base_port + 2 * i as u16;
+        let peer_id = identity::peer_id(&key)?.to_string();
+        entries.push(NodeEntry {
+            index: i,
+            moniker: format!("node{i}"),
+            peer_id: peer_id.clone(),
+            address: key.address().to_string(),
+            p2p: format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"),
+            api_url: format!("http://127.0.0.1:{}", port + 1),
+            home,
+            pid: 0,
+            provider: i < providers,
+        });
+        keys.push(key);
+    }
+    let buyer_home = dir.join("buyer");
+    let buyer = keystore::create(&buyer_home, "default")?.keypair;
+    let genesis = testnet_genesis(&keys, &buyer)?;
+    for (i, e) in entries.iter().enumerate() {
+        let mut config = NodeConfig::new(&e.moniker);
+        config.listen = format!("/ip4/127.0.0.1/tcp/{}", base_port + 2 * i as u16);
+        config.api = e.api_url.trim_start_matches("http://").to_string();
+        config.bootstrap = entries.iter().filter(|o| o.index != i).map(|o| o.p2p.clone()).collect();
+        config.gpus = if e.provider { TESTNET_PROVIDER_GPUS.into() } else { "none".into() };
+        config.commit_pause_ms = TESTNET_COMMIT_PAUSE_MS;
+        config.testnet_admin = true;
+        config.save(&e.home)?;
+        save_genesis(&e.home, &genesis)?;
+    }
+    let mut file =
+        TestnetFile { chain_id: TESTNET_CHAIN_ID.into(), dir: dir.to_path_buf(), buyer_home, nodes: entries };
+    for i in 0..nodes {
+        file.nodes[i].pid = spawn(agora, &file.nodes[i].home)?;
+        progress(format!("started node{i} (pid {}) api {}", file.nodes[i].pid, file.nodes[i].api_url));
+    }
+    file.save()?;
+    wait_for_height(&file, 2, START_DEADLINE)?;
+    Ok(file)
+}
+
+fn testnet_genesis(keys: &[agora_protocol::Keypair], buyer: &agora_protocol::Keypair) -> Result<Genesis, Error> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut accounts: Vec<GenesisAccount> = keys
+        .iter()
+        .map(|k| GenesisAccount { address: k.address(), balance: Amount::agr(10_000), stake: Amount::agr(1_000) })
+        .collect();
+    accounts.push(GenesisAccount { address: buyer.address(), balance: Amount::agr(100_000), stake: Amount::ZERO });
+    Ok(Genesis {
+        chain_id: ChainId::new(TESTNET_CHAIN_ID)?,
+        genesis_time_ms: TimestampMs(now),
+        params: Params::default(),
+        accounts,
+        validators: keys.iter().map(|k| k.address()).collect(),
+    })
+}
+
+/// Starts `agora node run` for a home in its own process group, logging to HOME/node.log.
+fn spawn(agora: &Path, home: &Path) -> Result<u32, Error> {
+    let log_path = home.join("node.log");
+    let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    let err = log.try_clone().map_err(io(&log_path))?;
+    let child = Command::new(agora)
+        .arg("--home")
+        .arg(home)
+        .args(["node", "run"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(io(agora))?;
+    Ok(child.id())
+}
+
+/// Polls every live node until all report at least `height`.
+pub fn wait_for_height(file: &TestnetFile, height: u64, deadline: Duration) -> Result<(), Error> {
+    let until = Instant::now() + deadline;
+    loop {
+        let heights: Vec<Option<u64>> = file.nodes.iter().map(|n| node_height(&n.api_url)).collect();
+        if heights.iter().all(|h| h.is_some_and(|h| h >= height)) {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(Error::NotReady(format!("heights {heights:?} after {deadline:?}; see DIR/nodeN/node.log")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node's committed height, if its API answers.
+pub fn node_height(api_url: &str) -> Option<u64> {
+    http::get(api_url, "/v1/status").ok()?.json().ok()?["height"].as_u64()
+}
+
+/// Whether `pid` is still the `agora node run` of `home` (not a recycled pid).
+fn is_our_process(pid: u32, home: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let text = String::from_utf8_lossy(&cmdline);
+    text.contains("node") && text.contains(&*home.to_string_lossy())
+}
+
+fn send_signal(pid: u32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a pid we recorded and checked; no memory is involved.
+    unsafe { libc::kill(pid as i32, signal) == 0 }
+}
+
+/// Stops every recorded node that is still ours: SIGTERM, then SIGKILL after a grace period.
+pub fn down(dir: &Path) -> Result<Vec<(usize, bool)>, Error> {
+    let file = TestnetFile::load(dir)?;
+    let mut stopped = Vec::new();
+    for n in &file.nodes {
+        let ours = is_our_process(n.pid, &n.home);
+        if ours {
+            send_signal(n.pid, libc::SIGCONT);
+            send_signal(n.pid, libc::SIGTERM);
+        }
+        stopped.push((n.index, ours));
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    for n in &file.nodes {
+        while is_our_process(n.pid, &n.home) && !is_zombie(n.pid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if is_our_process(n.pid, &n.home) && !is_zombie(n.pid) {
+            send_signal(n.pid, libc::SIGKILL);
+        }
+    }
+    Ok(stopped)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+}
+
+/// Fault injection on one node: `kill` (SIGKILL), `pause` (SIGSTOP), `resume` (SIGCONT).
+pub fn signal(dir: &Path, index: usize, what: &str) -> Result<(), Error> {
+    let file = TestnetFile::load(dir)?;
+    let n = file.node(index)?;
+    let sig = match what {
+        "kill" => libc::SIGKILL,
+        "pause" => libc::SIGSTOP,
+        "resume" => libc::SIGCONT,
+        other => return Err(Error::BadArgs(format!("unknown signal action {other}"))),
+    };
+    if !is_our_process(n.pid, &n.home) || !send_signal(n.pid, sig) {
+        return Err(Error::BadArgs(format!("node{index} (pid {}) is not running", n.pid)));
+    }
+    Ok(())
+}
+
+/// Starts a node again on the same home (after kill or crash).
+pub fn restart(agora: &Path, dir: &Path, index: usize) -> Result<u32, Error> {
+    let mut file = TestnetFile::load(dir)?;
+    let n = file.node(index)?.clone();
+    if is_our_process(n.pid, &n.home) && !is_zombie(n.pid) {
+        send_signal(n.pid, libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = spawn(agora, &n.home)?;
+    file.nodes[index].pid = pid;
+    file.save()?;
+    Ok(pid)
+}
