@@ -3,6 +3,7 @@
 //! one line on stderr and a non-zero exit code; every query has `--json`.
 
 mod bench;
+mod client;
 mod keys;
 mod ledger;
 mod node;
@@ -30,6 +31,43 @@ enum Command {
     /// Run the node daemon
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// A node's status
+    Status(client::NodeArgs),
+    /// An account's balance (default: your key's)
+    Balance {
+        address: Option<String>,
+        /// Key under --home to use when no address is given
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
+    /// Send AGR to an address (signed here, then submitted and awaited)
+    Transfer {
+        to: String,
+        /// Decimal AGR (1.5) or micro-units (1500000uagr)
+        amount: String,
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
+    /// Stake AGR
+    Stake {
+        amount: String,
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
+    /// Start unbonding staked AGR
+    Unstake {
+        amount: String,
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -57,6 +95,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = home_dir(cli.home).and_then(|home| match cli.command {
         Command::Keys(cmd) => keys::run(&home, cmd),
+        Command::Status(node) => client::status(node),
+        Command::Balance { address, key, node } => client::balance(&home, address, &key, node),
+        Command::Transfer { to, amount, key, node } => {
+            let to: agora_protocol::Address = to.parse()?;
+            let amount = client::parse_amount(&amount)?;
+            client::send(&home, &key, agora_protocol::TxKind::Transfer { to, amount }, node)
+        }
+        Command::Stake { amount, key, node } => {
+            let amount = client::parse_amount(&amount)?;
+            client::send(&home, &key, agora_protocol::TxKind::Stake { amount }, node)
+        }
+        Command::Unstake { amount, key, node } => {
+            let amount = client::parse_amount(&amount)?;
+            client::send(&home, &key, agora_protocol::TxKind::Unstake { amount }, node)
+        }
         Command::Init(args) => node::init(&home, args),
         Command::Node(cmd) => node::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),

@@ -27,6 +27,9 @@ pub enum TestnetCommand {
         /// First port; node i uses base+2i (P2P) and base+2i+1 (API)
         #[arg(long, default_value_t = 27000)]
         base_port: u16,
+        /// Pause after each commit (the block-time floor)
+        #[arg(long, default_value_t = local::TESTNET_COMMIT_PAUSE_MS)]
+        commit_pause_ms: u64,
         #[arg(long)]
         json: bool,
     },
@@ -83,14 +86,14 @@ pub enum TestnetCommand {
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TestnetCommand::Demo { dir, json, job } => demo_cmd(dir, json, job),
-        TestnetCommand::Up { nodes, providers, dir, base_port, json } => {
+        TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, json } => {
             let agora = std::env::current_exe()?;
             let mut progress = |line: String| {
                 if !json {
                     println!("{line}");
                 }
             };
-            let file = local::up(&agora, &dir, nodes, providers, base_port, &mut progress)?;
+            let file = local::up(&agora, &dir, nodes, providers, base_port, commit_pause_ms, &mut progress)?;
             if json {
                 print_json(&file)?;
             } else {

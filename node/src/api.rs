@@ -107,6 +107,25 @@ async fn block(
     })))
 }
 
+/// Refuses a transaction that cannot apply on the current state (bad
+/// signature, other chain, replayed nonce, insufficient funds, …), so the
+/// sender hears why at once. A nonce ahead of the account's is accepted: it
+/// waits in the mempool for the ones before it.
+fn check_against_ledger(s: &Shared, tx: &SignedTx) -> Result<(), ApiError> {
+    let mut ledger = s.ledger.write().map_err(internal)?;
+    let mark = ledger.checkpoint();
+    let result = agora_ledger::apply_tx(&mut ledger, tx, agora_ledger::SigCheck::Verify);
+    ledger.rollback(mark);
+    match result {
+        Ok(_) => Ok(()),
+        Err(agora_ledger::Error::WrongNonce { expected, found }) if found > expected => Ok(()),
+        Err(agora_ledger::Error::WrongNonce { expected, found }) => {
+            Err(bad_request(format!("nonce {found} already used (account nonce is {expected})")))
+        }
+        Err(e) => Err(bad_request(e.to_string())),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubmitTx {
@@ -118,13 +137,11 @@ async fn submit_tx(
     AxumState(s): AxumState<Shared>,
     body: Result<Json<SubmitTx>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| bad_request(format!("malformed request: {}", e.body_text())))?;
+    // 413 for an oversized body, 415 for a missing JSON content type, 400/422 for bad JSON.
+    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
     let bytes = hex::decode(body.tx.trim()).map_err(|e| bad_request(format!("tx is not hex: {e}")))?;
     let tx: SignedTx = codec::decode(&bytes).map_err(|e| bad_request(e.to_string()))?;
-    let expected = s.ledger.read().map_err(internal)?.account(&tx.signer).nonce;
-    if tx.body.nonce < expected {
-        return Err(bad_request(format!("nonce {} already used (account nonce is {expected})", tx.body.nonce)));
-    }
+    check_against_ledger(&s, &tx)?;
     let (reply, rx) = oneshot::channel();
     s.commands
         .try_send(Command::SubmitTx { tx: Box::new(tx), reply })

@@ -25,7 +25,7 @@ pub const TESTNET_CHAIN_ID: &str = "agora-testnet-1";
 pub const TESTNET_FILE: &str = "testnet.json";
 /// How long `up` waits for the first blocks.
 pub const START_DEADLINE: Duration = Duration::from_secs(90);
-/// Block-time floor of testnet nodes.
+/// Default block-time floor of testnet nodes.
 pub const TESTNET_COMMIT_PAUSE_MS: u64 = 200;
 /// Simulated GPUs each provider node declares.
 pub const TESTNET_PROVIDER_GPUS: &str = "simulated:2xH100-80GB";
@@ -83,6 +83,7 @@ pub fn up(
     nodes: usize,
     providers: usize,
     base_port: u16,
+    commit_pause_ms: u64,
     progress: &mut dyn FnMut(String),
 ) -> Result<TestnetFile, Error> {
     if nodes == 0 || providers > nodes {
@@ -121,7 +122,7 @@ pub fn up(
         config.api = e.api_url.trim_start_matches("http://").to_string();
         config.bootstrap = entries.iter().filter(|o| o.index != i).map(|o| o.p2p.clone()).collect();
         config.gpus = if e.provider { TESTNET_PROVIDER_GPUS.into() } else { "none".into() };
-        config.commit_pause_ms = TESTNET_COMMIT_PAUSE_MS;
+        config.commit_pause_ms = commit_pause_ms;
         config.testnet_admin = true;
         config.save(&e.home)?;
         save_genesis(&e.home, &genesis)?;

@@ -1,0 +1,126 @@
+//! Commands that talk to a node's HTTP API (`--node URL`, default
+//! `$AGORA_NODE` or http://127.0.0.1:7600): status, balance, and transactions
+//! signed here with a key under `--home` (the node never sees a private key).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use agora_protocol::{Address, Amount, ChainId, Signed, Transaction, TxKind, codec};
+use agora_testnet::http;
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+
+use crate::print_json;
+
+/// The API a command talks to when no --node or AGORA_NODE is given.
+const DEFAULT_NODE: &str = "http://127.0.0.1:7600";
+/// How long a command waits for its transaction to be committed.
+const COMMIT_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// Node API URL [env: AGORA_NODE] [default: http://127.0.0.1:7600]
+    #[arg(long, global = true)]
+    node: Option<String>,
+    /// Print JSON
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl NodeArgs {
+    fn url(&self) -> String {
+        self.node.clone().or_else(|| std::env::var("AGORA_NODE").ok()).unwrap_or_else(|| DEFAULT_NODE.into())
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let reply = http::get(&self.url(), path)?;
+        let body = reply.json()?;
+        if reply.status >= 400 {
+            bail!("{}", body["error"].as_str().unwrap_or("request failed"));
+        }
+        Ok(body)
+    }
+}
+
+pub fn status(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let s = args.get("/v1/status")?;
+    if args.json {
+        print_json(&s)?;
+    } else {
+        for key in [
+            "moniker",
+            "chain_id",
+            "height",
+            "latest_block_hash",
+            "peers",
+            "syncing",
+            "validator",
+            "peer_id",
+            "address",
+        ] {
+            println!("{key:<18} {}", s[key].as_str().map(str::to_string).unwrap_or_else(|| s[key].to_string()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_address(home: &Path, key: &str) -> anyhow::Result<Address> {
+    Ok(agora_node::keystore::load(home, key)?.address())
+}
+
+pub fn balance(home: &Path, address: Option<String>, key: &str, args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let address = match address {
+        Some(a) => a.parse::<Address>()?,
+        None => key_address(home, key)?,
+    };
+    let a = args.get(&format!("/v1/accounts/{address}"))?;
+    if args.json {
+        print_json(&a)?;
+    } else {
+        let micros = |k: &str| a[k].as_str().and_then(|s| s.parse().ok()).map(Amount).unwrap_or_default();
+        println!("address   {address}");
+        println!("balance   {}", micros("balance"));
+        println!("stake     {}", micros("stake"));
+        println!("unbonding {}", micros("unbonding"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Signs `kind` with the key, submits it, and waits until it is committed.
+pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let keypair = agora_node::keystore::load(home, key)?.keypair;
+    let address = keypair.address();
+    let status = args.get("/v1/status")?;
+    let chain = ChainId::new(status["chain_id"].as_str().ok_or_else(|| anyhow!("node status lacks a chain id"))?)?;
+    let nonce = args.get(&format!("/v1/accounts/{address}"))?["nonce"].as_u64().unwrap_or(0);
+    let tx = Signed::sign(Transaction { nonce, kind }, &keypair, &chain)?;
+    let body = serde_json::json!({ "tx": hex::encode(codec::encode(&tx)?) }).to_string();
+    let reply = http::post(&args.url(), "/v1/tx", &body)?;
+    let answer = reply.json()?;
+    if reply.status >= 400 {
+        bail!("{}", answer["error"].as_str().unwrap_or("the node refused the transaction"));
+    }
+    let hash = answer["hash"].as_str().unwrap_or_default().to_string();
+    let started = Instant::now();
+    loop {
+        let account = args.get(&format!("/v1/accounts/{address}"))?;
+        if account["nonce"].as_u64().unwrap_or(0) > nonce {
+            let height = account["height"].as_u64().unwrap_or(0);
+            if args.json {
+                print_json(&serde_json::json!({ "hash": hash, "height": height }))?;
+            } else {
+                println!("committed at height {height} (tx {hash})");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if started.elapsed() > COMMIT_WAIT {
+            bail!("transaction {hash} not committed after {}s; it may still be pending", COMMIT_WAIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn parse_amount(s: &str) -> anyhow::Result<Amount> {
+    s.parse::<Amount>().with_context(|| format!("bad amount {s:?}"))
+}

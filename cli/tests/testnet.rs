@@ -1,0 +1,122 @@
+//! A real 4-node testnet on loopback, driven through the `agora` binary as a
+//! user would: blocks are committed, a transfer sent to node 0 is visible on
+//! node 3, a node killed early and restarted 100+ blocks later syncs to the
+//! same chain, the API refuses bad input with 4xx, and `down` stops everything.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use agora_testnet::http;
+
+fn agora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agora")).args(args).env_remove("AGORA_HOME").output().expect("run agora")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "agora failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stops the testnet even when an assertion fails.
+struct Down<'a>(&'a Path);
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
+    }
+}
+
+fn status(api: &str) -> Option<serde_json::Value> {
+    http::get(api, "/v1/status").ok()?.json().ok()
+}
+
+fn height(api: &str) -> u64 {
+    status(api).and_then(|s| s["height"].as_u64()).unwrap_or(0)
+}
+
+/// Generous deadlines: the machine is shared and slow.
+fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn block_hash(api: &str, h: u64) -> Option<String> {
+    let r = http::get(api, &format!("/v1/blocks/{h}")).ok()?;
+    (r.status == 200).then(|| r.json().ok()?["hash"].as_str().map(str::to_string))?
+}
+
+#[test]
+fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let d = dir.to_str().unwrap();
+    let base = 30_000 + (std::process::id() % 500) as u16 * 20;
+    let _down = Down(&dir);
+    let out = ok(agora(&[
+        "testnet",
+        "up",
+        "--dir",
+        d,
+        "--nodes",
+        "4",
+        "--base-port",
+        &base.to_string(),
+        "--commit-pause-ms",
+        "20",
+        "--json",
+    ]));
+    let net: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let api: Vec<String> =
+        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    wait_until("all nodes at height 3", Duration::from_secs(120), || api.iter().all(|a| height(a) >= 3));
+
+    // Node 3 goes down early; the others go on.
+    ok(agora(&["testnet", "kill", "3", "--dir", d]));
+    let killed_at = height(&api[0]);
+
+    // A transfer submitted to node 0 is committed and visible on node 2.
+    let to = net["nodes"][2]["address"].as_str().unwrap().to_string();
+    let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
+    ok(agora(&["--home", &buyer_home, "transfer", &to, "12.5", "--node", &api[0]]));
+    wait_until("the transfer on node 2", Duration::from_secs(60), || {
+        http::get(&api[2], &format!("/v1/accounts/{to}"))
+            .ok()
+            .and_then(|r| r.json().ok())
+            .is_some_and(|a| a["balance"] == "10012500000")
+    });
+
+    // Bad input gets a 4xx with a JSON error.
+    let bad = http::post(&api[0], "/v1/tx", "{not json").unwrap();
+    assert_eq!(bad.status, 400);
+    let replay = agora(&["--home", &buyer_home, "transfer", &to, "1000000000", "--node", &api[0]]);
+    assert!(!replay.status.success());
+    assert!(
+        String::from_utf8_lossy(&replay.stderr).contains("insufficient funds"),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let big = http::post(&api[0], "/v1/tx", &format!("{{\"tx\":\"{}\"}}", "ab".repeat(200_000))).unwrap();
+    assert_eq!(big.status, 413, "oversized body");
+
+    // 100+ blocks later node 3 comes back and syncs to the same chain.
+    wait_until("100 blocks without node 3", Duration::from_secs(300), || height(&api[0]) >= killed_at + 100);
+    ok(agora(&["testnet", "restart", "3", "--dir", d]));
+    let target = height(&api[0]);
+    wait_until("node 3 to catch up", Duration::from_secs(180), || height(&api[3]) >= target);
+    for h in [1, killed_at + 50, target] {
+        assert_eq!(block_hash(&api[3], h), block_hash(&api[0], h), "node 3 disagrees at height {h}");
+    }
+    assert!(block_hash(&api[3], target).is_some());
+
+    // down stops every node process.
+    let pids: Vec<u64> = net["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();
+    ok(agora(&["testnet", "down", "--dir", d]));
+    for pid in &pids[..3] {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+        assert!(!alive, "pid {pid} still running after down");
+    }
+    assert!(api.iter().all(|a| status(a).is_none()), "an API still answers after down");
+}
