@@ -16,7 +16,7 @@ use crate::print_json;
 /// The API a command talks to when no --node or AGORA_NODE is given.
 const DEFAULT_NODE: &str = "http://127.0.0.1:7600";
 /// How long a command waits for its transaction to be committed.
-const COMMIT_WAIT: Duration = Duration::from_secs(60);
+const COMMIT_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Args, Clone)]
 pub struct NodeArgs {

@@ -44,6 +44,8 @@ pub struct RunArgs {
     gpus: Option<String>,
     #[arg(long)]
     commit_pause_ms: Option<u64>,
+    #[arg(long)]
+    timeout_propose_ms: Option<u64>,
     /// Expose fault-injection endpoints (testnets only)
     #[arg(long)]
     testnet_admin: bool,
@@ -100,6 +102,9 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.commit_pause_ms {
         config.commit_pause_ms = v;
+    }
+    if let Some(v) = args.timeout_propose_ms {
+        config.timeout_propose_ms = v;
     }
     config.testnet_admin |= args.testnet_admin;
     agora_node::run::run(home, config)?;

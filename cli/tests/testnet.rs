@@ -81,7 +81,7 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let to = net["nodes"][2]["address"].as_str().unwrap().to_string();
     let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
     ok(agora(&["--home", &buyer_home, "transfer", &to, "12.5", "--node", &api[0]]));
-    wait_until("the transfer on node 2", Duration::from_secs(60), || {
+    wait_until("the transfer on node 2", Duration::from_secs(120), || {
         http::get(&api[2], &format!("/v1/accounts/{to}"))
             .ok()
             .and_then(|r| r.json().ok())

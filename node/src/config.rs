@@ -12,6 +12,13 @@ use crate::error::Error;
 pub const NODE_KEY_NAME: &str = "node";
 /// Default P2P listen address.
 pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/26656";
+/// Default wait for a proposal (Tendermint's timeout_propose).
+pub const DEFAULT_PROPOSE_TIMEOUT_MS: u64 = 3_000;
+
+fn default_propose_timeout() -> u64 {
+    DEFAULT_PROPOSE_TIMEOUT_MS
+}
+
 /// Default HTTP API address (loopback only: the API can submit transactions).
 pub const DEFAULT_API: &str = "127.0.0.1:7600";
 
@@ -33,6 +40,10 @@ pub struct NodeConfig {
     pub gpus: String,
     /// Pause after each commit before the next height (block-time floor).
     pub commit_pause_ms: u64,
+    /// How long to wait for a round's proposal before prevoting nil; later
+    /// rounds wait longer. Prevote and precommit waits are a third of it.
+    #[serde(default = "default_propose_timeout")]
+    pub timeout_propose_ms: u64,
     /// Exposes fault-injection endpoints (testnets only).
     #[serde(default)]
     pub testnet_admin: bool,
@@ -48,6 +59,7 @@ impl NodeConfig {
             data_dir: PathBuf::from("data"),
             gpus: "auto".to_string(),
             commit_pause_ms: 500,
+            timeout_propose_ms: DEFAULT_PROPOSE_TIMEOUT_MS,
             testnet_admin: false,
         }
     }
@@ -66,6 +78,23 @@ impl NodeConfig {
         let path = NodeConfig::path(home);
         let text = toml::to_string(self).map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
         std::fs::write(&path, text).map_err(Error::io(&path))
+    }
+
+    /// Consensus round timeouts derived from `timeout_propose_ms`.
+    pub fn timeouts(&self) -> agora_ledger::consensus::LinearTimeouts {
+        use std::time::Duration;
+        let propose = Duration::from_millis(self.timeout_propose_ms.max(50));
+        let vote = propose / 3;
+        agora_ledger::consensus::LinearTimeouts {
+            propose,
+            propose_delta: propose / 6,
+            prevote: vote,
+            prevote_delta: vote / 2,
+            precommit: vote,
+            precommit_delta: vote / 2,
+            rebroadcast: propose + 2 * vote,
+            max_timeout: Duration::from_secs(60),
+        }
     }
 
     /// The ledger store directory.

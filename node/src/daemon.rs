@@ -85,8 +85,11 @@ impl Daemon {
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         let wal = store.wal_entries()?;
         let last_commit = store.certificate(store.height())?;
-        let engine_config =
-            EngineConfig { commit_pause: Duration::from_millis(config.commit_pause_ms), ..EngineConfig::default() };
+        let engine_config = EngineConfig {
+            commit_pause: Duration::from_millis(config.commit_pause_ms),
+            timeouts: config.timeouts(),
+            ..EngineConfig::default()
+        };
         let chain = genesis.chain_id.clone();
         let (engine, actions) = Engine::restart(
             chain.clone(),

@@ -27,6 +27,9 @@ pub const TESTNET_FILE: &str = "testnet.json";
 pub const START_DEADLINE: Duration = Duration::from_secs(90);
 /// Default block-time floor of testnet nodes.
 pub const TESTNET_COMMIT_PAUSE_MS: u64 = 200;
+/// Testnet nodes share one machine: a short propose timeout keeps rounds
+/// with a dead proposer brief.
+pub const TESTNET_PROPOSE_TIMEOUT_MS: u64 = 1_000;
 /// Simulated GPUs each provider node declares.
 pub const TESTNET_PROVIDER_GPUS: &str = "simulated:2xH100-80GB";
 
@@ -123,6 +126,7 @@ pub fn up(
         config.bootstrap = entries.iter().filter(|o| o.index != i).map(|o| o.p2p.clone()).collect();
         config.gpus = if e.provider { TESTNET_PROVIDER_GPUS.into() } else { "none".into() };
         config.commit_pause_ms = commit_pause_ms;
+        config.timeout_propose_ms = TESTNET_PROPOSE_TIMEOUT_MS;
         config.testnet_admin = true;
         config.save(&e.home)?;
         save_genesis(&e.home, &genesis)?;
