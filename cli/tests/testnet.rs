@@ -98,6 +98,11 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         "{}",
         String::from_utf8_lossy(&replay.stderr)
     );
+    let providers = http::get(&api[1], "/v1/providers").unwrap();
+    assert_eq!((providers.status, providers.body.trim()), (200, "[]"));
+    assert_eq!(http::get(&api[1], "/v1/leases/zz").unwrap().status, 400);
+    assert_eq!(http::get(&api[1], &format!("/v1/leases/{}", "0".repeat(64))).unwrap().status, 404);
+    assert_eq!(http::get(&api[1], "/v1/blocks/999999").unwrap().status, 404);
     let big = http::post(&api[0], "/v1/tx", &format!("{{\"tx\":\"{}\"}}", "ab".repeat(200_000))).unwrap();
     assert_eq!(big.status, 413, "oversized body");
 

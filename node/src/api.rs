@@ -44,6 +44,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/accounts/{address}", get(account))
         .route("/v1/validators", get(validators))
         .route("/v1/blocks/{height}", get(block))
+        .route("/v1/providers", get(providers))
+        .route("/v1/leases/{id}", get(lease))
         .route("/v1/tx", post(submit_tx))
         .fallback(|| async { not_found("no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -70,6 +72,32 @@ async fn account(
         "nonce": account.nonce,
         "height": ledger.height().0,
     })))
+}
+
+async fn providers(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let ledger = s.ledger.read().map_err(internal)?;
+    let list = ledger
+        .providers()
+        .map(|(address, p)| {
+            serde_json::json!({
+                "address": address,
+                "region": p.region,
+                "gpus": p.gpus,
+                "status": format!("{:?}", p.status),
+                "active": ledger.is_active_provider(address),
+                "stake": ledger.account(address).stake,
+                "slashes": p.slashes,
+                "registered_at": p.registered_at.0,
+            })
+        })
+        .collect();
+    Ok(Json(list))
+}
+
+async fn lease(AxumState(s): AxumState<Shared>, Path(id): Path<String>) -> Result<Json<agora_ledger::Lease>, ApiError> {
+    let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let ledger = s.ledger.read().map_err(internal)?;
+    ledger.lease(&id).cloned().map(Json).ok_or_else(|| not_found(format!("no lease {id}")))
 }
 
 #[derive(Serialize)]
