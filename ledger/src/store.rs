@@ -279,10 +279,7 @@ impl Store {
 
     /// The commit certificate stored with a block, if it was committed with one.
     pub fn certificate(&self, h: Height) -> Result<Option<CommitCertificate>, Error> {
-        match self.certificates.get(key(h))? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| corrupt(h, format!("certificate: {e}"))),
-        }
+        self.reader().certificate(h)
     }
 
     /// Writes everything buffered to disk (commits already are; this is for shutdown).
