@@ -34,6 +34,8 @@ pub enum Command {
 
 /// Capacity of the API → loop command queue.
 pub const COMMAND_QUEUE: usize = 256;
+/// Submitted transactions kept for re-publishing while no peer is subscribed yet.
+pub const MAX_UNPUBLISHED_TXS: usize = 1024;
 
 /// What the API shows; refreshed by the loop after every event.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -76,6 +78,8 @@ pub struct Daemon {
     sync_in_flight: bool,
     peers: Vec<PeerId>,
     next_sync_peer: usize,
+    /// Encoded transactions whose gossip found no subscribed peer yet.
+    unpublished: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Daemon {
@@ -148,6 +152,7 @@ impl Daemon {
             sync_in_flight: false,
             peers: Vec::new(),
             next_sync_peer: 0,
+            unpublished: std::collections::VecDeque::new(),
         };
         daemon.act(actions)?;
         Ok((daemon, shared))
@@ -172,6 +177,7 @@ impl Daemon {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd)?,
                 _ = sleep => self.fire_timers()?,
             }
+            self.retry_unpublished();
             self.publish_status();
         }
         tracing::info!("shutting down: flushing the ledger store");
@@ -221,8 +227,34 @@ impl Daemon {
 
     fn publish(&mut self, name: &str, data: Vec<u8>) {
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic(name), data) {
-            // No peers yet, or the same bytes published recently: gossip retries on its own.
+            // No peers yet, or the same bytes published recently.
             tracing::debug!(topic = name, error = %e, "publish skipped");
+        }
+    }
+
+    /// Gossips a submitted transaction, keeping it for later if no peer is
+    /// subscribed yet (otherwise only this node's proposals could carry it).
+    fn publish_tx(&mut self, data: Vec<u8>) {
+        let result = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data.clone());
+        if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
+            if self.unpublished.len() >= MAX_UNPUBLISHED_TXS {
+                self.unpublished.pop_front();
+            }
+            self.unpublished.push_back(data);
+        }
+    }
+
+    fn retry_unpublished(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        for _ in 0..self.unpublished.len() {
+            let Some(data) = self.unpublished.pop_front() else { break };
+            let result = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data.clone());
+            if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
+                self.unpublished.push_front(data);
+                break;
+            }
         }
     }
 
@@ -247,7 +279,7 @@ impl Daemon {
                 })();
                 match result {
                     Ok((hash, bytes)) => {
-                        self.publish(TOPIC_TXS, bytes);
+                        self.publish_tx(bytes);
                         let actions = self.engine.handle(now_ms(), Input::Tx(tx));
                         self.act(actions)?;
                         let _ = reply.send(Ok(hash));
