@@ -98,6 +98,13 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         "{}",
         String::from_utf8_lossy(&replay.stderr)
     );
+    let metrics = http::get(&api[1], "/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    for name in
+        ["agora_height", "agora_peers", "agora_mempool_txs", "agora_committed_txs_total", "agora_gossip_messages_total"]
+    {
+        assert!(metrics.body.contains(name), "{name} missing from /metrics:\n{}", metrics.body);
+    }
     let providers = http::get(&api[1], "/v1/providers").unwrap();
     assert_eq!((providers.status, providers.body.trim()), (200, "[]"));
     assert_eq!(http::get(&api[1], "/v1/leases/zz").unwrap().status, 400);

@@ -47,9 +47,16 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/providers", get(providers))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/tx", post(submit_tx))
+        .route("/metrics", get(metrics))
         .fallback(|| async { not_found("no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+async fn metrics(AxumState(s): AxumState<Shared>) -> Result<impl IntoResponse, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &s.registry).map_err(internal)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 async fn status(AxumState(s): AxumState<Shared>) -> Result<Json<crate::daemon::NodeStatus>, ApiError> {

@@ -61,6 +61,8 @@ pub struct Shared {
     pub ledger: Arc<RwLock<State>>,
     pub blocks: BlockReader,
     pub commands: mpsc::Sender<Command>,
+    pub metrics: crate::metrics::Metrics,
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 fn now_ms() -> u64 {
@@ -135,11 +137,15 @@ impl Daemon {
             mempool: 0,
             listen: Vec::new(),
         };
+        let (metrics, registry) = crate::metrics::Metrics::new();
+        metrics.height.set(store.height().0 as i64);
         let shared = Shared {
             status: Arc::new(RwLock::new(status)),
             ledger: Arc::new(RwLock::new(store.state().clone())),
             blocks: store.reader(),
             commands: tx,
+            metrics,
+            registry: Arc::new(registry),
         };
         let mut daemon = Daemon {
             chain,
@@ -206,7 +212,12 @@ impl Daemon {
                 Action::CancelAllTimeouts => self.timers.retain(|t, _| t.is_next_height()),
                 Action::WalAppend { height, entry } => self.store.wal_append(height, &entry)?,
                 Action::Commit { block, certificate, .. } => {
+                    let previous_time = self.store.state().time_ms().0;
                     self.store.commit_certified(&block, &certificate)?;
+                    let m = &self.shared.metrics;
+                    m.height.set(block.header.height.0 as i64);
+                    m.committed_txs.inc_by(block.txs.len() as u64);
+                    m.block_interval_ms.set(block.header.time_ms.0.saturating_sub(previous_time));
                     tracing::info!(height = %block.header.height, txs = block.txs.len(), hash = %block.hash(), "committed");
                     if let Ok(mut l) = self.shared.ledger.write() {
                         *l = self.store.state().clone();
@@ -299,6 +310,13 @@ impl Daemon {
                 message,
             })) => {
                 let (acceptance, input) = self.validate_gossip(message.topic.as_str(), &message.data);
+                let verdict = match acceptance {
+                    MessageAcceptance::Accept => "accepted",
+                    MessageAcceptance::Reject => "rejected",
+                    MessageAcceptance::Ignore => "ignored",
+                };
+                let labels = crate::metrics::GossipLabels { topic: message.topic.to_string(), verdict: verdict.into() };
+                self.shared.metrics.gossip.get_or_create(&labels).inc();
                 let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
                     &propagation_source,
@@ -401,6 +419,8 @@ impl Daemon {
     }
 
     fn publish_status(&self) {
+        self.shared.metrics.peers.set(self.peers.len() as i64);
+        self.shared.metrics.mempool.set(self.engine.mempool().len() as i64);
         if let Ok(mut s) = self.shared.status.write() {
             s.peers = self.peers.len();
             s.syncing = self.sync_in_flight;

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod error;
 pub mod identity;
 pub mod keystore;
+pub mod metrics;
 pub mod net;
 pub mod run;
 

@@ -1,0 +1,48 @@
+//! Prometheus metrics of the node, served as text at `GET /metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of gossip counters: topic and verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct GossipLabels {
+    pub topic: String,
+    pub verdict: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub height: Gauge,
+    pub peers: Gauge,
+    pub mempool: Gauge,
+    /// Milliseconds between the last two committed blocks (block time).
+    pub block_interval_ms: Gauge<u64, AtomicU64>,
+    pub committed_txs: Counter,
+    pub gossip: Family<GossipLabels, Counter>,
+}
+
+impl Metrics {
+    /// The metrics, registered under the `agora_` prefix.
+    pub fn new() -> (Metrics, Registry) {
+        let m = Metrics {
+            height: Gauge::default(),
+            peers: Gauge::default(),
+            mempool: Gauge::default(),
+            block_interval_ms: Gauge::default(),
+            committed_txs: Counter::default(),
+            gossip: Family::default(),
+        };
+        let mut r = Registry::with_prefix("agora");
+        r.register("height", "Latest committed block height", m.height.clone());
+        r.register("peers", "Connected peers", m.peers.clone());
+        r.register("mempool_txs", "Transactions waiting in the mempool", m.mempool.clone());
+        r.register("block_interval_ms", "Time between the last two blocks", m.block_interval_ms.clone());
+        r.register("committed_txs", "Transactions committed since start", m.committed_txs.clone());
+        r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());
+        (m, r)
+    }
+}
