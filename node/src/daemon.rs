@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Timer};
 use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
-use agora_protocol::codec::{self, Wire};
+use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
 use agora_protocol::sync::{MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
 use agora_protocol::{ChainId, Hash, Height, Keypair, SignedTx};
@@ -34,6 +34,8 @@ pub enum Command {
 
 /// Capacity of the API → loop command queue.
 pub const COMMAND_QUEUE: usize = 256;
+/// Bytes set aside per block for its certificate and framing in a sync response.
+const SYNC_CERT_ALLOWANCE: usize = 16 * 1024;
 /// Submitted transactions kept for re-publishing while no peer is subscribed yet.
 pub const MAX_UNPUBLISHED_TXS: usize = 1024;
 
@@ -213,7 +215,7 @@ impl Daemon {
                 Action::WalAppend { height, entry } => self.store.wal_append(height, &entry)?,
                 Action::Commit { block, certificate, .. } => {
                     let previous_time = self.store.state().time_ms().0;
-                    self.store.commit_certified(&block, &certificate)?;
+                    self.store.commit_decided(&block, &certificate)?;
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
                     m.committed_txs.inc_by(block.txs.len() as u64);
@@ -408,11 +410,12 @@ impl Daemon {
             let (Some(block), Some(cert)) = (self.store.block(Height(h))?, self.store.certificate(Height(h))?) else {
                 break;
             };
-            size += codec::encode(&block)?.len() + 4096;
-            if size > MAX_SYNC_RESPONSE_BYTES - Block::MAX_BYTES.min(MAX_SYNC_RESPONSE_BYTES / 2) && !blocks.is_empty()
-            {
+            let len = codec::encode(&block)?.len() + SYNC_CERT_ALLOWANCE;
+            // A block is at most 4 MiB, so the first always fits.
+            if !blocks.is_empty() && size + len > MAX_SYNC_RESPONSE_BYTES {
                 break;
             }
+            size += len;
             blocks.push((block, cert));
         }
         Ok(SyncResponse { blocks })
@@ -428,8 +431,6 @@ impl Daemon {
         }
     }
 }
-
-use agora_protocol::Block;
 
 /// The cheap signature check done before forwarding consensus gossip.
 fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {

@@ -95,7 +95,7 @@ impl Demo {
                     if block.txs.len() != wanted {
                         return Err(Error::Rejected { what, reason: "left out of the block".into() });
                     }
-                    events = Some(self.store.commit_certified(&block, &certificate)?.events);
+                    events = Some(self.store.commit_decided(&block, &certificate)?.events);
                 }
                 Action::ScheduleTimeout { timer, .. } if timer.is_next_height() => {
                     self.next = Some(Input::TimeoutElapsed(timer));
