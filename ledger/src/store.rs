@@ -182,9 +182,9 @@ impl Store {
         Ok(out)
     }
 
+    /// A block that must exist (at or below the tip): its absence is corruption.
     fn read_block(&self, h: Height) -> Result<Block, Error> {
-        let bytes = self.blocks.get(key(h))?.ok_or_else(|| corrupt(h, "block missing"))?;
-        codec::decode(&bytes).map_err(|e| corrupt(h, e.to_string()))
+        self.reader().block(h)?.ok_or_else(|| corrupt(h, "block missing"))
     }
 
     /// Applies `block` (verifying signatures) and persists it atomically,
