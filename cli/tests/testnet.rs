@@ -18,10 +18,21 @@ fn ok(o: Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Stops the testnet even when an assertion fails.
+/// Stops the testnet even when an assertion fails, printing the end of each
+/// node's log first so a failure in CI can be diagnosed.
 struct Down<'a>(&'a Path);
 impl Drop for Down<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..4 {
+                let log = std::fs::read_to_string(self.0.join(format!("node{i}/node.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!(
+                    "--- node{i}/node.log (last 40 lines)\n{}",
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
         let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
     }
 }

@@ -120,3 +120,68 @@ fn a_restart_from_the_wal_re_signs_the_same_votes() {
         assert_eq!(before.signature, v.signature, "ed25519 is deterministic: the same vote, the same signature");
     }
 }
+
+/// Delivers every broadcast among `engines` until nothing is left, holding
+/// back next-height timers (returned per engine) so the test decides when
+/// each engine starts its next height.
+fn settle(engines: &mut [Engine], mut pending: Vec<(usize, Action)>, now: u64) -> Vec<Vec<Input>> {
+    let mut timers = vec![Vec::new(); engines.len()];
+    let mut steps = 0;
+    while let Some((from, action)) = pending.pop() {
+        steps += 1;
+        assert!(steps < 10_000, "messages never settle");
+        match action {
+            Action::Broadcast(msg) => {
+                for to in (0..engines.len()).filter(|&to| to != from) {
+                    let out = engines[to].handle(now, Input::Message(msg.clone()));
+                    pending.extend(out.into_iter().map(|a| (to, a)));
+                }
+            }
+            Action::ScheduleTimeout { timer, .. } if timer.is_next_height() => {
+                timers[from].push(Input::TimeoutElapsed(timer))
+            }
+            _ => {}
+        }
+    }
+    timers
+}
+
+#[test]
+fn a_block_that_arrives_before_its_height_is_kept_and_voted_for() {
+    // Two equal validators: every height needs both, so a block the slower
+    // one dropped would cost the round.
+    let chain = TestChain::new(2, 2, Amount::agr(1_000));
+    let now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let mut engines: Vec<Engine> =
+        (0..2).map(|i| Engine::new(chain_id(), chain.keys[i].clone(), chain.state(), None, config())).collect();
+    let mut pending = Vec::new();
+    for (i, e) in engines.iter_mut().enumerate() {
+        pending.extend(e.handle(now, Input::Start).into_iter().map(|a| (i, a)));
+    }
+    let timers = settle(&mut engines, pending, now);
+    assert!(engines.iter().all(|e| e.ledger().height() == Height(1)), "both commit height 1 in round 0");
+
+    // The proposer of height 2 starts it first; its block reaches the other
+    // engine while that one is still pausing after height 1.
+    let set = ConsensusValidatorSet::from_state(engines[0].ledger());
+    let proposer_address = agora_ledger::consensus::context::select_proposer(&set, 2, 0).public_key;
+    let proposer = (0..2).find(|&i| chain.keys[i].address() == proposer_address).unwrap();
+    let other = 1 - proposer;
+    let out = engines[proposer].handle(now + 10, timers[proposer][0].clone());
+    let early: Vec<_> =
+        out.iter().filter(|a| matches!(a, Action::Broadcast(ConsensusMessage::Block(_)))).cloned().collect();
+    assert_eq!(early.len(), 1, "the proposer broadcasts its block for height 2");
+    let mut pending: Vec<(usize, Action)> = out.into_iter().map(|a| (proposer, a)).collect();
+    // Deliver height-2 messages to the other engine before it starts height 2.
+    for (_, a) in pending.drain(..) {
+        if let Action::Broadcast(msg) = a {
+            let _ = engines[other].handle(now + 10, Input::Message(msg));
+        }
+    }
+    let out = engines[other].handle(now + 20, timers[other][0].clone());
+    let prevote = own_votes(&out).into_iter().find(|v| v.body.height == Height(2) && v.body.kind == VoteKind::Prevote);
+    let prevote = prevote.expect("it prevotes as soon as it starts height 2, without waiting for a timeout");
+    assert!(prevote.body.block.is_some(), "it prevotes the early block, not nil");
+    settle(&mut engines, out.into_iter().map(|a| (other, a)).collect(), now + 20);
+    assert!(engines.iter().all(|e| e.ledger().height() == Height(2)), "height 2 commits in round 0");
+}

@@ -220,7 +220,13 @@ impl Daemon {
                     m.height.set(block.header.height.0 as i64);
                     m.committed_txs.inc_by(block.txs.len() as u64);
                     m.block_interval_ms.set(block.header.time_ms.0.saturating_sub(previous_time));
-                    tracing::info!(height = %block.header.height, txs = block.txs.len(), hash = %block.hash(), "committed");
+                    tracing::info!(
+                        height = %block.header.height,
+                        round = certificate.round,
+                        txs = block.txs.len(),
+                        hash = %block.hash(),
+                        "committed"
+                    );
                     if let Ok(mut l) = self.shared.ledger.write() {
                         *l = self.store.state().clone();
                     }

@@ -363,22 +363,24 @@ fn new_vote(
     ConsensusVote::new(WireVote { kind, height: LedgerHeight(height.0), round: round_u32(round), block }, address.0)
 }
 
-/// The proposer of `(height, round)`: weighted by power, deterministic.
+/// The proposer of `(height, round)`, deterministic: round 0's is drawn by
+/// power from a hash of the height, and each later round moves on to the next
+/// validator in the set, so a dead proposer never costs two rounds in a row.
 pub fn select_proposer(set: &ConsensusValidatorSet, height: u64, round: i64) -> &ConsensusValidator {
-    let mut seed = Vec::with_capacity(16);
-    seed.extend_from_slice(&height.to_le_bytes());
-    seed.extend_from_slice(&round.to_le_bytes());
-    let digest = Hash::tagged(b"agora/proposer/1", &seed);
+    let digest = Hash::tagged(b"agora/proposer/1", &height.to_le_bytes());
     let mut point_bytes = [0u8; 8];
     point_bytes.copy_from_slice(&digest.0[..8]);
     let point = u64::from_le_bytes(point_bytes) % set.total.max(1);
     let mut acc = 0u64;
-    for v in &set.validators {
+    // A non-empty set always contains the point; Malachite never asks with an empty set.
+    let mut first = set.validators.len().saturating_sub(1);
+    for (i, v) in set.validators.iter().enumerate() {
         acc = acc.saturating_add(v.power);
         if point < acc {
-            return v;
+            first = i;
+            break;
         }
     }
-    // A non-empty set always contains the point; Malachite never asks with an empty set.
-    &set.validators[set.validators.len() - 1]
+    let step = usize::try_from(round.max(0)).unwrap_or(0) % set.validators.len().max(1);
+    &set.validators[(first + step) % set.validators.len().max(1)]
 }

@@ -41,6 +41,11 @@ type McInput = mcc::Input<AgoraContext>;
 /// Proposed blocks kept per height (one per round is normal; more means a
 /// faulty proposer or many rounds).
 pub const MAX_PENDING_BLOCKS: usize = 32;
+/// Proposed blocks for the next height kept until this node gets there: a
+/// proposer that committed first must not lose its round to a slower peer.
+pub const MAX_FUTURE_BLOCKS: usize = 32;
+/// Of those, how many one signer may have queued (a round-0 proposal and a re-proposal).
+pub const MAX_FUTURE_BLOCKS_PER_SIGNER: usize = 2;
 /// Least time between two sync requests, so a lagging node does not flood peers.
 pub const SYNC_REQUEST_INTERVAL_MS: u64 = 500;
 /// Malachite's buffer for inputs from future heights, and per height.
@@ -162,6 +167,8 @@ struct Host {
     mempool: Mempool,
     /// Blocks proposed at the current height, by hash.
     blocks: BTreeMap<Hash, Block>,
+    /// Signed proposed blocks for the next height, checked once we get there.
+    future_blocks: VecDeque<Signed<ProposalBlock>>,
     /// The certificate of the last committed block, carried by the next block.
     last_commit: Option<CommitCertificate>,
     now_ms: u64,
@@ -212,6 +219,7 @@ impl Engine {
             ledger,
             mempool: Mempool::default(),
             blocks: BTreeMap::new(),
+            future_blocks: VecDeque::new(),
             last_commit,
             now_ms: 0,
             last_sync_request_ms: None,
@@ -306,7 +314,27 @@ impl Engine {
             }
         }
         self.run_followups();
+        self.replay_future_blocks();
         std::mem::take(&mut self.host.actions)
+    }
+
+    /// Feeds the blocks that arrived before this node reached their height.
+    fn replay_future_blocks(&mut self) {
+        let height = self.mc.height();
+        self.host.future_blocks.retain(|b| b.body.block.header.height.0 >= height.0);
+        if !self.host.future_blocks.iter().any(|b| b.body.block.header.height.0 == height.0) {
+            return;
+        }
+        let (ready, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.host.future_blocks)
+            .into_iter()
+            .partition(|b| b.body.block.header.height.0 == height.0);
+        self.host.future_blocks = later;
+        for block in ready {
+            if let Some(input) = self.host.on_block(block, height, self.mc.validator_set()) {
+                self.host.followups.push_back(input);
+            }
+        }
+        self.run_followups();
     }
 
     fn run_followups(&mut self) {
@@ -408,6 +436,18 @@ impl Host {
         set: &ConsensusValidatorSet,
     ) -> Option<McInput> {
         let ProposalBlock { round, pol_round, block } = &signed.body;
+        if block.header.height.0 == height.0 + 1 {
+            // Its proposer is known only once the next validator set is, so
+            // only the signature is checked now.
+            let queued = self.future_blocks.iter().filter(|b| b.signer == signed.signer).count();
+            if self.future_blocks.len() < MAX_FUTURE_BLOCKS
+                && queued < MAX_FUTURE_BLOCKS_PER_SIGNER
+                && signed.verify(&self.chain).is_ok()
+            {
+                self.future_blocks.push_back(signed);
+            }
+            return None;
+        }
         if block.header.height.0 != height.0 {
             return None;
         }

@@ -1,5 +1,5 @@
-//! Gossipsub: versioned topics, content-addressed message ids (a vote relayed
-//! by many peers is one message), strict signing, validation by the node
+//! Gossipsub: versioned topics, message ids that let consensus rebroadcasts
+//! through but de-duplicate everything else by content, strict signing, validation by the node
 //! before forwarding, and peer scoring that graylists senders of invalid messages.
 
 use std::collections::HashMap;
@@ -46,14 +46,27 @@ pub fn behaviour(
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .duplicate_cache_time(DUPLICATE_CACHE_TIME)
         .heartbeat_interval(Duration::from_millis(500))
-        .message_id_fn(|m: &gossipsub::Message| {
-            gossipsub::MessageId::from(Hash::tagged(b"agora/gossip-id/1", &m.data).0.to_vec())
-        })
+        .message_id_fn(message_id)
         .build()
         .map_err(|e| e.to_string())?;
     let mut behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;
     behaviour.with_peer_score(score_params(), PeerScoreThresholds::default())?;
     Ok(behaviour)
+}
+
+/// Consensus messages are identified by publisher and sequence number, so
+/// Malachite's rebroadcast of a vote after a stalled round is a new message
+/// that reaches a peer which missed it (a content id would make gossipsub
+/// drop it as a duplicate for `DUPLICATE_CACHE_TIME`). Everything else is
+/// content-addressed: a transaction submitted at two nodes is one message.
+fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut bytes = Vec::with_capacity(48);
+    if m.topic == topic(TOPIC_CONSENSUS).hash() {
+        bytes.extend_from_slice(&m.source.map(|p| p.to_bytes()).unwrap_or_default());
+        bytes.extend_from_slice(&m.sequence_number.unwrap_or_default().to_le_bytes());
+        return gossipsub::MessageId::from(Hash::tagged(b"agora/gossip-id/consensus/1", &bytes).0.to_vec());
+    }
+    gossipsub::MessageId::from(Hash::tagged(b"agora/gossip-id/1", &m.data).0.to_vec())
 }
 
 /// Scoring that punishes invalid messages hard and nothing else: in small
