@@ -29,11 +29,15 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    pub fn new(node: Option<String>, json: bool) -> NodeArgs {
+        NodeArgs { node, json }
+    }
+
     fn url(&self) -> String {
         self.node.clone().or_else(|| std::env::var("AGORA_NODE").ok()).unwrap_or_else(|| DEFAULT_NODE.into())
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+    pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let reply = http::get(&self.url(), path)?;
         let body = reply.json()?;
         if reply.status >= 400 {
@@ -119,6 +123,86 @@ pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Res
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// What `agora offers` filters on.
+#[derive(Args)]
+pub struct OfferArgs {
+    /// GPU model, matched case-insensitively as a substring (h100 matches "NVIDIA H100 80GB HBM3")
+    #[arg(long)]
+    model: Option<String>,
+    /// Minimum VRAM per GPU, in GB
+    #[arg(long, value_name = "GB")]
+    min_vram: Option<u32>,
+    /// At least this many GPUs of one kind
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Highest price per GPU-hour, in AGR (2.5) or micro-units (2500000uagr)
+    #[arg(long)]
+    max_price: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// `agora offers`: the node's order book, cheapest first.
+pub fn offers(args: OfferArgs) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    if let Some(m) = &args.model {
+        query.push(format!("model={}", http::encode_query(m)));
+    }
+    if let Some(v) = args.min_vram {
+        query.push(format!("min_vram_gb={v}"));
+    }
+    if let Some(n) = args.gpus {
+        query.push(format!("gpus={n}"));
+    }
+    if let Some(p) = &args.max_price {
+        parse_amount(p)?;
+        query.push(format!("max_price={}", http::encode_query(p)));
+    }
+    if let Some(r) = &args.region {
+        query.push(format!("region={}", http::encode_query(r)));
+    }
+    let path = if query.is_empty() { "/v1/offers".to_string() } else { format!("/v1/offers?{}", query.join("&")) };
+    let list = args.node.get(&path)?;
+    if args.node.json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = list.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no matching offers");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<64}  {:<34}  {:>12}  {:>9}  REGION", "PROVIDER", "GPUS", "AGR/GPU-H", "MAX");
+    for o in &list {
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        let gpus: Vec<String> = o["gpus"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let sim = if g["simulated"] == true { " sim" } else { "" };
+                format!("{}x {} {}GB{sim}", g["count"], text(&g["model"]), g["vram_mib"].as_u64().unwrap_or(0) / 1024)
+            })
+            .collect();
+        let price = text(&o["price_per_gpu_hour"]).parse().map(Amount).unwrap_or_default();
+        let hours = o["max_duration_secs"].as_u64().unwrap_or(0) as f64 / 3600.0;
+        println!(
+            "{:<64}  {:<34}  {:>12}  {:>8.1}h  {}",
+            text(&o["provider"]),
+            gpus.join(", "),
+            price.to_string().trim_end_matches(" AGR"),
+            hours,
+            text(&o["region"])
+        );
+    }
+    if list.iter().any(|o| o["simulated"] == true) {
+        println!("(sim = simulated GPUs: software only, for testnets)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn parse_amount(s: &str) -> anyhow::Result<Amount> {

@@ -1,5 +1,6 @@
-//! `agora ledger status|validators|account`: read a node's local ledger
-//! store directly (the node's HTTP API will serve the same later).
+//! `agora ledger height|status|validators|providers|block|account`: the
+//! ledger as a node sees it, through its HTTP API (`--node URL`), or read
+//! from a stopped node's store on disk with `--data DIR`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,8 +14,12 @@ use crate::print_json;
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
+    /// The latest committed height
+    Height(StoreArgs),
     /// Height, tip, state root and supply of a ledger store
     Status(StoreArgs),
+    /// Registered providers: status, stake, GPUs, slashes
+    Providers(StoreArgs),
     /// The validator set for the next height, with voting power
     Validators(StoreArgs),
     /// A committed block's header, transactions and commit certificate
@@ -34,9 +39,12 @@ pub enum LedgerCommand {
 
 #[derive(Args)]
 pub struct StoreArgs {
-    /// Ledger store directory [default: HOME/data/ledger]
+    /// Read this ledger store directory (of a stopped node) instead of asking a node
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Node API URL [env: AGORA_NODE] [default: http://127.0.0.1:7600]
+    #[arg(long)]
+    node: Option<String>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -46,6 +54,48 @@ impl StoreArgs {
     fn open(&self, home: &Path) -> anyhow::Result<Store> {
         let path = self.data.clone().unwrap_or_else(|| home.join("data").join("ledger"));
         Ok(Store::open_existing(&path)?)
+    }
+
+    /// The node's answer to `GET path`, when no store directory was given.
+    fn api(&self, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        if self.data.is_some() {
+            return Ok(None);
+        }
+        let args = crate::client::NodeArgs::new(self.node.clone(), self.json);
+        args.get(path).map(Some)
+    }
+}
+
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+}
+
+fn print_providers(list: &[serde_json::Value]) {
+    if list.is_empty() {
+        println!("no providers registered");
+        return;
+    }
+    println!("{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  GPUS", "ADDRESS", "STATUS", "STAKE", "REGION", "SLASHES");
+    for p in list {
+        let stake = text(&p["stake"]).parse().map(agora_protocol::Amount).unwrap_or_default();
+        let gpus: Vec<String> = p["gpus"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let sim = if g["simulated"] == true { " (simulated)" } else { "" };
+                format!("{}x {} {}GB{sim}", g["count"], text(&g["model"]), g["vram_mib"].as_u64().unwrap_or(0) / 1024)
+            })
+            .collect();
+        println!(
+            "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {}",
+            text(&p["address"]),
+            text(&p["status"]),
+            stake.to_string(),
+            text(&p["region"]),
+            p["slashes"],
+            gpus.join(", ")
+        );
     }
 }
 
@@ -82,6 +132,32 @@ struct ValidatorView {
 
 pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        LedgerCommand::Height(args) => {
+            let height = match args.api("/v1/status")? {
+                Some(s) => s["height"].as_u64().unwrap_or(0),
+                None => args.open(home)?.height().0,
+            };
+            if args.json {
+                print_json(&serde_json::json!({ "height": height }))?;
+            } else {
+                println!("{height}");
+            }
+        }
+        LedgerCommand::Providers(args) => {
+            let list = match args.api("/v1/providers")? {
+                Some(v) => v.as_array().cloned().unwrap_or_default(),
+                None => {
+                    let store = args.open(home)?;
+                    let s = store.state();
+                    s.providers().map(|(a, p)| crate::ledger::provider_json(s, a, p)).collect()
+                }
+            };
+            if args.json {
+                print_json(&list)?;
+            } else {
+                print_providers(&list);
+            }
+        }
         LedgerCommand::Status(args) => {
             let store = args.open(home)?;
             let s = store.state();
@@ -103,6 +179,18 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
                 println!("supply     {} (burned {})", view.supply, view.burned);
             }
         }
+        LedgerCommand::Validators(args) if args.data.is_none() => {
+            let list = args.api("/v1/validators")?.unwrap_or_default();
+            if args.json {
+                print_json(&list)?;
+            } else {
+                println!("{:<64}  {:>14}  POWER", "ADDRESS", "STAKE");
+                for v in list.as_array().into_iter().flatten() {
+                    let stake = text(&v["stake"]).parse().map(agora_protocol::Amount).unwrap_or_default();
+                    println!("{:<64}  {:>14}  {}", text(&v["address"]), stake.to_string(), text(&v["power"]));
+                }
+            }
+        }
         LedgerCommand::Validators(args) => {
             let store = args.open(home)?;
             let s = store.state();
@@ -120,6 +208,20 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
                     let share = if total == 0 { 0.0 } else { v.power as f64 * 100.0 / total as f64 };
                     println!("{:<64}  {:>7.2}%  {}", v.address.to_string(), share, v.stake);
                 }
+            }
+        }
+        LedgerCommand::Block { height, store } if store.data.is_none() => {
+            let b = store.api(&format!("/v1/blocks/{height}"))?.unwrap_or_default();
+            if store.json {
+                print_json(&b)?;
+            } else {
+                let kinds: Vec<String> = b["txs"].as_array().into_iter().flatten().map(|t| text(&t["kind"])).collect();
+                println!("height     {}", b["height"]);
+                println!("hash       {}", text(&b["hash"]));
+                println!("proposer   {}", text(&b["header"]["proposer"]));
+                println!("txs        {}", if kinds.is_empty() { "-".to_string() } else { kinds.join(", ") });
+                let signers = b["committed_by"].as_array().map_or(0, Vec::len);
+                println!("committed  by {signers} validator(s)");
             }
         }
         LedgerCommand::Block { height, store } => {
@@ -152,6 +254,19 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        LedgerCommand::Account { address, store } if store.data.is_none() => {
+            let address: Address = address.parse()?;
+            let a = store.api(&format!("/v1/accounts/{address}"))?.unwrap_or_default();
+            if store.json {
+                print_json(&a)?;
+            } else {
+                let micros = |k: &str| text(&a[k]).parse().map(agora_protocol::Amount).unwrap_or_default();
+                println!("balance   {}", micros("balance"));
+                println!("stake     {}", micros("stake"));
+                println!("unbonding {}", micros("unbonding"));
+                println!("nonce     {}", a["nonce"]);
+            }
+        }
         LedgerCommand::Account { address, store } => {
             let address: Address = address.parse()?;
             let st = store.open(home)?;
@@ -167,4 +282,9 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A provider record as JSON, the same shape as the API's `/v1/providers`.
+pub fn provider_json(s: &agora_ledger::State, address: &Address, p: &agora_ledger::Provider) -> serde_json::Value {
+    agora_node::api::provider_view(s, address, p)
 }

@@ -33,6 +33,8 @@ enum Command {
     Node(node::NodeCommand),
     /// A node's status
     Status(client::NodeArgs),
+    /// GPU offers in a node's order book, cheapest first
+    Offers(client::OfferArgs),
     /// An account's balance (default: your key's)
     Balance {
         address: Option<String>,
@@ -71,7 +73,7 @@ enum Command {
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Inspect a ledger store: status, validators, accounts
+    /// The ledger through a node (or a stopped node's store): height, providers, validators, blocks, accounts
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
     /// Benchmarks that print JSON figures
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
     let result = home_dir(cli.home).and_then(|home| match cli.command {
         Command::Keys(cmd) => keys::run(&home, cmd),
         Command::Status(node) => client::status(node),
+        Command::Offers(args) => client::offers(args),
         Command::Balance { address, key, node } => client::balance(&home, address, &key, node),
         Command::Transfer { to, amount, key, node } => {
             let to: agora_protocol::Address = to.parse()?;

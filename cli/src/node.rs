@@ -49,6 +49,15 @@ pub struct RunArgs {
     /// Expose fault-injection endpoints (testnets only)
     #[arg(long)]
     testnet_admin: bool,
+    /// Provider asking price in AGR per GPU-hour, e.g. 2.5
+    #[arg(long)]
+    price_per_gpu_hour: Option<String>,
+    /// Region advertised in offers
+    #[arg(long)]
+    region: Option<String>,
+    /// Longest lease accepted, in seconds
+    #[arg(long)]
+    max_lease_secs: Option<u64>,
     /// Log level or filter (overrides RUST_LOG)
     #[arg(long)]
     log_level: Option<String>,
@@ -107,6 +116,15 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         config.timeout_propose_ms = v;
     }
     config.testnet_admin |= args.testnet_admin;
+    if let Some(v) = args.price_per_gpu_hour {
+        config.price_per_gpu_hour = v;
+    }
+    if let Some(v) = args.region {
+        config.region = v;
+    }
+    if let Some(v) = args.max_lease_secs {
+        config.max_lease_secs = v;
+    }
     agora_node::run::run(home, config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -69,6 +69,18 @@ pub enum TestnetCommand {
         #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
         dir: PathBuf,
     },
+    /// Split the testnet: nodes in different groups ("0,1|2,3") drop each other's traffic
+    Partition {
+        /// Groups of node indices separated by |, e.g. "0|1,2,3"
+        groups: String,
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
+    /// End a partition: every node reconnects to every other
+    Heal {
+        #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
+        dir: PathBuf,
+    },
     /// Stake a provider, lease its simulated GPUs as a buyer, run a job and settle the escrow
     Demo {
         /// Keep the demo's keys, ledger and job output here (must be empty or absent) instead of a temporary directory
@@ -142,6 +154,18 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
         TestnetCommand::Kill { index, dir } => signal(&dir, index, "kill"),
         TestnetCommand::Pause { index, dir } => signal(&dir, index, "pause"),
         TestnetCommand::Resume { index, dir } => signal(&dir, index, "resume"),
+        TestnetCommand::Partition { groups, dir } => {
+            let groups = local::partition(&dir, &groups)?;
+            let text: Vec<String> =
+                groups.iter().map(|g| g.iter().map(|i| format!("node{i}")).collect::<Vec<_>>().join(" ")).collect();
+            println!("partitioned: {}", text.join(" | "));
+            Ok(ExitCode::SUCCESS)
+        }
+        TestnetCommand::Heal { dir } => {
+            local::heal(&dir)?;
+            println!("healed: every node accepts every peer again");
+            Ok(ExitCode::SUCCESS)
+        }
         TestnetCommand::Restart { index, dir } => {
             let pid = local::restart(&std::env::current_exe()?, &dir, index)?;
             println!("node{index} restarted (pid {pid})");

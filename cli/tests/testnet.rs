@@ -1,7 +1,9 @@
 //! A real 4-node testnet on loopback, driven through the `agora` binary as a
-//! user would: blocks are committed, a transfer sent to node 0 is visible on
-//! node 3, a node killed early and restarted 100+ blocks later syncs to the
-//! same chain, the API refuses bad input with 4xx, and `down` stops everything.
+//! user would: blocks are committed, both providers' offers reach every
+//! node's order book, a transfer sent to node 0 is visible on node 2, a node
+//! killed early and restarted 100+ blocks later syncs to the same chain, a
+//! node partitioned away stalls without forking and catches up after heal,
+//! the API refuses bad input with 4xx, and `down` stops everything.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -73,6 +75,8 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         d,
         "--nodes",
         "4",
+        "--providers",
+        "2",
         "--base-port",
         &base.to_string(),
         "--commit-pause-ms",
@@ -83,6 +87,25 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let api: Vec<String> =
         net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
     wait_until("all nodes at height 3", Duration::from_secs(120), || api.iter().all(|a| height(a) >= 3));
+
+    // Both providers register their simulated GPUs and their offers reach every node's order book.
+    let providers: Vec<String> = (0..2).map(|i| net["nodes"][i]["address"].as_str().unwrap().to_string()).collect();
+    wait_until("both offers on every node", Duration::from_secs(120), || {
+        api.iter().all(|a| {
+            let offers = http::get(a, "/v1/offers").ok().and_then(|r| r.json().ok()).unwrap_or_default();
+            let list = offers.as_array().cloned().unwrap_or_default();
+            providers.iter().all(|p| list.iter().any(|o| o["provider"] == p.as_str() && o["simulated"] == true))
+        })
+    });
+    let table = ok(agora(&["offers", "--node", &api[3], "--model", "h100", "--gpus", "2"]));
+    assert!(providers.iter().all(|p| table.contains(p.as_str())), "{table}");
+    assert!(table.contains("2x H100 80GB sim"), "{table}");
+    let none = ok(agora(&["offers", "--node", &api[3], "--gpus", "3"]));
+    assert!(none.contains("no matching offers"), "{none}");
+    let listed = ok(agora(&["ledger", "providers", "--node", &api[2], "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(listed.as_array().unwrap().iter().all(|p| p["status"] == "active" && p["simulated"] == true));
 
     // Node 3 goes down early; the others go on.
     ok(agora(&["testnet", "kill", "3", "--dir", d]));
@@ -111,13 +134,18 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     );
     let metrics = http::get(&api[1], "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
-    for name in
-        ["agora_height", "agora_peers", "agora_mempool_txs", "agora_committed_txs_total", "agora_gossip_messages_total"]
-    {
+    for name in [
+        "agora_height",
+        "agora_peers",
+        "agora_mempool_txs",
+        "agora_committed_txs_total",
+        "agora_gossip_messages_total",
+        "agora_offers",
+    ] {
         assert!(metrics.body.contains(name), "{name} missing from /metrics:\n{}", metrics.body);
     }
-    let providers = http::get(&api[1], "/v1/providers").unwrap();
-    assert_eq!((providers.status, providers.body.trim()), (200, "[]"));
+    assert_eq!(http::get(&api[1], "/v1/offers?gpus=x").unwrap().status, 400);
+    assert_eq!(http::get(&api[1], "/v1/offers?max_price=cheap").unwrap().status, 400);
     assert_eq!(http::get(&api[1], "/v1/leases/zz").unwrap().status, 400);
     assert_eq!(http::get(&api[1], &format!("/v1/leases/{}", "0".repeat(64))).unwrap().status, 404);
     assert_eq!(http::get(&api[1], "/v1/blocks/999999").unwrap().status, 404);
@@ -133,6 +161,21 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         assert_eq!(block_hash(&api[3], h), block_hash(&api[0], h), "node 3 disagrees at height {h}");
     }
     assert!(block_hash(&api[3], target).is_some());
+
+    // Node 3 partitioned away from the other three: they keep committing, it
+    // stalls without forking, and after heal it catches up.
+    ok(agora(&["testnet", "partition", "0,1,2|3", "--dir", d]));
+    let cut = height(&api[0]);
+    wait_until("10 blocks on the majority side", Duration::from_secs(120), || height(&api[0]) >= cut + 10);
+    let isolated = height(&api[3]);
+    assert!(isolated <= cut + 1, "the isolated node went on alone: {isolated} vs {cut}");
+    for h in 1..=isolated {
+        assert_eq!(block_hash(&api[3], h), block_hash(&api[0], h), "the isolated node forked at height {h}");
+    }
+    ok(agora(&["testnet", "heal", "--dir", d]));
+    let target = height(&api[0]);
+    wait_until("node 3 to catch up after heal", Duration::from_secs(180), || height(&api[3]) >= target);
+    assert_eq!(block_hash(&api[3], target), block_hash(&api[0], target));
 
     // down stops every node process.
     let pids: Vec<u64> = net["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();

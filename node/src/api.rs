@@ -5,7 +5,7 @@
 
 use agora_protocol::codec;
 use agora_protocol::{Address, Height, SignedTx};
-use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,18 +39,63 @@ fn internal(msg: impl std::fmt::Display) -> ApiError {
 }
 
 pub fn router(shared: Shared) -> Router {
-    Router::new()
+    let admin = shared.admin;
+    let router = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/accounts/{address}", get(account))
         .route("/v1/validators", get(validators))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers", get(providers))
+        .route("/v1/offers", get(offers))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/tx", post(submit_tx))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let router = if admin {
+        router.route("/v1/admin/partition", post(partition)).route("/v1/admin/heal", post(heal))
+    } else {
+        router
+    };
+    router
         .fallback(|| async { not_found("no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// `POST /v1/admin/partition {"block": [peer id, …]}` (testnet nodes only).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionRequest {
+    block: Vec<String>,
+}
+
+async fn partition(
+    AxumState(s): AxumState<Shared>,
+    body: Result<Json<PartitionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    if body.block.len() > agora_protocol::limits::MAX_VALIDATORS {
+        return Err(bad_request("too many peers"));
+    }
+    let block = body
+        .block
+        .iter()
+        .map(|p| p.parse::<libp2p::PeerId>().map_err(|e| bad_request(format!("peer id {p:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    set_partition(&s, block).await
+}
+
+async fn heal(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    set_partition(&s, Vec::new()).await
+}
+
+async fn set_partition(s: &Shared, block: Vec<libp2p::PeerId>) -> Result<Json<serde_json::Value>, ApiError> {
+    let count = block.len();
+    let (reply, rx) = oneshot::channel();
+    s.commands
+        .try_send(Command::Partition { block, reply })
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    rx.await.map_err(internal)?;
+    Ok(Json(serde_json::json!({ "blocked": count })))
 }
 
 async fn metrics(AxumState(s): AxumState<Shared>) -> Result<impl IntoResponse, ApiError> {
@@ -83,18 +128,79 @@ async fn account(
 
 async fn providers(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let ledger = s.ledger.read().map_err(internal)?;
-    let list = ledger
-        .providers()
-        .map(|(address, p)| {
+    Ok(Json(ledger.providers().map(|(address, p)| provider_view(&ledger, address, p)).collect()))
+}
+
+/// A provider's ledger record as JSON (shared with `agora ledger providers --data`).
+pub fn provider_view(ledger: &agora_ledger::State, address: &Address, p: &agora_ledger::Provider) -> serde_json::Value {
+    use agora_ledger::ProviderStatus;
+    let (status, jailed_until) = match p.status {
+        ProviderStatus::Active if ledger.is_active_provider(address) => ("active", None),
+        ProviderStatus::Active => ("unstaked", None),
+        ProviderStatus::Jailed { until } => ("jailed", Some(until.0)),
+        ProviderStatus::Tombstoned => ("tombstoned", None),
+    };
+    serde_json::json!({
+        "address": address,
+        "region": p.region,
+        "gpus": p.gpus,
+        "simulated": p.gpus.iter().any(|g| g.simulated),
+        "status": status,
+        "jailed_until": jailed_until,
+        "active": ledger.is_active_provider(address),
+        "stake": ledger.account(address).stake,
+        "slashes": p.slashes,
+        "registered_at": p.registered_at.0,
+    })
+}
+
+/// Query of `GET /v1/offers`; every field optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfferQuery {
+    /// Case-insensitive substring of the GPU model.
+    model: Option<String>,
+    /// Minimum VRAM per GPU, in GiB.
+    min_vram_gb: Option<u32>,
+    /// At least this many GPUs of one matching kind.
+    gpus: Option<u32>,
+    /// Highest price per GPU-hour: decimal AGR ("2.5") or micro-units ("2500000uagr").
+    max_price: Option<String>,
+    region: Option<String>,
+}
+
+async fn offers(
+    AxumState(s): AxumState<Shared>,
+    query: Result<Query<OfferQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let max_price = match q.max_price {
+        Some(p) => Some(p.parse::<agora_protocol::Amount>().map_err(|e| bad_request(e.to_string()))?),
+        None => None,
+    };
+    let filter = crate::offers::OfferFilter {
+        model: q.model,
+        min_vram_mib: q.min_vram_gb.map(|g| g.saturating_mul(1024)),
+        gpus: q.gpus,
+        max_price,
+        region: q.region,
+    };
+    let book = s.offers.read().map_err(internal)?;
+    let list = book
+        .query(&filter)
+        .into_iter()
+        .map(|e| {
+            let o = &e.offer.body;
             serde_json::json!({
-                "address": address,
-                "region": p.region,
-                "gpus": p.gpus,
-                "status": format!("{:?}", p.status),
-                "active": ledger.is_active_provider(address),
-                "stake": ledger.account(address).stake,
-                "slashes": p.slashes,
-                "registered_at": p.registered_at.0,
+                "provider": e.offer.signer,
+                "seq": o.seq,
+                "gpus": o.gpus,
+                "simulated": o.gpus.iter().any(|g| g.simulated),
+                "price_per_gpu_hour": o.price_per_gpu_hour,
+                "max_duration_secs": o.max_duration_secs,
+                "region": o.region,
+                "expires_at_ms": o.expires_at_ms.0,
+                "received_at_ms": e.received_at_ms,
             })
         })
         .collect();
@@ -111,12 +217,21 @@ async fn lease(AxumState(s): AxumState<Shared>, Path(id): Path<String>) -> Resul
 struct ValidatorView {
     address: Address,
     power: String,
+    stake: agora_protocol::Amount,
 }
 
 async fn validators(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<ValidatorView>>, ApiError> {
     let ledger = s.ledger.read().map_err(internal)?;
     Ok(Json(
-        ledger.validators().iter().map(|v| ValidatorView { address: v.address, power: v.power.to_string() }).collect(),
+        ledger
+            .validators()
+            .iter()
+            .map(|v| ValidatorView {
+                address: v.address,
+                power: v.power.to_string(),
+                stake: ledger.account(&v.address).stake,
+            })
+            .collect(),
     ))
 }
 

@@ -19,6 +19,25 @@ fn default_propose_timeout() -> u64 {
     DEFAULT_PROPOSE_TIMEOUT_MS
 }
 
+/// Default asking price, in AGR per GPU-hour.
+pub const DEFAULT_PRICE_PER_GPU_HOUR: &str = "2";
+/// Default region a provider advertises.
+pub const DEFAULT_REGION: &str = "local";
+/// Default longest lease a provider accepts (a day).
+pub const DEFAULT_MAX_LEASE_SECS: u64 = 24 * 3600;
+
+fn default_price() -> String {
+    DEFAULT_PRICE_PER_GPU_HOUR.into()
+}
+
+fn default_region() -> String {
+    DEFAULT_REGION.into()
+}
+
+fn default_max_lease_secs() -> u64 {
+    DEFAULT_MAX_LEASE_SECS
+}
+
 /// Default HTTP API address (loopback only: the API can submit transactions).
 pub const DEFAULT_API: &str = "127.0.0.1:7600";
 
@@ -47,6 +66,16 @@ pub struct NodeConfig {
     /// Exposes fault-injection endpoints (testnets only).
     #[serde(default)]
     pub testnet_admin: bool,
+    /// Provider terms (used only when the node has GPUs): asking price in
+    /// AGR per GPU-hour, e.g. "2.5".
+    #[serde(default = "default_price")]
+    pub price_per_gpu_hour: String,
+    /// The region advertised in offers and registered on the ledger.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The longest lease this provider accepts, in seconds.
+    #[serde(default = "default_max_lease_secs")]
+    pub max_lease_secs: u64,
 }
 
 impl NodeConfig {
@@ -61,6 +90,9 @@ impl NodeConfig {
             commit_pause_ms: 500,
             timeout_propose_ms: DEFAULT_PROPOSE_TIMEOUT_MS,
             testnet_admin: false,
+            price_per_gpu_hour: default_price(),
+            region: default_region(),
+            max_lease_secs: DEFAULT_MAX_LEASE_SECS,
         }
     }
 
@@ -95,6 +127,26 @@ impl NodeConfig {
             rebroadcast: propose + 2 * vote,
             max_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// The asking price, parsed.
+    pub fn price(&self, home: &Path) -> Result<agora_protocol::Amount, Error> {
+        self.price_per_gpu_hour.parse().map_err(|e| Error::Config {
+            path: NodeConfig::path(home),
+            reason: format!("price_per_gpu_hour {:?}: {e}", self.price_per_gpu_hour),
+        })
+    }
+
+    /// Checks the region and longest lease against the protocol's limits,
+    /// so a provider fails at start rather than with every offer refused.
+    pub fn check_provider_terms(&self, home: &Path) -> Result<(), Error> {
+        let bad = |reason: String| Error::Config { path: NodeConfig::path(home), reason };
+        agora_protocol::market::validate_region(&self.region).map_err(|e| bad(format!("region: {e}")))?;
+        let max = agora_protocol::limits::MAX_LEASE_DURATION_SECS;
+        if self.max_lease_secs == 0 || self.max_lease_secs > max {
+            return Err(bad(format!("max_lease_secs must be 1 to {max}")));
+        }
+        self.price(home).map(|_| ())
     }
 
     /// The ledger store directory.

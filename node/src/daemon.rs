@@ -13,8 +13,9 @@ use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
 use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
+use agora_protocol::market::Offer;
 use agora_protocol::sync::{MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
-use agora_protocol::{ChainId, Hash, Height, Keypair, SignedTx};
+use agora_protocol::{ChainId, Hash, Height, Keypair, Signed, SignedTx, Transaction, TxKind};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::request_response::{self, Message};
@@ -24,12 +25,24 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
 use crate::error::Error;
-use crate::net::gossip::{TOPIC_CONSENSUS, TOPIC_TXS, TOPICS, topic};
+use crate::gpu::{Detection, GpuSource};
+use crate::net::gossip::{TOPIC_CONSENSUS, TOPIC_OFFERS, TOPIC_TXS, TOPICS, topic};
 use crate::net::{Behaviour, BehaviourEvent, build_swarm};
+use crate::offers::OrderBook;
+use crate::provider::{Duty, Provider};
 
 /// Commands the HTTP API sends to the loop.
 pub enum Command {
-    SubmitTx { tx: Box<SignedTx>, reply: oneshot::Sender<Result<Hash, String>> },
+    SubmitTx {
+        tx: Box<SignedTx>,
+        reply: oneshot::Sender<Result<Hash, String>>,
+    },
+    /// Testnet fault injection: drop all traffic to and from these peers
+    /// (replacing the previous set); an empty set heals.
+    Partition {
+        block: Vec<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Capacity of the API → loop command queue.
@@ -38,6 +51,8 @@ pub const COMMAND_QUEUE: usize = 256;
 const SYNC_CERT_ALLOWANCE: usize = 16 * 1024;
 /// Submitted transactions kept for re-publishing while no peer is subscribed yet.
 pub const MAX_UNPUBLISHED_TXS: usize = 1024;
+/// How often the loop does its periodic duties (offers, order-book expiry).
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// What the API shows; refreshed by the loop after every event.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -54,6 +69,13 @@ pub struct NodeStatus {
     pub validator: bool,
     pub mempool: usize,
     pub listen: Vec<String>,
+    /// `provider` when this node has GPUs to lease, else `non-provider`.
+    pub role: String,
+    /// How the GPUs were found: nvml, nvidia-smi, simulated or none.
+    pub gpu_detection: String,
+    pub gpus: Vec<crate::gpu::Gpu>,
+    /// Offers in this node's order book.
+    pub offers: usize,
 }
 
 /// State shared with the API: the status, the ledger state at the tip and a block reader.
@@ -61,10 +83,13 @@ pub struct NodeStatus {
 pub struct Shared {
     pub status: Arc<RwLock<NodeStatus>>,
     pub ledger: Arc<RwLock<State>>,
+    pub offers: Arc<RwLock<OrderBook>>,
     pub blocks: BlockReader,
     pub commands: mpsc::Sender<Command>,
     pub metrics: crate::metrics::Metrics,
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Whether the fault-injection endpoints are served (testnets only).
+    pub admin: bool,
 }
 
 fn now_ms() -> u64 {
@@ -73,6 +98,8 @@ fn now_ms() -> u64 {
 
 pub struct Daemon {
     chain: ChainId,
+    key: Keypair,
+    provider: Option<Provider>,
     store: Store,
     engine: Engine,
     swarm: Swarm<Behaviour>,
@@ -82,6 +109,8 @@ pub struct Daemon {
     sync_in_flight: bool,
     peers: Vec<PeerId>,
     next_sync_peer: usize,
+    /// Where to reconnect after a partition heals.
+    bootstrap: Vec<Multiaddr>,
     /// Encoded transactions whose gossip found no subscribed peer yet.
     unpublished: std::collections::VecDeque<Vec<u8>>,
 }
@@ -89,6 +118,24 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store, restarts consensus from its WAL and starts listening.
     pub fn start(home: &Path, config: &NodeConfig, key: Keypair) -> Result<(Daemon, Shared), Error> {
+        let source: GpuSource = config.gpus.parse()?;
+        let detection = crate::gpu::detect(&source);
+        let provider = if detection.gpus.is_empty() {
+            tracing::info!(
+                reason = detection.note.as_deref().unwrap_or(""),
+                "no GPUs: running as a non-provider (buyer, validator or relay)"
+            );
+            None
+        } else {
+            log_gpus(&detection);
+            config.check_provider_terms(home)?;
+            Some(Provider::new(
+                detection.gpus.clone(),
+                config.price(home)?,
+                config.region.clone(),
+                config.max_lease_secs,
+            ))
+        };
         let genesis = crate::config::load_genesis(home)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         let wal = store.wal_entries()?;
@@ -115,8 +162,10 @@ impl Daemon {
         let listen: Multiaddr =
             config.listen.parse().map_err(|e| Error::Network(format!("listen {}: {e}", config.listen)))?;
         swarm.listen_on(listen).map_err(|e| Error::Network(e.to_string()))?;
+        let mut bootstrap = Vec::new();
         for addr in &config.bootstrap {
             let ma: Multiaddr = addr.parse().map_err(|e| Error::Network(format!("bootstrap {addr}: {e}")))?;
+            bootstrap.push(ma.clone());
             if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = ma.iter().last() {
                 swarm.behaviour_mut().kad.add_address(&peer, ma.clone());
             }
@@ -138,19 +187,28 @@ impl Daemon {
             validator: store.state().is_validator(&key.address()),
             mempool: 0,
             listen: Vec::new(),
+            role: if provider.is_some() { "provider" } else { "non-provider" }.into(),
+            gpu_detection: detection.method.into(),
+            gpus: detection.gpus.clone(),
+            offers: 0,
         };
         let (metrics, registry) = crate::metrics::Metrics::new();
         metrics.height.set(store.height().0 as i64);
         let shared = Shared {
             status: Arc::new(RwLock::new(status)),
             ledger: Arc::new(RwLock::new(store.state().clone())),
+            offers: Arc::new(RwLock::new(OrderBook::default())),
             blocks: store.reader(),
             commands: tx,
             metrics,
             registry: Arc::new(registry),
+            admin: config.testnet_admin,
         };
         let mut daemon = Daemon {
             chain,
+            key,
+            provider,
+            bootstrap,
             store,
             engine,
             swarm,
@@ -171,6 +229,8 @@ impl Daemon {
         let actions = self.engine.handle(now_ms(), Input::Start);
         self.act(actions)?;
         tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.values().min().copied();
             let sleep = async {
@@ -184,6 +244,7 @@ impl Daemon {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event)?,
                 Some(cmd) = self.commands.recv() => self.on_command(cmd)?,
                 _ = sleep => self.fire_timers()?,
+                _ = tick.tick() => self.on_tick()?,
             }
             self.retry_unpublished();
             self.publish_status();
@@ -191,6 +252,66 @@ impl Daemon {
         tracing::info!("shutting down: flushing the ledger store");
         self.store.flush()?;
         Ok(())
+    }
+
+    /// Periodic duties: expire offers, and a provider's registration and offers.
+    fn on_tick(&mut self) -> Result<(), Error> {
+        let now = now_ms();
+        let state = self.store.state();
+        if let Ok(mut book) = self.shared.offers.write() {
+            book.prune(state, now);
+            self.shared.metrics.offers.set(book.len() as i64);
+        }
+        let me = self.key.address();
+        let Some(duty) = self.provider.as_mut().and_then(|p| p.next(state, &me, now)) else {
+            return Ok(());
+        };
+        match duty {
+            Duty::NeedStake { have, need } => tracing::warn!(
+                %have,
+                %need,
+                "stake too low to provide GPUs: stake at least the minimum (agora stake AMOUNT) to register"
+            ),
+            Duty::Register { region, gpus } => {
+                tracing::info!(%region, kinds = gpus.len(), "registering as a provider");
+                self.submit_own_tx(TxKind::RegisterProvider { region, gpus })?;
+            }
+            Duty::Announce(offer) => self.announce(offer, now)?,
+        }
+        Ok(())
+    }
+
+    /// Signs, keeps and gossips this provider's offer.
+    fn announce(&mut self, offer: Offer, now: u64) -> Result<(), Error> {
+        let signed = Signed::sign(offer, &self.key, &self.chain)?;
+        if let Ok(mut book) = self.shared.offers.write() {
+            if let Err(e) = book.insert(signed.clone(), &self.chain, self.store.state(), now) {
+                tracing::warn!(error = %e, "own offer refused by the order book");
+            }
+        }
+        let result = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_OFFERS), codec::encode(&signed)?);
+        match result {
+            Ok(_) => {
+                self.shared.metrics.offers_announced.inc();
+                tracing::debug!(seq = signed.body.seq, "offer announced");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "offer not announced yet");
+                if let Some(p) = self.provider.as_mut() {
+                    p.announce_failed(now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a transaction with the node's own key at its next nonce and submits it.
+    fn submit_own_tx(&mut self, kind: TxKind) -> Result<(), Error> {
+        let nonce = self.store.state().account(&self.key.address()).nonce;
+        let tx = Signed::sign(Transaction { nonce, kind }, &self.key, &self.chain)?;
+        self.publish_tx(codec::encode(&tx)?);
+        let actions = self.engine.handle(now_ms(), Input::Tx(Box::new(tx)));
+        self.act(actions)
     }
 
     fn fire_timers(&mut self) -> Result<(), Error> {
@@ -306,6 +427,23 @@ impl Daemon {
                     Err(e) => _ = reply.send(Err(e)),
                 }
             }
+            Command::Partition { block, reply } => {
+                let blocked = &mut self.swarm.behaviour_mut().blocked;
+                let old: Vec<PeerId> = blocked.blocked_peers().iter().copied().collect();
+                for p in old.iter().filter(|p| !block.contains(p)) {
+                    blocked.unblock_peer(*p);
+                }
+                for p in &block {
+                    blocked.block_peer(*p);
+                }
+                tracing::warn!(blocked = block.len(), "testnet partition: traffic with these peers is dropped");
+                if block.is_empty() {
+                    for addr in self.bootstrap.clone() {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }
@@ -317,7 +455,11 @@ impl Daemon {
                 message_id,
                 message,
             })) => {
-                let (acceptance, input) = self.validate_gossip(message.topic.as_str(), &message.data);
+                let (acceptance, input) = if message.topic == topic(TOPIC_OFFERS).hash() {
+                    (self.on_offer(&message.data), None)
+                } else {
+                    self.validate_gossip(message.topic.as_str(), &message.data)
+                };
                 let verdict = match acceptance {
                     MessageAcceptance::Accept => "accepted",
                     MessageAcceptance::Reject => "rejected",
@@ -380,8 +522,31 @@ impl Daemon {
                 Ok(tx) if tx.verify(&self.chain).is_ok() => (MessageAcceptance::Accept, Some(Input::Tx(Box::new(tx)))),
                 _ => (MessageAcceptance::Reject, None),
             },
-            // Offers, heartbeats and attestations arrive with later issues.
+            // Heartbeats and attestations arrive with the liveness issue.
             _ => (MessageAcceptance::Ignore, None),
+        }
+    }
+
+    /// An offer enters the order book if it is valid now. Only a malformed or
+    /// forged offer penalises the peer: the rest depends on this node's
+    /// ledger and clock, which may lag the sender's.
+    fn on_offer(&mut self, data: &[u8]) -> MessageAcceptance {
+        let Ok(offer) = codec::decode::<Signed<Offer>>(data) else {
+            return MessageAcceptance::Reject;
+        };
+        let Ok(mut book) = self.shared.offers.write() else {
+            return MessageAcceptance::Ignore;
+        };
+        match book.insert(offer, &self.chain, self.store.state(), now_ms()) {
+            Ok(()) => {
+                self.shared.metrics.offers.set(book.len() as i64);
+                MessageAcceptance::Accept
+            }
+            Err(e) if e.is_invalid() => MessageAcceptance::Reject,
+            Err(e) => {
+                tracing::debug!(error = %e, "offer ignored");
+                MessageAcceptance::Ignore
+            }
         }
     }
 
@@ -434,8 +599,24 @@ impl Daemon {
             s.peers = self.peers.len();
             s.syncing = self.sync_in_flight;
             s.mempool = self.engine.mempool().len();
+            s.offers = self.shared.offers.read().map(|b| b.len()).unwrap_or(0);
         }
     }
+}
+
+fn log_gpus(detection: &Detection) {
+    for g in &detection.gpus {
+        tracing::info!(
+            index = g.index,
+            id = %g.id,
+            model = %g.model,
+            vram_mib = g.vram_mib,
+            simulated = g.simulated,
+            method = detection.method,
+            "GPU"
+        );
+    }
+    tracing::info!(gpus = detection.gpus.len(), method = detection.method, "running as a provider");
 }
 
 /// The cheap signature check done before forwarding consensus gossip.

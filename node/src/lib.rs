@@ -1,15 +1,18 @@
-//! The agora node daemon's library. Networking, consensus, offers, liveness
-//! and jobs arrive with later issues; today it holds the on-disk key store
-//! that both the daemon and the CLI use.
+//! The agora node daemon's library: the key store, configuration, GPU
+//! detection, the libp2p network, the daemon's event loop (consensus, block
+//! sync, offers), the order book, the HTTP API and metrics.
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod gpu;
 pub mod identity;
 pub mod keystore;
 pub mod metrics;
 pub mod net;
+pub mod offers;
+pub mod provider;
 pub mod run;
 
 pub use agora_ledger as ledger;

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub block_interval_ms: Gauge<u64, AtomicU64>,
     pub committed_txs: Counter,
     pub gossip: Family<GossipLabels, Counter>,
+    /// Offers in the order book.
+    pub offers: Gauge,
+    /// Offers this provider has gossiped.
+    pub offers_announced: Counter,
 }
 
 impl Metrics {
@@ -35,6 +39,8 @@ impl Metrics {
             block_interval_ms: Gauge::default(),
             committed_txs: Counter::default(),
             gossip: Family::default(),
+            offers: Gauge::default(),
+            offers_announced: Counter::default(),
         };
         let mut r = Registry::with_prefix("agora");
         r.register("height", "Latest committed block height", m.height.clone());
@@ -43,6 +49,8 @@ impl Metrics {
         r.register("block_interval_ms", "Time between the last two blocks", m.block_interval_ms.clone());
         r.register("committed_txs", "Transactions committed since start", m.committed_txs.clone());
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());
+        r.register("offers", "Offers in the order book", m.offers.clone());
+        r.register("offers_announced", "Offers this provider has gossiped", m.offers_announced.clone());
         (m, r)
     }
 }

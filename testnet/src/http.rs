@@ -80,3 +80,16 @@ pub fn get(base: &str, path: &str) -> Result<Reply, HttpError> {
 pub fn post(base: &str, path: &str, body: &str) -> Result<Reply, HttpError> {
     request(base, "POST", path, Some(body))
 }
+
+/// Percent-encodes a query-string value (RFC 3986 unreserved characters kept).
+pub fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

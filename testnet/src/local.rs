@@ -266,3 +266,80 @@ pub fn restart(agora: &Path, dir: &Path, index: usize) -> Result<u32, Error> {
     file.save()?;
     Ok(pid)
 }
+
+/// Parses a partition like `0,1|2,3`: every node in exactly one group, at least two groups.
+pub fn parse_partition(spec: &str, nodes: usize) -> Result<Vec<Vec<usize>>, Error> {
+    let bad = |reason: String| Error::BadArgs(format!("partition {spec:?}: {reason}"));
+    let mut seen = vec![false; nodes];
+    let mut groups = Vec::new();
+    for group in spec.split('|') {
+        let mut members = Vec::new();
+        for item in group.split(',').map(str::trim) {
+            let i: usize = item.parse().map_err(|_| bad(format!("{item:?} is not a node index")))?;
+            if i >= nodes {
+                return Err(bad(format!("no node {i} (the testnet has {nodes})")));
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(bad(format!("node {i} is in two groups")));
+            }
+            members.push(i);
+        }
+        groups.push(members);
+    }
+    if groups.len() < 2 {
+        return Err(bad("need at least two groups separated by |".into()));
+    }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        return Err(bad(format!("node {missing} is in no group")));
+    }
+    Ok(groups)
+}
+
+/// Splits the testnet into groups that cannot reach each other: every node
+/// drops traffic to and from the peers outside its group (the nodes'
+/// testnet-only admin endpoint; `heal` undoes it).
+pub fn partition(dir: &Path, spec: &str) -> Result<Vec<Vec<usize>>, Error> {
+    let file = TestnetFile::load(dir)?;
+    let groups = parse_partition(spec, file.nodes.len())?;
+    for group in &groups {
+        let outside: Vec<&str> =
+            file.nodes.iter().filter(|n| !group.contains(&n.index)).map(|n| n.peer_id.as_str()).collect();
+        let body = serde_json::json!({ "block": outside }).to_string();
+        for &i in group {
+            admin(&file.nodes[i], "/v1/admin/partition", &body)?;
+        }
+    }
+    Ok(groups)
+}
+
+/// Ends a partition: every node accepts all peers again and redials them.
+pub fn heal(dir: &Path) -> Result<(), Error> {
+    let file = TestnetFile::load(dir)?;
+    for n in &file.nodes {
+        admin(n, "/v1/admin/heal", "{}")?;
+    }
+    Ok(())
+}
+
+fn admin(node: &NodeEntry, path: &str, body: &str) -> Result<(), Error> {
+    let reply = http::post(&node.api_url, path, body)
+        .map_err(|e| Error::BadArgs(format!("node{} is not answering ({e}); is it running?", node.index)))?;
+    if reply.status != 200 {
+        return Err(Error::BadArgs(format!("node{} refused {path}: {} {}", node.index, reply.status, reply.body)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_parse_strictly() {
+        assert_eq!(parse_partition("0,1|2,3", 4).unwrap(), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(parse_partition("3|0,1,2", 4).unwrap(), vec![vec![3], vec![0, 1, 2]]);
+        for bad in ["0,1,2,3", "0|1|2", "0,1|1,2,3", "0|1,2,x", "0|1,2,3,4", ""] {
+            assert!(parse_partition(bad, 4).is_err(), "{bad}");
+        }
+    }
+}

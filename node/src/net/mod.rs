@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use agora_protocol::sync::{SyncRequest, SyncResponse};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, Swarm, gossipsub, identify, kad, noise, ping, request_response, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, allow_block_list, gossipsub, identify, kad, noise, ping, request_response, tcp, yamux,
+};
 
 use crate::error::Error;
 
@@ -26,6 +28,8 @@ pub type SyncCodec = codec::WireCodec<SyncRequest, SyncResponse>;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers this node refuses to talk to (testnet partitions).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -49,7 +53,14 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
                 [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
             );
-            Ok(Behaviour { gossipsub, identify, ping: ping::Behaviour::default(), kad, sync })
+            Ok(Behaviour {
+                blocked: Default::default(),
+                gossipsub,
+                identify,
+                ping: ping::Behaviour::default(),
+                kad,
+                sync,
+            })
         })
         .map_err(|e| net(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
