@@ -1,3 +1,7 @@
+//! `agora bench testnet`: a real 4-node testnet measured from outside (idle
+//! RSS, offer propagation, committed transfers/s and commit latency under a
+//! steady load); see agora_testnet::bench.
+//!
 //! `agora bench consensus`: the deterministic simulation as a benchmark. A
 //! 4-validator network (configurable) with a fixed latency and no faults
 //! commits a preloaded batch of signed transfers; prints JSON figures. With
@@ -32,6 +36,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         blocks: u64,
     },
+    /// Real node processes on loopback: idle RSS, offer propagation, transfers/s and commit latency
+    Testnet {
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Offered load in transfers per second
+        #[arg(long, default_value_t = 1_500)]
+        rate: u64,
+        /// How long the load runs, in seconds
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Offer announcements to time
+        #[arg(long, default_value_t = 40)]
+        offers: usize,
+        /// Pause after each commit (the block-time floor)
+        #[arg(long, default_value_t = agora_testnet::local::TESTNET_COMMIT_PAUSE_MS)]
+        commit_pause_ms: u64,
+        #[arg(long, default_value_t = 28_000)]
+        base_port: u16,
+        /// Keep the testnet's homes and logs here (must not hold a testnet) instead of a temporary directory
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -62,7 +88,27 @@ fn config(validators: usize, latency_ms: u64) -> SimConfig {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Consensus { validators, latency_ms, txs, blocks } = cmd;
+    match cmd {
+        BenchCommand::Consensus { validators, latency_ms, txs, blocks } => {
+            consensus(validators, latency_ms, txs, blocks)
+        }
+        BenchCommand::Testnet { nodes, rate, seconds, offers, commit_pause_ms, base_port, dir } => {
+            anyhow::ensure!((1..=16).contains(&nodes), "--nodes must be 1 to 16");
+            anyhow::ensure!((1..=20_000).contains(&rate), "--rate must be 1 to 20000");
+            anyhow::ensure!((1..=600).contains(&seconds), "--seconds must be 1 to 600");
+            let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
+            let dir = dir.unwrap_or_else(|| temp.path().join("net"));
+            let options =
+                agora_testnet::bench::BenchOptions { nodes, base_port, commit_pause_ms, offers, rate, seconds };
+            let mut progress = |line: String| eprintln!("{line}");
+            let report = agora_testnet::bench::run(&std::env::current_exe()?, &dir, &options, &mut progress)?;
+            print_json(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn consensus(validators: usize, latency_ms: u64, txs: usize, blocks: u64) -> anyhow::Result<ExitCode> {
     anyhow::ensure!((1..=100).contains(&validators), "--validators must be 1 to 100");
     anyhow::ensure!(txs <= agora_ledger::consensus::mempool::MAX_MEMPOOL_TXS, "--txs must be at most 10000");
     let mut c = config(validators, latency_ms);

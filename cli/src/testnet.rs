@@ -105,7 +105,8 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
                     println!("{line}");
                 }
             };
-            let file = local::up(&agora, &dir, nodes, providers, base_port, commit_pause_ms, &mut progress)?;
+            let options = local::UpOptions { nodes, providers, base_port, commit_pause_ms, funded: Vec::new() };
+            let file = local::up(&agora, &dir, &options, &mut progress)?;
             if json {
                 print_json(&file)?;
             } else {

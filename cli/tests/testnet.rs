@@ -144,6 +144,12 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     ] {
         assert!(metrics.body.contains(name), "{name} missing from /metrics:\n{}", metrics.body);
     }
+    let batch = http::post(&api[0], "/v1/txs", r#"{"txs": ["zz", "00"]}"#).unwrap();
+    let batch_json = batch.json().unwrap();
+    assert_eq!((batch.status, batch_json["accepted"].as_u64()), (200, Some(0)), "{}", batch.body);
+    assert_eq!(batch_json["rejected"].as_array().unwrap().len(), 2, "{}", batch.body);
+    let too_many = format!("{{\"txs\": [{}]}}", vec!["\"00\""; 1001].join(","));
+    assert_eq!(http::post(&api[0], "/v1/txs", &too_many).unwrap().status, 400);
     assert_eq!(http::get(&api[1], "/v1/offers?gpus=x").unwrap().status, 400);
     assert_eq!(http::get(&api[1], "/v1/offers?max_price=cheap").unwrap().status, 400);
     assert_eq!(http::get(&api[1], "/v1/leases/zz").unwrap().status, 400);
@@ -185,4 +191,40 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         assert!(!alive, "pid {pid} still running after down");
     }
     assert!(api.iter().all(|a| status(a).is_none()), "an API still answers after down");
+}
+
+#[test]
+fn testnet_bench_reports_offer_propagation_throughput_and_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bench");
+    let base = 40_000 + (std::process::id() % 500) as u16 * 20;
+    let out = ok(agora(&[
+        "bench",
+        "testnet",
+        "--seconds",
+        "3",
+        "--rate",
+        "300",
+        "--offers",
+        "4",
+        "--base-port",
+        &base.to_string(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["offer_propagation"]["samples"], 4, "{r}");
+    assert!(r["offer_propagation"]["p99_ms"].as_f64().unwrap() < 10_000.0, "{r}");
+    let submitted = r["submitted_txs"].as_u64().unwrap();
+    assert!(submitted >= 600, "about 900 transfers offered: {r}");
+    assert_eq!(r["committed_txs"].as_u64().unwrap(), submitted, "every accepted transfer commits: {r}");
+    assert!(r["commit_latency"]["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    let rss = r["idle_rss_mib"].as_array().unwrap();
+    assert_eq!(rss.len(), 4);
+    assert!(rss.iter().all(|m| m.as_f64().unwrap() > 1.0), "RSS read from /proc: {r}");
+    // The testnet is stopped afterwards.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("testnet.json")).unwrap()).unwrap();
+    let api = file["nodes"][0]["api_url"].as_str().unwrap();
+    assert!(status(api).is_none(), "bench left node 0 running");
 }

@@ -17,6 +17,10 @@ use crate::daemon::{Command, Shared};
 
 /// Largest request body: a hex-encoded transaction at its size limit, plus JSON.
 pub const MAX_BODY_BYTES: usize = 2 * agora_protocol::limits::MAX_TX_BYTES + 1024;
+/// Most transactions in one `POST /v1/txs`.
+pub const MAX_BATCH_TXS: usize = 1_000;
+/// Largest `POST /v1/txs` body (a thousand transfers take about 400 KB as hex).
+pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct ApiError(StatusCode, String);
 
@@ -49,9 +53,13 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/offers", get(offers))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/tx", post(submit_tx))
+        .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
         .route("/metrics", get(metrics));
     let router = if admin {
-        router.route("/v1/admin/partition", post(partition)).route("/v1/admin/heal", post(heal))
+        router
+            .route("/v1/admin/partition", post(partition))
+            .route("/v1/admin/heal", post(heal))
+            .route("/v1/admin/announce", post(announce))
     } else {
         router
     };
@@ -82,6 +90,17 @@ async fn partition(
         .map(|p| p.parse::<libp2p::PeerId>().map_err(|e| bad_request(format!("peer id {p:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     set_partition(&s, block).await
+}
+
+async fn announce(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    s.commands
+        .try_send(Command::Announce { reply })
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    match rx.await.map_err(internal)? {
+        Some(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
+        None => Err(ApiError(StatusCode::CONFLICT, "not an active, registered provider".into())),
+    }
 }
 
 async fn heal(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -296,6 +315,60 @@ async fn submit_tx(
     s.commands
         .try_send(Command::SubmitTx { tx: Box::new(tx), reply })
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
-    let hash = rx.await.map_err(internal)?.map_err(bad_request)?;
+    let hash = rx.await.map_err(internal)?.map_err(|e| {
+        if e == agora_ledger::consensus::mempool::AddError::Full.to_string() {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, e)
+        } else {
+            bad_request(e)
+        }
+    })?;
     Ok(Json(serde_json::json!({ "hash": hash })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitTxs {
+    /// Wire encodings, hex; at most `MAX_BATCH_TXS`.
+    txs: Vec<String>,
+}
+
+/// `POST /v1/txs`: many transactions in one request, for wallets and load
+/// generators. Each is checked like `POST /v1/tx`; the valid ones are
+/// submitted together and the invalid ones reported by index.
+async fn submit_txs(
+    AxumState(s): AxumState<Shared>,
+    body: Result<Json<SubmitTxs>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    if body.txs.len() > MAX_BATCH_TXS {
+        return Err(bad_request(format!("{} transactions; at most {MAX_BATCH_TXS} per request", body.txs.len())));
+    }
+    let mut valid = Vec::with_capacity(body.txs.len());
+    let mut valid_index = Vec::with_capacity(body.txs.len());
+    let mut rejected = Vec::new();
+    for (index, hex_tx) in body.txs.iter().enumerate() {
+        let parsed = hex::decode(hex_tx.trim())
+            .map_err(|e| bad_request(format!("tx is not hex: {e}")))
+            .and_then(|bytes| codec::decode::<SignedTx>(&bytes).map_err(|e| bad_request(e.to_string())))
+            .and_then(|tx| check_against_ledger(&s, &tx).map(|_| tx));
+        match parsed {
+            Ok(tx) => {
+                valid.push(tx);
+                valid_index.push(index);
+            }
+            Err(ApiError(_, error)) => rejected.push(serde_json::json!({ "index": index, "error": error })),
+        }
+    }
+    let (reply, rx) = oneshot::channel();
+    s.commands
+        .try_send(Command::SubmitTxs { txs: valid, reply })
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    let mut hashes = Vec::new();
+    for (index, outcome) in valid_index.into_iter().zip(rx.await.map_err(internal)?) {
+        match outcome {
+            Ok(hash) => hashes.push(hash),
+            Err(error) => rejected.push(serde_json::json!({ "index": index, "error": error })),
+        }
+    }
+    Ok(Json(serde_json::json!({ "accepted": hashes.len(), "hashes": hashes, "rejected": rejected })))
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agora_ledger::consensus::mempool::{AddError, MAX_MEMPOOL_TXS};
 use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Timer};
 use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
@@ -37,6 +38,15 @@ pub enum Command {
         tx: Box<SignedTx>,
         reply: oneshot::Sender<Result<Hash, String>>,
     },
+    /// Several transactions at once (`POST /v1/txs`), signature-checked as a batch.
+    SubmitTxs {
+        txs: Vec<SignedTx>,
+        reply: oneshot::Sender<Vec<Result<Hash, String>>>,
+    },
+    /// Testnet only: announce this provider's offer now (benchmarks time its propagation).
+    Announce {
+        reply: oneshot::Sender<Option<u64>>,
+    },
     /// Testnet fault injection: drop all traffic to and from these peers
     /// (replacing the previous set); an empty set heals.
     Partition {
@@ -53,6 +63,8 @@ const SYNC_CERT_ALLOWANCE: usize = 16 * 1024;
 pub const MAX_UNPUBLISHED_TXS: usize = 1024;
 /// How often the loop does its periodic duties (offers, order-book expiry).
 pub const TICK: Duration = Duration::from_millis(250);
+/// How often bootstrap peers that are not connected are dialled again.
+pub const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the API shows; refreshed by the loop after every event.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -109,8 +121,9 @@ pub struct Daemon {
     sync_in_flight: bool,
     peers: Vec<PeerId>,
     next_sync_peer: usize,
-    /// Where to reconnect after a partition heals.
+    /// Peers to stay connected to; dialled again when the connection drops.
     bootstrap: Vec<Multiaddr>,
+    last_redial: Instant,
     /// Encoded transactions whose gossip found no subscribed peer yet.
     unpublished: std::collections::VecDeque<Vec<u8>>,
 }
@@ -209,6 +222,7 @@ impl Daemon {
             key,
             provider,
             bootstrap,
+            last_redial: Instant::now(),
             store,
             engine,
             swarm,
@@ -256,6 +270,10 @@ impl Daemon {
 
     /// Periodic duties: expire offers, and a provider's registration and offers.
     fn on_tick(&mut self) -> Result<(), Error> {
+        if self.last_redial.elapsed() >= REDIAL_INTERVAL {
+            self.last_redial = Instant::now();
+            self.redial();
+        }
         let now = now_ms();
         let state = self.store.state();
         if let Ok(mut book) = self.shared.offers.write() {
@@ -279,6 +297,17 @@ impl Daemon {
             Duty::Announce(offer) => self.announce(offer, now)?,
         }
         Ok(())
+    }
+
+    /// Dials the bootstrap peers this node is not connected to (and has not blocked).
+    fn redial(&mut self) {
+        for addr in self.bootstrap.clone() {
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else { continue };
+            let blocked = self.swarm.behaviour().blocked.blocked_peers().contains(&peer);
+            if !blocked && !self.swarm.is_connected(&peer) {
+                let _ = self.swarm.dial(addr);
+            }
+        }
     }
 
     /// Signs, keeps and gossips this provider's offer.
@@ -412,6 +441,7 @@ impl Daemon {
         match cmd {
             Command::SubmitTx { tx, reply } => {
                 let result = (|| {
+                    self.engine.mempool().check(self.engine.ledger(), &tx).map_err(|e| e.to_string())?;
                     tx.verify(&self.chain).map_err(|e| e.to_string())?;
                     let hash = tx.hash().map_err(|e| e.to_string())?;
                     let bytes = codec::encode(tx.as_ref()).map_err(|e| e.to_string())?;
@@ -427,6 +457,51 @@ impl Daemon {
                     Err(e) => _ = reply.send(Err(e)),
                 }
             }
+            Command::SubmitTxs { txs, reply } => {
+                // What the mempool cannot keep is refused now, not gossiped:
+                // under overload the network sheds load at its edge.
+                let mut outcomes = Vec::with_capacity(txs.len());
+                let mut keep = Vec::with_capacity(txs.len());
+                let room = MAX_MEMPOOL_TXS.saturating_sub(self.engine.mempool().len());
+                for tx in txs {
+                    let fits = keep.len() < room;
+                    let checked = self.engine.mempool().check(self.engine.ledger(), &tx).map_err(|e| e.to_string());
+                    let outcome = match (fits, checked) {
+                        (false, _) => Err(AddError::Full.to_string()),
+                        (true, Err(e)) => Err(e),
+                        (true, Ok(())) => tx
+                            .hash()
+                            .and_then(|h| Ok((h, codec::encode(&tx)?)))
+                            .map(|(hash, bytes)| {
+                                self.publish_tx(bytes);
+                                keep.push(tx);
+                                hash
+                            })
+                            .map_err(|e| e.to_string()),
+                    };
+                    outcomes.push(outcome);
+                }
+                let actions = self.engine.handle(now_ms(), Input::Txs(keep));
+                self.act(actions)?;
+                let _ = reply.send(outcomes);
+            }
+            Command::Announce { reply } => {
+                let now = now_ms();
+                let me = self.key.address();
+                let duty = self.provider.as_mut().and_then(|p| {
+                    p.announce_now();
+                    p.next(self.store.state(), &me, now)
+                });
+                let seq = match duty {
+                    Some(Duty::Announce(offer)) => {
+                        let seq = offer.seq;
+                        self.announce(offer, now)?;
+                        Some(seq)
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(seq);
+            }
             Command::Partition { block, reply } => {
                 let blocked = &mut self.swarm.behaviour_mut().blocked;
                 let old: Vec<PeerId> = blocked.blocked_peers().iter().copied().collect();
@@ -438,9 +513,7 @@ impl Daemon {
                 }
                 tracing::warn!(blocked = block.len(), "testnet partition: traffic with these peers is dropped");
                 if block.is_empty() {
-                    for addr in self.bootstrap.clone() {
-                        let _ = self.swarm.dial(addr);
-                    }
+                    self.redial();
                 }
                 let _ = reply.send(());
             }
@@ -492,6 +565,10 @@ impl Daemon {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { peer, connection, result: Err(e) })) => {
+                tracing::warn!(%peer, error = %e, "ping failed: closing the connection to dial again");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, .. } if !self.peers.contains(&peer_id) => {
                 self.peers.push(peer_id)
             }
@@ -519,6 +596,12 @@ impl Daemon {
                 _ => (MessageAcceptance::Reject, None),
             },
             TOPIC_TXS => match codec::decode::<SignedTx>(data) {
+                // Not forwarded when this node would not keep it (pending
+                // already, nonce used, pool or account quota full): that
+                // is load, not misbehaviour, so no penalty either.
+                Ok(tx) if self.engine.mempool().check(self.engine.ledger(), &tx).is_err() => {
+                    (MessageAcceptance::Ignore, None)
+                }
                 Ok(tx) if tx.verify(&self.chain).is_ok() => (MessageAcceptance::Accept, Some(Input::Tx(Box::new(tx)))),
                 _ => (MessageAcceptance::Reject, None),
             },

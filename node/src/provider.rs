@@ -103,6 +103,11 @@ impl Provider {
         self.next_offer_at_ms = now_ms + ANNOUNCE_RETRY_MS;
     }
 
+    /// Makes the next call announce (if registered and active).
+    pub fn announce_now(&mut self) {
+        self.next_offer_at_ms = 0;
+    }
+
     /// Terms changed (e.g. a new price): announce again at once.
     pub fn set_price(&mut self, price: Amount) {
         self.price = price;

@@ -2,6 +2,7 @@
 //! market path (stake, register, lease, job, settlement) on the real ledger
 //! and sled store. Multi-process testnets arrive with the node issue.
 
+pub mod bench;
 pub mod demo;
 pub mod error;
 pub mod http;

@@ -80,15 +80,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Creates homes and a genesis for `nodes` validators (the first `providers`
 /// of them providers with simulated GPUs) and starts them.
+/// How `up` builds a testnet.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub nodes: usize,
+    /// The first `providers` nodes declare simulated GPUs.
+    pub providers: usize,
+    /// Node i uses base+2i (P2P) and base+2i+1 (API).
+    pub base_port: u16,
+    pub commit_pause_ms: u64,
+    /// Extra accounts funded at genesis (load generators), each with `FUNDED_BALANCE_AGR`.
+    pub funded: Vec<agora_protocol::Address>,
+}
+
+/// Balance of each extra funded account.
+pub const FUNDED_BALANCE_AGR: u64 = 1_000_000;
+
 pub fn up(
     agora: &Path,
     dir: &Path,
-    nodes: usize,
-    providers: usize,
-    base_port: u16,
-    commit_pause_ms: u64,
+    options: &UpOptions,
     progress: &mut dyn FnMut(String),
 ) -> Result<TestnetFile, Error> {
+    let UpOptions { nodes, providers, base_port, commit_pause_ms, .. } = *options;
     if nodes == 0 || providers > nodes {
         return Err(Error::BadArgs("need at least one node, and no more providers than nodes".into()));
     }
@@ -118,7 +132,7 @@ pub fn up(
     }
     let buyer_home = dir.join("buyer");
     let buyer = keystore::create(&buyer_home, "default")?.keypair;
-    let genesis = testnet_genesis(&keys, &buyer)?;
+    let genesis = testnet_genesis(&keys, &buyer, &options.funded)?;
     for (i, e) in entries.iter().enumerate() {
         let mut config = NodeConfig::new(&e.moniker);
         config.listen = format!("/ip4/127.0.0.1/tcp/{}", base_port + 2 * i as u16);
@@ -142,13 +156,22 @@ pub fn up(
     Ok(file)
 }
 
-fn testnet_genesis(keys: &[agora_protocol::Keypair], buyer: &agora_protocol::Keypair) -> Result<Genesis, Error> {
+fn testnet_genesis(
+    keys: &[agora_protocol::Keypair],
+    buyer: &agora_protocol::Keypair,
+    funded: &[agora_protocol::Address],
+) -> Result<Genesis, Error> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut accounts: Vec<GenesisAccount> = keys
         .iter()
         .map(|k| GenesisAccount { address: k.address(), balance: Amount::agr(10_000), stake: Amount::agr(1_000) })
         .collect();
     accounts.push(GenesisAccount { address: buyer.address(), balance: Amount::agr(100_000), stake: Amount::ZERO });
+    accounts.extend(funded.iter().map(|a| GenesisAccount {
+        address: *a,
+        balance: Amount::agr(FUNDED_BALANCE_AGR),
+        stake: Amount::ZERO,
+    }));
     Ok(Genesis {
         chain_id: ChainId::new(TESTNET_CHAIN_ID)?,
         genesis_time_ms: TimestampMs(now),

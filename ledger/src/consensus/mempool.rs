@@ -22,6 +22,17 @@ pub enum AddError {
     Duplicate,
 }
 
+impl std::fmt::Display for AddError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AddError::Full => "mempool full; retry later",
+            AddError::AccountLimit => "too many pending transactions from this account; wait for some to commit",
+            AddError::StaleNonce => "nonce already used",
+            AddError::Duplicate => "already pending",
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Mempool {
     txs: BTreeMap<(Address, u64), SignedTx>,
@@ -38,6 +49,15 @@ impl Mempool {
 
     /// Queues a transaction whose nonce is not already used on `state`.
     pub fn add(&mut self, state: &State, tx: SignedTx) -> Result<(), AddError> {
+        self.check(state, &tx)?;
+        self.txs.insert((tx.signer, tx.body.nonce), tx);
+        Ok(())
+    }
+
+    /// Whether `add` would queue `tx` (its signature aside): lets a node
+    /// refuse work it cannot keep before spending a signature check or a
+    /// gossip forward on it.
+    pub fn check(&self, state: &State, tx: &SignedTx) -> Result<(), AddError> {
         let key = (tx.signer, tx.body.nonce);
         if tx.body.nonce < state.account(&tx.signer).nonce {
             return Err(AddError::StaleNonce);
@@ -52,7 +72,6 @@ impl Mempool {
         if queued >= MAX_TXS_PER_ACCOUNT {
             return Err(AddError::AccountLimit);
         }
-        self.txs.insert(key, tx);
         Ok(())
     }
 

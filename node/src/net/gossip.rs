@@ -83,5 +83,17 @@ fn score_params() -> PeerScoreParams {
         ..TopicScoreParams::default()
     };
     let topics: HashMap<_, _> = TOPICS.iter().map(|t| (topic(t).hash(), params.clone())).collect();
-    PeerScoreParams { topics, ..PeerScoreParams::default() }
+    PeerScoreParams {
+        topics,
+        // A validator slow to drain its queue under load is not misbehaving:
+        // penalising it (libp2p's default) graylists honest validators
+        // exactly when the network is busiest, and consensus stalls.
+        slow_peer_weight: 0.0,
+        // Broken IWANT promises and GRAFT backoff violations also happen to
+        // loaded honest peers; only invalid messages count.
+        behaviour_penalty_weight: 0.0,
+        // Testnets run many nodes on one address.
+        ip_colocation_factor_whitelist: [std::net::IpAddr::from([127, 0, 0, 1])].into_iter().collect(),
+        ..PeerScoreParams::default()
+    }
 }

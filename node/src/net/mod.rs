@@ -21,6 +21,12 @@ pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
 pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1";
 /// A connection with no traffic is closed after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a peer is pinged.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A ping unanswered this long means the connection is stuck (a loaded or
+/// dead peer, or a multiplexer stalled under two-way back-pressure); the
+/// daemon closes it and dials again.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// A sync request that gets no answer in this time has failed.
 pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -57,7 +63,7 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
                 blocked: Default::default(),
                 gossipsub,
                 identify,
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT)),
                 kad,
                 sync,
             })
