@@ -107,9 +107,20 @@ pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Res
     }
     let hash = answer["hash"].as_str().unwrap_or_default().to_string();
     let started = Instant::now();
+    let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.json;
+    let mut frame = 0usize;
     loop {
         let account = args.get(&format!("/v1/accounts/{address}"))?;
+        if spinner {
+            const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+            frame += 1;
+            let secs = started.elapsed().as_secs();
+            eprint!("\r{} waiting for the transaction to be committed ({secs}s)", FRAMES[frame % FRAMES.len()]);
+        }
         if account["nonce"].as_u64().unwrap_or(0) > nonce {
+            if spinner {
+                eprint!("\r\x1b[2K");
+            }
             let height = account["height"].as_u64().unwrap_or(0);
             if args.json {
                 print_json(&serde_json::json!({ "hash": hash, "height": height }))?;
@@ -119,6 +130,9 @@ pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Res
             return Ok(ExitCode::SUCCESS);
         }
         if started.elapsed() > COMMIT_WAIT {
+            if spinner {
+                eprintln!();
+            }
             bail!("transaction {hash} not committed after {}s; it may still be pending", COMMIT_WAIT.as_secs());
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -1,6 +1,6 @@
-//! `agora testnet`: local networks. Today `demo` runs the market path in one
-//! process on the real ledger and sled store; multi-node testnets arrive with
-//! the node daemon.
+//! `agora testnet`: local networks. `up` starts real node processes on
+//! loopback (with fault injection: kill, pause, resume, restart, partition,
+//! heal); `demo` runs the market path in one process on the real ledger.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,9 +182,10 @@ fn signal(dir: &std::path::Path, index: usize, what: &str) -> anyhow::Result<Exi
 }
 
 fn print_nodes(file: &local::TestnetFile) {
-    println!("{:<6} {:<8} {:<24} {:<64}", "NODE", "PID", "API", "ADDRESS");
+    println!("{:<6} {:<8} {:<24} {:<20} {:<64}", "NODE", "PID", "API", "ROLE", "ADDRESS");
     for n in &file.nodes {
-        println!("{:<6} {:<8} {:<24} {:<64}", n.index, n.pid, n.api_url, n.address);
+        let role = if n.provider { "validator, provider" } else { "validator" };
+        println!("{:<6} {:<8} {:<24} {:<20} {:<64}", n.index, n.pid, n.api_url, role, n.address);
     }
 }
 

@@ -125,6 +125,28 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     // Bad input gets a 4xx with a JSON error.
     let bad = http::post(&api[0], "/v1/tx", "{not json").unwrap();
     assert_eq!(bad.status, 400);
+    let buyer_key = agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().keypair;
+    let chain = agora_protocol::ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
+    let transfer = |nonce: u64, chain: &agora_protocol::ChainId| {
+        let kind = agora_protocol::TxKind::Transfer { to: to.parse().unwrap(), amount: agora_protocol::Amount(1) };
+        agora_protocol::Signed::sign(agora_protocol::Transaction { nonce, kind }, &buyer_key, chain).unwrap()
+    };
+    let submit = |tx: &agora_protocol::SignedTx| {
+        let body = format!("{{\"tx\":\"{}\"}}", hex::encode(agora_protocol::codec::encode(tx).unwrap()));
+        let r = http::post(&api[0], "/v1/tx", &body).unwrap();
+        (r.status, r.json().unwrap()["error"].as_str().unwrap_or("").to_string())
+    };
+    let (code, error) = submit(&transfer(0, &chain));
+    assert_eq!(code, 400);
+    assert!(error.contains("nonce 0 already used"), "replayed nonce: {error}");
+    let (code, error) = submit(&transfer(1, &agora_protocol::ChainId::new("other-chain").unwrap()));
+    assert_eq!(code, 400);
+    assert!(error.contains("signature"), "another chain's signature: {error}");
+    let mut forged = transfer(1, &chain);
+    forged.signature.0[0] ^= 1;
+    let (code, error) = submit(&forged);
+    assert_eq!(code, 400);
+    assert!(error.contains("signature"), "forged signature: {error}");
     let replay = agora(&["--home", &buyer_home, "transfer", &to, "1000000000", "--node", &api[0]]);
     assert!(!replay.status.success());
     assert!(
@@ -167,6 +189,14 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         assert_eq!(block_hash(&api[3], h), block_hash(&api[0], h), "node 3 disagrees at height {h}");
     }
     assert!(block_hash(&api[3], target).is_some());
+    // Same state too: its state root at its tip is the one node 0's block at that height commits to,
+    // and the transfer sent while it was down is in its ledger.
+    let s3 = status(&api[3]).unwrap();
+    let h3 = s3["height"].as_u64().unwrap();
+    let b0: serde_json::Value = http::get(&api[0], &format!("/v1/blocks/{h3}")).unwrap().json().unwrap();
+    assert_eq!(s3["state_root"], b0["header"]["state_root"], "node 3's state root at height {h3}");
+    let acct: serde_json::Value = http::get(&api[3], &format!("/v1/accounts/{to}")).unwrap().json().unwrap();
+    assert_eq!(acct["balance"], "10012500000", "the transfer is visible on node 3");
 
     // Node 3 partitioned away from the other three: they keep committing, it
     // stalls without forking, and after heal it catches up.
