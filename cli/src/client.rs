@@ -60,6 +60,10 @@ pub fn status(args: NodeArgs) -> anyhow::Result<ExitCode> {
             "peers",
             "syncing",
             "validator",
+            "role",
+            "gpu_detection",
+            "offers",
+            "mempool",
             "peer_id",
             "address",
         ] {
