@@ -9,11 +9,13 @@ pub mod error;
 pub mod gpu;
 pub mod identity;
 pub mod keystore;
+pub mod market;
 pub mod metrics;
 pub mod net;
 pub mod offers;
 pub mod provider;
 pub mod run;
+pub mod runner;
 
 pub use agora_ledger as ledger;
 pub use agora_protocol as protocol;

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod consensus;
 pub mod error;
 pub mod ids;
+pub mod job;
 pub mod keys;
 pub mod limits;
 pub mod liveness;

@@ -43,3 +43,12 @@ pub const MAX_LEASE_DURATION_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_VALIDATORS: usize = 100;
 /// Signature commitments carried by one commit certificate.
 pub const MAX_COMMIT_SIGS: usize = MAX_VALIDATORS;
+
+/// Largest job specification (command, arguments, environment, image name).
+pub const MAX_JOB_SPEC_BYTES: usize = 16 * 1024;
+/// Arguments in a job's command line, environment variables.
+pub const MAX_JOB_ARGS: usize = 256;
+/// Most log bytes one logs reply carries.
+pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest lease-protocol message: a request with its job spec, or a log chunk.
+pub const MAX_LEASE_RPC_BYTES: usize = MAX_JOB_SPEC_BYTES + MAX_LOG_CHUNK_BYTES + 8 * 1024;

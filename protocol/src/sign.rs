@@ -23,6 +23,7 @@ pub enum Domain {
     Vote,
     Proposal,
     ProposalBlock,
+    LogsRequest,
 }
 
 impl Domain {
@@ -39,6 +40,7 @@ impl Domain {
             Domain::Vote => "agora/sig/vote/1",
             Domain::Proposal => "agora/sig/proposal/1",
             Domain::ProposalBlock => "agora/sig/proposal-block/1",
+            Domain::LogsRequest => "agora/sig/logs-request/1",
         }
     }
 }

@@ -1,0 +1,278 @@
+//! The provider's side of lease negotiation, decided without I/O: whether a
+//! buyer's signed request is acceptable (with a plain-language refusal when
+//! not), which GPUs are free, reservations held from acceptance until the
+//! lease commits or its request expires, and the GPUs a committed lease runs on.
+
+use std::collections::BTreeMap;
+
+use agora_ledger::State;
+use agora_protocol::job::JobSpec;
+use agora_protocol::{Address, Amount, ChainId, LeaseId, LeaseRequest, Signed};
+
+use crate::gpu::Gpu;
+
+/// Accepted requests waiting for their lease to commit, at most.
+pub const MAX_RESERVATIONS: usize = 1_024;
+/// A reservation outlives its request's expiry by this much, so a lease
+/// committed at the last moment (block time vs. this node's clock) still
+/// finds its GPUs reserved.
+pub const RESERVATION_GRACE_MS: u64 = 30_000;
+
+/// An accepted request: GPUs held for it until it commits or expires.
+#[derive(Clone, Debug)]
+pub struct Reservation {
+    pub request: Signed<LeaseRequest>,
+    pub spec: JobSpec,
+    /// Indices into the provider's GPU list.
+    pub gpus: Vec<usize>,
+    pub until_ms: u64,
+}
+
+/// A lease this provider runs (or is about to): its job and GPUs.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub lease_id: LeaseId,
+    pub buyer: Address,
+    pub spec: JobSpec,
+    pub gpu_ids: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Market {
+    gpus: Vec<Gpu>,
+    pub price: Amount,
+    pub max_lease_secs: u64,
+    pub allow_images: bool,
+    reserved: BTreeMap<LeaseId, Reservation>,
+    /// Committed leases and the GPU indices they hold.
+    active: BTreeMap<LeaseId, Vec<usize>>,
+}
+
+fn agr(a: Amount) -> String {
+    a.to_string()
+}
+
+impl Market {
+    pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, allow_images: bool) -> Market {
+        Market { gpus, price, max_lease_secs, allow_images, reserved: BTreeMap::new(), active: BTreeMap::new() }
+    }
+
+    fn busy(&self) -> Vec<usize> {
+        self.reserved
+            .values()
+            .flat_map(|r| r.gpus.iter().copied())
+            .chain(self.active.values().flatten().copied())
+            .collect()
+    }
+
+    /// Free GPUs of `model`, by index.
+    pub fn free(&self, model: &str) -> Vec<usize> {
+        let busy = self.busy();
+        self.gpus.iter().enumerate().filter(|(i, g)| g.model == model && !busy.contains(i)).map(|(i, _)| i).collect()
+    }
+
+    /// Checks a buyer's request against this provider's terms, capacity and
+    /// the ledger; on success reserves the GPUs and returns the lease id and
+    /// the GPU ids to countersign. `now_ms` is this node's clock.
+    #[allow(clippy::too_many_arguments)]
+    pub fn propose(
+        &mut self,
+        me: &Address,
+        chain: &ChainId,
+        state: &State,
+        request: &Signed<LeaseRequest>,
+        spec: &JobSpec,
+        now_ms: u64,
+    ) -> Result<(LeaseId, Vec<String>), String> {
+        request.verify(chain).map_err(|_| "the request's signature is not valid for this chain".to_string())?;
+        let terms = &request.body;
+        terms.validate().map_err(|e| e.to_string())?;
+        if terms.provider != *me {
+            return Err(format!("the request is for provider {}, not {me}", terms.provider));
+        }
+        let id = request.lease_id().map_err(|e| e.to_string())?;
+        if self.reserved.contains_key(&id) || self.active.contains_key(&id) || state.lease(&id).is_some() {
+            return Err(format!("lease {id} was already accepted: a request opens at most one lease"));
+        }
+        if terms.expires_at_ms.0 <= now_ms {
+            return Err("the request has expired; submit a new one".into());
+        }
+        if !state.is_active_provider(me) {
+            return Err("this provider is not taking leases (not registered, jailed or under-staked)".into());
+        }
+        spec.validate().map_err(|e| format!("{e}"))?;
+        if spec.hash().map_err(|e| e.to_string())? != terms.job_spec_hash {
+            return Err("the job spec does not match the hash in the signed request".into());
+        }
+        if spec.image.is_some() && !self.allow_images {
+            return Err("this provider does not run container images (--image); submit without it".into());
+        }
+        if terms.duration_secs > self.max_lease_secs {
+            return Err(format!(
+                "duration {} s exceeds this provider's maximum of {} s",
+                terms.duration_secs, self.max_lease_secs
+            ));
+        }
+        if terms.price_per_gpu_hour < self.price {
+            return Err(format!(
+                "price {}/GPU-hour is below this provider's ask of {}",
+                agr(terms.price_per_gpu_hour),
+                agr(self.price)
+            ));
+        }
+        if !self.gpus.iter().any(|g| g.model == terms.gpu_model) {
+            return Err(format!("provider has no {} GPUs", terms.gpu_model));
+        }
+        let free = self.free(&terms.gpu_model);
+        if free.len() < terms.gpus as usize {
+            return Err(format!("provider has {} free {} (asked for {})", free.len(), terms.gpu_model, terms.gpus));
+        }
+        let escrow = terms.escrow().ok_or("escrow overflows")?;
+        let balance = state.account(&request.signer).balance;
+        if balance < escrow {
+            return Err(format!("balance {} < escrow {}", agr(balance), agr(escrow)));
+        }
+        if self.reserved.len() >= MAX_RESERVATIONS {
+            return Err("provider is busy negotiating; retry shortly".into());
+        }
+        let gpus: Vec<usize> = free.into_iter().take(terms.gpus as usize).collect();
+        let gpu_ids = gpus.iter().map(|&i| self.gpus[i].id.clone()).collect();
+        let until_ms = terms.expires_at_ms.0.saturating_add(RESERVATION_GRACE_MS);
+        self.reserved.insert(id, Reservation { request: request.clone(), spec: spec.clone(), gpus, until_ms });
+        Ok((id, gpu_ids))
+    }
+
+    /// The lease committed: its reserved GPUs become its own. `None` when
+    /// this node holds no reservation (it restarted since accepting).
+    pub fn opened(&mut self, id: &LeaseId) -> Option<Assignment> {
+        let r = self.reserved.remove(id)?;
+        let gpu_ids = r.gpus.iter().map(|&i| self.gpus[i].id.clone()).collect();
+        self.active.insert(*id, r.gpus);
+        Some(Assignment { lease_id: *id, buyer: r.request.signer, spec: r.spec, gpu_ids })
+    }
+
+    /// Marks the GPUs named by a committed lease as held (after a restart).
+    pub fn hold(&mut self, id: LeaseId, gpu_ids: &[String]) {
+        let idx = self.gpus.iter().enumerate().filter(|(_, g)| gpu_ids.contains(&g.id)).map(|(i, _)| i).collect();
+        self.active.insert(id, idx);
+    }
+
+    /// The lease ended (settled, or its job stopped): its GPUs are free again.
+    pub fn release(&mut self, id: &LeaseId) {
+        self.reserved.remove(id);
+        self.active.remove(id);
+    }
+
+    /// Drops reservations whose requests can no longer commit.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let before = self.reserved.len();
+        self.reserved.retain(|_, r| r.until_ms > now_ms);
+        before - self.reserved.len()
+    }
+
+    /// The buyer of a lease this provider has accepted (reserved or running).
+    pub fn reserved_buyer(&self, id: &LeaseId) -> Option<Address> {
+        self.reserved.get(id).map(|r| r.request.signer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_ledger::testkit::{TestChain, chain_id, sign_tx};
+    use agora_ledger::{SigCheck, apply_block};
+    use agora_protocol::{Keypair, TimestampMs, TxKind};
+
+    use super::*;
+    use crate::gpu::{GpuSource, detect};
+
+    const NOW: u64 = 2_000_000_000_000;
+
+    fn spec() -> JobSpec {
+        JobSpec { command: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![], image: None }
+    }
+
+    fn request(buyer: &Keypair, provider: Address, gpus: u32, price: u64, nonce: u64) -> Signed<LeaseRequest> {
+        let body = LeaseRequest {
+            provider,
+            offer_seq: 1,
+            gpu_model: "H100".into(),
+            gpus,
+            price_per_gpu_hour: Amount::agr(price),
+            duration_secs: 600,
+            job_spec_hash: spec().hash().unwrap(),
+            nonce,
+            expires_at_ms: TimestampMs(NOW + 60_000),
+        };
+        Signed::sign(body, buyer, &chain_id()).unwrap()
+    }
+
+    /// Account 0: staked provider with 2 simulated H100s; 1: funded buyer; 2: buyer with no money.
+    fn setup() -> (TestChain, State, Market) {
+        let chain = TestChain::new(3, 1, Amount::agr(10_000));
+        let mut state = chain.state();
+        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
+        let kind = TxKind::RegisterProvider { region: "eu".into(), gpus: crate::gpu::specs(&gpus) };
+        let spend =
+            sign_tx(&chain.keys[2], 0, TxKind::Transfer { to: chain.address(1), amount: Amount(9_999_900_000) });
+        let block = chain.next_block(&mut state.clone(), vec![sign_tx(&chain.keys[0], 0, kind), spend]).unwrap();
+        apply_block(&mut state, &block, SigCheck::Verify).unwrap();
+        (chain, state, Market::new(gpus, Amount::agr(2), 3600, false))
+    }
+
+    #[test]
+    fn accepts_then_refuses_when_full_and_frees_on_release() {
+        let (chain, state, mut m) = setup();
+        let me = chain.address(0);
+        let (id, ids) =
+            m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, 1), &spec(), NOW).unwrap();
+        assert_eq!(ids, vec!["SIM-H100-0".to_string()]);
+        let (_, ids2) =
+            m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 3, 2), &spec(), NOW).unwrap();
+        assert_eq!(ids2, vec!["SIM-H100-1".to_string()], "a different GPU");
+        let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, 3), &spec(), NOW).unwrap_err();
+        assert_eq!(err, "provider has 0 free H100 (asked for 1)");
+        assert!(m.opened(&id).is_some());
+        m.release(&id);
+        assert_eq!(m.free("H100").len(), 1);
+        assert_eq!(m.expire(NOW + 60_000 + RESERVATION_GRACE_MS), 1, "the unopened reservation expires");
+        assert_eq!(m.free("H100").len(), 2);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let (chain, state, mut m) = setup();
+        let me = chain.address(0);
+        let c = chain_id();
+        let mut refuse = |req: Signed<LeaseRequest>, spec: JobSpec, now: u64| {
+            m.propose(&me, &c, &state, &req, &spec, now).unwrap_err()
+        };
+        assert!(refuse(request(&chain.keys[1], me, 1, 1, 1), spec(), NOW).contains("below this provider's ask"));
+        assert!(refuse(request(&chain.keys[1], me, 3, 2, 1), spec(), NOW).contains("provider has 2 free H100"));
+        assert!(
+            refuse(request(&chain.keys[2], me, 1, 2, 1), spec(), NOW)
+                .starts_with("balance 0.1 AGR < escrow 0.333334 AGR")
+        );
+        assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), spec(), NOW + 60_000).contains("expired"));
+        assert!(refuse(request(&chain.keys[1], chain.address(2), 1, 2, 1), spec(), NOW).contains("is for provider"));
+        let other = JobSpec { command: vec!["true".into()], ..spec() };
+        assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), other, NOW).contains("does not match"));
+        let image = JobSpec { image: Some("ubuntu".into()), ..spec() };
+        let mut r = request(&chain.keys[1], me, 1, 2, 1).body;
+        r.job_spec_hash = image.hash().unwrap();
+        assert!(refuse(Signed::sign(r, &chain.keys[1], &c).unwrap(), image, NOW).contains("container images"));
+        let mut forged = request(&chain.keys[1], me, 1, 2, 1);
+        forged.body.gpus = 2;
+        assert!(refuse(forged, spec(), NOW).contains("signature"));
+        let mut long = request(&chain.keys[1], me, 1, 2, 1).body;
+        long.duration_secs = 7200;
+        assert!(refuse(Signed::sign(long, &chain.keys[1], &c).unwrap(), spec(), NOW).contains("maximum of 3600 s"));
+        let mut a100 = request(&chain.keys[1], me, 1, 2, 1).body;
+        a100.gpu_model = "A100".into();
+        assert!(refuse(Signed::sign(a100, &chain.keys[1], &c).unwrap(), spec(), NOW).contains("no A100"));
+        let ok = request(&chain.keys[1], me, 1, 2, 9);
+        m.propose(&me, &c, &state, &ok, &spec(), NOW).unwrap();
+        let replay = m.propose(&me, &c, &state, &ok, &spec(), NOW).unwrap_err();
+        assert!(replay.contains("already accepted"), "{replay}");
+        assert_eq!(m.free("H100").len(), 1, "refusals reserve nothing");
+    }
+}
