@@ -25,7 +25,7 @@ pub struct NodeArgs {
     node: Option<String>,
     /// Print JSON
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
 }
 
 impl NodeArgs {
@@ -33,7 +33,7 @@ impl NodeArgs {
         NodeArgs { node, json }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         self.node.clone().or_else(|| std::env::var("AGORA_NODE").ok()).unwrap_or_else(|| DEFAULT_NODE.into())
     }
 
@@ -98,11 +98,32 @@ pub fn balance(home: &Path, address: Option<String>, key: &str, args: NodeArgs) 
 /// Signs `kind` with the key, submits it, and waits until it is committed.
 pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Result<ExitCode> {
     let keypair = agora_node::keystore::load(home, key)?.keypair;
-    let address = keypair.address();
+    let (hash, height) = submit_and_wait(&keypair, kind, &args)?;
+    if args.json {
+        print_json(&serde_json::json!({ "hash": hash, "height": height }))?;
+    } else {
+        println!("committed at height {height} (tx {hash})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The chain id the node runs.
+pub fn chain_id(args: &NodeArgs) -> anyhow::Result<ChainId> {
     let status = args.get("/v1/status")?;
-    let chain = ChainId::new(status["chain_id"].as_str().ok_or_else(|| anyhow!("node status lacks a chain id"))?)?;
+    Ok(ChainId::new(status["chain_id"].as_str().ok_or_else(|| anyhow!("node status lacks a chain id"))?)?)
+}
+
+/// Signs `kind` at the account's next nonce, submits it and waits until it
+/// is committed; returns the transaction hash and the height.
+pub fn submit_and_wait(
+    keypair: &agora_protocol::Keypair,
+    kind: TxKind,
+    args: &NodeArgs,
+) -> anyhow::Result<(String, u64)> {
+    let address = keypair.address();
+    let chain = chain_id(args)?;
     let nonce = args.get(&format!("/v1/accounts/{address}"))?["nonce"].as_u64().unwrap_or(0);
-    let tx = Signed::sign(Transaction { nonce, kind }, &keypair, &chain)?;
+    let tx = Signed::sign(Transaction { nonce, kind }, keypair, &chain)?;
     let body = serde_json::json!({ "tx": hex::encode(codec::encode(&tx)?) }).to_string();
     let reply = http::post(&args.url(), "/v1/tx", &body)?;
     let answer = reply.json()?;
@@ -125,13 +146,7 @@ pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Res
             if spinner {
                 eprint!("\r\x1b[2K");
             }
-            let height = account["height"].as_u64().unwrap_or(0);
-            if args.json {
-                print_json(&serde_json::json!({ "hash": hash, "height": height }))?;
-            } else {
-                println!("committed at height {height} (tx {hash})");
-            }
-            return Ok(ExitCode::SUCCESS);
+            return Ok((hash, account["height"].as_u64().unwrap_or(0)));
         }
         if started.elapsed() > COMMIT_WAIT {
             if spinner {

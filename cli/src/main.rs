@@ -5,6 +5,7 @@
 mod bench;
 mod client;
 mod keys;
+mod lease;
 mod ledger;
 mod node;
 mod testnet;
@@ -35,6 +36,11 @@ enum Command {
     Status(client::NodeArgs),
     /// GPU offers in a node's order book, cheapest first
     Offers(client::OfferArgs),
+    /// Lease GPUs for a job: pick an offer, sign, negotiate, open the lease (--wait: follow it to the end)
+    Submit(Box<lease::SubmitArgs>),
+    /// Your leases: list, status, logs, cancel
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
     /// An account's balance (default: your key's)
     Balance {
         address: Option<String>,
@@ -99,6 +105,8 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(&home, cmd),
         Command::Status(node) => client::status(node),
         Command::Offers(args) => client::offers(args),
+        Command::Submit(args) => lease::submit(&home, *args),
+        Command::Lease(cmd) => lease::run(&home, cmd),
         Command::Balance { address, key, node } => client::balance(&home, address, &key, node),
         Command::Transfer { to, amount, key, node } => {
             let to: agora_protocol::Address = to.parse()?;

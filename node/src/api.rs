@@ -51,7 +51,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers", get(providers))
         .route("/v1/offers", get(offers))
+        .route("/v1/leases", get(leases))
+        .route("/v1/leases/propose", post(propose_lease))
         .route("/v1/leases/{id}", get(lease))
+        .route("/v1/leases/{id}/logs", post(lease_logs))
         .route("/v1/tx", post(submit_tx))
         .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
         .route("/metrics", get(metrics));
@@ -371,4 +374,129 @@ async fn submit_txs(
         }
     }
     Ok(Json(serde_json::json!({ "accepted": hashes.len(), "hashes": hashes, "rejected": rejected })))
+}
+
+/// How long the API waits for a provider's answer (the protocol's own timeout is shorter).
+const LEASE_RPC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn lease_rpc(
+    s: &Shared,
+    provider: Address,
+    rpc: agora_protocol::job::LeaseRpc,
+) -> Result<agora_protocol::job::LeaseRpcReply, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    s.commands
+        .try_send(Command::LeaseRpc { provider, rpc, reply })
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    match tokio::time::timeout(LEASE_RPC_WAIT, rx).await {
+        Ok(Ok(Ok(answer))) => Ok(answer),
+        Ok(Ok(Err(why))) => Err(ApiError(StatusCode::BAD_GATEWAY, why)),
+        Ok(Err(_)) => Err(internal("the node dropped the request")),
+        Err(_) => Err(ApiError(StatusCode::GATEWAY_TIMEOUT, "the provider did not answer in time".into())),
+    }
+}
+
+fn decode_hex<T: agora_protocol::Wire>(what: &str, text: &str) -> Result<T, ApiError> {
+    let bytes = hex::decode(text.trim()).map_err(|e| bad_request(format!("{what} is not hex: {e}")))?;
+    codec::decode(&bytes).map_err(|e| bad_request(format!("{what}: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposeBody {
+    /// The buyer's signed lease request, wire-encoded, hex.
+    request: String,
+    /// The job spec, wire-encoded, hex.
+    spec: String,
+}
+
+/// `POST /v1/leases/propose`: forwards a buyer's signed request and job spec
+/// to the provider it names; answers with the countersigned acceptance
+/// (which the buyer then submits in an OpenLease transaction) or the
+/// provider's refusal (409).
+async fn propose_lease(
+    AxumState(s): AxumState<Shared>,
+    body: Result<Json<ProposeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use agora_protocol::job::{JobSpec, LeaseRpc, LeaseRpcReply};
+    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    let request: agora_protocol::Signed<agora_protocol::LeaseRequest> = decode_hex("request", &body.request)?;
+    let spec: JobSpec = decode_hex("spec", &body.spec)?;
+    let chain = s.ledger.read().map_err(internal)?.chain_id().clone();
+    request.verify(&chain).map_err(|_| bad_request("the request's signature is not valid for this chain"))?;
+    let provider = request.body.provider;
+    match lease_rpc(&s, provider, LeaseRpc::Propose { request, spec }).await? {
+        LeaseRpcReply::Accepted(accept) => Ok(Json(serde_json::json!({
+            "lease_id": accept.body.lease_id,
+            "gpu_ids": accept.body.gpu_ids,
+            "accept": hex::encode(codec::encode(&accept).map_err(internal)?),
+        }))),
+        LeaseRpcReply::Refused(why) => Err(ApiError(StatusCode::CONFLICT, why)),
+        LeaseRpcReply::Logs(_) => Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsBody {
+    /// A `Signed<LogsRequest>` by the lease's buyer, wire-encoded, hex.
+    request: String,
+}
+
+/// `POST /v1/leases/{id}/logs`: fetches a piece of a lease's job output from
+/// its provider; only a request signed by the lease's buyer is served.
+async fn lease_logs(
+    AxumState(s): AxumState<Shared>,
+    Path(id): Path<String>,
+    body: Result<Json<LogsBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
+    let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    let request: agora_protocol::Signed<agora_protocol::job::LogsRequest> = decode_hex("request", &body.request)?;
+    if request.body.lease_id != id {
+        return Err(bad_request("the signed request is for another lease"));
+    }
+    let provider = s.ledger.read().map_err(internal)?.lease(&id).map(|l| l.provider);
+    let provider = provider.ok_or_else(|| not_found(format!("no lease {id} on the ledger (yet)")))?;
+    match lease_rpc(&s, provider, LeaseRpc::Logs(request)).await? {
+        LeaseRpcReply::Logs(chunk) => Ok(Json(serde_json::json!({
+            "data_hex": hex::encode(&chunk.data),
+            "next_offset": chunk.next_offset,
+            "first_available": chunk.first_available,
+            "state": chunk.state,
+        }))),
+        LeaseRpcReply::Refused(why) => Err(ApiError(StatusCode::FORBIDDEN, why)),
+        LeaseRpcReply::Accepted(_) => Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseQuery {
+    buyer: Option<String>,
+    provider: Option<String>,
+}
+
+/// Most leases one `GET /v1/leases` lists (newest first).
+const MAX_LISTED_LEASES: usize = 500;
+
+async fn leases(
+    AxumState(s): AxumState<Shared>,
+    query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<agora_ledger::Lease>>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let parse = |a: Option<String>| -> Result<Option<Address>, ApiError> {
+        a.map(|a| a.parse::<Address>().map_err(|e| bad_request(e.to_string()))).transpose()
+    };
+    let (buyer, provider) = (parse(q.buyer)?, parse(q.provider)?);
+    let ledger = s.ledger.read().map_err(internal)?;
+    let mut list: Vec<agora_ledger::Lease> = ledger
+        .leases()
+        .filter(|l| buyer.is_none_or(|b| l.buyer == b) && provider.is_none_or(|p| l.provider == p))
+        .cloned()
+        .collect();
+    list.sort_by_key(|l| std::cmp::Reverse(l.start_ms));
+    list.truncate(MAX_LISTED_LEASES);
+    Ok(Json(list))
 }

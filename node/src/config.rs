@@ -38,6 +38,14 @@ fn default_max_lease_secs() -> u64 {
     DEFAULT_MAX_LEASE_SECS
 }
 
+fn default_runners() -> Vec<String> {
+    vec!["process".into()]
+}
+
+fn default_job_log_bytes() -> usize {
+    crate::runner::DEFAULT_LOG_RING_BYTES
+}
+
 /// Default HTTP API address (loopback only: the API can submit transactions).
 pub const DEFAULT_API: &str = "127.0.0.1:7600";
 
@@ -76,6 +84,13 @@ pub struct NodeConfig {
     /// The longest lease this provider accepts, in seconds.
     #[serde(default = "default_max_lease_secs")]
     pub max_lease_secs: u64,
+    /// How jobs may run: `process` (a child process) and/or `docker` (jobs
+    /// with an image, where the docker CLI is installed).
+    #[serde(default = "default_runners")]
+    pub runners: Vec<String>,
+    /// Bytes of each job's output kept in memory for its buyer (the log file keeps all).
+    #[serde(default = "default_job_log_bytes")]
+    pub job_log_bytes: usize,
 }
 
 impl NodeConfig {
@@ -93,6 +108,8 @@ impl NodeConfig {
             price_per_gpu_hour: default_price(),
             region: default_region(),
             max_lease_secs: DEFAULT_MAX_LEASE_SECS,
+            runners: default_runners(),
+            job_log_bytes: crate::runner::DEFAULT_LOG_RING_BYTES,
         }
     }
 
@@ -146,7 +163,30 @@ impl NodeConfig {
         if self.max_lease_secs == 0 || self.max_lease_secs > max {
             return Err(bad(format!("max_lease_secs must be 1 to {max}")));
         }
+        if let Some(r) = self.runners.iter().find(|r| !["process", "docker"].contains(&r.as_str())) {
+            return Err(bad(format!("runners: unknown runner {r:?} (process, docker)")));
+        }
+        if self.job_log_bytes == 0 || self.job_log_bytes > 64 * 1024 * 1024 {
+            return Err(bad("job_log_bytes must be 1 byte to 64 MiB".into()));
+        }
         self.price(home).map(|_| ())
+    }
+
+    /// Whether jobs with a container image can run here: allowed in
+    /// `runners` and the docker CLI is installed.
+    pub fn docker_available(&self) -> bool {
+        self.runners.iter().any(|r| r == "docker")
+            && std::process::Command::new("docker")
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    /// Where job working directories and logs live.
+    pub fn jobs_dir(&self, home: &Path) -> PathBuf {
+        home.join(&self.data_dir).join("jobs")
     }
 
     /// The ledger store directory.

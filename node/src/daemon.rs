@@ -16,13 +16,15 @@ use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
 use agora_protocol::market::Offer;
 use agora_protocol::sync::{MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
-use agora_protocol::{ChainId, Hash, Height, Keypair, Signed, SignedTx, Transaction, TxKind};
+use agora_protocol::{ChainId, Hash, Height, Keypair, Signed, SignedTx, TxKind};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
+
+mod leases;
 
 use crate::config::NodeConfig;
 use crate::error::Error;
@@ -42,6 +44,12 @@ pub enum Command {
     SubmitTxs {
         txs: Vec<SignedTx>,
         reply: oneshot::Sender<Vec<Result<Hash, String>>>,
+    },
+    /// Send a lease-protocol message to a provider (a buyer's proposal or logs request).
+    LeaseRpc {
+        provider: agora_protocol::Address,
+        rpc: agora_protocol::job::LeaseRpc,
+        reply: leases::RpcReply,
     },
     /// Testnet only: announce this provider's offer now (benchmarks time its propagation).
     Announce {
@@ -112,6 +120,17 @@ pub struct Daemon {
     chain: ChainId,
     key: Keypair,
     provider: Option<Provider>,
+    /// The provider's negotiation state (None on non-providers).
+    market: Option<crate::market::Market>,
+    jobs: std::collections::BTreeMap<agora_protocol::LeaseId, crate::runner::Job>,
+    job_ended_tx: mpsc::Sender<crate::runner::JobEnded>,
+    job_ended_rx: mpsc::Receiver<crate::runner::JobEnded>,
+    jobs_dir: std::path::PathBuf,
+    job_log_bytes: usize,
+    /// Lease-protocol requests sent to providers, awaiting their answers.
+    pending_rpcs: HashMap<libp2p::request_response::OutboundRequestId, leases::RpcReply>,
+    /// Own transactions not yet committed, by nonce, with the height they were sent at.
+    own_pending: std::collections::BTreeMap<u64, (TxKind, Height)>,
     store: Store,
     engine: Engine,
     swarm: Swarm<Behaviour>,
@@ -149,6 +168,15 @@ impl Daemon {
                 config.max_lease_secs,
             ))
         };
+        let market = match &provider {
+            Some(p) => {
+                let docker = config.docker_available();
+                tracing::info!(process = config.runners.iter().any(|r| r == "process"), docker, "job runners");
+                Some(crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, docker))
+            }
+            None => None,
+        };
+        let (job_ended_tx, job_ended_rx) = mpsc::channel(crate::runner::JOB_EVENTS_QUEUE);
         let genesis = crate::config::load_genesis(home)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         let wal = store.wal_entries()?;
@@ -221,6 +249,14 @@ impl Daemon {
             chain,
             key,
             provider,
+            market,
+            jobs: Default::default(),
+            job_ended_tx,
+            job_ended_rx,
+            jobs_dir: config.jobs_dir(home),
+            job_log_bytes: config.job_log_bytes,
+            pending_rpcs: HashMap::new(),
+            own_pending: Default::default(),
             bootstrap,
             last_redial: Instant::now(),
             store,
@@ -242,6 +278,7 @@ impl Daemon {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
         let actions = self.engine.handle(now_ms(), Input::Start);
         self.act(actions)?;
+        self.close_orphaned_leases()?;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -259,10 +296,12 @@ impl Daemon {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd)?,
                 _ = sleep => self.fire_timers()?,
                 _ = tick.tick() => self.on_tick()?,
+                Some(ended) = self.job_ended_rx.recv() => self.on_job_ended(ended)?,
             }
             self.retry_unpublished();
             self.publish_status();
         }
+        self.stop_all_jobs();
         tracing::info!("shutting down: flushing the ledger store");
         self.store.flush()?;
         Ok(())
@@ -334,15 +373,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Signs a transaction with the node's own key at its next nonce and submits it.
-    fn submit_own_tx(&mut self, kind: TxKind) -> Result<(), Error> {
-        let nonce = self.store.state().account(&self.key.address()).nonce;
-        let tx = Signed::sign(Transaction { nonce, kind }, &self.key, &self.chain)?;
-        self.publish_tx(codec::encode(&tx)?);
-        let actions = self.engine.handle(now_ms(), Input::Tx(Box::new(tx)));
-        self.act(actions)
-    }
-
     fn fire_timers(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         let due: Vec<Timer> = self.timers.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
@@ -363,7 +393,7 @@ impl Daemon {
                 Action::CancelTimeout(timer) => _ = self.timers.remove(&timer),
                 Action::CancelAllTimeouts => self.timers.retain(|t, _| t.is_next_height()),
                 Action::WalAppend { height, entry } => self.store.wal_append(height, &entry)?,
-                Action::Commit { block, certificate, .. } => {
+                Action::Commit { block, certificate, events } => {
                     let previous_time = self.store.state().time_ms().0;
                     self.store.commit_decided(&block, &certificate)?;
                     let m = &self.shared.metrics;
@@ -385,6 +415,7 @@ impl Daemon {
                         s.latest_block_hash = self.store.state().last_block_hash().to_hex();
                         s.state_root = block.header.state_root.to_hex();
                     }
+                    self.on_lease_events(&events)?;
                 }
                 Action::SyncNeeded { have } => self.request_sync(have),
                 Action::MissingBlock { height, .. } => tracing::info!(%height, "decided a block we lack; syncing"),
@@ -485,6 +516,7 @@ impl Daemon {
                 self.act(actions)?;
                 let _ = reply.send(outcomes);
             }
+            Command::LeaseRpc { provider, rpc, reply } => self.lease_rpc(provider, rpc, reply),
             Command::Announce { reply } => {
                 let now = now_ms();
                 let me = self.key.address();
@@ -553,6 +585,7 @@ impl Daemon {
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { message, .. })) => {
                 self.on_sync_message(message)?
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Lease(event)) => self.on_lease_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { .. })) => {
                 self.sync_in_flight = false;
             }

@@ -19,6 +19,13 @@ pub fn peer_id(key: &Keypair) -> Result<PeerId, Error> {
     Ok(libp2p_keypair(key)?.public().to_peer_id())
 }
 
+/// The peer id of the node whose account is `address` (the same ed25519 key).
+pub fn peer_of(address: &Address) -> Result<PeerId, Error> {
+    let ed = libp2p_identity::ed25519::PublicKey::try_from_bytes(&address.0)
+        .map_err(|e| Error::Identity(format!("{address} is not an ed25519 key: {e}")))?;
+    Ok(PublicKey::from(ed).to_peer_id())
+}
+
 /// The agora address of a libp2p peer's public key, if it is ed25519.
 pub fn address_of(public: &PublicKey) -> Result<Address, Error> {
     let ed = public.clone().try_into_ed25519().map_err(|_| Error::Identity("peer key is not ed25519".into()))?;
@@ -35,6 +42,7 @@ mod tests {
         let lp = libp2p_keypair(&key).unwrap();
         assert_eq!(address_of(&lp.public()).unwrap(), key.address());
         assert_eq!(peer_id(&key).unwrap(), lp.public().to_peer_id());
+        assert_eq!(peer_of(&key.address()).unwrap(), lp.public().to_peer_id(), "a provider's address names its peer");
         let other = Keypair::from_seed_phrase("node-1");
         assert_ne!(peer_id(&key).unwrap(), peer_id(&other).unwrap());
     }

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub offers: Gauge,
     /// Offers this provider has gossiped.
     pub offers_announced: Counter,
+    pub leases_accepted: Counter,
+    pub leases_refused: Counter,
+    pub jobs_started: Counter,
 }
 
 impl Metrics {
@@ -41,6 +44,9 @@ impl Metrics {
             gossip: Family::default(),
             offers: Gauge::default(),
             offers_announced: Counter::default(),
+            leases_accepted: Counter::default(),
+            leases_refused: Counter::default(),
+            jobs_started: Counter::default(),
         };
         let mut r = Registry::with_prefix("agora");
         r.register("height", "Latest committed block height", m.height.clone());
@@ -51,6 +57,9 @@ impl Metrics {
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());
         r.register("offers", "Offers in the order book", m.offers.clone());
         r.register("offers_announced", "Offers this provider has gossiped", m.offers_announced.clone());
+        r.register("leases_accepted", "Lease requests this provider accepted", m.leases_accepted.clone());
+        r.register("leases_refused", "Lease requests this provider refused", m.leases_refused.clone());
+        r.register("jobs_started", "Jobs this provider started", m.jobs_started.clone());
         (m, r)
     }
 }

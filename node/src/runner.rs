@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 pub const DEFAULT_LOG_RING_BYTES: usize = 1024 * 1024;
 /// PATH a job gets unless the buyer sets one.
 pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Job-ended reports queued for the daemon at most.
+pub const JOB_EVENTS_QUEUE: usize = 256;
 /// Name prefix of the containers of `--image` jobs.
 pub const CONTAINER_PREFIX: &str = "agora-";
 

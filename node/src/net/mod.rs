@@ -7,6 +7,7 @@ pub mod gossip;
 
 use std::time::Duration;
 
+use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -17,6 +18,10 @@ use crate::error::Error;
 
 /// The block-sync protocol name.
 pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
+/// The lease protocol: negotiation and logs between a buyer's node and a provider.
+pub const LEASE_PROTOCOL: &str = "/agora/lease/1";
+/// A lease request or logs request unanswered this long has failed.
+pub const LEASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1";
 /// A connection with no traffic is closed after this long.
@@ -31,6 +36,7 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub type SyncCodec = codec::WireCodec<SyncRequest, SyncResponse>;
+pub type LeaseCodec = codec::WireCodec<LeaseRpc, LeaseRpcReply>;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -41,6 +47,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub sync: request_response::Behaviour<SyncCodec>,
+    pub lease: request_response::Behaviour<LeaseCodec>,
 }
 
 /// Builds the swarm for `key`, listening nowhere yet.
@@ -59,8 +66,13 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
                 [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
             );
+            let lease = request_response::Behaviour::new(
+                [(StreamProtocol::new(LEASE_PROTOCOL), request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(LEASE_REQUEST_TIMEOUT),
+            );
             Ok(Behaviour {
                 blocked: Default::default(),
+                lease,
                 gossipsub,
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT)),

@@ -1,0 +1,496 @@
+//! The buyer's commands: `agora submit` (find an offer, sign a lease request,
+//! get the provider's countersignature, open the lease on chain, and with
+//! `--wait` follow the job to its end) and `agora lease list|status|logs|cancel`.
+//! Everything is signed here with the key under `--home`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agora_protocol::job::{JobSpec, LogsRequest};
+use agora_protocol::{Address, Amount, Keypair, LeaseId, LeaseRequest, Signed, TimestampMs, TxKind, codec};
+use agora_testnet::http;
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+
+use crate::client::{NodeArgs, chain_id, parse_amount, submit_and_wait};
+use crate::print_json;
+
+/// How long a signed lease request stays valid: time to negotiate and commit.
+const REQUEST_TTL_MS: u64 = 120_000;
+/// How often `--wait` and `logs --follow` ask for more output.
+const POLL: Duration = Duration::from_millis(300);
+/// How long `--wait` waits for the lease to appear on the ledger.
+const OPEN_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// GPUs to lease (of one kind)
+    #[arg(long)]
+    gpus: u32,
+    /// GPU model (case-insensitive part of the name, e.g. h100)
+    #[arg(long)]
+    model: Option<String>,
+    /// Minimum VRAM per GPU, in GB
+    #[arg(long, value_name = "GB")]
+    min_vram: Option<u32>,
+    /// Highest price per GPU-hour you accept (AGR)
+    #[arg(long)]
+    max_price: Option<String>,
+    /// Lease from this provider (agora1…) instead of the cheapest match
+    #[arg(long)]
+    provider: Option<String>,
+    /// How long to lease the GPUs: 90s, 30m, 2h, 1h30m
+    #[arg(long)]
+    duration: String,
+    /// Environment variable for the job, K=V (repeatable)
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Run the command in this container image (providers that allow docker)
+    #[arg(long)]
+    image: Option<String>,
+    /// Follow the lease to the end, print the job's output and exit with its exit code
+    #[arg(long)]
+    wait: bool,
+    /// The key under --home that pays
+    #[arg(long, default_value = "default")]
+    key: String,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The job: program and arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum LeaseCommand {
+    /// Your leases (as buyer), newest first
+    List(KeyArgs),
+    /// A lease's terms, settlement and job state
+    Status {
+        id: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// A lease's job output (from its provider; only its buyer may read it)
+    Logs {
+        id: String,
+        /// Keep printing until the job ends
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Stop a lease early: the provider is paid for the time used, the rest is refunded
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct KeyArgs {
+    /// The buyer's key under --home
+    #[arg(long, default_value = "default")]
+    key: String,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Parses 90s, 30m, 2h, 1h30m, 1d (a bare number is seconds).
+pub fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow!("bad duration {text:?}: use e.g. 90s, 30m, 2h or 1h30m");
+    if let Ok(secs) = text.parse::<u64>() {
+        return if secs > 0 { Ok(secs) } else { Err(bad()) };
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+}
+
+fn micros(v: &serde_json::Value) -> Amount {
+    text(v).parse().map(Amount).unwrap_or_default()
+}
+
+/// Progress lines go to stderr so stdout carries only the job's output (or JSON).
+fn progress(json: bool, line: String) {
+    if !json {
+        eprintln!("{line}");
+    }
+}
+
+pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let keypair = agora_node::keystore::load(home, &args.key)?.keypair;
+    let duration_secs = parse_duration(&args.duration)?;
+    anyhow::ensure!(args.gpus > 0, "--gpus must be at least 1");
+    let max_price = args.max_price.as_deref().map(parse_amount).transpose()?;
+    let provider: Option<Address> = args.provider.as_deref().map(str::parse).transpose()?;
+    let mut env = Vec::new();
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let spec = JobSpec { command: args.command.clone(), env, image: args.image.clone() };
+    spec.validate()?;
+    let node = &args.node;
+
+    // The cheapest offer that fits (or the named provider's).
+    let offers = node.get(&format!("/v1/offers?gpus={}", args.gpus))?;
+    let mut choice = None;
+    for o in offers.as_array().into_iter().flatten() {
+        let addr: Address = text(&o["provider"]).parse()?;
+        let price = micros(&o["price_per_gpu_hour"]);
+        if provider.is_some_and(|p| p != addr)
+            || max_price.is_some_and(|m| price > m)
+            || o["max_duration_secs"].as_u64().unwrap_or(0) < duration_secs
+        {
+            continue;
+        }
+        let kind = o["gpus"].as_array().into_iter().flatten().find(|g| {
+            let model = text(&g["model"]);
+            args.model.as_ref().is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
+                && args.min_vram.is_none_or(|v| g["vram_mib"].as_u64().unwrap_or(0) >= u64::from(v) * 1024)
+                && g["count"].as_u64().unwrap_or(0) >= u64::from(args.gpus)
+        });
+        if let Some(kind) = kind {
+            choice = Some((addr, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
+            break;
+        }
+    }
+    let Some((provider, offer_seq, gpu_model, price)) = choice else {
+        bail!(
+            "no offer matches: {} GPU(s){}{}{} for {duration_secs} s; see `agora offers`",
+            args.gpus,
+            args.model.as_ref().map(|m| format!(" of model {m}")).unwrap_or_default(),
+            max_price.map(|p| format!(" at most {p}/GPU-hour")).unwrap_or_default(),
+            args.provider.as_ref().map(|p| format!(" from {p}")).unwrap_or_default(),
+        );
+    };
+    let chain = chain_id(node)?;
+    let request = LeaseRequest {
+        provider,
+        offer_seq,
+        gpu_model: gpu_model.clone(),
+        gpus: args.gpus,
+        price_per_gpu_hour: price,
+        duration_secs,
+        job_spec_hash: spec.hash()?,
+        nonce: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            ^ u64::from(std::process::id()),
+        expires_at_ms: TimestampMs(now_ms() + REQUEST_TTL_MS),
+    };
+    let escrow = request.escrow().ok_or_else(|| anyhow!("price × GPUs × duration overflows"))?;
+    let request = Signed::sign(request, &keypair, &chain)?;
+    let lease_id = request.lease_id()?;
+    progress(
+        node.json,
+        format!(
+            "asking {provider} for {}x {gpu_model} at {price}/GPU-hour for {duration_secs} s (escrow {escrow})",
+            args.gpus
+        ),
+    );
+    let body = serde_json::json!({
+        "request": hex::encode(codec::encode(&request)?),
+        "spec": hex::encode(codec::encode(&spec)?),
+    });
+    let reply = http::post(&node.url(), "/v1/leases/propose", &body.to_string())?;
+    let answer = reply.json()?;
+    if reply.status >= 400 {
+        bail!("the provider refused: {}", answer["error"].as_str().unwrap_or("no reason given"));
+    }
+    let accept_bytes = hex::decode(text(&answer["accept"])).context("acceptance is not hex")?;
+    let accept: Signed<agora_protocol::LeaseAccept> = codec::decode(&accept_bytes)?;
+    anyhow::ensure!(
+        accept.signer == provider && accept.body.lease_id == lease_id,
+        "the acceptance is not for this lease"
+    );
+    accept.verify(&chain).map_err(|_| anyhow!("the provider's countersignature does not verify"))?;
+    progress(
+        node.json,
+        format!("accepted: GPUs {}; opening lease {lease_id} on the ledger", accept.body.gpu_ids.join(",")),
+    );
+    let (_, height) = submit_and_wait(&keypair, TxKind::OpenLease { request, accept: accept.clone() }, node)?;
+    if !args.wait {
+        if node.json {
+            print_json(&serde_json::json!({
+                "lease_id": lease_id, "provider": provider, "gpu_ids": accept.body.gpu_ids,
+                "escrow": escrow, "height": height,
+            }))?;
+        } else {
+            println!("{lease_id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    progress(node.json, format!("lease {lease_id} opened at height {height}; the job starts"));
+    let (state, _) = follow_logs(&keypair, &chain, lease_id, node, true, !node.json)?;
+    let lease = wait_settled(node, lease_id)?;
+    let code = match &state {
+        agora_protocol::job::JobState::Exited { code } => code.unwrap_or(1),
+        _ => 1,
+    };
+    if node.json {
+        print_json(&serde_json::json!({ "lease_id": lease_id, "job": state, "lease": lease }))?;
+    } else {
+        let s = &lease["status"]["Settled"];
+        eprintln!(
+            "lease {lease_id}: {}; paid {} to the provider, refunded {}",
+            describe(&state),
+            micros(&s["paid"]),
+            micros(&s["refunded"])
+        );
+    }
+    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}
+
+fn describe(state: &agora_protocol::job::JobState) -> String {
+    use agora_protocol::job::JobState::*;
+    match state {
+        Waiting => "waiting for the lease to start".into(),
+        Running => "running".into(),
+        Exited { code: Some(c) } => format!("job exited with code {c}"),
+        Exited { code: None } => "job was killed by a signal".into(),
+        Stopped { reason } => format!("job stopped: {reason}"),
+    }
+}
+
+fn logs_request(
+    keypair: &Keypair,
+    chain: &agora_protocol::ChainId,
+    id: LeaseId,
+    offset: u64,
+) -> anyhow::Result<String> {
+    let req = Signed::sign(LogsRequest { lease_id: id, offset, issued_at_ms: TimestampMs(now_ms()) }, keypair, chain)?;
+    Ok(serde_json::json!({ "request": hex::encode(codec::encode(&req)?) }).to_string())
+}
+
+/// Prints the job's output from the start; with `follow`, until the job has
+/// ended and all of its output is printed. Returns the job's last state.
+fn follow_logs(
+    keypair: &Keypair,
+    chain: &agora_protocol::ChainId,
+    id: LeaseId,
+    node: &NodeArgs,
+    follow: bool,
+    print: bool,
+) -> anyhow::Result<(agora_protocol::job::JobState, Vec<u8>)> {
+    let mut offset = 0u64;
+    let mut all = Vec::new();
+    let started = Instant::now();
+    loop {
+        let reply =
+            http::post(&node.url(), &format!("/v1/leases/{id}/logs"), &logs_request(keypair, chain, id, offset)?)?;
+        let answer = reply.json()?;
+        if reply.status == 404 && follow && started.elapsed() < OPEN_WAIT {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        if reply.status >= 400 {
+            bail!("{}", answer["error"].as_str().unwrap_or("the provider refused"));
+        }
+        let data = hex::decode(text(&answer["data_hex"])).unwrap_or_default();
+        let first = answer["first_available"].as_u64().unwrap_or(0);
+        if first > offset && print {
+            eprintln!("[{} bytes of earlier output are no longer kept by the provider]", first - offset);
+        }
+        if print && !data.is_empty() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()?;
+        }
+        all.extend_from_slice(&data);
+        offset = answer["next_offset"].as_u64().unwrap_or(offset);
+        let state: agora_protocol::job::JobState = serde_json::from_value(answer["state"].clone())?;
+        let ended = matches!(
+            state,
+            agora_protocol::job::JobState::Exited { .. } | agora_protocol::job::JobState::Stopped { .. }
+        );
+        if !follow || (ended && data.is_empty()) {
+            return Ok((state, all));
+        }
+        if data.is_empty() {
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// Waits until the lease is settled on the ledger; returns it.
+fn wait_settled(node: &NodeArgs, id: LeaseId) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        let lease = node.get(&format!("/v1/leases/{id}"))?;
+        if lease["status"].get("Settled").is_some() {
+            return Ok(lease);
+        }
+        if started.elapsed() > OPEN_WAIT {
+            bail!("lease {id} is not settled after {} s; see `agora lease status {id}`", OPEN_WAIT.as_secs());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LeaseCommand::List(k) => {
+            let me = agora_node::keystore::load(home, &k.key)?.address();
+            let list = k.node.get(&format!("/v1/leases?buyer={me}"))?;
+            if k.node.json {
+                print_json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list = list.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no leases");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<64}  {:<12}  {:<10}  {:>14}  PROVIDER", "LEASE", "GPUS", "STATUS", "ESCROW");
+            for l in &list {
+                let status = if l["status"] == "Open" { "open".to_string() } else { settled_word(&l["status"]) };
+                println!(
+                    "{:<64}  {:<12}  {:<10}  {:>14}  {}",
+                    text(&l["id"]),
+                    format!("{}x {}", l["gpus"], text(&l["gpu_model"])),
+                    status,
+                    micros(&l["escrow"]).to_string(),
+                    text(&l["provider"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LeaseCommand::Status { id, key } => {
+            let id: LeaseId = id.parse()?;
+            let lease = key.node.get(&format!("/v1/leases/{id}"))?;
+            let keypair = agora_node::keystore::load(home, &key.key)?.keypair;
+            let chain = chain_id(&key.node)?;
+            let job = (lease["buyer"] == keypair.address().to_string())
+                .then(|| {
+                    let reply = http::post(
+                        &key.node.url(),
+                        &format!("/v1/leases/{id}/logs"),
+                        &logs_request(&keypair, &chain, id, u64::MAX).ok()?,
+                    )
+                    .ok()?;
+                    (reply.status == 200).then(|| reply.json().ok()).flatten().map(|a| a["state"].clone())
+                })
+                .flatten();
+            if key.node.json {
+                print_json(&serde_json::json!({ "lease": lease, "job": job }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("lease     {id}");
+            println!("buyer     {}", text(&lease["buyer"]));
+            println!("provider  {}", text(&lease["provider"]));
+            println!(
+                "gpus      {}x {} ({})",
+                lease["gpus"],
+                text(&lease["gpu_model"]),
+                lease["gpu_ids"]
+                    .as_array()
+                    .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            );
+            println!(
+                "price     {}/GPU-hour, escrow {}",
+                micros(&lease["price_per_gpu_hour"]),
+                micros(&lease["escrow"])
+            );
+            if lease["status"] == "Open" {
+                println!("status    open until {} ms", lease["end_ms"]);
+            } else {
+                let s = &lease["status"]["Settled"];
+                println!(
+                    "status    {}: paid {} to the provider, refunded {}{}",
+                    settled_word(&lease["status"]),
+                    micros(&s["paid"]),
+                    micros(&s["refunded"]),
+                    s["exit_code"].as_i64().map(|c| format!(", exit code {c}")).unwrap_or_default()
+                );
+            }
+            if let Some(job) = job.and_then(|j| serde_json::from_value(j).ok()) {
+                println!("job       {}", describe(&job));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LeaseCommand::Logs { id, follow, key } => {
+            let id: LeaseId = id.parse()?;
+            let keypair = agora_node::keystore::load(home, &key.key)?.keypair;
+            let chain = chain_id(&key.node)?;
+            let (state, _) = follow_logs(&keypair, &chain, id, &key.node, follow, true)?;
+            if follow {
+                eprintln!("{}", describe(&state));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LeaseCommand::Cancel { id, key } => {
+            let id: LeaseId = id.parse()?;
+            let keypair = agora_node::keystore::load(home, &key.key)?.keypair;
+            let (hash, height) = submit_and_wait(&keypair, TxKind::CancelLease { lease_id: id }, &key.node)?;
+            let lease = key.node.get(&format!("/v1/leases/{id}"))?;
+            let s = &lease["status"]["Settled"];
+            if key.node.json {
+                print_json(&serde_json::json!({ "hash": hash, "height": height, "lease": lease }))?;
+            } else {
+                println!(
+                    "lease {id} cancelled at height {height}: paid {} to the provider, refunded {}",
+                    micros(&s["paid"]),
+                    micros(&s["refunded"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn settled_word(status: &serde_json::Value) -> String {
+    match status["Settled"]["reason"].as_str() {
+        Some("Closed") => "finished".into(),
+        Some("Cancelled") => "cancelled".into(),
+        Some("Expired") => "expired".into(),
+        Some("ProviderSlashed") => "slashed".into(),
+        _ => text(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("30m").unwrap(), 1800);
+        assert_eq!(parse_duration("1h30m").unwrap(), 5400);
+        assert_eq!(parse_duration("2").unwrap(), 2);
+        for bad in ["", "0", "5x", "h", "1h30", "-5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

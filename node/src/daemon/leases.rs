@@ -1,0 +1,324 @@
+//! The daemon's lease duties: answering the lease protocol (negotiation and
+//! logs) as a provider, forwarding a local buyer's requests to providers,
+//! starting a job when its lease commits and stopping it when the lease
+//! settles, closing the lease when the job ends, and the provider's own
+//! transactions (nonces in order, re-sent if they get lost).
+
+use std::time::{Duration, Instant};
+
+use agora_ledger::{Event, LeaseStatus, SettleReason};
+use agora_protocol::job::{JobState, LeaseRpc, LeaseRpcReply, LogChunk};
+use agora_protocol::{Address, LeaseAccept, LeaseId, Signed, Transaction, TxKind, codec};
+use libp2p::request_response::{self, Message, OutboundRequestId};
+use tokio::sync::oneshot;
+
+use super::{Daemon, now_ms};
+use crate::error::Error;
+use crate::runner::{self, Job, JobEnded};
+
+/// A logs request signed longer ago (or further ahead) than this is refused, so
+/// a captured request cannot be replayed later.
+pub const LOGS_REQUEST_MAX_AGE_MS: u64 = 60_000;
+/// Finished jobs whose logs stay readable, at most (oldest forgotten first; the files stay).
+pub const MAX_FINISHED_JOBS: usize = 1_024;
+/// Lease requests this node may have in flight to providers.
+pub const MAX_PENDING_LEASE_RPCS: usize = 256;
+/// Blocks an own transaction may stay uncommitted before it is signed again.
+pub const OWN_TX_RETRY_BLOCKS: u64 = 10;
+
+pub type RpcReply = oneshot::Sender<Result<LeaseRpcReply, String>>;
+
+impl Daemon {
+    /// Sends `rpc` to `provider` (or answers it here if this node is the provider).
+    pub(super) fn lease_rpc(&mut self, provider: Address, rpc: LeaseRpc, reply: RpcReply) {
+        if provider == self.key.address() {
+            let answer = self.answer_lease_rpc(rpc);
+            let _ = reply.send(Ok(answer));
+            return;
+        }
+        if self.pending_rpcs.len() >= MAX_PENDING_LEASE_RPCS {
+            let _ = reply.send(Err("this node has too many lease requests in flight; retry".into()));
+            return;
+        }
+        let peer = match crate::identity::peer_of(&provider) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let id = self.swarm.behaviour_mut().lease.send_request(&peer, rpc);
+        self.pending_rpcs.insert(id, reply);
+    }
+
+    pub(super) fn on_lease_event(&mut self, event: request_response::Event<LeaseRpc, LeaseRpcReply>) {
+        match event {
+            request_response::Event::Message { message: Message::Request { request, channel, .. }, .. } => {
+                let answer = self.answer_lease_rpc(request);
+                let _ = self.swarm.behaviour_mut().lease.send_response(channel, answer);
+            }
+            request_response::Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(reply) = self.pending_rpcs.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                self.fail_rpc(request_id, format!("the provider could not be reached: {error}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn fail_rpc(&mut self, id: OutboundRequestId, why: String) {
+        if let Some(reply) = self.pending_rpcs.remove(&id) {
+            let _ = reply.send(Err(why));
+        }
+    }
+
+    /// This node's answer as a provider.
+    fn answer_lease_rpc(&mut self, rpc: LeaseRpc) -> LeaseRpcReply {
+        match rpc {
+            LeaseRpc::Propose { request, spec } => {
+                let me = self.key.address();
+                let Some(market) = self.market.as_mut() else {
+                    return LeaseRpcReply::Refused("this node is not a provider".into());
+                };
+                let now = now_ms();
+                market.expire(now);
+                match market.propose(&me, &self.chain, self.store.state(), &request, &spec, now) {
+                    Ok((lease_id, gpu_ids)) => {
+                        match Signed::sign(LeaseAccept { lease_id, gpu_ids }, &self.key, &self.chain) {
+                            Ok(accept) => {
+                                tracing::info!(lease = %lease_id, buyer = %request.signer, "lease request accepted");
+                                self.shared.metrics.leases_accepted.inc();
+                                LeaseRpcReply::Accepted(accept)
+                            }
+                            Err(e) => LeaseRpcReply::Refused(format!("provider cannot sign: {e}")),
+                        }
+                    }
+                    Err(why) => {
+                        tracing::info!(buyer = %request.signer, reason = %why, "lease request refused");
+                        self.shared.metrics.leases_refused.inc();
+                        LeaseRpcReply::Refused(why)
+                    }
+                }
+            }
+            LeaseRpc::Logs(req) => match self.logs(&req) {
+                Ok(chunk) => LeaseRpcReply::Logs(chunk),
+                Err(why) => LeaseRpcReply::Refused(why),
+            },
+        }
+    }
+
+    fn logs(&self, req: &Signed<agora_protocol::job::LogsRequest>) -> Result<LogChunk, String> {
+        req.verify(&self.chain).map_err(|_| "the logs request's signature is not valid".to_string())?;
+        let now = now_ms();
+        if req.body.issued_at_ms.0.abs_diff(now) > LOGS_REQUEST_MAX_AGE_MS {
+            return Err("the logs request is too old (or your clock is off); sign a new one".into());
+        }
+        let id = req.body.lease_id;
+        let buyer = self
+            .store
+            .state()
+            .lease(&id)
+            .filter(|l| l.provider == self.key.address())
+            .map(|l| l.buyer)
+            .or_else(|| self.market.as_ref().and_then(|m| m.reserved_buyer(&id)))
+            .or_else(|| self.jobs.get(&id).map(|j| j.buyer))
+            .ok_or_else(|| format!("this provider has no lease {id}"))?;
+        if req.signer != buyer {
+            return Err("only the lease's buyer can read its logs".into());
+        }
+        Ok(match self.jobs.get(&id) {
+            Some(job) => job.chunk(req.body.offset),
+            None => LogChunk {
+                data: Vec::new(),
+                next_offset: req.body.offset,
+                first_available: 0,
+                state: JobState::Waiting,
+            },
+        })
+    }
+
+    /// Starts and stops jobs as leases of this provider open and settle.
+    pub(super) fn on_lease_events(&mut self, events: &[Event]) -> Result<(), Error> {
+        let me = self.key.address();
+        for event in events {
+            match event {
+                Event::LeaseOpened { lease_id, provider, .. } if *provider == me => self.start_job(*lease_id)?,
+                Event::LeaseSettled { lease_id, reason, .. } => {
+                    if let Some(m) = self.market.as_mut() {
+                        m.release(lease_id);
+                    }
+                    if let Some(job) = self.jobs.get(lease_id).filter(|j| j.is_running()) {
+                        job.stop(match reason {
+                            SettleReason::Cancelled => "the lease was cancelled",
+                            SettleReason::Expired => "the lease's time ran out",
+                            SettleReason::ProviderSlashed => "the provider was slashed; the lease was settled",
+                            SettleReason::Closed => "the lease was closed",
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.resend_own_txs()
+    }
+
+    fn start_job(&mut self, lease_id: LeaseId) -> Result<(), Error> {
+        let Some(lease) = self.store.state().lease(&lease_id).cloned() else { return Ok(()) };
+        let Some(assignment) = self.market.as_mut().and_then(|m| m.opened(&lease_id)) else {
+            // Accepted before a restart: the job spec is gone with the reservation.
+            let reason = "the provider restarted after accepting; the lease is closed for the time served";
+            self.remember_job(Job::finished(
+                lease_id,
+                lease.buyer,
+                &runner::job_dir(&self.jobs_dir, &lease_id),
+                JobState::Stopped { reason: reason.into() },
+                self.job_log_bytes,
+            ));
+            return self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None });
+        };
+        let remaining = Duration::from_millis(lease.end_ms.0.saturating_sub(now_ms()));
+        let started = runner::start(
+            lease_id,
+            lease.buyer,
+            &assignment.spec,
+            &assignment.gpu_ids,
+            &self.jobs_dir,
+            Instant::now() + remaining,
+            self.job_log_bytes,
+            self.job_ended_tx.clone(),
+        );
+        match started {
+            Ok(job) => {
+                tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), "job started");
+                self.shared.metrics.jobs_started.inc();
+                self.remember_job(job);
+                Ok(())
+            }
+            Err(why) => {
+                tracing::warn!(lease = %lease_id, error = %why, "job could not start; closing the lease");
+                let dir = runner::job_dir(&self.jobs_dir, &lease_id);
+                let state = JobState::Stopped { reason: format!("the job could not start: {why}") };
+                self.remember_job(Job::finished(lease_id, lease.buyer, &dir, state, self.job_log_bytes));
+                if let Some(m) = self.market.as_mut() {
+                    m.release(&lease_id);
+                }
+                self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None })
+            }
+        }
+    }
+
+    fn remember_job(&mut self, job: Job) {
+        if self.jobs.len() >= MAX_FINISHED_JOBS {
+            let oldest = self.jobs.iter().filter(|(_, j)| !j.is_running()).map(|(id, _)| *id).next();
+            if let Some(id) = oldest {
+                self.jobs.remove(&id);
+            }
+        }
+        self.jobs.insert(job.lease_id, job);
+    }
+
+    /// A job's process ended: free its GPUs and, if its lease is still open, close it.
+    pub(super) fn on_job_ended(&mut self, ended: JobEnded) -> Result<(), Error> {
+        tracing::info!(lease = %ended.lease_id, state = ?ended.state, "job ended");
+        if let Some(m) = self.market.as_mut() {
+            m.release(&ended.lease_id);
+        }
+        let open = self.store.state().lease(&ended.lease_id).is_some_and(|l| l.status == LeaseStatus::Open);
+        if !open {
+            return Ok(());
+        }
+        let exit_code = match ended.state {
+            JobState::Exited { code } => code,
+            _ => None,
+        };
+        self.submit_own_tx(TxKind::CloseLease { lease_id: ended.lease_id, exit_code })
+    }
+
+    /// After a restart: leases of this provider still open on the ledger had
+    /// their jobs killed with the old process; kill what is left of them and
+    /// close the leases for the time served (the buyer sees why in the logs).
+    pub(super) fn close_orphaned_leases(&mut self) -> Result<(), Error> {
+        let me = self.key.address();
+        let open: Vec<_> = self
+            .store
+            .state()
+            .leases()
+            .filter(|l| l.provider == me && l.status == LeaseStatus::Open)
+            .map(|l| (l.id, l.buyer, l.gpu_ids.clone()))
+            .collect();
+        for (lease_id, buyer, gpu_ids) in open {
+            let killed = runner::kill_leftover(&self.jobs_dir, &lease_id);
+            tracing::warn!(lease = %lease_id, killed, "lease left open by a previous run; closing it");
+            if let Some(m) = self.market.as_mut() {
+                m.hold(lease_id, &gpu_ids);
+            }
+            let reason = "the provider restarted while the job ran; the lease is closed for the time served";
+            let dir = runner::job_dir(&self.jobs_dir, &lease_id);
+            self.remember_job(Job::finished(
+                lease_id,
+                buyer,
+                &dir,
+                JobState::Stopped { reason: reason.into() },
+                self.job_log_bytes,
+            ));
+            self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None })?;
+        }
+        Ok(())
+    }
+
+    /// Stops every running job (node shutdown).
+    pub(super) fn stop_all_jobs(&mut self) {
+        for job in self.jobs.values().filter(|j| j.is_running()) {
+            job.stop("the provider shut down");
+        }
+    }
+
+    /// Signs a transaction with the node's own key at the next free nonce
+    /// (after the ones still pending) and submits it.
+    pub(super) fn submit_own_tx(&mut self, kind: TxKind) -> Result<(), Error> {
+        let ledger_nonce = self.store.state().account(&self.key.address()).nonce;
+        self.own_pending.retain(|n, _| *n >= ledger_nonce);
+        let nonce = self.own_pending.keys().next_back().map_or(ledger_nonce, |n| n + 1);
+        self.send_own(nonce, kind)
+    }
+
+    fn send_own(&mut self, nonce: u64, kind: TxKind) -> Result<(), Error> {
+        let tx = Signed::sign(Transaction { nonce, kind: kind.clone() }, &self.key, &self.chain)?;
+        self.own_pending.insert(nonce, (kind, self.store.height()));
+        self.publish_tx(codec::encode(&tx)?);
+        let actions = self.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));
+        self.act(actions)
+    }
+
+    /// Own transactions stuck for `OWN_TX_RETRY_BLOCKS` (lost, or refused and
+    /// blocking the nonces after them) are signed again from the ledger's
+    /// nonce, leaving out closes of leases that are no longer open.
+    fn resend_own_txs(&mut self) -> Result<(), Error> {
+        let state = self.store.state();
+        let ledger_nonce = state.account(&self.key.address()).nonce;
+        self.own_pending.retain(|n, _| *n >= ledger_nonce);
+        let height = self.store.height().0;
+        let stuck = self.own_pending.values().next().is_some_and(|(_, h)| height >= h.0 + OWN_TX_RETRY_BLOCKS);
+        if !stuck {
+            return Ok(());
+        }
+        let kinds: Vec<TxKind> = std::mem::take(&mut self.own_pending)
+            .into_values()
+            .map(|(k, _)| k)
+            .filter(|k| match k {
+                TxKind::CloseLease { lease_id, .. } => {
+                    state.lease(lease_id).is_some_and(|l| l.status == LeaseStatus::Open)
+                }
+                _ => true,
+            })
+            .collect();
+        tracing::warn!(count = kinds.len(), "own transactions stuck; signing them again");
+        for (i, kind) in kinds.into_iter().enumerate() {
+            self.send_own(ledger_nonce + i as u64, kind)?;
+        }
+        Ok(())
+    }
+}
