@@ -386,7 +386,7 @@ async fn lease_rpc(
 ) -> Result<agora_protocol::job::LeaseRpcReply, ApiError> {
     let (reply, rx) = oneshot::channel();
     s.commands
-        .try_send(Command::LeaseRpc { provider, rpc, reply })
+        .try_send(Command::LeaseRpc { provider, rpc: Box::new(rpc), reply })
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
     match tokio::time::timeout(LEASE_RPC_WAIT, rx).await {
         Ok(Ok(Ok(answer))) => Ok(answer),

@@ -48,7 +48,7 @@ pub enum Command {
     /// Send a lease-protocol message to a provider (a buyer's proposal or logs request).
     LeaseRpc {
         provider: agora_protocol::Address,
-        rpc: agora_protocol::job::LeaseRpc,
+        rpc: Box<agora_protocol::job::LeaseRpc>,
         reply: leases::RpcReply,
     },
     /// Testnet only: announce this provider's offer now (benchmarks time its propagation).
@@ -516,7 +516,7 @@ impl Daemon {
                 self.act(actions)?;
                 let _ = reply.send(outcomes);
             }
-            Command::LeaseRpc { provider, rpc, reply } => self.lease_rpc(provider, rpc, reply),
+            Command::LeaseRpc { provider, rpc, reply } => self.lease_rpc(provider, *rpc, reply),
             Command::Announce { reply } => {
                 let now = now_ms();
                 let me = self.key.address();

@@ -1,0 +1,405 @@
+//! Leases end to end on a real 4-node testnet (2 providers with simulated
+//! GPUs), driven through the `agora` binary as a buyer would: a job runs on
+//! the provider and its output and GPU ids come back through `agora lease
+//! logs`; settlement moves exactly the pro-rata price; cancel kills the job's
+//! process group at once; refusals are plain and lock nothing; two buyers
+//! racing for the last GPUs get one lease; a provider restarted mid-job
+//! closes the lease for the time served and says so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use agora_protocol::job::JobSpec;
+use agora_protocol::{Amount, ChainId, Keypair, LeaseRequest, Signed, TimestampMs, codec};
+use agora_testnet::http;
+
+fn agora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agora")).args(args).env_remove("AGORA_HOME").output().expect("run agora")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "agora failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: Output) -> String {
+    assert!(!o.status.success(), "agora should have failed: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Down(PathBuf);
+impl Drop for Down {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..4 {
+                let log = std::fs::read_to_string(self.0.join(format!("node{i}/node.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!(
+                    "--- node{i}/node.log (last 30 lines)\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+        }
+        let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
+    }
+}
+
+fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn balance(api: &str, address: &str) -> u64 {
+    let a: serde_json::Value = http::get(api, &format!("/v1/accounts/{address}")).unwrap().json().unwrap();
+    a["balance"].as_str().unwrap().parse().unwrap()
+}
+
+fn lease(api: &str, id: &str) -> serde_json::Value {
+    http::get(api, &format!("/v1/leases/{id}")).unwrap().json().unwrap()
+}
+
+fn settled(l: &serde_json::Value) -> Option<(u64, u64)> {
+    let s = l["status"].get("Settled")?;
+    Some((s["paid"].as_str()?.parse().ok()?, s["refunded"].as_str()?.parse().ok()?))
+}
+
+/// Whether any live (non-zombie) process belongs to process group `pgid`.
+fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z"
+    })
+}
+
+fn pgid_of(provider_home: &Path, lease: &str) -> i32 {
+    let path = provider_home.join("data/jobs").join(lease).join("pgid");
+    let mut pgid = None;
+    wait_until("the job's pgid file", Duration::from_secs(60), || {
+        pgid = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+        pgid.is_some()
+    });
+    pgid.unwrap()
+}
+
+fn propose(api: &str, request: &Signed<LeaseRequest>, spec: &JobSpec) -> (u16, String) {
+    let body = serde_json::json!({
+        "request": hex::encode(codec::encode(request).unwrap()),
+        "spec": hex::encode(codec::encode(spec).unwrap()),
+    });
+    let r = http::post(api, "/v1/leases/propose", &body.to_string()).unwrap();
+    (r.status, r.json().unwrap()["error"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn leases_run_jobs_settle_refuse_and_survive_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let d = dir.to_str().unwrap();
+    let base = 34_000 + (std::process::id() % 500) as u16 * 20;
+    let _down = Down(dir.clone());
+    let out = ok(agora(&[
+        "testnet",
+        "up",
+        "--dir",
+        d,
+        "--nodes",
+        "4",
+        "--providers",
+        "2",
+        "--base-port",
+        &base.to_string(),
+        "--commit-pause-ms",
+        "50",
+        "--json",
+    ]));
+    let net: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let node = |i: usize| net["nodes"][i].clone();
+    let api: Vec<String> = (0..4).map(|i| node(i)["api_url"].as_str().unwrap().to_string()).collect();
+    let addr: Vec<String> = (0..4).map(|i| node(i)["address"].as_str().unwrap().to_string()).collect();
+    let home = |i: usize| PathBuf::from(node(i)["home"].as_str().unwrap());
+    let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
+    let buyer_key = agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().keypair;
+    let buyer = buyer_key.address().to_string();
+    wait_until("both providers' offers on node 3", Duration::from_secs(120), || {
+        let offers: serde_json::Value =
+            http::get(&api[3], "/v1/offers").ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        offers.as_array().is_some_and(|a| a.len() == 2)
+    });
+
+    // 1. A job runs on the chosen provider; its output and GPU ids come back.
+    let (b0, p0) = (balance(&api[3], &buyer), balance(&api[3], &addr[0]));
+    let supply_before = b0 + p0;
+    let run = agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &addr[0],
+        "--duration",
+        "10m",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo hello; echo $CUDA_VISIBLE_DEVICES",
+    ]);
+    let stdout = ok(run);
+    assert_eq!(stdout, "hello\nSIM-H100-0\n", "the job's output, exactly");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(agora(&["--home", &buyer_home, "lease", "list", "--node", &api[2], "--json"])))
+            .unwrap();
+    let first = list[0]["id"].as_str().unwrap().to_string();
+    let logs = ok(agora(&["--home", &buyer_home, "lease", "logs", &first, "--node", &api[1]]));
+    assert_eq!(logs, "hello\nSIM-H100-0\n", "logs fetched from the provider through another node");
+    let l = lease(&api[3], &first);
+    assert_eq!(l["status"]["Settled"]["reason"], "Closed");
+    assert_eq!(l["status"]["Settled"]["exit_code"], 0);
+    let (paid, refunded) = settled(&l).unwrap();
+    assert_eq!(paid + refunded, l["escrow"].as_str().unwrap().parse::<u64>().unwrap());
+    let (b1, p1) = (balance(&api[3], &buyer), balance(&api[3], &addr[0]));
+    assert_eq!(p1 - p0, paid, "the provider gains exactly the pro-rata price");
+    assert_eq!(b0 - b1, paid, "the buyer pays exactly that");
+    assert_eq!(b1 + p1, supply_before, "supply conserved");
+
+    // 2. Cancel mid-run: the process group is gone within a second, settlement is pro-rata.
+    let id = ok(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[2],
+        "--gpus",
+        "2",
+        "--provider",
+        &addr[0],
+        "--duration",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 600 & wait",
+    ]))
+    .trim()
+    .to_string();
+    let pgid = pgid_of(&home(0), &id);
+    wait_until("the job's first output", Duration::from_secs(60), || {
+        agora(&["--home", &buyer_home, "lease", "logs", &id, "--node", &api[2]]).stdout.starts_with(b"started")
+    });
+    assert!(group_alive(pgid));
+
+    // Refusals while provider 0's GPUs are all leased; none of them locks anything.
+    let before = balance(&api[3], &buyer);
+    let busy = err(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &addr[0],
+        "--duration",
+        "1m",
+        "--",
+        "true",
+    ]));
+    assert!(busy.contains("provider has 0 free H100"), "{busy}");
+    let other =
+        err(agora(&["--home", &home(2).to_string_lossy(), "lease", "logs", &id, "--key", "node", "--node", &api[2]]));
+    assert!(other.contains("only the lease's buyer can read its logs"), "{other}");
+    let stranger_cancel =
+        err(agora(&["--home", &home(2).to_string_lossy(), "lease", "cancel", &id, "--key", "node", "--node", &api[2]]));
+    assert!(stranger_cancel.contains("not a party"), "{stranger_cancel}");
+    ok(agora(&["--home", &buyer_home, "keys", "new", "--name", "broke"]));
+    let broke = err(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--key",
+        "broke",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &addr[1],
+        "--duration",
+        "1h",
+        "--",
+        "true",
+    ]));
+    assert!(broke.contains("balance 0 AGR < escrow 2 AGR"), "{broke}");
+    let huge = "x".repeat(20_000);
+    let too_big = err(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--duration",
+        "1m",
+        "--",
+        "echo",
+        &huge,
+    ]));
+    assert!(too_big.contains("job spec") && too_big.contains("exceeds the limit"), "{too_big}");
+    let unknown = Keypair::from_seed_phrase("nobody").address().to_string();
+    let nobody = err(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &unknown,
+        "--duration",
+        "1m",
+        "--",
+        "true",
+    ]));
+    assert!(nobody.contains("no offer matches"), "{nobody}");
+    // Crafted requests straight to the API: below the ask, expired, forged, replayed.
+    let chain = ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
+    let spec = JobSpec { command: vec!["true".into()], env: vec![], image: None };
+    let request = |price: u64, expires: u64, nonce: u64| {
+        let body = LeaseRequest {
+            provider: addr[1].parse().unwrap(),
+            offer_seq: 0,
+            gpu_model: "H100".into(),
+            gpus: 1,
+            price_per_gpu_hour: Amount(price),
+            duration_secs: 60,
+            job_spec_hash: spec.hash().unwrap(),
+            nonce,
+            expires_at_ms: TimestampMs(expires),
+        };
+        Signed::sign(body, &buyer_key, &chain).unwrap()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let (code, why) = propose(&api[3], &request(1_000_000, now + 60_000, 1), &spec);
+    assert_eq!((code, why.contains("below this provider's ask of 2 AGR")), (409, true), "{why}");
+    let (code, why) = propose(&api[3], &request(2_000_000, now - 1, 2), &spec);
+    assert_eq!((code, why.contains("expired")), (409, true), "{why}");
+    let mut forged = request(2_000_000, now + 60_000, 3);
+    forged.signer = Keypair::from_seed_phrase("someone else").address();
+    let (code, why) = propose(&api[3], &forged, &spec);
+    assert_eq!((code, why.contains("signature")), (400, true), "{why}");
+    let fine = request(2_000_000, now + 60_000, 4);
+    assert_eq!(propose(&api[3], &fine, &spec).0, 200);
+    let (code, why) = propose(&api[3], &fine, &spec);
+    assert_eq!((code, why.contains("already accepted")), (409, true), "a replayed request: {why}");
+    assert_eq!(balance(&api[3], &buyer), before, "refusals lock nothing");
+
+    let cancel = ok(agora(&["--home", &buyer_home, "lease", "cancel", &id, "--node", &api[2]]));
+    let cancelled_at = Instant::now();
+    assert!(cancel.contains("cancelled"), "{cancel}");
+    wait_until("the job's process group to die", Duration::from_secs(5), || !group_alive(pgid));
+    let took = cancelled_at.elapsed();
+    assert!(took < Duration::from_secs(2), "the process group outlived the cancel by {took:?}");
+    let l = lease(&api[3], &id);
+    assert_eq!(l["status"]["Settled"]["reason"], "Cancelled");
+    let (paid, refunded) = settled(&l).unwrap();
+    assert!(paid > 0 && refunded > 0, "pro-rata: paid {paid}, refunded {refunded}");
+    assert_eq!(balance(&api[3], &buyer), before + refunded, "the refund reaches the buyer");
+
+    // 3. Two buyers race for provider 0's two GPUs (free again): exactly one lease opens.
+    //    (Provider 1 holds one GPU for the crafted request accepted above.)
+    let racers: Vec<_> = [(buyer_home.clone(), "default"), (home(3).to_string_lossy().into_owned(), "node")]
+        .into_iter()
+        .map(|(h, key)| {
+            let a = api[3].clone();
+            let p = addr[0].clone();
+            std::thread::spawn(move || {
+                agora(&[
+                    "--home",
+                    &h,
+                    "submit",
+                    "--key",
+                    key,
+                    "--node",
+                    &a,
+                    "--gpus",
+                    "2",
+                    "--provider",
+                    &p,
+                    "--duration",
+                    "30m",
+                    "--",
+                    "sleep",
+                    "600",
+                ])
+            })
+        })
+        .collect();
+    let results: Vec<Output> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    let winners: Vec<&Output> = results.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{:?}",
+        results.iter().map(|o| String::from_utf8_lossy(&o.stderr)).collect::<Vec<_>>()
+    );
+    let loser = results.iter().find(|o| !o.status.success()).unwrap();
+    assert!(String::from_utf8_lossy(&loser.stderr).contains("provider has 0 free H100"));
+    let race_id = String::from_utf8_lossy(&winners[0].stdout).trim().to_string();
+
+    // 4. Provider 0 restarts while that job runs: the lease is closed for the time served,
+    //    the old job's processes are killed, and the buyer is told why.
+    let old_pgid = pgid_of(&home(0), &race_id);
+    ok(agora(&["testnet", "restart", "0", "--dir", d]));
+    wait_until("the lease closed after the restart", Duration::from_secs(120), || {
+        settled(&lease(&api[3], &race_id)).is_some()
+    });
+    let l = lease(&api[3], &race_id);
+    assert_eq!(l["status"]["Settled"]["reason"], "Closed");
+    let (paid, refunded) = settled(&l).unwrap();
+    assert!(paid > 0 && refunded > 0, "settled for the time served: {paid} / {refunded}");
+    wait_until("the old job's processes to die", Duration::from_secs(10), || !group_alive(old_pgid));
+    let winner_home =
+        if results[0].status.success() { buyer_home.clone() } else { home(3).to_string_lossy().into_owned() };
+    let winner_key = if results[0].status.success() { "default" } else { "node" };
+    wait_until("node 0 to see the lease settled", Duration::from_secs(120), || {
+        http::get(&api[0], &format!("/v1/leases/{race_id}"))
+            .ok()
+            .and_then(|r| r.json().ok())
+            .is_some_and(|l| settled(&l).is_some())
+    });
+    let status =
+        ok(agora(&["--home", &winner_home, "lease", "status", &race_id, "--key", winner_key, "--node", &api[3]]));
+    assert!(status.contains("the provider restarted while the job ran"), "{status}");
+
+    // The restarted provider advertises and takes leases again.
+    let again = ok(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &addr[0],
+        "--duration",
+        "5m",
+        "--wait",
+        "--",
+        "echo",
+        "back",
+    ]));
+    assert_eq!(again, "back\n");
+}
