@@ -137,7 +137,7 @@ fn text(v: &serde_json::Value) -> String {
     v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
 }
 
-fn micros(v: &serde_json::Value) -> Amount {
+pub fn micros(v: &serde_json::Value) -> Amount {
     text(v).parse().map(Amount).unwrap_or_default()
 }
 
@@ -148,38 +148,49 @@ fn progress(json: bool, line: String) {
     }
 }
 
-pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let keypair = agora_node::keystore::load(home, &args.key)?.keypair;
-    let duration_secs = parse_duration(&args.duration)?;
-    anyhow::ensure!(args.gpus > 0, "--gpus must be at least 1");
-    let max_price = args.max_price.as_deref().map(parse_amount).transpose()?;
-    let provider: Option<Address> = args.provider.as_deref().map(str::parse).transpose()?;
-    let mut env = Vec::new();
-    for kv in &args.env {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
-        env.push((k.to_string(), v.to_string()));
-    }
-    let spec = JobSpec { command: args.command.clone(), env, image: args.image.clone() };
-    spec.validate()?;
-    let node = &args.node;
+/// What a buyer asks for.
+pub struct Ask {
+    pub gpus: u32,
+    pub model: Option<String>,
+    pub min_vram_gb: Option<u32>,
+    pub max_price: Option<Amount>,
+    pub provider: Option<Address>,
+    pub duration_secs: u64,
+    pub spec: JobSpec,
+}
 
-    // The cheapest offer that fits (or the named provider's).
-    let offers = node.get(&format!("/v1/offers?gpus={}", args.gpus))?;
+/// A lease opened on the ledger.
+#[derive(serde::Serialize)]
+pub struct Opened {
+    pub lease_id: LeaseId,
+    pub provider: Address,
+    pub gpu_model: String,
+    pub gpu_ids: Vec<String>,
+    pub price_per_gpu_hour: Amount,
+    pub escrow: Amount,
+    pub height: u64,
+}
+
+/// Picks the cheapest matching offer, signs the request, gets the provider's
+/// countersignature through the node, and opens the lease on the ledger.
+pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Result<Opened> {
+    ask.spec.validate()?;
+    let offers = node.get(&format!("/v1/offers?gpus={}", ask.gpus))?;
     let mut choice = None;
     for o in offers.as_array().into_iter().flatten() {
         let addr: Address = text(&o["provider"]).parse()?;
         let price = micros(&o["price_per_gpu_hour"]);
-        if provider.is_some_and(|p| p != addr)
-            || max_price.is_some_and(|m| price > m)
-            || o["max_duration_secs"].as_u64().unwrap_or(0) < duration_secs
+        if ask.provider.is_some_and(|p| p != addr)
+            || ask.max_price.is_some_and(|m| price > m)
+            || o["max_duration_secs"].as_u64().unwrap_or(0) < ask.duration_secs
         {
             continue;
         }
         let kind = o["gpus"].as_array().into_iter().flatten().find(|g| {
             let model = text(&g["model"]);
-            args.model.as_ref().is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
-                && args.min_vram.is_none_or(|v| g["vram_mib"].as_u64().unwrap_or(0) >= u64::from(v) * 1024)
-                && g["count"].as_u64().unwrap_or(0) >= u64::from(args.gpus)
+            ask.model.as_ref().is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
+                && ask.min_vram_gb.is_none_or(|v| g["vram_mib"].as_u64().unwrap_or(0) >= u64::from(v) * 1024)
+                && g["count"].as_u64().unwrap_or(0) >= u64::from(ask.gpus)
         });
         if let Some(kind) = kind {
             choice = Some((addr, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
@@ -188,11 +199,12 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     let Some((provider, offer_seq, gpu_model, price)) = choice else {
         bail!(
-            "no offer matches: {} GPU(s){}{}{} for {duration_secs} s; see `agora offers`",
-            args.gpus,
-            args.model.as_ref().map(|m| format!(" of model {m}")).unwrap_or_default(),
-            max_price.map(|p| format!(" at most {p}/GPU-hour")).unwrap_or_default(),
-            args.provider.as_ref().map(|p| format!(" from {p}")).unwrap_or_default(),
+            "no offer matches: {} GPU(s){}{}{} for {} s; see `agora offers`",
+            ask.gpus,
+            ask.model.as_ref().map(|m| format!(" of model {m}")).unwrap_or_default(),
+            ask.max_price.map(|p| format!(" at most {p}/GPU-hour")).unwrap_or_default(),
+            ask.provider.map(|p| format!(" from {p}")).unwrap_or_default(),
+            ask.duration_secs,
         );
     };
     let chain = chain_id(node)?;
@@ -200,27 +212,27 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         provider,
         offer_seq,
         gpu_model: gpu_model.clone(),
-        gpus: args.gpus,
+        gpus: ask.gpus,
         price_per_gpu_hour: price,
-        duration_secs,
-        job_spec_hash: spec.hash()?,
+        duration_secs: ask.duration_secs,
+        job_spec_hash: ask.spec.hash()?,
         nonce: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
             ^ u64::from(std::process::id()),
         expires_at_ms: TimestampMs(now_ms() + REQUEST_TTL_MS),
     };
     let escrow = request.escrow().ok_or_else(|| anyhow!("price × GPUs × duration overflows"))?;
-    let request = Signed::sign(request, &keypair, &chain)?;
+    let request = Signed::sign(request, keypair, &chain)?;
     let lease_id = request.lease_id()?;
     progress(
         node.json,
         format!(
-            "asking {provider} for {}x {gpu_model} at {price}/GPU-hour for {duration_secs} s (escrow {escrow})",
-            args.gpus
+            "asking {provider} for {}x {gpu_model} at {price}/GPU-hour for {} s (escrow {escrow})",
+            ask.gpus, ask.duration_secs
         ),
     );
     let body = serde_json::json!({
         "request": hex::encode(codec::encode(&request)?),
-        "spec": hex::encode(codec::encode(&spec)?),
+        "spec": hex::encode(codec::encode(&ask.spec)?),
     });
     let reply = http::post(&node.url(), "/v1/leases/propose", &body.to_string())?;
     let answer = reply.json()?;
@@ -234,36 +246,77 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         "the acceptance is not for this lease"
     );
     accept.verify(&chain).map_err(|_| anyhow!("the provider's countersignature does not verify"))?;
-    progress(
-        node.json,
-        format!("accepted: GPUs {}; opening lease {lease_id} on the ledger", accept.body.gpu_ids.join(",")),
-    );
-    let (_, height) = submit_and_wait(&keypair, TxKind::OpenLease { request, accept: accept.clone() }, node)?;
+    let gpu_ids = accept.body.gpu_ids.clone();
+    progress(node.json, format!("accepted: GPUs {}; opening lease {lease_id} on the ledger", gpu_ids.join(",")));
+    let (_, height) = submit_and_wait(keypair, TxKind::OpenLease { request, accept }, node)?;
+    Ok(Opened { lease_id, provider, gpu_model, gpu_ids, price_per_gpu_hour: price, escrow, height })
+}
+
+/// How a followed lease ended.
+pub struct Finished {
+    pub state: agora_protocol::job::JobState,
+    pub output: Vec<u8>,
+    pub lease: serde_json::Value,
+}
+
+impl Finished {
+    /// The job's exit code, or 1 when it did not exit by itself.
+    pub fn exit_code(&self) -> i32 {
+        match &self.state {
+            agora_protocol::job::JobState::Exited { code } => code.unwrap_or(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Follows an opened lease: prints the job's output as it comes (if
+/// `print`), then waits for the settlement on the ledger.
+pub fn follow(keypair: &Keypair, lease_id: LeaseId, node: &NodeArgs, print: bool) -> anyhow::Result<Finished> {
+    let chain = chain_id(node)?;
+    let (state, output) = follow_logs(keypair, &chain, lease_id, node, true, print)?;
+    let lease = wait_settled(node, lease_id)?;
+    Ok(Finished { state, output, lease })
+}
+
+pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let keypair = agora_node::keystore::load(home, &args.key)?.keypair;
+    let duration_secs = parse_duration(&args.duration)?;
+    anyhow::ensure!(args.gpus > 0, "--gpus must be at least 1");
+    let mut env = Vec::new();
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let ask = Ask {
+        gpus: args.gpus,
+        model: args.model.clone(),
+        min_vram_gb: args.min_vram,
+        max_price: args.max_price.as_deref().map(parse_amount).transpose()?,
+        provider: args.provider.as_deref().map(str::parse).transpose()?,
+        duration_secs,
+        spec: JobSpec { command: args.command.clone(), env, image: args.image.clone() },
+    };
+    let node = &args.node;
+    let opened = open_lease(&keypair, &ask, node)?;
+    let lease_id = opened.lease_id;
     if !args.wait {
         if node.json {
-            print_json(&serde_json::json!({
-                "lease_id": lease_id, "provider": provider, "gpu_ids": accept.body.gpu_ids,
-                "escrow": escrow, "height": height,
-            }))?;
+            print_json(&opened)?;
         } else {
             println!("{lease_id}");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    progress(node.json, format!("lease {lease_id} opened at height {height}; the job starts"));
-    let (state, _) = follow_logs(&keypair, &chain, lease_id, node, true, !node.json)?;
-    let lease = wait_settled(node, lease_id)?;
-    let code = match &state {
-        agora_protocol::job::JobState::Exited { code } => code.unwrap_or(1),
-        _ => 1,
-    };
+    progress(node.json, format!("lease {lease_id} opened at height {}; the job starts", opened.height));
+    let finished = follow(&keypair, lease_id, node, !node.json)?;
+    let code = finished.exit_code();
     if node.json {
-        print_json(&serde_json::json!({ "lease_id": lease_id, "job": state, "lease": lease }))?;
+        print_json(&serde_json::json!({ "lease_id": lease_id, "job": finished.state, "lease": finished.lease }))?;
     } else {
-        let s = &lease["status"]["Settled"];
+        let s = &finished.lease["status"]["Settled"];
         eprintln!(
             "lease {lease_id}: {}; paid {} to the provider, refunded {}",
-            describe(&state),
+            describe(&finished.state),
             micros(&s["paid"]),
             micros(&s["refunded"])
         );
@@ -271,7 +324,7 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
 }
 
-fn describe(state: &agora_protocol::job::JobState) -> String {
+pub fn describe(state: &agora_protocol::job::JobState) -> String {
     use agora_protocol::job::JobState::*;
     match state {
         Waiting => "waiting for the lease to start".into(),

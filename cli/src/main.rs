@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod demo;
 mod keys;
 mod lease;
 mod ledger;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agora_testnet::{demo, local};
+use agora_testnet::local;
 use clap::Subcommand;
 
 use crate::print_json;
@@ -81,11 +81,14 @@ pub enum TestnetCommand {
         #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
         dir: PathBuf,
     },
-    /// Stake a provider, lease its simulated GPUs as a buyer, run a job and settle the escrow
+    /// The main job: a 4-node testnet, the offers, a buyer's job on leased GPUs, its output, the settlement
     Demo {
-        /// Keep the demo's keys, ledger and job output here (must be empty or absent) instead of a temporary directory
+        /// Keep the testnet's homes, ledgers and logs here (must not hold a testnet) instead of a temporary directory
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// First port; node i uses base+2i (P2P) and base+2i+1 (API)
+        #[arg(long, default_value_t = 27_200)]
+        base_port: u16,
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
@@ -97,7 +100,7 @@ pub enum TestnetCommand {
 
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TestnetCommand::Demo { dir, json, job } => demo_cmd(dir, json, job),
+        TestnetCommand::Demo { dir, json, job, base_port } => crate::demo::run(dir, json, job, base_port),
         TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, json } => {
             let agora = std::env::current_exe()?;
             let mut progress = |line: String| {
@@ -187,42 +190,4 @@ fn print_nodes(file: &local::TestnetFile) {
         let role = if n.provider { "validator, provider" } else { "validator" };
         println!("{:<6} {:<8} {:<24} {:<20} {:<64}", n.index, n.pid, n.api_url, role, n.address);
     }
-}
-
-fn demo_cmd(dir: Option<PathBuf>, json: bool, job: Vec<String>) -> anyhow::Result<ExitCode> {
-    let job = if job.is_empty() { demo::DEFAULT_JOB.iter().map(|s| s.to_string()).collect() } else { job };
-    let temp;
-    let dir = match dir {
-        Some(d) => d,
-        None => {
-            temp = tempfile::Builder::new().prefix("agora-demo-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
-    let mut progress = |line: String| {
-        if !json {
-            println!("{line}");
-        }
-    };
-    progress(
-        "agora testnet demo (one process: one validator running real consensus, the sled ledger and a real job \
-         process; multi-node networking arrives with the node daemon)"
-            .into(),
-    );
-    let report = demo::run(&dir, &job, &mut progress)?;
-    if json {
-        print_json(&report)?;
-    } else {
-        println!();
-        println!("buyer    {}: {} -> {}", report.buyer, report.buyer_balance_before, report.buyer_balance_after);
-        println!(
-            "provider {}: {} -> {}",
-            report.provider, report.provider_balance_before, report.provider_balance_after
-        );
-        println!("supply conserved and ledger durable: {}", if report.supply_conserved { "yes" } else { "NO" });
-    }
-    if !report.supply_conserved {
-        anyhow::bail!("ledger invariant check failed after the demo");
-    }
-    Ok(ExitCode::SUCCESS)
 }

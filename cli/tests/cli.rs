@@ -73,11 +73,12 @@ fn usage_errors_exit_non_zero() {
 }
 
 #[test]
-fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
+fn demo_runs_a_job_on_leased_gpus_over_a_real_testnet_and_settles_escrow() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
+    let base = (36_000 + (std::process::id() % 500) * 20).to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .args(["testnet", "demo", "--json", "--dir"])
+        .args(["testnet", "demo", "--json", "--base-port", &base, "--dir"])
         .arg(&demo_dir)
         .args(["--", "sh", "-c", "echo hello; echo $CUDA_VISIBLE_DEVICES; echo $SECRET_FROM_PARENT"])
         .env("SECRET_FROM_PARENT", "leaked")
@@ -87,37 +88,39 @@ fn demo_runs_a_job_on_leased_gpus_and_settles_escrow() {
     let output = report["job_output"].as_str().unwrap();
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines[0], "hello");
-    assert_eq!(lines[1], "SIM-H100-80GB-0,SIM-H100-80GB-1");
+    assert_eq!(lines[1], "SIM-H100-0,SIM-H100-1");
     assert_eq!(lines.get(2).copied().unwrap_or(""), "", "the job saw the parent's environment");
     assert_eq!(report["job_exit_code"], 0);
     assert_eq!(report["supply_conserved"], true);
+    assert_eq!(report["offers"].as_array().unwrap().len(), 2, "both providers' offers were shown");
     let micros = |k: &str| report[k].as_str().unwrap().parse::<u64>().unwrap();
     let spent = micros("buyer_balance_before") - micros("buyer_balance_after");
     let earned = micros("provider_balance_after") - micros("provider_balance_before");
     assert_eq!(spent, earned, "the buyer paid exactly what the provider earned");
     assert_eq!(micros("provider_paid") + micros("buyer_refunded"), micros("escrow"));
     assert!(micros("buyer_refunded") > micros("provider_paid"), "a short job is paid pro-rata, not in full");
-    // The ledger it left behind can be inspected.
+    // The testnet is down and its ledgers can be inspected offline.
     let home = dir.path().join("home");
-    let data = demo_dir.join("ledger");
+    let data = demo_dir.join("node3/data/ledger");
     let data = data.to_str().unwrap();
     let status = json(&agora(&home, &["ledger", "status", "--data", data, "--json"]));
-    assert_eq!(status["height"], 4);
-    assert_eq!(status["chain_id"], "agora-demo-1");
+    assert!(status["height"].as_u64().unwrap() >= 3);
+    assert_eq!(status["chain_id"], "agora-testnet-1");
     let validators = json(&agora(&home, &["ledger", "validators", "--data", data, "--json"]));
-    assert_eq!(validators.as_array().unwrap().len(), 1);
-    // Every block was decided by consensus and carries its commit certificate.
-    let block = json(&agora(&home, &["ledger", "block", "3", "--data", data, "--json"]));
-    assert_eq!(block["txs"], serde_json::json!(["open-lease"]));
-    assert_eq!(block["committed_by"].as_array().unwrap().len(), 1);
-    assert_one_line_error(&agora(&home, &["ledger", "block", "99", "--data", data]), "no block at height 99");
+    assert_eq!(validators.as_array().unwrap().len(), 4);
+    let providers = json(&agora(&home, &["ledger", "providers", "--data", data, "--json"]));
+    assert_eq!(providers.as_array().unwrap().len(), 2);
+    assert_one_line_error(&agora(&home, &["ledger", "block", "99999", "--data", data]), "no block at height 99999");
     let buyer = report["buyer"].as_str().unwrap();
     let account = json(&agora(&home, &["ledger", "account", buyer, "--data", data, "--json"]));
     assert_eq!(account["balance"], report["buyer_balance_after"]);
     assert_one_line_error(&agora(&home, &["ledger", "account", "agora1bogus", "--data", data]), "invalid address");
     assert_one_line_error(&agora(&home, &["ledger", "status", "--data", "/nonexistent/agora"]), "no ledger store");
-    // The directory now holds a ledger: a second demo there is refused.
-    let again =
-        Command::new(env!("CARGO_BIN_EXE_agora")).args(["testnet", "demo", "--dir"]).arg(&demo_dir).output().unwrap();
-    assert_one_line_error(&again, "not empty");
+    // The directory now holds a testnet: a second demo there is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["testnet", "demo", "--base-port", &base, "--dir"])
+        .arg(&demo_dir)
+        .output()
+        .unwrap();
+    assert_one_line_error(&again, "is not empty");
 }

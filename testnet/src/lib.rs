@@ -3,7 +3,6 @@
 //! and sled store. Multi-process testnets arrive with the node issue.
 
 pub mod bench;
-pub mod demo;
 pub mod error;
 pub mod http;
 pub mod local;

@@ -1,0 +1,195 @@
+//! `agora testnet demo`: the project's main job, end to end over a real
+//! network. It starts a 4-node testnet of real `agora node run` processes on
+//! loopback (two of them providers with simulated GPUs), shows the offers,
+//! submits a job as the buyer through a node that is not a provider, prints
+//! the job's output as the provider streams it, shows the settlement and the
+//! balances, and shuts the testnet down, whatever happened.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use agora_protocol::job::JobSpec;
+use agora_protocol::{Address, Amount, LeaseId};
+use agora_testnet::local::{self, TestnetFile, UpOptions};
+use serde::Serialize;
+
+use crate::client::NodeArgs;
+use crate::lease::{Ask, describe, follow, micros, open_lease};
+use crate::print_json;
+
+/// The job the buyer runs when none is given.
+pub const DEFAULT_JOB: &[&str] =
+    &["sh", "-c", "echo 'hello from an agora lease'; echo \"leased GPUs: $CUDA_VISIBLE_DEVICES\"; sleep 2"];
+/// GPUs the demo leases, and for how long it pays up front.
+const DEMO_GPUS: u32 = 2;
+const DEMO_LEASE_SECS: u64 = 600;
+/// How long the demo waits for the providers' offers.
+const OFFERS_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Serialize)]
+pub struct DemoReport {
+    pub chain_id: String,
+    pub dir: PathBuf,
+    pub offers: serde_json::Value,
+    pub buyer: String,
+    pub provider: Address,
+    pub lease_id: LeaseId,
+    pub gpu_ids: Vec<String>,
+    pub escrow: Amount,
+    pub job_state: agora_protocol::job::JobState,
+    pub job_exit_code: i32,
+    pub job_output: String,
+    pub provider_paid: Amount,
+    pub buyer_refunded: Amount,
+    pub buyer_balance_before: Amount,
+    pub buyer_balance_after: Amount,
+    pub provider_balance_before: Amount,
+    pub provider_balance_after: Amount,
+    pub supply_conserved: bool,
+}
+
+pub fn run(dir: Option<PathBuf>, json: bool, job: Vec<String>, base_port: u16) -> anyhow::Result<ExitCode> {
+    let command = if job.is_empty() { DEFAULT_JOB.iter().map(|s| s.to_string()).collect() } else { job };
+    let temp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::Builder::new().prefix("agora-demo-").tempdir()?;
+            temp.path().join("net")
+        }
+    };
+    let say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    say(format!("starting a testnet of 4 node processes (2 providers with simulated GPUs) in {}", dir.display()));
+    let options = UpOptions {
+        nodes: 4,
+        providers: 2,
+        base_port,
+        commit_pause_ms: local::TESTNET_COMMIT_PAUSE_MS,
+        funded: vec![],
+    };
+    let mut progress = |line: String| say(format!("  {line}"));
+    let file = local::up(&std::env::current_exe()?, &dir, &options, &mut progress)?;
+    let result = demo(&file, command, json);
+    let _ = local::down(&dir);
+    say("testnet stopped".into());
+    let report = result?;
+    if json {
+        print_json(&report)?;
+    }
+    if !report.supply_conserved {
+        anyhow::bail!("the balances do not add up: supply not conserved");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<DemoReport> {
+    let say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    // The buyer talks to node 3, which is not a provider: everything it
+    // sees and does goes over the network.
+    let node = NodeArgs::new(Some(file.nodes[3].api_url.clone()), json);
+    let until = Instant::now() + OFFERS_DEADLINE;
+    let offers = loop {
+        let offers = node.get("/v1/offers")?;
+        if offers.as_array().is_some_and(|a| a.len() >= 2) {
+            break offers;
+        }
+        anyhow::ensure!(Instant::now() < until, "the providers' offers did not arrive within {OFFERS_DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    say("\noffers seen by node3 (agora offers):".into());
+    for o in offers.as_array().into_iter().flatten() {
+        let gpus: Vec<String> = o["gpus"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                format!(
+                    "{}x {} {}GB (simulated)",
+                    g["count"],
+                    g["model"].as_str().unwrap_or("?"),
+                    g["vram_mib"].as_u64().unwrap_or(0) / 1024
+                )
+            })
+            .collect();
+        say(format!(
+            "  {}  {}  {}/GPU-hour",
+            o["provider"].as_str().unwrap_or("?"),
+            gpus.join(", "),
+            micros(&o["price_per_gpu_hour"])
+        ));
+    }
+    let keypair = agora_node::keystore::load(&file.buyer_home, "default")?.keypair;
+    let buyer = keypair.address().to_string();
+    let balance =
+        |a: &str| -> anyhow::Result<Amount> { Ok(micros(&node.get(&format!("/v1/accounts/{a}"))?["balance"])) };
+    let buyer_before = balance(&buyer)?;
+    say(format!("\nbuyer {buyer} has {buyer_before}; submitting: {}", command.join(" ")));
+    let ask = Ask {
+        gpus: DEMO_GPUS,
+        model: None,
+        min_vram_gb: None,
+        max_price: None,
+        provider: None,
+        duration_secs: DEMO_LEASE_SECS,
+        spec: JobSpec { command, env: vec![], image: None },
+    };
+    // Every provider is also paid by nobody else during the demo, so its
+    // balance before the lease opens is the one to compare with.
+    let candidates: Vec<(String, Amount)> = file
+        .nodes
+        .iter()
+        .filter(|n| n.provider)
+        .map(|n| Ok((n.address.clone(), balance(&n.address)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let opened = open_lease(&keypair, &ask, &node)?;
+    let provider_before = candidates
+        .iter()
+        .find(|(a, _)| *a == opened.provider.to_string())
+        .map(|(_, b)| *b)
+        .ok_or_else(|| anyhow::anyhow!("the lease went to an unknown provider"))?;
+    say(format!("lease {} opened at height {}; job output:\n", opened.lease_id, opened.height));
+    let finished = follow(&keypair, opened.lease_id, &node, !json)?;
+    let s = &finished.lease["status"]["Settled"];
+    let (paid, refunded) = (micros(&s["paid"]), micros(&s["refunded"]));
+    let buyer_after = balance(&buyer)?;
+    let provider_after = balance(&opened.provider.to_string())?;
+    let supply_conserved = buyer_before.0 + provider_before.0 == buyer_after.0 + provider_after.0
+        && paid.0 + refunded.0 == opened.escrow.0;
+    say(format!(
+        "\n{}; lease settled: provider paid {paid}, buyer refunded {refunded} of the {} escrow",
+        describe(&finished.state),
+        opened.escrow
+    ));
+    say(format!("buyer    {buyer}: {buyer_before} -> {buyer_after}"));
+    say(format!("provider {}: {provider_before} -> {provider_after}", opened.provider));
+    say(format!("supply conserved: {}", if supply_conserved { "yes" } else { "NO" }));
+    Ok(DemoReport {
+        chain_id: file.chain_id.clone(),
+        dir: file.dir.clone(),
+        offers,
+        buyer,
+        provider: opened.provider,
+        lease_id: opened.lease_id,
+        gpu_ids: opened.gpu_ids,
+        escrow: opened.escrow,
+        job_exit_code: finished.exit_code(),
+        job_state: finished.state,
+        job_output: String::from_utf8_lossy(&finished.output).into_owned(),
+        provider_paid: paid,
+        buyer_refunded: refunded,
+        buyer_balance_before: buyer_before,
+        buyer_balance_after: buyer_after,
+        provider_balance_before: provider_before,
+        provider_balance_after: provider_after,
+        supply_conserved,
+    })
+}
