@@ -58,6 +58,23 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Leases on a real testnet: submit → job running latency, and lease requests one provider accepts per second
+    Leases {
+        /// Leases submitted one after another, each timed until its job runs
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// Lease requests sent at once to one provider (it has 64 simulated GPUs)
+        #[arg(long, default_value_t = 60)]
+        burst: usize,
+        /// Threads sending the burst
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        #[arg(long, default_value_t = 28_100)]
+        base_port: u16,
+        /// Keep the testnet's homes and logs here instead of a temporary directory
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -102,6 +119,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 agora_testnet::bench::BenchOptions { nodes, base_port, commit_pause_ms, offers, rate, seconds };
             let mut progress = |line: String| eprintln!("{line}");
             let report = agora_testnet::bench::run(&std::env::current_exe()?, &dir, &options, &mut progress)?;
+            print_json(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Leases { samples, burst, threads, base_port, dir } => {
+            anyhow::ensure!((1..=1000).contains(&samples), "--samples must be 1 to 1000");
+            anyhow::ensure!((1..=64).contains(&burst), "--burst must be 1 to 64 (the provider's GPUs)");
+            anyhow::ensure!((1..=64).contains(&threads), "--threads must be 1 to 64");
+            let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
+            let dir = dir.unwrap_or_else(|| temp.path().join("net"));
+            let report = crate::lease_bench::run(&dir, samples, burst, threads, base_port)?;
             print_json(&report)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -65,13 +65,7 @@ pub fn run(dir: Option<PathBuf>, json: bool, job: Vec<String>, base_port: u16) -
         }
     };
     say(format!("starting a testnet of 4 node processes (2 providers with simulated GPUs) in {}", dir.display()));
-    let options = UpOptions {
-        nodes: 4,
-        providers: 2,
-        base_port,
-        commit_pause_ms: local::TESTNET_COMMIT_PAUSE_MS,
-        funded: vec![],
-    };
+    let options = UpOptions::new(4, 2, base_port);
     let mut progress = |line: String| say(format!("  {line}"));
     let file = local::up(&std::env::current_exe()?, &dir, &options, &mut progress)?;
     let result = demo(&file, command, json);

@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod keys;
 mod lease;
+mod lease_bench;
 mod ledger;
 mod node;
 mod testnet;

@@ -108,7 +108,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
                     println!("{line}");
                 }
             };
-            let options = local::UpOptions { nodes, providers, base_port, commit_pause_ms, funded: Vec::new() };
+            let options = local::UpOptions { commit_pause_ms, ..local::UpOptions::new(nodes, providers, base_port) };
             let file = local::up(&agora, &dir, &options, &mut progress)?;
             if json {
                 print_json(&file)?;

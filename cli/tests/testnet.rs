@@ -258,3 +258,29 @@ fn testnet_bench_reports_offer_propagation_throughput_and_memory() {
     let api = file["nodes"][0]["api_url"].as_str().unwrap();
     assert!(status(api).is_none(), "bench left node 0 running");
 }
+
+#[test]
+fn lease_bench_reports_latency_and_acceptance_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bench");
+    let base = 44_000 + (std::process::id() % 500) as u16 * 20;
+    let out = ok(agora(&[
+        "bench",
+        "leases",
+        "--samples",
+        "3",
+        "--burst",
+        "10",
+        "--threads",
+        "2",
+        "--base-port",
+        &base.to_string(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["submit_to_running"]["samples"], 3, "{r}");
+    assert!(r["submit_to_running"]["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["burst_accepted"], 10, "the provider has 64 GPUs, so all 10 are accepted: {r}");
+    assert!(r["accepted_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+}

@@ -101,11 +101,9 @@ pub fn run(agora: &Path, dir: &Path, o: &BenchOptions, progress: &mut dyn FnMut(
     let keys: Vec<Keypair> = (0..LOAD_ACCOUNTS).map(load_key).collect();
     let providers = 2.min(o.nodes);
     let options = UpOptions {
-        nodes: o.nodes,
-        providers,
-        base_port: o.base_port,
         commit_pause_ms: o.commit_pause_ms,
         funded: keys.iter().map(Keypair::address).collect(),
+        ..UpOptions::new(o.nodes, providers, o.base_port)
     };
     let file = local::up(agora, dir, &options, progress)?;
     let result = measure(&file, o, &keys, providers, progress);

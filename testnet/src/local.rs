@@ -91,6 +91,22 @@ pub struct UpOptions {
     pub commit_pause_ms: u64,
     /// Extra accounts funded at genesis (load generators), each with `FUNDED_BALANCE_AGR`.
     pub funded: Vec<agora_protocol::Address>,
+    /// What each provider node declares (`gpus` of its config).
+    pub provider_gpus: String,
+}
+
+impl UpOptions {
+    /// `nodes` validators, the first `providers` of them with `TESTNET_PROVIDER_GPUS`.
+    pub fn new(nodes: usize, providers: usize, base_port: u16) -> UpOptions {
+        UpOptions {
+            nodes,
+            providers,
+            base_port,
+            commit_pause_ms: TESTNET_COMMIT_PAUSE_MS,
+            funded: Vec::new(),
+            provider_gpus: TESTNET_PROVIDER_GPUS.into(),
+        }
+    }
 }
 
 /// Balance of each extra funded account.
@@ -138,7 +154,7 @@ pub fn up(
         config.listen = format!("/ip4/127.0.0.1/tcp/{}", base_port + 2 * i as u16);
         config.api = e.api_url.trim_start_matches("http://").to_string();
         config.bootstrap = entries.iter().filter(|o| o.index != i).map(|o| o.p2p.clone()).collect();
-        config.gpus = if e.provider { TESTNET_PROVIDER_GPUS.into() } else { "none".into() };
+        config.gpus = if e.provider { options.provider_gpus.clone() } else { "none".into() };
         config.commit_pause_ms = commit_pause_ms;
         config.timeout_propose_ms = TESTNET_PROPOSE_TIMEOUT_MS;
         config.testnet_admin = true;
