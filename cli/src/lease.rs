@@ -476,7 +476,8 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
                 micros(&lease["escrow"])
             );
             if lease["status"] == "Open" {
-                println!("status    open until {} ms", lease["end_ms"]);
+                let left = lease["end_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms()) / 1000;
+                println!("status    open, {}m{:02}s of paid time left", left / 60, left % 60);
             } else {
                 let s = &lease["status"]["Settled"];
                 println!(

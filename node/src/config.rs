@@ -173,11 +173,11 @@ impl NodeConfig {
     }
 
     /// Whether jobs with a container image can run here: allowed in
-    /// `runners` and the docker CLI is installed.
+    /// `runners`, and the docker CLI reaches a running daemon.
     pub fn docker_available(&self) -> bool {
         self.runners.iter().any(|r| r == "docker")
             && std::process::Command::new("docker")
-                .arg("--version")
+                .args(["version", "--format", "{{.Server.Version}}"])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()

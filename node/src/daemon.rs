@@ -172,7 +172,9 @@ impl Daemon {
             Some(p) => {
                 let docker = config.docker_available();
                 tracing::info!(process = config.runners.iter().any(|r| r == "process"), docker, "job runners");
-                Some(crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, docker))
+                let mut market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, docker);
+                market.allow_process = config.runners.iter().any(|r| r == "process");
+                Some(market)
             }
             None => None,
         };

@@ -43,6 +43,8 @@ pub struct Market {
     pub price: Amount,
     pub max_lease_secs: u64,
     pub allow_images: bool,
+    /// Whether jobs may run as plain processes (else only in images).
+    pub allow_process: bool,
     reserved: BTreeMap<LeaseId, Reservation>,
     /// Committed leases and the GPU indices they hold.
     active: BTreeMap<LeaseId, Vec<usize>>,
@@ -54,7 +56,15 @@ fn agr(a: Amount) -> String {
 
 impl Market {
     pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, allow_images: bool) -> Market {
-        Market { gpus, price, max_lease_secs, allow_images, reserved: BTreeMap::new(), active: BTreeMap::new() }
+        Market {
+            gpus,
+            price,
+            max_lease_secs,
+            allow_images,
+            allow_process: true,
+            reserved: BTreeMap::new(),
+            active: BTreeMap::new(),
+        }
     }
 
     fn busy(&self) -> Vec<usize> {
@@ -106,6 +116,9 @@ impl Market {
         }
         if spec.image.is_some() && !self.allow_images {
             return Err("this provider does not run container images (--image); submit without it".into());
+        }
+        if spec.image.is_none() && !self.allow_process {
+            return Err("this provider runs jobs only in container images; submit with --image".into());
         }
         if terms.duration_secs > self.max_lease_secs {
             return Err(format!(
@@ -274,5 +287,8 @@ mod tests {
         let replay = m.propose(&me, &c, &state, &ok, &spec(), NOW).unwrap_err();
         assert!(replay.contains("already accepted"), "{replay}");
         assert_eq!(m.free("H100").len(), 1, "refusals reserve nothing");
+        m.allow_process = false;
+        let plain = m.propose(&me, &c, &state, &request(&chain.keys[1], me, 1, 2, 10), &spec(), NOW).unwrap_err();
+        assert!(plain.contains("only in container images"), "{plain}");
     }
 }
