@@ -19,6 +19,14 @@ use crate::lease::{Ask, open_lease};
 
 /// GPUs the benchmark's provider declares: enough for the whole burst.
 const BENCH_PROVIDER_GPUS: &str = "simulated:64xH100-80GB";
+/// Funded buyers the burst's requests are spread over (a provider holds at
+/// most a few unopened requests per buyer).
+const BURST_BUYERS: usize = 64;
+
+fn burst_key(i: usize) -> agora_protocol::Keypair {
+    agora_protocol::Keypair::from_seed_phrase(&format!("agora-bench-lease-buyer-{i}"))
+}
+
 /// How long one lease may take to start before the run fails.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -61,7 +69,11 @@ pub fn run(
     threads: usize,
     base_port: u16,
 ) -> anyhow::Result<LeaseBenchReport> {
-    let options = UpOptions { provider_gpus: BENCH_PROVIDER_GPUS.into(), ..UpOptions::new(4, 1, base_port) };
+    let options = UpOptions {
+        provider_gpus: BENCH_PROVIDER_GPUS.into(),
+        funded: (0..BURST_BUYERS).map(|i| burst_key(i).address()).collect(),
+        ..UpOptions::new(4, 1, base_port)
+    };
     let mut progress = |line: String| eprintln!("{line}");
     let file = local::up(&std::env::current_exe()?, dir, &options, &mut progress)?;
     let result = measure(&file, samples, burst, threads);
@@ -139,7 +151,7 @@ fn measure(
                 nonce: 1_000_000 + i as u64,
                 expires_at_ms: TimestampMs(now_ms() + 120_000),
             };
-            let request = Signed::sign(body, &keypair, &chain)?;
+            let request = Signed::sign(body, &burst_key(i % BURST_BUYERS), &chain)?;
             Ok(serde_json::json!({ "request": hex::encode(codec::encode(&request)?), "spec": spec_hex }).to_string())
         })
         .collect::<anyhow::Result<_>>()?;

@@ -13,6 +13,11 @@ use crate::gpu::Gpu;
 
 /// Accepted requests waiting for their lease to commit, at most.
 pub const MAX_RESERVATIONS: usize = 1_024;
+/// A request may expire at most this far ahead: its reservation holds GPUs
+/// that nobody pays for until the lease commits.
+pub const MAX_REQUEST_TTL_MS: u64 = 5 * 60 * 1000;
+/// Uncommitted reservations one buyer may hold at once.
+pub const MAX_RESERVATIONS_PER_BUYER: usize = 8;
 /// A reservation outlives its request's expiry by this much, so a lease
 /// committed at the last moment (block time vs. this node's clock) still
 /// finds its GPUs reserved.
@@ -107,6 +112,9 @@ impl Market {
         if terms.expires_at_ms.0 <= now_ms {
             return Err("the request has expired; submit a new one".into());
         }
+        if terms.expires_at_ms.0 > now_ms.saturating_add(MAX_REQUEST_TTL_MS) {
+            return Err(format!("the request expires too far ahead (at most {} s)", MAX_REQUEST_TTL_MS / 1000));
+        }
         if !state.is_active_provider(me) {
             return Err("this provider is not taking leases (not registered, jailed or under-staked)".into());
         }
@@ -144,6 +152,12 @@ impl Market {
         let balance = state.account(&request.signer).balance;
         if balance < escrow {
             return Err(format!("balance {} < escrow {}", agr(balance), agr(escrow)));
+        }
+        let pending = self.reserved.values().filter(|r| r.request.signer == request.signer).count();
+        if pending >= MAX_RESERVATIONS_PER_BUYER {
+            return Err(format!(
+                "you already hold {pending} accepted requests not yet opened; open or let them expire first"
+            ));
         }
         if self.reserved.len() >= MAX_RESERVATIONS {
             return Err("provider is busy negotiating; retry shortly".into());
@@ -252,6 +266,24 @@ mod tests {
     }
 
     #[test]
+    fn one_buyer_cannot_hold_every_gpu_with_unopened_requests() {
+        let (chain, state, m) = setup();
+        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
+        // Same registered kind, but pretend this host has many of them for the count check.
+        let many: Vec<Gpu> =
+            (0..16).map(|i| Gpu { index: i, id: format!("SIM-H100-{i}"), ..gpus[0].clone() }).collect();
+        let mut m = Market { gpus: many, ..m };
+        let me = chain.address(0);
+        for n in 0..MAX_RESERVATIONS_PER_BUYER as u64 {
+            m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, n), &spec(), NOW).unwrap();
+        }
+        let n = MAX_RESERVATIONS_PER_BUYER as u64;
+        let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, n), &spec(), NOW).unwrap_err();
+        assert!(err.contains("accepted requests not yet opened"), "{err}");
+        assert_eq!(m.free("H100").len(), 16 - MAX_RESERVATIONS_PER_BUYER);
+    }
+
+    #[test]
     fn refusals_say_why() {
         let (chain, state, mut m) = setup();
         let me = chain.address(0);
@@ -266,6 +298,9 @@ mod tests {
                 .starts_with("balance 0.1 AGR < escrow 0.333334 AGR")
         );
         assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), spec(), NOW + 60_000).contains("expired"));
+        let mut far = request(&chain.keys[1], me, 1, 2, 1).body;
+        far.expires_at_ms = TimestampMs(NOW + MAX_REQUEST_TTL_MS + 1);
+        assert!(refuse(Signed::sign(far, &chain.keys[1], &c).unwrap(), spec(), NOW).contains("too far ahead"));
         assert!(refuse(request(&chain.keys[1], chain.address(2), 1, 2, 1), spec(), NOW).contains("is for provider"));
         let other = JobSpec { command: vec!["true".into()], ..spec() };
         assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), other, NOW).contains("does not match"));
