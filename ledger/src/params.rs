@@ -28,6 +28,14 @@ pub struct Params {
     pub epoch_blocks: u64,
     /// Largest validator set (used by consensus).
     pub max_validators: u64,
+    /// Shortest silence a downtime attestation may claim, in blocks: every
+    /// attestation of a downtime slash must cover at least this many blocks.
+    #[serde(default = "default_downtime_window_blocks")]
+    pub downtime_window_blocks: u64,
+}
+
+fn default_downtime_window_blocks() -> u64 {
+    20
 }
 
 impl Default for Params {
@@ -41,6 +49,7 @@ impl Default for Params {
             max_txs_per_block: MAX_TXS_PER_BLOCK as u64,
             epoch_blocks: 100,
             max_validators: 21,
+            downtime_window_blocks: default_downtime_window_blocks(),
         }
     }
 }
@@ -56,6 +65,9 @@ impl Params {
         }
         if self.max_validators == 0 || self.max_validators > MAX_VALIDATORS as u64 {
             return bad("max_validators must be 1 to 100");
+        }
+        if self.downtime_window_blocks == 0 {
+            return bad("downtime_window_blocks must be positive");
         }
         if self.epoch_blocks == 0 {
             return bad("epoch_blocks must be positive");

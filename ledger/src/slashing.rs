@@ -23,6 +23,9 @@ pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result
     if ev.window_end >= state.height() {
         return Err(Error::BadEvidence("downtime window has not ended yet".into()));
     }
+    if ev.window_start > ev.window_end {
+        return Err(Error::BadEvidence("downtime window is empty".into()));
+    }
     let overlapping = state
         .data
         .slashed_windows
@@ -42,16 +45,24 @@ pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result
     Ok(events)
 }
 
-/// Every attestation names this provider and window, comes from a distinct
-/// current validator, is correctly signed, and together they hold > 2/3 power.
+/// Every attestation names this provider, covers at least
+/// `downtime_window_blocks` and the whole evidence window (validators see the
+/// silence start and end a block or two apart, so their windows overlap
+/// rather than match; the evidence window is where they all agree), comes
+/// from a distinct current validator, is correctly signed, and together they
+/// hold > 2/3 power.
 fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), Error> {
     let total: u64 = state.validators().iter().map(|v| v.power).sum();
+    let min_len = state.params().downtime_window_blocks;
     let mut seen = BTreeSet::new();
     let mut have: u64 = 0;
     for att in &ev.attestations {
         let body = &att.body;
-        if body.provider != ev.provider || body.window_start != ev.window_start || body.window_end != ev.window_end {
-            return Err(Error::BadEvidence("attestation is for another provider or window".into()));
+        if body.provider != ev.provider || body.window_start > ev.window_start || body.window_end < ev.window_end {
+            return Err(Error::BadEvidence("attestation is for another provider or does not cover the window".into()));
+        }
+        if body.window_end.0.saturating_sub(body.window_start.0) + 1 < min_len {
+            return Err(Error::BadEvidence(format!("attestation covers fewer than {min_len} blocks")));
         }
         let validator = state.validators().iter().find(|v| v.address == att.signer).ok_or(Error::NotValidator)?;
         if !seen.insert(att.signer) {

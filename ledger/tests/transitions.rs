@@ -345,24 +345,38 @@ fn downtime_quorum_slashes_jails_refunds_and_only_once() {
     let mut state = chain.state();
     setup_provider(&chain, &mut state);
     let id = open_lease(&chain, &mut state);
-    advance(&chain, &mut state, 10);
+    advance(&chain, &mut state, 30);
     let burned_before = state.burned();
     let stake_before = state.account(&chain.address(PROVIDER)).stake;
     // 2 of 4 equal validators is not more than 2/3.
-    let weak = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1], 3, 8));
+    let weak = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1], 3, 25));
     assert!(matches!(expect_err(&mut state, &weak), Error::InsufficientPower { .. }));
     // A non-validator's attestation is refused.
-    let outsider = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, OTHER], 3, 8));
+    let outsider = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, OTHER], 3, 25));
     assert!(matches!(expect_err(&mut state, &outsider), Error::NotValidator));
     // A repeated validator does not count twice.
-    let dup = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 1], 3, 8));
+    let dup = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 1], 3, 25));
     assert!(matches!(expect_err(&mut state, &dup), Error::BadEvidence(_)));
+    // Too short a silence is no evidence, even with every validator.
+    let short = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2, 3], 3, 8));
+    assert!(matches!(expect_err(&mut state, &short), Error::BadEvidence(_)));
+    // Windows that overlap (validators saw the silence start a block apart)
+    // count for the part they share; one that misses it does not.
+    let mut staggered = downtime(&chain, &[0, 1, 2], 3, 25);
+    if let TxKind::SlashDowntime { evidence } = &mut staggered {
+        evidence.attestations[0] = attest(&chain, 0, 2, 25);
+        evidence.attestations[1] = attest(&chain, 1, 3, 26);
+        let mut missing = evidence.clone();
+        missing.attestations[2] = attest(&chain, 2, 4, 26);
+        let tx = sign_tx(&chain.keys[OTHER], 0, TxKind::SlashDowntime { evidence: missing });
+        assert!(matches!(expect_err(&mut state, &tx), Error::BadEvidence(_)), "does not cover the window");
+    }
     // A window that has not ended yet.
     let h = state.height().0;
     let future = sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], h - 2, h + 1));
     assert!(matches!(expect_err(&mut state, &future), Error::BadEvidence(_)));
 
-    let events = commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))]);
+    let events = commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, staggered)]);
     let slash = stake_before.mul_div_floor(100, 10_000).unwrap();
     assert_eq!(state.account(&chain.address(PROVIDER)).stake, stake_before.checked_sub(slash).unwrap());
     assert_eq!(state.burned(), burned_before.checked_add(slash).unwrap());
@@ -371,7 +385,7 @@ fn downtime_quorum_slashes_jails_refunds_and_only_once() {
     assert!(matches!(state.lease(&id).unwrap().status, LeaseStatus::Settled { .. }));
     assert!(!state.is_active_provider(&chain.address(PROVIDER)));
     // The same or an overlapping window is never slashed again.
-    let again = sign_tx(&chain.keys[OTHER], 1, downtime(&chain, &[0, 1, 2, 3], 5, 9));
+    let again = sign_tx(&chain.keys[OTHER], 1, downtime(&chain, &[0, 1, 2, 3], 5, 28));
     assert!(matches!(expect_err(&mut state, &again), Error::AlreadySlashed));
 }
 
@@ -380,8 +394,8 @@ fn a_jailed_provider_cannot_lease_and_unjails_after_the_jail_period() {
     let chain = chain();
     let mut state = chain.state();
     setup_provider(&chain, &mut state);
-    advance(&chain, &mut state, 10);
-    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))]);
+    advance(&chain, &mut state, 30);
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 25))]);
     let ProviderStatus::Jailed { until } = state.provider(&chain.address(PROVIDER)).unwrap().status else {
         panic!("not jailed")
     };
@@ -436,8 +450,8 @@ fn slashing_reaches_unbonding_stake() {
     setup_provider(&chain, &mut state);
     // The provider tries to escape by unstaking almost everything.
     commit(&chain, &mut state, vec![sign_tx(&chain.keys[PROVIDER], 2, TxKind::Unstake { amount: Amount::agr(995) })]);
-    advance(&chain, &mut state, 10);
-    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 8))]);
+    advance(&chain, &mut state, 30);
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, downtime(&chain, &[0, 1, 2], 3, 25))]);
     let acct = state.account(&chain.address(PROVIDER));
     // 1% of 1000 AGR bonded = 10 AGR: 5 from stake, 5 from unbonding.
     assert_eq!((acct.stake, acct.unbonding), (Amount::ZERO, Amount::agr(990)));
