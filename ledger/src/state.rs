@@ -171,6 +171,15 @@ impl State {
         self.data.leases.values()
     }
     /// The validators for the next height.
+    /// The downtime windows of `provider` that were slashed, oldest first.
+    pub fn slashed_windows(&self, provider: &Address) -> Vec<(Height, Height)> {
+        self.data
+            .slashed_windows
+            .range((*provider, Height(0), Height(0))..=(*provider, Height(u64::MAX), Height(u64::MAX)))
+            .map(|(_, s, e)| (*s, *e))
+            .collect()
+    }
+
     pub fn validators(&self) -> &[Validator] {
         &self.data.validators
     }

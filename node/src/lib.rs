@@ -9,6 +9,7 @@ pub mod error;
 pub mod gpu;
 pub mod identity;
 pub mod keystore;
+pub mod liveness;
 pub mod market;
 pub mod metrics;
 pub mod net;
