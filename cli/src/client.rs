@@ -107,6 +107,43 @@ pub fn send(home: &Path, key: &str, kind: TxKind, args: NodeArgs) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// Heartbeats this recent (in blocks) show a provider is back.
+const UNJAIL_HEARTBEAT_BLOCKS: u64 = 10;
+
+/// `agora unjail`: only once the node sees the provider's heartbeats again,
+/// so a provider that is still down does not walk back into leases.
+pub fn unjail(home: &Path, key: &str, args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let keypair = agora_node::keystore::load(home, key)?.keypair;
+    let me = keypair.address().to_string();
+    let providers = args.get("/v1/providers")?;
+    let record = providers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["address"] == me.as_str())
+        .ok_or_else(|| anyhow!("{me} is not a registered provider"))?;
+    if record["status"] != "jailed" {
+        bail!("{me} is not jailed (status: {})", record["status"].as_str().unwrap_or("?"));
+    }
+    let height = args.get("/v1/status")?["height"].as_u64().unwrap_or(0);
+    let until = record["jailed_until"].as_u64().unwrap_or(0);
+    if height < until {
+        bail!("still jailed until height {until} (now {height}); try again in {} blocks", until - height);
+    }
+    let fresh =
+        record["last_heartbeat_height"].as_u64().is_some_and(|h| height.saturating_sub(h) <= UNJAIL_HEARTBEAT_BLOCKS);
+    if !fresh {
+        bail!("no recent heartbeat from {me}: start its node and let it catch up before unjailing");
+    }
+    let (hash, height) = submit_and_wait(&keypair, TxKind::Unjail, &args)?;
+    if args.json {
+        print_json(&serde_json::json!({ "hash": hash, "height": height }))?;
+    } else {
+        println!("unjailed at height {height}: {me} advertises and takes leases again");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The chain id the node runs.
 pub fn chain_id(args: &NodeArgs) -> anyhow::Result<ChainId> {
     let status = args.get("/v1/status")?;

@@ -75,7 +75,10 @@ fn print_providers(list: &[serde_json::Value]) {
         println!("no providers registered");
         return;
     }
-    println!("{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  GPUS", "ADDRESS", "STATUS", "STAKE", "REGION", "SLASHES");
+    println!(
+        "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {:>7}  {:>9}  GPUS",
+        "ADDRESS", "STATUS", "STAKE", "REGION", "SLASHES", "UPTIME", "HEARTBEAT"
+    );
     for p in list {
         let stake = text(&p["stake"]).parse().map(agora_protocol::Amount).unwrap_or_default();
         let gpus: Vec<String> = p["gpus"]
@@ -87,13 +90,16 @@ fn print_providers(list: &[serde_json::Value]) {
                 format!("{}x {} {}GB{sim}", g["count"], text(&g["model"]), g["vram_mib"].as_u64().unwrap_or(0) / 1024)
             })
             .collect();
+        let heartbeat = p["last_heartbeat_height"].as_u64().map_or("-".to_string(), |h| format!("#{h}"));
         println!(
-            "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {}",
+            "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {:>6}%  {:>9}  {}",
             text(&p["address"]),
             text(&p["status"]),
             stake.to_string(),
             text(&p["region"]),
             p["slashes"],
+            p["uptime_pct"],
+            heartbeat,
             gpus.join(", ")
         );
     }

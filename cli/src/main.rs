@@ -78,6 +78,14 @@ enum Command {
         #[command(flatten)]
         node: client::NodeArgs,
     },
+    /// Return a jailed provider to service after its jail period (its node must be heartbeating again)
+    Unjail {
+        /// The provider's key under --home (a node's own key is `node`)
+        #[arg(long, default_value = "node")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -123,6 +131,7 @@ fn main() -> ExitCode {
             let amount = client::parse_amount(&amount)?;
             client::send(&home, &key, agora_protocol::TxKind::Unstake { amount }, node)
         }
+        Command::Unjail { key, node } => client::unjail(&home, &key, node),
         Command::Init(args) => node::init(&home, args),
         Command::Node(cmd) => node::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),

@@ -150,8 +150,21 @@ async fn account(
 
 async fn providers(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let ledger = s.ledger.read().map_err(internal)?;
-    Ok(Json(ledger.providers().map(|(address, p)| provider_view(&ledger, address, p)).collect()))
+    let seen = s.last_seen.read().map_err(internal)?;
+    Ok(Json(
+        ledger
+            .providers()
+            .map(|(address, p)| {
+                let mut view = provider_view(&ledger, address, p);
+                view["last_heartbeat_height"] = serde_json::json!(seen.get(address));
+                view
+            })
+            .collect(),
+    ))
 }
+
+/// Blocks over which uptime is reported.
+pub const UPTIME_BLOCKS: u64 = 100;
 
 /// A provider's ledger record as JSON (shared with `agora ledger providers --data`).
 pub fn provider_view(ledger: &agora_ledger::State, address: &Address, p: &agora_ledger::Provider) -> serde_json::Value {
@@ -162,9 +175,18 @@ pub fn provider_view(ledger: &agora_ledger::State, address: &Address, p: &agora_
         ProviderStatus::Jailed { until } => ("jailed", Some(until.0)),
         ProviderStatus::Tombstoned => ("tombstoned", None),
     };
+    let tip = ledger.height().0;
+    let from = tip.saturating_sub(UPTIME_BLOCKS - 1).max(p.registered_at.0);
+    let span = tip.saturating_sub(from) + 1;
+    let windows = ledger.slashed_windows(address);
+    let down: u64 = windows.iter().map(|(s, e)| e.0.min(tip).saturating_add(1).saturating_sub(s.0.max(from))).sum();
+    let uptime = 100.0 * span.saturating_sub(down.min(span)) as f64 / span as f64;
     serde_json::json!({
         "address": address,
         "region": p.region,
+        "uptime_pct": (uptime * 10.0).round() / 10.0,
+        "uptime_blocks": span,
+        "slashed_windows": windows.iter().map(|(s, e)| [s.0, e.0]).collect::<Vec<_>>(),
         "gpus": p.gpus,
         "simulated": p.gpus.iter().any(|g| g.simulated),
         "status": status,
@@ -432,7 +454,9 @@ async fn propose_lease(
             "accept": hex::encode(codec::encode(&accept).map_err(internal)?),
         }))),
         LeaseRpcReply::Refused(why) => Err(ApiError(StatusCode::CONFLICT, why)),
-        LeaseRpcReply::Logs(_) => Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into())),
+        LeaseRpcReply::Logs(_) | LeaseRpcReply::Alive(_) => {
+            Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into()))
+        }
     }
 }
 
@@ -467,7 +491,9 @@ async fn lease_logs(
             "state": chunk.state,
         }))),
         LeaseRpcReply::Refused(why) => Err(ApiError(StatusCode::FORBIDDEN, why)),
-        LeaseRpcReply::Accepted(_) => Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into())),
+        LeaseRpcReply::Accepted(_) | LeaseRpcReply::Alive(_) => {
+            Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into()))
+        }
     }
 }
 

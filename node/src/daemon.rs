@@ -25,11 +25,14 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 mod leases;
+mod liveness;
 
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::gpu::{Detection, GpuSource};
-use crate::net::gossip::{TOPIC_CONSENSUS, TOPIC_OFFERS, TOPIC_TXS, TOPICS, topic};
+use crate::net::gossip::{
+    TOPIC_ATTESTATIONS, TOPIC_CONSENSUS, TOPIC_HEARTBEATS, TOPIC_OFFERS, TOPIC_TXS, TOPICS, topic,
+};
 use crate::net::{Behaviour, BehaviourEvent, build_swarm};
 use crate::offers::OrderBook;
 use crate::provider::{Duty, Provider};
@@ -104,6 +107,8 @@ pub struct Shared {
     pub status: Arc<RwLock<NodeStatus>>,
     pub ledger: Arc<RwLock<State>>,
     pub offers: Arc<RwLock<OrderBook>>,
+    /// Per provider, the newest height a heartbeat or probe showed it up at (this node's view).
+    pub last_seen: Arc<RwLock<std::collections::BTreeMap<agora_protocol::Address, u64>>>,
     pub blocks: BlockReader,
     pub commands: mpsc::Sender<Command>,
     pub metrics: crate::metrics::Metrics,
@@ -129,6 +134,12 @@ pub struct Daemon {
     job_log_bytes: usize,
     /// Lease-protocol requests sent to providers, awaiting their answers.
     pending_rpcs: HashMap<libp2p::request_response::OutboundRequestId, leases::RpcReply>,
+    /// Heartbeats, probes and attestations (pure decisions).
+    liveness: crate::liveness::Liveness,
+    /// Probes in flight, by request, to the provider probed.
+    pending_probes: HashMap<libp2p::request_response::OutboundRequestId, agora_protocol::Address>,
+    last_heartbeat_at: Option<Instant>,
+    heartbeat_seq: u64,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
     own_pending: std::collections::BTreeMap<u64, (TxKind, Height)>,
     store: Store,
@@ -241,6 +252,7 @@ impl Daemon {
             status: Arc::new(RwLock::new(status)),
             ledger: Arc::new(RwLock::new(store.state().clone())),
             offers: Arc::new(RwLock::new(OrderBook::default())),
+            last_seen: Arc::default(),
             blocks: store.reader(),
             commands: tx,
             metrics,
@@ -258,6 +270,10 @@ impl Daemon {
             jobs_dir: config.jobs_dir(home),
             job_log_bytes: config.job_log_bytes,
             pending_rpcs: HashMap::new(),
+            liveness: crate::liveness::Liveness::new(store.state().params().downtime_window_blocks, store.height()),
+            pending_probes: HashMap::new(),
+            last_heartbeat_at: None,
+            heartbeat_seq: 0,
             own_pending: Default::default(),
             bootstrap,
             last_redial: Instant::now(),
@@ -311,6 +327,7 @@ impl Daemon {
 
     /// Periodic duties: expire offers, and a provider's registration and offers.
     fn on_tick(&mut self) -> Result<(), Error> {
+        self.heartbeat_tick()?;
         if self.last_redial.elapsed() >= REDIAL_INTERVAL {
             self.last_redial = Instant::now();
             self.redial();
@@ -417,6 +434,7 @@ impl Daemon {
                         s.latest_block_hash = self.store.state().last_block_hash().to_hex();
                         s.state_root = block.header.state_root.to_hex();
                     }
+                    self.liveness_after_commit(block.header.height, block.hash());
                     self.on_lease_events(&events)?;
                 }
                 Action::SyncNeeded { have } => self.request_sync(have),
@@ -564,6 +582,10 @@ impl Daemon {
             })) => {
                 let (acceptance, input) = if message.topic == topic(TOPIC_OFFERS).hash() {
                     (self.on_offer(&message.data), None)
+                } else if message.topic == topic(TOPIC_HEARTBEATS).hash() {
+                    (self.on_heartbeat_gossip(&message.data)?, None)
+                } else if message.topic == topic(TOPIC_ATTESTATIONS).hash() {
+                    (self.on_attestation_gossip(&message.data)?, None)
                 } else {
                     self.validate_gossip(message.topic.as_str(), &message.data)
                 };

@@ -30,6 +30,13 @@ pub struct Metrics {
     pub leases_accepted: Counter,
     pub leases_refused: Counter,
     pub jobs_started: Counter,
+    pub heartbeats_sent: Counter,
+    pub heartbeats_seen: Counter,
+    pub probes_sent: Counter,
+    pub probes_failed: Counter,
+    pub attestations_signed: Counter,
+    pub attestations_seen: Counter,
+    pub slashes_submitted: Counter,
 }
 
 impl Metrics {
@@ -47,6 +54,13 @@ impl Metrics {
             leases_accepted: Counter::default(),
             leases_refused: Counter::default(),
             jobs_started: Counter::default(),
+            heartbeats_sent: Counter::default(),
+            heartbeats_seen: Counter::default(),
+            probes_sent: Counter::default(),
+            probes_failed: Counter::default(),
+            attestations_signed: Counter::default(),
+            attestations_seen: Counter::default(),
+            slashes_submitted: Counter::default(),
         };
         let mut r = Registry::with_prefix("agora");
         r.register("height", "Latest committed block height", m.height.clone());
@@ -60,6 +74,13 @@ impl Metrics {
         r.register("leases_accepted", "Lease requests this provider accepted", m.leases_accepted.clone());
         r.register("leases_refused", "Lease requests this provider refused", m.leases_refused.clone());
         r.register("jobs_started", "Jobs this provider started", m.jobs_started.clone());
+        r.register("heartbeats_sent", "Heartbeats this provider gossiped", m.heartbeats_sent.clone());
+        r.register("heartbeats_seen", "Fresh provider heartbeats received", m.heartbeats_seen.clone());
+        r.register("probes_sent", "Probes of silent providers sent", m.probes_sent.clone());
+        r.register("probes_failed", "Probes that got no valid answer", m.probes_failed.clone());
+        r.register("attestations_signed", "Downtime attestations this validator signed", m.attestations_signed.clone());
+        r.register("attestations_seen", "Valid downtime attestations received", m.attestations_seen.clone());
+        r.register("slashes_submitted", "Slashing transactions this node submitted", m.slashes_submitted.clone());
         (m, r)
     }
 }

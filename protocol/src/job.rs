@@ -2,6 +2,7 @@
 //! proposes a signed lease request with its job spec to the provider, which
 //! answers with a countersignature or a refusal; later the buyer asks for the
 //! job's logs with a signed request only the lease's buyer can make.
+//! Validators also probe silent providers over it.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,8 +97,13 @@ pub struct LogChunk {
 /// A message of the lease protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseRpc {
-    Propose { request: Signed<LeaseRequest>, spec: JobSpec },
+    Propose {
+        request: Signed<LeaseRequest>,
+        spec: JobSpec,
+    },
     Logs(Signed<LogsRequest>),
+    /// A validator checking a silent provider: answer with a fresh heartbeat.
+    Probe,
 }
 
 /// The provider's answer.
@@ -107,6 +113,8 @@ pub enum LeaseRpcReply {
     /// A plain sentence for the buyer, e.g. "provider has 0 free H100".
     Refused(String),
     Logs(LogChunk),
+    /// The provider's answer to a probe, over the connection the probe came on.
+    Alive(Signed<crate::liveness::Heartbeat>),
 }
 
 impl Wire for LeaseRpc {

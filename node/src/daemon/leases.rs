@@ -58,12 +58,22 @@ impl Daemon {
                 let _ = self.swarm.behaviour_mut().lease.send_response(channel, answer);
             }
             request_response::Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(reply) = self.pending_rpcs.remove(&request_id) {
+                if self.pending_probes.contains_key(&request_id) {
+                    if let Err(e) = self.probe_result(request_id, Some(response)) {
+                        tracing::warn!(error = %e, "probe result");
+                    }
+                } else if let Some(reply) = self.pending_rpcs.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
             request_response::Event::OutboundFailure { request_id, error, .. } => {
-                self.fail_rpc(request_id, format!("the provider could not be reached: {error}"));
+                if self.pending_probes.contains_key(&request_id) {
+                    if let Err(e) = self.probe_result(request_id, None) {
+                        tracing::warn!(error = %e, "probe result");
+                    }
+                } else {
+                    self.fail_rpc(request_id, format!("the provider could not be reached: {error}"));
+                }
             }
             _ => {}
         }
@@ -107,6 +117,11 @@ impl Daemon {
                 Ok(chunk) => LeaseRpcReply::Logs(chunk),
                 Err(why) => LeaseRpcReply::Refused(why),
             },
+            LeaseRpc::Probe if self.provider.is_some() => match self.make_heartbeat() {
+                Ok(hb) => LeaseRpcReply::Alive(hb),
+                Err(e) => LeaseRpcReply::Refused(e.to_string()),
+            },
+            LeaseRpc::Probe => LeaseRpcReply::Refused("this node is not a provider".into()),
         }
     }
 
@@ -312,6 +327,11 @@ impl Daemon {
                 TxKind::CloseLease { lease_id, .. } => {
                     state.lease(lease_id).is_some_and(|l| l.status == LeaseStatus::Open)
                 }
+                // Someone else's slash got in first, or the provider is already jailed.
+                TxKind::SlashDowntime { evidence } => state.is_active_provider(&evidence.provider),
+                TxKind::SlashEquivocation { evidence } => state
+                    .provider(&evidence.offender())
+                    .is_some_and(|p| p.status != agora_ledger::ProviderStatus::Tombstoned),
                 _ => true,
             })
             .collect();

@@ -1,0 +1,165 @@
+//! The daemon's liveness duties: a provider gossips signed heartbeats; every
+//! node checks the heartbeats and attestations it relays; a validator probes
+//! providers silent for a window, signs and gossips a downtime attestation
+//! when a probe fails, and submits the slash once validators holding more
+//! than 2/3 of the power agree (or equivocation evidence when it sees it).
+
+use std::time::{Duration, Instant};
+
+use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
+use agora_protocol::{Address, DowntimeAttestation, Heartbeat, Signed, TxKind, codec};
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::request_response::OutboundRequestId;
+
+use super::{Daemon, now_ms};
+use crate::error::Error;
+use crate::liveness::HeartbeatVerdict;
+use crate::net::gossip::{TOPIC_ATTESTATIONS, TOPIC_HEARTBEATS, topic};
+
+/// How often a provider gossips a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes in flight at most.
+pub const MAX_PENDING_PROBES: usize = 256;
+
+impl Daemon {
+    /// A signed heartbeat naming this node's tip, with a sequence number that
+    /// rises across restarts (the clock) so it never repeats one.
+    pub(super) fn make_heartbeat(&mut self) -> Result<Signed<Heartbeat>, Error> {
+        self.heartbeat_seq = (self.heartbeat_seq + 1).max(now_ms());
+        let body = Heartbeat {
+            seq: self.heartbeat_seq,
+            height: self.store.height(),
+            block_hash: self.store.state().last_block_hash(),
+        };
+        Ok(Signed::sign(body, &self.key, &self.chain)?)
+    }
+
+    /// Providers registered on the ledger (jailed ones too: they must show
+    /// they are back before they unjail) heartbeat every second.
+    pub(super) fn heartbeat_tick(&mut self) -> Result<(), Error> {
+        let me = self.key.address();
+        if self.provider.is_none() || self.store.state().provider(&me).is_none() {
+            return Ok(());
+        }
+        if self.last_heartbeat_at.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
+            return Ok(());
+        }
+        self.last_heartbeat_at = Some(Instant::now());
+        let hb = self.make_heartbeat()?;
+        self.record_seen(me, hb.body.height.0);
+        let data = codec::encode(&hb)?;
+        let _ = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_HEARTBEATS), data);
+        self.shared.metrics.heartbeats_sent.inc();
+        Ok(())
+    }
+
+    fn record_seen(&self, provider: Address, height: u64) {
+        if let Ok(mut seen) = self.shared.last_seen.write() {
+            let h = seen.entry(provider).or_insert(height);
+            *h = (*h).max(height);
+        }
+    }
+
+    fn is_validator(&self) -> bool {
+        self.store.state().is_validator(&self.key.address())
+    }
+
+    pub(super) fn on_heartbeat_gossip(&mut self, data: &[u8]) -> Result<MessageAcceptance, Error> {
+        let Ok(hb) = codec::decode::<Signed<Heartbeat>>(data) else { return Ok(MessageAcceptance::Reject) };
+        let verdict = self.liveness.heartbeat(&hb, &self.chain, self.store.state());
+        Ok(match verdict {
+            HeartbeatVerdict::Fresh => {
+                self.shared.metrics.heartbeats_seen.inc();
+                self.record_seen(hb.signer, hb.body.height.0);
+                MessageAcceptance::Accept
+            }
+            HeartbeatVerdict::Ignore(_) => MessageAcceptance::Ignore,
+            HeartbeatVerdict::Invalid(why) => {
+                tracing::debug!(reason = %why, "invalid heartbeat");
+                MessageAcceptance::Reject
+            }
+            HeartbeatVerdict::Equivocation(evidence) => {
+                tracing::warn!(provider = %evidence.offender(), "provider signed two heartbeats with one sequence");
+                if self.is_validator() {
+                    self.submit_own_tx(TxKind::SlashEquivocation { evidence: *evidence })?;
+                    self.shared.metrics.slashes_submitted.inc();
+                }
+                MessageAcceptance::Accept
+            }
+        })
+    }
+
+    pub(super) fn on_attestation_gossip(&mut self, data: &[u8]) -> Result<MessageAcceptance, Error> {
+        let Ok(att) = codec::decode::<Signed<DowntimeAttestation>>(data) else { return Ok(MessageAcceptance::Reject) };
+        self.take_attestation(att)
+    }
+
+    fn take_attestation(&mut self, att: Signed<DowntimeAttestation>) -> Result<MessageAcceptance, Error> {
+        match self.liveness.attestation(att, &self.chain, self.store.state()) {
+            Err(why) => {
+                tracing::debug!(reason = %why, "invalid attestation");
+                Ok(MessageAcceptance::Reject)
+            }
+            Ok(evidence) => {
+                self.shared.metrics.attestations_seen.inc();
+                if let Some(evidence) = evidence.filter(|_| self.is_validator()) {
+                    tracing::warn!(
+                        provider = %evidence.provider,
+                        start = %evidence.window_start,
+                        end = %evidence.window_end,
+                        attesters = evidence.attestations.len(),
+                        "downtime proven by a quorum of validators; submitting the slash"
+                    );
+                    self.submit_own_tx(TxKind::SlashDowntime { evidence })?;
+                    self.shared.metrics.slashes_submitted.inc();
+                }
+                Ok(MessageAcceptance::Accept)
+            }
+        }
+    }
+
+    /// After each commit: a validator that is caught up probes the
+    /// providers that have been silent for a window.
+    pub(super) fn liveness_after_commit(&mut self, height: agora_protocol::Height, hash: agora_protocol::Hash) {
+        self.liveness.on_block(height, hash);
+        if !self.is_validator() || self.sync_in_flight || self.pending_probes.len() >= MAX_PENDING_PROBES {
+            return;
+        }
+        for provider in self.liveness.due_probes(self.store.state()) {
+            if provider == self.key.address() {
+                continue;
+            }
+            let Ok(peer) = crate::identity::peer_of(&provider) else { continue };
+            tracing::info!(%provider, "provider silent for a window: probing it");
+            let id = self.swarm.behaviour_mut().lease.send_request(&peer, LeaseRpc::Probe);
+            self.pending_probes.insert(id, provider);
+            self.shared.metrics.probes_sent.inc();
+        }
+    }
+
+    /// A probe's outcome: an answer signed by the provider proves it up;
+    /// anything else is a failed probe and, after a window, an attestation.
+    pub(super) fn probe_result(&mut self, id: OutboundRequestId, reply: Option<LeaseRpcReply>) -> Result<bool, Error> {
+        let Some(provider) = self.pending_probes.remove(&id) else { return Ok(false) };
+        if let Some(LeaseRpcReply::Alive(hb)) = reply {
+            if hb.signer == provider && hb.verify(&self.chain).is_ok() {
+                self.liveness.alive(provider, self.store.height());
+                self.record_seen(provider, self.store.height().0);
+                return Ok(true);
+            }
+        }
+        self.shared.metrics.probes_failed.inc();
+        self.attest(provider)?;
+        Ok(true)
+    }
+
+    fn attest(&mut self, provider: Address) -> Result<(), Error> {
+        let Some(body) = self.liveness.probe_failed(provider, self.store.state()) else { return Ok(()) };
+        tracing::warn!(%provider, start = %body.window_start, end = %body.window_end, "probe failed: attesting downtime");
+        let att = Signed::sign(body, &self.key, &self.chain)?;
+        let data = codec::encode(&att)?;
+        let _ = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_ATTESTATIONS), data);
+        self.shared.metrics.attestations_signed.inc();
+        self.take_attestation(att).map(|_| ())
+    }
+}
