@@ -434,7 +434,7 @@ impl Daemon {
                         s.latest_block_hash = self.store.state().last_block_hash().to_hex();
                         s.state_root = block.header.state_root.to_hex();
                     }
-                    self.liveness_after_commit(block.header.height, block.hash());
+                    self.liveness_after_commit(block.header.height, block.hash(), block.header.time_ms.0);
                     self.on_lease_events(&events)?;
                 }
                 Action::SyncNeeded { have } => self.request_sync(have),

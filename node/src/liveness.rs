@@ -68,6 +68,11 @@ impl Liveness {
         Liveness { window: window.max(1), watching_since: tip, ..Liveness::default() }
     }
 
+    /// This node was catching up: silence before `tip` is none of its business.
+    pub fn watch_from(&mut self, tip: Height) {
+        self.watching_since = tip;
+    }
+
     pub fn window(&self) -> u64 {
         self.window
     }

@@ -734,7 +734,7 @@ impl Host {
     fn finish_commit(&mut self, block: Block, certificate: CommitCertificate, events: Vec<Event>) {
         self.last_commit = Some(certificate.clone());
         self.blocks.clear();
-        self.mempool.prune(&self.ledger);
+        self.mempool.prune(&mut self.ledger);
         self.actions.push(Action::Commit { block: Box::new(block), certificate, events });
         // The next height starts from a timer, never in the same call: a
         // lone validator would otherwise decide height after height forever,

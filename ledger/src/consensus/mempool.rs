@@ -86,8 +86,61 @@ impl Mempool {
         self.txs.values().take(max).cloned().collect()
     }
 
-    /// Drops every transaction whose nonce the ledger has already used.
-    pub fn prune(&mut self, state: &State) {
+    /// Drops every transaction whose nonce the ledger has already used, and
+    /// each account's next transaction if it no longer applies (a close of a
+    /// lease settled meanwhile, a spend of funds now gone): left in the pool
+    /// it would hold that nonce forever, and no replacement could enter.
+    pub fn prune(&mut self, state: &mut State) {
         self.txs.retain(|(sender, nonce), _| *nonce >= state.account(sender).nonce);
+        let heads: Vec<(Address, u64)> =
+            self.txs.keys().filter(|(sender, nonce)| *nonce == state.account(sender).nonce).copied().collect();
+        for key in heads {
+            let Some(tx) = self.txs.get(&key) else { continue };
+            let mark = state.checkpoint();
+            // Signatures were checked when the transaction entered the pool.
+            let applies = crate::apply::apply_tx(state, tx, crate::apply::SigCheck::Skip).is_ok();
+            state.rollback(mark);
+            if !applies {
+                self.txs.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_protocol::{Amount, TxKind};
+
+    use super::*;
+    use crate::testkit::{TestChain, sign_tx, transfer};
+
+    #[test]
+    fn a_head_that_no_longer_applies_is_evicted_so_its_nonce_can_be_reused() {
+        let chain = TestChain::new(3, 1, Amount::agr(10));
+        let mut state = chain.state();
+        let mut pool = Mempool::default();
+        // Account 1 queues a spend of everything and a second spend after it.
+        pool.add(&state, transfer(&chain.keys[1], 0, chain.address(2), Amount::agr(10))).unwrap();
+        pool.add(&state, transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(1))).unwrap();
+        pool.add(&state, sign_tx(&chain.keys[2], 0, TxKind::Unjail)).unwrap();
+        pool.prune(&mut state);
+        assert_eq!(pool.len(), 2, "account 1's head still applies; account 2's Unjail (not a provider) does not");
+        let root = state.root();
+        // Meanwhile the funds go elsewhere (another node's transaction got in first).
+        let other = transfer(&chain.keys[1], 0, chain.address(0), Amount::agr(5));
+        let mut s2 = state.clone();
+        let block = chain.next_block(&mut s2, vec![other]).unwrap();
+        crate::apply::apply_block(&mut state, &block, crate::apply::SigCheck::Verify).unwrap();
+        assert_ne!(state.root(), root);
+        pool.prune(&mut state);
+        // Nonce 0 is used now; nonce 1 (spend 1 AGR of the 5 left) applies and stays.
+        assert_eq!(pool.len(), 1);
+        assert!(pool.check(&state, &transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(2))).is_err());
+        // A head spending more than is left is evicted, freeing its nonce for a replacement.
+        let mut pool = Mempool::default();
+        pool.add(&state, transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(9))).unwrap();
+        pool.prune(&mut state);
+        assert!(pool.is_empty());
+        assert!(pool.check(&state, &transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(1))).is_ok());
     }
 }

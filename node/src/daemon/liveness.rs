@@ -20,6 +20,9 @@ use crate::net::gossip::{TOPIC_ATTESTATIONS, TOPIC_HEARTBEATS, topic};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Probes in flight at most.
 pub const MAX_PENDING_PROBES: usize = 256;
+/// A committed block older than this was fetched while catching up: a node
+/// that is catching up does not judge anyone's liveness.
+pub const CATCHING_UP_LAG_MS: u64 = 10_000;
 
 impl Daemon {
     /// A signed heartbeat naming this node's tip, with a sequence number that
@@ -120,8 +123,17 @@ impl Daemon {
 
     /// After each commit: a validator that is caught up probes the
     /// providers that have been silent for a window.
-    pub(super) fn liveness_after_commit(&mut self, height: agora_protocol::Height, hash: agora_protocol::Hash) {
+    pub(super) fn liveness_after_commit(
+        &mut self,
+        height: agora_protocol::Height,
+        hash: agora_protocol::Hash,
+        time_ms: u64,
+    ) {
         self.liveness.on_block(height, hash);
+        if now_ms().saturating_sub(time_ms) > CATCHING_UP_LAG_MS {
+            self.liveness.watch_from(height);
+            return;
+        }
         if !self.is_validator() || self.sync_in_flight || self.pending_probes.len() >= MAX_PENDING_PROBES {
             return;
         }

@@ -1,0 +1,255 @@
+//! Peer-verified liveness on a real testnet (4 validators, 3 of them
+//! providers): a killed provider is slashed and jailed within W + 5 blocks on
+//! every surviving node, exactly once, its buyer refunded and the others
+//! untouched; it comes back with `agora unjail` after the jail period and
+//! takes leases again. No false slashing: a provider paused for less than
+//! the window, or cut off from one validator, is not slashed, and a
+//! validator's false attestation achieves nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use agora_protocol::{DowntimeAttestation, DowntimeEvidence, Height, Signed, Transaction, TxKind, codec};
+use agora_testnet::http;
+
+/// The chain's downtime window (Params::default) and jail period.
+const W: u64 = 20;
+const JAIL_BLOCKS: u64 = 50;
+
+fn agora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agora")).args(args).env_remove("AGORA_HOME").output().expect("run agora")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "agora failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Down(PathBuf);
+impl Drop for Down {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..4 {
+                let log = std::fs::read_to_string(self.0.join(format!("node{i}/node.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("committed")).collect();
+                eprintln!(
+                    "--- node{i}/node.log (last 30 lines)\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+        }
+        let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
+    }
+}
+
+fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn height(api: &str) -> u64 {
+    http::get(api, "/v1/status").ok().and_then(|r| r.json().ok()).and_then(|s| s["height"].as_u64()).unwrap_or(0)
+}
+
+fn provider(api: &str, address: &str) -> serde_json::Value {
+    let list: serde_json::Value = http::get(api, "/v1/providers").unwrap().json().unwrap();
+    list.as_array().unwrap().iter().find(|p| p["address"] == address).cloned().unwrap_or_default()
+}
+
+fn admin(api: &str, path: &str, body: &str) {
+    assert_eq!(http::post(api, path, body).unwrap().status, 200, "{path}");
+}
+
+#[test]
+fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let d = dir.to_str().unwrap();
+    let base = 38_000 + (std::process::id() % 500) as u16 * 20;
+    let _down = Down(dir.clone());
+    let out = ok(agora(&[
+        "testnet",
+        "up",
+        "--dir",
+        d,
+        "--nodes",
+        "4",
+        "--providers",
+        "3",
+        "--base-port",
+        &base.to_string(),
+        "--json",
+    ]));
+    let net: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let node = |i: usize| net["nodes"][i].clone();
+    let api: Vec<String> = (0..4).map(|i| node(i)["api_url"].as_str().unwrap().to_string()).collect();
+    let addr: Vec<String> = (0..4).map(|i| node(i)["address"].as_str().unwrap().to_string()).collect();
+    let peer: Vec<String> = (0..4).map(|i| node(i)["peer_id"].as_str().unwrap().to_string()).collect();
+    let home = |i: usize| PathBuf::from(node(i)["home"].as_str().unwrap());
+    let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
+    wait_until("three offers on node 3", Duration::from_secs(120), || {
+        let offers: serde_json::Value =
+            http::get(&api[3], "/v1/offers").ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        offers.as_array().is_some_and(|a| a.len() == 3)
+    });
+
+    // A buyer's long job on provider 1, which is about to die.
+    let lease = ok(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &addr[1],
+        "--duration",
+        "1h",
+        "--",
+        "sleep",
+        "600",
+    ]))
+    .trim()
+    .to_string();
+    let buyer_before: u64 = {
+        let b: serde_json::Value = http::get(
+            &api[3],
+            &format!(
+                "/v1/accounts/{}",
+                agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().address()
+            ),
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+        b["balance"].as_str().unwrap().parse().unwrap()
+    };
+
+    // Provider 0 paused for well under a window, provider 2 cut off from
+    // validator 3 (heartbeats still reach it through the others).
+    ok(agora(&["testnet", "pause", "0", "--dir", d]));
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(agora(&["testnet", "resume", "0", "--dir", d]));
+    admin(&api[2], "/v1/admin/partition", &format!("{{\"block\": [\"{}\"]}}", peer[3]));
+    admin(&api[3], "/v1/admin/partition", &format!("{{\"block\": [\"{}\"]}}", peer[2]));
+
+    // Validator 3 alone claims provider 2 was down: the ledger refuses it.
+    wait_until("a window's worth of blocks", Duration::from_secs(120), || height(&api[0]) >= 2 * W);
+    let h = height(&api[0]);
+    let v3 = agora_node::keystore::load(&home(3), "node").unwrap().keypair;
+    let chain = agora_protocol::ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
+    let lie = DowntimeAttestation {
+        provider: addr[2].parse().unwrap(),
+        window_start: Height(h.saturating_sub(W + 5)),
+        window_end: Height(h - 2),
+    };
+    let evidence = DowntimeEvidence {
+        provider: lie.provider,
+        window_start: lie.window_start,
+        window_end: lie.window_end,
+        attestations: vec![Signed::sign(lie, &v3, &chain).unwrap()],
+    };
+    let nonce = {
+        let a: serde_json::Value = http::get(&api[0], &format!("/v1/accounts/{}", addr[3])).unwrap().json().unwrap();
+        a["nonce"].as_u64().unwrap()
+    };
+    let tx = Signed::sign(Transaction { nonce, kind: TxKind::SlashDowntime { evidence } }, &v3, &chain).unwrap();
+    let r =
+        http::post(&api[0], "/v1/tx", &format!("{{\"tx\":\"{}\"}}", hex::encode(codec::encode(&tx).unwrap()))).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("voting power"), "{}", r.body);
+
+    // Provider 1 dies.
+    let killed_at = height(&api[0]);
+    ok(agora(&["testnet", "kill", "1", "--dir", d]));
+    for i in [0, 2, 3] {
+        wait_until(&format!("provider 1 jailed on node {i}"), Duration::from_secs(120), || {
+            provider(&api[i], &addr[1])["status"] == "jailed"
+        });
+    }
+    let p1 = provider(&api[0], &addr[1]);
+    let slashed_at = p1["jailed_until"].as_u64().unwrap() - JAIL_BLOCKS;
+    assert!(slashed_at <= killed_at + W + 5, "killed at {killed_at}, slashed at {slashed_at}");
+    // Exactly once, everywhere, even after more blocks and more probes.
+    let later = height(&api[0]) + W + 5;
+    wait_until("W + 5 more blocks", Duration::from_secs(120), || height(&api[0]) >= later);
+    for i in [0, 2, 3] {
+        let p = provider(&api[i], &addr[1]);
+        assert_eq!((p["slashes"].as_u64(), p["stake"].as_str()), (Some(1), Some("990000000")), "node {i}: {p}");
+    }
+    // Its buyer is refunded; the other providers are untouched (0 was only paused, 2 only cut off from one validator).
+    let l: serde_json::Value = http::get(&api[3], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
+    assert_eq!(l["status"]["Settled"]["reason"], "ProviderSlashed", "{l}");
+    let refunded: u64 = l["status"]["Settled"]["refunded"].as_str().unwrap().parse().unwrap();
+    assert!(refunded > 0);
+    let b: serde_json::Value = http::get(
+        &api[3],
+        &format!("/v1/accounts/{}", agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().address()),
+    )
+    .unwrap()
+    .json()
+    .unwrap();
+    assert_eq!(
+        b["balance"].as_str().unwrap().parse::<u64>().unwrap(),
+        buyer_before + refunded,
+        "the refund reached the buyer"
+    );
+    for i in [0, 2] {
+        let p = provider(&api[3], &addr[i]);
+        assert_eq!((p["status"].as_str(), p["slashes"].as_u64()), (Some("active"), Some(0)), "provider {i}: {p}");
+    }
+    admin(&api[2], "/v1/admin/heal", "{}");
+    admin(&api[3], "/v1/admin/heal", "{}");
+
+    // Unjail is refused while jailed or silent; after the jail period, with the
+    // node back and heartbeating, it works and the provider leases again.
+    let early = agora(&["--home", &home(1).to_string_lossy(), "unjail", "--node", &api[0]]);
+    assert!(!early.status.success());
+    ok(agora(&["testnet", "restart", "1", "--dir", d]));
+    let until = p1["jailed_until"].as_u64().unwrap();
+    wait_until("the jail period to pass on node 1", Duration::from_secs(180), || height(&api[1]) > until);
+    wait_until("node 1's own heartbeats", Duration::from_secs(60), || {
+        provider(&api[1], &addr[1])["last_heartbeat_height"].as_u64().is_some_and(|h| height(&api[1]) - h <= 5)
+    });
+    ok(agora(&["--home", &home(1).to_string_lossy(), "unjail", "--node", &api[1]]));
+    wait_until("provider 1 active and offering on node 3", Duration::from_secs(120), || {
+        let offers: serde_json::Value =
+            http::get(&api[3], "/v1/offers").ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        provider(&api[3], &addr[1])["status"] == "active"
+            && offers.as_array().is_some_and(|a| a.iter().any(|o| o["provider"] == addr[1].as_str()))
+    });
+    let again = ok(agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--provider",
+        &addr[1],
+        "--duration",
+        "5m",
+        "--wait",
+        "--",
+        "echo",
+        "back",
+    ]));
+    assert_eq!(again, "back\n");
+    // Metrics count what happened.
+    let m = http::get(&api[0], "/metrics").unwrap().body;
+    for name in [
+        "agora_probes_sent_total",
+        "agora_probes_failed_total",
+        "agora_attestations_signed_total",
+        "agora_heartbeats_seen_total",
+    ] {
+        let line = m.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+}
