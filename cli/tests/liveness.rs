@@ -182,6 +182,14 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
         let p = provider(&api[i], &addr[1]);
         assert_eq!((p["slashes"].as_u64(), p["stake"].as_str()), (Some(1), Some("990000000")), "node {i}: {p}");
     }
+    // Every node can show the slash with the evidence that proved it.
+    let slashes: serde_json::Value =
+        http::get(&api[2], &format!("/v1/providers/{}/slashes", addr[1])).unwrap().json().unwrap();
+    let slashes = slashes.as_array().unwrap();
+    assert_eq!(slashes.len(), 1, "{slashes:?}");
+    assert_eq!(slashes[0]["reason"], "downtime");
+    assert_eq!(slashes[0]["height"].as_u64(), Some(slashed_at));
+    assert!(slashes[0]["attestations"].as_array().unwrap().len() >= 3, "more than 2/3 of 4 equal validators");
     // Its buyer is refunded; the other providers are untouched (0 was only paused, 2 only cut off from one validator).
     let l: serde_json::Value = http::get(&api[3], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
     assert_eq!(l["status"]["Settled"]["reason"], "ProviderSlashed", "{l}");

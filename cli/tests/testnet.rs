@@ -252,6 +252,7 @@ fn testnet_bench_reports_offer_propagation_throughput_and_memory() {
     let rss = r["idle_rss_mib"].as_array().unwrap();
     assert_eq!(rss.len(), 4);
     assert!(rss.iter().all(|m| m.as_f64().unwrap() > 1.0), "RSS read from /proc: {r}");
+    assert_eq!(r["provider_slashes_after_load"], 0, "live providers kept their heartbeats on time under load: {r}");
     // The testnet is stopped afterwards.
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("testnet.json")).unwrap()).unwrap();

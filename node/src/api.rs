@@ -51,6 +51,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers", get(providers))
         .route("/v1/offers", get(offers))
+        .route("/v1/providers/{address}/slashes", get(provider_slashes))
         .route("/v1/leases", get(leases))
         .route("/v1/leases/propose", post(propose_lease))
         .route("/v1/leases/{id}", get(lease))
@@ -525,4 +526,58 @@ async fn leases(
     list.sort_by_key(|l| std::cmp::Reverse(l.start_ms));
     list.truncate(MAX_LISTED_LEASES);
     Ok(Json(list))
+}
+
+/// How far back `GET /v1/providers/{address}/slashes` looks, in blocks.
+pub const MAX_SLASH_SCAN_BLOCKS: u64 = 10_000;
+
+/// Every slash of a provider in the last `MAX_SLASH_SCAN_BLOCKS` blocks (or
+/// since it registered), newest first, with the evidence that proved it.
+/// Committed blocks hold only transactions that applied, so each one found
+/// is a slash that happened.
+async fn provider_slashes(
+    AxumState(s): AxumState<Shared>,
+    Path(address): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let address: Address = address.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let (tip, since) = {
+        let ledger = s.ledger.read().map_err(internal)?;
+        let p = ledger.provider(&address).ok_or_else(|| not_found(format!("{address} is not a provider")))?;
+        (ledger.height().0, p.registered_at.0)
+    };
+    let from = since.max(tip.saturating_sub(MAX_SLASH_SCAN_BLOCKS)).max(1);
+    let mut found = Vec::new();
+    for h in (from..=tip).rev() {
+        let Some(block) = s.blocks.block(Height(h)).map_err(internal)? else { continue };
+        for tx in &block.txs {
+            let record = match &tx.body.kind {
+                agora_protocol::TxKind::SlashDowntime { evidence } if evidence.provider == address => serde_json::json!({
+                    "height": h,
+                    "tx": tx.hash().ok(),
+                    "reason": "downtime",
+                    "submitted_by": tx.signer,
+                    "window_start": evidence.window_start.0,
+                    "window_end": evidence.window_end.0,
+                    "attestations": evidence.attestations.iter().map(|a| serde_json::json!({
+                        "validator": a.signer,
+                        "window_start": a.body.window_start.0,
+                        "window_end": a.body.window_end.0,
+                        "signature": hex::encode(a.signature.0),
+                    })).collect::<Vec<_>>(),
+                }),
+                agora_protocol::TxKind::SlashEquivocation { evidence } if evidence.offender() == address => {
+                    serde_json::json!({
+                        "height": h,
+                        "tx": tx.hash().ok(),
+                        "reason": "equivocation",
+                        "submitted_by": tx.signer,
+                        "evidence": evidence,
+                    })
+                }
+                _ => continue,
+            };
+            found.push(record);
+        }
+    }
+    Ok(Json(found))
 }

@@ -76,6 +76,8 @@ pub struct BenchReport {
     pub commit_latency: Percentiles,
     pub blocks: u64,
     pub rss_after_load_mib: Vec<f64>,
+    /// Slashes of the (live) providers after the load: heartbeats must stay on time under load.
+    pub provider_slashes_after_load: u64,
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -238,6 +240,11 @@ fn measure(
         commit_latency: percentiles(latencies),
         blocks,
         rss_after_load_mib: file.nodes.iter().map(|n| rss_mib(n.pid)).collect(),
+        provider_slashes_after_load: http::get(&apis[0], "/v1/providers")
+            .ok()
+            .and_then(|r| r.json().ok())
+            .and_then(|j| j.as_array().map(|a| a.iter().filter_map(|p| p["slashes"].as_u64()).sum()))
+            .unwrap_or(u64::MAX),
     })
 }
 
