@@ -551,20 +551,22 @@ async fn provider_slashes(
         let Some(block) = s.blocks.block(Height(h)).map_err(internal)? else { continue };
         for tx in &block.txs {
             let record = match &tx.body.kind {
-                agora_protocol::TxKind::SlashDowntime { evidence } if evidence.provider == address => serde_json::json!({
-                    "height": h,
-                    "tx": tx.hash().ok(),
-                    "reason": "downtime",
-                    "submitted_by": tx.signer,
-                    "window_start": evidence.window_start.0,
-                    "window_end": evidence.window_end.0,
-                    "attestations": evidence.attestations.iter().map(|a| serde_json::json!({
-                        "validator": a.signer,
-                        "window_start": a.body.window_start.0,
-                        "window_end": a.body.window_end.0,
-                        "signature": hex::encode(a.signature.0),
-                    })).collect::<Vec<_>>(),
-                }),
+                agora_protocol::TxKind::SlashDowntime { evidence } if evidence.provider == address => {
+                    serde_json::json!({
+                        "height": h,
+                        "tx": tx.hash().ok(),
+                        "reason": "downtime",
+                        "submitted_by": tx.signer,
+                        "window_start": evidence.window_start.0,
+                        "window_end": evidence.window_end.0,
+                        "attestations": evidence.attestations.iter().map(|a| serde_json::json!({
+                            "validator": a.signer,
+                            "window_start": a.body.window_start.0,
+                            "window_end": a.body.window_end.0,
+                            "signature": hex::encode(a.signature.0),
+                        })).collect::<Vec<_>>(),
+                    })
+                }
                 agora_protocol::TxKind::SlashEquivocation { evidence } if evidence.offender() == address => {
                     serde_json::json!({
                         "height": h,

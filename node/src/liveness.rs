@@ -207,6 +207,15 @@ impl Liveness {
         Ok(self.evidence(provider, state))
     }
 
+    /// Evidence that is ready but not (recently) submitted, for every
+    /// provider with attestations: checked on every block, so a slash whose
+    /// first submission was lost is sent again without waiting for new
+    /// attestations.
+    pub fn due_evidence(&mut self, state: &State) -> Vec<DowntimeEvidence> {
+        let providers: Vec<Address> = self.attestations.keys().copied().collect();
+        providers.into_iter().filter_map(|p| self.evidence(p, state)).collect()
+    }
+
     /// The largest set of attestations for `provider` whose windows share
     /// a stretch the ledger has not slashed, if it holds > 2/3 of the power.
     fn evidence(&mut self, provider: Address, state: &State) -> Option<DowntimeEvidence> {

@@ -2,6 +2,12 @@
 //! real consensus engine and ledger over a simulated network driven by one
 //! seed (delays, reordering, loss, duplication), with invariants checked after
 //! every step. The same seed always gives the same run, bit for bit.
+//!
+//! With providers, every validator also runs the node's liveness logic
+//! (`agora_node::liveness`): providers heartbeat over the lossy network, go
+//! down for short and long outages, validators probe the silent ones, gossip
+//! attestations and submit slashes; the run checks that no provider is
+//! slashed for less than a window, every long outage is slashed, and none twice.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -12,9 +18,13 @@ use agora_ledger::consensus::context::ConsensusValidatorSet;
 use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LinearTimeouts, Timer, WalEntry};
 use agora_ledger::testkit::{TestChain, sign_tx, transfer};
 use agora_ledger::{Genesis, SigCheck, State, apply_block};
+use agora_node::liveness::{HeartbeatVerdict, Liveness};
 use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
-use agora_protocol::{Address, Amount, Block, CommitCertificate, Hash, Height, Keypair, Signed, TxKind};
+use agora_protocol::{
+    Address, Amount, Block, CommitCertificate, DowntimeAttestation, GpuSpec, Hash, Heartbeat, Height, Keypair, Signed,
+    SignedTx, TxKind,
+};
 
 /// Funded accounts that send the simulated client load, by default.
 const CLIENT_ACCOUNTS: usize = 64;
@@ -66,6 +76,8 @@ pub struct SimConfig {
     pub partition: bool,
     /// Make the last validator Byzantine: it equivocates and sends garbage.
     pub byzantine: bool,
+    /// Providers whose liveness the validators watch (0: no liveness).
+    pub providers: usize,
 }
 
 impl SimConfig {
@@ -94,7 +106,15 @@ impl SimConfig {
             crash_restart: false,
             partition: false,
             byzantine: false,
+            providers: 0,
         }
+    }
+
+    /// Every fault plus liveness: 4 providers, one never down, one down for
+    /// less than a window, two down for much longer; the Byzantine validator
+    /// also signs false attestations against the honest ones.
+    pub fn liveness(seed: u64, validators: usize) -> SimConfig {
+        SimConfig { providers: LIVENESS_PROVIDERS, target_height: 20, ..SimConfig::all_faults(seed, validators) }
     }
 
     /// Every fault at once: loss, duplication, delays, a crash and restart,
@@ -126,10 +146,49 @@ pub struct SimReport {
     pub set_changes: u64,
     /// A digest of every commit in order: equal for equal runs.
     pub trace: Hash,
+    /// Long outages that lasted past the slashing bound (each was slashed, once).
+    pub long_outages_slashed: u64,
 }
 
 /// Most blocks one sync response carries.
 const MAX_SYNC_BATCH: u64 = 16;
+/// Providers in a liveness run.
+const LIVENESS_PROVIDERS: usize = 4;
+/// The downtime window of liveness runs, in blocks.
+const SIM_WINDOW_BLOCKS: u64 = 12;
+/// Liveness runs use no pause between blocks, like the other runs (with a
+/// 200 ms pause, some seeds showed consensus stalls of tens of seconds under
+/// the Byzantine validator: to investigate, see docs/design/liveness.md).
+const SIM_LIVENESS_COMMIT_PAUSE_MS: u64 = 0;
+/// Providers heartbeat this often.
+const SIM_HEARTBEAT_MS: u64 = 300;
+/// A short outage (never slashable: a window of blocks takes longer, even
+/// at the fastest block rate these networks reach).
+const SHORT_OUTAGE_MS: (u64, u64) = (200, 600);
+/// A long outage (always slashable).
+const LONG_OUTAGE_MS: (u64, u64) = (25_000, 35_000);
+/// Blocks beyond the window within which a long outage must be slashed.
+const SLASH_BOUND_EXTRA_BLOCKS: u64 = 5;
+/// After the last outage ends, the run goes on this long before judging.
+const LIVENESS_SLACK_MS: u64 = 15_000;
+
+/// How a simulated provider behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outage {
+    Never,
+    Short,
+    Long,
+}
+
+struct SimProvider {
+    key: Keypair,
+    outage: Outage,
+    up: bool,
+    /// Sim time of the outage: (start, end).
+    window_ms: (u64, u64),
+    /// The chain's height when it went down and came back.
+    heights: (u64, u64),
+}
 
 enum Event {
     Deliver { to: usize, from: usize, msg: ConsensusMessage },
@@ -140,6 +199,13 @@ enum Event {
     Restart { node: usize },
     Partition { side: Vec<bool> },
     Heal,
+    HeartbeatTick { provider: usize },
+    HeartbeatDeliver { to: usize, hb: Signed<Heartbeat> },
+    ProbeResult { node: usize, provider: usize },
+    AttestationDeliver { to: usize, from: usize, att: Signed<DowntimeAttestation> },
+    ProviderDown { provider: usize },
+    ProviderUp { provider: usize },
+    FalseAttestation,
 }
 
 struct SimNode {
@@ -151,6 +217,7 @@ struct SimNode {
     /// …and its write-ahead log for the height in progress.
     wal: Vec<(Height, WalEntry)>,
     alive: bool,
+    liveness: Liveness,
 }
 
 pub struct Sim {
@@ -178,15 +245,31 @@ pub struct Sim {
     /// Every vote an honest node signed, to catch double signing across restarts.
     signed_votes: BTreeMap<(Address, u64, u32, VoteKind), Option<Hash>>,
     evidence: u64,
+    providers: Vec<SimProvider>,
+    /// Liveness runs go on until this sim time.
+    liveness_until_ms: u64,
 }
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
-        let mut chain = TestChain::new(config.validators + config.clients, config.validators, Amount::agr(1_000_000));
+        let accounts = config.validators + config.clients + config.providers;
+        let mut chain = TestChain::new(accounts, config.validators, Amount::agr(1_000_000));
         // Short epochs, so runs cross several validator-set rotations.
         chain.genesis.params.epoch_blocks = SIM_EPOCH_BLOCKS;
-        let engine_config =
-            EngineConfig { commit_pause: Duration::ZERO, timeouts: config.timeouts, ..EngineConfig::default() };
+        chain.genesis.params.downtime_window_blocks = SIM_WINDOW_BLOCKS;
+        // Providers need a little stake; too little to matter in consensus
+        // when epochs make them validators.
+        chain.genesis.params.min_provider_stake = Amount::agr(1);
+        let first_provider = config.validators + config.clients;
+        for a in &mut chain.genesis.accounts[first_provider..] {
+            a.stake = Amount::agr(1);
+        }
+        let pause = if config.providers > 0 { SIM_LIVENESS_COMMIT_PAUSE_MS } else { 0 };
+        let engine_config = EngineConfig {
+            commit_pause: Duration::from_millis(pause),
+            timeouts: config.timeouts,
+            ..EngineConfig::default()
+        };
         let nodes = (0..config.validators)
             .map(|i| {
                 let engine = Engine::new(
@@ -196,10 +279,33 @@ impl Sim {
                     None,
                     engine_config.clone(),
                 );
-                SimNode { engine, timers: Vec::new(), height: 0, store: Vec::new(), wal: Vec::new(), alive: true }
+                SimNode {
+                    engine,
+                    timers: Vec::new(),
+                    height: 0,
+                    store: Vec::new(),
+                    wal: Vec::new(),
+                    alive: true,
+                    liveness: Liveness::new(SIM_WINDOW_BLOCKS, Height(0)),
+                }
             })
             .collect();
-        let clients = chain.keys[config.validators..].iter().map(|k| (k.clone(), 0)).collect();
+        let clients = chain.keys[config.validators..first_provider].iter().map(|k| (k.clone(), 0)).collect();
+        let providers = chain.keys[first_provider..]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| SimProvider {
+                key: k.clone(),
+                outage: match i % 4 {
+                    0 => Outage::Never,
+                    1 => Outage::Short,
+                    _ => Outage::Long,
+                },
+                up: true,
+                window_ms: (0, 0),
+                heights: (0, 0),
+            })
+            .collect();
         let rng = SeededRng::new(config.seed);
         Sim {
             rng,
@@ -222,8 +328,239 @@ impl Sim {
             byzantine: config.byzantine.then_some(config.validators - 1),
             signed_votes: BTreeMap::new(),
             evidence: 0,
+            providers,
+            liveness_until_ms: 0,
             config,
         }
+    }
+
+    /// Registers the providers and plans their heartbeats and outages.
+    fn plan_liveness(&mut self) -> Result<(), SimFailure> {
+        let gpus = vec![GpuSpec { model: "H100".into(), vram_mib: 81_920, count: 1, simulated: true }];
+        let txs: Vec<SignedTx> = self
+            .providers
+            .iter()
+            .map(|p| sign_tx(&p.key, 0, TxKind::RegisterProvider { region: "sim".into(), gpus: gpus.clone() }))
+            .collect();
+        self.gossip_txs(&txs)?;
+        let start = self.now_ms;
+        for i in 0..self.providers.len() {
+            let first = start + self.rng.below(SIM_HEARTBEAT_MS);
+            self.push(first, Event::HeartbeatTick { provider: i });
+            let (lo, hi) = match self.providers[i].outage {
+                Outage::Never => continue,
+                Outage::Short => SHORT_OUTAGE_MS,
+                Outage::Long => LONG_OUTAGE_MS,
+            };
+            let at = start + 5_000 + self.rng.below(10_000);
+            let lasts = lo + self.rng.below(hi - lo + 1);
+            self.providers[i].window_ms = (at, at + lasts);
+            self.push(at, Event::ProviderDown { provider: i });
+            self.push(at + lasts, Event::ProviderUp { provider: i });
+            self.liveness_until_ms = self.liveness_until_ms.max(at + lasts + LIVENESS_SLACK_MS);
+        }
+        if self.byzantine.is_some() {
+            self.push(start + 3_000, Event::FalseAttestation);
+        }
+        Ok(())
+    }
+
+    /// Hands transactions to every live node's mempool (as gossip would).
+    fn gossip_txs(&mut self, txs: &[SignedTx]) -> Result<(), SimFailure> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive {
+                self.feed(i, Input::Txs(txs.to_vec()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A random live honest node: what a provider's own node would know of the chain.
+    fn reference_node(&mut self) -> Option<usize> {
+        let live: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].alive && Some(i) != self.byzantine).collect();
+        (!live.is_empty()).then(|| live[self.rng.below(live.len() as u64) as usize])
+    }
+
+    fn liveness_step(&mut self, event: Event) -> Result<(), SimFailure> {
+        match event {
+            Event::HeartbeatTick { provider } => {
+                self.push(self.now_ms + SIM_HEARTBEAT_MS, Event::HeartbeatTick { provider });
+                if !self.providers[provider].up {
+                    return Ok(());
+                }
+                let Some(r) = self.reference_node() else { return Ok(()) };
+                let ledger = self.nodes[r].engine.ledger();
+                let body =
+                    Heartbeat { seq: self.now_ms, height: ledger.height(), block_hash: ledger.last_block_hash() };
+                let hb = Signed::sign(body, &self.providers[provider].key, &self.genesis.chain_id)
+                    .map_err(|e| self.fail(e.to_string()))?;
+                let f = self.config.faults.clone();
+                for to in 0..self.nodes.len() {
+                    if self.rng.below(1_000) < f.drop_per_mille {
+                        continue;
+                    }
+                    let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
+                    self.push(self.now_ms + delay, Event::HeartbeatDeliver { to, hb: hb.clone() });
+                }
+            }
+            Event::HeartbeatDeliver { to, hb } => {
+                if self.nodes[to].alive {
+                    let n = &mut self.nodes[to];
+                    if let HeartbeatVerdict::Equivocation(_) =
+                        n.liveness.heartbeat(&hb, &self.genesis.chain_id, n.engine.ledger())
+                    {
+                        return Err(self.fail(format!("an honest provider was seen equivocating: {}", hb.signer)));
+                    }
+                }
+            }
+            Event::ProbeResult { node, provider } => {
+                if !self.nodes[node].alive {
+                    return Ok(());
+                }
+                let address = self.providers[provider].key.address();
+                if self.providers[provider].up {
+                    let h = self.nodes[node].engine.ledger().height();
+                    self.nodes[node].liveness.alive(address, h);
+                } else {
+                    let n = &mut self.nodes[node];
+                    if let Some(body) = n.liveness.probe_failed(address, n.engine.ledger()) {
+                        let att = Signed::sign(body, &self.keys[node], &self.genesis.chain_id)
+                            .map_err(|e| self.fail(e.to_string()))?;
+                        self.spread_attestation(node, att)?;
+                    }
+                }
+            }
+            Event::AttestationDeliver { to, from, att } => {
+                if self.nodes[to].alive && self.connected(from, to) {
+                    self.take_attestation(to, att)?;
+                }
+            }
+            Event::ProviderDown { provider } => {
+                self.providers[provider].up = false;
+                self.providers[provider].heights.0 = self.canonical.keys().next_back().copied().unwrap_or(0);
+            }
+            Event::ProviderUp { provider } => {
+                self.providers[provider].up = true;
+                self.providers[provider].heights.1 = self.canonical.keys().next_back().copied().unwrap_or(0);
+            }
+            Event::FalseAttestation => {
+                // The Byzantine validator claims an always-up provider was down.
+                self.push(self.now_ms + 1_000, Event::FalseAttestation);
+                let Some(b) = self.byzantine else { return Ok(()) };
+                let Some(honest) = self.providers.iter().position(|p| p.outage == Outage::Never) else { return Ok(()) };
+                let tip = self.nodes[b].engine.ledger().height().0;
+                if tip <= SIM_WINDOW_BLOCKS + 2 {
+                    return Ok(());
+                }
+                let body = DowntimeAttestation {
+                    provider: self.providers[honest].key.address(),
+                    window_start: Height(tip - SIM_WINDOW_BLOCKS - 1),
+                    window_end: Height(tip - 1),
+                };
+                let att =
+                    Signed::sign(body, &self.keys[b], &self.genesis.chain_id).map_err(|e| self.fail(e.to_string()))?;
+                for to in (0..self.nodes.len()).filter(|&t| t != b) {
+                    self.push(self.now_ms + 10, Event::AttestationDeliver { to, from: b, att: att.clone() });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A validator's own attestation: kept, and gossiped to the others.
+    fn spread_attestation(&mut self, node: usize, att: Signed<DowntimeAttestation>) -> Result<(), SimFailure> {
+        let f = self.config.faults.clone();
+        for to in (0..self.nodes.len()).filter(|&t| t != node) {
+            // Attestations are re-gossiped on every failed probe, so one copy
+            // may be lost like any message.
+            if self.rng.below(1_000) < f.drop_per_mille {
+                continue;
+            }
+            let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
+            self.push(self.now_ms + delay, Event::AttestationDeliver { to, from: node, att: att.clone() });
+        }
+        self.take_attestation(node, att)
+    }
+
+    /// A node keeps an attestation; a validator that sees a quorum submits the slash.
+    fn take_attestation(&mut self, node: usize, att: Signed<DowntimeAttestation>) -> Result<(), SimFailure> {
+        let n = &mut self.nodes[node];
+        let Ok(Some(evidence)) = n.liveness.attestation(att, &self.genesis.chain_id, n.engine.ledger()) else {
+            return Ok(());
+        };
+        if Some(node) == self.byzantine || !n.engine.ledger().is_validator(&self.keys[node].address()) {
+            return Ok(());
+        }
+        self.submit_slash(node, evidence)
+    }
+
+    /// A validator signs a downtime slash at its next free nonce and gossips it.
+    fn submit_slash(&mut self, node: usize, evidence: agora_protocol::DowntimeEvidence) -> Result<(), SimFailure> {
+        let n = &self.nodes[node];
+        let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &self.keys[node].address());
+        let tx = sign_tx(&self.keys[node], nonce, TxKind::SlashDowntime { evidence });
+        self.gossip_txs(&[tx])
+    }
+
+    /// After a commit: the node's liveness view moves on, and a live honest
+    /// validator probes the providers silent for a window.
+    fn liveness_after_commit(&mut self, node: usize, height: Height, hash: Hash) -> Result<(), SimFailure> {
+        let n = &mut self.nodes[node];
+        n.liveness.on_block(height, hash);
+        if self.providers.is_empty() || Some(node) == self.byzantine || !n.alive {
+            return Ok(());
+        }
+        if !n.engine.ledger().is_validator(&self.keys[node].address()) {
+            return Ok(());
+        }
+        let ready = n.liveness.due_evidence(n.engine.ledger());
+        let due = n.liveness.due_probes(n.engine.ledger());
+        for evidence in ready {
+            self.submit_slash(node, evidence)?;
+        }
+        let f = self.config.faults.clone();
+        for address in due {
+            let Some(provider) = self.providers.iter().position(|p| p.key.address() == address) else { continue };
+            // A probe is a request over a connection (retransmitted): it is
+            // not lost, it fails only if the provider is down when it arrives.
+            let delay = 2 * (f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1));
+            self.push(self.now_ms + delay, Event::ProbeResult { node, provider });
+        }
+        Ok(())
+    }
+
+    /// The liveness verdicts at the end of a run, from a node at the top height.
+    fn judge_liveness(&self) -> Result<u64, SimFailure> {
+        let mut slashed_long = 0;
+        let Some(top) = self.nodes.iter().max_by_key(|n| n.height) else { return Ok(0) };
+        let state = top.engine.ledger();
+        for p in &self.providers {
+            let slashes = state.provider(&p.key.address()).map_or(0, |r| r.slashes);
+            let (start, end) = p.window_ms;
+            let blocks = p.heights.1.saturating_sub(p.heights.0);
+            match p.outage {
+                Outage::Never if slashes > 0 => {
+                    return Err(self.fail(format!("an always-up provider was slashed {slashes} time(s)")));
+                }
+                Outage::Short if slashes > 0 && blocks < SIM_WINDOW_BLOCKS => {
+                    return Err(
+                        self.fail(format!("a provider down for only {} ms ({blocks} blocks) was slashed", end - start))
+                    );
+                }
+                // The bound: a window of silence, a few blocks to probe and
+                // gather attestations, a few to commit the slash.
+                Outage::Long if slashes == 0 && blocks >= SIM_WINDOW_BLOCKS + SLASH_BOUND_EXTRA_BLOCKS => {
+                    return Err(self
+                        .fail(format!("a provider down for {} ms ({blocks} blocks) was never slashed", end - start)));
+                }
+                _ if slashes > 1 => return Err(self.fail(format!("one outage slashed {slashes} times"))),
+                Outage::Long if blocks >= SIM_WINDOW_BLOCKS + SLASH_BOUND_EXTRA_BLOCKS => slashed_long += 1,
+                _ => {}
+            }
+        }
+        Ok(slashed_long)
     }
 
     /// Schedules the configured crash, partition and heal at seeded times.
@@ -264,6 +601,9 @@ impl Sim {
         }
         self.push(self.now_ms, Event::ClientLoad);
         self.plan_faults();
+        if !self.providers.is_empty() {
+            self.plan_liveness()?;
+        }
         self.preload()?;
         while !self.done() {
             let Some(Reverse((at, seq))) = self.queue.pop() else {
@@ -281,6 +621,7 @@ impl Sim {
             let event = self.events.remove(&seq).ok_or_else(|| self.fail("lost event".into()))?;
             self.step(event)?;
         }
+        let long_outages_slashed = self.judge_liveness()?;
         let min_height = self.nodes.iter().map(|n| n.height).min().unwrap_or(0);
         Ok(SimReport {
             seed: self.config.seed,
@@ -291,6 +632,7 @@ impl Sim {
             evidence: self.evidence,
             set_changes: self.sets.values().zip(self.sets.values().skip(1)).filter(|(a, b)| a != b).count() as u64,
             trace: Hash(*self.trace.finalize().as_bytes()),
+            long_outages_slashed,
         })
     }
 
@@ -299,7 +641,7 @@ impl Sim {
             let top = self.canonical.keys().next_back().copied().unwrap_or(0);
             return self.committed_txs >= self.config.preload_txs as u64 && self.nodes.iter().all(|n| n.height >= top);
         }
-        self.nodes.iter().all(|n| n.height >= self.config.target_height)
+        self.now_ms >= self.liveness_until_ms && self.nodes.iter().all(|n| n.height >= self.config.target_height)
     }
 
     /// Hands `preload_txs` transfers, spread over the clients, to every node,
@@ -358,6 +700,13 @@ impl Sim {
                 Ok(())
             }
             Event::ClientLoad => self.client_load(),
+            e @ (Event::HeartbeatTick { .. }
+            | Event::HeartbeatDeliver { .. }
+            | Event::ProbeResult { .. }
+            | Event::AttestationDeliver { .. }
+            | Event::ProviderDown { .. }
+            | Event::ProviderUp { .. }
+            | Event::FalseAttestation) => self.liveness_step(e),
             Event::Sync { to, blocks } => {
                 if !self.nodes[to].alive {
                     return Ok(());
@@ -431,6 +780,8 @@ impl Sim {
         );
         self.nodes[node].engine = engine;
         self.nodes[node].alive = true;
+        // Its liveness view was in memory: it watches again from where its store is.
+        self.nodes[node].liveness = Liveness::new(SIM_WINDOW_BLOCKS, Height(self.nodes[node].height));
         self.act_all(node, actions)
     }
 
@@ -599,7 +950,7 @@ impl Sim {
         n.height = h;
         n.store.push((block.clone(), cert.clone()));
         n.wal.retain(|(wh, _)| wh.0 > h);
-        Ok(())
+        self.liveness_after_commit(node, Height(h), hash)
     }
 
     /// The validator set that decided height `h`, as recorded by the first

@@ -363,24 +363,28 @@ fn new_vote(
     ConsensusVote::new(WireVote { kind, height: LedgerHeight(height.0), round: round_u32(round), block }, address.0)
 }
 
-/// The proposer of `(height, round)`, deterministic: round 0's is drawn by
-/// power from a hash of the height, and each later round moves on to the next
-/// validator in the set, so a dead proposer never costs two rounds in a row.
+/// The proposer of `(height, round)`, deterministic and weighted by power:
+/// round 0's is drawn from a hash of the height; each later round moves the
+/// draw point on by the golden ratio of the total power, so successive rounds
+/// land far apart (a validator holding less than 38% of the power is never
+/// proposer twice in a row, so a dead one costs at most one round at a time)
+/// while every validator still proposes in proportion to its power.
 pub fn select_proposer(set: &ConsensusValidatorSet, height: u64, round: i64) -> &ConsensusValidator {
     let digest = Hash::tagged(b"agora/proposer/1", &height.to_le_bytes());
     let mut point_bytes = [0u8; 8];
     point_bytes.copy_from_slice(&digest.0[..8]);
-    let point = u64::from_le_bytes(point_bytes) % set.total.max(1);
+    let total = set.total.max(1);
+    let step = (u128::from(total) * 618_034 / 1_000_000) as u64;
+    let rounds = u64::try_from(round.max(0)).unwrap_or(0);
+    let start = u128::from(u64::from_le_bytes(point_bytes) % total);
+    let point = ((start + u128::from(step) * u128::from(rounds)) % u128::from(total)) as u64;
     let mut acc = 0u64;
-    // A non-empty set always contains the point; Malachite never asks with an empty set.
-    let mut first = set.validators.len().saturating_sub(1);
-    for (i, v) in set.validators.iter().enumerate() {
+    for v in &set.validators {
         acc = acc.saturating_add(v.power);
         if point < acc {
-            first = i;
-            break;
+            return v;
         }
     }
-    let step = usize::try_from(round.max(0)).unwrap_or(0) % set.validators.len().max(1);
-    &set.validators[(first + step) % set.validators.len().max(1)]
+    // A non-empty set always contains the point; Malachite never asks with an empty set.
+    &set.validators[set.validators.len() - 1]
 }

@@ -75,6 +75,16 @@ impl Mempool {
         Ok(())
     }
 
+    /// The nonce a new transaction from `sender` should use: after the
+    /// ledger's and every one already queued in a row after it.
+    pub fn next_nonce(&self, state: &State, sender: &Address) -> u64 {
+        let mut n = state.account(sender).nonce;
+        while self.txs.contains_key(&(*sender, n)) {
+            n += 1;
+        }
+        n
+    }
+
     /// Whether exactly this transaction (same body and signature) is queued,
     /// and so was signature-checked when it entered.
     pub fn contains(&self, tx: &SignedTx) -> bool {

@@ -134,7 +134,17 @@ impl Daemon {
             self.liveness.watch_from(height);
             return;
         }
-        if !self.is_validator() || self.sync_in_flight || self.pending_probes.len() >= MAX_PENDING_PROBES {
+        if !self.is_validator() || self.sync_in_flight {
+            return;
+        }
+        for evidence in self.liveness.due_evidence(self.store.state()) {
+            tracing::warn!(provider = %evidence.provider, "downtime evidence ready: submitting the slash");
+            if let Err(e) = self.submit_own_tx(TxKind::SlashDowntime { evidence }) {
+                tracing::warn!(error = %e, "cannot submit the slash");
+            }
+            self.shared.metrics.slashes_submitted.inc();
+        }
+        if self.pending_probes.len() >= MAX_PENDING_PROBES {
             return;
         }
         for provider in self.liveness.due_probes(self.store.state()) {
