@@ -404,14 +404,12 @@ impl Sim {
                     self.push(self.now_ms + delay, Event::HeartbeatDeliver { to, hb: hb.clone() });
                 }
             }
-            Event::HeartbeatDeliver { to, hb } => {
-                if self.nodes[to].alive {
-                    let n = &mut self.nodes[to];
-                    if let HeartbeatVerdict::Equivocation(_) =
-                        n.liveness.heartbeat(&hb, &self.genesis.chain_id, n.engine.ledger())
-                    {
-                        return Err(self.fail(format!("an honest provider was seen equivocating: {}", hb.signer)));
-                    }
+            Event::HeartbeatDeliver { to, hb } if self.nodes[to].alive => {
+                let n = &mut self.nodes[to];
+                if let HeartbeatVerdict::Equivocation(_) =
+                    n.liveness.heartbeat(&hb, &self.genesis.chain_id, n.engine.ledger())
+                {
+                    return Err(self.fail(format!("an honest provider was seen equivocating: {}", hb.signer)));
                 }
             }
             Event::ProbeResult { node, provider } => {
@@ -431,10 +429,8 @@ impl Sim {
                     }
                 }
             }
-            Event::AttestationDeliver { to, from, att } => {
-                if self.nodes[to].alive && self.connected(from, to) {
-                    self.take_attestation(to, att)?;
-                }
+            Event::AttestationDeliver { to, from, att } if self.nodes[to].alive && self.connected(from, to) => {
+                self.take_attestation(to, att)?;
             }
             Event::ProviderDown { provider } => {
                 self.providers[provider].up = false;
