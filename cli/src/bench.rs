@@ -58,6 +58,13 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Liveness on real testnets: kill → slash committed, over repeated runs
+    Liveness {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 28_200)]
+        base_port: u16,
+    },
     /// Leases on a real testnet: submit → job running latency, and lease requests one provider accepts per second
     Leases {
         /// Leases submitted one after another, each timed until its job runs
@@ -119,6 +126,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 agora_testnet::bench::BenchOptions { nodes, base_port, commit_pause_ms, offers, rate, seconds };
             let mut progress = |line: String| eprintln!("{line}");
             let report = agora_testnet::bench::run(&std::env::current_exe()?, &dir, &options, &mut progress)?;
+            print_json(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Liveness { runs, base_port } => {
+            anyhow::ensure!((1..=50).contains(&runs), "--runs must be 1 to 50");
+            let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
+            let report = crate::liveness_bench::run(temp.path(), runs, base_port)?;
             print_json(&report)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,7 @@ mod keys;
 mod lease;
 mod lease_bench;
 mod ledger;
+mod liveness_bench;
 mod node;
 mod testnet;
 

@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 mod leases;
 mod liveness;
 
+pub use liveness::HEARTBEAT_INTERVAL;
+
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::gpu::{Detection, GpuSource};

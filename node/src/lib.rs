@@ -21,3 +21,5 @@ pub mod runner;
 pub use agora_ledger as ledger;
 pub use agora_protocol as protocol;
 pub use error::Error;
+
+pub use daemon::HEARTBEAT_INTERVAL;
