@@ -14,6 +14,10 @@ use agora_protocol::{
 
 /// A heartbeat must name one of the last this-many blocks.
 pub const MAX_HEARTBEAT_AGE_BLOCKS: u64 = 10;
+/// A heartbeat this far behind is refused and its sender penalised: an honest
+/// node forwards only heartbeats within `MAX_HEARTBEAT_AGE_BLOCKS` of its
+/// own tip, so it would have to lag this much to relay one.
+pub const REPLAY_REJECT_BLOCKS: u64 = 100;
 /// Recent block hashes kept to check the block a heartbeat names.
 pub const RECENT_BLOCKS: usize = 64;
 /// Blocks between two probes of the same silent provider.
@@ -116,6 +120,9 @@ impl Liveness {
         let tip = self.tip();
         if hb.body.height > tip {
             return HeartbeatVerdict::Ignore("names a block this node has not committed yet");
+        }
+        if tip.0 - hb.body.height.0 > REPLAY_REJECT_BLOCKS {
+            return HeartbeatVerdict::Invalid("a replayed heartbeat, long stale".into());
         }
         if tip.0 - hb.body.height.0 > MAX_HEARTBEAT_AGE_BLOCKS {
             return HeartbeatVerdict::Ignore("stale");
@@ -312,6 +319,12 @@ mod tests {
             "duplicate"
         );
         assert!(matches!(l.heartbeat(&beat(&chain.keys[4], 2, 10), &c, &state), HeartbeatVerdict::Ignore("stale")));
+        let mut far = Liveness::new(W, Height(1));
+        run_to(&mut far, 1, 200);
+        assert!(
+            matches!(far.heartbeat(&beat(&chain.keys[4], 9, 20), &c, &state), HeartbeatVerdict::Invalid(_)),
+            "a heartbeat replayed 180 blocks later costs its sender"
+        );
         assert!(matches!(l.heartbeat(&beat(&chain.keys[4], 3, 31), &c, &state), HeartbeatVerdict::Ignore(_)), "future");
         assert!(
             matches!(l.heartbeat(&beat(&chain.keys[0], 1, 29), &c, &state), HeartbeatVerdict::Ignore(_)),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use agora_protocol::Hash;
 use agora_protocol::codec::Wire;
 use agora_protocol::consensus::ConsensusMessage;
+use agora_protocol::limits::{MAX_LIVENESS_MSG_BYTES, MAX_OFFER_BYTES, MAX_TX_BYTES};
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
 };
@@ -27,6 +28,9 @@ pub const TOPICS: [&str; 5] = [TOPIC_CONSENSUS, TOPIC_TXS, TOPIC_OFFERS, TOPIC_H
 
 /// Largest gossip message: a consensus message carrying a full block.
 pub const MAX_GOSSIP_BYTES: usize = ConsensusMessage::MAX_BYTES;
+/// Framing gossipsub adds around a message's data (signature, key, sequence
+/// number, topic), allowed on top of each topic's own limit.
+pub const GOSSIP_FRAMING_BYTES: usize = 512;
 /// How long message ids are remembered for de-duplication.
 pub const DUPLICATE_CACHE_TIME: Duration = Duration::from_secs(120);
 /// Score lost per invalid message; one is enough to fall below the graylist threshold.
@@ -44,6 +48,12 @@ pub fn behaviour(
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(MAX_GOSSIP_BYTES)
+        // Oversized messages on the small-message topics are refused (and
+        // their sender penalised) by gossipsub before anything is decoded.
+        .max_transmit_size_for_topic(MAX_TX_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_TXS).hash())
+        .max_transmit_size_for_topic(MAX_OFFER_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_OFFERS).hash())
+        .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_HEARTBEATS).hash())
+        .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_ATTESTATIONS).hash())
         .duplicate_cache_time(DUPLICATE_CACHE_TIME)
         .heartbeat_interval(Duration::from_millis(500))
         .message_id_fn(message_id)
