@@ -77,8 +77,13 @@ fn check_attestation_power(state: &State, ev: &DowntimeEvidence) -> Result<(), E
     Ok(())
 }
 
+/// Marks vote equivocations in the set of slashed (offender, key) pairs:
+/// heartbeat keys are sequence numbers (a clock in ms, far below 2^63), vote
+/// keys are the height with the top bit set, so the two never collide.
+const VOTE_KEY_BIT: u64 = 1 << 63;
+
 pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -> Result<Vec<Event>, Error> {
-    let (offender, seq) = match ev {
+    let (offender, key) = match ev {
         EquivocationEvidence::Heartbeats { first, second } => {
             if first.signer != second.signer || first.body.seq != second.body.seq {
                 return Err(Error::BadEvidence("heartbeats are from different signers or sequences".into()));
@@ -89,19 +94,41 @@ pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -
             for hb in [first, second] {
                 hb.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
             }
+            if state.provider(&first.signer).is_none() {
+                return Err(Error::NotProvider);
+            }
             (first.signer, first.body.seq)
         }
+        EquivocationEvidence::Votes { first, second } => {
+            let (a, b) = (&first.body, &second.body);
+            if first.signer != second.signer || a.height != b.height || a.round != b.round || a.kind != b.kind {
+                return Err(Error::BadEvidence("votes are from different signers, heights, rounds or steps".into()));
+            }
+            if a.block == b.block {
+                return Err(Error::BadEvidence("votes are identical, not conflicting".into()));
+            }
+            for v in [first, second] {
+                v.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
+            }
+            let acct = state.account(&first.signer);
+            if acct.stake.is_zero() && acct.unbonding.is_zero() {
+                return Err(Error::BadEvidence("the signer has no stake to slash".into()));
+            }
+            (first.signer, a.height.0 | VOTE_KEY_BIT)
+        }
     };
-    let provider = state.provider(&offender).ok_or(Error::NotProvider)?;
-    if provider.status == ProviderStatus::Tombstoned || state.data.slashed_equivocations.contains(&(offender, seq)) {
+    let tombstoned = state.provider(&offender).is_some_and(|p| p.status == ProviderStatus::Tombstoned);
+    if tombstoned || state.data.slashed_equivocations.contains(&(offender, key)) {
         return Err(Error::AlreadySlashed);
     }
     let burned = burn_stake_fraction(state, offender, state.params().equivocation_slash_bps)?;
-    state.mark_equivocation_slashed((offender, seq));
-    let mut events = vec![
-        Event::Slashed { account: offender, burned, reason: SlashReason::Equivocation },
-        jail(state, offender, None)?,
-    ];
-    events.extend(settle_all_of(state, offender, SettleReason::ProviderSlashed)?);
+    state.mark_equivocation_slashed((offender, key));
+    let mut events = vec![Event::Slashed { account: offender, burned, reason: SlashReason::Equivocation }];
+    // A provider is banned for good and its leases settled; a validator that
+    // is not a provider loses the stake, and with it power at the next epoch.
+    if state.provider(&offender).is_some() {
+        events.push(jail(state, offender, None)?);
+        events.extend(settle_all_of(state, offender, SettleReason::ProviderSlashed)?);
+    }
     Ok(events)
 }

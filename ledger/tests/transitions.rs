@@ -444,6 +444,32 @@ fn equivocating_heartbeats_tombstone_the_provider_once() {
 }
 
 #[test]
+fn a_validator_that_double_votes_is_slashed_once() {
+    use agora_protocol::consensus::{Vote, VoteKind};
+    let chain = chain();
+    let mut state = chain.state();
+    let v = 0; // a genesis validator, not a provider
+    let vote = |block: Option<Hash>| {
+        let body = Vote { kind: VoteKind::Precommit, height: Height(7), round: 1, block };
+        Signed::sign(body, &chain.keys[v], &chain_id()).unwrap()
+    };
+    let evidence = |a, b| TxKind::SlashEquivocation { evidence: EquivocationEvidence::Votes { first: a, second: b } };
+    let same = sign_tx(&chain.keys[OTHER], 0, evidence(vote(Some(Hash([1; 32]))), vote(Some(Hash([1; 32])))));
+    assert!(matches!(expect_err(&mut state, &same), Error::BadEvidence(_)));
+    let mut forged = vote(None);
+    forged.signature.0[3] ^= 1;
+    let bad = sign_tx(&chain.keys[OTHER], 0, evidence(vote(Some(Hash([1; 32]))), forged));
+    assert!(matches!(expect_err(&mut state, &bad), Error::BadSignature(_)));
+    let stake = state.account(&chain.address(v)).stake;
+    let ev = evidence(vote(Some(Hash([1; 32]))), vote(None));
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, ev.clone())]);
+    let slash = stake.mul_div_floor(500, 10_000).unwrap();
+    assert_eq!(state.account(&chain.address(v)).stake, stake.checked_sub(slash).unwrap(), "5% burned");
+    let twice = sign_tx(&chain.keys[OTHER], 1, ev);
+    assert!(matches!(expect_err(&mut state, &twice), Error::AlreadySlashed), "the same evidence slashes once");
+}
+
+#[test]
 fn slashing_reaches_unbonding_stake() {
     let chain = chain();
     let mut state = chain.state();

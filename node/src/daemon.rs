@@ -142,6 +142,8 @@ pub struct Daemon {
     pending_probes: HashMap<libp2p::request_response::OutboundRequestId, agora_protocol::Address>,
     last_heartbeat_at: Option<Instant>,
     heartbeat_seq: u64,
+    /// Vote equivocations already submitted (offender, height, round), bounded.
+    reported_votes: std::collections::BTreeSet<(agora_protocol::Address, u64, u32)>,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
     own_pending: std::collections::BTreeMap<u64, (TxKind, Height)>,
     store: Store,
@@ -276,6 +278,7 @@ impl Daemon {
             pending_probes: HashMap::new(),
             last_heartbeat_at: None,
             heartbeat_seq: 0,
+            reported_votes: Default::default(),
             own_pending: Default::default(),
             bootstrap,
             last_redial: Instant::now(),
@@ -441,7 +444,7 @@ impl Daemon {
                 }
                 Action::SyncNeeded { have } => self.request_sync(have),
                 Action::MissingBlock { height, .. } => tracing::info!(%height, "decided a block we lack; syncing"),
-                Action::Evidence(e) => tracing::warn!(validator = %e.first.signer, "equivocation evidence"),
+                Action::Evidence(e) => self.on_vote_equivocation(e)?,
             }
         }
         Ok(())

@@ -53,6 +53,9 @@ pub struct DowntimeEvidence {
 pub enum EquivocationEvidence {
     /// Two different heartbeats with the same sequence number.
     Heartbeats { first: Signed<Heartbeat>, second: Signed<Heartbeat> },
+    /// Two different consensus votes by one validator for the same height,
+    /// round and step.
+    Votes { first: Signed<crate::consensus::Vote>, second: Signed<crate::consensus::Vote> },
 }
 
 impl EquivocationEvidence {
@@ -60,6 +63,7 @@ impl EquivocationEvidence {
     pub fn offender(&self) -> Address {
         match self {
             EquivocationEvidence::Heartbeats { first, .. } => first.signer,
+            EquivocationEvidence::Votes { first, .. } => first.signer,
         }
     }
 }

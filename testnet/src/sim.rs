@@ -804,6 +804,12 @@ impl Sim {
                     && self.byzantine.is_some_and(|b| e.first.signer == self.keys[b].address())
                 {
                     self.evidence += 1;
+                    // The honest node submits it; the ledger slashes each double vote once.
+                    let n = &self.nodes[node];
+                    let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &self.keys[node].address());
+                    let evidence = agora_protocol::EquivocationEvidence::Votes { first: e.first, second: e.second };
+                    let tx = sign_tx(&self.keys[node], nonce, TxKind::SlashEquivocation { evidence });
+                    self.gossip_txs(&[tx])?;
                 }
             }
         }

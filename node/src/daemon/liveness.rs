@@ -18,6 +18,8 @@ use crate::net::gossip::{TOPIC_ATTESTATIONS, TOPIC_HEARTBEATS, topic};
 
 /// How often a provider gossips a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Vote equivocations remembered as already submitted.
+pub const MAX_REPORTED_VOTES: usize = 1_024;
 /// Probes in flight at most.
 pub const MAX_PENDING_PROBES: usize = 256;
 /// A committed block older than this was fetched while catching up: a node
@@ -54,6 +56,22 @@ impl Daemon {
         let _ = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_HEARTBEATS), data);
         self.shared.metrics.heartbeats_sent.inc();
         Ok(())
+    }
+
+    /// The engine caught a validator signing two different votes for one
+    /// step: any node may submit the evidence; validators do, once.
+    pub(super) fn on_vote_equivocation(&mut self, e: agora_ledger::consensus::VoteEquivocation) -> Result<(), Error> {
+        let key = (e.first.signer, e.first.body.height.0, e.first.body.round);
+        tracing::warn!(validator = %key.0, height = key.1, round = key.2, "validator signed two different votes");
+        if !self.is_validator() || !self.reported_votes.insert(key) {
+            return Ok(());
+        }
+        if self.reported_votes.len() > MAX_REPORTED_VOTES {
+            self.reported_votes.pop_first();
+        }
+        let evidence = agora_protocol::EquivocationEvidence::Votes { first: e.first, second: e.second };
+        self.shared.metrics.slashes_submitted.inc();
+        self.submit_own_tx(TxKind::SlashEquivocation { evidence })
     }
 
     fn record_seen(&self, provider: Address, height: u64) {
