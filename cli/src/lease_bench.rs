@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_protocol::job::JobSpec;
 use agora_protocol::{Amount, ChainId, LeaseRequest, Signed, TimestampMs, codec};
+use agora_testnet::bench::{Percentiles, percentiles};
 use agora_testnet::http;
 use agora_testnet::local::{self, UpOptions};
 use serde::Serialize;
@@ -29,20 +30,6 @@ fn burst_key(i: usize) -> agora_protocol::Keypair {
 
 /// How long one lease may take to start before the run fails.
 const START_DEADLINE: Duration = Duration::from_secs(60);
-
-#[derive(Serialize)]
-pub struct Percentiles {
-    pub samples: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| if v.is_empty() { 0.0 } else { v[((v.len() - 1) as f64 * q).round() as usize] };
-    Percentiles { samples: v.len(), p50_ms: at(0.5), p99_ms: at(0.99), max_ms: v.last().copied().unwrap_or(0.0) }
-}
 
 #[derive(Serialize)]
 pub struct LeaseBenchReport {

@@ -6,52 +6,16 @@
 //! racing for the last GPUs get one lease; a provider restarted mid-job
 //! closes the lease for the time served and says so.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use agora_protocol::job::JobSpec;
 use agora_protocol::{Amount, ChainId, Keypair, LeaseRequest, Signed, TimestampMs, codec};
 use agora_testnet::http;
-
-fn agora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agora")).args(args).env_remove("AGORA_HOME").output().expect("run agora")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "agora failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: Output) -> String {
-    assert!(!o.status.success(), "agora should have failed: {}", String::from_utf8_lossy(&o.stdout));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-struct Down(PathBuf);
-impl Drop for Down {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for i in 0..4 {
-                let log = std::fs::read_to_string(self.0.join(format!("node{i}/node.log"))).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!(
-                    "--- node{i}/node.log (last 30 lines)\n{}",
-                    lines[lines.len().saturating_sub(30)..].join("\n")
-                );
-            }
-        }
-        let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
-    }
-}
-
-fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn balance(api: &str, address: &str) -> u64 {
     let a: serde_json::Value = http::get(api, &format!("/v1/accounts/{address}")).unwrap().json().unwrap();
@@ -65,16 +29,6 @@ fn lease(api: &str, id: &str) -> serde_json::Value {
 fn settled(l: &serde_json::Value) -> Option<(u64, u64)> {
     let s = l["status"].get("Settled")?;
     Some((s["paid"].as_str()?.parse().ok()?, s["refunded"].as_str()?.parse().ok()?))
-}
-
-/// Whether any live (non-zombie) process belongs to process group `pgid`.
-fn group_alive(pgid: i32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z"
-    })
 }
 
 fn pgid_of(provider_home: &Path, lease: &str) -> i32 {
@@ -103,22 +57,7 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     let d = dir.to_str().unwrap();
     let base = 34_000 + (std::process::id() % 500) as u16 * 20;
     let _down = Down(dir.clone());
-    let out = ok(agora(&[
-        "testnet",
-        "up",
-        "--dir",
-        d,
-        "--nodes",
-        "4",
-        "--providers",
-        "2",
-        "--base-port",
-        &base.to_string(),
-        "--commit-pause-ms",
-        "50",
-        "--json",
-    ]));
-    let net: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let net = testnet_up(&dir, 2, base, &["--commit-pause-ms", "50"]);
     let node = |i: usize| net["nodes"][i].clone();
     let api: Vec<String> = (0..4).map(|i| node(i)["api_url"].as_str().unwrap().to_string()).collect();
     let addr: Vec<String> = (0..4).map(|i| node(i)["address"].as_str().unwrap().to_string()).collect();

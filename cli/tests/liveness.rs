@@ -6,9 +6,11 @@
 //! the window, or cut off from one validator, is not slashed, and a
 //! validator's false attestation achieves nothing.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agora_protocol::{DowntimeAttestation, DowntimeEvidence, Height, Signed, Transaction, TxKind, codec};
 use agora_testnet::http;
@@ -16,44 +18,6 @@ use agora_testnet::http;
 /// The chain's downtime window (Params::default) and jail period.
 const W: u64 = 20;
 const JAIL_BLOCKS: u64 = 50;
-
-fn agora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agora")).args(args).env_remove("AGORA_HOME").output().expect("run agora")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "agora failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Down(PathBuf);
-impl Drop for Down {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for i in 0..4 {
-                let log = std::fs::read_to_string(self.0.join(format!("node{i}/node.log"))).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("committed")).collect();
-                eprintln!(
-                    "--- node{i}/node.log (last 30 lines)\n{}",
-                    lines[lines.len().saturating_sub(30)..].join("\n")
-                );
-            }
-        }
-        let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
-    }
-}
-
-fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn height(api: &str) -> u64 {
-    http::get(api, "/v1/status").ok().and_then(|r| r.json().ok()).and_then(|s| s["height"].as_u64()).unwrap_or(0)
-}
 
 fn provider(api: &str, address: &str) -> serde_json::Value {
     let list: serde_json::Value = http::get(api, "/v1/providers").unwrap().json().unwrap();
@@ -71,20 +35,7 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     let d = dir.to_str().unwrap();
     let base = 38_000 + (std::process::id() % 500) as u16 * 20;
     let _down = Down(dir.clone());
-    let out = ok(agora(&[
-        "testnet",
-        "up",
-        "--dir",
-        d,
-        "--nodes",
-        "4",
-        "--providers",
-        "3",
-        "--base-port",
-        &base.to_string(),
-        "--json",
-    ]));
-    let net: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let net = testnet_up(&dir, 3, base, &[]);
     let node = |i: usize| net["nodes"][i].clone();
     let api: Vec<String> = (0..4).map(|i| node(i)["api_url"].as_str().unwrap().to_string()).collect();
     let addr: Vec<String> = (0..4).map(|i| node(i)["address"].as_str().unwrap().to_string()).collect();

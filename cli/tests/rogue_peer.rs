@@ -3,7 +3,9 @@
 //! (counted in /metrics), stop listening to it once its score falls below the
 //! graylist threshold, and keep committing blocks.
 
-use std::path::Path;
+mod common;
+use common::*;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,17 +14,6 @@ use agora_protocol::consensus::{ConsensusMessage, Vote, VoteKind};
 use agora_protocol::{ChainId, Hash, Height, Keypair, Signed, codec};
 use agora_testnet::http;
 use futures::StreamExt;
-
-struct Down<'a>(&'a Path);
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_agora")).args(["testnet", "down", "--dir"]).arg(self.0).output();
-    }
-}
-
-fn height(api: &str) -> u64 {
-    http::get(api, "/v1/status").ok().and_then(|r| r.json().ok()).and_then(|s| s["height"].as_u64()).unwrap_or(0)
-}
 
 fn rejected(api: &str) -> u64 {
     let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
@@ -52,7 +43,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
     let base = 40_000 + (std::process::id() % 500) as u16 * 20;
-    let _down = Down(&dir);
+    let _down = Down(dir.clone());
     let out = Command::new(env!("CARGO_BIN_EXE_agora"))
         .args([
             "testnet",

@@ -5,56 +5,13 @@
 //! node partitioned away stalls without forking and catches up after heal,
 //! the API refuses bad input with 4xx, and `down` stops everything.
 
+mod common;
+use common::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agora_testnet::http;
-
-fn agora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agora")).args(args).env_remove("AGORA_HOME").output().expect("run agora")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "agora failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Stops the testnet even when an assertion fails, printing the end of each
-/// node's log first so a failure in CI can be diagnosed.
-struct Down<'a>(&'a Path);
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for i in 0..4 {
-                let log = std::fs::read_to_string(self.0.join(format!("node{i}/node.log"))).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!(
-                    "--- node{i}/node.log (last 40 lines)\n{}",
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
-        }
-        let _ = agora(&["testnet", "down", "--dir", self.0.to_str().unwrap()]);
-    }
-}
-
-fn status(api: &str) -> Option<serde_json::Value> {
-    http::get(api, "/v1/status").ok()?.json().ok()
-}
-
-fn height(api: &str) -> u64 {
-    status(api).and_then(|s| s["height"].as_u64()).unwrap_or(0)
-}
-
-/// Generous deadlines: the machine is shared and slow.
-fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn block_hash(api: &str, h: u64) -> Option<String> {
     let r = http::get(api, &format!("/v1/blocks/{h}")).ok()?;
@@ -67,23 +24,8 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let dir = tmp.path().join("net");
     let d = dir.to_str().unwrap();
     let base = 30_000 + (std::process::id() % 500) as u16 * 20;
-    let _down = Down(&dir);
-    let out = ok(agora(&[
-        "testnet",
-        "up",
-        "--dir",
-        d,
-        "--nodes",
-        "4",
-        "--providers",
-        "2",
-        "--base-port",
-        &base.to_string(),
-        "--commit-pause-ms",
-        "20",
-        "--json",
-    ]));
-    let net: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let _down = Down(dir.clone());
+    let net = testnet_up(&dir, 2, base, &["--commit-pause-ms", "20"]);
     let api: Vec<String> =
         net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
     wait_until("all nodes at height 3", Duration::from_secs(120), || api.iter().all(|a| height(a) >= 3));

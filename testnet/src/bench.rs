@@ -52,7 +52,8 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
+/// p50, p99 and max of millisecond samples.
+pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| if v.is_empty() { 0.0 } else { v[((v.len() - 1) as f64 * q).round() as usize] };
     Percentiles { samples: v.len(), p50_ms: at(0.5), p99_ms: at(0.99), max_ms: v.last().copied().unwrap_or(0.0) }
