@@ -1,5 +1,5 @@
-//! The `agora` binary: one program for GPU providers (the node daemon, in
-//! later issues), buyers (keys, offers, jobs) and local testnets. Errors are
+//! The `agora` binary: one program for GPU providers (the node daemon),
+//! buyers (keys, offers, submit, leases) and local testnets. Errors are
 //! one line on stderr and a non-zero exit code; every query has `--json`.
 
 mod bench;

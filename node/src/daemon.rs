@@ -667,7 +667,7 @@ impl Daemon {
                 Ok(tx) if tx.verify(&self.chain).is_ok() => (MessageAcceptance::Accept, Some(Input::Tx(Box::new(tx)))),
                 _ => (MessageAcceptance::Reject, None),
             },
-            // Heartbeats and attestations arrive with the liveness issue.
+            // Offers, heartbeats and attestations are handled before this (see on_swarm_event).
             _ => (MessageAcceptance::Ignore, None),
         }
     }

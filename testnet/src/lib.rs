@@ -1,6 +1,7 @@
-//! Local agora networks. Today: the single-process demo that runs the whole
-//! market path (stake, register, lease, job, settlement) on the real ledger
-//! and sled store. Multi-process testnets arrive with the node issue.
+//! Local agora networks: testnets of real node processes on loopback with
+//! fault injection (`local`), the testnet benchmark (`bench`), the
+//! deterministic simulation of consensus, ledger and liveness (`sim`), and a
+//! small HTTP client for the node API (`http`).
 
 pub mod bench;
 pub mod error;
