@@ -19,9 +19,9 @@ pub enum TestnetCommand {
     Up {
         #[arg(long, default_value_t = 4)]
         nodes: usize,
-        /// How many of the nodes are providers with simulated GPUs
-        #[arg(long, default_value_t = 0)]
-        providers: usize,
+        /// How many of the nodes are providers with simulated GPUs [default: 2, or all if fewer nodes]
+        #[arg(long)]
+        providers: Option<usize>,
         #[arg(long, default_value = DEFAULT_TESTNET_DIR)]
         dir: PathBuf,
         /// First port; node i uses base+2i (P2P) and base+2i+1 (API)
@@ -108,6 +108,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
                     println!("{line}");
                 }
             };
+            let providers = providers.unwrap_or(nodes.min(2));
             let options = local::UpOptions { commit_pause_ms, ..local::UpOptions::new(nodes, providers, base_port) };
             let file = local::up(&agora, &dir, &options, &mut progress)?;
             if json {
