@@ -176,7 +176,7 @@ pub struct Opened {
 pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Result<Opened> {
     ask.spec.validate()?;
     let offers = node.get(&format!("/v1/offers?gpus={}", ask.gpus))?;
-    let mut choice = None;
+    let mut candidates = Vec::new();
     for o in offers.as_array().into_iter().flatten() {
         let addr: Address = text(&o["provider"]).parse()?;
         let price = micros(&o["price_per_gpu_hour"]);
@@ -193,11 +193,10 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
                 && g["count"].as_u64().unwrap_or(0) >= u64::from(ask.gpus)
         });
         if let Some(kind) = kind {
-            choice = Some((addr, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
-            break;
+            candidates.push((addr, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
         }
     }
-    let Some((provider, offer_seq, gpu_model, price)) = choice else {
+    if candidates.is_empty() {
         bail!(
             "no offer matches: {} GPU(s){}{}{} for {} s; see `agora offers`",
             ask.gpus,
@@ -206,46 +205,62 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
             ask.provider.map(|p| format!(" from {p}")).unwrap_or_default(),
             ask.duration_secs,
         );
-    };
-    let chain = chain_id(node)?;
-    let request = LeaseRequest {
-        provider,
-        offer_seq,
-        gpu_model: gpu_model.clone(),
-        gpus: ask.gpus,
-        price_per_gpu_hour: price,
-        duration_secs: ask.duration_secs,
-        job_spec_hash: ask.spec.hash()?,
-        nonce: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-            ^ u64::from(std::process::id()),
-        expires_at_ms: TimestampMs(now_ms() + REQUEST_TTL_MS),
-    };
-    let escrow = request.escrow().ok_or_else(|| anyhow!("price × GPUs × duration overflows"))?;
-    let request = Signed::sign(request, keypair, &chain)?;
-    let lease_id = request.lease_id()?;
-    progress(
-        node.json,
-        format!(
-            "asking {provider} for {}x {gpu_model} at {price}/GPU-hour for {} s (escrow {escrow})",
-            ask.gpus, ask.duration_secs
-        ),
-    );
-    let body = serde_json::json!({
-        "request": hex::encode(codec::encode(&request)?),
-        "spec": hex::encode(codec::encode(&ask.spec)?),
-    });
-    let reply = http::post(&node.url(), "/v1/leases/propose", &body.to_string())?;
-    let answer = reply.json()?;
-    if reply.status >= 400 {
-        bail!("the provider refused: {}", answer["error"].as_str().unwrap_or("no reason given"));
     }
-    let accept_bytes = hex::decode(text(&answer["accept"])).context("acceptance is not hex")?;
-    let accept: Signed<agora_protocol::LeaseAccept> = codec::decode(&accept_bytes)?;
-    anyhow::ensure!(
-        accept.signer == provider && accept.body.lease_id == lease_id,
-        "the acceptance is not for this lease"
-    );
-    accept.verify(&chain).map_err(|_| anyhow!("the provider's countersignature does not verify"))?;
+    let chain = chain_id(node)?;
+    // Cheapest first; a provider whose GPUs are all taken sends the request
+    // on to the next offer (offers show GPUs, not how many are free now).
+    let last = candidates.len() - 1;
+    let mut accepted = None;
+    for (i, (provider, offer_seq, gpu_model, price)) in candidates.into_iter().enumerate() {
+        let request = LeaseRequest {
+            provider,
+            offer_seq,
+            gpu_model: gpu_model.clone(),
+            gpus: ask.gpus,
+            price_per_gpu_hour: price,
+            duration_secs: ask.duration_secs,
+            job_spec_hash: ask.spec.hash()?,
+            nonce: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+                ^ u64::from(std::process::id()),
+            expires_at_ms: TimestampMs(now_ms() + REQUEST_TTL_MS),
+        };
+        let escrow = request.escrow().ok_or_else(|| anyhow!("price × GPUs × duration overflows"))?;
+        let request = Signed::sign(request, keypair, &chain)?;
+        let lease_id = request.lease_id()?;
+        progress(
+            node.json,
+            format!(
+                "asking {provider} for {}x {gpu_model} at {price}/GPU-hour for {} s (escrow {escrow})",
+                ask.gpus, ask.duration_secs
+            ),
+        );
+        let body = serde_json::json!({
+            "request": hex::encode(codec::encode(&request)?),
+            "spec": hex::encode(codec::encode(&ask.spec)?),
+        });
+        let reply = http::post(&node.url(), "/v1/leases/propose", &body.to_string())?;
+        let answer = reply.json()?;
+        if reply.status >= 400 {
+            let why = answer["error"].as_str().unwrap_or("no reason given").to_string();
+            if i < last && why.starts_with("provider has ") && why.contains(" free ") {
+                progress(node.json, format!("{why}; trying the next offer"));
+                continue;
+            }
+            bail!("the provider refused: {why}");
+        }
+        let accept_bytes = hex::decode(text(&answer["accept"])).context("acceptance is not hex")?;
+        let accept: Signed<agora_protocol::LeaseAccept> = codec::decode(&accept_bytes)?;
+        anyhow::ensure!(
+            accept.signer == provider && accept.body.lease_id == lease_id,
+            "the acceptance is not for this lease"
+        );
+        accept.verify(&chain).map_err(|_| anyhow!("the provider's countersignature does not verify"))?;
+        accepted = Some((request, accept, provider, gpu_model, price, escrow, lease_id));
+        break;
+    }
+    let Some((request, accept, provider, gpu_model, price, escrow, lease_id)) = accepted else {
+        bail!("every matching provider is full; try again later");
+    };
     let gpu_ids = accept.body.gpu_ids.clone();
     progress(node.json, format!("accepted: GPUs {}; opening lease {lease_id} on the ledger", gpu_ids.join(",")));
     let (_, height) = submit_and_wait(keypair, TxKind::OpenLease { request, accept }, node)?;

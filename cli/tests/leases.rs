@@ -243,6 +243,24 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     let (code, why) = propose(&api[3], &fine, &spec);
     assert_eq!((code, why.contains("already accepted")), (409, true), "a replayed request: {why}");
     assert_eq!(balance(&api[3], &buyer), before, "refusals lock nothing");
+    // Without --provider, a full provider passes the request on to the next offer.
+    let next = agora(&[
+        "--home",
+        &buyer_home,
+        "submit",
+        "--node",
+        &api[3],
+        "--gpus",
+        "1",
+        "--duration",
+        "1m",
+        "--wait",
+        "--",
+        "true",
+    ]);
+    assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+    assert!(String::from_utf8_lossy(&next.stderr).contains(&addr[1]), "leased from provider 1");
+    let before = balance(&api[3], &buyer);
 
     let cancel = ok(agora(&["--home", &buyer_home, "lease", "cancel", &id, "--node", &api[2]]));
     assert!(cancel.contains("cancelled"), "{cancel}");
