@@ -25,8 +25,9 @@ pub const PROBE_RETRY_BLOCKS: u64 = 5;
 /// Attestations older than this many windows are forgotten.
 pub const ATTESTATION_KEEP_WINDOWS: u64 = 10;
 /// Blocks before downtime evidence for the same provider is submitted again
-/// (if the first submission did not commit).
-pub const EVIDENCE_RETRY_BLOCKS: u64 = 20;
+/// (if the first submission did not commit: lost, or stuck behind another
+/// transaction of the submitter that failed).
+pub const EVIDENCE_RETRY_BLOCKS: u64 = 5;
 
 /// What to do with a gossiped heartbeat.
 #[derive(Debug, PartialEq, Eq)]

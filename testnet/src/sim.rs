@@ -126,7 +126,10 @@ impl SimConfig {
 
 /// A broken invariant, with the seed that reproduces it.
 #[derive(Debug, thiserror::Error)]
-#[error("seed {seed}: {what} (replay: AGORA_SIM_SEED={seed} cargo test -p agora-testnet --test sim replay_seed)")]
+#[error(
+    "seed {seed}: {what} (replay: AGORA_SIM_SEED={seed} [AGORA_SIM_VALIDATORS=7] cargo test -p agora-testnet --test sim \
+     replay_seed, or for a liveness run AGORA_SIM_LIVENESS_SEED={seed} [AGORA_SIM_VALIDATORS=7] … liveness)"
+)]
 pub struct SimFailure {
     pub seed: u64,
     pub what: String,
@@ -804,7 +807,12 @@ impl Sim {
                     && self.byzantine.is_some_and(|b| e.first.signer == self.keys[b].address())
                 {
                     self.evidence += 1;
-                    // The honest node submits it; the ledger slashes each double vote once.
+                    // One honest node submits it (the first live one), so the
+                    // others' nonces are not spent on duplicates that fail.
+                    let submitter = (0..self.nodes.len()).find(|&i| self.nodes[i].alive && Some(i) != self.byzantine);
+                    if submitter != Some(node) {
+                        return Ok(());
+                    }
                     let n = &self.nodes[node];
                     let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &self.keys[node].address());
                     let evidence = agora_protocol::EquivocationEvidence::Votes { first: e.first, second: e.second };

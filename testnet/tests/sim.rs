@@ -74,7 +74,8 @@ fn seven_validators_with_every_fault_stay_safe_and_live() {
 #[test]
 fn liveness_slashes_every_long_outage_and_never_an_honest_provider() {
     if let Some(seed) = env_u64("AGORA_SIM_LIVENESS_SEED") {
-        eprintln!("{:?}", run(SimConfig::liveness(seed, 4)));
+        let validators = env_u64("AGORA_SIM_VALIDATORS").unwrap_or(4) as usize;
+        eprintln!("{:?}", run(SimConfig::liveness(seed, validators)));
         return;
     }
     let seeds = env_u64("AGORA_SIM_LIVENESS_SEEDS").unwrap_or(20);
