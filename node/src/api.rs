@@ -42,6 +42,23 @@ fn internal(msg: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
 }
 
+/// A JSON request body, or the rejection as a 4xx: 413 for an oversized
+/// body, 415 for a missing JSON content type, 400/422 for bad JSON.
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))
+}
+
+/// Hands a command to the daemon's loop; a full queue is a 503.
+fn send(s: &Shared, cmd: Command) -> Result<(), ApiError> {
+    s.commands.try_send(cmd).map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))
+}
+
+/// A wire-encoded value sent as hex (its decoding errors name the type).
+fn decode_hex<T: agora_protocol::Wire>(what: &str, text: &str) -> Result<T, ApiError> {
+    let bytes = hex::decode(text.trim()).map_err(|e| bad_request(format!("{what} is not hex: {e}")))?;
+    codec::decode(&bytes).map_err(|e| bad_request(e.to_string()))
+}
+
 pub fn router(shared: Shared) -> Router {
     let admin = shared.admin;
     let router = Router::new()
@@ -84,7 +101,7 @@ async fn partition(
     AxumState(s): AxumState<Shared>,
     body: Result<Json<PartitionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    let body = json_body(body)?;
     if body.block.len() > agora_protocol::limits::MAX_VALIDATORS {
         return Err(bad_request("too many peers"));
     }
@@ -98,9 +115,7 @@ async fn partition(
 
 async fn announce(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
     let (reply, rx) = oneshot::channel();
-    s.commands
-        .try_send(Command::Announce { reply })
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    send(&s, Command::Announce { reply })?;
     match rx.await.map_err(internal)? {
         Some(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
         None => Err(ApiError(StatusCode::CONFLICT, "not an active, registered provider".into())),
@@ -114,9 +129,7 @@ async fn heal(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>
 async fn set_partition(s: &Shared, block: Vec<libp2p::PeerId>) -> Result<Json<serde_json::Value>, ApiError> {
     let count = block.len();
     let (reply, rx) = oneshot::channel();
-    s.commands
-        .try_send(Command::Partition { block, reply })
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    send(s, Command::Partition { block, reply })?;
     rx.await.map_err(internal)?;
     Ok(Json(serde_json::json!({ "blocked": count })))
 }
@@ -332,15 +345,11 @@ async fn submit_tx(
     AxumState(s): AxumState<Shared>,
     body: Result<Json<SubmitTx>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    // 413 for an oversized body, 415 for a missing JSON content type, 400/422 for bad JSON.
-    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
-    let bytes = hex::decode(body.tx.trim()).map_err(|e| bad_request(format!("tx is not hex: {e}")))?;
-    let tx: SignedTx = codec::decode(&bytes).map_err(|e| bad_request(e.to_string()))?;
+    let body = json_body(body)?;
+    let tx: SignedTx = decode_hex("tx", &body.tx)?;
     check_against_ledger(&s, &tx)?;
     let (reply, rx) = oneshot::channel();
-    s.commands
-        .try_send(Command::SubmitTx { tx: Box::new(tx), reply })
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    send(&s, Command::SubmitTx { tx: Box::new(tx), reply })?;
     let hash = rx.await.map_err(internal)?.map_err(|e| {
         if e == agora_ledger::consensus::mempool::AddError::Full.to_string() {
             ApiError(StatusCode::SERVICE_UNAVAILABLE, e)
@@ -365,7 +374,7 @@ async fn submit_txs(
     AxumState(s): AxumState<Shared>,
     body: Result<Json<SubmitTxs>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    let body = json_body(body)?;
     if body.txs.len() > MAX_BATCH_TXS {
         return Err(bad_request(format!("{} transactions; at most {MAX_BATCH_TXS} per request", body.txs.len())));
     }
@@ -373,10 +382,7 @@ async fn submit_txs(
     let mut valid_index = Vec::with_capacity(body.txs.len());
     let mut rejected = Vec::new();
     for (index, hex_tx) in body.txs.iter().enumerate() {
-        let parsed = hex::decode(hex_tx.trim())
-            .map_err(|e| bad_request(format!("tx is not hex: {e}")))
-            .and_then(|bytes| codec::decode::<SignedTx>(&bytes).map_err(|e| bad_request(e.to_string())))
-            .and_then(|tx| check_against_ledger(&s, &tx).map(|_| tx));
+        let parsed = decode_hex::<SignedTx>("tx", hex_tx).and_then(|tx| check_against_ledger(&s, &tx).map(|_| tx));
         match parsed {
             Ok(tx) => {
                 valid.push(tx);
@@ -386,9 +392,7 @@ async fn submit_txs(
         }
     }
     let (reply, rx) = oneshot::channel();
-    s.commands
-        .try_send(Command::SubmitTxs { txs: valid, reply })
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    send(&s, Command::SubmitTxs { txs: valid, reply })?;
     let mut hashes = Vec::new();
     for (index, outcome) in valid_index.into_iter().zip(rx.await.map_err(internal)?) {
         match outcome {
@@ -408,20 +412,13 @@ async fn lease_rpc(
     rpc: agora_protocol::job::LeaseRpc,
 ) -> Result<agora_protocol::job::LeaseRpcReply, ApiError> {
     let (reply, rx) = oneshot::channel();
-    s.commands
-        .try_send(Command::LeaseRpc { provider, rpc: Box::new(rpc), reply })
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))?;
+    send(s, Command::LeaseRpc { provider, rpc: Box::new(rpc), reply })?;
     match tokio::time::timeout(LEASE_RPC_WAIT, rx).await {
         Ok(Ok(Ok(answer))) => Ok(answer),
         Ok(Ok(Err(why))) => Err(ApiError(StatusCode::BAD_GATEWAY, why)),
         Ok(Err(_)) => Err(internal("the node dropped the request")),
         Err(_) => Err(ApiError(StatusCode::GATEWAY_TIMEOUT, "the provider did not answer in time".into())),
     }
-}
-
-fn decode_hex<T: agora_protocol::Wire>(what: &str, text: &str) -> Result<T, ApiError> {
-    let bytes = hex::decode(text.trim()).map_err(|e| bad_request(format!("{what} is not hex: {e}")))?;
-    codec::decode(&bytes).map_err(|e| bad_request(format!("{what}: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -442,7 +439,7 @@ async fn propose_lease(
     body: Result<Json<ProposeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use agora_protocol::job::{JobSpec, LeaseRpc, LeaseRpcReply};
-    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    let body = json_body(body)?;
     let request: agora_protocol::Signed<agora_protocol::LeaseRequest> = decode_hex("request", &body.request)?;
     let spec: JobSpec = decode_hex("spec", &body.spec)?;
     let chain = s.ledger.read().map_err(internal)?.chain_id().clone();
@@ -477,7 +474,7 @@ async fn lease_logs(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
     let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
-    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))?;
+    let body = json_body(body)?;
     let request: agora_protocol::Signed<agora_protocol::job::LogsRequest> = decode_hex("request", &body.request)?;
     if request.body.lease_id != id {
         return Err(bad_request("the signed request is for another lease"));
