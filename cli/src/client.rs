@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 
 use crate::print_json;
+use crate::view::{gpu_kinds, micros, text};
 
 /// The API a command talks to when no --node or AGORA_NODE is given.
 const DEFAULT_NODE: &str = "http://127.0.0.1:7600";
@@ -86,11 +87,10 @@ pub fn balance(home: &Path, address: Option<String>, key: &str, args: NodeArgs) 
     if args.json {
         print_json(&a)?;
     } else {
-        let micros = |k: &str| a[k].as_str().and_then(|s| s.parse().ok()).map(Amount).unwrap_or_default();
         println!("address   {address}");
-        println!("balance   {}", micros("balance"));
-        println!("stake     {}", micros("stake"));
-        println!("unbonding {}", micros("unbonding"));
+        println!("balance   {}", micros(&a["balance"]));
+        println!("stake     {}", micros(&a["stake"]));
+        println!("unbonding {}", micros(&a["unbonding"]));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -248,22 +248,12 @@ pub fn offers(args: OfferArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{:<64}  {:<34}  {:>12}  {:>9}  REGION", "PROVIDER", "GPUS", "AGR/GPU-H", "MAX");
     for o in &list {
-        let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-        let gpus: Vec<String> = o["gpus"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|g| {
-                let sim = if g["simulated"] == true { " sim" } else { "" };
-                format!("{}x {} {}GB{sim}", g["count"], text(&g["model"]), g["vram_mib"].as_u64().unwrap_or(0) / 1024)
-            })
-            .collect();
-        let price = text(&o["price_per_gpu_hour"]).parse().map(Amount).unwrap_or_default();
+        let price = micros(&o["price_per_gpu_hour"]);
         let hours = o["max_duration_secs"].as_u64().unwrap_or(0) as f64 / 3600.0;
         println!(
             "{:<64}  {:<34}  {:>12}  {:>8.1}h  {}",
             text(&o["provider"]),
-            gpus.join(", "),
+            gpu_kinds(&o["gpus"], " sim"),
             price.to_string().trim_end_matches(" AGR"),
             hours,
             text(&o["region"])

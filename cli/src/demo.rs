@@ -15,8 +15,9 @@ use agora_testnet::local::{self, TestnetFile, UpOptions};
 use serde::Serialize;
 
 use crate::client::NodeArgs;
-use crate::lease::{Ask, describe, follow, micros, open_lease};
+use crate::lease::{Ask, describe, follow, open_lease};
 use crate::print_json;
+use crate::view::{gpu_kinds, micros};
 
 /// The job the buyer runs when none is given.
 pub const DEFAULT_JOB: &[&str] =
@@ -101,23 +102,10 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
     };
     say("\noffers seen by node3 (agora offers):".into());
     for o in offers.as_array().into_iter().flatten() {
-        let gpus: Vec<String> = o["gpus"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|g| {
-                format!(
-                    "{}x {} {}GB (simulated)",
-                    g["count"],
-                    g["model"].as_str().unwrap_or("?"),
-                    g["vram_mib"].as_u64().unwrap_or(0) / 1024
-                )
-            })
-            .collect();
         say(format!(
             "  {}  {}  {}/GPU-hour",
             o["provider"].as_str().unwrap_or("?"),
-            gpus.join(", "),
+            gpu_kinds(&o["gpus"], " (simulated)"),
             micros(&o["price_per_gpu_hour"])
         ));
     }

@@ -16,6 +16,7 @@ use clap::{Args, Subcommand};
 
 use crate::client::{NodeArgs, chain_id, parse_amount, submit_and_wait};
 use crate::print_json;
+use crate::view::{micros, text};
 
 /// How long a signed lease request stays valid: time to negotiate and commit.
 const REQUEST_TTL_MS: u64 = 120_000;
@@ -131,14 +132,6 @@ pub fn parse_duration(text: &str) -> anyhow::Result<u64> {
         return Err(bad());
     }
     Ok(total)
-}
-
-fn text(v: &serde_json::Value) -> String {
-    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
-}
-
-pub fn micros(v: &serde_json::Value) -> Amount {
-    text(v).parse().map(Amount).unwrap_or_default()
 }
 
 /// Progress lines go to stderr so stdout carries only the job's output (or JSON).

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::print_json;
+use crate::view::{gpu_kinds, micros, print_account, text};
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
@@ -66,10 +67,6 @@ impl StoreArgs {
     }
 }
 
-fn text(v: &serde_json::Value) -> String {
-    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
-}
-
 fn print_providers(list: &[serde_json::Value]) {
     if list.is_empty() {
         println!("no providers registered");
@@ -80,16 +77,7 @@ fn print_providers(list: &[serde_json::Value]) {
         "ADDRESS", "STATUS", "STAKE", "REGION", "SLASHES", "UPTIME", "HEARTBEAT"
     );
     for p in list {
-        let stake = text(&p["stake"]).parse().map(agora_protocol::Amount).unwrap_or_default();
-        let gpus: Vec<String> = p["gpus"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|g| {
-                let sim = if g["simulated"] == true { " (simulated)" } else { "" };
-                format!("{}x {} {}GB{sim}", g["count"], text(&g["model"]), g["vram_mib"].as_u64().unwrap_or(0) / 1024)
-            })
-            .collect();
+        let stake = micros(&p["stake"]);
         let heartbeat = p["last_heartbeat_height"].as_u64().map_or("-".to_string(), |h| format!("#{h}"));
         println!(
             "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {:>6}%  {:>9}  {}",
@@ -100,7 +88,7 @@ fn print_providers(list: &[serde_json::Value]) {
             p["slashes"],
             p["uptime_pct"],
             heartbeat,
-            gpus.join(", ")
+            gpu_kinds(&p["gpus"], " (simulated)")
         );
     }
 }
@@ -192,7 +180,7 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{:<64}  {:>14}  POWER", "ADDRESS", "STAKE");
                 for v in list.as_array().into_iter().flatten() {
-                    let stake = text(&v["stake"]).parse().map(agora_protocol::Amount).unwrap_or_default();
+                    let stake = micros(&v["stake"]);
                     println!("{:<64}  {:>14}  {}", text(&v["address"]), stake.to_string(), text(&v["power"]));
                 }
             }
@@ -266,11 +254,8 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
             if store.json {
                 print_json(&a)?;
             } else {
-                let micros = |k: &str| text(&a[k]).parse().map(agora_protocol::Amount).unwrap_or_default();
-                println!("balance   {}", micros("balance"));
-                println!("stake     {}", micros("stake"));
-                println!("unbonding {}", micros("unbonding"));
-                println!("nonce     {}", a["nonce"]);
+                let nonce = a["nonce"].as_u64().unwrap_or(0);
+                print_account(micros(&a["balance"]), micros(&a["stake"]), micros(&a["unbonding"]), nonce);
             }
         }
         LedgerCommand::Account { address, store } => {
@@ -280,10 +265,7 @@ pub fn run(home: &Path, cmd: LedgerCommand) -> anyhow::Result<ExitCode> {
             if store.json {
                 print_json(&acct)?;
             } else {
-                println!("balance   {}", acct.balance);
-                println!("stake     {}", acct.stake);
-                println!("unbonding {}", acct.unbonding);
-                println!("nonce     {}", acct.nonce);
+                print_account(acct.balance, acct.stake, acct.unbonding, acct.nonce);
             }
         }
     }

@@ -12,6 +12,7 @@ mod ledger;
 mod liveness_bench;
 mod node;
 mod testnet;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
