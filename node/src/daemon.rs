@@ -185,11 +185,9 @@ impl Daemon {
         };
         let market = match &provider {
             Some(p) => {
-                let docker = config.docker_available();
-                tracing::info!(process = config.runners.iter().any(|r| r == "process"), docker, "job runners");
-                let mut market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, docker);
-                market.allow_process = config.runners.iter().any(|r| r == "process");
-                Some(market)
+                let (process, docker) = (config.runners.iter().any(|r| r == "process"), config.docker_available());
+                tracing::info!(process, docker, "job runners");
+                Some(crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, process, docker))
             }
             None => None,
         };

@@ -60,13 +60,13 @@ fn agr(a: Amount) -> String {
 }
 
 impl Market {
-    pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, allow_images: bool) -> Market {
+    pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, allow_process: bool, allow_images: bool) -> Market {
         Market {
             gpus,
             price,
             max_lease_secs,
             allow_images,
-            allow_process: true,
+            allow_process,
             reserved: BTreeMap::new(),
             active: BTreeMap::new(),
         }
@@ -243,7 +243,7 @@ mod tests {
             sign_tx(&chain.keys[2], 0, TxKind::Transfer { to: chain.address(1), amount: Amount(9_999_900_000) });
         let block = chain.next_block(&mut state.clone(), vec![sign_tx(&chain.keys[0], 0, kind), spend]).unwrap();
         apply_block(&mut state, &block, SigCheck::Verify).unwrap();
-        (chain, state, Market::new(gpus, Amount::agr(2), 3600, false))
+        (chain, state, Market::new(gpus, Amount::agr(2), 3600, true, false))
     }
 
     #[test]
