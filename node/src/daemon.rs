@@ -418,6 +418,7 @@ impl Daemon {
                 Action::Commit { block, certificate, events } => {
                     let previous_time = self.store.state().time_ms().0;
                     self.store.commit_decided(&block, &certificate)?;
+                    let hash = block.hash();
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
                     m.committed_txs.inc_by(block.txs.len() as u64);
@@ -426,7 +427,7 @@ impl Daemon {
                         height = %block.header.height,
                         round = certificate.round,
                         txs = block.txs.len(),
-                        hash = %block.hash(),
+                        %hash,
                         "committed"
                     );
                     if let Ok(mut l) = self.shared.ledger.write() {
@@ -437,8 +438,9 @@ impl Daemon {
                         s.latest_block_hash = self.store.state().last_block_hash().to_hex();
                         s.state_root = block.header.state_root.to_hex();
                     }
-                    self.liveness_after_commit(block.header.height, block.hash(), block.header.time_ms.0);
+                    self.liveness_after_commit(block.header.height, hash, block.header.time_ms.0);
                     self.on_lease_events(&events)?;
+                    self.resend_own_txs()?;
                 }
                 Action::SyncNeeded { have } => self.request_sync(have),
                 Action::MissingBlock { height, .. } => tracing::info!(%height, "decided a block we lack; syncing"),

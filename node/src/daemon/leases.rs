@@ -177,7 +177,7 @@ impl Daemon {
                 _ => {}
             }
         }
-        self.resend_own_txs()
+        Ok(())
     }
 
     fn start_job(&mut self, lease_id: LeaseId) -> Result<(), Error> {
@@ -311,7 +311,7 @@ impl Daemon {
     /// Own transactions stuck for `OWN_TX_RETRY_BLOCKS` (lost, or refused and
     /// blocking the nonces after them) are signed again from the ledger's
     /// nonce, leaving out closes of leases that are no longer open.
-    fn resend_own_txs(&mut self) -> Result<(), Error> {
+    pub(super) fn resend_own_txs(&mut self) -> Result<(), Error> {
         let state = self.store.state();
         let ledger_nonce = state.account(&self.key.address()).nonce;
         self.own_pending.retain(|n, _| *n >= ledger_nonce);
