@@ -74,24 +74,23 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     // 1. A job runs on the chosen provider; its output and GPU ids come back.
     let (b0, p0) = (balance(&api[3], &buyer), balance(&api[3], &addr[0]));
     let supply_before = b0 + p0;
-    let run = agora(&[
-        "--home",
+    let run = submit(
         &buyer_home,
-        "submit",
-        "--node",
         &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &addr[0],
-        "--duration",
-        "10m",
-        "--wait",
-        "--",
-        "sh",
-        "-c",
-        "echo hello; echo $CUDA_VISIBLE_DEVICES",
-    ]);
+        &[
+            "--gpus",
+            "1",
+            "--provider",
+            &addr[0],
+            "--duration",
+            "10m",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo $CUDA_VISIBLE_DEVICES",
+        ],
+    );
     let stdout = ok(run);
     assert_eq!(stdout, "hello\nSIM-H100-0\n", "the job's output, exactly");
     let list: serde_json::Value =
@@ -111,23 +110,22 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!(b1 + p1, supply_before, "supply conserved");
 
     // 2. Cancel mid-run: the process group is gone within a second, settlement is pro-rata.
-    let id = ok(agora(&[
-        "--home",
+    let id = ok(submit(
         &buyer_home,
-        "submit",
-        "--node",
         &api[2],
-        "--gpus",
-        "2",
-        "--provider",
-        &addr[0],
-        "--duration",
-        "1h",
-        "--",
-        "sh",
-        "-c",
-        "echo started; sleep 600 & wait",
-    ]))
+        &[
+            "--gpus",
+            "2",
+            "--provider",
+            &addr[0],
+            "--duration",
+            "1h",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600 & wait",
+        ],
+    ))
     .trim()
     .to_string();
     let pgid = pgid_of(&home(0), &id);
@@ -138,21 +136,8 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
 
     // Refusals while provider 0's GPUs are all leased; none of them locks anything.
     let before = balance(&api[3], &buyer);
-    let busy = err(agora(&[
-        "--home",
-        &buyer_home,
-        "submit",
-        "--node",
-        &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &addr[0],
-        "--duration",
-        "1m",
-        "--",
-        "true",
-    ]));
+    let busy =
+        err(submit(&buyer_home, &api[3], &["--gpus", "1", "--provider", &addr[0], "--duration", "1m", "--", "true"]));
     assert!(busy.contains("provider has 0 free H100"), "{busy}");
     let other =
         err(agora(&["--home", &home(2).to_string_lossy(), "lease", "logs", &id, "--key", "node", "--node", &api[2]]));
@@ -161,56 +146,18 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
         err(agora(&["--home", &home(2).to_string_lossy(), "lease", "cancel", &id, "--key", "node", "--node", &api[2]]));
     assert!(stranger_cancel.contains("not a party"), "{stranger_cancel}");
     ok(agora(&["--home", &buyer_home, "keys", "new", "--name", "broke"]));
-    let broke = err(agora(&[
-        "--home",
+    let broke = err(submit(
         &buyer_home,
-        "submit",
-        "--key",
-        "broke",
-        "--node",
         &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &addr[1],
-        "--duration",
-        "1h",
-        "--",
-        "true",
-    ]));
+        &["--key", "broke", "--gpus", "1", "--provider", &addr[1], "--duration", "1h", "--", "true"],
+    ));
     assert!(broke.contains("balance 0 AGR < escrow 2 AGR"), "{broke}");
     let huge = "x".repeat(20_000);
-    let too_big = err(agora(&[
-        "--home",
-        &buyer_home,
-        "submit",
-        "--node",
-        &api[3],
-        "--gpus",
-        "1",
-        "--duration",
-        "1m",
-        "--",
-        "echo",
-        &huge,
-    ]));
+    let too_big = err(submit(&buyer_home, &api[3], &["--gpus", "1", "--duration", "1m", "--", "echo", &huge]));
     assert!(too_big.contains("job spec") && too_big.contains("exceeds the limit"), "{too_big}");
     let unknown = Keypair::from_seed_phrase("nobody").address().to_string();
-    let nobody = err(agora(&[
-        "--home",
-        &buyer_home,
-        "submit",
-        "--node",
-        &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &unknown,
-        "--duration",
-        "1m",
-        "--",
-        "true",
-    ]));
+    let nobody =
+        err(submit(&buyer_home, &api[3], &["--gpus", "1", "--provider", &unknown, "--duration", "1m", "--", "true"]));
     assert!(nobody.contains("no offer matches"), "{nobody}");
     // Crafted requests straight to the API: below the ask, expired, forged, replayed.
     let chain = ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
@@ -244,20 +191,7 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!((code, why.contains("already accepted")), (409, true), "a replayed request: {why}");
     assert_eq!(balance(&api[3], &buyer), before, "refusals lock nothing");
     // Without --provider, a full provider passes the request on to the next offer.
-    let next = agora(&[
-        "--home",
-        &buyer_home,
-        "submit",
-        "--node",
-        &api[3],
-        "--gpus",
-        "1",
-        "--duration",
-        "1m",
-        "--wait",
-        "--",
-        "true",
-    ]);
+    let next = submit(&buyer_home, &api[3], &["--gpus", "1", "--duration", "1m", "--wait", "--", "true"]);
     assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
     assert!(String::from_utf8_lossy(&next.stderr).contains(&addr[1]), "leased from provider 1");
     let before = balance(&api[3], &buyer);
@@ -287,24 +221,11 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
             let a = api[3].clone();
             let p = addr[0].clone();
             std::thread::spawn(move || {
-                agora(&[
-                    "--home",
+                submit(
                     &h,
-                    "submit",
-                    "--key",
-                    key,
-                    "--node",
                     &a,
-                    "--gpus",
-                    "2",
-                    "--provider",
-                    &p,
-                    "--duration",
-                    "30m",
-                    "--",
-                    "sleep",
-                    "600",
-                ])
+                    &["--key", key, "--gpus", "2", "--provider", &p, "--duration", "30m", "--", "sleep", "600"],
+                )
             })
         })
         .collect();
@@ -346,22 +267,10 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert!(status.contains("the provider restarted while the job ran"), "{status}");
 
     // The restarted provider advertises and takes leases again.
-    let again = ok(agora(&[
-        "--home",
+    let again = ok(submit(
         &buyer_home,
-        "submit",
-        "--node",
         &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &addr[0],
-        "--duration",
-        "5m",
-        "--wait",
-        "--",
-        "echo",
-        "back",
-    ]));
+        &["--gpus", "1", "--provider", &addr[0], "--duration", "5m", "--wait", "--", "echo", "back"],
+    ));
     assert_eq!(again, "back\n");
 }

@@ -49,22 +49,11 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     });
 
     // A buyer's long job on provider 1, which is about to die.
-    let lease = ok(agora(&[
-        "--home",
+    let lease = ok(submit(
         &buyer_home,
-        "submit",
-        "--node",
         &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &addr[1],
-        "--duration",
-        "1h",
-        "--",
-        "sleep",
-        "600",
-    ]))
+        &["--gpus", "1", "--provider", &addr[1], "--duration", "1h", "--", "sleep", "600"],
+    ))
     .trim()
     .to_string();
     let buyer_before: u64 = {
@@ -182,23 +171,11 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
         provider(&api[3], &addr[1])["status"] == "active"
             && offers.as_array().is_some_and(|a| a.iter().any(|o| o["provider"] == addr[1].as_str()))
     });
-    let again = ok(agora(&[
-        "--home",
+    let again = ok(submit(
         &buyer_home,
-        "submit",
-        "--node",
         &api[3],
-        "--gpus",
-        "1",
-        "--provider",
-        &addr[1],
-        "--duration",
-        "5m",
-        "--wait",
-        "--",
-        "echo",
-        "back",
-    ]));
+        &["--gpus", "1", "--provider", &addr[1], "--duration", "5m", "--wait", "--", "echo", "back"],
+    ));
     assert_eq!(again, "back\n");
     // Metrics count what happened.
     let m = http::get(&api[0], "/metrics").unwrap().body;

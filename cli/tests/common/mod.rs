@@ -84,3 +84,10 @@ pub fn testnet_up(dir: &std::path::Path, providers: usize, base_port: u16, extra
     args.extend_from_slice(extra);
     serde_json::from_str(&ok(agora(&args))).unwrap()
 }
+
+/// `agora --home HOME submit --node NODE ARGS…`: a buyer's submission.
+pub fn submit(home: &str, node: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--home", home, "submit", "--node", node];
+    all.extend_from_slice(args);
+    agora(&all)
+}
