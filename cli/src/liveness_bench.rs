@@ -30,11 +30,7 @@ pub struct LivenessBenchReport {
 }
 
 fn providers(api: &str) -> Vec<serde_json::Value> {
-    http::get(api, "/v1/providers")
-        .ok()
-        .and_then(|r| r.json().ok())
-        .and_then(|j| j.as_array().cloned())
-        .unwrap_or_default()
+    http::get_list(api, "/v1/providers")
 }
 
 fn height(api: &str) -> u64 {

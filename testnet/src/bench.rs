@@ -250,11 +250,7 @@ fn measure(
 }
 
 fn offers(api: &str) -> Vec<serde_json::Value> {
-    http::get(api, "/v1/offers")
-        .ok()
-        .and_then(|r| r.json().ok())
-        .and_then(|j| j.as_array().cloned())
-        .unwrap_or_default()
+    http::get_list(api, "/v1/offers")
 }
 
 /// Follows node 0's new blocks and records when each submitted transaction

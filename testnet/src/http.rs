@@ -77,6 +77,11 @@ pub fn get(base: &str, path: &str) -> Result<Reply, HttpError> {
     request(base, "GET", path, None)
 }
 
+/// A JSON list the API returns (empty if the node does not answer or sends something else).
+pub fn get_list(base: &str, path: &str) -> Vec<serde_json::Value> {
+    get(base, path).ok().and_then(|r| r.json().ok()).and_then(|j| j.as_array().cloned()).unwrap_or_default()
+}
+
 pub fn post(base: &str, path: &str, body: &str) -> Result<Reply, HttpError> {
     request(base, "POST", path, Some(body))
 }
