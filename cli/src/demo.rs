@@ -122,7 +122,7 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
         max_price: None,
         provider: None,
         duration_secs: DEMO_LEASE_SECS,
-        spec: JobSpec { command, env: vec![], image: None },
+        spec: JobSpec { command, env: vec![], image: None, egress: false },
     };
     // Every provider is also paid by nobody else during the demo, so its
     // balance before the lease opens is the one to compare with.

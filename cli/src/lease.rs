@@ -51,6 +51,9 @@ pub struct SubmitArgs {
     /// Run the command in this container image (providers that allow docker)
     #[arg(long)]
     image: Option<String>,
+    /// Ask for outbound network access for the job (container jobs, on providers that allow it)
+    #[arg(long)]
+    egress: bool,
     /// Follow the lease to the end, print the job's output and exit with its exit code
     #[arg(long)]
     wait: bool,
@@ -295,6 +298,9 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
         env.push((k.to_string(), v.to_string()));
     }
+    if let Some(image) = &args.image {
+        agora_protocol::job::validate_image_ref(image).map_err(|e| anyhow!("--image: {e}"))?;
+    }
     let ask = Ask {
         gpus: args.gpus,
         model: args.model.clone(),
@@ -302,7 +308,7 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         max_price: args.max_price.as_deref().map(parse_amount).transpose()?,
         provider: args.provider.as_deref().map(str::parse).transpose()?,
         duration_secs,
-        spec: JobSpec { command: args.command.clone(), env, image: args.image.clone() },
+        spec: JobSpec { command: args.command.clone(), env, image: args.image.clone(), egress: args.egress },
     };
     let node = &args.node;
     let opened = open_lease(&keypair, &ask, node)?;

@@ -94,7 +94,7 @@ fn measure(
             max_price: None,
             provider: None,
             duration_secs: 60,
-            spec: JobSpec { command: vec!["true".into()], env: vec![], image: None },
+            spec: JobSpec { command: vec!["true".into()], env: vec![], image: None, egress: false },
         };
         let started = Instant::now();
         let opened = open_lease(&keypair, &ask, &node)?;
@@ -123,7 +123,7 @@ fn measure(
 
     eprintln!("sending {burst} lease requests at once from {threads} threads");
     let provider = file.nodes[0].address.parse()?;
-    let spec = JobSpec { command: vec!["true".into()], env: vec![], image: None };
+    let spec = JobSpec { command: vec!["true".into()], env: vec![], image: None, egress: false };
     let spec_hex = hex::encode(codec::encode(&spec)?);
     let bodies: Vec<String> = (0..burst)
         .map(|i| {

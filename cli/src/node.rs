@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Longest lease accepted, in seconds
     #[arg(long)]
     max_lease_secs: Option<u64>,
+    /// Run plain jobs as processes of the node's own user even with real GPUs
+    /// (a job could then read the node's keys: only for hosts you fully trust the jobs of)
+    #[arg(long)]
+    unsafe_process_runner: bool,
     /// Log level or filter (overrides RUST_LOG)
     #[arg(long)]
     log_level: Option<String>,
@@ -125,6 +129,7 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.max_lease_secs {
         config.max_lease_secs = v;
     }
+    config.jobs.unsafe_process_runner = args.unsafe_process_runner;
     agora_node::run::run(home, config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -161,7 +161,7 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert!(nobody.contains("no offer matches"), "{nobody}");
     // Crafted requests straight to the API: below the ask, expired, forged, replayed.
     let chain = ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
-    let spec = JobSpec { command: vec!["true".into()], env: vec![], image: None };
+    let spec = JobSpec { command: vec!["true".into()], env: vec![], image: None, egress: false };
     let request = |price: u64, expires: u64, nonce: u64| {
         let body = LeaseRequest {
             provider: addr[1].parse().unwrap(),

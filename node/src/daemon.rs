@@ -24,6 +24,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
+mod jobs;
 mod leases;
 mod liveness;
 
@@ -119,6 +120,71 @@ pub struct Shared {
     pub admin: bool,
 }
 
+/// CPU cores this host has (for the automatic per-GPU share).
+fn host_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Memory this host has, in MiB (for the automatic per-GPU share).
+fn host_memory_mib() -> u64 {
+    // SAFETY: sysinfo(2) fills the zeroed struct we pass.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return 1024;
+    }
+    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) / (1024 * 1024)
+}
+
+/// Whether the docker CLI reaches a running Docker Engine.
+fn docker_reachable() -> bool {
+    std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A provider's negotiation state and job host: which jobs it accepts
+/// (plain ones only with a working isolation; images only where docker
+/// works) and how it runs them. Non-providers get an empty job host.
+fn provider_jobs(
+    home: &Path,
+    config: &NodeConfig,
+    key: &Keypair,
+    provider: Option<&Provider>,
+) -> Result<(Option<crate::market::Market>, jobs::Jobs), Error> {
+    use crate::config::{PlainJobs, Runner, choose_isolation};
+    let log = crate::runner::LogLimits { ring_bytes: config.jobs.log_bytes, file_bytes: config.jobs.log_file_bytes };
+    let retention = Duration::from_secs(config.jobs.retention_secs);
+    let Some(p) = provider else {
+        let resources = config.jobs.resources(1, 1, 1024);
+        return Ok((None, jobs::Jobs::new(config.jobs_dir(home), log, None, resources, retention)));
+    };
+    let all_simulated = p.gpus.iter().all(|g| g.simulated);
+    let forbidden = [home.to_path_buf(), home.join(&config.data_dir)];
+    let node = key.address().to_string();
+    let plain = choose_isolation(&config.jobs, all_simulated, || {
+        agora_sandbox::Sandbox::new(&node, &forbidden, &config.jobs.extra_paths).map_err(|e| e.to_string())
+    })
+    .map_err(|reason| Error::Config { path: NodeConfig::path(home), reason })?;
+    let isolation = plain.map(|p| match p {
+        PlainJobs::Sandbox(s) => crate::runner::Isolation::Sandbox(std::sync::Arc::new(s)),
+        PlainJobs::Process => crate::runner::Isolation::Process,
+    });
+    let docker = config.jobs.allows(Runner::Docker) && docker_reachable();
+    let kinds =
+        crate::market::JobKinds { plain: isolation.is_some(), images: docker, egress: p.resources.egress && docker };
+    let runner = match &isolation {
+        Some(crate::runner::Isolation::Sandbox(_)) => "sandbox",
+        Some(crate::runner::Isolation::Process) => "process (unsandboxed: testnets only)",
+        None => "none (images only)",
+    };
+    tracing::info!(plain_jobs = runner, docker, egress = kinds.egress, resources = ?p.resources, "job runners");
+    let market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, kinds);
+    Ok((Some(market), jobs::Jobs::new(config.jobs_dir(home), log, isolation, p.resources, retention)))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -129,11 +195,8 @@ pub struct Daemon {
     provider: Option<Provider>,
     /// The provider's negotiation state (None on non-providers).
     market: Option<crate::market::Market>,
-    jobs: std::collections::BTreeMap<agora_protocol::LeaseId, crate::runner::Job>,
-    job_ended_tx: mpsc::Sender<crate::runner::JobEnded>,
-    job_ended_rx: mpsc::Receiver<crate::runner::JobEnded>,
-    jobs_dir: std::path::PathBuf,
-    job_log_bytes: usize,
+    /// The jobs this provider runs and how it runs them.
+    jobs: jobs::Jobs,
     /// Lease-protocol requests sent to providers, awaiting their answers.
     pending_rpcs: HashMap<libp2p::request_response::OutboundRequestId, leases::RpcReply>,
     /// Heartbeats, probes and attestations (pure decisions).
@@ -176,22 +239,16 @@ impl Daemon {
         } else {
             log_gpus(&detection);
             config.check_provider_terms(home)?;
+            let resources = config.jobs.resources(detection.gpus.len() as u32, host_cores(), host_memory_mib());
             Some(Provider::new(
                 detection.gpus.clone(),
                 config.price(home)?,
                 config.region.clone(),
                 config.max_lease_secs,
+                resources,
             ))
         };
-        let market = match &provider {
-            Some(p) => {
-                let (process, docker) = (config.runners.iter().any(|r| r == "process"), config.docker_available());
-                tracing::info!(process, docker, "job runners");
-                Some(crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, process, docker))
-            }
-            None => None,
-        };
-        let (job_ended_tx, job_ended_rx) = mpsc::channel(crate::runner::JOB_EVENTS_QUEUE);
+        let (market, jobs) = provider_jobs(home, config, &key, provider.as_ref())?;
         let genesis = crate::config::load_genesis(home)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         let wal = store.wal_entries()?;
@@ -266,11 +323,7 @@ impl Daemon {
             key,
             provider,
             market,
-            jobs: Default::default(),
-            job_ended_tx,
-            job_ended_rx,
-            jobs_dir: config.jobs_dir(home),
-            job_log_bytes: config.job_log_bytes,
+            jobs,
             pending_rpcs: HashMap::new(),
             liveness: crate::liveness::Liveness::new(store.state().params().downtime_window_blocks, store.height()),
             pending_probes: HashMap::new(),
@@ -317,7 +370,7 @@ impl Daemon {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd)?,
                 _ = sleep => self.fire_timers()?,
                 _ = tick.tick() => self.on_tick()?,
-                Some(ended) = self.job_ended_rx.recv() => self.on_job_ended(ended)?,
+                Some(ended) = self.jobs.ended_rx.recv() => self.on_job_ended(ended)?,
             }
             self.retry_unpublished();
             self.publish_status();
@@ -331,6 +384,7 @@ impl Daemon {
     /// Periodic duties: expire offers, and a provider's registration and offers.
     fn on_tick(&mut self) -> Result<(), Error> {
         self.heartbeat_tick()?;
+        self.jobs.sweep();
         if self.last_redial.elapsed() >= REDIAL_INTERVAL {
             self.last_redial = Instant::now();
             self.redial();

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod error;
 pub mod gpu;
 pub mod identity;

@@ -42,14 +42,23 @@ pub struct Assignment {
     pub gpu_ids: Vec<String>,
 }
 
+/// Which jobs this provider runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobKinds {
+    /// Plain commands (in the sandbox, or as processes on a testnet).
+    pub plain: bool,
+    /// Commands in a container image.
+    pub images: bool,
+    /// Outbound network for container jobs that ask for it.
+    pub egress: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Market {
     gpus: Vec<Gpu>,
     pub price: Amount,
     pub max_lease_secs: u64,
-    pub allow_images: bool,
-    /// Whether jobs may run as plain processes (else only in images).
-    pub allow_process: bool,
+    pub kinds: JobKinds,
     reserved: BTreeMap<LeaseId, Reservation>,
     /// Committed leases and the GPU indices they hold.
     active: BTreeMap<LeaseId, Vec<usize>>,
@@ -60,16 +69,8 @@ fn agr(a: Amount) -> String {
 }
 
 impl Market {
-    pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, allow_process: bool, allow_images: bool) -> Market {
-        Market {
-            gpus,
-            price,
-            max_lease_secs,
-            allow_images,
-            allow_process,
-            reserved: BTreeMap::new(),
-            active: BTreeMap::new(),
-        }
+    pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, kinds: JobKinds) -> Market {
+        Market { gpus, price, max_lease_secs, kinds, reserved: BTreeMap::new(), active: BTreeMap::new() }
     }
 
     fn busy(&self) -> Vec<usize> {
@@ -122,11 +123,17 @@ impl Market {
         if spec.hash().map_err(|e| e.to_string())? != terms.job_spec_hash {
             return Err("the job spec does not match the hash in the signed request".into());
         }
-        if spec.image.is_some() && !self.allow_images {
+        if spec.image.is_some() && !self.kinds.images {
             return Err("this provider does not run container images (--image); submit without it".into());
         }
-        if spec.image.is_none() && !self.allow_process {
+        if spec.image.is_none() && !self.kinds.plain {
             return Err("this provider runs jobs only in container images; submit with --image".into());
+        }
+        if spec.egress && !self.kinds.egress {
+            return Err("this provider gives jobs no network access; submit without --egress".into());
+        }
+        if spec.egress && spec.image.is_none() {
+            return Err("network access is given only to container jobs; submit with --image to use --egress".into());
         }
         if terms.duration_secs > self.max_lease_secs {
             return Err(format!(
@@ -184,6 +191,15 @@ impl Market {
         self.active.insert(id, idx);
     }
 
+    /// The leased GPUs named by `gpu_ids`, as the job runner needs them.
+    pub fn leased_gpus(&self, gpu_ids: &[String]) -> Vec<crate::runner::LeasedGpu> {
+        self.gpus
+            .iter()
+            .filter(|g| gpu_ids.contains(&g.id))
+            .map(|g| crate::runner::LeasedGpu { id: g.id.clone(), index: g.index, simulated: g.simulated })
+            .collect()
+    }
+
     /// The lease ended (settled, or its job stopped): its GPUs are free again.
     pub fn release(&mut self, id: &LeaseId) {
         self.reserved.remove(id);
@@ -215,7 +231,7 @@ mod tests {
     const NOW: u64 = 2_000_000_000_000;
 
     fn spec() -> JobSpec {
-        JobSpec { command: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![], image: None }
+        JobSpec { command: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![], image: None, egress: false }
     }
 
     fn request(buyer: &Keypair, provider: Address, gpus: u32, price: u64, nonce: u64) -> Signed<LeaseRequest> {
@@ -243,7 +259,8 @@ mod tests {
             sign_tx(&chain.keys[2], 0, TxKind::Transfer { to: chain.address(1), amount: Amount(9_999_900_000) });
         let block = chain.next_block(&mut state.clone(), vec![sign_tx(&chain.keys[0], 0, kind), spend]).unwrap();
         apply_block(&mut state, &block, SigCheck::Verify).unwrap();
-        (chain, state, Market::new(gpus, Amount::agr(2), 3600, true, false))
+        let kinds = JobKinds { plain: true, images: false, egress: false };
+        (chain, state, Market::new(gpus, Amount::agr(2), 3600, kinds))
     }
 
     #[test]
@@ -322,8 +339,25 @@ mod tests {
         let replay = m.propose(&me, &c, &state, &ok, &spec(), NOW).unwrap_err();
         assert!(replay.contains("already accepted"), "{replay}");
         assert_eq!(m.free("H100").len(), 1, "refusals reserve nothing");
-        m.allow_process = false;
+        m.kinds.plain = false;
         let plain = m.propose(&me, &c, &state, &request(&chain.keys[1], me, 1, 2, 10), &spec(), NOW).unwrap_err();
         assert!(plain.contains("only in container images"), "{plain}");
+        let signed_for = |spec: &JobSpec, nonce: u64| {
+            let mut r = request(&chain.keys[1], me, 1, 2, nonce).body;
+            r.job_spec_hash = spec.hash().unwrap();
+            Signed::sign(r, &chain.keys[1], &c).unwrap()
+        };
+        m.kinds = JobKinds { plain: true, images: true, egress: false };
+        let net = JobSpec { image: Some("busybox".into()), egress: true, ..spec() };
+        let refused = m.propose(&me, &c, &state, &signed_for(&net, 11), &net, NOW).unwrap_err();
+        assert_eq!(refused, "this provider gives jobs no network access; submit without --egress");
+        m.kinds.egress = true;
+        let plain_net = JobSpec { egress: true, ..spec() };
+        let refused = m.propose(&me, &c, &state, &signed_for(&plain_net, 12), &plain_net, NOW).unwrap_err();
+        assert!(refused.contains("only to container jobs"), "{refused}");
+        let injected = JobSpec { image: Some("--privileged".into()), ..spec() };
+        let refused = m.propose(&me, &c, &state, &signed_for(&injected, 13), &injected, NOW).unwrap_err();
+        assert!(refused.contains("--privileged"), "{refused}");
+        m.propose(&me, &c, &state, &signed_for(&net, 14), &net, NOW).expect("egress allowed for an image job");
     }
 }

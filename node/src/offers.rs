@@ -191,6 +191,12 @@ mod tests {
             max_duration_secs: 3600,
             region: "eu-west".into(),
             expires_at_ms: TimestampMs(NOW + OFFER_TTL_MS),
+            resources: agora_protocol::JobResources {
+                cpu_millicores_per_gpu: 1000,
+                memory_mib_per_gpu: 1024,
+                scratch_mib_per_gpu: 64,
+                egress: false,
+            },
         };
         Signed::sign(body, key, &chain_id()).unwrap()
     }

@@ -4,7 +4,7 @@
 //! signs and gossips what this returns.
 
 use agora_ledger::State;
-use agora_protocol::{Address, Amount, GpuSpec, Height, Offer, TimestampMs};
+use agora_protocol::{Address, Amount, GpuSpec, Height, JobResources, Offer, TimestampMs};
 
 use crate::gpu::Gpu;
 use crate::offers::{OFFER_REANNOUNCE_MS, OFFER_TTL_MS};
@@ -33,6 +33,8 @@ pub struct Provider {
     pub price: Amount,
     pub region: String,
     pub max_lease_secs: u64,
+    /// What each leased GPU comes with (CPU, memory, scratch, network), as offered.
+    pub resources: JobResources,
     next_offer_at_ms: u64,
     last_seq: u64,
     registration_sent: Option<Height>,
@@ -40,7 +42,13 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn new(gpus: Vec<Gpu>, price: Amount, region: String, max_lease_secs: u64) -> Provider {
+    pub fn new(
+        gpus: Vec<Gpu>,
+        price: Amount,
+        region: String,
+        max_lease_secs: u64,
+        resources: JobResources,
+    ) -> Provider {
         let specs = crate::gpu::specs(&gpus);
         Provider {
             gpus,
@@ -48,6 +56,7 @@ impl Provider {
             price,
             region,
             max_lease_secs,
+            resources,
             next_offer_at_ms: 0,
             last_seq: 0,
             registration_sent: None,
@@ -95,6 +104,7 @@ impl Provider {
             max_duration_secs: self.max_lease_secs,
             region: self.region.clone(),
             expires_at_ms: TimestampMs(now_ms + OFFER_TTL_MS),
+            resources: self.resources,
         }))
     }
 
@@ -126,7 +136,13 @@ mod tests {
 
     fn provider() -> Provider {
         let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
-        Provider::new(gpus, Amount::agr(2), "eu".into(), 3600)
+        let resources = JobResources {
+            cpu_millicores_per_gpu: 1000,
+            memory_mib_per_gpu: 1024,
+            scratch_mib_per_gpu: 64,
+            egress: false,
+        };
+        Provider::new(gpus, Amount::agr(2), "eu".into(), 3600, resources)
     }
 
     #[test]

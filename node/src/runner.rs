@@ -1,9 +1,12 @@
-//! Runs a lease's job on the provider: a child process in its own process
-//! group and working directory, with a cleared environment plus the buyer's
-//! variables and `CUDA_VISIBLE_DEVICES` naming exactly the leased GPUs; its
-//! stdout and stderr go to a log file and a bounded in-memory ring that the
-//! buyer reads over the lease protocol. The lease's time limit is enforced,
-//! and cancel, expiry or shutdown kill the whole process group.
+//! Runs a lease's job on the provider. By default in the sandbox (own
+//! namespaces, root filesystem, cgroup and unprivileged uid: see
+//! [`agora_sandbox`]); as a plain child process only on testnets that ask for
+//! it (`Isolation::Process`); `--image` jobs in a hardened container. The
+//! job gets a cleared environment plus the buyer's variables and
+//! `CUDA_VISIBLE_DEVICES` naming exactly the leased GPUs; its stdout and
+//! stderr go to a capped, rotated log file outside its world and a bounded
+//! in-memory ring the buyer reads over the lease protocol. The lease's time
+//! limit is enforced, and cancel, expiry or shutdown kill the whole job.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -12,35 +15,105 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agora_protocol::LeaseId;
 use agora_protocol::job::{JobSpec, JobState, LogChunk};
 use agora_protocol::limits::MAX_LOG_CHUNK_BYTES;
+use agora_protocol::{JobResources, LeaseId};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-/// Default bytes of a job's output kept in memory for the buyer (the file keeps all of it).
+use agora_sandbox::cgroup::JobCgroup;
+use agora_sandbox::policy::LeasedDevice;
+use agora_sandbox::{Sandbox, SandboxJob};
+
+/// Default bytes of a job's output kept in memory for the buyer.
 pub const DEFAULT_LOG_RING_BYTES: usize = 1024 * 1024;
+/// Default size of a job's log file before it is rotated (one old file is kept).
+pub const DEFAULT_LOG_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// PATH a job gets unless the buyer sets one.
 pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Job-ended reports queued for the daemon at most.
 pub const JOB_EVENTS_QUEUE: usize = 256;
 /// Name prefix of the containers of `--image` jobs.
 pub const CONTAINER_PREFIX: &str = "agora-";
+/// The job's log file, in its control directory.
+pub const LOG_FILE: &str = "output.log";
 
-/// The job's output: all of it in a file, the newest part in memory.
+/// How plain (non-image) jobs run on this provider.
+#[derive(Clone)]
+pub enum Isolation {
+    /// In the sandbox: the default, and the only choice on a host with real GPUs.
+    Sandbox(Arc<Sandbox>),
+    /// As a child process of the node, as the node's user: testnets with simulated GPUs only.
+    Process,
+}
+
+/// A leased GPU as the runner needs it.
+#[derive(Clone, Debug)]
+pub struct LeasedGpu {
+    pub id: String,
+    pub index: u32,
+    pub simulated: bool,
+}
+
+/// Where a job's output goes and how much of it is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct LogLimits {
+    pub ring_bytes: usize,
+    pub file_bytes: u64,
+}
+
+/// Everything needed to start one job.
+pub struct Launch<'a> {
+    pub lease_id: LeaseId,
+    pub buyer: agora_protocol::Address,
+    pub spec: &'a JobSpec,
+    pub gpus: &'a [LeasedGpu],
+    pub jobs_dir: &'a Path,
+    pub deadline: Instant,
+    pub log: LogLimits,
+    pub resources: JobResources,
+}
+
+/// The job's output: a capped file on disk (rotated once), the newest part in memory.
 struct JobLog {
     ring: VecDeque<u8>,
     cap: usize,
     /// Bytes written so far; the ring holds the last `ring.len()` of them.
     total: u64,
-    file: Option<std::fs::File>,
+    file: Option<LogFile>,
+}
+
+struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    cap: u64,
+}
+
+impl LogFile {
+    fn write(&mut self, data: &[u8]) {
+        if self.written + data.len() as u64 > self.cap {
+            // Rotate: one previous file is kept, so the disk holds at most twice the cap.
+            let old = self.path.with_extension("log.1");
+            let _ = std::fs::rename(&self.path, old);
+            match std::fs::File::create(&self.path) {
+                Ok(f) => self.file = f,
+                Err(_) => return,
+            }
+            self.written = 0;
+        }
+        let take = data.len().min(self.cap as usize);
+        // The file is for the operator; a full disk must not stop the job.
+        if self.file.write_all(&data[..take]).is_ok() {
+            self.written += take as u64;
+        }
+    }
 }
 
 impl JobLog {
     fn append(&mut self, data: &[u8]) {
         if let Some(f) = self.file.as_mut() {
-            // The file is for the operator; a full disk must not stop the job.
-            let _ = f.write_all(data);
+            f.write(data);
         }
         self.total += data.len() as u64;
         self.ring.extend(data);
@@ -59,11 +132,22 @@ impl JobLog {
     }
 }
 
+/// How to kill a running job.
+enum Handle {
+    /// The process group of a process-runner job.
+    Group(i32),
+    /// The sandbox's outer process (its death takes the job's pid namespace with it) and cgroup.
+    Sandbox {
+        pid: i32,
+        cgroup: JobCgroup,
+    },
+    Container(String),
+}
+
 struct Inner {
     log: JobLog,
     state: JobState,
-    pgid: Option<i32>,
-    container: Option<String>,
+    handle: Option<Handle>,
 }
 
 /// A job this provider runs or ran; cheap to clone.
@@ -89,14 +173,38 @@ fn kill_group(pgid: i32) {
     }
 }
 
+fn kill_handle(handle: &Handle) {
+    match handle {
+        Handle::Group(pgid) => kill_group(*pgid),
+        Handle::Sandbox { pid, cgroup } => {
+            // SAFETY: kill(2) of the job's outer process, which the node spawned and has not reaped yet.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            let cgroup = cgroup.clone();
+            // Killing through the cgroup as well catches anything that raced the namespace's end.
+            std::thread::spawn(move || {
+                if let Err(e) = cgroup.kill() {
+                    tracing::error!(error = %e, "job cgroup kill");
+                }
+            });
+        }
+        Handle::Container(name) => {
+            let _ = std::process::Command::new("docker")
+                .args(["kill", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Job {
     /// A job known only from disk (after a restart): its log file, a final state.
     pub fn finished(lease_id: LeaseId, buyer: agora_protocol::Address, dir: &Path, state: JobState, cap: usize) -> Job {
         let mut log = JobLog { ring: VecDeque::new(), cap, total: 0, file: None };
-        if let Ok(bytes) = std::fs::read(dir.join("output.log")) {
+        if let Ok(bytes) = std::fs::read(dir.join(LOG_FILE)) {
             log.append(&bytes);
         }
-        let inner = Inner { log, state, pgid: None, container: None };
+        let inner = Inner { log, state, handle: None };
         Job { lease_id, buyer, dir: dir.to_path_buf(), inner: Arc::new(Mutex::new(inner)) }
     }
 
@@ -124,93 +232,146 @@ impl Job {
         }
     }
 
-    /// Kills the whole process group (and container) and records why.
+    /// Kills the whole job (every process of it) and records why.
     pub fn stop(&self, reason: &str) {
         let Ok(mut i) = self.inner.lock() else { return };
         if i.state == JobState::Running || i.state == JobState::Waiting {
             i.state = JobState::Stopped { reason: reason.to_string() };
         }
-        if let Some(pgid) = i.pgid {
-            kill_group(pgid);
+        if let Some(h) = i.handle.as_ref() {
+            kill_handle(h);
         }
-        if let Some(name) = i.container.take() {
-            let _ = std::process::Command::new("docker")
-                .args(["kill", &name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        if matches!(i.handle, Some(Handle::Container(_))) {
+            i.handle = None;
         }
     }
 }
 
-/// Where a job's files live: `jobs_dir/LEASE_ID/{spec.json,pgid,output.log,work/}`.
+/// Where a job's files live: `jobs_dir/LEASE_ID/{spec.json,output.log,…}`.
 pub fn job_dir(jobs_dir: &Path, lease_id: &LeaseId) -> PathBuf {
     jobs_dir.join(lease_id.to_string())
 }
 
-/// Starts `spec` for a committed lease; the process ends by itself, at
-/// `deadline`, or when stopped, and then `ended` hears of it.
-#[allow(clippy::too_many_arguments)]
-pub fn start(
-    lease_id: LeaseId,
-    buyer: agora_protocol::Address,
-    spec: &JobSpec,
-    gpu_ids: &[String],
-    jobs_dir: &Path,
-    deadline: Instant,
-    log_cap: usize,
-    ended: mpsc::Sender<JobEnded>,
-) -> Result<Job, String> {
+/// The device each leased GPU is in the job: the real `/dev/nvidiaN`, or a
+/// read-only stand-in file (made in the job's control directory) for a simulated one.
+fn leased_devices(dir: &Path, gpus: &[LeasedGpu]) -> Result<Vec<LeasedDevice>, String> {
+    let stand_ins = dir.join("dev");
+    let mut devices = Vec::new();
+    for g in gpus {
+        let name = format!("nvidia{}", g.index);
+        let host_path = if g.simulated {
+            std::fs::create_dir_all(&stand_ins).map_err(|e| format!("{}: {e}", stand_ins.display()))?;
+            let path = stand_ins.join(&name);
+            std::fs::write(&path, format!("simulated GPU {}\n", g.id))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444));
+            path
+        } else {
+            PathBuf::from(format!("/dev/{name}"))
+        };
+        devices.push(LeasedDevice { host_path, name });
+    }
+    Ok(devices)
+}
+
+/// The job's program and arguments with a cleared environment.
+fn job_command(spec: &JobSpec) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(&spec.command[0]);
+    c.args(&spec.command[1..]).env_clear();
+    c
+}
+
+/// The uid seed of a job: from its lease id, so concurrent jobs almost never share a uid.
+fn uid_seed(lease_id: &LeaseId) -> u32 {
+    let b = lease_id.0.0;
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Starts a job for a committed lease; it ends by itself, at the deadline,
+/// or when stopped, and then `ended` hears of it.
+pub fn start(launch: Launch<'_>, isolation: &Isolation, ended: mpsc::Sender<JobEnded>) -> Result<Job, String> {
+    let Launch { lease_id, buyer, spec, gpus, jobs_dir, deadline, log, resources } = launch;
     let dir = job_dir(jobs_dir, &lease_id);
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Ok(json) = serde_json::to_vec_pretty(&serde_json::json!({ "command": spec.command, "image": spec.image })) {
         let _ = std::fs::write(dir.join("spec.json"), json);
     }
-    let file = std::fs::File::create(dir.join("output.log")).ok();
-    let visible = gpu_ids.join(",");
-    let container = spec.image.as_ref().map(|_| format!("{CONTAINER_PREFIX}{}", &lease_id.to_string()[..16]));
-    let mut cmd = match (&spec.image, &container) {
-        (Some(image), Some(name)) => {
-            let mut c = tokio::process::Command::new("docker");
-            c.args(["run", "--rm", "--name", name]);
-            // Simulated GPUs are not devices docker could pass through.
-            if gpu_ids.iter().all(|g| !g.starts_with(crate::gpu::SIMULATED_ID_PREFIX)) {
-                c.arg("--gpus").arg(format!("\"device={visible}\""));
-            }
-            c.arg("-e").arg(format!("CUDA_VISIBLE_DEVICES={visible}"));
-            for (k, v) in &spec.env {
-                c.arg("-e").arg(format!("{k}={v}"));
-            }
-            c.arg(image).args(&spec.command);
+    let visible = gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>().join(",");
+    let mut sandboxed = None;
+    let mut cmd = match (&spec.image, isolation) {
+        (Some(image), _) => {
+            let name = format!("{CONTAINER_PREFIX}{}", &lease_id.to_string()[..16]);
+            let c = crate::docker::run_command(&name, image, spec, gpus, &lease_id, &resources);
+            sandboxed = Some(Handle::Container(name));
             c
         }
-        _ => {
-            let mut c = tokio::process::Command::new(&spec.command[0]);
-            c.args(&spec.command[1..]);
+        (None, Isolation::Sandbox(sandbox)) => {
+            let job = SandboxJob {
+                name: lease_id.to_string(),
+                dir: &dir,
+                leased: leased_devices(&dir, gpus)?,
+                real_gpus: gpus.iter().any(|g| !g.simulated),
+                resources,
+                gpu_count: gpus.len() as u32,
+                uid_seed: uid_seed(&lease_id),
+            };
+            let prepared = sandbox.prepare(&job).map_err(|e| format!("the sandbox could not be set up: {e}"))?;
+            let mut c = job_command(spec);
+            c.env("HOME", agora_sandbox::policy::WORK_DIR);
+            let cgroup = prepared.cgroup.clone();
+            agora_sandbox::apply(&mut c, prepared);
+            sandboxed = Some(Handle::Sandbox { pid: 0, cgroup });
+            c
+        }
+        (None, Isolation::Process) => {
+            let work = dir.join("work");
+            std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+            let mut c = job_command(spec);
+            c.env("HOME", &work).current_dir(&work).process_group(0);
             c
         }
     };
-    cmd.env_clear()
-        .env("PATH", JOB_PATH)
-        .env("HOME", &work)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+    if spec.image.is_none() {
+        // Buyer variables go to the job only: never to a host-side helper such as the docker CLI.
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    }
+    cmd.env("PATH", JOB_PATH)
         .env("CUDA_VISIBLE_DEVICES", &visible)
         .env("NVIDIA_VISIBLE_DEVICES", &visible)
         .env("AGORA_LEASE_ID", lease_id.to_string())
-        .current_dir(&work)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", spec.command[0]))?;
-    let pgid = child.id().map(|p| p as i32);
-    if let Some(p) = pgid {
-        let _ = std::fs::write(dir.join("pgid"), p.to_string());
-    }
-    let log = JobLog { ring: VecDeque::new(), cap: log_cap.max(1), total: 0, file };
-    let inner = Arc::new(Mutex::new(Inner { log, state: JobState::Running, pgid, container }));
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(Handle::Sandbox { cgroup, .. }) = &sandboxed {
+                let _ = cgroup.destroy();
+            }
+            return Err(format!("cannot start {:?}: {e}", spec.command[0]));
+        }
+    };
+    let pid = child.id().map(|p| p as i32);
+    let handle = match (sandboxed, pid) {
+        (Some(Handle::Sandbox { cgroup, .. }), Some(pid)) => Some(Handle::Sandbox { pid, cgroup }),
+        (Some(h @ Handle::Container(_)), _) => Some(h),
+        (None, Some(pid)) => {
+            let _ = std::fs::write(dir.join("pgid"), pid.to_string());
+            Some(Handle::Group(pid))
+        }
+        _ => None,
+    };
+    let file = std::fs::File::create(dir.join(LOG_FILE)).ok().map(|file| LogFile {
+        path: dir.join(LOG_FILE),
+        file,
+        written: 0,
+        cap: log.file_bytes.max(1),
+    });
+    let job_log = JobLog { ring: VecDeque::new(), cap: log.ring_bytes.max(1), total: 0, file };
+    let inner = Arc::new(Mutex::new(Inner { log: job_log, state: JobState::Running, handle }));
     let job = Job { lease_id, buyer, dir: dir.clone(), inner: inner.clone() };
     let readers: Vec<_> = [
         child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
@@ -243,17 +404,34 @@ pub fn start(
             job_for_task.stop("the lease's time ran out");
             let _ = child.wait().await;
         }
-        // Children the job left behind go with it.
-        if let Some(p) = pgid {
-            kill_group(p);
-        }
+        let handle = inner.lock().ok().and_then(|mut i| i.handle.take());
+        let note = match handle {
+            // Children the job left behind go with it.
+            Some(Handle::Group(pgid)) => {
+                kill_group(pgid);
+                None
+            }
+            Some(Handle::Sandbox { cgroup, .. }) => {
+                let oom = cgroup.oom_killed();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = cgroup.destroy() {
+                        tracing::error!(error = %e, "removing the job's cgroup");
+                    }
+                })
+                .await;
+                oom.then_some("\nagora: the job reached its memory limit and the kernel killed a process of it\n")
+            }
+            _ => None,
+        };
         for r in readers {
             // Output written before the exit is still in the pipes.
             let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
         }
         let state = {
             let Ok(mut i) = inner.lock() else { return };
-            i.pgid = None;
+            if let Some(note) = note {
+                i.log.append(note.as_bytes());
+            }
             if i.state == JobState::Running {
                 i.state = JobState::Exited { code: status.and_then(|s| s.code()) };
             }
@@ -264,8 +442,10 @@ pub fn start(
     Ok(job)
 }
 
-/// Kills the process group a previous run of this node left for `lease_id`
-/// (recorded in its `pgid` file), if any; returns whether there was one.
+/// Kills the process group a previous process-runner run of this node left
+/// for `lease_id` (recorded in its `pgid` file), if any; returns whether there
+/// was one. Only for the testnet-only process runner: sandboxed jobs are
+/// found by their cgroups ([`Sandbox::reap_leftovers`]), which no job can forge.
 pub fn kill_leftover(jobs_dir: &Path, lease_id: &LeaseId) -> bool {
     let path = job_dir(jobs_dir, lease_id).join("pgid");
     let Some(pgid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
@@ -276,6 +456,26 @@ pub fn kill_leftover(jobs_dir: &Path, lease_id: &LeaseId) -> bool {
         kill_group(pgid);
     }
     true
+}
+
+/// Deletes the control directories of jobs that are not running and whose
+/// log has not changed for `retention`; returns how many were removed.
+pub fn sweep_job_dirs(jobs_dir: &Path, running: &dyn Fn(&str) -> bool, retention: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(jobs_dir) else { return 0 };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if running(&name) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let last = std::fs::metadata(e.path().join(LOG_FILE)).or_else(|_| e.metadata()).and_then(|m| m.modified());
+        let old = last.ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age >= retention);
+        if old && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -295,6 +495,7 @@ mod tests {
             command: vec!["sh".into(), "-c".into(), script.into()],
             env: vec![("GREETING".into(), "hello".into())],
             image: None,
+            egress: false,
         }
     }
 
@@ -307,6 +508,40 @@ mod tests {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
         })
+    }
+
+    fn gpus(ids: &[&str]) -> Vec<LeasedGpu> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| LeasedGpu { id: id.to_string(), index: i as u32, simulated: true })
+            .collect()
+    }
+
+    fn resources() -> JobResources {
+        JobResources { cpu_millicores_per_gpu: 1000, memory_mib_per_gpu: 512, scratch_mib_per_gpu: 64, egress: false }
+    }
+
+    /// Starts `spec` with the process runner.
+    fn run(
+        lease: LeaseId,
+        spec: &JobSpec,
+        gpus: &[LeasedGpu],
+        dir: &Path,
+        deadline: Instant,
+        ring_bytes: usize,
+        tx: mpsc::Sender<JobEnded>,
+    ) -> Result<Job, String> {
+        let launch = Launch {
+            lease_id: lease,
+            buyer: buyer(),
+            spec,
+            gpus,
+            jobs_dir: dir,
+            deadline,
+            log: LogLimits { ring_bytes, file_bytes: DEFAULT_LOG_FILE_BYTES },
+            resources: resources(),
+        };
+        start(launch, &Isolation::Process, tx)
     }
 
     async fn wait_ended(rx: &mut mpsc::Receiver<JobEnded>) -> JobEnded {
@@ -323,8 +558,8 @@ mod tests {
             "echo $GREETING; echo gpus=$CUDA_VISIBLE_DEVICES; echo secret=$AGORA_SECRET_OF_THE_PROVIDER; pwd; exit 3",
         );
         let deadline = Instant::now() + Duration::from_secs(30);
-        let ids = ["SIM-H100-0".to_string(), "SIM-H100-1".to_string()];
-        let job = start(id(1), buyer(), &spec, &ids, tmp.path(), deadline, 1 << 20, tx).unwrap();
+        let ids = gpus(&["SIM-H100-0", "SIM-H100-1"]);
+        let job = run(id(1), &spec, &ids, tmp.path(), deadline, 1 << 20, tx).unwrap();
         let ended = wait_ended(&mut rx).await;
         assert_eq!(ended.state, JobState::Exited { code: Some(3) });
         let chunk = job.chunk(0);
@@ -343,8 +578,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         // A child that would outlive a plain kill of the shell.
         let spec = sh("sleep 300 & echo started; wait");
-        let job = start(id(2), buyer(), &spec, &[], tmp.path(), Instant::now() + Duration::from_secs(600), 1 << 20, tx)
-            .unwrap();
+        let job = run(id(2), &spec, &[], tmp.path(), Instant::now() + Duration::from_secs(600), 1 << 20, tx).unwrap();
         let pgid: i32 = loop {
             if let Ok(s) = std::fs::read_to_string(job_dir(tmp.path(), &id(2)).join("pgid")) {
                 break s.trim().parse().unwrap();
@@ -370,8 +604,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::channel(4);
         let spec = sh("i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done; sleep 300");
-        let job =
-            start(id(3), buyer(), &spec, &[], tmp.path(), Instant::now() + Duration::from_secs(2), 1000, tx).unwrap();
+        let job = run(id(3), &spec, &[], tmp.path(), Instant::now() + Duration::from_secs(2), 1000, tx).unwrap();
         let ended = wait_ended(&mut rx).await;
         assert_eq!(ended.state, JobState::Stopped { reason: "the lease's time ran out".into() });
         let chunk = job.chunk(0);
@@ -387,10 +620,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        let spec = JobSpec { command: vec!["/no/such/program".into()], env: vec![], image: None };
-        let err = rt
-            .block_on(async { start(id(4), buyer(), &spec, &[], tmp.path(), Instant::now(), 100, tx).err() })
-            .unwrap();
+        let spec = JobSpec { command: vec!["/no/such/program".into()], env: vec![], image: None, egress: false };
+        let err = rt.block_on(async { run(id(4), &spec, &[], tmp.path(), Instant::now(), 100, tx).err() }).unwrap();
         assert!(err.contains("cannot start \"/no/such/program\""), "{err}");
     }
 }

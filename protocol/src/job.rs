@@ -23,6 +23,10 @@ pub struct JobSpec {
     pub env: Vec<(String, String)>,
     /// A container image to run the command in, where the provider allows it.
     pub image: Option<String>,
+    /// Whether the job asks for outbound network access; jobs run with no
+    /// network unless they ask and the provider allows it.
+    #[serde(default)]
+    pub egress: bool,
 }
 
 impl Wire for JobSpec {
@@ -47,6 +51,9 @@ impl JobSpec {
         if self.command.iter().any(|a| a.contains('\0')) {
             return invalid("arguments must not contain NUL");
         }
+        if let Some(image) = &self.image {
+            validate_image_ref(image)?;
+        }
         codec::encode(self).map(|_| ())
     }
 
@@ -54,6 +61,65 @@ impl JobSpec {
     pub fn hash(&self) -> Result<Hash, Error> {
         Ok(Hash::tagged(b"agora/job-spec/1", &codec::encode(self)?))
     }
+}
+
+/// Checks a container image reference against the registry grammar
+/// (`[registry[:port]/]path[:tag][@sha256:digest]`, lower-case path
+/// components). Anything else is refused, so an image can never be read as an
+/// option (`--privileged`) or carry a second argument.
+pub fn validate_image_ref(image: &str) -> Result<(), Error> {
+    let invalid = |reason: &str| Err(Error::Invalid { what: "image", reason: format!("{image:?}: {reason}") });
+    if image.is_empty() || image.len() > MAX_IMAGE_REF_LEN {
+        return invalid("must be 1 to 255 characters");
+    }
+    let (name_tag, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return invalid("a digest must be sha256: and 64 lower-case hex digits");
+        }
+    }
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        None => (name_tag, None),
+    };
+    if let Some(tag) = tag {
+        let ok = (1..=128).contains(&tag.len())
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !tag.starts_with(['.', '-']);
+        if !ok {
+            return invalid("a tag is 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'");
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first part is a registry host when it has a '.' or ':' or is localhost.
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        let (h, port) = host.split_once(':').unwrap_or((host, "1"));
+        let host_ok = !h.is_empty()
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-')
+            });
+        if !host_ok || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+            return invalid("the registry host is not a valid host[:port]");
+        }
+    }
+    let component_ok = |c: &str| {
+        let b = c.as_bytes();
+        !c.is_empty()
+            && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
+            && b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit()
+            && c.bytes().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || b"._-".contains(&x))
+    };
+    if parts.is_empty() || !parts.iter().all(|c| component_ok(c)) {
+        return invalid("the name must be lower-case letters, digits and . _ - between / (e.g. ubuntu:24.04)");
+    }
+    Ok(())
 }
 
 /// A request for a lease's logs from `offset`; only the lease's buyer may sign it.
@@ -127,4 +193,54 @@ impl Wire for LeaseRpcReply {
     const NAME: &'static str = "lease rpc reply";
     const VERSION: u8 = 1;
     const MAX_BYTES: usize = MAX_LEASE_RPC_BYTES;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_follow_the_registry_grammar() {
+        let digest = format!("ubuntu@sha256:{}", "a".repeat(64));
+        for ok in [
+            "ubuntu",
+            "ubuntu:24.04",
+            "library/ubuntu:latest",
+            "ghcr.io/org/app:v1.2",
+            "localhost:5000/job",
+            "registry.example.com:443/a/b/c:tag_1",
+            "agora-test-busybox:1",
+            digest.as_str(),
+        ] {
+            validate_image_ref(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "--privileged",
+            "-v/:/host",
+            "--volume=/:/host",
+            "--pid=host",
+            "Ubuntu",
+            "ubuntu:",
+            "ubuntu:-x",
+            "ubuntu latest",
+            "ubuntu\n",
+            "/ubuntu",
+            "ubuntu/",
+            "a//b",
+            "ubuntu@sha256:xyz",
+            "ubuntu@md5:aaaa",
+            "host:99999999/x",
+        ] {
+            assert!(validate_image_ref(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(validate_image_ref(&"a".repeat(MAX_IMAGE_REF_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_spec_with_an_option_as_image_is_invalid() {
+        let spec =
+            JobSpec { command: vec!["true".into()], env: vec![], image: Some("--privileged".into()), egress: false };
+        assert!(spec.validate().unwrap_err().to_string().contains("--privileged"));
+    }
 }

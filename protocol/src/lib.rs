@@ -31,6 +31,6 @@ pub use error::Error;
 pub use ids::{ChainId, Hash, Height, LeaseId, TimestampMs};
 pub use keys::{Keypair, Signature};
 pub use liveness::{DowntimeAttestation, DowntimeEvidence, EquivocationEvidence, Heartbeat};
-pub use market::{GpuSpec, LeaseAccept, LeaseRequest, Offer};
+pub use market::{GpuSpec, JobResources, LeaseAccept, LeaseRequest, Offer};
 pub use sign::{Domain, Signable, Signed};
 pub use tx::{SignedTx, Transaction, TxKind};

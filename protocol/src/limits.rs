@@ -48,6 +48,14 @@ pub const MAX_COMMIT_SIGS: usize = MAX_VALIDATORS;
 pub const MAX_JOB_SPEC_BYTES: usize = 16 * 1024;
 /// Arguments in a job's command line, environment variables.
 pub const MAX_JOB_ARGS: usize = 256;
+/// Most CPU per GPU an offer may promise (1,024 cores: more than any host has).
+pub const MAX_CPU_MILLICORES_PER_GPU: u32 = 1_024_000;
+/// Least memory per GPU a job can be given: below this not even a shell starts.
+pub const MIN_JOB_MEMORY_MIB: u32 = 16;
+/// Most memory (and scratch) per GPU an offer may promise: 16 TiB.
+pub const MAX_JOB_MEMORY_MIB_PER_GPU: u32 = 16 * 1024 * 1024;
+/// Longest container image reference (the registry grammar's own limit).
+pub const MAX_IMAGE_REF_LEN: usize = 255;
 /// Most log bytes one logs reply carries.
 pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
 /// Largest lease-protocol message: a request with its job spec, or a log chunk.

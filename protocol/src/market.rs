@@ -51,6 +51,39 @@ pub fn validate_region(region: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a job gets for each leased GPU on a provider's host: the sandbox's
+/// CPU, memory and scratch limits, and whether jobs may reach the network.
+/// A lease of N GPUs gets N times the per-GPU figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResources {
+    /// CPU time per GPU in thousandths of a core (1000 = one core).
+    pub cpu_millicores_per_gpu: u32,
+    /// Memory per GPU (scratch files count against it: scratch is in memory).
+    pub memory_mib_per_gpu: u32,
+    /// Writable scratch space per GPU.
+    pub scratch_mib_per_gpu: u32,
+    /// Whether the provider gives jobs that ask for it outbound network access.
+    pub egress: bool,
+}
+
+impl JobResources {
+    pub fn validate(&self) -> Result<(), Error> {
+        let ok = (1..=MAX_CPU_MILLICORES_PER_GPU).contains(&self.cpu_millicores_per_gpu)
+            && (MIN_JOB_MEMORY_MIB..=MAX_JOB_MEMORY_MIB_PER_GPU).contains(&self.memory_mib_per_gpu)
+            && (1..=MAX_JOB_MEMORY_MIB_PER_GPU).contains(&self.scratch_mib_per_gpu);
+        if !ok {
+            return Err(Error::Invalid {
+                what: "job resources",
+                reason: format!(
+                    "CPU must be 1 to {MAX_CPU_MILLICORES_PER_GPU} millicores, memory {MIN_JOB_MEMORY_MIB} to \
+                     {MAX_JOB_MEMORY_MIB_PER_GPU} MiB and scratch 1 to {MAX_JOB_MEMORY_MIB_PER_GPU} MiB per GPU"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A provider's advertisement; the signer is the provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
@@ -61,11 +94,14 @@ pub struct Offer {
     pub max_duration_secs: u64,
     pub region: String,
     pub expires_at_ms: TimestampMs,
+    /// What each leased GPU comes with.
+    pub resources: JobResources,
 }
 
 impl Offer {
     pub fn validate(&self) -> Result<(), Error> {
         validate_gpus(&self.gpus)?;
+        self.resources.validate()?;
         validate_region(&self.region)?;
         if self.max_duration_secs == 0 || self.max_duration_secs > MAX_LEASE_DURATION_SECS {
             return Err(Error::Invalid { what: "offer", reason: "max duration must be 1 s to 30 days".into() });

@@ -7,8 +7,8 @@ use agora_protocol::codec::{self, Wire};
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{
     Address, Amount, Block, ChainId, CommitCertificate, CommitSig, DowntimeAttestation, DowntimeEvidence,
-    EquivocationEvidence, Error, GpuSpec, Hash, Header, Heartbeat, Height, Keypair, LeaseAccept, LeaseId, LeaseRequest,
-    Offer, Signable, Signed, SignedTx, TimestampMs, Transaction, TxKind,
+    EquivocationEvidence, Error, GpuSpec, Hash, Header, Heartbeat, Height, JobResources, Keypair, LeaseAccept, LeaseId,
+    LeaseRequest, Offer, Signable, Signed, SignedTx, TimestampMs, Transaction, TxKind,
 };
 
 fn chain() -> ChainId {
@@ -35,6 +35,12 @@ fn offer() -> Signed<Offer> {
         max_duration_secs: 86_400,
         region: "eu-west".into(),
         expires_at_ms: TimestampMs(1_767_225_900_000),
+        resources: JobResources {
+            cpu_millicores_per_gpu: 8_000,
+            memory_mib_per_gpu: 65_536,
+            scratch_mib_per_gpu: 10_240,
+            egress: false,
+        },
     };
     signed(body, "provider")
 }
@@ -159,7 +165,7 @@ const PINNED_TRANSFER_HEX: &str = concat!(
 );
 const PINNED: [(&str, &str); 8] = [
     ("block", "d483edd90e49954c437f17ccc2b0babc"),
-    ("offer", "e588441527fff6bcba53b3e978ca0616"),
+    ("offer", "2198e2b0d6a305764efa82184316b90e"),
     ("lease request", "aeb64644498e3b60735e179feed8e497"),
     ("lease accept", "ac392134b4b4063d3516ae5b06214e95"),
     ("heartbeat", "bcfa8bd99803db12b8aa930bc694f932"),

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_ledger::{Genesis, GenesisAccount, Params};
-use agora_node::config::{NODE_KEY_NAME, NodeConfig, save_genesis};
+use agora_node::config::{NODE_KEY_NAME, NodeConfig, Runner, save_genesis};
 use agora_node::{identity, keystore};
 use agora_protocol::{Amount, ChainId, TimestampMs};
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,9 @@ pub struct UpOptions {
     pub funded: Vec<agora_protocol::Address>,
     /// What each provider node declares (`gpus` of its config).
     pub provider_gpus: String,
+    /// How providers run plain jobs; None: the sandbox where this machine can
+    /// (root and cgroups), else the process runner (simulated GPUs only).
+    pub runner: Option<Runner>,
 }
 
 impl UpOptions {
@@ -105,8 +108,15 @@ impl UpOptions {
             commit_pause_ms: TESTNET_COMMIT_PAUSE_MS,
             funded: Vec::new(),
             provider_gpus: TESTNET_PROVIDER_GPUS.into(),
+            runner: None,
         }
     }
+}
+
+/// The runner a testnet's providers use for plain jobs: `wanted`, or the
+/// sandbox where this machine can run it, else the process runner.
+pub fn testnet_runner(wanted: Option<Runner>) -> Runner {
+    wanted.unwrap_or_else(|| if agora_sandbox::available().is_ok() { Runner::Sandbox } else { Runner::Process })
 }
 
 /// Balance of each extra funded account.
@@ -149,6 +159,8 @@ pub fn up(
     let buyer_home = dir.join("buyer");
     let buyer = keystore::create(&buyer_home, "default")?.keypair;
     let genesis = testnet_genesis(&keys, &buyer, &options.funded)?;
+    let runner = testnet_runner(options.runner);
+    progress(format!("providers run plain jobs with the {runner:?} runner").to_lowercase());
     for (i, e) in entries.iter().enumerate() {
         let mut config = NodeConfig::new(&e.moniker);
         config.listen = format!("/ip4/127.0.0.1/tcp/{}", base_port + 2 * i as u16);
@@ -158,6 +170,7 @@ pub fn up(
         config.commit_pause_ms = commit_pause_ms;
         config.timeout_propose_ms = TESTNET_PROPOSE_TIMEOUT_MS;
         config.testnet_admin = true;
+        config.jobs.runners = vec![runner, Runner::Docker];
         config.save(&e.home)?;
         save_genesis(&e.home, &genesis)?;
     }

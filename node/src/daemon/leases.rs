@@ -139,12 +139,12 @@ impl Daemon {
             .filter(|l| l.provider == self.key.address())
             .map(|l| l.buyer)
             .or_else(|| self.market.as_ref().and_then(|m| m.reserved_buyer(&id)))
-            .or_else(|| self.jobs.get(&id).map(|j| j.buyer))
+            .or_else(|| self.jobs.by_lease.get(&id).map(|j| j.buyer))
             .ok_or_else(|| format!("this provider has no lease {id}"))?;
         if req.signer != buyer {
             return Err("only the lease's buyer can read its logs".into());
         }
-        Ok(match self.jobs.get(&id) {
+        Ok(match self.jobs.by_lease.get(&id) {
             Some(job) => job.chunk(req.body.offset),
             None => LogChunk {
                 data: Vec::new(),
@@ -165,7 +165,7 @@ impl Daemon {
                     if let Some(m) = self.market.as_mut() {
                         m.release(lease_id);
                     }
-                    if let Some(job) = self.jobs.get(lease_id).filter(|j| j.is_running()) {
+                    if let Some(job) = self.jobs.by_lease.get(lease_id).filter(|j| j.is_running()) {
                         job.stop(match reason {
                             SettleReason::Cancelled => "the lease was cancelled",
                             SettleReason::Expired => "the lease's time ran out",
@@ -188,23 +188,32 @@ impl Daemon {
             self.remember_job(Job::finished(
                 lease_id,
                 lease.buyer,
-                &runner::job_dir(&self.jobs_dir, &lease_id),
+                &runner::job_dir(&self.jobs.dir, &lease_id),
                 JobState::Stopped { reason: reason.into() },
-                self.job_log_bytes,
+                self.jobs.log.ring_bytes,
             ));
             return self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None });
         };
         let remaining = Duration::from_millis(lease.end_ms.0.saturating_sub(now_ms()));
-        let started = runner::start(
+        let gpus = self.market.as_ref().map(|m| m.leased_gpus(&assignment.gpu_ids)).unwrap_or_default();
+        let launch = runner::Launch {
             lease_id,
-            lease.buyer,
-            &assignment.spec,
-            &assignment.gpu_ids,
-            &self.jobs_dir,
-            Instant::now() + remaining,
-            self.job_log_bytes,
-            self.job_ended_tx.clone(),
-        );
+            buyer: lease.buyer,
+            spec: &assignment.spec,
+            gpus: &gpus,
+            jobs_dir: &self.jobs.dir,
+            deadline: Instant::now() + remaining,
+            log: self.jobs.log,
+            resources: self.jobs.resources,
+        };
+        let started = match (&assignment.spec.image, &self.jobs.isolation) {
+            (None, None) => Err("this provider runs only container images".to_string()),
+            (_, isolation) => runner::start(
+                launch,
+                isolation.as_ref().unwrap_or(&runner::Isolation::Process),
+                self.jobs.ended_tx.clone(),
+            ),
+        };
         match started {
             Ok(job) => {
                 tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), "job started");
@@ -214,9 +223,9 @@ impl Daemon {
             }
             Err(why) => {
                 tracing::warn!(lease = %lease_id, error = %why, "job could not start; closing the lease");
-                let dir = runner::job_dir(&self.jobs_dir, &lease_id);
+                let dir = runner::job_dir(&self.jobs.dir, &lease_id);
                 let state = JobState::Stopped { reason: format!("the job could not start: {why}") };
-                self.remember_job(Job::finished(lease_id, lease.buyer, &dir, state, self.job_log_bytes));
+                self.remember_job(Job::finished(lease_id, lease.buyer, &dir, state, self.jobs.log.ring_bytes));
                 if let Some(m) = self.market.as_mut() {
                     m.release(&lease_id);
                 }
@@ -226,13 +235,14 @@ impl Daemon {
     }
 
     fn remember_job(&mut self, job: Job) {
-        if self.jobs.len() >= MAX_FINISHED_JOBS {
-            let oldest = self.jobs.iter().filter(|(_, j)| !j.is_running()).map(|(id, _)| *id).next();
+        let jobs = &mut self.jobs.by_lease;
+        if jobs.len() >= MAX_FINISHED_JOBS {
+            let oldest = jobs.iter().filter(|(_, j)| !j.is_running()).map(|(id, _)| *id).next();
             if let Some(id) = oldest {
-                self.jobs.remove(&id);
+                jobs.remove(&id);
             }
         }
-        self.jobs.insert(job.lease_id, job);
+        jobs.insert(job.lease_id, job);
     }
 
     /// A job's process ended: free its GPUs and, if its lease is still open, close it.
@@ -257,6 +267,13 @@ impl Daemon {
     /// close the leases for the time served (the buyer sees why in the logs).
     pub(super) fn close_orphaned_leases(&mut self) -> Result<(), Error> {
         let me = self.key.address();
+        // Sandboxed jobs are found by their cgroups, which no job can forge or hide from.
+        if let Some(runner::Isolation::Sandbox(sandbox)) = &self.jobs.isolation {
+            let killed = sandbox.reap_leftovers();
+            if !killed.is_empty() {
+                tracing::warn!(jobs = killed.len(), "killed jobs a previous run of this node left running");
+            }
+        }
         let open: Vec<_> = self
             .store
             .state()
@@ -265,19 +282,20 @@ impl Daemon {
             .map(|l| (l.id, l.buyer, l.gpu_ids.clone()))
             .collect();
         for (lease_id, buyer, gpu_ids) in open {
-            let killed = runner::kill_leftover(&self.jobs_dir, &lease_id);
+            let killed = matches!(self.jobs.isolation, Some(runner::Isolation::Process))
+                && runner::kill_leftover(&self.jobs.dir, &lease_id);
             tracing::warn!(lease = %lease_id, killed, "lease left open by a previous run; closing it");
             if let Some(m) = self.market.as_mut() {
                 m.hold(lease_id, &gpu_ids);
             }
             let reason = "the provider restarted while the job ran; the lease is closed for the time served";
-            let dir = runner::job_dir(&self.jobs_dir, &lease_id);
+            let dir = runner::job_dir(&self.jobs.dir, &lease_id);
             self.remember_job(Job::finished(
                 lease_id,
                 buyer,
                 &dir,
                 JobState::Stopped { reason: reason.into() },
-                self.job_log_bytes,
+                self.jobs.log.ring_bytes,
             ));
             self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None })?;
         }
@@ -286,7 +304,7 @@ impl Daemon {
 
     /// Stops every running job (node shutdown).
     pub(super) fn stop_all_jobs(&mut self) {
-        for job in self.jobs.values().filter(|j| j.is_running()) {
+        for job in self.jobs.by_lease.values().filter(|j| j.is_running()) {
             job.stop("the provider shut down");
         }
     }

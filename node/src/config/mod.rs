@@ -1,12 +1,16 @@
 //! The node's configuration: `HOME/config.toml`, written by `agora init`, with
 //! every field overridable by a flag of `agora node run`. The genesis lives
 //! beside it in `HOME/genesis.json`; the node key in `HOME/keys/node.json`.
+//! How jobs run is its own table, `[jobs]` ([`JobsConfig`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+
+mod jobs;
+pub use jobs::{JobsConfig, PlainJobs, Runner, choose_isolation};
 
 /// The key name of a node's own key in its home.
 pub const NODE_KEY_NAME: &str = "node";
@@ -36,14 +40,6 @@ fn default_region() -> String {
 
 fn default_max_lease_secs() -> u64 {
     DEFAULT_MAX_LEASE_SECS
-}
-
-fn default_runners() -> Vec<String> {
-    vec!["process".into()]
-}
-
-fn default_job_log_bytes() -> usize {
-    crate::runner::DEFAULT_LOG_RING_BYTES
 }
 
 /// Default HTTP API address (loopback only: the API can submit transactions).
@@ -84,13 +80,9 @@ pub struct NodeConfig {
     /// The longest lease this provider accepts, in seconds.
     #[serde(default = "default_max_lease_secs")]
     pub max_lease_secs: u64,
-    /// How jobs may run: `process` (a child process) and/or `docker` (jobs
-    /// with an image, where the docker CLI is installed).
-    #[serde(default = "default_runners")]
-    pub runners: Vec<String>,
-    /// Bytes of each job's output kept in memory for its buyer (the log file keeps all).
-    #[serde(default = "default_job_log_bytes")]
-    pub job_log_bytes: usize,
+    /// How the provider runs jobs: runners, limits, logs (`[jobs]`).
+    #[serde(default)]
+    pub jobs: JobsConfig,
 }
 
 impl NodeConfig {
@@ -108,8 +100,7 @@ impl NodeConfig {
             price_per_gpu_hour: default_price(),
             region: default_region(),
             max_lease_secs: DEFAULT_MAX_LEASE_SECS,
-            runners: default_runners(),
-            job_log_bytes: crate::runner::DEFAULT_LOG_RING_BYTES,
+            jobs: JobsConfig::default(),
         }
     }
 
@@ -163,25 +154,8 @@ impl NodeConfig {
         if self.max_lease_secs == 0 || self.max_lease_secs > max {
             return Err(bad(format!("max_lease_secs must be 1 to {max}")));
         }
-        if let Some(r) = self.runners.iter().find(|r| !["process", "docker"].contains(&r.as_str())) {
-            return Err(bad(format!("runners: unknown runner {r:?} (process, docker)")));
-        }
-        if self.job_log_bytes == 0 || self.job_log_bytes > 64 * 1024 * 1024 {
-            return Err(bad("job_log_bytes must be 1 byte to 64 MiB".into()));
-        }
+        self.jobs.check().map_err(|e| bad(format!("[jobs] {e}")))?;
         self.price(home).map(|_| ())
-    }
-
-    /// Whether jobs with a container image can run here: allowed in
-    /// `runners`, and the docker CLI reaches a running daemon.
-    pub fn docker_available(&self) -> bool {
-        self.runners.iter().any(|r| r == "docker")
-            && std::process::Command::new("docker")
-                .args(["version", "--format", "{{.Server.Version}}"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
     }
 
     /// Where job working directories and logs live.
