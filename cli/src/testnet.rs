@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agora_node::config::Runner;
 use agora_testnet::local;
 use clap::Subcommand;
 
@@ -30,6 +31,9 @@ pub enum TestnetCommand {
         /// Pause after each commit (the block-time floor)
         #[arg(long, default_value_t = local::TESTNET_COMMIT_PAUSE_MS)]
         commit_pause_ms: u64,
+        /// How providers run plain jobs: sandbox or process [default: sandbox where this machine can (root), else process]
+        #[arg(long, value_parser = parse_runner)]
+        runner: Option<Runner>,
         #[arg(long)]
         json: bool,
     },
@@ -98,10 +102,19 @@ pub enum TestnetCommand {
     },
 }
 
+/// `sandbox` or `process` (docker runs image jobs alongside either).
+fn parse_runner(s: &str) -> Result<Runner, String> {
+    match s {
+        "sandbox" => Ok(Runner::Sandbox),
+        "process" => Ok(Runner::Process),
+        _ => Err(format!("{s:?}: expected sandbox or process")),
+    }
+}
+
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TestnetCommand::Demo { dir, json, job, base_port } => crate::demo::run(dir, json, job, base_port),
-        TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, json } => {
+        TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, runner, json } => {
             let agora = std::env::current_exe()?;
             let mut progress = |line: String| {
                 if !json {
@@ -109,7 +122,8 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let providers = providers.unwrap_or(nodes.min(2));
-            let options = local::UpOptions { commit_pause_ms, ..local::UpOptions::new(nodes, providers, base_port) };
+            let options =
+                local::UpOptions { commit_pause_ms, runner, ..local::UpOptions::new(nodes, providers, base_port) };
             let file = local::up(&agora, &dir, &options, &mut progress)?;
             if json {
                 print_json(&file)?;

@@ -239,7 +239,10 @@ unsafe fn run_step(step: &Step) -> io::Result<()> {
                 mkdirs(parents);
                 libc::mkdir(target.as_ptr(), 0o555);
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                check(mount(c"proc".as_ptr(), target, Some(c"proc"), flags, null.cast()), "proc mount")?;
+                // hidepid=2: the job sees only its own processes, not the root-owned init
+                // (whose command line is the node's, inherited across fork).
+                let data = c"hidepid=2";
+                check(mount(c"proc".as_ptr(), target, Some(c"proc"), flags, data.as_ptr().cast()), "proc mount")?;
             }
             Step::Symlink { link, parents, points_to } => {
                 mkdirs(parents);

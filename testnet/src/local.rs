@@ -160,6 +160,9 @@ pub fn up(
     let buyer = keystore::create(&buyer_home, "default")?.keypair;
     let genesis = testnet_genesis(&keys, &buyer, &options.funded)?;
     let runner = testnet_runner(options.runner);
+    if runner == Runner::Sandbox {
+        agora_sandbox::available().map_err(|e| Error::BadArgs(format!("--runner sandbox: {e}")))?;
+    }
     progress(format!("providers run plain jobs with the {runner:?} runner").to_lowercase());
     for (i, e) in entries.iter().enumerate() {
         let mut config = NodeConfig::new(&e.moniker);

@@ -91,3 +91,24 @@ pub fn submit(home: &str, node: &str, args: &[&str]) -> Output {
     all.extend_from_slice(args);
     agora(&all)
 }
+
+/// Live (non-zombie) processes of the job of `lease`: those in its cgroup
+/// (sandbox runner), whatever session or process group they moved to.
+pub fn job_pids(lease: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (cgroup.contains(lease) && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits until the job of `lease` has at least `n` processes running.
+pub fn wait_job_running(lease: &str, n: usize) {
+    wait_until("the job's processes", Duration::from_secs(60), || job_pids(lease).len() >= n);
+}
