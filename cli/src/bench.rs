@@ -2,6 +2,8 @@
 //! RSS, offer propagation, committed transfers/s and commit latency under a
 //! steady load); see agora_testnet::bench.
 //!
+//! `agora bench jobs`: what each job runner adds to a job's start; see jobs_bench.
+//!
 //! `agora bench consensus`: the deterministic simulation as a benchmark. A
 //! 4-validator network (configurable) with a fixed latency and no faults
 //! commits a preloaded batch of signed transfers; prints JSON figures. With
@@ -65,6 +67,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 28_200)]
         base_port: u16,
     },
+    /// Job runners on this host: what each adds to a job's start (no chain)
+    Jobs {
+        /// Jobs of `true` started per runner, one after another
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// Runners to time (repeatable): process, sandbox
+        #[arg(long = "runner", default_values_t = ["process".to_string(), "sandbox".to_string()])]
+        runners: Vec<String>,
+    },
     /// Leases on a real testnet: submit → job running latency, and lease requests one provider accepts per second
     Leases {
         /// Leases submitted one after another, each timed until its job runs
@@ -81,6 +92,9 @@ pub enum BenchCommand {
         /// Keep the testnet's homes and logs here instead of a temporary directory
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// How the provider runs jobs: sandbox or process [default: sandbox where this machine can]
+        #[arg(long, value_parser = crate::testnet::parse_runner)]
+        runner: Option<agora_node::config::Runner>,
     },
 }
 
@@ -136,13 +150,18 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             print_json(&report)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Leases { samples, burst, threads, base_port, dir } => {
+        BenchCommand::Jobs { samples, runners } => {
+            anyhow::ensure!((1..=10_000).contains(&samples), "--samples must be 1 to 10000");
+            print_json(&crate::jobs_bench::run(samples, &runners)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Leases { samples, burst, threads, base_port, dir, runner } => {
             anyhow::ensure!((1..=1000).contains(&samples), "--samples must be 1 to 1000");
             anyhow::ensure!((1..=64).contains(&burst), "--burst must be 1 to 64 (the provider's GPUs)");
             anyhow::ensure!((1..=64).contains(&threads), "--threads must be 1 to 64");
             let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
             let dir = dir.unwrap_or_else(|| temp.path().join("net"));
-            let report = crate::lease_bench::run(&dir, samples, burst, threads, base_port)?;
+            let report = crate::lease_bench::run(&dir, samples, burst, threads, base_port, runner)?;
             print_json(&report)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -33,6 +33,8 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Serialize)]
 pub struct LeaseBenchReport {
+    /// How the provider ran the jobs.
+    pub runner: String,
     /// From the first lease request to the job running on the provider.
     pub submit_to_running: Percentiles,
     pub burst_requests: usize,
@@ -55,15 +57,18 @@ pub fn run(
     burst: usize,
     threads: usize,
     base_port: u16,
+    runner: Option<agora_node::config::Runner>,
 ) -> anyhow::Result<LeaseBenchReport> {
     let options = UpOptions {
         provider_gpus: BENCH_PROVIDER_GPUS.into(),
+        runner,
         funded: (0..BURST_BUYERS).map(|i| burst_key(i).address()).collect(),
         ..UpOptions::new(4, 1, base_port)
     };
     let mut progress = |line: String| eprintln!("{line}");
     let file = local::up(&std::env::current_exe()?, dir, &options, &mut progress)?;
-    let result = measure(&file, samples, burst, threads);
+    let runner = format!("{:?}", local::testnet_runner(runner)).to_lowercase();
+    let result = measure(&file, samples, burst, threads).map(|r| LeaseBenchReport { runner, ..r });
     let _ = local::down(dir);
     result
 }
@@ -164,6 +169,7 @@ fn measure(
     let wall = started.elapsed().as_secs_f64();
     let accepted = results.iter().filter(|(ok, _)| *ok).count();
     Ok(LeaseBenchReport {
+        runner: String::new(),
         submit_to_running: percentiles(latencies),
         burst_requests: burst,
         burst_accepted: accepted,

@@ -5,6 +5,7 @@
 mod bench;
 mod client;
 mod demo;
+mod jobs_bench;
 mod keys;
 mod lease;
 mod lease_bench;

@@ -103,7 +103,7 @@ pub enum TestnetCommand {
 }
 
 /// `sandbox` or `process` (docker runs image jobs alongside either).
-fn parse_runner(s: &str) -> Result<Runner, String> {
+pub fn parse_runner(s: &str) -> Result<Runner, String> {
     match s {
         "sandbox" => Ok(Runner::Sandbox),
         "process" => Ok(Runner::Process),
