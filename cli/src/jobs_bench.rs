@@ -54,7 +54,8 @@ async fn time_runner(dir: &Path, isolation: &Isolation, samples: usize, spec: &J
             resources: resources(),
         };
         let started = Instant::now();
-        runner::start(launch, isolation, tx).map_err(|e| anyhow::anyhow!(e))?;
+        let runners = runner::Runners { plain: Some(isolation.clone()), docker: None };
+        runner::start(launch, &runners, tx).map_err(|e| anyhow::anyhow!(e))?;
         let ended = tokio::time::timeout(JOB_DEADLINE, rx.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("the runner dropped the job"))?;

@@ -4,6 +4,7 @@
 //! tenants, open GPUs it did not lease and leave processes behind. Each
 //! attempt fails, the providers keep serving and the chain keeps committing,
 //! and after cancel or expiry nothing of the job is left within 2 s.
+//! The same attacker in a container (docker runner) learns nothing either.
 //! Container image names that are options in disguise are refused.
 
 mod common;
@@ -94,6 +95,28 @@ fn hostile_jobs_cannot_touch_the_provider_other_tenants_or_outlive_their_lease()
     assert_eq!(out.matches("simulated GPU SIM-H100-").count(), 1, "its own GPU is:\n{out}");
     for h in &homes {
         assert!(!PathBuf::from(h).join("pwned").exists() && PathBuf::from(h).join("data/ledger").exists());
+    }
+
+    // The same hunt from a container (the docker runner), where the Engine is there.
+    if std::env::var_os("AGORA_SKIP_DOCKER_TESTS").is_none() {
+        agora_node::docker::build_test_image().expect("the test image (needs docker and busybox-static)");
+        let image = format!("--image={}", agora_node::docker::TEST_IMAGE);
+        let boxed = format!("id -u; {script}");
+        let run = submit(
+            &buyer_home,
+            &api[3],
+            &["--gpus", "1", "--provider", &addr[1], "--duration", "10m", &image, "--wait", "--", "sh", "-c", &boxed],
+        );
+        let out = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(
+            out.starts_with("65534\n") && out.contains("attacker-done"),
+            "{out}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        for (i, s) in secrets.iter().enumerate() {
+            assert!(!out.contains(s.as_str()), "the container read node {i}'s key:\n{out}");
+        }
+        assert!(!out.contains("WROTE-HOME") && !out.contains(&marker), "{out}");
     }
 
     // The tenant survived the attacker's `kill -9 -1`; the providers and the chain go on.

@@ -135,16 +135,6 @@ fn host_memory_mib() -> u64 {
     (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) / (1024 * 1024)
 }
 
-/// Whether the docker CLI reaches a running Docker Engine.
-fn docker_reachable() -> bool {
-    std::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A provider's negotiation state and job host: which jobs it accepts
 /// (plain ones only with a working isolation; images only where docker
 /// works) and how it runs them. Non-providers get an empty job host.
@@ -159,7 +149,8 @@ fn provider_jobs(
     let retention = Duration::from_secs(config.jobs.retention_secs);
     let Some(p) = provider else {
         let resources = config.jobs.resources(1, 1, 1024);
-        return Ok((None, jobs::Jobs::new(config.jobs_dir(home), log, None, resources, retention)));
+        let none = crate::runner::Runners::default();
+        return Ok((None, jobs::Jobs::new(config.jobs_dir(home), log, none, resources, retention)));
     };
     let all_simulated = p.gpus.iter().all(|g| g.simulated);
     let forbidden = [home.to_path_buf(), home.join(&config.data_dir)];
@@ -172,7 +163,14 @@ fn provider_jobs(
         PlainJobs::Sandbox(s) => crate::runner::Isolation::Sandbox(std::sync::Arc::new(s)),
         PlainJobs::Process => crate::runner::Isolation::Process,
     });
-    let docker = config.jobs.allows(Runner::Docker) && docker_reachable();
+    let engine = match config.jobs.allows(Runner::Docker) {
+        true => crate::docker::Engine::probe(crate::docker::DOCKER_SOCKET, &node)
+            .inspect_err(|e| tracing::warn!(error = %e, "docker runner configured but no Docker Engine answers"))
+            .ok()
+            .map(std::sync::Arc::new),
+        false => None,
+    };
+    let docker = engine.is_some();
     let kinds =
         crate::market::JobKinds { plain: isolation.is_some(), images: docker, egress: p.resources.egress && docker };
     let runner = match &isolation {
@@ -182,7 +180,8 @@ fn provider_jobs(
     };
     tracing::info!(plain_jobs = runner, docker, egress = kinds.egress, resources = ?p.resources, "job runners");
     let market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, kinds);
-    Ok((Some(market), jobs::Jobs::new(config.jobs_dir(home), log, isolation, p.resources, retention)))
+    let runners = crate::runner::Runners { plain: isolation, docker: engine };
+    Ok((Some(market), jobs::Jobs::new(config.jobs_dir(home), log, runners, p.resources, retention)))
 }
 
 fn now_ms() -> u64 {
@@ -352,7 +351,7 @@ impl Daemon {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
         let actions = self.engine.handle(now_ms(), Input::Start);
         self.act(actions)?;
-        self.close_orphaned_leases()?;
+        self.close_orphaned_leases().await?;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -38,6 +38,13 @@ pub const CONTAINER_PREFIX: &str = "agora-";
 /// The job's log file, in its control directory.
 pub const LOG_FILE: &str = "output.log";
 
+/// How this provider runs jobs: plain commands (if at all) and images (where a Docker Engine answers).
+#[derive(Clone, Default)]
+pub struct Runners {
+    pub plain: Option<Isolation>,
+    pub docker: Option<Arc<crate::docker::Engine>>,
+}
+
 /// How plain (non-image) jobs run on this provider.
 #[derive(Clone)]
 pub enum Isolation {
@@ -137,11 +144,9 @@ enum Handle {
     /// The process group of a process-runner job.
     Group(i32),
     /// The sandbox's outer process (its death takes the job's pid namespace with it) and cgroup.
-    Sandbox {
-        pid: i32,
-        cgroup: JobCgroup,
-    },
-    Container(String),
+    Sandbox { pid: i32, cgroup: JobCgroup },
+    /// A container, killed through the Engine.
+    Container { engine: Arc<crate::docker::Engine>, name: String },
 }
 
 struct Inner {
@@ -187,12 +192,11 @@ fn kill_handle(handle: &Handle) {
                 }
             });
         }
-        Handle::Container(name) => {
-            let _ = std::process::Command::new("docker")
-                .args(["kill", name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        Handle::Container { engine, name } => {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (engine, name) = (engine.clone(), name.clone());
+                rt.spawn(async move { engine.kill(&name).await });
+            }
         }
     }
 }
@@ -241,9 +245,6 @@ impl Job {
         if let Some(h) = i.handle.as_ref() {
             kill_handle(h);
         }
-        if matches!(i.handle, Some(Handle::Container(_))) {
-            i.handle = None;
-        }
     }
 }
 
@@ -290,23 +291,127 @@ fn uid_seed(lease_id: &LeaseId) -> u32 {
 
 /// Starts a job for a committed lease; it ends by itself, at the deadline,
 /// or when stopped, and then `ended` hears of it.
-pub fn start(launch: Launch<'_>, isolation: &Isolation, ended: mpsc::Sender<JobEnded>) -> Result<Job, String> {
-    let Launch { lease_id, buyer, spec, gpus, jobs_dir, deadline, log, resources } = launch;
-    let dir = job_dir(jobs_dir, &lease_id);
+pub fn start(launch: Launch<'_>, runners: &Runners, ended: mpsc::Sender<JobEnded>) -> Result<Job, String> {
+    let dir = job_dir(launch.jobs_dir, &launch.lease_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let spec = launch.spec;
     if let Ok(json) = serde_json::to_vec_pretty(&serde_json::json!({ "command": spec.command, "image": spec.image })) {
         let _ = std::fs::write(dir.join("spec.json"), json);
     }
+    match (&spec.image, &runners.plain, &runners.docker) {
+        (Some(image), _, Some(engine)) => Ok(start_container(launch, image, engine.clone(), dir, ended)),
+        (Some(_), _, None) => Err("this provider does not run container images".into()),
+        (None, Some(isolation), _) => start_process(launch, isolation, dir, ended),
+        (None, None, _) => Err("this provider runs only container images".into()),
+    }
+}
+
+/// A new job's shared state, running, with its log file.
+fn new_job(
+    lease_id: LeaseId,
+    buyer: agora_protocol::Address,
+    dir: &Path,
+    log: LogLimits,
+    handle: Option<Handle>,
+) -> Job {
+    let file = std::fs::File::create(dir.join(LOG_FILE)).ok().map(|file| LogFile {
+        path: dir.join(LOG_FILE),
+        file,
+        written: 0,
+        cap: log.file_bytes.max(1),
+    });
+    let job_log = JobLog { ring: VecDeque::new(), cap: log.ring_bytes.max(1), total: 0, file };
+    let inner = Arc::new(Mutex::new(Inner { log: job_log, state: JobState::Running, handle }));
+    Job { lease_id, buyer, dir: dir.to_path_buf(), inner }
+}
+
+impl Job {
+    fn append(&self, data: &[u8]) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.log.append(data);
+        }
+    }
+
+    /// Records how the job ended (unless it was stopped first) and returns the final state.
+    fn finish(&self, code: Option<i32>, note: Option<&str>) -> JobState {
+        let Ok(mut i) = self.inner.lock() else { return JobState::Stopped { reason: "internal error".into() } };
+        i.handle = None;
+        if let Some(note) = note {
+            i.log.append(note.as_bytes());
+        }
+        if i.state == JobState::Running {
+            i.state = JobState::Exited { code };
+        }
+        i.state.clone()
+    }
+}
+
+/// Runs an image job in a container through the Engine; creation failures
+/// (an image that cannot be had, say) end the job with the reason in its log.
+fn start_container(
+    launch: Launch<'_>,
+    image: &str,
+    engine: Arc<crate::docker::Engine>,
+    dir: PathBuf,
+    ended: mpsc::Sender<JobEnded>,
+) -> Job {
+    let Launch { lease_id, buyer, spec, gpus, deadline, log, resources, .. } = launch;
+    let name = format!("{CONTAINER_PREFIX}{lease_id}");
+    let body = crate::docker::container_body(image, spec, gpus, &lease_id, engine.node(), &resources);
+    let handle = Handle::Container { engine: engine.clone(), name: name.clone() };
+    let job = new_job(lease_id, buyer, &dir, log, Some(handle));
+    let task_job = job.clone();
+    tokio::spawn(async move {
+        let job = task_job;
+        if let Err(why) = engine.start(&name, body).await {
+            job.append(format!("agora: {why}\n").as_bytes());
+            job.stop(&format!("the job could not start: {why}"));
+            engine.remove(&name).await;
+            let state = job.finish(None, None);
+            let _ = ended.send(JobEnded { lease_id, state }).await;
+            return;
+        }
+        let reader = engine.logs(&name).map(|stream| {
+            let job = job.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let mut stream = std::pin::pin!(stream);
+                while let Some(chunk) = stream.next().await {
+                    job.append(&chunk);
+                }
+            })
+        });
+        let code = tokio::select! {
+            r = engine.wait(&name) => r.ok(),
+            _ = tokio::time::sleep_until(deadline.into()) => None,
+        };
+        if code.is_none() {
+            job.stop("the lease's time ran out");
+            engine.kill(&name).await;
+        }
+        if let Ok(r) = reader {
+            // Output written before the end is still on its way.
+            let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+        }
+        engine.remove(&name).await;
+        let state = job.finish(code.and_then(|c| i32::try_from(c).ok()), None);
+        let _ = ended.send(JobEnded { lease_id, state }).await;
+    });
+    job
+}
+
+/// Runs a plain job in the sandbox or as a process.
+fn start_process(
+    launch: Launch<'_>,
+    isolation: &Isolation,
+    dir: PathBuf,
+    ended: mpsc::Sender<JobEnded>,
+) -> Result<Job, String> {
+    let Launch { lease_id, buyer, spec, gpus, deadline, log, resources, .. } = launch;
     let visible = gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>().join(",");
     let mut sandboxed = None;
-    let mut cmd = match (&spec.image, isolation) {
-        (Some(image), _) => {
-            let name = format!("{CONTAINER_PREFIX}{}", &lease_id.to_string()[..16]);
-            let c = crate::docker::run_command(&name, image, spec, gpus, &lease_id, &resources);
-            sandboxed = Some(Handle::Container(name));
-            c
-        }
-        (None, Isolation::Sandbox(sandbox)) => {
+    let mut cmd = match isolation {
+        Isolation::Sandbox(sandbox) => {
             let job = SandboxJob {
                 name: lease_id.to_string(),
                 dir: &dir,
@@ -324,7 +429,7 @@ pub fn start(launch: Launch<'_>, isolation: &Isolation, ended: mpsc::Sender<JobE
             sandboxed = Some(Handle::Sandbox { pid: 0, cgroup });
             c
         }
-        (None, Isolation::Process) => {
+        Isolation::Process => {
             let work = dir.join("work");
             std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
             let mut c = job_command(spec);
@@ -332,10 +437,7 @@ pub fn start(launch: Launch<'_>, isolation: &Isolation, ended: mpsc::Sender<JobE
             c
         }
     };
-    if spec.image.is_none() {
-        // Buyer variables go to the job only: never to a host-side helper such as the docker CLI.
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     cmd.env("PATH", JOB_PATH)
         .env("CUDA_VISIBLE_DEVICES", &visible)
         .env("NVIDIA_VISIBLE_DEVICES", &visible)
@@ -357,7 +459,6 @@ pub fn start(launch: Launch<'_>, isolation: &Isolation, ended: mpsc::Sender<JobE
     let pid = child.id().map(|p| p as i32);
     let handle = match (sandboxed, pid) {
         (Some(Handle::Sandbox { cgroup, .. }), Some(pid)) => Some(Handle::Sandbox { pid, cgroup }),
-        (Some(h @ Handle::Container(_)), _) => Some(h),
         (None, Some(pid)) => {
             let _ = std::fs::write(dir.join("pgid"), pid.to_string());
             Some(Handle::Group(pid))
@@ -541,7 +642,7 @@ mod tests {
             log: LogLimits { ring_bytes, file_bytes: DEFAULT_LOG_FILE_BYTES },
             resources: resources(),
         };
-        start(launch, &Isolation::Process, tx)
+        start(launch, &Runners { plain: Some(Isolation::Process), docker: None }, tx)
     }
 
     async fn wait_ended(rx: &mut mpsc::Receiver<JobEnded>) -> JobEnded {

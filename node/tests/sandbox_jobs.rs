@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_node::runner::{self, Isolation, Job, JobEnded, Launch, LeasedGpu, LogLimits};
+use agora_node::runner::{self, Isolation, Job, JobEnded, Launch, LeasedGpu, LogLimits, Runners};
 use agora_protocol::job::{JobSpec, JobState};
 use agora_protocol::{Hash, JobResources, Keypair, LeaseId};
 use agora_sandbox::Sandbox;
@@ -96,7 +96,8 @@ impl Host {
             log: LogLimits { ring_bytes: 1 << 20, file_bytes: 1 << 20 },
             resources: resources(memory_mib),
         };
-        let job = runner::start(launch, &Isolation::Sandbox(self.sandbox.clone()), tx).expect("job starts");
+        let runners = Runners { plain: Some(Isolation::Sandbox(self.sandbox.clone())), docker: None };
+        let job = runner::start(launch, &runners, tx).expect("job starts");
         (job, rx)
     }
 

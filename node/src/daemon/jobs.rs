@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use agora_protocol::{JobResources, LeaseId};
 use tokio::sync::mpsc;
 
-use crate::runner::{Isolation, Job, JobEnded, LogLimits};
+use crate::runner::{Job, JobEnded, LogLimits, Runners};
 
 /// How often finished jobs' directories are looked at for removal.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -22,8 +22,8 @@ pub(super) struct Jobs {
     /// Control directories of jobs (logs, generated files); never inside a job's world.
     pub dir: PathBuf,
     pub log: LogLimits,
-    /// How plain jobs run; None where this provider runs only images (or is not a provider).
-    pub isolation: Option<Isolation>,
+    /// How plain and image jobs run (neither on a non-provider).
+    pub runners: Runners,
     pub resources: JobResources,
     /// How long a finished job's files stay.
     pub retention: Duration,
@@ -31,13 +31,7 @@ pub(super) struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(
-        dir: PathBuf,
-        log: LogLimits,
-        isolation: Option<Isolation>,
-        resources: JobResources,
-        retention: Duration,
-    ) -> Jobs {
+    pub fn new(dir: PathBuf, log: LogLimits, runners: Runners, resources: JobResources, retention: Duration) -> Jobs {
         let (ended_tx, ended_rx) = mpsc::channel(crate::runner::JOB_EVENTS_QUEUE);
         Jobs {
             by_lease: BTreeMap::new(),
@@ -45,7 +39,7 @@ impl Jobs {
             ended_rx,
             dir,
             log,
-            isolation,
+            runners,
             resources,
             retention,
             last_sweep: Instant::now(),

@@ -206,14 +206,7 @@ impl Daemon {
             log: self.jobs.log,
             resources: self.jobs.resources,
         };
-        let started = match (&assignment.spec.image, &self.jobs.isolation) {
-            (None, None) => Err("this provider runs only container images".to_string()),
-            (_, isolation) => runner::start(
-                launch,
-                isolation.as_ref().unwrap_or(&runner::Isolation::Process),
-                self.jobs.ended_tx.clone(),
-            ),
-        };
+        let started = runner::start(launch, &self.jobs.runners, self.jobs.ended_tx.clone());
         match started {
             Ok(job) => {
                 tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), "job started");
@@ -265,13 +258,19 @@ impl Daemon {
     /// After a restart: leases of this provider still open on the ledger had
     /// their jobs killed with the old process; kill what is left of them and
     /// close the leases for the time served (the buyer sees why in the logs).
-    pub(super) fn close_orphaned_leases(&mut self) -> Result<(), Error> {
+    pub(super) async fn close_orphaned_leases(&mut self) -> Result<(), Error> {
         let me = self.key.address();
         // Sandboxed jobs are found by their cgroups, which no job can forge or hide from.
-        if let Some(runner::Isolation::Sandbox(sandbox)) = &self.jobs.isolation {
+        if let Some(runner::Isolation::Sandbox(sandbox)) = &self.jobs.runners.plain {
             let killed = sandbox.reap_leftovers();
             if !killed.is_empty() {
                 tracing::warn!(jobs = killed.len(), "killed jobs a previous run of this node left running");
+            }
+        }
+        if let Some(engine) = self.jobs.runners.docker.clone() {
+            let removed = engine.reap_leftovers().await;
+            if !removed.is_empty() {
+                tracing::warn!(containers = removed.len(), "removed containers a previous run of this node left");
             }
         }
         let open: Vec<_> = self
@@ -282,7 +281,7 @@ impl Daemon {
             .map(|l| (l.id, l.buyer, l.gpu_ids.clone()))
             .collect();
         for (lease_id, buyer, gpu_ids) in open {
-            let killed = matches!(self.jobs.isolation, Some(runner::Isolation::Process))
+            let killed = matches!(self.jobs.runners.plain, Some(runner::Isolation::Process))
                 && runner::kill_leftover(&self.jobs.dir, &lease_id);
             tracing::warn!(lease = %lease_id, killed, "lease left open by a previous run; closing it");
             if let Some(m) = self.market.as_mut() {
