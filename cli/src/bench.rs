@@ -72,7 +72,7 @@ pub enum BenchCommand {
         /// Jobs of `true` started per runner, one after another
         #[arg(long, default_value_t = 50)]
         samples: usize,
-        /// Runners to time (repeatable): process, sandbox
+        /// Runners to time (repeatable): process, sandbox, docker
         #[arg(long = "runner", default_values_t = ["process".to_string(), "sandbox".to_string()])]
         runners: Vec<String>,
     },

@@ -446,16 +446,46 @@ fn start_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let spawned = cmd.spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(Handle::Sandbox { cgroup, .. }) = &sandboxed {
-                let _ = cgroup.destroy();
+    // Spawning waits until the job has exec'd (for the sandbox: after its root is built), which
+    // must not hold up the daemon's loop: the job is Running from now, its handle set once spawned.
+    let job = new_job(lease_id, buyer, &dir, log, None);
+    let task_job = job.clone();
+    let program = spec.command[0].clone();
+    tokio::spawn(async move {
+        let job = task_job;
+        let spawned = tokio::task::spawn_blocking(move || cmd.spawn()).await;
+        let child = match spawned {
+            Ok(Ok(child)) => child,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => format!("cannot start {program:?}: {e}"),
+                    _ => "the runner failed".to_string(),
+                };
+                if let Some(Handle::Sandbox { cgroup, .. }) = sandboxed {
+                    let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+                }
+                job.append(format!("agora: {why}\n").as_bytes());
+                job.stop(&format!("the job could not start: {why}"));
+                let state = job.finish(None, None);
+                let _ = ended.send(JobEnded { lease_id, state }).await;
+                return;
             }
-            return Err(format!("cannot start {:?}: {e}", spec.command[0]));
-        }
-    };
+        };
+        supervise(job, child, sandboxed, &dir, deadline, ended).await;
+    });
+    Ok(job)
+}
+
+/// Follows a spawned job: its output into the log, the deadline, and its end
+/// (every process left behind killed, the sandbox's cgroup removed).
+async fn supervise(
+    job: Job,
+    mut child: tokio::process::Child,
+    sandboxed: Option<Handle>,
+    dir: &Path,
+    deadline: Instant,
+    ended: mpsc::Sender<JobEnded>,
+) {
     let pid = child.id().map(|p| p as i32);
     let handle = match (sandboxed, pid) {
         (Some(Handle::Sandbox { cgroup, .. }), Some(pid)) => Some(Handle::Sandbox { pid, cgroup }),
@@ -465,15 +495,13 @@ fn start_process(
         }
         _ => None,
     };
-    let file = std::fs::File::create(dir.join(LOG_FILE)).ok().map(|file| LogFile {
-        path: dir.join(LOG_FILE),
-        file,
-        written: 0,
-        cap: log.file_bytes.max(1),
-    });
-    let job_log = JobLog { ring: VecDeque::new(), cap: log.ring_bytes.max(1), total: 0, file };
-    let inner = Arc::new(Mutex::new(Inner { log: job_log, state: JobState::Running, handle }));
-    let job = Job { lease_id, buyer, dir: dir.clone(), inner: inner.clone() };
+    if let Ok(mut i) = job.inner.lock() {
+        // Stopped while it was being spawned: kill it at once.
+        if let (false, Some(h)) = (i.state == JobState::Running, handle.as_ref()) {
+            kill_handle(h);
+        }
+        i.handle = handle;
+    }
     let readers: Vec<_> = [
         child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
@@ -481,66 +509,51 @@ fn start_process(
     .into_iter()
     .flatten()
     .map(|mut stream| {
-        let inner = inner.clone();
+        let job = job.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             while let Ok(n) = stream.read(&mut buf).await {
                 if n == 0 {
                     break;
                 }
-                if let Ok(mut i) = inner.lock() {
-                    i.log.append(&buf[..n]);
-                }
+                job.append(&buf[..n]);
             }
         })
     })
     .collect();
-    let job_for_task = job.clone();
-    tokio::spawn(async move {
-        let status = tokio::select! {
-            s = child.wait() => s.ok(),
-            _ = tokio::time::sleep_until(deadline.into()) => None,
-        };
-        if status.is_none() {
-            job_for_task.stop("the lease's time ran out");
-            let _ = child.wait().await;
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = tokio::time::sleep_until(deadline.into()) => None,
+    };
+    if status.is_none() {
+        job.stop("the lease's time ran out");
+        let _ = child.wait().await;
+    }
+    let handle = job.inner.lock().ok().and_then(|mut i| i.handle.take());
+    let note = match handle {
+        // Children the job left behind go with it.
+        Some(Handle::Group(pgid)) => {
+            kill_group(pgid);
+            None
         }
-        let handle = inner.lock().ok().and_then(|mut i| i.handle.take());
-        let note = match handle {
-            // Children the job left behind go with it.
-            Some(Handle::Group(pgid)) => {
-                kill_group(pgid);
-                None
-            }
-            Some(Handle::Sandbox { cgroup, .. }) => {
-                let oom = cgroup.oom_killed();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = cgroup.destroy() {
-                        tracing::error!(error = %e, "removing the job's cgroup");
-                    }
-                })
-                .await;
-                oom.then_some("\nagora: the job reached its memory limit and the kernel killed a process of it\n")
-            }
-            _ => None,
-        };
-        for r in readers {
-            // Output written before the exit is still in the pipes.
-            let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+        Some(Handle::Sandbox { cgroup, .. }) => {
+            let oom = cgroup.oom_killed();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = cgroup.destroy() {
+                    tracing::error!(error = %e, "removing the job's cgroup");
+                }
+            })
+            .await;
+            oom.then_some("\nagora: the job reached its memory limit and the kernel killed a process of it\n")
         }
-        let state = {
-            let Ok(mut i) = inner.lock() else { return };
-            if let Some(note) = note {
-                i.log.append(note.as_bytes());
-            }
-            if i.state == JobState::Running {
-                i.state = JobState::Exited { code: status.and_then(|s| s.code()) };
-            }
-            i.state.clone()
-        };
-        let _ = ended.send(JobEnded { lease_id, state }).await;
-    });
-    Ok(job)
+        _ => None,
+    };
+    for r in readers {
+        // Output written before the exit is still in the pipes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    }
+    let state = job.finish(status.and_then(|s| s.code()), note);
+    let _ = ended.send(JobEnded { lease_id: job.lease_id, state }).await;
 }
 
 /// Kills the process group a previous process-runner run of this node left
@@ -717,12 +730,18 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_program_is_a_clear_error() {
+    fn a_missing_program_ends_the_job_with_a_clear_reason() {
         let tmp = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, mut rx) = mpsc::channel(4);
         let spec = JobSpec { command: vec!["/no/such/program".into()], env: vec![], image: None, egress: false };
-        let err = rt.block_on(async { run(id(4), &spec, &[], tmp.path(), Instant::now(), 100, tx).err() }).unwrap();
-        assert!(err.contains("cannot start \"/no/such/program\""), "{err}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (ended, job) = rt.block_on(async {
+            let job = run(id(4), &spec, &[], tmp.path(), deadline, 1000, tx).unwrap();
+            (wait_ended(&mut rx).await, job)
+        });
+        let JobState::Stopped { reason } = ended.state else { panic!("{:?}", ended.state) };
+        assert!(reason.contains("cannot start \"/no/such/program\""), "{reason}");
+        assert!(String::from_utf8_lossy(&job.chunk(0).data).contains("agora: cannot start"));
     }
 }

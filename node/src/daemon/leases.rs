@@ -206,10 +206,12 @@ impl Daemon {
             log: self.jobs.log,
             resources: self.jobs.resources,
         };
+        let starting = Instant::now();
         let started = runner::start(launch, &self.jobs.runners, self.jobs.ended_tx.clone());
+        let start_ms = starting.elapsed().as_secs_f64() * 1000.0;
         match started {
             Ok(job) => {
-                tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), "job started");
+                tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), start_ms, "job started");
                 self.shared.metrics.jobs_started.inc();
                 self.remember_job(job);
                 Ok(())
