@@ -189,7 +189,9 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
                 && g["count"].as_u64().unwrap_or(0) >= u64::from(ask.gpus)
         });
         if let Some(kind) = kind {
-            candidates.push((addr, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
+            // The provider's node may sign with an operator key the provider named on the ledger.
+            let node_key: Address = o["signed_by"].as_str().map(str::parse).transpose()?.unwrap_or(addr);
+            candidates.push((addr, node_key, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
         }
     }
     if candidates.is_empty() {
@@ -207,7 +209,7 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
     // on to the next offer (offers show GPUs, not how many are free now).
     let last = candidates.len() - 1;
     let mut accepted = None;
-    for (i, (provider, offer_seq, gpu_model, price)) in candidates.into_iter().enumerate() {
+    for (i, (provider, node_key, offer_seq, gpu_model, price)) in candidates.into_iter().enumerate() {
         let request = LeaseRequest {
             provider,
             offer_seq,
@@ -247,7 +249,7 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
         let accept_bytes = hex::decode(text(&answer["accept"])).context("acceptance is not hex")?;
         let accept: Signed<agora_protocol::LeaseAccept> = codec::decode(&accept_bytes)?;
         anyhow::ensure!(
-            accept.signer == provider && accept.body.lease_id == lease_id,
+            (accept.signer == provider || accept.signer == node_key) && accept.body.lease_id == lease_id,
             "the acceptance is not for this lease"
         );
         accept.verify(&chain).map_err(|_| anyhow!("the provider's countersignature does not verify"))?;

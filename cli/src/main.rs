@@ -89,6 +89,25 @@ enum Command {
         #[command(flatten)]
         node: client::NodeArgs,
     },
+    /// Name the key that runs your provider node (its operator key), so your account key can stay off
+    /// the GPU host: the operator signs offers, heartbeats and lease answers and closes leases, never
+    /// moves your tokens or stake
+    SetOperator {
+        /// The operator's address (the GPU node's own key: `agora --home NODE_HOME keys show --name node`)
+        operator: String,
+        /// Your account's key under --home
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
+    /// Withdraw your operator key: it no longer acts for your account
+    ClearOperator {
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -135,6 +154,13 @@ fn main() -> ExitCode {
             client::send(&home, &key, agora_protocol::TxKind::Unstake { amount }, node)
         }
         Command::Unjail { key, node } => client::unjail(&home, &key, node),
+        Command::SetOperator { operator, key, node } => {
+            let operator = Some(operator.parse::<agora_protocol::Address>()?);
+            client::send(&home, &key, agora_protocol::TxKind::SetOperator { operator }, node)
+        }
+        Command::ClearOperator { key, node } => {
+            client::send(&home, &key, agora_protocol::TxKind::SetOperator { operator: None }, node)
+        }
         Command::Init(args) => node::init(&home, args),
         Command::Node(cmd) => node::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),

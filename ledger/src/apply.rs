@@ -170,6 +170,7 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
         TxKind::SlashDowntime { evidence } => slashing::slash_downtime(state, evidence),
         TxKind::SlashEquivocation { evidence } => slashing::slash_equivocation(state, evidence),
         TxKind::Unjail => provider::unjail(state, sender),
+        TxKind::SetOperator { operator } => provider::set_operator(state, sender, *operator),
     }
 }
 

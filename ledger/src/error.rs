@@ -38,6 +38,8 @@ pub enum Error {
     Tombstoned,
     #[error("provider is not jailed")]
     NotJailed,
+    #[error("operator: {0}")]
+    Operator(String),
     #[error("provider is jailed until height {until}")]
     StillJailed { until: Height },
     #[error("attestation signer is not a validator")]

@@ -70,6 +70,11 @@ pub enum Event {
     Unjailed {
         provider: Address,
     },
+    /// An account named (or withdrew, `None`) the key that runs its provider node.
+    OperatorSet {
+        account: Address,
+        operator: Option<Address>,
+    },
     /// The validator set for the heights after this block: (address, power).
     ValidatorSetChanged {
         validators: Vec<(Address, u64)>,

@@ -74,6 +74,8 @@ impl Genesis {
             unbonding: BTreeMap::new(),
             slashed_windows: BTreeSet::new(),
             slashed_equivocations: BTreeSet::new(),
+            operators: BTreeMap::new(),
+            operator_of: BTreeMap::new(),
             last_validators: validators.clone(),
             validators,
         };

@@ -18,6 +18,8 @@ pub(crate) enum Undo {
     Unbonding((Height, Address), Option<Amount>),
     SlashedWindow((Address, Height, Height), bool),
     SlashedEquivocation((Address, u64), bool),
+    Operator(Address, Option<Address>),
+    OperatorOf(Address, Option<Address>),
     Burned(Amount),
     Head(Height, TimestampMs),
     Validators(Vec<Validator>),
@@ -61,6 +63,8 @@ impl State {
                 Undo::Unbonding(k, v) => _ = put(&mut d.unbonding, k, v),
                 Undo::SlashedWindow(k, was) => _ = put_flag(&mut d.slashed_windows, k, was),
                 Undo::SlashedEquivocation(k, was) => _ = put_flag(&mut d.slashed_equivocations, k, was),
+                Undo::Operator(k, v) => _ = put(&mut d.operators, k, v),
+                Undo::OperatorOf(k, v) => _ = put(&mut d.operator_of, k, v),
                 Undo::Burned(v) => d.burned = v,
                 Undo::Head(h, t) => (d.height, d.time_ms) = (h, t),
                 Undo::Validators(v) => d.validators = v,
@@ -110,6 +114,20 @@ impl State {
     pub(crate) fn mark_equivocation_slashed(&mut self, key: (Address, u64)) {
         let was = put_flag(&mut self.data.slashed_equivocations, key, true);
         self.journal.push(Undo::SlashedEquivocation(key, was));
+    }
+
+    /// Records (or with `None` removes) `account`'s operator, in both directions.
+    pub(crate) fn set_operator(&mut self, account: Address, operator: Option<Address>) {
+        let old = put(&mut self.data.operator_of, account, operator);
+        self.journal.push(Undo::OperatorOf(account, old));
+        if let Some(old_op) = old {
+            let was = put(&mut self.data.operators, old_op, None);
+            self.journal.push(Undo::Operator(old_op, was));
+        }
+        if let Some(op) = operator {
+            let was = put(&mut self.data.operators, op, Some(account));
+            self.journal.push(Undo::Operator(op, was));
+        }
     }
 
     pub(crate) fn set_burned(&mut self, burned: Amount) {

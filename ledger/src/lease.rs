@@ -22,16 +22,16 @@ pub(crate) fn open(
     accept.verify(&chain).map_err(|e| Error::BadSignature(e.to_string()))?;
     let (buyer, terms) = (request.signer, &request.body);
     let id = request.lease_id()?;
-    if accept.signer != terms.provider {
+    if state.acting_for(&accept.signer) != terms.provider {
         return Err(Error::LeaseTerms("acceptance is not signed by the requested provider".into()));
     }
     if accept.body.lease_id != id {
         return Err(Error::LeaseTerms("acceptance is for another lease".into()));
     }
-    if sender != buyer && sender != terms.provider {
+    if sender != buyer && state.acting_for(&sender) != terms.provider {
         return Err(Error::NotLeaseParty(id));
     }
-    if buyer == terms.provider {
+    if state.acting_for(&buyer) == terms.provider {
         return Err(Error::LeaseTerms("a provider cannot lease from itself".into()));
     }
     if accept.body.gpu_ids.len() != terms.gpus as usize {
@@ -77,7 +77,8 @@ pub(crate) fn close(
     exit_code: Option<i32>,
 ) -> Result<Vec<Event>, Error> {
     let lease = open_lease(state, id)?;
-    if sender != lease.provider {
+    // The provider's node signs with the operator key where the account named one.
+    if state.acting_for(&sender) != lease.provider {
         return Err(Error::NotLeaseParty(id));
     }
     Ok(vec![settle(state, id, SettleReason::Closed, exit_code)?])
@@ -86,7 +87,7 @@ pub(crate) fn close(
 /// Either party stops the lease early.
 pub(crate) fn cancel(state: &mut State, sender: Address, id: LeaseId) -> Result<Vec<Event>, Error> {
     let lease = open_lease(state, id)?;
-    if sender != lease.buyer && sender != lease.provider {
+    if sender != lease.buyer && state.acting_for(&sender) != lease.provider {
         return Err(Error::NotLeaseParty(id));
     }
     Ok(vec![settle(state, id, SettleReason::Cancelled, None)?])

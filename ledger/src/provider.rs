@@ -7,13 +7,15 @@ use crate::events::Event;
 use crate::state::{Provider, ProviderStatus, State};
 
 /// Registers a provider or updates its metadata. Needs the minimum stake;
-/// a tombstoned provider can never register again.
+/// a tombstoned provider can never register again. Sent by the account or
+/// by its operator (whose node has the GPUs); it registers the account.
 pub(crate) fn register(
     state: &mut State,
-    address: Address,
+    sender: Address,
     region: &str,
     gpus: &[GpuSpec],
 ) -> Result<Vec<Event>, Error> {
+    let address = state.acting_for(&sender);
     let need = state.params().min_provider_stake;
     let have = state.account(&address).stake;
     if have < need {
@@ -49,6 +51,38 @@ pub(crate) fn jail(state: &mut State, address: Address, until: Option<Height>) -
     };
     state.set_provider(address, p);
     Ok(Event::Jailed { provider: address, until })
+}
+
+/// `account` names the key that runs its provider node, or withdraws it.
+/// An operator serves one account, is not itself a provider or an account
+/// with an operator, and cannot name operators (no chains of delegation).
+pub(crate) fn set_operator(
+    state: &mut State,
+    account: Address,
+    operator: Option<Address>,
+) -> Result<Vec<Event>, Error> {
+    let refuse = |why: &str| Err(Error::Operator(why.to_string()));
+    if state.data.operators.contains_key(&account) {
+        return refuse("an operator key cannot name operators; sign with the account's own key");
+    }
+    let Some(op) = operator else {
+        if state.operator_of(&account).is_none() {
+            return refuse("this account has no operator");
+        }
+        state.set_operator(account, None);
+        return Ok(vec![Event::OperatorSet { account, operator: None }]);
+    };
+    if op == account {
+        return refuse("an account cannot be its own operator");
+    }
+    if state.data.operators.get(&op).is_some_and(|a| *a != account) {
+        return refuse("that key is already the operator of another account");
+    }
+    if state.provider(&op).is_some() || state.operator_of(&op).is_some() {
+        return refuse("that key is a provider or has an operator of its own");
+    }
+    state.set_operator(account, Some(op));
+    Ok(vec![Event::OperatorSet { account, operator: Some(op) }])
 }
 
 /// A jailed provider returns once its jail period is over and it is staked again.

@@ -94,10 +94,12 @@ pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -
             for hb in [first, second] {
                 hb.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
             }
-            if state.provider(&first.signer).is_none() {
+            // An operator's double heartbeat is its account's: the account chose the key.
+            let provider = state.acting_for(&first.signer);
+            if state.provider(&provider).is_none() {
                 return Err(Error::NotProvider);
             }
-            (first.signer, first.body.seq)
+            (provider, first.body.seq)
         }
         EquivocationEvidence::Votes { first, second } => {
             let (a, b) = (&first.body, &second.body);

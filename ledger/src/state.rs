@@ -100,6 +100,10 @@ pub(crate) struct StateData {
     pub slashed_windows: BTreeSet<(Address, Height, Height)>,
     /// Heartbeat sequence numbers already slashed for equivocation.
     pub slashed_equivocations: BTreeSet<(Address, u64)>,
+    /// Operator key → the account it runs a provider node for.
+    pub operators: BTreeMap<Address, Address>,
+    /// Account → its operator key (the reverse of `operators`).
+    pub operator_of: BTreeMap<Address, Address>,
     /// The validators for the next height.
     pub validators: Vec<Validator>,
     /// The validators that decided the latest block (differs from
@@ -158,6 +162,21 @@ impl State {
     pub fn accounts(&self) -> impl Iterator<Item = (&Address, &Account)> {
         self.data.accounts.iter()
     }
+    /// The account `signer` acts for: the account it is the operator of, else itself.
+    pub fn acting_for(&self, signer: &Address) -> Address {
+        self.data.operators.get(signer).copied().unwrap_or(*signer)
+    }
+
+    /// The operator key an account delegated its provider node to, if any.
+    pub fn operator_of(&self, account: &Address) -> Option<Address> {
+        self.data.operator_of.get(account).copied()
+    }
+
+    /// The key that speaks for `account` on the network: its operator, else itself.
+    pub fn node_key_of(&self, account: &Address) -> Address {
+        self.operator_of(account).unwrap_or(*account)
+    }
+
     pub fn provider(&self, address: &Address) -> Option<&Provider> {
         self.data.providers.get(address)
     }

@@ -549,3 +549,60 @@ fn the_builder_leaves_out_invalid_transactions() {
     assert!(matches!(rejected[0].1, Error::WrongNonce { .. }));
     assert_eq!(state, before, "building must not change the state");
 }
+
+#[test]
+fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
+    let chain = chain();
+    let mut state = chain.state();
+    let (account, cold) = (chain.address(PROVIDER), &chain.keys[PROVIDER]);
+    let operator = Keypair::from_seed_phrase("operator on the GPU host");
+    let op = operator.address();
+    commit(&chain, &mut state, vec![sign_tx(cold, 0, TxKind::Stake { amount: Amount::agr(1_000) })]);
+    // Refusals: no operator to withdraw, oneself, a provider's key, chains.
+    let none = sign_tx(cold, 1, TxKind::SetOperator { operator: None });
+    assert!(matches!(expect_err(&mut state, &none), Error::Operator(_)));
+    let itself = sign_tx(cold, 1, TxKind::SetOperator { operator: Some(account) });
+    assert!(matches!(expect_err(&mut state, &itself), Error::Operator(_)));
+    commit(&chain, &mut state, vec![sign_tx(cold, 1, TxKind::SetOperator { operator: Some(op) })]);
+    assert_eq!((state.operator_of(&account), state.acting_for(&op)), (Some(op), account));
+    let chained = sign_tx(&operator, 0, TxKind::SetOperator { operator: Some(chain.address(OTHER)) });
+    assert!(matches!(expect_err(&mut state, &chained), Error::Operator(_)));
+    let taken = sign_tx(&chain.keys[OTHER], 0, TxKind::SetOperator { operator: Some(op) });
+    assert!(matches!(expect_err(&mut state, &taken), Error::Operator(_)), "one operator serves one account");
+
+    // The operator registers the account's GPUs (its node has them) and answers leases for it.
+    commit(
+        &chain,
+        &mut state,
+        vec![sign_tx(&operator, 0, TxKind::RegisterProvider { region: "eu".into(), gpus: gpus() })],
+    );
+    assert!(state.provider(&account).is_some() && state.provider(&op).is_none());
+    let request = lease_request(&chain, &state, 1, 3600, 1);
+    let id = request.lease_id().unwrap();
+    let gpu_ids = vec!["sim-gpu-0".to_string()];
+    let accept = Signed::sign(LeaseAccept { lease_id: id, gpu_ids }, &operator, &chain_id()).unwrap();
+    commit(&chain, &mut state, vec![sign_tx(&operator, 1, TxKind::OpenLease { request, accept })]);
+    assert_eq!(state.lease(&id).unwrap().provider, account);
+    advance(&chain, &mut state, 2);
+    let balance = state.account(&account).balance;
+    commit(&chain, &mut state, vec![sign_tx(&operator, 2, TxKind::CloseLease { lease_id: id, exit_code: Some(0) })]);
+    assert!(state.account(&account).balance > balance, "the account is paid, not the operator");
+    assert_eq!(state.account(&op).balance, Amount::ZERO);
+
+    // It cannot move the account's money or stake: its own transactions spend its own (empty) account.
+    let steal = sign_tx(&operator, 3, TxKind::Transfer { to: op, amount: Amount::agr(1) });
+    assert!(matches!(expect_err(&mut state, &steal), Error::InsufficientFunds { .. }));
+    let unstake = sign_tx(&operator, 3, TxKind::Unstake { amount: Amount::agr(1) });
+    assert!(expect_err(&mut state, &unstake).to_string().contains("stake"));
+
+    // Its double heartbeat slashes the account that chose it.
+    let stake = state.account(&account).stake;
+    let ev = EquivocationEvidence::Heartbeats { first: heartbeat(&operator, 7, 1), second: heartbeat(&operator, 7, 2) };
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, TxKind::SlashEquivocation { evidence: ev })]);
+    assert!(state.account(&account).stake < stake);
+    assert_eq!(state.provider(&account).unwrap().status, ProviderStatus::Tombstoned);
+
+    // The account withdraws the key; the key acts for nobody.
+    commit(&chain, &mut state, vec![sign_tx(cold, 2, TxKind::SetOperator { operator: None })]);
+    assert_eq!((state.operator_of(&account), state.acting_for(&op)), (None, op));
+}

@@ -197,6 +197,7 @@ pub fn provider_view(ledger: &agora_ledger::State, address: &Address, p: &agora_
     let uptime = 100.0 * span.saturating_sub(down.min(span)) as f64 / span as f64;
     serde_json::json!({
         "address": address,
+        "operator": ledger.operator_of(address),
         "region": p.region,
         "uptime_pct": (uptime * 10.0).round() / 10.0,
         "uptime_blocks": span,
@@ -250,7 +251,9 @@ async fn offers(
         .map(|e| {
             let o = &e.offer.body;
             serde_json::json!({
-                "provider": e.offer.signer,
+                "provider": e.provider,
+                "signed_by": e.offer.signer,
+                "resources": o.resources,
                 "seq": o.seq,
                 "gpus": o.gpus,
                 "simulated": o.gpus.iter().any(|g| g.simulated),

@@ -16,7 +16,7 @@ use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
 use agora_protocol::market::Offer;
 use agora_protocol::sync::{MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
-use agora_protocol::{ChainId, Hash, Height, Keypair, Signed, SignedTx, TxKind};
+use agora_protocol::{Address, ChainId, Hash, Height, Keypair, Signed, SignedTx, TxKind};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::request_response::{self, Message};
@@ -179,7 +179,8 @@ fn provider_jobs(
         None => "none (images only)",
     };
     tracing::info!(plain_jobs = runner, docker, egress = kinds.egress, resources = ?p.resources, "job runners");
-    let market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, kinds);
+    let mut market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, kinds);
+    market.images = config.jobs.image_policy();
     let runners = crate::runner::Runners { plain: isolation, docker: engine };
     Ok((Some(market), jobs::Jobs::new(config.jobs_dir(home), log, runners, p.resources, retention)))
 }
@@ -347,6 +348,17 @@ impl Daemon {
         Ok((daemon, shared))
     }
 
+    /// The account this node provides for: the one that named this node's key
+    /// its operator on the ledger, else the node's own account.
+    fn acting_as(&self) -> Address {
+        self.store.state().acting_for(&self.key.address())
+    }
+
+    /// The peer that speaks for `account`'s provider node: its operator's, else its own.
+    fn provider_peer(&self, account: &Address) -> Result<PeerId, Error> {
+        crate::identity::peer_of(&self.store.state().node_key_of(account))
+    }
+
     /// Runs until `shutdown` resolves, then flushes the store.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
         let actions = self.engine.handle(now_ms(), Input::Start);
@@ -394,7 +406,7 @@ impl Daemon {
             book.prune(state, now);
             self.shared.metrics.offers.set(book.len() as i64);
         }
-        let me = self.key.address();
+        let me = self.acting_as();
         let Some(duty) = self.provider.as_mut().and_then(|p| p.next(state, &me, now)) else {
             return Ok(());
         };
@@ -597,7 +609,7 @@ impl Daemon {
             Command::LeaseRpc { provider, rpc, reply } => self.lease_rpc(provider, *rpc, reply),
             Command::Announce { reply } => {
                 let now = now_ms();
-                let me = self.key.address();
+                let me = self.acting_as();
                 let duty = self.provider.as_mut().and_then(|p| {
                     p.announce_now();
                     p.next(self.store.state(), &me, now)

@@ -115,7 +115,9 @@ impl Liveness {
         if hb.verify(chain).is_err() {
             return HeartbeatVerdict::Invalid("bad heartbeat signature".into());
         }
-        if !is_watched(state, &hb.signer) {
+        // An operator's heartbeat speaks for the account that named it.
+        let provider = state.acting_for(&hb.signer);
+        if !is_watched(state, &provider) {
             return HeartbeatVerdict::Ignore("not a provider");
         }
         let tip = self.tip();
@@ -148,7 +150,7 @@ impl Liveness {
             }
         }
         self.last_heartbeat.insert(hb.signer, hb.clone());
-        self.alive(hb.signer, hb.body.height);
+        self.alive(provider, hb.body.height);
         HeartbeatVerdict::Fresh
     }
 

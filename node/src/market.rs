@@ -59,6 +59,8 @@ pub struct Market {
     pub price: Amount,
     pub max_lease_secs: u64,
     pub kinds: JobKinds,
+    /// Which images this provider accepts.
+    pub images: crate::config::ImagePolicy,
     reserved: BTreeMap<LeaseId, Reservation>,
     /// Committed leases and the GPU indices they hold.
     active: BTreeMap<LeaseId, Vec<usize>>,
@@ -70,7 +72,15 @@ fn agr(a: Amount) -> String {
 
 impl Market {
     pub fn new(gpus: Vec<Gpu>, price: Amount, max_lease_secs: u64, kinds: JobKinds) -> Market {
-        Market { gpus, price, max_lease_secs, kinds, reserved: BTreeMap::new(), active: BTreeMap::new() }
+        Market {
+            gpus,
+            price,
+            max_lease_secs,
+            kinds,
+            images: crate::config::ImagePolicy::default(),
+            reserved: BTreeMap::new(),
+            active: BTreeMap::new(),
+        }
     }
 
     fn busy(&self) -> Vec<usize> {
@@ -128,6 +138,9 @@ impl Market {
         }
         if spec.image.is_none() && !self.kinds.plain {
             return Err("this provider runs jobs only in container images; submit with --image".into());
+        }
+        if let Some(why) = spec.image.as_deref().and_then(|i| self.images.refusal(i)) {
+            return Err(why);
         }
         if spec.egress && !self.kinds.egress {
             return Err("this provider gives jobs no network access; submit without --egress".into());
@@ -359,5 +372,9 @@ mod tests {
         let refused = m.propose(&me, &c, &state, &signed_for(&injected, 13), &injected, NOW).unwrap_err();
         assert!(refused.contains("--privileged"), "{refused}");
         m.propose(&me, &c, &state, &signed_for(&net, 14), &net, NOW).expect("egress allowed for an image job");
+        m.images = crate::config::ImagePolicy { allowed: vec!["pytorch/pytorch".into()], require_digest: false };
+        let other = JobSpec { image: Some("busybox:1".into()), ..spec() };
+        let refused = m.propose(&me, &c, &state, &signed_for(&other, 15), &other, NOW).unwrap_err();
+        assert!(refused.contains("does not run image \"busybox\""), "{refused}");
     }
 }

@@ -53,6 +53,8 @@ impl OfferError {
 /// An offer in the book, with when this node first saw it.
 #[derive(Clone, Debug)]
 pub struct BookEntry {
+    /// The account the offer is for: its signer, or the account that named the signer its operator.
+    pub provider: Address,
     pub offer: Signed<Offer>,
     pub received_at_ms: u64,
 }
@@ -116,7 +118,7 @@ impl OrderBook {
     pub fn check(&self, offer: &Signed<Offer>, chain: &ChainId, state: &State, now_ms: u64) -> Result<(), OfferError> {
         offer.verify(chain).map_err(|e| OfferError::Invalid(e.to_string()))?;
         offer.body.validate().map_err(|e| OfferError::Invalid(e.to_string()))?;
-        let provider = offer.signer;
+        let provider = state.acting_for(&offer.signer);
         let record = state.provider(&provider).ok_or(OfferError::NotProvider(provider))?;
         if !state.is_active_provider(&provider) {
             return Err(OfferError::Inactive(provider));
@@ -150,21 +152,27 @@ impl OrderBook {
         now_ms: u64,
     ) -> Result<(), OfferError> {
         self.check(&offer, chain, state, now_ms)?;
-        self.offers.insert(offer.signer, BookEntry { offer, received_at_ms: now_ms });
+        let provider = state.acting_for(&offer.signer);
+        self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
         Ok(())
     }
 
     /// Drops expired offers and those of providers no longer active; returns how many.
     pub fn prune(&mut self, state: &State, now_ms: u64) -> usize {
         let before = self.offers.len();
-        self.offers.retain(|provider, e| e.offer.body.expires_at_ms.0 > now_ms && state.is_active_provider(provider));
+        // An offer signed by an operator the account has since withdrawn goes too.
+        self.offers.retain(|provider, e| {
+            e.offer.body.expires_at_ms.0 > now_ms
+                && state.is_active_provider(provider)
+                && state.acting_for(&e.offer.signer) == *provider
+        });
         before - self.offers.len()
     }
 
     /// Matching offers, cheapest first (ties by provider address, so the order is stable).
     pub fn query(&self, filter: &OfferFilter) -> Vec<&BookEntry> {
         let mut found: Vec<&BookEntry> = self.offers.values().filter(|e| filter.matches(&e.offer.body)).collect();
-        found.sort_by_key(|e| (e.offer.body.price_per_gpu_hour, e.offer.signer));
+        found.sort_by_key(|e| (e.offer.body.price_per_gpu_hour, e.provider));
         found
     }
 }

@@ -61,6 +61,13 @@ pub enum TxKind {
         evidence: EquivocationEvidence,
     },
     Unjail,
+    /// An account names the key that runs its provider node (or, with
+    /// `None`, withdraws it). The operator may sign the provider's offers,
+    /// heartbeats and lease answers, register its GPUs and close its leases;
+    /// never move its tokens, stake, unjail or change the operator.
+    SetOperator {
+        operator: Option<Address>,
+    },
 }
 
 impl TxKind {
@@ -77,6 +84,7 @@ impl TxKind {
             TxKind::SlashDowntime { .. } => "slash-downtime",
             TxKind::SlashEquivocation { .. } => "slash-equivocation",
             TxKind::Unjail => "unjail",
+            TxKind::SetOperator { .. } => "set-operator",
         }
     }
 }
@@ -110,6 +118,7 @@ impl Transaction {
             TxKind::CloseLease { .. }
             | TxKind::CancelLease { .. }
             | TxKind::SlashEquivocation { .. }
+            | TxKind::SetOperator { .. }
             | TxKind::Unjail => {}
         }
         Ok(())

@@ -75,6 +75,12 @@ pub struct JobsConfig {
     /// How long a finished job's files stay on disk, in seconds.
     #[serde(default = "default_retention")]
     pub retention_secs: u64,
+    /// Images jobs may use, by repository (`pytorch/pytorch`, `ghcr.io/org/app`); empty: any.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+    /// Accept only images pinned by digest (`name@sha256:…`), so a tag cannot be moved under a lease.
+    #[serde(default)]
+    pub require_image_digest: bool,
     /// Run plain jobs as processes even on a host with real GPUs (`--unsafe-process-runner`; never saved).
     #[serde(skip)]
     pub unsafe_process_runner: bool,
@@ -92,6 +98,8 @@ impl Default for JobsConfig {
             log_bytes: default_log_bytes(),
             log_file_bytes: default_log_file_bytes(),
             retention_secs: DEFAULT_RETENTION_SECS,
+            allowed_images: Vec::new(),
+            require_image_digest: false,
             unsafe_process_runner: false,
         }
     }
@@ -109,10 +117,18 @@ impl JobsConfig {
         if self.runners.is_empty() {
             return Err("runners must name at least one of sandbox, docker, process".into());
         }
+        if let Some(bad) = self.allowed_images.iter().find(|i| agora_protocol::job::validate_image_ref(i).is_err()) {
+            return Err(format!("allowed_images: {bad:?} is not an image repository"));
+        }
         if let Some(p) = self.extra_paths.iter().find(|p| !p.is_absolute()) {
             return Err(format!("extra_paths: {} is not absolute", p.display()));
         }
         self.resources(1, 1, 1024).validate().map_err(|e| e.to_string())
+    }
+
+    /// Which images this provider accepts.
+    pub fn image_policy(&self) -> ImagePolicy {
+        ImagePolicy { allowed: self.allowed_images.clone(), require_digest: self.require_image_digest }
     }
 
     pub fn allows(&self, r: Runner) -> bool {
@@ -139,6 +155,29 @@ impl JobsConfig {
             scratch_mib_per_gpu: self.scratch_mib_per_gpu,
             egress: self.allow_egress && self.allows(Runner::Docker),
         }
+    }
+}
+
+/// The images a provider accepts: by repository (empty: any), and optionally only digest-pinned ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImagePolicy {
+    pub allowed: Vec<String>,
+    pub require_digest: bool,
+}
+
+impl ImagePolicy {
+    /// Why `image` (already a valid reference) is refused, if it is.
+    pub fn refusal(&self, image: &str) -> Option<String> {
+        let (name, digest) = image.split_once('@').map_or((image, None), |(n, d)| (n, Some(d)));
+        if self.require_digest && digest.is_none() {
+            return Some(format!("this provider runs only images pinned by digest (NAME@sha256:…), not {image:?}"));
+        }
+        // The repository is the name without its tag (a ':' after the last '/').
+        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+        let repository = name[last_slash..].rfind(':').map_or(name, |i| &name[..last_slash + i]);
+        let listed = self.allowed.is_empty() || self.allowed.iter().any(|a| a == repository);
+        (!listed)
+            .then(|| format!("this provider does not run image {repository:?}; it runs {}", self.allowed.join(", ")))
     }
 }
 
@@ -202,6 +241,21 @@ mod tests {
         assert!(err.starts_with("runner sandbox: needs root"), "{err}");
         assert_eq!(choose_isolation(&sandbox, false, || Ok::<_, String>(7)), Ok(Some(PlainJobs::Sandbox(7))));
         assert_eq!(choose_isolation(&jobs(&[Runner::Docker]), false, || Ok::<_, String>(())), Ok(None));
+    }
+
+    #[test]
+    fn the_image_policy_lists_repositories_and_can_require_digests() {
+        let open = ImagePolicy::default();
+        assert_eq!(open.refusal("anything:latest"), None);
+        let listed = ImagePolicy { allowed: vec!["pytorch/pytorch".into(), "localhost:5000/job".into()], ..open };
+        assert_eq!(listed.refusal("pytorch/pytorch:2.4"), None);
+        assert_eq!(listed.refusal("localhost:5000/job:v1"), None, "a registry port is not a tag");
+        assert!(listed.refusal("pytorch/pytorch-evil:1").unwrap().contains("does not run image"));
+        let digest = format!("pytorch/pytorch@sha256:{}", "a".repeat(64));
+        let pinned = ImagePolicy { require_digest: true, ..listed };
+        assert!(pinned.refusal("pytorch/pytorch:2.4").unwrap().contains("pinned by digest"));
+        assert_eq!(pinned.refusal(&digest), None);
+        assert!(JobsConfig { allowed_images: vec!["--privileged".into()], ..JobsConfig::default() }.check().is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 mod jobs;
-pub use jobs::{JobsConfig, PlainJobs, Runner, choose_isolation};
+pub use jobs::{ImagePolicy, JobsConfig, PlainJobs, Runner, choose_isolation};
 
 /// The key name of a node's own key in its home.
 pub const NODE_KEY_NAME: &str = "node";

@@ -31,7 +31,8 @@ pub type RpcReply = oneshot::Sender<Result<LeaseRpcReply, String>>;
 impl Daemon {
     /// Sends `rpc` to `provider` (or answers it here if this node is the provider).
     pub(super) fn lease_rpc(&mut self, provider: Address, rpc: LeaseRpc, reply: RpcReply) {
-        if provider == self.key.address() {
+        // This node answers for the provider whose node key is its own key.
+        if self.store.state().node_key_of(&provider) == self.key.address() {
             let answer = self.answer_lease_rpc(rpc);
             let _ = reply.send(Ok(answer));
             return;
@@ -40,7 +41,7 @@ impl Daemon {
             let _ = reply.send(Err("this node has too many lease requests in flight; retry".into()));
             return;
         }
-        let peer = match crate::identity::peer_of(&provider) {
+        let peer = match self.provider_peer(&provider) {
             Ok(p) => p,
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
@@ -89,7 +90,7 @@ impl Daemon {
     fn answer_lease_rpc(&mut self, rpc: LeaseRpc) -> LeaseRpcReply {
         match rpc {
             LeaseRpc::Propose { request, spec } => {
-                let me = self.key.address();
+                let me = self.acting_as();
                 let Some(market) = self.market.as_mut() else {
                     return LeaseRpcReply::Refused("this node is not a provider".into());
                 };
@@ -136,7 +137,7 @@ impl Daemon {
             .store
             .state()
             .lease(&id)
-            .filter(|l| l.provider == self.key.address())
+            .filter(|l| l.provider == self.acting_as())
             .map(|l| l.buyer)
             .or_else(|| self.market.as_ref().and_then(|m| m.reserved_buyer(&id)))
             .or_else(|| self.jobs.by_lease.get(&id).map(|j| j.buyer))
@@ -157,7 +158,7 @@ impl Daemon {
 
     /// Starts and stops jobs as leases of this provider open and settle.
     pub(super) fn on_lease_events(&mut self, events: &[Event]) -> Result<(), Error> {
-        let me = self.key.address();
+        let me = self.acting_as();
         for event in events {
             match event {
                 Event::LeaseOpened { lease_id, provider, .. } if *provider == me => self.start_job(*lease_id)?,
@@ -261,7 +262,7 @@ impl Daemon {
     /// their jobs killed with the old process; kill what is left of them and
     /// close the leases for the time served (the buyer sees why in the logs).
     pub(super) async fn close_orphaned_leases(&mut self) -> Result<(), Error> {
-        let me = self.key.address();
+        let me = self.acting_as();
         // Sandboxed jobs are found by their cgroups, which no job can forge or hide from.
         if let Some(runner::Isolation::Sandbox(sandbox)) = &self.jobs.runners.plain {
             let killed = sandbox.reap_leftovers();
@@ -349,7 +350,7 @@ impl Daemon {
                 // Someone else's slash got in first, or the provider is already jailed.
                 TxKind::SlashDowntime { evidence } => state.is_active_provider(&evidence.provider),
                 TxKind::SlashEquivocation { evidence } => state
-                    .provider(&evidence.offender())
+                    .provider(&state.acting_for(&evidence.offender()))
                     .is_some_and(|p| p.status != agora_ledger::ProviderStatus::Tombstoned),
                 _ => true,
             })

@@ -42,7 +42,7 @@ impl Daemon {
     /// Providers registered on the ledger (jailed ones too: they must show
     /// they are back before they unjail) heartbeat every second.
     pub(super) fn heartbeat_tick(&mut self) -> Result<(), Error> {
-        let me = self.key.address();
+        let me = self.acting_as();
         if self.provider.is_none() || self.store.state().provider(&me).is_none() {
             return Ok(());
         }
@@ -91,7 +91,8 @@ impl Daemon {
         Ok(match verdict {
             HeartbeatVerdict::Fresh => {
                 self.shared.metrics.heartbeats_seen.inc();
-                self.record_seen(hb.signer, hb.body.height.0);
+                let provider = self.store.state().acting_for(&hb.signer);
+                self.record_seen(provider, hb.body.height.0);
                 MessageAcceptance::Accept
             }
             HeartbeatVerdict::Ignore(_) => MessageAcceptance::Ignore,
@@ -166,10 +167,10 @@ impl Daemon {
             return;
         }
         for provider in self.liveness.due_probes(self.store.state()) {
-            if provider == self.key.address() {
+            if provider == self.acting_as() {
                 continue;
             }
-            let Ok(peer) = crate::identity::peer_of(&provider) else { continue };
+            let Ok(peer) = self.provider_peer(&provider) else { continue };
             tracing::info!(%provider, "provider silent for a window: probing it");
             let id = self.swarm.behaviour_mut().lease.send_request(&peer, LeaseRpc::Probe);
             self.pending_probes.insert(id, provider);
@@ -182,7 +183,8 @@ impl Daemon {
     pub(super) fn probe_result(&mut self, id: OutboundRequestId, reply: Option<LeaseRpcReply>) -> Result<bool, Error> {
         let Some(provider) = self.pending_probes.remove(&id) else { return Ok(false) };
         if let Some(LeaseRpcReply::Alive(hb)) = reply {
-            if hb.signer == provider && hb.verify(&self.chain).is_ok() {
+            let signer_for = self.store.state().acting_for(&hb.signer);
+            if signer_for == provider && hb.verify(&self.chain).is_ok() {
                 self.liveness.alive(provider, self.store.height());
                 self.record_seen(provider, self.store.height().0);
                 return Ok(true);
