@@ -167,31 +167,51 @@ pub struct Opened {
     pub height: u64,
 }
 
+/// The signed offer behind an order-book entry, if it decodes and its signature verifies.
+fn verified_offer(entry: &serde_json::Value, chain: &agora_protocol::ChainId) -> Option<Signed<agora_protocol::Offer>> {
+    let bytes = hex::decode(entry["signed"].as_str()?).ok()?;
+    let offer: Signed<agora_protocol::Offer> = codec::decode(&bytes).ok()?;
+    offer.verify(chain).ok()?;
+    offer.body.validate().ok()?;
+    Some(offer)
+}
+
 /// Picks the cheapest matching offer, signs the request, gets the provider's
 /// countersignature through the node, and opens the lease on the ledger.
 pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Result<Opened> {
     ask.spec.validate()?;
     let offers = node.get(&format!("/v1/offers?gpus={}", ask.gpus))?;
+    let chain = chain_id(node)?;
     let mut candidates = Vec::new();
     for o in offers.as_array().into_iter().flatten() {
         let addr: Address = text(&o["provider"]).parse()?;
-        let price = micros(&o["price_per_gpu_hour"]);
+        // The terms come from the provider's signed offer, never from the node's JSON about it.
+        let Some(offer) = verified_offer(o, &chain) else {
+            progress(node.json, format!("the offer of {addr} does not verify; skipped"));
+            continue;
+        };
+        let node_key: Address = o["signed_by"].as_str().map(str::parse).transpose()?.unwrap_or(addr);
+        // (Which operator key an account named is the node's word until light-client proofs land.)
+        if offer.signer != node_key {
+            progress(node.json, format!("the offer of {addr} is signed by another key; skipped"));
+            continue;
+        }
+        let price = offer.body.price_per_gpu_hour;
         if ask.provider.is_some_and(|p| p != addr)
             || ask.max_price.is_some_and(|m| price > m)
-            || o["max_duration_secs"].as_u64().unwrap_or(0) < ask.duration_secs
+            || offer.body.max_duration_secs < ask.duration_secs
+            || offer.body.expires_at_ms.0 <= now_ms()
         {
             continue;
         }
-        let kind = o["gpus"].as_array().into_iter().flatten().find(|g| {
-            let model = text(&g["model"]);
-            ask.model.as_ref().is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
-                && ask.min_vram_gb.is_none_or(|v| g["vram_mib"].as_u64().unwrap_or(0) >= u64::from(v) * 1024)
-                && g["count"].as_u64().unwrap_or(0) >= u64::from(ask.gpus)
+        let kind = offer.body.gpus.iter().find(|g| {
+            ask.model.as_ref().is_none_or(|m| g.model.to_lowercase().contains(&m.to_lowercase()))
+                && ask.min_vram_gb.is_none_or(|v| u64::from(g.vram_mib) >= u64::from(v) * 1024)
+                && g.count >= ask.gpus
         });
         if let Some(kind) = kind {
             // The provider's node may sign with an operator key the provider named on the ledger.
-            let node_key: Address = o["signed_by"].as_str().map(str::parse).transpose()?.unwrap_or(addr);
-            candidates.push((addr, node_key, o["seq"].as_u64().unwrap_or(0), text(&kind["model"]), price));
+            candidates.push((addr, node_key, offer.body.seq, kind.model.clone(), price));
         }
     }
     if candidates.is_empty() {
@@ -204,7 +224,6 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
             ask.duration_secs,
         );
     }
-    let chain = chain_id(node)?;
     // Cheapest first; a provider whose GPUs are all taken sends the request
     // on to the next offer (offers show GPUs, not how many are free now).
     let last = candidates.len() - 1;

@@ -253,6 +253,8 @@ async fn offers(
             serde_json::json!({
                 "provider": e.provider,
                 "signed_by": e.offer.signer,
+                // The offer as signed, so a buyer can check it instead of trusting this JSON.
+                "signed": agora_protocol::codec::encode(&e.offer).map(hex::encode).unwrap_or_default(),
                 "resources": o.resources,
                 "seq": o.seq,
                 "gpus": o.gpus,

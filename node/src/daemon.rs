@@ -693,8 +693,12 @@ impl Daemon {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { peer, connection, result: Err(e) })) => {
-                tracing::warn!(%peer, error = %e, "ping failed: closing the connection to dial again");
-                self.swarm.close_connection(connection);
+                if crate::net::ping_failure_closes(&e) {
+                    tracing::warn!(%peer, error = %e, "ping timed out: closing the connection to dial again");
+                    self.swarm.close_connection(connection);
+                } else {
+                    tracing::debug!(%peer, error = %e, "ping failed; keeping the connection");
+                }
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } if !self.peers.contains(&peer_id) => {
                 self.peers.push(peer_id)

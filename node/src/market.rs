@@ -173,6 +173,23 @@ impl Market {
         if balance < escrow {
             return Err(format!("balance {} < escrow {}", agr(balance), agr(escrow)));
         }
+        // What this buyer's accepted-but-unopened requests will lock counts too: one
+        // funded key must not reserve GPUs for more than it can pay.
+        let pending = self
+            .reserved
+            .values()
+            .filter(|r| r.request.signer == request.signer)
+            .try_fold(Amount::ZERO, |sum, r| r.request.body.escrow().and_then(|e| sum.checked_add(e)))
+            .ok_or("escrow overflows")?;
+        let needed = pending.checked_add(escrow).ok_or("escrow overflows")?;
+        if balance < needed {
+            return Err(format!(
+                "balance {} < escrow {} plus {} for your requests not yet opened",
+                agr(balance),
+                agr(escrow),
+                agr(pending)
+            ));
+        }
         let pending = self.reserved.values().filter(|r| r.request.signer == request.signer).count();
         if pending >= MAX_RESERVATIONS_PER_BUYER {
             return Err(format!(
@@ -311,6 +328,27 @@ mod tests {
         let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, n), &spec(), NOW).unwrap_err();
         assert!(err.contains("accepted requests not yet opened"), "{err}");
         assert_eq!(m.free("H100").len(), 16 - MAX_RESERVATIONS_PER_BUYER);
+    }
+
+    #[test]
+    fn unopened_requests_count_against_the_buyers_balance() {
+        let (chain, state, m) = setup();
+        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
+        let many: Vec<Gpu> =
+            (0..16).map(|i| Gpu { index: i, id: format!("SIM-H100-{i}"), ..gpus[0].clone() }).collect();
+        let mut m = Market { gpus: many, ..m };
+        let me = chain.address(0);
+        // Buyer 2 holds 0.1 AGR; each request (1 GPU, 10 min at 0.5 AGR/h) escrows 0.083334 AGR.
+        let cheap = |n: u64| {
+            let mut body = request(&chain.keys[2], me, 1, 2, n).body;
+            body.price_per_gpu_hour = Amount(500_000);
+            Signed::sign(body, &chain.keys[2], &chain_id()).unwrap()
+        };
+        m.price = Amount(500_000);
+        m.propose(&me, &chain_id(), &state, &cheap(1), &spec(), NOW).expect("the first fits the balance");
+        let err = m.propose(&me, &chain_id(), &state, &cheap(2), &spec(), NOW).unwrap_err();
+        assert!(err.contains("for your requests not yet opened"), "{err}");
+        assert_eq!(m.free("H100").len(), 15, "the refused request reserved nothing");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod gossip;
+pub mod ip_limits;
 
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, gossipsub, identify, kad, noise, ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, noise, ping,
+    request_response, tcp, yamux,
 };
 
 use crate::error::Error;
@@ -24,6 +26,33 @@ pub const LEASE_PROTOCOL: &str = "/agora/lease/1";
 pub const LEASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1";
+/// Kademlia's protocol name: agora's DHT, not the public IPFS one (whose
+/// peers would fill the routing table and be dialled for nothing).
+pub const KAD_PROTOCOL: &str = "/agora/kad/1.0.0";
+/// Connections to one peer at most (one each way, e.g. after a simultaneous dial).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Inbound connections still in their handshake at most: a flood of half-open
+/// connections is dropped here, before it costs a noise handshake each.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Established inbound connections at most.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 256;
+/// Established connections at most, both ways.
+pub const MAX_ESTABLISHED: u32 = 512;
+/// Inbound connections from one IP address at most (a local testnet's nodes
+/// all come from 127.0.0.1, hence not lower).
+pub const MAX_INBOUND_PER_IP: u32 = 32;
+
+/// The identify agent string: who we are, for operators reading peer lists.
+pub fn agent_version() -> String {
+    format!("agora/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Whether a failed ping should close the connection: only a timeout means
+/// the connection is stuck. A peer that does not speak ping (a js-libp2p
+/// node, say) or a failed ping stream is no reason to drop it.
+pub fn ping_failure_closes(failure: &ping::Failure) -> bool {
+    matches!(failure, ping::Failure::Timeout)
+}
 /// A connection with no traffic is closed after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a peer is pinged.
@@ -42,6 +71,10 @@ pub type LeaseCodec = codec::WireCodec<LeaseRpc, LeaseRpcReply>;
 pub struct Behaviour {
     /// Peers this node refuses to talk to (testnet partitions).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Per peer, pending and total connection caps.
+    pub limits: connection_limits::Behaviour,
+    /// Inbound connections per remote IP.
+    pub ip_limits: ip_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -60,8 +93,16 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             let gossipsub = gossip::behaviour(key)?;
-            let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()));
-            let kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_agent_version(agent_version()),
+            );
+            let kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                .with_max_established(Some(MAX_ESTABLISHED));
             let sync = request_response::Behaviour::new(
                 [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
@@ -72,6 +113,8 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
             );
             Ok(Behaviour {
                 blocked: Default::default(),
+                limits: connection_limits::Behaviour::new(limits),
+                ip_limits: ip_limits::Behaviour::new(MAX_INBOUND_PER_IP),
                 lease,
                 gossipsub,
                 identify,
@@ -84,4 +127,18 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ping_timeout_closes_a_connection() {
+        assert!(ping_failure_closes(&ping::Failure::Timeout));
+        assert!(!ping_failure_closes(&ping::Failure::Unsupported));
+        let other = ping::Failure::Other { error: Box::new(std::io::Error::other("stream reset")) };
+        assert!(!ping_failure_closes(&other));
+        assert!(agent_version().starts_with("agora/"));
+    }
 }

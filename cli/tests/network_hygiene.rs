@@ -1,0 +1,97 @@
+//! Connection-level hostility on a real 4-node testnet. A peer that speaks
+//! identify and gossipsub but not ping (as a js-libp2p node may) stays
+//! connected and learns the node's agent string; a flood of 300 half-open
+//! TCP connections to one node is capped by its connection limits, and a
+//! normal transfer still commits within 10 blocks.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use agora_node::net::gossip;
+use agora_protocol::Keypair;
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, tcp, yamux};
+
+/// A foreign peer's stack: identify and gossipsub, no ping.
+#[derive(NetworkBehaviour)]
+struct NoPing {
+    identify: identify::Behaviour,
+    gossipsub: libp2p::gossipsub::Behaviour,
+}
+
+/// Connections half-opened in the flood (bounded).
+const FLOOD_CONNECTIONS: usize = 300;
+
+#[test]
+fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let base = 42_000 + (std::process::id() % 500) as u16 * 20;
+    let _down = Down(dir.clone());
+    let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "50"]);
+    let api: Vec<String> =
+        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let target: libp2p::Multiaddr = net["nodes"][0]["p2p"].as_str().unwrap().parse().unwrap();
+    let target_peer = match target.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => panic!("no peer id in {target}"),
+    };
+
+    // The ping-less peer: connected for three ping intervals, and told who it talks to.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (agent, still_connected) = runtime.block_on(async {
+        let key = agora_node::identity::libp2p_keypair(&Keypair::generate().unwrap()).unwrap();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|key| NoPing {
+                identify: identify::Behaviour::new(identify::Config::new("/js-like/1".into(), key.public())),
+                gossipsub: gossip::behaviour(key).unwrap(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_OFFERS)).unwrap();
+        swarm.dial(target.clone()).unwrap();
+        let mut agent = None;
+        let mut closed = false;
+        let until = Instant::now() + agora_node::net::PING_INTERVAL * 3 + Duration::from_secs(5);
+        while Instant::now() < until {
+            let event = tokio::time::timeout(Duration::from_millis(200), swarm.select_next_some()).await;
+            match event {
+                Ok(SwarmEvent::Behaviour(NoPingEvent::Identify(identify::Event::Received {
+                    peer_id, info, ..
+                }))) if peer_id == target_peer => agent = Some(info.agent_version),
+                Ok(SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }) if peer_id == target_peer => {
+                    closed = true;
+                }
+                _ => {}
+            }
+        }
+        (agent, !closed && swarm.is_connected(&target_peer))
+    });
+    assert!(still_connected, "node 0 dropped a peer that does not speak ping");
+    let agent = agent.expect("identify told the peer nothing");
+    assert!(agent.starts_with("agora/"), "agent string {agent:?}");
+
+    // The flood: half-open TCP connections that never finish a handshake.
+    let addr = format!("127.0.0.1:{base}");
+    let flood: Vec<std::net::TcpStream> =
+        (0..FLOOD_CONNECTIONS).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    eprintln!("{} half-open connections to node 0", flood.len());
+    let h0 = height(&api[0]);
+    let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
+    let to = net["nodes"][2]["address"].as_str().unwrap().to_string();
+    let sent = ok(agora(&["--home", &buyer_home, "transfer", &to, "1", "--node", &api[0]]));
+    let committed: u64 =
+        sent.split("height ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(committed <= h0 + 10, "the transfer committed at {committed}, more than 10 blocks after {h0}");
+    // Honest peers stay connected through it.
+    let peers = status(&api[0]).unwrap()["peers"].as_u64().unwrap();
+    assert!(peers >= 3, "node 0 lost its peers during the flood ({peers})");
+    drop(flood);
+}
