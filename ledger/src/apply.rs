@@ -218,7 +218,19 @@ pub struct BlockBuilder<'a> {
     mark: Mark,
     header: Header,
     txs: Vec<SignedTx>,
+    /// Encoded bytes of the transactions so far.
+    tx_bytes: usize,
+    /// Most encoded transaction bytes the block may carry.
+    tx_bytes_budget: usize,
 }
+
+/// Room kept in a block for everything but its transactions: the header, the
+/// previous block's certificate (at most 100 signatures), the proposal's
+/// signature and framing. The transactions get the rest of `MAX_BLOCK_BYTES`,
+/// so a proposer never builds a block it cannot encode.
+pub const BLOCK_OVERHEAD_BYTES: usize = 64 * 1024;
+/// Transaction bytes a block may carry.
+pub const BLOCK_TX_BYTES_BUDGET: usize = agora_protocol::limits::MAX_BLOCK_BYTES - BLOCK_OVERHEAD_BYTES;
 
 impl<'a> BlockBuilder<'a> {
     /// Starts the block after the state's tip at `time_ms`, proposed by `proposer`.
@@ -235,7 +247,13 @@ impl<'a> BlockBuilder<'a> {
         check_header(state, &header, 0)?;
         let mark = state.checkpoint();
         begin_block(state, header.height, time_ms).inspect_err(|_| state.rollback(mark))?;
-        Ok(BlockBuilder { state, mark, header, txs: Vec::new() })
+        Ok(BlockBuilder { state, mark, header, txs: Vec::new(), tx_bytes: 0, tx_bytes_budget: BLOCK_TX_BYTES_BUDGET })
+    }
+
+    /// A smaller transaction byte budget (tests of the budget itself).
+    pub fn with_tx_bytes_budget(mut self, budget: usize) -> Self {
+        self.tx_bytes_budget = budget.min(BLOCK_TX_BYTES_BUDGET);
+        self
     }
 
     /// Whether the block holds the most transactions the parameters allow.
@@ -258,7 +276,13 @@ impl<'a> BlockBuilder<'a> {
         if self.is_full() {
             return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
         }
+        // Bytes first: a transaction that does not fit is left for a later block, not applied.
+        let size = agora_protocol::codec::encode(&tx)?.len();
+        if self.tx_bytes + size > self.tx_bytes_budget {
+            return Err(Error::BlockBytes { size, used: self.tx_bytes, budget: self.tx_bytes_budget });
+        }
         let events = apply_tx(self.state, &tx, sig)?;
+        self.tx_bytes += size;
         self.txs.push(tx);
         Ok(events)
     }

@@ -83,6 +83,9 @@ pub enum Error {
     #[error("invariant violated: {0}")]
     Invariant(String),
 
+    #[error("the block has no room for {size} more bytes ({used} of {budget} used)")]
+    BlockBytes { size: usize, used: usize, budget: usize },
+
     // --- storage ---
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
@@ -92,6 +95,22 @@ pub enum Error {
     NoStore(String),
     #[error("store belongs to another genesis (stored {stored}, given {given})")]
     GenesisMismatch { stored: Hash, given: Hash },
+}
+
+impl Error {
+    /// Whether this error means the node cannot go on safely: its storage
+    /// failed or its state broke an invariant. Anything else was caused by one
+    /// message, request or transaction, and must not stop the node.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage(_)
+                | Error::Corrupt { .. }
+                | Error::NoStore(_)
+                | Error::GenesisMismatch { .. }
+                | Error::Invariant(_)
+        )
+    }
 }
 
 impl From<sled::transaction::TransactionError<Error>> for Error {

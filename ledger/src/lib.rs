@@ -19,7 +19,7 @@ pub mod store;
 pub mod testkit;
 pub mod validators;
 
-pub use apply::{BlockBuilder, BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
+pub use apply::{BLOCK_TX_BYTES_BUDGET, BlockBuilder, BlockOutcome, SigCheck, apply_block, apply_tx, build_block};
 pub use error::Error;
 pub use events::{Event, SettleReason, SlashReason};
 pub use genesis::{Genesis, GenesisAccount};

@@ -606,3 +606,42 @@ fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
     commit(&chain, &mut state, vec![sign_tx(cold, 2, TxKind::SetOperator { operator: None })]);
     assert_eq!((state.operator_of(&account), state.acting_for(&op)), (None, op));
 }
+
+#[test]
+fn a_proposer_fills_blocks_by_bytes_and_never_builds_one_it_cannot_encode() {
+    // The attack: ~1,000 valid OpenLease transactions at price 0, each naming
+    // 64 long GPU ids (~9 KB), more than a 4 MiB block holds.
+    let chain = chain();
+    let mut state = chain.state();
+    let key = &chain.keys[PROVIDER];
+    let big = vec![GpuSpec { model: "H100-80GB".into(), vram_mib: 81_920, count: 64, simulated: true }];
+    commit(
+        &chain,
+        &mut state,
+        vec![
+            sign_tx(key, 0, TxKind::Stake { amount: Amount::agr(1_000) }),
+            sign_tx(key, 1, TxKind::RegisterProvider { region: "eu-west".into(), gpus: big }),
+        ],
+    );
+    let txs: Vec<SignedTx> = (0..1_000u64)
+        .map(|n| {
+            let mut body = lease_request(&chain, &state, 64, 60, n).body;
+            body.price_per_gpu_hour = Amount::ZERO;
+            body.expires_at_ms = TimestampMs(state.time_ms().0 + 3_600_000);
+            let request = Signed::sign(body, &chain.keys[BUYER], &chain_id()).unwrap();
+            let gpu_ids = (0..64).map(|i| format!("GPU-{i:04}-{}", "x".repeat(50))).collect();
+            let accept =
+                Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, key, &chain_id()).unwrap();
+            sign_tx(&chain.keys[BUYER], n, TxKind::OpenLease { request, accept })
+        })
+        .collect();
+    let offered: usize = txs.iter().map(|t| agora_protocol::codec::encode(t).unwrap().len()).sum();
+    assert!(offered > agora_protocol::limits::MAX_BLOCK_BYTES, "the attack offers {offered} bytes");
+    let time = TimestampMs(state.time_ms().0 + 1_000);
+    let (block, _) = build_block(&mut state, txs, time, chain.address(0), None).unwrap();
+    let encoded = agora_protocol::codec::encode(&block).expect("the block encodes");
+    assert!(encoded.len() <= agora_protocol::limits::MAX_BLOCK_BYTES, "{} bytes", encoded.len());
+    assert!(block.txs.len() > 300 && block.txs.len() < 1_000, "a full block by bytes: {} txs", block.txs.len());
+    apply_block(&mut state, &block, SigCheck::Verify).expect("and it applies");
+    state.audit().unwrap();
+}

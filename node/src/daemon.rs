@@ -375,13 +375,22 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let result = tokio::select! {
                 _ = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm_event(event)?,
-                Some(cmd) = self.commands.recv() => self.on_command(cmd)?,
-                _ = sleep => self.fire_timers()?,
-                _ = tick.tick() => self.on_tick()?,
-                Some(ended) = self.jobs.ended_rx.recv() => self.on_job_ended(ended)?,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                _ = sleep => self.fire_timers(),
+                _ = tick.tick() => self.on_tick(),
+                Some(ended) = self.jobs.ended_rx.recv() => self.on_job_ended(ended),
+            };
+            // One bad message, request or transaction never ends the node: only a
+            // failed store or a broken invariant does, with the reason.
+            if let Err(e) = result {
+                if e.is_fatal() {
+                    tracing::error!(error = %e, "stopping: the node cannot go on safely");
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "an input failed; the node goes on");
             }
             self.retry_unpublished();
             self.publish_status();
@@ -479,10 +488,15 @@ impl Daemon {
                 Action::ScheduleTimeout { timer, after } => _ = self.timers.insert(timer, Instant::now() + after),
                 Action::CancelTimeout(timer) => _ = self.timers.remove(&timer),
                 Action::CancelAllTimeouts => self.timers.retain(|t, _| t.is_next_height()),
-                Action::WalAppend { height, entry } => self.store.wal_append(height, &entry)?,
+                Action::WalAppend { height, entry } => {
+                    self.store.wal_append(height, &entry).map_err(|e| Error::Halt(format!("consensus WAL: {e}")))?
+                }
                 Action::Commit { block, certificate, events } => {
                     let previous_time = self.store.state().time_ms().0;
-                    self.store.commit_decided(&block, &certificate)?;
+                    // A decided block that cannot be stored leaves this node behind its own votes.
+                    self.store
+                        .commit_decided(&block, &certificate)
+                        .map_err(|e| Error::Halt(format!("committing a decided block: {e}")))?;
                     let hash = block.hash();
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
