@@ -610,7 +610,7 @@ fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
 #[test]
 fn a_proposer_fills_blocks_by_bytes_and_never_builds_one_it_cannot_encode() {
     // The attack: ~1,000 valid OpenLease transactions at price 0, each naming
-    // 64 long GPU ids (~9 KB), more than a 4 MiB block holds.
+    // 64 long GPU ids (~4.7 KB), more than a 4 MiB block holds.
     let chain = chain();
     let mut state = chain.state();
     let key = &chain.keys[PROVIDER];
