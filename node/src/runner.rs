@@ -744,4 +744,40 @@ mod tests {
         assert!(reason.contains("cannot start \"/no/such/program\""), "{reason}");
         assert!(String::from_utf8_lossy(&job.chunk(0).data).contains("agora: cannot start"));
     }
+
+    #[test]
+    fn the_log_file_is_capped_and_rotated_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(LOG_FILE);
+        let file = std::fs::File::create(&path).unwrap();
+        let mut log = JobLog {
+            ring: VecDeque::new(),
+            cap: 10,
+            total: 0,
+            file: Some(LogFile { path: path.clone(), file, written: 0, cap: 100 }),
+        };
+        for i in 0..50u8 {
+            log.append(&[b'a' + (i % 26); 10]);
+        }
+        let current = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(path.with_extension("log.1")).unwrap().len();
+        assert!(current <= 100 && old <= 100, "at most twice the cap on disk: {current} + {old}");
+        assert_eq!(log.total, 500, "the buyer's offsets still count every byte");
+        assert_eq!(log.ring.len(), 10, "the ring stays bounded");
+        let dirs = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(dirs, 2, "one old file is kept, no more");
+    }
+
+    #[test]
+    fn finished_jobs_files_are_swept_after_the_retention() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["done", "running"] {
+            std::fs::create_dir_all(tmp.path().join(name)).unwrap();
+            std::fs::write(tmp.path().join(name).join(LOG_FILE), "x").unwrap();
+        }
+        let running = |n: &str| n == "running";
+        assert_eq!(sweep_job_dirs(tmp.path(), &running, Duration::from_secs(3600)), 0, "too recent");
+        assert_eq!(sweep_job_dirs(tmp.path(), &running, Duration::ZERO), 1);
+        assert!(!tmp.path().join("done").exists() && tmp.path().join("running").exists());
+    }
 }
