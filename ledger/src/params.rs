@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// How much shorter than `downtime_window_blocks` a downtime evidence window
+/// (the stretch all its attestations share) may be: validators see a silence
+/// start and end a few blocks apart, so windows of exactly W each overlap on
+/// slightly less. Anything shorter is refused, so one set of attestations
+/// cannot be split into many short windows.
+pub const EVIDENCE_WINDOW_SLACK_BLOCKS: u64 = 5;
+
+/// The shortest downtime evidence window the ledger accepts for a window length `w`.
+pub fn min_evidence_window(w: u64) -> u64 {
+    w.saturating_sub(EVIDENCE_WINDOW_SLACK_BLOCKS).max(1)
+}
+
 /// Basis points in one whole (100%).
 pub const BPS_DENOMINATOR: u64 = 10_000;
 
@@ -32,10 +44,19 @@ pub struct Params {
     /// attestation of a downtime slash must cover at least this many blocks.
     #[serde(default = "default_downtime_window_blocks")]
     pub downtime_window_blocks: u64,
+    /// Oldest evidence (downtime window end, heartbeat or vote height) a slash
+    /// may carry, in blocks. Unbonding must last longer, or a misbehaving
+    /// staker could unbond its stake before the evidence reaches a block.
+    #[serde(default = "default_max_evidence_age_blocks")]
+    pub max_evidence_age_blocks: u64,
 }
 
 fn default_downtime_window_blocks() -> u64 {
     20
+}
+
+fn default_max_evidence_age_blocks() -> u64 {
+    50
 }
 
 impl Default for Params {
@@ -50,6 +71,7 @@ impl Default for Params {
             epoch_blocks: 100,
             max_validators: 21,
             downtime_window_blocks: default_downtime_window_blocks(),
+            max_evidence_age_blocks: default_max_evidence_age_blocks(),
         }
     }
 }
@@ -71,6 +93,11 @@ impl Params {
         }
         if self.epoch_blocks == 0 {
             return bad("epoch_blocks must be positive");
+        }
+        if self.max_evidence_age_blocks == 0 || self.unbonding_blocks <= self.max_evidence_age_blocks {
+            return bad(
+                "unbonding_blocks must exceed max_evidence_age_blocks (> 0): stake must still be there when evidence arrives",
+            );
         }
         Ok(())
     }

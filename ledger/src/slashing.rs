@@ -26,6 +26,16 @@ pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result
     if ev.window_start > ev.window_end {
         return Err(Error::BadEvidence("downtime window is empty".into()));
     }
+    // One set of attestations split into short windows must not slash many times.
+    let min_len = crate::params::min_evidence_window(state.params().downtime_window_blocks);
+    if ev.window_end.0 - ev.window_start.0 + 1 < min_len {
+        return Err(Error::BadEvidence(format!("the evidence window is shorter than {min_len} blocks")));
+    }
+    check_evidence_age(state, ev.window_end)?;
+    // At most one downtime slash per jail period.
+    if matches!(provider.status, ProviderStatus::Jailed { .. }) {
+        return Err(Error::AlreadySlashed);
+    }
     let overlapping = state
         .data
         .slashed_windows
@@ -37,12 +47,25 @@ pub(crate) fn slash_downtime(state: &mut State, ev: &DowntimeEvidence) -> Result
     check_attestation_power(state, ev)?;
     let burned = burn_stake_fraction(state, ev.provider, state.params().downtime_slash_bps)?;
     let until = Height(state.height().0.saturating_add(state.params().jail_blocks));
-    state.mark_window_slashed((ev.provider, ev.window_start, ev.window_end));
+    // Everything the attestations cover is marked, not only the shared stretch:
+    // the same attestations can never back a second slash.
+    let covered_start = ev.attestations.iter().map(|a| a.body.window_start).min().unwrap_or(ev.window_start);
+    let covered_end = ev.attestations.iter().map(|a| a.body.window_end).max().unwrap_or(ev.window_end);
+    state.mark_window_slashed((ev.provider, covered_start, covered_end));
     let reason = SlashReason::Downtime { window_start: ev.window_start, window_end: ev.window_end };
     let mut events =
         vec![Event::Slashed { account: ev.provider, burned, reason }, jail(state, ev.provider, Some(until))?];
     events.extend(settle_all_of(state, ev.provider, SettleReason::ProviderSlashed)?);
     Ok(events)
+}
+
+/// Evidence about `height` must be recent: unbonding outlasts this age, so the stake is still there.
+fn check_evidence_age(state: &State, height: Height) -> Result<(), Error> {
+    let age = state.params().max_evidence_age_blocks;
+    if state.height().0 > height.0.saturating_add(age) {
+        return Err(Error::BadEvidence(format!("evidence older than {age} blocks")));
+    }
+    Ok(())
 }
 
 /// Every attestation names this provider, covers at least
@@ -93,6 +116,7 @@ pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -
             }
             for hb in [first, second] {
                 hb.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
+                check_evidence_age(state, hb.body.height)?;
             }
             // An operator's double heartbeat is its account's: the account chose the key.
             let provider = state.acting_for(&first.signer);
@@ -112,6 +136,7 @@ pub(crate) fn slash_equivocation(state: &mut State, ev: &EquivocationEvidence) -
             for v in [first, second] {
                 v.verify(state.chain_id()).map_err(|e| Error::BadSignature(e.to_string()))?;
             }
+            check_evidence_age(state, a.height)?;
             let acct = state.account(&first.signer);
             if acct.stake.is_zero() && acct.unbonding.is_zero() {
                 return Err(Error::BadEvidence("the signer has no stake to slash".into()));

@@ -23,6 +23,7 @@ fn keys() -> Vec<Keypair> {
 fn genesis(keys: &[Keypair]) -> Genesis {
     let params = Params {
         unbonding_blocks: 3,
+        max_evidence_age_blocks: 2,
         jail_blocks: 2,
         min_provider_stake: Amount::agr(100),
         epoch_blocks: 3,

@@ -645,3 +645,53 @@ fn a_proposer_fills_blocks_by_bytes_and_never_builds_one_it_cannot_encode() {
     apply_block(&mut state, &block, SigCheck::Verify).expect("and it applies");
     state.audit().unwrap();
 }
+
+#[test]
+fn one_downtime_cannot_be_split_into_many_slashes_or_slashed_late() {
+    let chain = chain();
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    advance(&chain, &mut state, 45);
+    let stake = state.account(&chain.address(PROVIDER)).stake;
+    // Attestations covering [3, 40], presented as a one-block window: refused.
+    let split = |s: u64, e: u64| {
+        let mut kind = downtime(&chain, &[0, 1, 2], 3, 40);
+        if let TxKind::SlashDowntime { evidence } = &mut kind {
+            (evidence.window_start, evidence.window_end) = (Height(s), Height(e));
+        }
+        kind
+    };
+    let tiny = sign_tx(&chain.keys[OTHER], 0, split(10, 10));
+    assert!(matches!(expect_err(&mut state, &tiny), Error::BadEvidence(_)), "a one-block window");
+    // One slash for the first half of the span…
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, split(3, 20))]);
+    let once = state.account(&chain.address(PROVIDER)).stake;
+    assert!(once < stake);
+    // …and the same attestations cannot back another, while jailed or after.
+    let second = sign_tx(&chain.keys[OTHER], 1, split(21, 40));
+    assert!(matches!(expect_err(&mut state, &second), Error::AlreadySlashed));
+    advance(&chain, &mut state, 50);
+    let n = nonce(&state, &chain, PROVIDER);
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[PROVIDER], n, TxKind::Unjail)]);
+    let reused = sign_tx(&chain.keys[OTHER], 1, split(21, 40));
+    assert!(matches!(expect_err(&mut state, &reused), Error::AlreadySlashed | Error::BadEvidence(_)));
+    assert_eq!(
+        state.slashed_windows(&chain.address(PROVIDER)),
+        vec![(Height(3), Height(40))],
+        "everything the attestations covered is spent, not only the window slashed"
+    );
+    assert_eq!(state.account(&chain.address(PROVIDER)).stake, once, "slashed exactly once");
+    // Evidence older than max_evidence_age_blocks is refused (unbonding outlasts that age).
+    let age = state.params().max_evidence_age_blocks;
+    advance(&chain, &mut state, age);
+    let late = sign_tx(&chain.keys[OTHER], 1, downtime(&chain, &[0, 1, 2], 60, 90));
+    assert!(matches!(expect_err(&mut state, &late), Error::BadEvidence(_)));
+}
+
+#[test]
+fn unbonding_must_outlast_the_oldest_evidence() {
+    let bad = agora_ledger::Params { unbonding_blocks: 50, max_evidence_age_blocks: 50, ..Default::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("unbonding_blocks must exceed"));
+    let ok = agora_ledger::Params { unbonding_blocks: 51, max_evidence_age_blocks: 50, ..Default::default() };
+    ok.validate().unwrap();
+}

@@ -251,7 +251,10 @@ impl Liveness {
             let end = group.iter().map(|a| a.body.window_end).min()?;
             let have: u64 = group.iter().map(|a| power(&a.signer)).sum();
             let overlaps_slashed = slashed.iter().any(|(s, e)| *s <= end && *e >= start);
-            if start <= end && !overlaps_slashed && u128::from(have) * 3 > u128::from(total) * 2 {
+            // The ledger takes only windows nearly W long: wait until the shared stretch is.
+            let long_enough =
+                start <= end && end.0 - start.0 + 1 >= agora_ledger::params::min_evidence_window(self.window);
+            if long_enough && !overlaps_slashed && u128::from(have) * 3 > u128::from(total) * 2 {
                 let ev = DowntimeEvidence {
                     provider,
                     window_start: start,
