@@ -24,8 +24,10 @@ fn provider(api: &str, address: &str) -> serde_json::Value {
     list.as_array().unwrap().iter().find(|p| p["address"] == address).cloned().unwrap_or_default()
 }
 
-fn admin(api: &str, path: &str, body: &str) {
-    assert_eq!(http::post(api, path, body).unwrap().status, 200, "{path}");
+/// A testnet admin call with the token from the node's home.
+fn admin(home: &std::path::Path, api: &str, path: &str, body: &str) {
+    let token = std::fs::read_to_string(agora_node::api_guard::token_path(home)).unwrap();
+    assert_eq!(http::post_authorized(api, path, body, token.trim()).unwrap().status, 200, "{path}");
 }
 
 #[test]
@@ -75,8 +77,24 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     ok(agora(&["testnet", "pause", "0", "--dir", d]));
     std::thread::sleep(Duration::from_millis(1500));
     ok(agora(&["testnet", "resume", "0", "--dir", d]));
-    admin(&api[2], "/v1/admin/partition", &format!("{{\"block\": [\"{}\"]}}", peer[3]));
-    admin(&api[3], "/v1/admin/partition", &format!("{{\"block\": [\"{}\"]}}", peer[2]));
+    // Without the node's token (any local user, any web page) the admin endpoints refuse.
+    let block = format!("{{\"block\": [\"{}\"]}}", peer[3]);
+    assert_eq!(http::post(&api[2], "/v1/admin/partition", &block).unwrap().status, 401);
+    assert_eq!(http::post_authorized(&api[2], "/v1/admin/partition", &block, "guess").unwrap().status, 401);
+    // A page served from another name (DNS rebinding) is refused whatever it asks.
+    let raw = |host: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(api[2].trim_start_matches("http://")).unwrap();
+        write!(s, "GET /v1/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_whitespace().nth(1).unwrap_or("").to_string()
+    };
+    let port = api[2].rsplit(':').next().unwrap();
+    assert_eq!(raw(&format!("evil.example:{port}")), "421");
+    assert_eq!(raw(&format!("localhost:{port}")), "200");
+    admin(&home(2), &api[2], "/v1/admin/partition", &block);
+    admin(&home(3), &api[3], "/v1/admin/partition", &format!("{{\"block\": [\"{}\"]}}", peer[2]));
 
     // Validator 3 alone claims provider 2 was down: the ledger refuses it.
     wait_until("a window's worth of blocks", Duration::from_secs(120), || height(&api[0]) >= 2 * W);
@@ -151,8 +169,8 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
         let p = provider(&api[3], &addr[i]);
         assert_eq!((p["status"].as_str(), p["slashes"].as_u64()), (Some("active"), Some(0)), "provider {i}: {p}");
     }
-    admin(&api[2], "/v1/admin/heal", "{}");
-    admin(&api[3], "/v1/admin/heal", "{}");
+    admin(&home(2), &api[2], "/v1/admin/heal", "{}");
+    admin(&home(3), &api[3], "/v1/admin/heal", "{}");
 
     // Unjail is refused while jailed or silent; after the jail period, with the
     // node back and heartbeating, it works and the provider leases again.

@@ -60,7 +60,8 @@ fn decode_hex<T: agora_protocol::Wire>(what: &str, text: &str) -> Result<T, ApiE
 }
 
 pub fn router(shared: Shared) -> Router {
-    let admin = shared.admin;
+    let admin = shared.admin_token.clone();
+    let hosts = shared.allowed_hosts.clone();
     let router = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/accounts/{address}", get(account))
@@ -76,17 +77,21 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/tx", post(submit_tx))
         .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
         .route("/metrics", get(metrics));
-    let router = if admin {
-        router
-            .route("/v1/admin/partition", post(partition))
-            .route("/v1/admin/heal", post(heal))
-            .route("/v1/admin/announce", post(announce))
-    } else {
-        router
+    let router = match admin {
+        Some(token) => {
+            let admin = Router::new()
+                .route("/v1/admin/partition", post(partition))
+                .route("/v1/admin/heal", post(heal))
+                .route("/v1/admin/announce", post(announce))
+                .route_layer(axum::middleware::from_fn_with_state(token, crate::api_guard::check_admin));
+            router.merge(admin)
+        }
+        None => router,
     };
     router
         .fallback(|| async { not_found("no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(hosts, crate::api_guard::check_host))
         .with_state(shared)
 }
 

@@ -116,8 +116,25 @@ pub struct Shared {
     pub commands: mpsc::Sender<Command>,
     pub metrics: crate::metrics::Metrics,
     pub registry: Arc<prometheus_client::registry::Registry>,
-    /// Whether the fault-injection endpoints are served (testnets only).
-    pub admin: bool,
+    /// The token the fault-injection endpoints need; None: not served (testnets only).
+    pub admin_token: Option<String>,
+    /// Host headers the API answers to (None: any).
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// The admin endpoints' token, on testnet chains only.
+fn admin_token(home: &Path, config: &NodeConfig) -> Result<Option<String>, Error> {
+    if !config.testnet_admin {
+        return Ok(None);
+    }
+    let chain = crate::config::load_genesis(home)?.chain_id;
+    if !crate::api_guard::admin_allowed(&chain.to_string()) {
+        return Err(Error::Config {
+            path: NodeConfig::path(home),
+            reason: format!("testnet_admin is for testnets only; chain {chain} is not one"),
+        });
+    }
+    crate::api_guard::admin_token(home).map(Some)
 }
 
 /// CPU cores this host has (for the automatic per-GPU share).
@@ -249,6 +266,7 @@ impl Daemon {
             ))
         };
         let (market, jobs) = provider_jobs(home, config, &key, provider.as_ref())?;
+        let admin_token = admin_token(home, config)?;
         let genesis = crate::config::load_genesis(home)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         let wal = store.wal_entries()?;
@@ -316,7 +334,8 @@ impl Daemon {
             commands: tx,
             metrics,
             registry: Arc::new(registry),
-            admin: config.testnet_admin,
+            admin_token,
+            allowed_hosts: crate::api_guard::allowed_hosts(&config.api),
         };
         let mut daemon = Daemon {
             chain,

@@ -3,6 +3,7 @@
 //! sync, offers), the order book, the HTTP API and metrics.
 
 pub mod api;
+pub mod api_guard;
 pub mod config;
 pub mod daemon;
 pub mod docker;

@@ -137,7 +137,7 @@ fn measure(
     let mut offer_ms = Vec::new();
     for k in 0..o.offers {
         let provider = &file.nodes[k % providers];
-        let reply = http::post(&provider.api_url, "/v1/admin/announce", "{}").map_err(|e| bad(e.to_string()))?;
+        let reply = crate::local::admin_call(provider, "/v1/admin/announce", "{}").map_err(|e| bad(e.to_string()))?;
         let seq = reply.json().ok().and_then(|j| j["seq"].as_u64()).ok_or_else(|| bad(reply.body.clone()))?;
         let until = Instant::now() + OFFER_DEADLINE;
         let mut latest = 0u64;

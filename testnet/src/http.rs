@@ -33,6 +33,22 @@ impl Reply {
 
 /// `base` is like `http://127.0.0.1:7600`; `path` starts with `/`.
 pub fn request(base: &str, method: &str, path: &str, body: Option<&str>) -> Result<Reply, HttpError> {
+    request_with(base, method, path, body, "")
+}
+
+/// POST with `Authorization: Bearer TOKEN` (a testnet node's admin endpoints).
+pub fn post_authorized(base: &str, path: &str, body: &str, token: &str) -> Result<Reply, HttpError> {
+    request_with(base, "POST", path, Some(body), &format!("Authorization: Bearer {token}\r\n"))
+}
+
+/// A request with extra header lines (each ending in CRLF).
+pub fn request_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> Result<Reply, HttpError> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let addr = host
         .parse::<std::net::SocketAddr>()
@@ -41,7 +57,7 @@ pub fn request(base: &str, method: &str, path: &str, body: Option<&str>) -> Resu
     stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| HttpError::Connect(base.into(), e))?;
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(req.as_bytes()).map_err(|e| HttpError::Connect(base.into(), e))?;

@@ -376,9 +376,16 @@ pub fn heal(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Calls a node's admin endpoint with the token from its home.
+pub fn admin_call(node: &NodeEntry, path: &str, body: &str) -> Result<http::Reply, Error> {
+    let token_path = agora_node::api_guard::token_path(&node.home);
+    let token = fs::read_to_string(&token_path).map_err(|e| Error::Io { path: token_path, source: e })?;
+    http::post_authorized(&node.api_url, path, body, token.trim())
+        .map_err(|e| Error::BadArgs(format!("node{} is not answering ({e}); is it running?", node.index)))
+}
+
 fn admin(node: &NodeEntry, path: &str, body: &str) -> Result<(), Error> {
-    let reply = http::post(&node.api_url, path, body)
-        .map_err(|e| Error::BadArgs(format!("node{} is not answering ({e}); is it running?", node.index)))?;
+    let reply = admin_call(node, path, body)?;
     if reply.status != 200 {
         return Err(Error::BadArgs(format!("node{} refused {path}: {} {}", node.index, reply.status, reply.body)));
     }
