@@ -221,7 +221,8 @@ pub struct Daemon {
     /// Probes in flight, by request, to the provider probed.
     pending_probes: HashMap<libp2p::request_response::OutboundRequestId, agora_protocol::Address>,
     last_heartbeat_at: Option<Instant>,
-    heartbeat_seq: u64,
+    /// Signs heartbeats with durably reserved sequence numbers; answers probes from the latest.
+    heartbeats: crate::heartbeat::HeartbeatSigner,
     /// Vote equivocations already submitted (offender, height, round), bounded.
     reported_votes: std::collections::BTreeSet<(agora_protocol::Address, u64, u32)>,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
@@ -267,6 +268,11 @@ impl Daemon {
         };
         let (market, jobs) = provider_jobs(home, config, &key, provider.as_ref())?;
         let admin_token = admin_token(home, config)?;
+        let seq_path = config.heartbeat_seq_path(home);
+        if let Some(dir) = seq_path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        }
+        let heartbeats = crate::heartbeat::HeartbeatSigner::open(&seq_path)?;
         let genesis = crate::config::load_genesis(home)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         let wal = store.wal_entries()?;
@@ -347,7 +353,7 @@ impl Daemon {
             liveness: crate::liveness::Liveness::new(store.state().params().downtime_window_blocks, store.height()),
             pending_probes: HashMap::new(),
             last_heartbeat_at: None,
-            heartbeat_seq: 0,
+            heartbeats,
             reported_votes: Default::default(),
             own_pending: Default::default(),
             bootstrap,

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod docker;
 pub mod error;
 pub mod gpu;
+pub mod heartbeat;
 pub mod identity;
 pub mod keystore;
 pub mod liveness;

@@ -163,6 +163,11 @@ impl NodeConfig {
         home.join(&self.data_dir).join("jobs")
     }
 
+    /// The fdatasync'd reservation of heartbeat sequence numbers.
+    pub fn heartbeat_seq_path(&self, home: &Path) -> PathBuf {
+        home.join(&self.data_dir).join("heartbeat.seq")
+    }
+
     /// The ledger store directory.
     pub fn ledger_dir(&self, home: &Path) -> PathBuf {
         home.join(&self.data_dir).join("ledger")

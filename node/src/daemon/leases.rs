@@ -118,7 +118,7 @@ impl Daemon {
                 Ok(chunk) => LeaseRpcReply::Logs(chunk),
                 Err(why) => LeaseRpcReply::Refused(why),
             },
-            LeaseRpc::Probe if self.provider.is_some() => match self.make_heartbeat() {
+            LeaseRpc::Probe if self.provider.is_some() => match self.probe_answer() {
                 Ok(hb) => LeaseRpcReply::Alive(hb),
                 Err(e) => LeaseRpcReply::Refused(e.to_string()),
             },

@@ -30,13 +30,17 @@ impl Daemon {
     /// A signed heartbeat naming this node's tip, with a sequence number that
     /// rises across restarts (the clock) so it never repeats one.
     pub(super) fn make_heartbeat(&mut self) -> Result<Signed<Heartbeat>, Error> {
-        self.heartbeat_seq = (self.heartbeat_seq + 1).max(now_ms());
-        let body = Heartbeat {
-            seq: self.heartbeat_seq,
-            height: self.store.height(),
-            block_hash: self.store.state().last_block_hash(),
-        };
-        Ok(Signed::sign(body, &self.key, &self.chain)?)
+        let (height, hash) = (self.store.height(), self.store.state().last_block_hash());
+        self.heartbeats.sign(&self.key, &self.chain, height, hash, now_ms())
+    }
+
+    /// A probe's answer: the latest heartbeat if it is recent, else a new one
+    /// (so probing makes the provider sign at most once a second).
+    pub(super) fn probe_answer(&mut self) -> Result<Signed<Heartbeat>, Error> {
+        match self.heartbeats.recent() {
+            Some(hb) => Ok(hb),
+            None => self.make_heartbeat(),
+        }
     }
 
     /// Providers registered on the ledger (jailed ones too: they must show
