@@ -122,6 +122,24 @@ pub struct Shared {
     pub allowed_hosts: Option<Vec<String>>,
 }
 
+/// Blocks between full invariant audits of the ledger state in release builds
+/// (debug builds audit every block): the audit walks the whole state, so not
+/// every block, but a broken supply is caught within this many.
+pub const AUDIT_EVERY_BLOCKS: u64 = 100;
+
+fn audit_due(height: u64) -> bool {
+    height % AUDIT_EVERY_BLOCKS == 0
+}
+
+/// Checks the ledger's invariants (supply conservation, unbonding and expiry
+/// indexes); a broken one stops the node with the reason instead of letting
+/// it vote on top of a state no honest node has.
+fn audit(state: &State) -> Result<(), Error> {
+    state.audit().map_err(|e| {
+        Error::Halt(format!("the ledger state at height {} broke an invariant: {e}; stopping", state.height()))
+    })
+}
+
 /// The admin endpoints' token, on testnet chains only.
 fn admin_token(home: &Path, config: &NodeConfig) -> Result<Option<String>, Error> {
     if !config.testnet_admin {
@@ -275,6 +293,7 @@ impl Daemon {
         let heartbeats = crate::heartbeat::HeartbeatSigner::open(&seq_path)?;
         let genesis = crate::config::load_genesis(home)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
+        audit(store.state())?;
         let wal = store.wal_entries()?;
         let last_commit = store.certificate(store.height())?;
         let engine_config = EngineConfig {
@@ -522,6 +541,9 @@ impl Daemon {
                     self.store
                         .commit_decided(&block, &certificate)
                         .map_err(|e| Error::Halt(format!("committing a decided block: {e}")))?;
+                    if audit_due(block.header.height.0) {
+                        audit(self.store.state())?;
+                    }
                     let hash = block.hash();
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
@@ -879,5 +901,18 @@ fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {
         ConsensusMessage::Proposal(p) => p.verify(chain).is_ok(),
         ConsensusMessage::Block(b) => b.verify(chain).is_ok(),
         ConsensusMessage::Certificate(c) => c.votes.len() <= agora_protocol::limits::MAX_VALIDATORS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_is_audited_at_start_and_every_hundred_blocks() {
+        assert!(audit_due(AUDIT_EVERY_BLOCKS) && audit_due(3 * AUDIT_EVERY_BLOCKS));
+        assert!(!audit_due(AUDIT_EVERY_BLOCKS + 1));
+        let chain = agora_ledger::testkit::TestChain::new(2, 1, agora_protocol::Amount::agr(10));
+        audit(&chain.state()).expect("a genesis state holds its invariants");
     }
 }
