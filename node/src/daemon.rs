@@ -122,6 +122,14 @@ pub struct Shared {
     pub allowed_hosts: Option<Vec<String>>,
 }
 
+/// The heights a sync request for blocks after `have` (at most `max`, capped
+/// at `MAX_SYNC_BLOCKS`) is answered with, given this node's tip. The request
+/// is unauthenticated: no value of `have` or `max` may overflow.
+fn sync_heights(have: u64, max: u32, tip: u64) -> std::ops::RangeInclusive<u64> {
+    let end = have.saturating_add(u64::from(max.min(MAX_SYNC_BLOCKS))).min(tip);
+    have.saturating_add(1)..=end
+}
+
 /// Blocks between full invariant audits of the ledger state in release builds
 /// (debug builds audit every block): the audit walks the whole state, so not
 /// every block, but a broken supply is caught within this many.
@@ -851,8 +859,7 @@ impl Daemon {
     fn sync_response(&self, request: &SyncRequest) -> Result<SyncResponse, Error> {
         let mut blocks = Vec::new();
         let mut size = 0usize;
-        let end = (request.have.0 + u64::from(request.max.min(MAX_SYNC_BLOCKS))).min(self.store.height().0);
-        for h in request.have.0 + 1..=end {
+        for h in sync_heights(request.have.0, request.max, self.store.height().0) {
             let (Some(block), Some(cert)) = (self.store.block(Height(h))?, self.store.certificate(Height(h))?) else {
                 break;
             };
@@ -907,6 +914,15 @@ fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_requests_cannot_overflow_or_ask_for_too_much() {
+        assert_eq!(sync_heights(10, 5, 100), 11..=15);
+        assert_eq!(sync_heights(98, 5, 100), 99..=100);
+        assert!(sync_heights(u64::MAX, u32::MAX, 100).is_empty(), "have at the top serves nothing");
+        assert!(sync_heights(100, 5, 100).is_empty());
+        assert_eq!(sync_heights(0, u32::MAX, 1_000).count(), MAX_SYNC_BLOCKS as usize);
+    }
 
     #[test]
     fn the_state_is_audited_at_start_and_every_hundred_blocks() {
