@@ -1,8 +1,9 @@
 //! Connection-level hostility on a real 4-node testnet. A peer that speaks
 //! identify and gossipsub but not ping (as a js-libp2p node may) stays
 //! connected and learns the node's agent string; a flood of 300 half-open
-//! TCP connections to one node is capped by its connection limits, and a
-//! normal transfer still commits within 10 blocks.
+//! TCP connections to one node is capped by its connection limits, a flood of
+//! sync requests is answered only within the peer's quota (off the consensus
+//! loop), and a normal transfer still commits within 10 blocks.
 
 mod common;
 use common::*;
@@ -21,6 +22,9 @@ struct NoPing {
     identify: identify::Behaviour,
     gossipsub: libp2p::gossipsub::Behaviour,
 }
+
+/// Sync requests in the flood (bounded).
+const SYNC_FLOOD: u32 = 200;
 
 /// Connections half-opened in the flood (bounded).
 const FLOOD_CONNECTIONS: usize = 300;
@@ -77,6 +81,38 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
     assert!(still_connected, "node 0 dropped a peer that does not speak ping");
     let agent = agent.expect("identify told the peer nothing");
     assert!(agent.starts_with("agora/"), "agent string {agent:?}");
+
+    // A sync flood: 200 requests for 16 blocks each, as fast as one peer can send them.
+    let (answered, empty) = runtime.block_on(async {
+        let rogue = agora_node::identity::libp2p_keypair(&Keypair::generate().unwrap()).unwrap();
+        let mut swarm = agora_node::net::build_swarm(rogue).unwrap();
+        swarm.dial(target.clone()).unwrap();
+        let (mut answered, mut empty, mut sent) = (0u32, 0u32, 0u32);
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until && answered + empty < SYNC_FLOOD {
+            if sent < SYNC_FLOOD && swarm.is_connected(&target_peer) {
+                let request = agora_protocol::sync::SyncRequest { have: agora_protocol::Height(0), max: 16 };
+                swarm.behaviour_mut().sync.send_request(&target_peer, request);
+                sent += 1;
+            }
+            let event = tokio::time::timeout(Duration::from_millis(5), swarm.select_next_some()).await;
+            if let Ok(SwarmEvent::Behaviour(agora_node::net::BehaviourEvent::Sync(
+                libp2p::request_response::Event::Message {
+                    message: libp2p::request_response::Message::Response { response, .. },
+                    ..
+                },
+            ))) = event
+            {
+                if response.blocks.is_empty() { empty += 1 } else { answered += 1 }
+            }
+        }
+        (answered, empty)
+    });
+    eprintln!("sync flood: {answered} answered with blocks, {empty} refused");
+    assert!(answered >= 1, "a peer within its quota is served");
+    assert!(empty > 0, "a flood is refused past the quota");
+    let metrics = agora_testnet::http::get(&api[0], "/metrics").unwrap().body;
+    assert!(metrics.lines().any(|l| l.starts_with("agora_sync_refused_total") && !l.ends_with(" 0")), "counted");
 
     // The flood: half-open TCP connections that never finish a handshake.
     let addr = format!("127.0.0.1:{base}");

@@ -15,7 +15,7 @@ use agora_ledger::{State, Store};
 use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
 use agora_protocol::market::Offer;
-use agora_protocol::sync::{MAX_SYNC_BLOCKS, MAX_SYNC_RESPONSE_BYTES, SyncRequest, SyncResponse};
+use agora_protocol::sync::{MAX_SYNC_BLOCKS, SyncRequest, SyncResponse};
 use agora_protocol::{Address, ChainId, Hash, Height, Keypair, Signed, SignedTx, TxKind};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -71,8 +71,6 @@ pub enum Command {
 
 /// Capacity of the API → loop command queue.
 pub const COMMAND_QUEUE: usize = 256;
-/// Bytes set aside per block for its certificate and framing in a sync response.
-const SYNC_CERT_ALLOWANCE: usize = 16 * 1024;
 /// Submitted transactions kept for re-publishing while no peer is subscribed yet.
 pub const MAX_UNPUBLISHED_TXS: usize = 1024;
 /// How often the loop does its periodic duties (offers, order-book expiry).
@@ -122,12 +120,24 @@ pub struct Shared {
     pub allowed_hosts: Option<Vec<String>>,
 }
 
-/// The heights a sync request for blocks after `have` (at most `max`, capped
-/// at `MAX_SYNC_BLOCKS`) is answered with, given this node's tip. The request
-/// is unauthenticated: no value of `have` or `max` may overflow.
-fn sync_heights(have: u64, max: u32, tip: u64) -> std::ops::RangeInclusive<u64> {
-    let end = have.saturating_add(u64::from(max.min(MAX_SYNC_BLOCKS))).min(tip);
-    have.saturating_add(1)..=end
+/// Sync answers built off the loop, queued for sending at most.
+pub const SYNC_SERVED_QUEUE: usize = 64;
+
+/// A sync answer built on a blocking thread, to be sent from the loop.
+type SyncServed = (PeerId, request_response::ResponseChannel<SyncResponse>, SyncResponse);
+
+/// The serving side of block sync: quotas, and answers coming back from blocking threads.
+struct SyncServer {
+    quota: crate::sync_serve::SyncQuota,
+    served_tx: mpsc::Sender<SyncServed>,
+    served_rx: mpsc::Receiver<SyncServed>,
+}
+
+impl SyncServer {
+    fn new() -> SyncServer {
+        let (served_tx, served_rx) = mpsc::channel(SYNC_SERVED_QUEUE);
+        SyncServer { quota: Default::default(), served_tx, served_rx }
+    }
 }
 
 /// Blocks between full invariant audits of the ledger state in release builds
@@ -260,6 +270,8 @@ pub struct Daemon {
     shared: Shared,
     commands: mpsc::Receiver<Command>,
     sync_in_flight: bool,
+    /// Serving peers' sync requests off the loop, within per-peer quotas.
+    sync_server: SyncServer,
     peers: Vec<PeerId>,
     next_sync_peer: usize,
     /// Peers to stay connected to; dialled again when the connection drops.
@@ -392,6 +404,7 @@ impl Daemon {
             shared: shared.clone(),
             commands: rx,
             sync_in_flight: false,
+            sync_server: SyncServer::new(),
             peers: Vec::new(),
             next_sync_peer: 0,
             unpublished: std::collections::VecDeque::new(),
@@ -434,6 +447,10 @@ impl Daemon {
                 _ = sleep => self.fire_timers(),
                 _ = tick.tick() => self.on_tick(),
                 Some(ended) = self.jobs.ended_rx.recv() => self.on_job_ended(ended),
+                Some((peer, channel, response)) = self.sync_server.served_rx.recv() => {
+                    self.on_sync_served(peer, channel, response);
+                    Ok(())
+                }
             };
             // One bad message, request or transaction never ends the node: only a
             // failed store or a broken invariant does, with the reason.
@@ -745,8 +762,8 @@ impl Daemon {
                     self.act(actions)?;
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { message, .. })) => {
-                self.on_sync_message(message)?
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => {
+                self.on_sync_message(peer, message)?
             }
             SwarmEvent::Behaviour(BehaviourEvent::Lease(event)) => self.on_lease_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { .. })) => {
@@ -833,12 +850,47 @@ impl Daemon {
         }
     }
 
-    fn on_sync_message(&mut self, message: Message<SyncRequest, SyncResponse>) -> Result<(), Error> {
+    /// Answers a peer's sync request on a blocking thread, within its quota
+    /// (over it, the answer is empty at once: the peer asks again later).
+    fn serve_sync(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: request_response::ResponseChannel<SyncResponse>,
+    ) {
+        if !self.sync_server.quota.admit(peer, now_ms()) {
+            self.shared.metrics.sync_refused.inc();
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse { blocks: Vec::new() });
+            return;
+        }
+        let reader = self.store.reader();
+        let tip = self.store.height().0;
+        let done = self.sync_server.served_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let response =
+                crate::sync_serve::build_response(&reader, request.have.0, request.max, tip).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read blocks to serve a sync request");
+                    SyncResponse { blocks: Vec::new() }
+                });
+            // A blocking thread may wait for room: dropping the answer would leak the peer's slot.
+            let _ = done.blocking_send((peer, channel, response));
+        });
+    }
+
+    /// A sync answer built off the loop: send it and free the peer's slot.
+    fn on_sync_served(
+        &mut self,
+        peer: PeerId,
+        channel: request_response::ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    ) {
+        self.sync_server.quota.done(&peer);
+        let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+    }
+
+    fn on_sync_message(&mut self, peer: PeerId, message: Message<SyncRequest, SyncResponse>) -> Result<(), Error> {
         match message {
-            Message::Request { request, channel, .. } => {
-                let response = self.sync_response(&request)?;
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
-            }
+            Message::Request { request, channel, .. } => self.serve_sync(peer, request, channel),
             Message::Response { response, .. } => {
                 self.sync_in_flight = false;
                 let full = response.blocks.len() as u32 >= MAX_SYNC_BLOCKS;
@@ -853,25 +905,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    /// Up to `MAX_SYNC_BLOCKS` committed blocks after `have`, within the size limit.
-    fn sync_response(&self, request: &SyncRequest) -> Result<SyncResponse, Error> {
-        let mut blocks = Vec::new();
-        let mut size = 0usize;
-        for h in sync_heights(request.have.0, request.max, self.store.height().0) {
-            let (Some(block), Some(cert)) = (self.store.block(Height(h))?, self.store.certificate(Height(h))?) else {
-                break;
-            };
-            let len = codec::encode(&block)?.len() + SYNC_CERT_ALLOWANCE;
-            // A block is at most 4 MiB, so the first always fits.
-            if !blocks.is_empty() && size + len > MAX_SYNC_RESPONSE_BYTES {
-                break;
-            }
-            size += len;
-            blocks.push((block, cert));
-        }
-        Ok(SyncResponse { blocks })
     }
 
     fn publish_status(&self) {
@@ -914,15 +947,6 @@ fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sync_requests_cannot_overflow_or_ask_for_too_much() {
-        assert_eq!(sync_heights(10, 5, 100), 11..=15);
-        assert_eq!(sync_heights(98, 5, 100), 99..=100);
-        assert!(sync_heights(u64::MAX, u32::MAX, 100).is_empty(), "have at the top serves nothing");
-        assert!(sync_heights(100, 5, 100).is_empty());
-        assert_eq!(sync_heights(0, u32::MAX, 1_000).count(), MAX_SYNC_BLOCKS as usize);
-    }
 
     #[test]
     fn the_state_is_audited_at_start_and_every_hundred_blocks() {

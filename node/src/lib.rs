@@ -20,6 +20,7 @@ pub mod offers;
 pub mod provider;
 pub mod run;
 pub mod runner;
+pub mod sync_serve;
 
 pub use agora_ledger as ledger;
 pub use agora_protocol as protocol;

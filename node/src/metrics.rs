@@ -34,6 +34,8 @@ pub struct Metrics {
     pub heartbeats_seen: Counter,
     pub probes_sent: Counter,
     pub probes_failed: Counter,
+    /// Sync requests answered empty because the peer was over its quota.
+    pub sync_refused: Counter,
     pub attestations_signed: Counter,
     pub attestations_seen: Counter,
     pub slashes_submitted: Counter,
@@ -58,6 +60,7 @@ impl Metrics {
             heartbeats_seen: Counter::default(),
             probes_sent: Counter::default(),
             probes_failed: Counter::default(),
+            sync_refused: Counter::default(),
             attestations_signed: Counter::default(),
             attestations_seen: Counter::default(),
             slashes_submitted: Counter::default(),
@@ -78,6 +81,7 @@ impl Metrics {
         r.register("heartbeats_seen", "Fresh provider heartbeats received", m.heartbeats_seen.clone());
         r.register("probes_sent", "Probes of silent providers sent", m.probes_sent.clone());
         r.register("probes_failed", "Probes that got no valid answer", m.probes_failed.clone());
+        r.register("sync_refused", "Sync requests over the peer's quota, answered empty", m.sync_refused.clone());
         r.register("attestations_signed", "Downtime attestations this validator signed", m.attestations_signed.clone());
         r.register("attestations_seen", "Valid downtime attestations received", m.attestations_seen.clone());
         r.register("slashes_submitted", "Slashing transactions this node submitted", m.slashes_submitted.clone());
