@@ -35,7 +35,7 @@ fn post(api: &str, txs: &[Signed<Transaction>]) -> u64 {
 fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
-    let base = 46_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(9);
     let _down = Down(dir.clone());
     // Slow blocks, so the stuffing is all in the mempools before the next proposal.
     let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "1500"]);

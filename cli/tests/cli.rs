@@ -1,6 +1,8 @@
 //! The `agora` binary as a user runs it: key management, one-line errors
 //! with non-zero exits, JSON output, and the demo end to end.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -76,7 +78,7 @@ fn usage_errors_exit_non_zero() {
 fn demo_runs_a_job_on_leased_gpus_over_a_real_testnet_and_settles_escrow() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let base = (36_000 + (std::process::id() % 500) * 20).to_string();
+    let base = common::test_ports(3).to_string();
     let o = Command::new(env!("CARGO_BIN_EXE_agora"))
         .args(["testnet", "demo", "--json", "--base-port", &base, "--dir"])
         .arg(&demo_dir)

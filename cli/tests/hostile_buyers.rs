@@ -17,7 +17,7 @@ use agora_testnet::http;
 fn a_buyer_cannot_reserve_more_than_its_balance_across_pending_requests() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
-    let base = 44_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(8);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "50"]);
     let api3 = net["nodes"][3]["api_url"].as_str().unwrap().to_string();

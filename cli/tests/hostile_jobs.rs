@@ -34,7 +34,7 @@ fn settled(api: &str, id: &str) -> bool {
 fn hostile_jobs_cannot_touch_the_provider_other_tenants_or_outlive_their_lease() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
-    let base = 50_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(11);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 2, base, &["--commit-pause-ms", "50", "--runner", "sandbox"]);
     let node = |i: usize| net["nodes"][i].clone();

@@ -45,7 +45,7 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
     let d = dir.to_str().unwrap();
-    let base = 34_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(4);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 2, base, &["--commit-pause-ms", "50"]);
     let node = |i: usize| net["nodes"][i].clone();

@@ -35,7 +35,7 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
     let d = dir.to_str().unwrap();
-    let base = 38_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(5);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 3, base, &[]);
     let node = |i: usize| net["nodes"][i].clone();

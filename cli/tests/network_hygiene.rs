@@ -33,7 +33,7 @@ const FLOOD_CONNECTIONS: usize = 300;
 fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
-    let base = 42_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(7);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "50"]);
     let api: Vec<String> =

@@ -42,7 +42,7 @@ fn key_address(home: &Path, name: &str) -> String {
 fn an_operator_node_provides_for_an_account_whose_key_stays_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
-    let base = 48_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(10);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "50"]);
     let api3 = net["nodes"][3]["api_url"].as_str().unwrap().to_string();

@@ -47,7 +47,7 @@ fn bad_message(i: u64, key: &Keypair) -> Vec<u8> {
 fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
-    let base = 40_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(6);
     let _down = Down(dir.clone());
     let out = Command::new(env!("CARGO_BIN_EXE_agora"))
         .args([

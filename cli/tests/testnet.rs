@@ -23,7 +23,7 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
     let d = dir.to_str().unwrap();
-    let base = 30_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(0);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 2, base, &["--commit-pause-ms", "20"]);
     let api: Vec<String> =
@@ -169,7 +169,7 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
 fn testnet_bench_reports_offer_propagation_throughput_and_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("bench");
-    let base = 40_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(1);
     let out = ok(agora(&[
         "bench",
         "testnet",
@@ -206,7 +206,7 @@ fn testnet_bench_reports_offer_propagation_throughput_and_memory() {
 fn lease_bench_reports_latency_and_acceptance_rate() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("bench");
-    let base = 44_000 + (std::process::id() % 500) as u16 * 20;
+    let base = common::test_ports(2);
     let out = ok(agora(&[
         "bench",
         "leases",

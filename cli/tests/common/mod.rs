@@ -112,3 +112,11 @@ pub fn job_pids(lease: &str) -> Vec<i32> {
 pub fn wait_job_running(lease: &str, n: usize) {
     wait_until("the job's processes", Duration::from_secs(60), || job_pids(lease).len() >= n);
 }
+
+/// Ports per test binary: a block of its own (`slot` 0–12, one per testnet
+/// test) below the kernel's ephemeral range (32768+), offset by the process
+/// id so two runs of one test rarely meet. A testnet uses base..base+20.
+pub fn test_ports(slot: u16) -> u16 {
+    assert!(slot <= 12, "port slots end at 12");
+    10_000 + slot * 1_600 + (std::process::id() % 80) as u16 * 20
+}
