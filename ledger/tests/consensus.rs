@@ -185,3 +185,46 @@ fn a_block_that_arrives_before_its_height_is_kept_and_voted_for() {
     settle(&mut engines, out.into_iter().map(|a| (other, a)).collect(), now + 20);
     assert!(engines.iter().all(|e| e.ledger().height() == Height(2)), "height 2 commits in round 0");
 }
+
+#[test]
+fn a_proposal_naming_another_proposer_in_its_header_is_not_voted_for() {
+    let chain = TestChain::new(2, 2, Amount::agr(1_000));
+    let now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let mut engines: Vec<Engine> =
+        (0..2).map(|i| Engine::new(chain_id(), chain.keys[i].clone(), chain.state(), None, config())).collect();
+    let set = ConsensusValidatorSet::from_state(engines[0].ledger());
+    let proposer_address = agora_ledger::consensus::context::select_proposer(&set, 1, 0).public_key;
+    let proposer = (0..2).find(|&i| chain.keys[i].address() == proposer_address).unwrap();
+    let other = 1 - proposer;
+    let _ = engines[other].handle(now, Input::Start);
+    let out = engines[proposer].handle(now, Input::Start);
+    let Some(ConsensusMessage::Block(signed)) = out.iter().find_map(|a| match a {
+        Action::Broadcast(m @ ConsensusMessage::Block(_)) => Some(m.clone()),
+        _ => None,
+    }) else {
+        panic!("the proposer broadcasts its block")
+    };
+    // The round's proposer signs a block whose header names the other
+    // validator, and a proposal for it.
+    let mut body = signed.body.clone();
+    body.block.header.proposer = chain.keys[other].address();
+    let forged_hash = body.block.hash();
+    let forged = Signed::sign(body, &chain.keys[proposer], &chain_id()).unwrap();
+    let proposal_for = |hash| {
+        let p = agora_protocol::consensus::Proposal { height: Height(1), round: 0, block: hash, pol_round: None };
+        ConsensusMessage::Proposal(Signed::sign(p, &chain.keys[proposer], &chain_id()).unwrap())
+    };
+    let mut reply = engines[other].handle(now, Input::Message(proposal_for(forged_hash)));
+    reply.extend(engines[other].handle(now, Input::Message(ConsensusMessage::Block(Box::new(forged)))));
+    assert!(
+        !own_votes(&reply).iter().any(|v| v.body.block == Some(forged_hash)),
+        "a block whose header names another proposer gets no vote"
+    );
+    // The same steps with the genuine block get its vote: the check above could have failed.
+    let mut engine = Engine::new(chain_id(), chain.keys[other].clone(), chain.state(), None, config());
+    let _ = engine.handle(now, Input::Start);
+    let genuine = signed.body.block.hash();
+    let mut reply = engine.handle(now, Input::Message(proposal_for(genuine)));
+    reply.extend(engine.handle(now, Input::Message(ConsensusMessage::Block(signed.clone()))));
+    assert!(own_votes(&reply).iter().any(|v| v.body.block == Some(genuine)), "{reply:?}");
+}

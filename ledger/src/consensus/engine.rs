@@ -167,6 +167,9 @@ struct Host {
     mempool: Mempool,
     /// Blocks proposed at the current height, by hash.
     blocks: BTreeMap<Hash, Block>,
+    /// Whether each of those blocks applies: a re-sent copy (any round, any
+    /// relayer) is not validated again.
+    validity: BTreeMap<Hash, bool>,
     /// Signed proposed blocks for the next height, checked once we get there.
     future_blocks: VecDeque<Signed<ProposalBlock>>,
     /// The certificate of the last committed block, carried by the next block.
@@ -219,6 +222,7 @@ impl Engine {
             ledger,
             mempool: Mempool::default(),
             blocks: BTreeMap::new(),
+            validity: BTreeMap::new(),
             future_blocks: VecDeque::new(),
             last_commit,
             now_ms: 0,
@@ -452,14 +456,24 @@ impl Host {
             return None;
         }
         let proposer = select_proposer(set, height.0, i64::from(*round)).public_key;
-        if signed.signer != proposer || signed.verify(&self.chain).is_err() {
+        // The block must name the validator that signed it as its proposer.
+        if signed.signer != proposer || block.header.proposer != signed.signer || signed.verify(&self.chain).is_err() {
             return None;
         }
         let hash = block.hash();
         if !self.blocks.contains_key(&hash) && self.blocks.len() >= MAX_PENDING_BLOCKS {
             return None;
         }
-        let validity = Validity::from_bool(self.check_block(block).is_ok());
+        let valid = match self.validity.get(&hash) {
+            Some(v) => *v,
+            None => match self.check_block(block) {
+                Ok(()) => *self.validity.entry(hash).or_insert(true),
+                // Too far ahead of this node's clock is a verdict of the moment, not of the block.
+                Err(Error::BlockTooFarAhead) => false,
+                Err(_) => *self.validity.entry(hash).or_insert(false),
+            },
+        };
+        let validity = Validity::from_bool(valid);
         self.blocks.entry(hash).or_insert_with(|| block.clone());
         Some(McInput::ProposedValue(
             ProposedValue {
@@ -734,6 +748,7 @@ impl Host {
     fn finish_commit(&mut self, block: Block, certificate: CommitCertificate, events: Vec<Event>) {
         self.last_commit = Some(certificate.clone());
         self.blocks.clear();
+        self.validity.clear();
         self.mempool.prune(&mut self.ledger);
         self.actions.push(Action::Commit { block: Box::new(block), certificate, events });
         // The next height starts from a timer, never in the same call: a
