@@ -159,11 +159,10 @@ fn audit(state: &State) -> Result<(), Error> {
 }
 
 /// The admin endpoints' token, on testnet chains only.
-fn admin_token(home: &Path, config: &NodeConfig) -> Result<Option<String>, Error> {
+fn admin_token(home: &Path, config: &NodeConfig, chain: &ChainId) -> Result<Option<String>, Error> {
     if !config.testnet_admin {
         return Ok(None);
     }
-    let chain = crate::config::load_genesis(home)?.chain_id;
     if !crate::api_guard::admin_allowed(&chain.to_string()) {
         return Err(Error::Config {
             path: NodeConfig::path(home),
@@ -171,71 +170,6 @@ fn admin_token(home: &Path, config: &NodeConfig) -> Result<Option<String>, Error
         });
     }
     crate::api_guard::admin_token(home).map(Some)
-}
-
-/// CPU cores this host has (for the automatic per-GPU share).
-fn host_cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
-/// Memory this host has, in MiB (for the automatic per-GPU share).
-fn host_memory_mib() -> u64 {
-    // SAFETY: sysinfo(2) fills the zeroed struct we pass.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return 1024;
-    }
-    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) / (1024 * 1024)
-}
-
-/// A provider's negotiation state and job host: which jobs it accepts
-/// (plain ones only with a working isolation; images only where docker
-/// works) and how it runs them. Non-providers get an empty job host.
-fn provider_jobs(
-    home: &Path,
-    config: &NodeConfig,
-    key: &Keypair,
-    provider: Option<&Provider>,
-) -> Result<(Option<crate::market::Market>, jobs::Jobs), Error> {
-    use crate::config::{PlainJobs, Runner, choose_isolation};
-    let log = crate::runner::LogLimits { ring_bytes: config.jobs.log_bytes, file_bytes: config.jobs.log_file_bytes };
-    let retention = Duration::from_secs(config.jobs.retention_secs);
-    let Some(p) = provider else {
-        let resources = config.jobs.resources(1, 1, 1024);
-        let none = crate::runner::Runners::default();
-        return Ok((None, jobs::Jobs::new(config.jobs_dir(home), log, none, resources, retention)));
-    };
-    let all_simulated = p.gpus.iter().all(|g| g.simulated);
-    let forbidden = [home.to_path_buf(), home.join(&config.data_dir)];
-    let node = key.address().to_string();
-    let plain = choose_isolation(&config.jobs, all_simulated, || {
-        agora_sandbox::Sandbox::new(&node, &forbidden, &config.jobs.extra_paths).map_err(|e| e.to_string())
-    })
-    .map_err(|reason| Error::Config { path: NodeConfig::path(home), reason })?;
-    let isolation = plain.map(|p| match p {
-        PlainJobs::Sandbox(s) => crate::runner::Isolation::Sandbox(std::sync::Arc::new(s)),
-        PlainJobs::Process => crate::runner::Isolation::Process,
-    });
-    let engine = match config.jobs.allows(Runner::Docker) {
-        true => crate::docker::Engine::probe(crate::docker::DOCKER_SOCKET, &node)
-            .inspect_err(|e| tracing::warn!(error = %e, "docker runner configured but no Docker Engine answers"))
-            .ok()
-            .map(std::sync::Arc::new),
-        false => None,
-    };
-    let docker = engine.is_some();
-    let kinds =
-        crate::market::JobKinds { plain: isolation.is_some(), images: docker, egress: p.resources.egress && docker };
-    let runner = match &isolation {
-        Some(crate::runner::Isolation::Sandbox(_)) => "sandbox",
-        Some(crate::runner::Isolation::Process) => "process (unsandboxed: testnets only)",
-        None => "none (images only)",
-    };
-    tracing::info!(plain_jobs = runner, docker, egress = kinds.egress, resources = ?p.resources, "job runners");
-    let mut market = crate::market::Market::new(p.gpus.clone(), p.price, p.max_lease_secs, kinds);
-    market.images = config.jobs.image_policy();
-    let runners = crate::runner::Runners { plain: isolation, docker: engine };
-    Ok((Some(market), jobs::Jobs::new(config.jobs_dir(home), log, runners, p.resources, retention)))
 }
 
 fn now_ms() -> u64 {
@@ -295,7 +229,8 @@ impl Daemon {
         } else {
             log_gpus(&detection);
             config.check_provider_terms(home)?;
-            let resources = config.jobs.resources(detection.gpus.len() as u32, host_cores(), host_memory_mib());
+            let resources =
+                config.jobs.resources(detection.gpus.len() as u32, jobs::host_cores(), jobs::host_memory_mib());
             Some(Provider::new(
                 detection.gpus.clone(),
                 config.price(home)?,
@@ -304,14 +239,14 @@ impl Daemon {
                 resources,
             ))
         };
-        let (market, jobs) = provider_jobs(home, config, &key, provider.as_ref())?;
-        let admin_token = admin_token(home, config)?;
+        let (market, jobs) = jobs::provider_jobs(home, config, &key, provider.as_ref())?;
         let seq_path = config.heartbeat_seq_path(home);
         if let Some(dir) = seq_path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         }
         let heartbeats = crate::heartbeat::HeartbeatSigner::open(&seq_path)?;
         let genesis = crate::config::load_genesis(home)?;
+        let admin_token = admin_token(home, config, &genesis.chain_id)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         audit(store.state())?;
         let wal = store.wal_entries()?;

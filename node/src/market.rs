@@ -312,14 +312,17 @@ mod tests {
         assert_eq!(m.free("H100").len(), 2);
     }
 
+    /// The same registered kind, but this host pretends to have 16 of them (for count checks).
+    fn with_16_gpus(m: Market) -> Market {
+        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
+        let many = (0..16).map(|i| Gpu { index: i, id: format!("SIM-H100-{i}"), ..gpus[0].clone() }).collect();
+        Market { gpus: many, ..m }
+    }
+
     #[test]
     fn one_buyer_cannot_hold_every_gpu_with_unopened_requests() {
         let (chain, state, m) = setup();
-        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
-        // Same registered kind, but pretend this host has many of them for the count check.
-        let many: Vec<Gpu> =
-            (0..16).map(|i| Gpu { index: i, id: format!("SIM-H100-{i}"), ..gpus[0].clone() }).collect();
-        let mut m = Market { gpus: many, ..m };
+        let mut m = with_16_gpus(m);
         let me = chain.address(0);
         for n in 0..MAX_RESERVATIONS_PER_BUYER as u64 {
             m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, n), &spec(), NOW).unwrap();
@@ -333,10 +336,7 @@ mod tests {
     #[test]
     fn unopened_requests_count_against_the_buyers_balance() {
         let (chain, state, m) = setup();
-        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
-        let many: Vec<Gpu> =
-            (0..16).map(|i| Gpu { index: i, id: format!("SIM-H100-{i}"), ..gpus[0].clone() }).collect();
-        let mut m = Market { gpus: many, ..m };
+        let mut m = with_16_gpus(m);
         let me = chain.address(0);
         // Buyer 2 holds 0.1 AGR; each request (1 GPU, 10 min at 0.5 AGR/h) escrows 0.083334 AGR.
         let cheap = |n: u64| {

@@ -114,8 +114,16 @@ impl OrderBook {
         self.offers.get(provider)
     }
 
-    /// Checks an offer against the chain id, the ledger and the clock without keeping it.
-    pub fn check(&self, offer: &Signed<Offer>, chain: &ChainId, state: &State, now_ms: u64) -> Result<(), OfferError> {
+    /// Checks an offer against the chain id, the ledger and the clock without
+    /// keeping it; returns the provider it is for (its signer, or the account
+    /// that named the signer its operator).
+    pub fn check(
+        &self,
+        offer: &Signed<Offer>,
+        chain: &ChainId,
+        state: &State,
+        now_ms: u64,
+    ) -> Result<Address, OfferError> {
         offer.verify(chain).map_err(|e| OfferError::Invalid(e.to_string()))?;
         offer.body.validate().map_err(|e| OfferError::Invalid(e.to_string()))?;
         let provider = state.acting_for(&offer.signer);
@@ -140,7 +148,7 @@ impl OrderBook {
         } else if self.offers.len() >= MAX_OFFERS {
             return Err(OfferError::Full);
         }
-        Ok(())
+        Ok(provider)
     }
 
     /// Keeps `offer` as its provider's newest, if it passes `check`.
@@ -151,8 +159,7 @@ impl OrderBook {
         state: &State,
         now_ms: u64,
     ) -> Result<(), OfferError> {
-        self.check(&offer, chain, state, now_ms)?;
-        let provider = state.acting_for(&offer.signer);
+        let provider = self.check(&offer, chain, state, now_ms)?;
         self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
         Ok(())
     }

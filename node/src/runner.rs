@@ -326,6 +326,14 @@ fn new_job(
 }
 
 impl Job {
+    /// The job never got going: says why in its log, records it and reports the end.
+    async fn failed_to_start(&self, why: &str, ended: &mpsc::Sender<JobEnded>) {
+        self.append(format!("agora: {why}\n").as_bytes());
+        self.stop(&format!("the job could not start: {why}"));
+        let state = self.finish(None, None);
+        let _ = ended.send(JobEnded { lease_id: self.lease_id, state }).await;
+    }
+
     fn append(&self, data: &[u8]) {
         if let Ok(mut i) = self.inner.lock() {
             i.log.append(data);
@@ -364,11 +372,8 @@ fn start_container(
     tokio::spawn(async move {
         let job = task_job;
         if let Err(why) = engine.start(&name, body).await {
-            job.append(format!("agora: {why}\n").as_bytes());
-            job.stop(&format!("the job could not start: {why}"));
             engine.remove(&name).await;
-            let state = job.finish(None, None);
-            let _ = ended.send(JobEnded { lease_id, state }).await;
+            job.failed_to_start(&why, &ended).await;
             return;
         }
         let reader = engine.logs(&name).map(|stream| {
@@ -409,7 +414,8 @@ fn start_process(
 ) -> Result<Job, String> {
     let Launch { lease_id, buyer, spec, gpus, deadline, log, resources, .. } = launch;
     let visible = gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>().join(",");
-    let mut sandboxed = None;
+    // The sandbox's cgroup, for killing and removing the job; None for the process runner.
+    let mut cgroup = None;
     let mut cmd = match isolation {
         Isolation::Sandbox(sandbox) => {
             let job = SandboxJob {
@@ -424,9 +430,8 @@ fn start_process(
             let prepared = sandbox.prepare(&job).map_err(|e| format!("the sandbox could not be set up: {e}"))?;
             let mut c = job_command(spec);
             c.env("HOME", agora_sandbox::policy::WORK_DIR);
-            let cgroup = prepared.cgroup.clone();
+            cgroup = Some(prepared.cgroup.clone());
             agora_sandbox::apply(&mut c, prepared);
-            sandboxed = Some(Handle::Sandbox { pid: 0, cgroup });
             c
         }
         Isolation::Process => {
@@ -461,17 +466,14 @@ fn start_process(
                     Ok(Err(e)) => format!("cannot start {program:?}: {e}"),
                     _ => "the runner failed".to_string(),
                 };
-                if let Some(Handle::Sandbox { cgroup, .. }) = sandboxed {
+                if let Some(cgroup) = cgroup {
                     let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
                 }
-                job.append(format!("agora: {why}\n").as_bytes());
-                job.stop(&format!("the job could not start: {why}"));
-                let state = job.finish(None, None);
-                let _ = ended.send(JobEnded { lease_id, state }).await;
+                job.failed_to_start(&why, &ended).await;
                 return;
             }
         };
-        supervise(job, child, sandboxed, &dir, deadline, ended).await;
+        supervise(job, child, cgroup, &dir, deadline, ended).await;
     });
     Ok(job)
 }
@@ -481,14 +483,14 @@ fn start_process(
 async fn supervise(
     job: Job,
     mut child: tokio::process::Child,
-    sandboxed: Option<Handle>,
+    cgroup: Option<JobCgroup>,
     dir: &Path,
     deadline: Instant,
     ended: mpsc::Sender<JobEnded>,
 ) {
     let pid = child.id().map(|p| p as i32);
-    let handle = match (sandboxed, pid) {
-        (Some(Handle::Sandbox { cgroup, .. }), Some(pid)) => Some(Handle::Sandbox { pid, cgroup }),
+    let handle = match (cgroup, pid) {
+        (Some(cgroup), Some(pid)) => Some(Handle::Sandbox { pid, cgroup }),
         (None, Some(pid)) => {
             let _ = std::fs::write(dir.join("pgid"), pid.to_string());
             Some(Handle::Group(pid))

@@ -33,12 +33,22 @@ fn cstr(p: &Path) -> Result<CString, Error> {
 
 /// Whether this machine can sandbox jobs: root, usable cgroups, a seccomp filter for its architecture.
 pub fn available() -> Result<(), Error> {
+    probe_host().map(|_| ())
+}
+
+/// Root, the cgroup layout and the seccomp filters: what every sandbox needs from the host.
+fn probe_host() -> Result<(Layout, Vec<seccompiler::BpfProgram>), Error> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
     }
-    Layout::detect()?;
-    seccomp::job_filters().map(|_| ())
+    Ok((Layout::detect()?, seccomp::job_filters()?))
+}
+
+/// tmpfs mount options: a size (at least a page), a mode, and the job's uid/gid where it owns it.
+fn tmpfs_options(size_bytes: u64, mode: u32, owner: Option<(u32, u32)>) -> Result<CString, Error> {
+    let owner = owner.map(|(uid, gid)| format!(",uid={uid},gid={gid}")).unwrap_or_default();
+    CString::new(format!("size={},mode={mode:o}{owner}", size_bytes.max(4096))).map_err(|_| Error::Nul("tmpfs".into()))
 }
 
 /// What a host path is, or None where it does not exist.
@@ -89,9 +99,7 @@ impl Sandbox {
     /// probes what to mount. `forbidden` are paths no job may see (the node's
     /// home and data); `extra_paths` are read-only paths the operator adds.
     pub fn new(node: &str, forbidden: &[PathBuf], extra_paths: &[PathBuf]) -> Result<Sandbox, Error> {
-        available()?;
-        let layout = Layout::detect()?;
-        let filters = seccomp::job_filters()?;
+        let (layout, filters) = probe_host()?;
         let probe = |paths: &mut dyn Iterator<Item = PathBuf>| -> Vec<(PathBuf, HostEntry)> {
             paths.filter_map(|p| probe_entry(&p).map(|e| (p, e))).collect()
         };
@@ -162,12 +170,10 @@ impl Sandbox {
         }
         let cgroup = JobCgroup::create(&self.layout, &self.node, &job.name, &plan.limits)?;
         let steps = plan.mounts.iter().map(|m| step(&root, m, plan.uid, plan.gid)).collect::<Result<Vec<_>, _>>()?;
-        let tmpfs_data = |size: u64, mode: u32| format!("size={size},mode={mode:o}");
         let child = child::Prepared {
             cgroup_procs: cgroup.procs_files().iter().map(|p| cstr(p)).collect::<Result<_, _>>()?,
             root: cstr(&root)?,
-            root_data: CString::new(tmpfs_data(policy::ROOT_TMPFS_BYTES, 0o755))
-                .map_err(|_| Error::Nul("root".into()))?,
+            root_data: tmpfs_options(policy::ROOT_TMPFS_BYTES, 0o755, None)?,
             steps,
             isolate_network: plan.isolate_network,
             hostname: policy::JOB_HOSTNAME.as_bytes(),
@@ -229,9 +235,7 @@ fn step(root: &Path, m: &Mount, uid: u32, gid: u32) -> Result<child::Step, Error
         }
         Mount::Tmpfs { target, size_bytes, mode, job_owned } => {
             let (target, parents) = under_root(root, target)?;
-            let owner = if *job_owned { format!(",uid={uid},gid={gid}") } else { String::new() };
-            let data = CString::new(format!("size={},mode={mode:o}{owner}", (*size_bytes).max(4096)))
-                .map_err(|_| Error::Nul("tmpfs".into()))?;
+            let data = tmpfs_options(*size_bytes, *mode, job_owned.then_some((uid, gid)))?;
             child::Step::Tmpfs { target, parents, data }
         }
         Mount::Proc { target } => {

@@ -45,16 +45,6 @@ pub fn height(api: &str) -> u64 {
     status(api).and_then(|s| s["height"].as_u64()).unwrap_or(0)
 }
 
-/// Whether any live (non-zombie) process belongs to process group `pgid`.
-pub fn group_alive(pgid: i32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z"
-    })
-}
-
 /// Stops the testnet in this directory when dropped, even when an assertion
 /// fails; then it first prints the end of every node's log.
 pub struct Down(pub PathBuf);
