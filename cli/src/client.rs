@@ -27,11 +27,15 @@ pub struct NodeArgs {
     /// Print JSON
     #[arg(long, global = true)]
     pub json: bool,
+    /// Fee to pay for a transaction, in AGR (default: the chain's minimum);
+    /// a higher fee goes first when blocks are full
+    #[arg(long, global = true, value_parser = parse_amount)]
+    pub fee: Option<Amount>,
 }
 
 impl NodeArgs {
     pub fn new(node: Option<String>, json: bool) -> NodeArgs {
-        NodeArgs { node, json }
+        NodeArgs { node, json, fee: None }
     }
 
     pub fn url(&self) -> String {
@@ -158,15 +162,18 @@ pub fn submit_and_wait(
     args: &NodeArgs,
 ) -> anyhow::Result<(String, u64)> {
     let address = keypair.address();
-    let chain = chain_id(args)?;
-    let nonce = args.get(&format!("/v1/accounts/{address}"))?["nonce"].as_u64().unwrap_or(0);
-    let tx = Signed::sign(Transaction { nonce, kind }, keypair, &chain)?;
-    let body = serde_json::json!({ "tx": hex::encode(codec::encode(&tx)?) }).to_string();
-    let reply = http::post(&args.url(), "/v1/tx", &body)?;
-    let answer = reply.json()?;
-    if reply.status >= 400 {
-        bail!("{}", answer["error"].as_str().unwrap_or("the node refused the transaction"));
+    let status = args.get("/v1/status")?;
+    let chain = ChainId::new(status["chain_id"].as_str().ok_or_else(|| anyhow!("node status lacks a chain id"))?)?;
+    let min_fee: Amount = serde_json::from_value(status["min_tx_fee"].clone())
+        .map_err(|_| anyhow!("node status lacks the chain's minimum fee (an older node?)"))?;
+    let fee = args.fee.unwrap_or(min_fee);
+    if fee < min_fee {
+        bail!("--fee {fee} is below the chain's minimum fee of {min_fee}");
     }
+    let nonce = args.get(&format!("/v1/accounts/{address}"))?["nonce"].as_u64().unwrap_or(0);
+    let tx = Signed::sign(Transaction { nonce, fee, kind }, keypair, &chain)?;
+    let body = serde_json::json!({ "tx": hex::encode(codec::encode(&tx)?) }).to_string();
+    let answer = post_with_retry(args, &body)?;
     let hash = answer["hash"].as_str().unwrap_or_default().to_string();
     let started = Instant::now();
     let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.json;
@@ -194,6 +201,39 @@ pub fn submit_and_wait(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Posts a transaction; while the node answers 503 (its mempool is full of
+/// transactions paying at least as much, or it is busy) tries again for up
+/// to `SUBMIT_RETRY`, saying so, since full pools drain block by block.
+fn post_with_retry(args: &NodeArgs, body: &str) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let reply = http::post(&args.url(), "/v1/tx", body)?;
+        let answer = reply.json()?;
+        if reply.status < 400 {
+            if told {
+                eprintln!();
+            }
+            return Ok(answer);
+        }
+        let error = answer["error"].as_str().unwrap_or("the node refused the transaction");
+        if reply.status != 503 || started.elapsed() > SUBMIT_RETRY {
+            if told {
+                eprintln!();
+            }
+            bail!("{error}");
+        }
+        if !told && !args.json {
+            eprint!("{error}; retrying for up to {}s (a higher --fee goes first)", SUBMIT_RETRY.as_secs());
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How long a refused-for-load transaction is offered again.
+const SUBMIT_RETRY: Duration = Duration::from_secs(60);
 
 /// What `agora offers` filters on.
 #[derive(Args)]

@@ -47,6 +47,8 @@ pub struct DemoReport {
     pub buyer_balance_after: Amount,
     pub provider_balance_before: Amount,
     pub provider_balance_after: Amount,
+    /// Transaction fees the buyer paid (to block proposers).
+    pub buyer_fees: Amount,
     pub supply_conserved: bool,
 }
 
@@ -114,6 +116,10 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
     let balance =
         |a: &str| -> anyhow::Result<Amount> { Ok(micros(&node.get(&format!("/v1/accounts/{a}"))?["balance"])) };
     let buyer_before = balance(&buyer)?;
+    let nonce =
+        |a: &str| -> anyhow::Result<u64> { Ok(node.get(&format!("/v1/accounts/{a}"))?["nonce"].as_u64().unwrap_or(0)) };
+    let buyer_nonce_before = nonce(&buyer)?;
+    let min_fee: Amount = serde_json::from_value(node.get("/v1/status")?["min_tx_fee"].clone())?;
     say(format!("\nbuyer {buyer} has {buyer_before}; submitting: {}", command.join(" ")));
     let ask = Ask {
         gpus: DEMO_GPUS,
@@ -144,16 +150,23 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
     let (paid, refunded) = (micros(&s["paid"]), micros(&s["refunded"]));
     let buyer_after = balance(&buyer)?;
     let provider_after = balance(&opened.provider.to_string())?;
-    let supply_conserved = buyer_before.0 + provider_before.0 == buyer_after.0 + provider_after.0
-        && paid.0 + refunded.0 == opened.escrow.0;
+    // The buyer's transactions each paid the minimum fee (the CLI's default).
+    let buyer_fees = Amount(min_fee.0 * (nonce(&buyer)? - buyer_nonce_before));
+    let ledger_adds_up = node.get("/v1/supply")?["conserved"].as_bool() == Some(true);
+    let supply_conserved = ledger_adds_up
+        && paid.0 + refunded.0 == opened.escrow.0
+        && buyer_before.0 == buyer_after.0 + paid.0 + buyer_fees.0;
     say(format!(
         "\n{}; lease settled: provider paid {paid}, buyer refunded {refunded} of the {} escrow",
         describe(&finished.state),
         opened.escrow
     ));
-    say(format!("buyer    {buyer}: {buyer_before} -> {buyer_after}"));
+    say(format!("buyer    {buyer}: {buyer_before} -> {buyer_after} ({paid} to the provider, {buyer_fees} in fees)"));
     say(format!("provider {}: {provider_before} -> {provider_after}", opened.provider));
-    say(format!("supply conserved: {}", if supply_conserved { "yes" } else { "NO" }));
+    say(format!(
+        "supply conserved (every holding on the ledger adds up, the buyer paid exactly price and fees): {}",
+        if supply_conserved { "yes" } else { "NO" }
+    ));
     Ok(DemoReport {
         chain_id: file.chain_id.clone(),
         dir: file.dir.clone(),
@@ -172,6 +185,7 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
         buyer_balance_after: buyer_after,
         provider_balance_before: provider_before,
         provider_balance_after: provider_after,
+        buyer_fees,
         supply_conserved,
     })
 }

@@ -155,8 +155,18 @@ fn main() -> ExitCode {
         }
         Command::Unjail { key, node } => client::unjail(&home, &key, node),
         Command::SetOperator { operator, key, node } => {
-            let operator = Some(operator.parse::<agora_protocol::Address>()?);
-            client::send(&home, &key, agora_protocol::TxKind::SetOperator { operator }, node)
+            let address = operator.parse::<agora_protocol::Address>()?;
+            let unfunded = node.get(&format!("/v1/accounts/{address}"))?["balance"].as_str() == Some("0");
+            let json = node.json;
+            let code =
+                client::send(&home, &key, agora_protocol::TxKind::SetOperator { operator: Some(address) }, node)?;
+            if unfunded && !json {
+                eprintln!(
+                    "note: {address} has no balance; it pays the fees of what its node sends (registration, \
+                     lease opens and closes): give it a little, e.g. `agora transfer {address} 1`"
+                );
+            }
+            Ok(code)
         }
         Command::ClearOperator { key, node } => {
             client::send(&home, &key, agora_protocol::TxKind::SetOperator { operator: None }, node)

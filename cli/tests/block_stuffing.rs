@@ -18,6 +18,7 @@ use agora_testnet::http;
 const ATTACKERS: usize = 16;
 /// Transactions per attacker key (below the mempool's per-account cap of 64).
 const TXS_EACH: u64 = 60;
+const FEE: Amount = agora_ledger::params::DEFAULT_MIN_TX_FEE;
 
 fn nonce(api: &str, address: &str) -> u64 {
     let a: serde_json::Value = http::get(api, &format!("/v1/accounts/{address}")).unwrap().json().unwrap();
@@ -61,7 +62,7 @@ fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
         .enumerate()
         .map(|(i, a)| {
             let kind = TxKind::Transfer { to: a.address(), amount: Amount::agr(1) };
-            Signed::sign(Transaction { nonce: n0 + i as u64, kind }, &buyer, &chain).unwrap()
+            Signed::sign(Transaction { nonce: n0 + i as u64, fee: FEE, kind }, &buyer, &chain).unwrap()
         })
         .collect();
     assert_eq!(post(&api[3], &funding), ATTACKERS as u64);
@@ -94,7 +95,8 @@ fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
             let accept =
                 Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, &provider, &chain)
                     .unwrap();
-            Signed::sign(Transaction { nonce: n, kind: TxKind::OpenLease { request, accept } }, a, &chain).unwrap()
+            Signed::sign(Transaction { nonce: n, fee: FEE, kind: TxKind::OpenLease { request, accept } }, a, &chain)
+                .unwrap()
         })
         .collect();
     let bytes: usize = stuffing.iter().map(|t| codec::encode(t).unwrap().len()).sum();

@@ -18,8 +18,32 @@ use agora_protocol::{Amount, ChainId, Keypair, LeaseRequest, Signed, TimestampMs
 use agora_testnet::http;
 
 fn balance(api: &str, address: &str) -> u64 {
+    balance_at(api, address).0
+}
+
+/// An account's balance and the height it was read at.
+fn balance_at(api: &str, address: &str) -> (u64, u64) {
     let a: serde_json::Value = http::get(api, &format!("/v1/accounts/{address}")).unwrap().json().unwrap();
-    a["balance"].as_str().unwrap().parse().unwrap()
+    (a["balance"].as_str().unwrap().parse().unwrap(), a["height"].as_u64().unwrap())
+}
+
+/// What fees did to an account's balance over blocks `from+1..=to`: the fees
+/// of blocks it proposed, less the fees of its own transactions.
+fn fee_flow(api: &str, address: &str, from: u64, to: u64) -> i64 {
+    let mut flow = 0i64;
+    for h in from + 1..=to {
+        let b: serde_json::Value = http::get(api, &format!("/v1/blocks/{h}")).unwrap().json().unwrap();
+        for tx in b["txs"].as_array().unwrap() {
+            let fee: i64 = tx["fee"].as_str().unwrap().parse().unwrap();
+            if b["header"]["proposer"] == address {
+                flow += fee;
+            }
+            if tx["sender"] == address {
+                flow -= fee;
+            }
+        }
+    }
+    flow
 }
 
 fn lease(api: &str, id: &str) -> serde_json::Value {
@@ -62,8 +86,7 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     });
 
     // 1. A job runs on the chosen provider; its output and GPU ids come back.
-    let (b0, p0) = (balance(&api[3], &buyer), balance(&api[3], &addr[0]));
-    let supply_before = b0 + p0;
+    let (b0, p0) = (balance(&api[3], &buyer), balance_at(&api[3], &addr[0]));
     let run = submit(
         &buyer_home,
         &api[3],
@@ -94,10 +117,17 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!(l["status"]["Settled"]["exit_code"], 0);
     let (paid, refunded) = settled(&l).unwrap();
     assert_eq!(paid + refunded, l["escrow"].as_str().unwrap().parse::<u64>().unwrap());
-    let (b1, p1) = (balance(&api[3], &buyer), balance(&api[3], &addr[0]));
-    assert_eq!(p1 - p0, paid, "the provider gains exactly the pro-rata price");
-    assert_eq!(b0 - b1, paid, "the buyer pays exactly that");
-    assert_eq!(b1 + p1, supply_before, "supply conserved");
+    let (b1, p1) = (balance(&api[3], &buyer), balance_at(&api[3], &addr[0]));
+    let fees = fee_flow(&api[3], &addr[0], p0.1, p1.1);
+    assert_eq!(
+        p1.0 as i64 - p0.0 as i64,
+        paid as i64 + fees,
+        "the provider gains exactly the pro-rata price, fees aside"
+    );
+    let fee = agora_ledger::params::DEFAULT_MIN_TX_FEE.0;
+    assert_eq!(b0 - b1, paid + fee, "the buyer pays exactly that and the fee of opening the lease");
+    let supply: serde_json::Value = http::get(&api[3], "/v1/supply").unwrap().json().unwrap();
+    assert_eq!(supply["conserved"], true, "supply conserved: {supply}");
 
     // 2. Cancel mid-run: the process group is gone within a second, settlement is pro-rata.
     let id = ok(submit(
@@ -200,7 +230,12 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!(l["status"]["Settled"]["reason"], "Cancelled");
     let (paid, refunded) = settled(&l).unwrap();
     assert!(paid > 0 && refunded > 0, "pro-rata: paid {paid}, refunded {refunded}");
-    assert_eq!(balance(&api[3], &buyer), before + refunded, "the refund reaches the buyer");
+    let fee = agora_ledger::params::DEFAULT_MIN_TX_FEE.0;
+    assert_eq!(
+        balance(&api[3], &buyer),
+        before + refunded - fee,
+        "the refund reaches the buyer (less the cancel's fee)"
+    );
 
     // 3. Two buyers race for provider 0's two GPUs (free again): exactly one lease opens.
     //    (Provider 1 holds one GPU for the crafted request accepted above.)

@@ -116,7 +116,12 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
         let a: serde_json::Value = http::get(&api[0], &format!("/v1/accounts/{}", addr[3])).unwrap().json().unwrap();
         a["nonce"].as_u64().unwrap()
     };
-    let tx = Signed::sign(Transaction { nonce, kind: TxKind::SlashDowntime { evidence } }, &v3, &chain).unwrap();
+    let tx = Signed::sign(
+        Transaction { nonce, fee: agora_ledger::params::DEFAULT_MIN_TX_FEE, kind: TxKind::SlashDowntime { evidence } },
+        &v3,
+        &chain,
+    )
+    .unwrap();
     let r =
         http::post(&api[0], "/v1/tx", &format!("{{\"tx\":\"{}\"}}", hex::encode(codec::encode(&tx).unwrap()))).unwrap();
     assert_eq!(r.status, 400);

@@ -81,7 +81,9 @@ fn an_operator_node_provides_for_an_account_whose_key_stays_elsewhere() {
     let _op = Kill(child);
     wait_until("the operator node to sync", Duration::from_secs(120), || height(&op_api) + 2 >= height(&api3));
 
-    // The account names the GPU node's key; the node registers and advertises for the account.
+    // The account names the GPU node's key (given a little for its fees); the
+    // node registers and advertises for the account.
+    ok(agora(&["--home", &buyer_home, "transfer", &operator, "1", "--node", &api3]));
     ok(agora(&["--home", &buyer_home, "set-operator", &operator, "--key", "cold", "--node", &api3]));
     wait_until("the account's offer, signed by the operator", Duration::from_secs(120), || {
         json(&api3, "/v1/offers")
@@ -107,7 +109,7 @@ fn an_operator_node_provides_for_an_account_whose_key_stays_elsewhere() {
     ));
     assert_eq!(out, "operated\n");
     wait_until("the account to be paid", Duration::from_secs(60), || balance(&api3, &cold) > before);
-    assert_eq!(balance(&api3, &operator), 0, "the operator earns nothing of its own");
+    assert!(balance(&api3, &operator) < 1_000_000, "the operator earns nothing of its own, only pays fees");
     let keys: Vec<String> = std::fs::read_dir(op_home.join("keys"))
         .unwrap()
         .flatten()

@@ -71,16 +71,22 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let chain = agora_protocol::ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
     let transfer = |nonce: u64, chain: &agora_protocol::ChainId| {
         let kind = agora_protocol::TxKind::Transfer { to: to.parse().unwrap(), amount: agora_protocol::Amount(1) };
-        agora_protocol::Signed::sign(agora_protocol::Transaction { nonce, kind }, &buyer_key, chain).unwrap()
+        agora_protocol::Signed::sign(
+            agora_protocol::Transaction { nonce, fee: agora_ledger::params::DEFAULT_MIN_TX_FEE, kind },
+            &buyer_key,
+            chain,
+        )
+        .unwrap()
     };
     let submit = |tx: &agora_protocol::SignedTx| {
         let body = format!("{{\"tx\":\"{}\"}}", hex::encode(agora_protocol::codec::encode(tx).unwrap()));
         let r = http::post(&api[0], "/v1/tx", &body).unwrap();
-        (r.status, r.json().unwrap()["error"].as_str().unwrap_or("").to_string())
+        let v = r.json().unwrap();
+        (r.status, format!("{}: {}", v["code"].as_str().unwrap_or("?"), v["error"].as_str().unwrap_or("")))
     };
     let (code, error) = submit(&transfer(0, &chain));
     assert_eq!(code, 400);
-    assert!(error.contains("nonce 0 already used"), "replayed nonce: {error}");
+    assert!(error.starts_with("nonce_used: "), "replayed nonce: {error}");
     let (code, error) = submit(&transfer(1, &agora_protocol::ChainId::new("other-chain").unwrap()));
     assert_eq!(code, 400);
     assert!(error.contains("signature"), "another chain's signature: {error}");

@@ -1,7 +1,7 @@
 //! Balances, transfers, staking and unbonding: the transitions that move
 //! tokens between an account's balance, its stake and the unbonding queue.
 
-use agora_protocol::{Address, Amount, Height};
+use agora_protocol::{Address, Amount, Height, SignedTx};
 
 use crate::error::Error;
 use crate::events::Event;
@@ -22,6 +22,13 @@ pub(crate) fn debit(state: &mut State, from: Address, amount: Amount) -> Result<
         acct.balance.checked_sub(amount).ok_or(Error::InsufficientFunds { need: amount, have: acct.balance })?;
     state.set_account(from, acct);
     Ok(())
+}
+
+/// The block's fees, as one event for its proposer (each moved to it as its
+/// transaction applied); `None` for a block without transactions.
+pub(crate) fn fees_paid(proposer: Address, txs: &[SignedTx]) -> Option<Event> {
+    let amount = Amount(txs.iter().map(|tx| tx.body.fee.0).fold(0u64, u64::saturating_add));
+    (!amount.is_zero()).then_some(Event::FeesPaid { proposer, amount })
 }
 
 pub(crate) fn transfer(state: &mut State, from: Address, to: Address, amount: Amount) -> Result<Vec<Event>, Error> {

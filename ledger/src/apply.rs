@@ -4,7 +4,7 @@
 
 use agora_protocol::block::tx_root;
 use agora_protocol::sign::{BatchItem, verify_batch};
-use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, Height, SignedTx, TimestampMs, TxKind};
+use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, SignedTx, TimestampMs, TxKind};
 
 use crate::accounts;
 use crate::error::Error;
@@ -70,12 +70,13 @@ fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<
     if sig == SigCheck::Verify {
         verify_tx_signatures(state, &block.txs)?;
     }
-    let mut events = begin_block(state, h.height, h.time_ms)?;
+    let mut events = begin_block(state, h)?;
     for (index, tx) in block.txs.iter().enumerate() {
         let tx_events =
             execute(state, tx).map_err(|e| Error::InBlock { index, kind: tx.body.kind.name(), source: Box::new(e) })?;
         events.extend(tx_events);
     }
+    events.extend(accounts::fees_paid(h.proposer, &block.txs));
     events.extend(crate::validators::end_block(state));
     let computed = state.root();
     if computed != h.state_root {
@@ -136,8 +137,8 @@ pub(crate) fn verify_tx_signatures_where(
 
 /// Start-of-block work, before any transaction: the block's height and time
 /// take effect, due unbonding is released and ended leases settle in full.
-fn begin_block(state: &mut State, height: Height, time_ms: TimestampMs) -> Result<Vec<Event>, Error> {
-    state.set_head(height, time_ms);
+fn begin_block(state: &mut State, h: &Header) -> Result<Vec<Event>, Error> {
+    state.set_head(h.height, h.time_ms, h.proposer);
     state.note_deciding_validators();
     let mut events = accounts::release_unbonding(state)?;
     events.extend(lease::expire_due(state)?);
@@ -153,8 +154,16 @@ fn execute(state: &mut State, tx: &SignedTx) -> Result<Vec<Event>, Error> {
     if tx.body.nonce != acct.nonce {
         return Err(Error::WrongNonce { expected: acct.nonce, found: tx.body.nonce });
     }
+    let min = state.params().min_tx_fee;
+    if tx.body.fee < min {
+        return Err(Error::FeeTooLow { min, found: tx.body.fee });
+    }
     acct.nonce = acct.nonce.checked_add(1).ok_or(Error::Overflow("nonce"))?;
     state.set_account(sender, acct);
+    // The fee moves to the block's proposer before anything else: tokens
+    // change hands, none are minted or burned, and a sender that cannot pay
+    // it gets nothing done.
+    accounts::transfer(state, sender, state.proposer(), tx.body.fee)?;
     dispatch(state, sender, &tx.body.kind)
 }
 
@@ -246,7 +255,7 @@ impl<'a> BlockBuilder<'a> {
         };
         check_header(state, &header, 0)?;
         let mark = state.checkpoint();
-        begin_block(state, header.height, time_ms).inspect_err(|_| state.rollback(mark))?;
+        begin_block(state, &header).inspect_err(|_| state.rollback(mark))?;
         Ok(BlockBuilder { state, mark, header, txs: Vec::new(), tx_bytes: 0, tx_bytes_budget: BLOCK_TX_BYTES_BUDGET })
     }
 

@@ -12,6 +12,8 @@ pub enum Error {
     Protocol(#[from] agora_protocol::Error),
     #[error("wrong nonce: expected {expected}, got {found}")]
     WrongNonce { expected: u64, found: u64 },
+    #[error("fee {found} is below the chain's minimum {min}")]
+    FeeTooLow { min: Amount, found: Amount },
     #[error("insufficient funds: balance {have} < {need}")]
     InsufficientFunds { need: Amount, have: Amount },
     #[error("insufficient stake: stake {have} < {need}")]

@@ -75,6 +75,11 @@ pub enum Event {
         account: Address,
         operator: Option<Address>,
     },
+    /// The block's transaction fees, paid to its proposer.
+    FeesPaid {
+        proposer: Address,
+        amount: Amount,
+    },
     /// The validator set for the heights after this block: (address, power).
     ValidatorSetChanged {
         validators: Vec<(Address, u64)>,

@@ -65,6 +65,7 @@ impl Genesis {
             params: self.params.clone(),
             height: Height(0),
             time_ms: self.genesis_time_ms,
+            proposer: Address([0; 32]),
             supply,
             burned: Amount::ZERO,
             accounts,

@@ -21,7 +21,7 @@ pub(crate) enum Undo {
     Operator(Address, Option<Address>),
     OperatorOf(Address, Option<Address>),
     Burned(Amount),
-    Head(Height, TimestampMs),
+    Head(Height, TimestampMs, Address),
     Validators(Vec<Validator>),
     LastValidators(Vec<Validator>),
 }
@@ -66,7 +66,7 @@ impl State {
                 Undo::Operator(k, v) => _ = put(&mut d.operators, k, v),
                 Undo::OperatorOf(k, v) => _ = put(&mut d.operator_of, k, v),
                 Undo::Burned(v) => d.burned = v,
-                Undo::Head(h, t) => (d.height, d.time_ms) = (h, t),
+                Undo::Head(h, t, p) => (d.height, d.time_ms, d.proposer) = (h, t, p),
                 Undo::Validators(v) => d.validators = v,
                 Undo::LastValidators(v) => d.last_validators = v,
             }
@@ -135,9 +135,9 @@ impl State {
         self.data.burned = burned;
     }
 
-    pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs) {
-        self.journal.push(Undo::Head(self.data.height, self.data.time_ms));
-        (self.data.height, self.data.time_ms) = (height, time_ms);
+    pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs, proposer: Address) {
+        self.journal.push(Undo::Head(self.data.height, self.data.time_ms, self.data.proposer));
+        (self.data.height, self.data.time_ms, self.data.proposer) = (height, time_ms, proposer);
     }
 }
 

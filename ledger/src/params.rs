@@ -49,7 +49,22 @@ pub struct Params {
     /// staker could unbond its stake before the evidence reaches a block.
     #[serde(default = "default_max_evidence_age_blocks")]
     pub max_evidence_age_blocks: u64,
+    /// The smallest fee a transaction may pay (to the block's proposer).
+    /// Positive, so that nothing a stranger sends is carried for free.
+    #[serde(default = "default_min_tx_fee")]
+    pub min_tx_fee: Amount,
 }
+
+fn default_min_tx_fee() -> Amount {
+    DEFAULT_MIN_TX_FEE
+}
+
+/// 0.001 AGR: a thousand transactions cost one AGR, negligible to a user.
+/// The mempool admits only what the sender's balance can pay, so what it
+/// holds gets included and paid for: keeping every mempool full (10,000
+/// transactions a block or two) costs an attacker 10 AGR each time, paid to
+/// validators.
+pub const DEFAULT_MIN_TX_FEE: Amount = Amount(1_000);
 
 fn default_downtime_window_blocks() -> u64 {
     20
@@ -72,6 +87,7 @@ impl Default for Params {
             max_validators: 21,
             downtime_window_blocks: default_downtime_window_blocks(),
             max_evidence_age_blocks: default_max_evidence_age_blocks(),
+            min_tx_fee: default_min_tx_fee(),
         }
     }
 }
@@ -90,6 +106,9 @@ impl Params {
         }
         if self.downtime_window_blocks == 0 {
             return bad("downtime_window_blocks must be positive");
+        }
+        if self.min_tx_fee.is_zero() {
+            return bad("min_tx_fee must be positive: a free transaction lets anyone fill every mempool");
         }
         if self.epoch_blocks == 0 {
             return bad("epoch_blocks must be positive");

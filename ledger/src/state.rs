@@ -86,6 +86,9 @@ pub(crate) struct StateData {
     pub params: Params,
     pub height: Height,
     pub time_ms: TimestampMs,
+    /// The proposer of the block at `height`: it receives the fees of the
+    /// block's transactions as each applies (zero before the first block).
+    pub proposer: Address,
     /// Tokens created at genesis; never changes.
     pub supply: Amount,
     pub burned: Amount,
@@ -142,6 +145,10 @@ impl State {
     }
     pub fn height(&self) -> Height {
         self.data.height
+    }
+    /// The proposer of the block being applied (or the latest one).
+    pub fn proposer(&self) -> Address {
+        self.data.proposer
     }
     pub fn time_ms(&self) -> TimestampMs {
         self.data.time_ms

@@ -71,10 +71,13 @@ pub fn chain_id() -> ChainId {
     ChainId::new("agora-test-1").expect("valid chain id")
 }
 
+/// The fee test transactions pay: the default chain minimum.
+pub const TEST_FEE: Amount = crate::params::DEFAULT_MIN_TX_FEE;
+
 /// Signs a transaction for the test chain.
 pub fn sign_tx(key: &Keypair, nonce: u64, kind: TxKind) -> SignedTx {
     // Signing plain in-memory data cannot fail.
-    Signed::sign(Transaction { nonce, kind }, key, &chain_id()).expect("signing succeeds")
+    Signed::sign(Transaction { nonce, fee: TEST_FEE, kind }, key, &chain_id()).expect("signing succeeds")
 }
 
 /// A signed transfer.

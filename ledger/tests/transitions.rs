@@ -2,7 +2,7 @@
 //! and unbonding, provider registration, lease escrow and settlement,
 //! slashing with jail and unjail, and block-level checks.
 
-use agora_ledger::testkit::{TestChain, chain_id, sign_tx, transfer};
+use agora_ledger::testkit::{TEST_FEE, TestChain, chain_id, sign_tx, transfer};
 use agora_ledger::{
     Error, Event, LeaseStatus, ProviderStatus, SettleReason, SigCheck, State, apply_block, apply_tx, build_block,
 };
@@ -105,10 +105,17 @@ fn expect_err(state: &mut State, tx: &SignedTx) -> Error {
 fn transfer_moves_funds_and_bumps_nonce() {
     let chain = chain();
     let mut state = chain.state();
-    commit(&chain, &mut state, vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount::agr(5))]);
-    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount::agr(9_995));
+    let proposer = state.validators()[0].address;
+    let proposer_before = state.account(&proposer).balance;
+    let events =
+        commit(&chain, &mut state, vec![transfer(&chain.keys[BUYER], 0, chain.address(OTHER), Amount::agr(5))]);
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount(Amount::agr(9_995).0 - TEST_FEE.0));
     assert_eq!(state.account(&chain.address(OTHER)).balance, Amount::agr(10_005));
     assert_eq!(nonce(&state, &chain, BUYER), 1);
+    // The fee went to the block's proposer: moved, not minted or burned (commit audits the supply).
+    assert_eq!(state.account(&proposer).balance, proposer_before.checked_add(TEST_FEE).unwrap());
+    assert!(events.contains(&Event::FeesPaid { proposer, amount: TEST_FEE }));
+    assert_eq!(state.burned(), Amount::ZERO);
 }
 
 #[test]
@@ -132,7 +139,11 @@ fn bad_transfers_are_rejected_with_typed_errors() {
     // Signed for another chain: the chain id is inside the digest.
     let other_chain = agora_protocol::ChainId::new("agora-other-1").unwrap();
     let foreign = Signed::sign(
-        agora_protocol::Transaction { nonce: 0, kind: TxKind::Transfer { to, amount: Amount(1) } },
+        agora_protocol::Transaction {
+            nonce: 0,
+            fee: agora_ledger::testkit::TEST_FEE,
+            kind: TxKind::Transfer { to, amount: Amount(1) },
+        },
         key,
         &other_chain,
     )
@@ -180,13 +191,17 @@ fn unstaked_tokens_return_after_the_unbonding_period() {
         release_height: Height(release)
     }));
     let acct = state.account(&chain.address(OTHER));
-    assert_eq!((acct.balance, acct.stake, acct.unbonding), (Amount::agr(9_700), Amount::agr(200), Amount::agr(100)));
+    let fees = 2 * TEST_FEE.0;
+    assert_eq!(
+        (acct.balance, acct.stake, acct.unbonding),
+        (Amount(Amount::agr(9_700).0 - fees), Amount::agr(200), Amount::agr(100))
+    );
     let n = release - state.height().0 - 1;
     advance(&chain, &mut state, n);
     assert_eq!(state.account(&chain.address(OTHER)).unbonding, Amount::agr(100), "released too early");
     advance(&chain, &mut state, 1);
     let acct = state.account(&chain.address(OTHER));
-    assert_eq!((acct.balance, acct.unbonding), (Amount::agr(9_800), Amount::ZERO));
+    assert_eq!((acct.balance, acct.unbonding), (Amount(Amount::agr(9_800).0 - fees), Amount::ZERO));
     assert!(matches!(
         expect_err(&mut state, &sign_tx(key, 2, TxKind::Unstake { amount: Amount::agr(201) })),
         Error::InsufficientStake { .. }
@@ -228,7 +243,9 @@ fn opening_a_lease_locks_escrow_and_closing_settles_pro_rata() {
         paid: Amount::agr(1),
         refunded: Amount::agr(3)
     }));
-    assert_eq!(state.account(&chain.address(PROVIDER)).balance, provider_before.checked_add(Amount::agr(1)).unwrap());
+    // Paid 1 AGR; it paid two fees (open and close).
+    let provider_after = Amount(provider_before.0 + Amount::agr(1).0 - 2 * TEST_FEE.0);
+    assert_eq!(state.account(&chain.address(PROVIDER)).balance, provider_after);
     assert_eq!(state.account(&chain.address(BUYER)).balance, buyer_before.checked_sub(Amount::agr(1)).unwrap());
     assert!(matches!(state.lease(&id).unwrap().status, LeaseStatus::Settled { exit_code: Some(0), .. }));
 }
@@ -565,9 +582,11 @@ fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
     assert!(matches!(expect_err(&mut state, &itself), Error::Operator(_)));
     commit(&chain, &mut state, vec![sign_tx(cold, 1, TxKind::SetOperator { operator: Some(op) })]);
     assert_eq!((state.operator_of(&account), state.acting_for(&op)), (Some(op), account));
+    // The operator pays its own fees, from a small balance of its own.
+    commit(&chain, &mut state, vec![transfer(&chain.keys[OTHER], 0, op, Amount::agr(1))]);
     let chained = sign_tx(&operator, 0, TxKind::SetOperator { operator: Some(chain.address(OTHER)) });
     assert!(matches!(expect_err(&mut state, &chained), Error::Operator(_)));
-    let taken = sign_tx(&chain.keys[OTHER], 0, TxKind::SetOperator { operator: Some(op) });
+    let taken = sign_tx(&chain.keys[OTHER], 1, TxKind::SetOperator { operator: Some(op) });
     assert!(matches!(expect_err(&mut state, &taken), Error::Operator(_)), "one operator serves one account");
 
     // The operator registers the account's GPUs (its node has them) and answers leases for it.
@@ -587,9 +606,9 @@ fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
     let balance = state.account(&account).balance;
     commit(&chain, &mut state, vec![sign_tx(&operator, 2, TxKind::CloseLease { lease_id: id, exit_code: Some(0) })]);
     assert!(state.account(&account).balance > balance, "the account is paid, not the operator");
-    assert_eq!(state.account(&op).balance, Amount::ZERO);
+    assert_eq!(state.account(&op).balance, Amount(Amount::agr(1).0 - 3 * TEST_FEE.0), "only its fees left it");
 
-    // It cannot move the account's money or stake: its own transactions spend its own (empty) account.
+    // It cannot move the account's money or stake: its own transactions spend its own small account.
     let steal = sign_tx(&operator, 3, TxKind::Transfer { to: op, amount: Amount::agr(1) });
     assert!(matches!(expect_err(&mut state, &steal), Error::InsufficientFunds { .. }));
     let unstake = sign_tx(&operator, 3, TxKind::Unstake { amount: Amount::agr(1) });
@@ -598,7 +617,7 @@ fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
     // Its double heartbeat slashes the account that chose it.
     let stake = state.account(&account).stake;
     let ev = EquivocationEvidence::Heartbeats { first: heartbeat(&operator, 7, 1), second: heartbeat(&operator, 7, 2) };
-    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 0, TxKind::SlashEquivocation { evidence: ev })]);
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[OTHER], 1, TxKind::SlashEquivocation { evidence: ev })]);
     assert!(state.account(&account).stake < stake);
     assert_eq!(state.provider(&account).unwrap().status, ProviderStatus::Tombstoned);
 

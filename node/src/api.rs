@@ -1,7 +1,8 @@
 //! The HTTP JSON API (axum), versioned under `/v1/`. Reads come from the
 //! state the daemon shares after each commit; transactions go to the daemon's
-//! loop through a bounded queue. Errors are 4xx/5xx with `{"error": "..."}`;
-//! amounts are strings of micro-AGR.
+//! loop through a bounded queue. Errors are 4xx/5xx with
+//! `{"error": "<detail>", "code": "<stable code>"}` (callers match the code,
+//! never the text); amounts are strings of micro-AGR.
 
 use agora_protocol::codec;
 use agora_protocol::{Address, Height, SignedTx};
@@ -13,7 +14,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::daemon::{Command, Shared};
+use crate::daemon::{Command, Shared, TxRefusal};
 
 /// Largest request body: a hex-encoded transaction at its size limit, plus JSON.
 pub const MAX_BODY_BYTES: usize = 2 * agora_protocol::limits::MAX_TX_BYTES + 1024;
@@ -22,35 +23,69 @@ pub const MAX_BATCH_TXS: usize = 1_000;
 /// Largest `POST /v1/txs` body (a thousand transfers take about 400 KB as hex).
 pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    /// An error whose code is the generic one for its status.
+    fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
+        let code = match status.as_u16() {
+            400 => "bad_request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            413 => "too_large",
+            415 => "unsupported_media_type",
+            421 => "misdirected",
+            422 => "unprocessable",
+            502 => "bad_gateway",
+            503 => "unavailable",
+            504 => "gateway_timeout",
+            _ if status.is_client_error() => "bad_request",
+            _ => "internal",
+        };
+        ApiError { status, code, detail: detail.into() }
+    }
+}
+
+impl From<TxRefusal> for ApiError {
+    fn from(r: TxRefusal) -> ApiError {
+        let status = if r.retryable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_REQUEST };
+        ApiError { status, code: r.code, detail: r.detail }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.status, Json(serde_json::json!({ "error": self.detail, "code": self.code }))).into_response()
     }
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+    ApiError::new(StatusCode::BAD_REQUEST, msg)
 }
 
 fn not_found(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, msg.into())
+    ApiError::new(StatusCode::NOT_FOUND, msg)
 }
 
 fn internal(msg: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
 }
 
 /// A JSON request body, or the rejection as a 4xx: 413 for an oversized
 /// body, 415 for a missing JSON content type, 400/422 for bad JSON.
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| ApiError(e.status(), format!("malformed request: {}", e.body_text())))
+    body.map(|Json(b)| b).map_err(|e| ApiError::new(e.status(), format!("malformed request: {}", e.body_text())))
 }
 
 /// Hands a command to the daemon's loop; a full queue is a 503.
 fn send(s: &Shared, cmd: Command) -> Result<(), ApiError> {
-    s.commands.try_send(cmd).map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry".into()))
+    s.commands.try_send(cmd).map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry"))
 }
 
 /// A wire-encoded value sent as hex (its decoding errors name the type).
@@ -66,6 +101,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/accounts/{address}", get(account))
         .route("/v1/validators", get(validators))
+        .route("/v1/supply", get(supply))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers", get(providers))
         .route("/v1/offers", get(offers))
@@ -123,7 +159,7 @@ async fn announce(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Va
     send(&s, Command::Announce { reply })?;
     match rx.await.map_err(internal)? {
         Some(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
-        None => Err(ApiError(StatusCode::CONFLICT, "not an active, registered provider".into())),
+        None => Err(ApiError::new(StatusCode::CONFLICT, "not an active, registered provider")),
     }
 }
 
@@ -303,6 +339,21 @@ async fn validators(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<Validato
     ))
 }
 
+/// `GET /v1/supply`: the genesis supply, what was burned, and whether every
+/// holding (balances, stake, unbonding, escrow) plus the burned add up to it
+/// at the tip: anyone can check that no token was created or lost.
+async fn supply(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ledger = s.ledger.read().map_err(internal)?;
+    let audit = ledger.audit();
+    Ok(Json(serde_json::json!({
+        "height": ledger.height().0,
+        "supply": ledger.supply(),
+        "burned": ledger.burned(),
+        "conserved": audit.is_ok(),
+        "problem": audit.err().map(|e| e.to_string()),
+    })))
+}
+
 async fn block(
     AxumState(s): AxumState<Shared>,
     Path(height): Path<String>,
@@ -320,6 +371,7 @@ async fn block(
             "kind": t.body.kind.name(),
             "sender": t.signer,
             "nonce": t.body.nonce,
+            "fee": t.body.fee,
         })).collect::<Vec<_>>(),
         "committed_by": cert.map(|c| c.signatures.iter().map(|s| s.validator).collect::<Vec<_>>()),
     })))
@@ -337,10 +389,7 @@ fn check_against_ledger(s: &Shared, tx: &SignedTx) -> Result<(), ApiError> {
     match result {
         Ok(_) => Ok(()),
         Err(agora_ledger::Error::WrongNonce { expected, found }) if found > expected => Ok(()),
-        Err(agora_ledger::Error::WrongNonce { expected, found }) => {
-            Err(bad_request(format!("nonce {found} already used (account nonce is {expected})")))
-        }
-        Err(e) => Err(bad_request(e.to_string())),
+        Err(e) => Err(TxRefusal::from_ledger(&e).into()),
     }
 }
 
@@ -360,13 +409,7 @@ async fn submit_tx(
     check_against_ledger(&s, &tx)?;
     let (reply, rx) = oneshot::channel();
     send(&s, Command::SubmitTx { tx: Box::new(tx), reply })?;
-    let hash = rx.await.map_err(internal)?.map_err(|e| {
-        if e == agora_ledger::consensus::mempool::AddError::Full.to_string() {
-            ApiError(StatusCode::SERVICE_UNAVAILABLE, e)
-        } else {
-            bad_request(e)
-        }
-    })?;
+    let hash = rx.await.map_err(internal)?.map_err(ApiError::from)?;
     Ok(Json(serde_json::json!({ "hash": hash })))
 }
 
@@ -398,7 +441,7 @@ async fn submit_txs(
                 valid.push(tx);
                 valid_index.push(index);
             }
-            Err(ApiError(_, error)) => rejected.push(serde_json::json!({ "index": index, "error": error })),
+            Err(e) => rejected.push(serde_json::json!({ "index": index, "error": e.detail, "code": e.code })),
         }
     }
     let (reply, rx) = oneshot::channel();
@@ -407,7 +450,7 @@ async fn submit_txs(
     for (index, outcome) in valid_index.into_iter().zip(rx.await.map_err(internal)?) {
         match outcome {
             Ok(hash) => hashes.push(hash),
-            Err(error) => rejected.push(serde_json::json!({ "index": index, "error": error })),
+            Err(r) => rejected.push(serde_json::json!({ "index": index, "error": r.detail, "code": r.code })),
         }
     }
     Ok(Json(serde_json::json!({ "accepted": hashes.len(), "hashes": hashes, "rejected": rejected })))
@@ -425,9 +468,9 @@ async fn lease_rpc(
     send(s, Command::LeaseRpc { provider, rpc: Box::new(rpc), reply })?;
     match tokio::time::timeout(LEASE_RPC_WAIT, rx).await {
         Ok(Ok(Ok(answer))) => Ok(answer),
-        Ok(Ok(Err(why))) => Err(ApiError(StatusCode::BAD_GATEWAY, why)),
+        Ok(Ok(Err(why))) => Err(ApiError::new(StatusCode::BAD_GATEWAY, why)),
         Ok(Err(_)) => Err(internal("the node dropped the request")),
-        Err(_) => Err(ApiError(StatusCode::GATEWAY_TIMEOUT, "the provider did not answer in time".into())),
+        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the provider did not answer in time")),
     }
 }
 
@@ -461,9 +504,9 @@ async fn propose_lease(
             "gpu_ids": accept.body.gpu_ids,
             "accept": hex::encode(codec::encode(&accept).map_err(internal)?),
         }))),
-        LeaseRpcReply::Refused(why) => Err(ApiError(StatusCode::CONFLICT, why)),
+        LeaseRpcReply::Refused(why) => Err(ApiError::new(StatusCode::CONFLICT, why)),
         LeaseRpcReply::Logs(_) | LeaseRpcReply::Alive(_) => {
-            Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into()))
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense"))
         }
     }
 }
@@ -498,9 +541,9 @@ async fn lease_logs(
             "first_available": chunk.first_available,
             "state": chunk.state,
         }))),
-        LeaseRpcReply::Refused(why) => Err(ApiError(StatusCode::FORBIDDEN, why)),
+        LeaseRpcReply::Refused(why) => Err(ApiError::new(StatusCode::FORBIDDEN, why)),
         LeaseRpcReply::Accepted(_) | LeaseRpcReply::Alive(_) => {
-            Err(ApiError(StatusCode::BAD_GATEWAY, "the provider answered nonsense".into()))
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense"))
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agora_ledger::consensus::mempool::{AddError, MAX_MEMPOOL_TXS};
+use agora_ledger::consensus::mempool::AddError;
 use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Timer};
 use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
@@ -44,12 +44,12 @@ use crate::provider::{Duty, Provider};
 pub enum Command {
     SubmitTx {
         tx: Box<SignedTx>,
-        reply: oneshot::Sender<Result<Hash, String>>,
+        reply: oneshot::Sender<Result<Hash, TxRefusal>>,
     },
     /// Several transactions at once (`POST /v1/txs`), signature-checked as a batch.
     SubmitTxs {
         txs: Vec<SignedTx>,
-        reply: oneshot::Sender<Vec<Result<Hash, String>>>,
+        reply: oneshot::Sender<Vec<Result<Hash, TxRefusal>>>,
     },
     /// Send a lease-protocol message to a provider (a buyer's proposal or logs request).
     LeaseRpc {
@@ -85,6 +85,8 @@ pub struct NodeStatus {
     pub peer_id: String,
     pub address: String,
     pub chain_id: String,
+    /// The smallest fee a transaction may pay on this chain.
+    pub min_tx_fee: agora_protocol::Amount,
     pub height: u64,
     pub latest_block_hash: String,
     pub state_root: String,
@@ -100,6 +102,43 @@ pub struct NodeStatus {
     pub gpus: Vec<crate::gpu::Gpu>,
     /// Offers in this node's order book.
     pub offers: usize,
+}
+
+/// Why a node did not take a transaction: a stable code for callers to
+/// match, a sentence for people, and whether trying again later may work
+/// (load) or not (the transaction itself is wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRefusal {
+    pub code: &'static str,
+    pub detail: String,
+    pub retryable: bool,
+}
+
+impl TxRefusal {
+    pub fn invalid(code: &'static str, detail: impl std::fmt::Display) -> TxRefusal {
+        TxRefusal { code, detail: detail.to_string(), retryable: false }
+    }
+
+    /// A transaction the ledger refused when tried on the current state.
+    pub fn from_ledger(e: &agora_ledger::Error) -> TxRefusal {
+        use agora_ledger::Error as E;
+        let code = match e {
+            E::WrongNonce { .. } => "nonce_used",
+            E::FeeTooLow { .. } => "fee_too_low",
+            E::InsufficientFunds { .. } => "insufficient_funds",
+            E::InsufficientStake { .. } => "insufficient_stake",
+            E::BadSignature(_) => "bad_signature",
+            E::Protocol(_) => "malformed",
+            _ => "rejected",
+        };
+        TxRefusal::invalid(code, e)
+    }
+}
+
+impl From<AddError> for TxRefusal {
+    fn from(e: AddError) -> TxRefusal {
+        TxRefusal { code: e.code(), detail: e.to_string(), retryable: e.is_retryable() }
+    }
 }
 
 /// State shared with the API: the status, the ledger state at the tip and a block reader.
@@ -290,6 +329,7 @@ impl Daemon {
             peer_id: swarm.local_peer_id().to_string(),
             address: key.address().to_string(),
             chain_id: chain.to_string(),
+            min_tx_fee: store.state().params().min_tx_fee,
             height: store.height().0,
             latest_block_hash: store.state().last_block_hash().to_hex(),
             state_root: store.state().root().to_hex(),
@@ -583,11 +623,11 @@ impl Daemon {
         match cmd {
             Command::SubmitTx { tx, reply } => {
                 let result = (|| {
-                    self.engine.mempool().check(self.engine.ledger(), &tx).map_err(|e| e.to_string())?;
-                    tx.verify(&self.chain).map_err(|e| e.to_string())?;
-                    let hash = tx.hash().map_err(|e| e.to_string())?;
-                    let bytes = codec::encode(tx.as_ref()).map_err(|e| e.to_string())?;
-                    Ok::<_, String>((hash, bytes))
+                    self.engine.mempool().check(self.engine.ledger(), &tx)?;
+                    tx.verify(&self.chain).map_err(|e| TxRefusal::invalid("bad_signature", e))?;
+                    let hash = tx.hash().map_err(|e| TxRefusal::invalid("malformed", e))?;
+                    let bytes = codec::encode(tx.as_ref()).map_err(|e| TxRefusal::invalid("malformed", e))?;
+                    Ok::<_, TxRefusal>((hash, bytes))
                 })();
                 match result {
                     Ok((hash, bytes)) => {
@@ -604,14 +644,17 @@ impl Daemon {
                 // under overload the network sheds load at its edge.
                 let mut outcomes = Vec::with_capacity(txs.len());
                 let mut keep = Vec::with_capacity(txs.len());
-                let room = MAX_MEMPOOL_TXS.saturating_sub(self.engine.mempool().len());
+                // The checks see the pool before this batch: the batch may
+                // fill the free room, and only a full pool is left to
+                // eviction by fee.
+                let room = self.engine.mempool().room();
                 for tx in txs {
-                    let fits = keep.len() < room;
-                    let checked = self.engine.mempool().check(self.engine.ledger(), &tx).map_err(|e| e.to_string());
-                    let outcome = match (fits, checked) {
-                        (false, _) => Err(AddError::Full.to_string()),
-                        (true, Err(e)) => Err(e),
-                        (true, Ok(())) => tx
+                    let fills_room = room > 0 && keep.len() >= room;
+                    let checked = self.engine.mempool().check(self.engine.ledger(), &tx).map_err(TxRefusal::from);
+                    let outcome = match (fills_room, checked) {
+                        (true, _) => Err(TxRefusal::from(AddError::Full)),
+                        (false, Err(e)) => Err(e),
+                        (false, Ok(())) => tx
                             .hash()
                             .and_then(|h| Ok((h, codec::encode(&tx)?)))
                             .map(|(hash, bytes)| {
@@ -619,7 +662,7 @@ impl Daemon {
                                 keep.push(tx);
                                 hash
                             })
-                            .map_err(|e| e.to_string()),
+                            .map_err(|e| TxRefusal::invalid("malformed", e)),
                     };
                     outcomes.push(outcome);
                 }
@@ -845,6 +888,7 @@ impl Daemon {
     fn publish_status(&self) {
         self.shared.metrics.peers.set(self.peers.len() as i64);
         self.shared.metrics.mempool.set(self.engine.mempool().len() as i64);
+        self.shared.metrics.mempool_bytes.set(self.engine.mempool().bytes() as i64);
         if let Ok(mut s) = self.shared.status.write() {
             s.peers = self.peers.len();
             s.syncing = self.sync_in_flight;

@@ -286,7 +286,7 @@ mod tests {
         let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
         let kind = TxKind::RegisterProvider { region: "eu".into(), gpus: crate::gpu::specs(&gpus) };
         let spend =
-            sign_tx(&chain.keys[2], 0, TxKind::Transfer { to: chain.address(1), amount: Amount(9_999_900_000) });
+            sign_tx(&chain.keys[2], 0, TxKind::Transfer { to: chain.address(1), amount: Amount(9_999_899_000) });
         let block = chain.next_block(&mut state.clone(), vec![sign_tx(&chain.keys[0], 0, kind), spend]).unwrap();
         apply_block(&mut state, &block, SigCheck::Verify).unwrap();
         let kinds = JobKinds { plain: true, images: false, egress: false };

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub height: Gauge,
     pub peers: Gauge,
     pub mempool: Gauge,
+    pub mempool_bytes: Gauge,
     /// Milliseconds between the last two committed blocks (block time).
     pub block_interval_ms: Gauge<u64, AtomicU64>,
     pub committed_txs: Counter,
@@ -48,6 +49,7 @@ impl Metrics {
             height: Gauge::default(),
             peers: Gauge::default(),
             mempool: Gauge::default(),
+            mempool_bytes: Gauge::default(),
             block_interval_ms: Gauge::default(),
             committed_txs: Counter::default(),
             gossip: Family::default(),
@@ -69,6 +71,7 @@ impl Metrics {
         r.register("height", "Latest committed block height", m.height.clone());
         r.register("peers", "Connected peers", m.peers.clone());
         r.register("mempool_txs", "Transactions waiting in the mempool", m.mempool.clone());
+        r.register("mempool_bytes", "Encoded bytes waiting in the mempool", m.mempool_bytes.clone());
         r.register("block_interval_ms", "Time between the last two blocks", m.block_interval_ms.clone());
         r.register("committed_txs", "Transactions committed since start", m.committed_txs.clone());
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());

@@ -18,6 +18,11 @@ use crate::sign::{Domain, Signed};
 pub struct Transaction {
     /// Must equal the sender's account nonce; stops replay within a chain.
     pub nonce: u64,
+    /// Paid by the sender to the proposer of the block that includes the
+    /// transaction; at least the chain's `min_tx_fee`. Makes every byte a
+    /// stranger asks the network to carry cost something, and orders the
+    /// mempool (higher fee first, then arrival).
+    pub fee: Amount,
     pub kind: TxKind,
 }
 
@@ -90,6 +95,17 @@ impl TxKind {
 }
 
 impl Transaction {
+    /// What the sender's balance must cover for this transaction at least:
+    /// the fee plus tokens it moves out of the balance by itself (transfer,
+    /// stake). Lease escrow depends on state and is checked when it applies.
+    pub fn upfront_cost(&self) -> u128 {
+        let moved = match &self.kind {
+            TxKind::Transfer { amount, .. } | TxKind::Stake { amount } => amount.0,
+            _ => 0,
+        };
+        u128::from(self.fee.0) + u128::from(moved)
+    }
+
     /// Checks that need no state: bounded lists and strings, non-zero amounts.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |reason: &str| Err(Error::Invalid { what: "transaction", reason: reason.to_string() });

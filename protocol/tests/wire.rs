@@ -75,7 +75,7 @@ fn attestation(validator: &str) -> Signed<DowntimeAttestation> {
 }
 
 fn tx(kind: TxKind) -> SignedTx {
-    signed(Transaction { nonce: 7, kind }, "buyer")
+    signed(Transaction { nonce: 7, fee: Amount(1_000), kind }, "buyer")
 }
 
 fn transactions() -> Vec<SignedTx> {
@@ -152,19 +152,20 @@ fn pinned_test_vectors() {
     }
 }
 
-/// version 1 | nonce 7 (u64 LE) | variant 0 (u32 LE) | to (32) | amount 1234567 (u64 LE) | signer (32) | signature (64)
+/// version 1 | nonce 7 (u64 LE) | fee 1000 (u64 LE) | variant 0 (u32 LE) | to (32) | amount 1234567 (u64 LE) | signer (32) | signature (64)
 const PINNED_TRANSFER_HEX: &str = concat!(
     "01",
     "0700000000000000",
+    "e803000000000000",
     "00000000",
     "1f02eeb028cba961abcce026faa0f77914adea8473bd8a24cd08e15f26f1ae52",
     "87d6120000000000",
     "3c94235d13484806fdbfcc654e7b6aa23bebf8604616558e031ad79d8ea462f5",
-    "18a59f3421dca0dee88ca3ccab90227df53dd82c8521011abc283a325044a888",
-    "4587fd88a24559f3264cd0228b27a32221e5bc900491e26c86656e58a4f1ba05",
+    "945e32daf8be656a01e20ef9703ee530a1aaabb3b0df8bdf79509e375e129dfa",
+    "a6ec0d219412c3a90146eaa2826d1c882967af0211948a6238cf7e35c8739107",
 );
 const PINNED: [(&str, &str); 8] = [
-    ("block", "d483edd90e49954c437f17ccc2b0babc"),
+    ("block", "50f21fc16f0a614cdfaa2d01d1972a68"),
     ("offer", "2198e2b0d6a305764efa82184316b90e"),
     ("lease request", "aeb64644498e3b60735e179feed8e497"),
     ("lease accept", "ac392134b4b4063d3516ae5b06214e95"),

@@ -185,7 +185,9 @@ fn measure(
         let mut batch: Vec<Signed<Transaction>> = retry.drain(..).collect();
         for i in sent..sent + fresh {
             let a = i % keys.len();
-            let tx = Transaction { nonce: nonces[a], kind: TxKind::Transfer { to: recipient, amount: Amount(1) } };
+            // Testnets run the default parameters: the minimum fee.
+            let fee = agora_ledger::params::DEFAULT_MIN_TX_FEE;
+            let tx = Transaction { nonce: nonces[a], fee, kind: TxKind::Transfer { to: recipient, amount: Amount(1) } };
             nonces[a] += 1;
             batch.push(Signed::sign(tx, &keys[a], &chain)?);
         }

@@ -672,7 +672,7 @@ impl Host {
         }
         let time = TimestampMs(self.now_ms.max(self.ledger.time_ms().0 + 1));
         let max = self.ledger.params().max_txs_per_block as usize;
-        let candidates = self.mempool.candidates(max);
+        let candidates = self.mempool.candidates(&self.ledger, max);
         let mut builder = BlockBuilder::new(&mut self.ledger, time, self.key.address())?;
         for tx in candidates {
             // Mempool transactions were signature-checked on entry; ones that

@@ -1,41 +1,135 @@
-//! The bounded mempool: pending transactions keyed by (sender, nonce), so
-//! iteration yields each account's transactions in nonce order. Duplicates
-//! are dropped, each account may queue only a few, and the whole pool is
-//! capped; committed or stale transactions are pruned after every block.
+//! The bounded mempool: what a node holds for the next blocks. Admission is
+//! the defence against being filled for free (see docs/decisions.md, "Fees
+//! and the mempool"): a transaction enters only if its sender's balance can
+//! pay its fee and what it moves, together with everything the sender already
+//! has queued; only within a window of nonces after the account's; within a
+//! byte quota per account and in total. When the pool is full a higher fee
+//! evicts the cheapest, newest waiting transaction. Blocks take transactions
+//! by fee, then arrival, each account's in nonce order. Whatever can no
+//! longer execute (spent funds, a nonce gap that is never filled, old age)
+//! is dropped after every block, so nothing is kept forever.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
-use agora_protocol::{Address, SignedTx};
+use agora_protocol::{Address, Amount, SignedTx};
 
 use crate::state::State;
 
 /// Transactions the pool holds at most (≈ 2 full blocks).
 pub const MAX_MEMPOOL_TXS: usize = 10_000;
-/// Transactions one account may have queued: a cheap per-account rate limit.
+/// Encoded bytes the pool holds at most (4 full blocks).
+pub const MAX_MEMPOOL_BYTES: usize = 4 * agora_protocol::limits::MAX_BLOCK_BYTES;
+/// The nonce window: a transaction's nonce must be below the account's
+/// nonce plus this, so one account queues at most this many.
 pub const MAX_TXS_PER_ACCOUNT: usize = 64;
+/// Encoded bytes one account may have queued.
+pub const MAX_ACCOUNT_BYTES: usize = 512 * 1024;
+/// Blocks a transaction may wait behind a missing nonce before it is dropped.
+pub const GAP_TTL_BLOCKS: u64 = 20;
+/// Blocks any transaction may wait at all (one outbid for this long is dropped).
+pub const TX_TTL_BLOCKS: u64 = 600;
+/// Entries an eviction looks at before giving up: bounds the work one
+/// incoming transaction can cause.
+const MAX_EVICTION_SCAN: usize = 1_024;
 
+/// Why a transaction was not admitted. `code` is what the API sends.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddError {
+    /// The pool is full of transactions paying at least as much.
     Full,
+    /// The account's byte quota is used up.
     AccountLimit,
     StaleNonce,
+    /// The nonce is beyond the account's window.
+    NonceTooFar {
+        account_nonce: u64,
+    },
     Duplicate,
+    FeeTooLow {
+        min: Amount,
+    },
+    /// The balance cannot pay this on top of what the account has queued.
+    CannotPay {
+        need: u128,
+        balance: Amount,
+    },
+}
+
+impl AddError {
+    /// A stable machine-readable code for the API and CLI.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AddError::Full => "mempool_full",
+            AddError::AccountLimit => "account_quota",
+            AddError::StaleNonce => "nonce_used",
+            AddError::NonceTooFar { .. } => "nonce_too_far",
+            AddError::Duplicate => "already_pending",
+            AddError::FeeTooLow { .. } => "fee_too_low",
+            AddError::CannotPay { .. } => "cannot_pay",
+        }
+    }
+
+    /// Load rather than a fault of the transaction: worth retrying later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AddError::Full | AddError::AccountLimit | AddError::NonceTooFar { .. })
+    }
 }
 
 impl std::fmt::Display for AddError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AddError::Full => "mempool full; retry later",
-            AddError::AccountLimit => "too many pending transactions from this account; wait for some to commit",
-            AddError::StaleNonce => "nonce already used",
-            AddError::Duplicate => "already pending",
-        })
+        match self {
+            AddError::Full => {
+                f.write_str("mempool full of transactions paying at least this fee; retry later or pay more")
+            }
+            AddError::AccountLimit => {
+                f.write_str("too many pending transaction bytes from this account; wait for some to commit")
+            }
+            AddError::StaleNonce => f.write_str("nonce already used"),
+            AddError::NonceTooFar { account_nonce } => write!(
+                f,
+                "nonce too far ahead: the account's nonce is {account_nonce} and at most {MAX_TXS_PER_ACCOUNT} may wait"
+            ),
+            AddError::Duplicate => f.write_str("already pending"),
+            AddError::FeeTooLow { min } => write!(f, "fee below the chain's minimum of {min}"),
+            AddError::CannotPay { need, balance } => write!(
+                f,
+                "balance {balance} cannot pay {} for this and the account's pending transactions",
+                Amount(u64::try_from(*need).unwrap_or(u64::MAX))
+            ),
+        }
     }
 }
 
+#[derive(Clone, Debug)]
+struct Entry {
+    tx: SignedTx,
+    bytes: usize,
+    cost: u128,
+    /// Arrival order, for fair ordering among equal fees.
+    seq: u64,
+    /// The ledger height when it arrived, for ageing out.
+    height: u64,
+}
+
+/// What one account has queued.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    count: usize,
+    bytes: usize,
+    cost: u128,
+}
+
+/// Eviction order: lowest fee first, newest first among equal fees.
+type EvictKey = (Amount, Reverse<u64>, Address, u64);
+
 #[derive(Clone, Debug, Default)]
 pub struct Mempool {
-    txs: BTreeMap<(Address, u64), SignedTx>,
+    txs: BTreeMap<(Address, u64), Entry>,
+    usage: HashMap<Address, Usage>,
+    by_fee: BTreeSet<EvictKey>,
+    bytes: usize,
+    next_seq: u64,
 }
 
 impl Mempool {
@@ -47,10 +141,27 @@ impl Mempool {
         self.txs.is_empty()
     }
 
-    /// Queues a transaction whose nonce is not already used on `state`.
+    /// Encoded bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Transactions that fit without evicting anything.
+    pub fn room(&self) -> usize {
+        MAX_MEMPOOL_TXS.saturating_sub(self.txs.len())
+    }
+
+    /// Queues a transaction (its signature already checked), evicting
+    /// cheaper ones if the pool is full.
     pub fn add(&mut self, state: &State, tx: SignedTx) -> Result<(), AddError> {
-        self.check(state, &tx)?;
-        self.txs.insert((tx.signer, tx.body.nonce), tx);
+        let bytes = encoded_len(&tx);
+        let evict = self.admission(state, &tx, bytes)?;
+        for key in evict {
+            self.remove(&key);
+        }
+        let entry = Entry { cost: tx.body.upfront_cost(), bytes, seq: self.next_seq, height: state.height().0, tx };
+        self.next_seq += 1;
+        self.insert(entry);
         Ok(())
     }
 
@@ -58,21 +169,89 @@ impl Mempool {
     /// refuse work it cannot keep before spending a signature check or a
     /// gossip forward on it.
     pub fn check(&self, state: &State, tx: &SignedTx) -> Result<(), AddError> {
-        let key = (tx.signer, tx.body.nonce);
-        if tx.body.nonce < state.account(&tx.signer).nonce {
+        self.admission(state, tx, encoded_len(tx)).map(|_| ())
+    }
+
+    /// The admission rules; on success, what must be evicted to make room.
+    fn admission(&self, state: &State, tx: &SignedTx, bytes: usize) -> Result<Vec<(Address, u64)>, AddError> {
+        let acct = state.account(&tx.signer);
+        let nonce = tx.body.nonce;
+        if nonce < acct.nonce {
             return Err(AddError::StaleNonce);
         }
-        if self.txs.contains_key(&key) {
+        if nonce - acct.nonce >= MAX_TXS_PER_ACCOUNT as u64 {
+            return Err(AddError::NonceTooFar { account_nonce: acct.nonce });
+        }
+        if self.txs.contains_key(&(tx.signer, nonce)) {
             return Err(AddError::Duplicate);
         }
-        if self.txs.len() >= MAX_MEMPOOL_TXS {
-            return Err(AddError::Full);
+        let min = state.params().min_tx_fee;
+        if tx.body.fee < min {
+            return Err(AddError::FeeTooLow { min });
         }
-        let queued = self.txs.range((tx.signer, 0)..=(tx.signer, u64::MAX)).count();
-        if queued >= MAX_TXS_PER_ACCOUNT {
+        let used = self.usage.get(&tx.signer).copied().unwrap_or_default();
+        if used.bytes + bytes > MAX_ACCOUNT_BYTES {
             return Err(AddError::AccountLimit);
         }
-        Ok(())
+        let need = used.cost + tx.body.upfront_cost();
+        if need > u128::from(acct.balance.0) {
+            return Err(AddError::CannotPay { need, balance: acct.balance });
+        }
+        if self.txs.len() < MAX_MEMPOOL_TXS && self.bytes + bytes <= MAX_MEMPOOL_BYTES {
+            return Ok(Vec::new());
+        }
+        self.eviction_for(tx, bytes).ok_or(AddError::Full)
+    }
+
+    /// The cheapest, newest waiting transactions (each the last of its
+    /// account's queue, so no queue gets a gap) whose removal makes room for
+    /// `tx`, all paying strictly less; `None` if there are not enough.
+    fn eviction_for(&self, tx: &SignedTx, bytes: usize) -> Option<Vec<(Address, u64)>> {
+        let mut count = self.txs.len() + 1;
+        let mut total = self.bytes + bytes;
+        let mut evict = Vec::new();
+        for &(fee, _, addr, nonce) in self.by_fee.iter().take(MAX_EVICTION_SCAN) {
+            if count <= MAX_MEMPOOL_TXS && total <= MAX_MEMPOOL_BYTES {
+                break;
+            }
+            if fee >= tx.body.fee {
+                return None;
+            }
+            let is_tail = !self.txs.contains_key(&(addr, nonce + 1)) || evict.contains(&(addr, nonce + 1));
+            if addr == tx.signer || !is_tail {
+                continue;
+            }
+            count -= 1;
+            total -= self.txs[&(addr, nonce)].bytes;
+            evict.push((addr, nonce));
+        }
+        (count <= MAX_MEMPOOL_TXS && total <= MAX_MEMPOOL_BYTES).then_some(evict)
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let key = (entry.tx.signer, entry.tx.body.nonce);
+        let used = self.usage.entry(key.0).or_default();
+        used.count += 1;
+        used.bytes += entry.bytes;
+        used.cost += entry.cost;
+        self.bytes += entry.bytes;
+        self.by_fee.insert((entry.tx.body.fee, Reverse(entry.seq), key.0, key.1));
+        self.txs.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &(Address, u64)) -> Option<Entry> {
+        let entry = self.txs.remove(key)?;
+        self.by_fee.remove(&(entry.tx.body.fee, Reverse(entry.seq), key.0, key.1));
+        self.bytes -= entry.bytes;
+        if let Some(used) = self.usage.get_mut(&key.0) {
+            used.count -= 1;
+            used.bytes -= entry.bytes;
+            used.cost -= entry.cost;
+            if used.count == 0 {
+                self.usage.remove(&key.0);
+            }
+        }
+        Some(entry)
     }
 
     /// The nonce a new transaction from `sender` should use: after the
@@ -88,69 +267,202 @@ impl Mempool {
     /// Whether exactly this transaction (same body and signature) is queued,
     /// and so was signature-checked when it entered.
     pub fn contains(&self, tx: &SignedTx) -> bool {
-        self.txs.get(&(tx.signer, tx.body.nonce)).is_some_and(|queued| queued == tx)
+        self.txs.get(&(tx.signer, tx.body.nonce)).is_some_and(|queued| queued.tx == *tx)
     }
 
-    /// Up to `max` candidates, each account's in nonce order.
-    pub fn candidates(&self, max: usize) -> Vec<SignedTx> {
-        self.txs.values().take(max).cloned().collect()
+    /// Up to `max` candidates for the next block on `state`: the highest fee
+    /// first, then the earliest arrival, each account's in nonce order from
+    /// its current nonce (what waits behind a gap cannot execute yet).
+    pub fn candidates(&self, state: &State, max: usize) -> Vec<SignedTx> {
+        // Max-heap on (fee, earliest arrival) over each account's next transaction.
+        let mut heads: BinaryHeap<(Amount, Reverse<u64>, Address, u64)> = BinaryHeap::new();
+        for addr in self.usage.keys() {
+            let nonce = state.account(addr).nonce;
+            if let Some(e) = self.txs.get(&(*addr, nonce)) {
+                heads.push((e.tx.body.fee, Reverse(e.seq), *addr, nonce));
+            }
+        }
+        let mut out = Vec::with_capacity(max.min(self.txs.len()));
+        while out.len() < max {
+            let Some((_, _, addr, nonce)) = heads.pop() else { break };
+            out.push(self.txs[&(addr, nonce)].tx.clone());
+            if let Some(next) = self.txs.get(&(addr, nonce + 1)) {
+                heads.push((next.tx.body.fee, Reverse(next.seq), addr, nonce + 1));
+            }
+        }
+        out
     }
 
-    /// Drops every transaction whose nonce the ledger has already used, and
-    /// each account's next transaction if it no longer applies (a close of a
-    /// lease settled meanwhile, a spend of funds now gone): left in the pool
-    /// it would hold that nonce forever, and no replacement could enter.
+    /// After a block: drops every transaction whose nonce is used, whose
+    /// account can no longer pay for it (with the ones before it), that has
+    /// waited behind a nonce gap for `GAP_TTL_BLOCKS` or at all for
+    /// `TX_TTL_BLOCKS`; and each account's next transaction if it no longer
+    /// applies (a close of a lease settled meanwhile): left in the pool it
+    /// would hold that nonce forever, and no replacement could enter.
     pub fn prune(&mut self, state: &mut State) {
-        self.txs.retain(|(sender, nonce), _| *nonce >= state.account(sender).nonce);
-        let heads: Vec<(Address, u64)> =
-            self.txs.keys().filter(|(sender, nonce)| *nonce == state.account(sender).nonce).copied().collect();
+        let now = state.height().0;
+        let mut drop = Vec::new();
+        let mut heads = Vec::new();
+        for addr in self.usage.keys() {
+            let acct = state.account(addr);
+            let balance = u128::from(acct.balance.0);
+            let mut cost = 0u128;
+            let mut expected = acct.nonce;
+            for (&(_, nonce), e) in self.txs.range((*addr, 0)..=(*addr, u64::MAX)) {
+                let stale = nonce < acct.nonce;
+                let behind_gap = nonce != expected;
+                if !stale && !behind_gap {
+                    expected += 1;
+                    cost += e.cost;
+                }
+                let too_old = now.saturating_sub(e.height) > TX_TTL_BLOCKS;
+                let gap_expired = behind_gap && now.saturating_sub(e.height) > GAP_TTL_BLOCKS;
+                if stale || too_old || gap_expired || cost > balance {
+                    drop.push((*addr, nonce));
+                } else if nonce == acct.nonce {
+                    heads.push((*addr, nonce));
+                }
+            }
+        }
+        for key in drop {
+            self.remove(&key);
+        }
         for key in heads {
-            let Some(tx) = self.txs.get(&key) else { continue };
+            let Some(entry) = self.txs.get(&key) else { continue };
             let mark = state.checkpoint();
             // Signatures were checked when the transaction entered the pool.
-            let applies = crate::apply::apply_tx(state, tx, crate::apply::SigCheck::Skip).is_ok();
+            let applies = crate::apply::apply_tx(state, &entry.tx, crate::apply::SigCheck::Skip).is_ok();
             state.rollback(mark);
             if !applies {
-                self.txs.remove(&key);
+                self.remove(&key);
             }
         }
     }
 }
 
+/// The transaction's size on the wire (0 for one that cannot be encoded:
+/// such a transaction never passes the ledger's own checks anyway).
+fn encoded_len(tx: &SignedTx) -> usize {
+    agora_protocol::codec::encode(tx).map_or(0, |b| b.len())
+}
+
 #[cfg(test)]
 mod tests {
-    use agora_protocol::{Amount, TxKind};
+    use agora_protocol::{Keypair, Signed, Transaction, TxKind};
 
     use super::*;
-    use crate::testkit::{TestChain, sign_tx, transfer};
+    use crate::testkit::{TEST_FEE, TestChain, chain_id, sign_tx, transfer};
+
+    fn with_fee(key: &Keypair, nonce: u64, fee: Amount, to: Address) -> SignedTx {
+        let body = Transaction { nonce, fee, kind: TxKind::Transfer { to, amount: Amount(1) } };
+        Signed::sign(body, key, &chain_id()).unwrap()
+    }
 
     #[test]
-    fn a_head_that_no_longer_applies_is_evicted_so_its_nonce_can_be_reused() {
+    fn what_can_no_longer_execute_is_dropped_so_its_nonce_can_be_reused() {
         let chain = TestChain::new(3, 1, Amount::agr(10));
         let mut state = chain.state();
         let mut pool = Mempool::default();
-        // Account 1 queues a spend of everything and a second spend after it.
-        pool.add(&state, transfer(&chain.keys[1], 0, chain.address(2), Amount::agr(10))).unwrap();
+        pool.add(&state, transfer(&chain.keys[1], 0, chain.address(2), Amount::agr(5))).unwrap();
         pool.add(&state, transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(1))).unwrap();
         pool.add(&state, sign_tx(&chain.keys[2], 0, TxKind::Unjail)).unwrap();
         pool.prune(&mut state);
-        assert_eq!(pool.len(), 2, "account 1's head still applies; account 2's Unjail (not a provider) does not");
-        let root = state.root();
+        assert_eq!(pool.len(), 2, "account 1's queue still applies; account 2's Unjail (not a provider) does not");
         // Meanwhile the funds go elsewhere (another node's transaction got in first).
-        let other = transfer(&chain.keys[1], 0, chain.address(0), Amount::agr(5));
-        let mut s2 = state.clone();
-        let block = chain.next_block(&mut s2, vec![other]).unwrap();
+        let other = transfer(&chain.keys[1], 0, chain.address(0), Amount::agr(9));
+        let block = chain.next_block(&mut state.clone(), vec![other]).unwrap();
         crate::apply::apply_block(&mut state, &block, crate::apply::SigCheck::Verify).unwrap();
-        assert_ne!(state.root(), root);
         pool.prune(&mut state);
-        // Nonce 0 is used now; nonce 1 (spend 1 AGR of the 5 left) applies and stays.
-        assert_eq!(pool.len(), 1);
-        assert!(pool.check(&state, &transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(2))).is_err());
-        // A head spending more than is left is evicted, freeing its nonce for a replacement.
-        let mut pool = Mempool::default();
-        pool.add(&state, transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(9))).unwrap();
-        pool.prune(&mut state);
+        // Nonce 0 is used; nonce 1 (1 AGR + fee) cannot be paid from the 0.999 AGR left.
         assert!(pool.is_empty());
-        assert!(pool.check(&state, &transfer(&chain.keys[1], 1, chain.address(2), Amount::agr(1))).is_ok());
+        let replacement = transfer(&chain.keys[1], 1, chain.address(2), Amount(500_000));
+        assert_eq!(pool.check(&state, &replacement), Ok(()));
+        let too_much = transfer(&chain.keys[1], 1, chain.address(2), Amount(999_000));
+        assert!(matches!(pool.check(&state, &too_much), Err(AddError::CannotPay { .. })), "the fee comes on top");
+    }
+
+    #[test]
+    fn unfunded_senders_gaps_and_far_nonces_are_refused() {
+        let chain = TestChain::new(2, 1, Amount::agr(10));
+        let state = chain.state();
+        let pool = Mempool::default();
+        let stranger = Keypair::from_seed_phrase("mempool-stranger");
+        // The attack of issue 11: a fresh key, nonces from 1.
+        let junk = transfer(&stranger, 1, chain.address(0), Amount(1));
+        assert!(matches!(pool.check(&state, &junk), Err(AddError::CannotPay { .. })));
+        let far = transfer(&chain.keys[1], MAX_TXS_PER_ACCOUNT as u64, chain.address(0), Amount(1));
+        assert_eq!(pool.check(&state, &far), Err(AddError::NonceTooFar { account_nonce: 0 }));
+        let cheap = with_fee(&chain.keys[1], 0, Amount(TEST_FEE.0 - 1), chain.address(0));
+        assert_eq!(pool.check(&state, &cheap), Err(AddError::FeeTooLow { min: TEST_FEE }));
+    }
+
+    #[test]
+    fn a_gap_ages_out_and_a_funded_queue_is_capped_by_what_it_can_pay() {
+        let chain = TestChain::new(2, 1, Amount::agr(1));
+        let mut state = chain.state();
+        let mut pool = Mempool::default();
+        // Nonce 1 without 0: waits, then ages out.
+        pool.add(&state, transfer(&chain.keys[1], 1, chain.address(0), Amount(1))).unwrap();
+        for _ in 0..GAP_TTL_BLOCKS {
+            let block = chain.next_block(&mut state.clone(), vec![]).unwrap();
+            crate::apply::apply_block(&mut state, &block, crate::apply::SigCheck::Verify).unwrap();
+            pool.prune(&mut state);
+        }
+        assert_eq!(pool.len(), 1, "still within its time");
+        let block = chain.next_block(&mut state.clone(), vec![]).unwrap();
+        crate::apply::apply_block(&mut state, &block, crate::apply::SigCheck::Verify).unwrap();
+        pool.prune(&mut state);
+        assert!(pool.is_empty(), "a transaction behind a gap is dropped after {GAP_TTL_BLOCKS} blocks");
+        // 1 AGR pays for 1000 minimum fees, less the 1 µAGR each moves: 999 fit, not 1000 —
+        // but the window stops it at 64 first.
+        for n in 0..MAX_TXS_PER_ACCOUNT as u64 {
+            pool.add(&state, transfer(&chain.keys[1], n, chain.address(0), Amount(1))).unwrap();
+        }
+        let next = transfer(&chain.keys[1], MAX_TXS_PER_ACCOUNT as u64, chain.address(0), Amount(1));
+        assert!(matches!(pool.check(&state, &next), Err(AddError::NonceTooFar { .. })));
+        let big = transfer(&chain.keys[0], 0, chain.address(1), Amount::agr(1));
+        assert!(matches!(pool.check(&state, &big), Err(AddError::CannotPay { .. })), "fee on top of everything");
+    }
+
+    #[test]
+    fn blocks_take_higher_fees_first_then_arrival_and_a_full_pool_evicts_the_cheapest() {
+        let chain = TestChain::new(4, 1, Amount::agr(1_000));
+        let state = chain.state();
+        let mut pool = Mempool::default();
+        let to = chain.address(0);
+        pool.add(&state, with_fee(&chain.keys[1], 0, TEST_FEE, to)).unwrap();
+        pool.add(&state, with_fee(&chain.keys[1], 1, Amount(TEST_FEE.0 * 9), to)).unwrap();
+        pool.add(&state, with_fee(&chain.keys[2], 0, TEST_FEE, to)).unwrap();
+        pool.add(&state, with_fee(&chain.keys[3], 0, Amount(TEST_FEE.0 * 5), to)).unwrap();
+        let order: Vec<(Address, u64)> = pool.candidates(&state, 10).iter().map(|t| (t.signer, t.body.nonce)).collect();
+        // Account 3 pays most among the heads; account 1's nonce 1 pays more but waits for its nonce 0,
+        // which arrived before account 2's equal fee.
+        assert_eq!(
+            order,
+            vec![(chain.address(3), 0), (chain.address(1), 0), (chain.address(1), 1), (chain.address(2), 0)]
+        );
+
+        // Fill the pool with minimum-fee transactions from many funded accounts.
+        let rich = TestChain::new(MAX_MEMPOOL_TXS / MAX_TXS_PER_ACCOUNT + 2, 1, Amount::agr(10));
+        let state = rich.state();
+        let mut pool = Mempool::default();
+        'fill: for k in &rich.keys[1..] {
+            for n in 0..MAX_TXS_PER_ACCOUNT as u64 {
+                if pool.len() == MAX_MEMPOOL_TXS {
+                    break 'fill;
+                }
+                pool.add(&state, with_fee(k, n, TEST_FEE, to)).unwrap();
+            }
+        }
+        let user = &rich.keys[0];
+        assert_eq!(pool.check(&state, &with_fee(user, 0, TEST_FEE, to)), Err(AddError::Full));
+        // Paying more gets in, evicting the newest cheapest tail.
+        let newest_tail = pool.by_fee.iter().next().map(|k| (k.2, k.3)).unwrap();
+        pool.add(&state, with_fee(user, 0, Amount(TEST_FEE.0 + 1), to)).unwrap();
+        assert_eq!(pool.len(), MAX_MEMPOOL_TXS);
+        assert!(!pool.txs.contains_key(&newest_tail));
+        assert_eq!(pool.candidates(&state, 1)[0].signer, user.address(), "the higher fee goes first");
+        assert_eq!(pool.usage.values().map(|u| u.count).sum::<usize>(), pool.len());
+        assert_eq!(pool.txs.values().map(|e| e.bytes).sum::<usize>(), pool.bytes());
     }
 }

@@ -321,7 +321,14 @@ impl Daemon {
     }
 
     fn send_own(&mut self, nonce: u64, kind: TxKind) -> Result<(), Error> {
-        let tx = Signed::sign(Transaction { nonce, kind: kind.clone() }, &self.key, &self.chain)?;
+        let state = self.store.state();
+        let fee = state.params().min_tx_fee;
+        if state.account(&self.key.address()).balance < fee {
+            // Slashes, closes and lease openings need a fee like any
+            // transaction; an operator key needs a small balance of its own.
+            tracing::warn!(kind = kind.name(), %fee, "this node's key cannot pay the transaction fee; fund it");
+        }
+        let tx = Signed::sign(Transaction { nonce, fee, kind: kind.clone() }, &self.key, &self.chain)?;
         self.own_pending.insert(nonce, (kind, self.store.height()));
         self.publish_tx(codec::encode(&tx)?);
         let actions = self.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));

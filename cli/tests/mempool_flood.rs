@@ -1,0 +1,177 @@
+//! Mempool floods on a real 4-node testnet (issue 11, item 2).
+//!
+//! 1. The attack as it was found: 12,800 transfers with nonces 1..64 from 200
+//!    fresh, unfunded keys posted to every API. None is admitted (the senders
+//!    cannot pay the fee; nonce 64 is past the window), the pools stay empty,
+//!    and a funded `agora transfer` commits within 10 blocks.
+//! 2. The paid version: 160 funded keys queue 63 minimum-fee transfers each
+//!    (10,080, more than a pool holds) through one API. Whatever is refused is
+//!    refused as load (`mempool_full`, 503). A user who pays ten times the
+//!    minimum fee and one who pays the minimum (the CLI retries while the
+//!    pool is full) both commit within 10 blocks, the higher fee no later.
+//!    Eviction by fee itself is unit-tested in the mempool; here timing
+//!    decides whether a block drains the pool before the users arrive.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use agora_ledger::params::DEFAULT_MIN_TX_FEE as FEE;
+use agora_protocol::{Amount, ChainId, Keypair, Signed, Transaction, TxKind, codec};
+use agora_testnet::http;
+
+const FRESH_KEYS: usize = 200;
+const FUNDED_KEYS: usize = 160;
+const TXS_PER_FUNDED_KEY: u64 = 63;
+
+fn account(api: &str, address: &str) -> serde_json::Value {
+    http::get(api, &format!("/v1/accounts/{address}")).ok().and_then(|r| r.json().ok()).unwrap_or_default()
+}
+
+fn transfer(
+    key: &Keypair,
+    nonce: u64,
+    to: agora_protocol::Address,
+    amount: Amount,
+    chain: &ChainId,
+) -> Signed<Transaction> {
+    let body = Transaction { nonce, fee: FEE, kind: TxKind::Transfer { to, amount } };
+    Signed::sign(body, key, chain).unwrap()
+}
+
+/// Posts in batches of at most 1,000; returns the number accepted and the
+/// rejections counted by code.
+fn post(api: &str, txs: &[Signed<Transaction>]) -> (u64, BTreeMap<String, u64>) {
+    let mut accepted = 0;
+    let mut codes = BTreeMap::new();
+    for chunk in txs.chunks(1_000) {
+        let hex: Vec<String> = chunk.iter().map(|t| hex::encode(codec::encode(t).unwrap())).collect();
+        let r = http::post(api, "/v1/txs", &serde_json::json!({ "txs": hex }).to_string()).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json().unwrap();
+        accepted += v["accepted"].as_u64().unwrap();
+        for rej in v["rejected"].as_array().unwrap() {
+            *codes.entry(rej["code"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        }
+    }
+    (accepted, codes)
+}
+
+/// Posts a quarter of `txs` through each API at once.
+fn post_everywhere(apis: &[String], txs: &[Signed<Transaction>]) -> (u64, BTreeMap<String, u64>) {
+    let quarter = txs.len().div_ceil(apis.len());
+    std::thread::scope(|s| {
+        let posts: Vec<_> = txs.chunks(quarter).zip(apis).map(|(chunk, a)| s.spawn(move || post(a, chunk))).collect();
+        let mut total = (0, BTreeMap::new());
+        for p in posts {
+            let (n, codes) = p.join().unwrap();
+            total.0 += n;
+            for (c, k) in codes {
+                *total.1.entry(c).or_insert(0) += k;
+            }
+        }
+        total
+    })
+}
+
+fn mempool(api: &str) -> u64 {
+    status(api).and_then(|s| s["mempool"].as_u64()).unwrap_or(u64::MAX)
+}
+
+/// `agora transfer` output "… at height H …" → H.
+fn committed_at(out: &str) -> u64 {
+    out.split("height ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap()
+}
+
+#[test]
+fn junk_from_strangers_is_refused_and_a_paid_flood_cannot_delay_a_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let _down = Down(dir.clone());
+    let net = testnet_up(&dir, 1, test_ports(12), &["--commit-pause-ms", "2000"]);
+    let apis: Vec<String> =
+        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let chain = ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
+    let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
+    let buyer = agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().keypair;
+    let sink = net["nodes"][2]["address"].as_str().unwrap().to_string();
+    let sink_addr: agora_protocol::Address = sink.parse().unwrap();
+
+    // 1. 200 fresh keys × nonces 1..=64, nothing funded.
+    let fresh: Vec<Keypair> = (0..FRESH_KEYS).map(|_| Keypair::generate().unwrap()).collect();
+    let junk: Vec<_> = fresh
+        .iter()
+        .flat_map(|k| (1..=64u64).map(move |n| (k, n)))
+        .map(|(k, n)| transfer(k, n, sink_addr, Amount(1), &chain))
+        .collect();
+    assert_eq!(junk.len(), 12_800);
+    let (accepted, codes) = post_everywhere(&apis, &junk);
+    assert_eq!(accepted, 0, "junk admitted; refusals: {codes:?}");
+    assert_eq!(codes.get("cannot_pay"), Some(&(FRESH_KEYS as u64 * 63)), "{codes:?}");
+    assert_eq!(codes.get("nonce_too_far"), Some(&(FRESH_KEYS as u64)), "{codes:?}");
+    assert!(apis.iter().all(|a| mempool(a) < 10), "the pools stayed empty");
+    let h0 = height(&apis[3]);
+    let out = ok(agora(&["--home", &buyer_home, "transfer", &sink, "1", "--node", &apis[3]]));
+    assert!(committed_at(&out) <= h0 + 10, "committed at {} after {h0}: {out}", committed_at(&out));
+
+    // 2. A second user beside the buyer, and 160 flooding keys, funded (the
+    // buyer's nonce window is 64: in rounds).
+    let second: serde_json::Value =
+        serde_json::from_str(&ok(agora(&["--home", &buyer_home, "keys", "new", "--name", "second", "--json"])))
+            .unwrap();
+    let second = second["address"].as_str().unwrap().to_string();
+    ok(agora(&["--home", &buyer_home, "transfer", &second, "10", "--node", &apis[3]]));
+    let funded: Vec<Keypair> = (0..FUNDED_KEYS).map(|_| Keypair::generate().unwrap()).collect();
+    for round in funded.chunks(60) {
+        let n0 = account(&apis[3], &buyer.address().to_string())["nonce"].as_u64().unwrap();
+        let txs: Vec<_> = round
+            .iter()
+            .enumerate()
+            .map(|(i, k)| transfer(&buyer, n0 + i as u64, k.address(), Amount::agr(1), &chain))
+            .collect();
+        assert_eq!(post(&apis[3], &txs).0, round.len() as u64);
+        let last = round.last().unwrap().address().to_string();
+        wait_until("a funding round committed", Duration::from_secs(120), || {
+            account(&apis[3], &last)["balance"].as_str().is_some_and(|b| b != "0")
+        });
+    }
+    // 10,080 minimum-fee transfers, each affordable (1 AGR pays 63 × (fee + 1 µAGR)).
+    let flood: Vec<_> = funded
+        .iter()
+        .flat_map(|k| (0..TXS_PER_FUNDED_KEY).map(move |n| (k, n)))
+        .map(|(k, n)| transfer(k, n, sink_addr, Amount(1), &chain))
+        .collect();
+    let h1 = height(&apis[3]);
+    // All through one node, whose pool fills (gossip spreads only part of
+    // such a burst to the others).
+    let (accepted, codes) = post(&apis[0], &flood);
+    let full = codes.get("mempool_full").copied().unwrap_or(0);
+    assert_eq!(accepted + full, flood.len() as u64, "only load refusals: {codes:?}");
+    assert!(accepted >= 5_000, "the paid flood was admitted: {accepted} ({codes:?})");
+    let pools: Vec<u64> = apis.iter().map(|a| mempool(a)).collect();
+    eprintln!("flood: {accepted} admitted, refused {codes:?}, pools {pools:?} at height {h1}");
+
+    // A user paying ten times the minimum goes first; one paying the minimum waits its turn.
+    let paying = std::thread::scope(|s| {
+        let high =
+            s.spawn(|| agora(&["--home", &buyer_home, "transfer", &sink, "1", "--fee", "0.01", "--node", &apis[0]]));
+        let low = agora(&["--home", &buyer_home, "transfer", &sink, "1", "--key", "second", "--node", &apis[0]]);
+        (high.join().unwrap(), low)
+    });
+    eprintln!("low-fee user's stderr: {}", String::from_utf8_lossy(&paying.1.stderr));
+    let (high, low) = (ok(paying.0), ok(paying.1));
+    eprintln!("high fee: {high}low fee: {low}");
+    assert!(committed_at(&high) <= h1 + 10, "the higher fee committed at {} after {h1}", committed_at(&high));
+    assert!(committed_at(&low) <= h1 + 10, "the minimum fee committed at {} after {h1}", committed_at(&low));
+    assert!(committed_at(&high) <= committed_at(&low), "the higher fee never goes after the lower");
+
+    // The flood is paid for: the fees went to proposers, and every node goes on.
+    let h2 = height(&apis[3]);
+    wait_until("every node 3 blocks further", Duration::from_secs(120), || apis.iter().all(|a| height(a) >= h2 + 3));
+    let spent =
+        funded.iter().filter(|k| account(&apis[3], &k.address().to_string())["nonce"].as_u64() > Some(0)).count();
+    assert!(spent > FUNDED_KEYS / 2, "only {spent} flooding keys paid anything");
+}
