@@ -91,6 +91,10 @@ pub enum Error {
     // --- storage ---
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    #[error("durable file: {0}")]
+    Durable(#[from] crate::durable::DurableError),
+    #[error("{0}")]
+    SignRefused(String),
     #[error("store is corrupt at height {height}: {reason}")]
     Corrupt { height: Height, reason: String },
     #[error("no ledger store at {0}")]
@@ -107,6 +111,7 @@ impl Error {
         matches!(
             self,
             Error::Storage(_)
+                | Error::Durable(_)
                 | Error::Corrupt { .. }
                 | Error::NoStore(_)
                 | Error::GenesisMismatch { .. }

@@ -1,10 +1,13 @@
 //! The agora ledger: a deterministic state machine (accounts, stake, providers,
-//! lease escrow, slashing) with no I/O and no clocks, and the one module that
-//! touches disk, `store`, which commits blocks to sled atomically.
+//! lease escrow, slashing) with no I/O and no clocks, and the modules that
+//! touch disk: `store`, which commits blocks to sled atomically, and
+//! `durable`, the fdatasync'd files under the consensus WAL and the
+//! double-sign guard.
 
 mod accounts;
 pub mod apply;
 pub mod consensus;
+pub mod durable;
 pub mod error;
 pub mod events;
 pub mod genesis;

@@ -1,9 +1,11 @@
 //! The durable block store and state store on sled: the only ledger module
 //! that does I/O. A commit writes the block, its certificate, the new tip and
-//! (every `SNAPSHOT_INTERVAL_BLOCKS`) a state snapshot in one sled transaction,
-//! drops the consensus WAL of that height, and flushes before returning. Opening verifies the whole hash chain, loads the
-//! newest snapshot and replays the blocks after it; any inconsistency is an
-//! error naming the height.
+//! (every `SNAPSHOT_INTERVAL_BLOCKS`) a state snapshot in one sled transaction
+//! and flushes before returning. Opening verifies the whole hash chain, loads
+//! the newest snapshot and replays the blocks after it; any inconsistency is an
+//! error naming the height. sled's flush is not an fsync: a power cut may lose
+//! the newest blocks, which peers supply again. What must never be lost (the
+//! consensus WAL, the double-sign guard) lives in `durable` files instead.
 
 use std::path::Path;
 
@@ -14,7 +16,6 @@ use sled::transaction::ConflictableTransactionError;
 use sled::{Transactional, Tree};
 
 use crate::apply::{BlockOutcome, SigCheck, apply_block, apply_block_pending, finish_block};
-use crate::consensus::WalEntry;
 use crate::error::Error;
 use crate::genesis::Genesis;
 use crate::state::{State, StateData};
@@ -40,7 +41,6 @@ pub struct Store {
     blocks: Tree,
     snapshots: Tree,
     certificates: Tree,
-    wal: Tree,
     genesis: Genesis,
     state: State,
     snapshot_height: Option<Height>,
@@ -48,20 +48,6 @@ pub struct Store {
 
 fn key(h: Height) -> [u8; 8] {
     h.0.to_be_bytes()
-}
-
-fn parse_wal_key(k: &[u8]) -> Option<(Height, u64)> {
-    let k: &[u8; 16] = k.try_into().ok()?;
-    let (h, seq) = k.split_at(8);
-    Some((Height(u64::from_be_bytes(h.try_into().ok()?)), u64::from_be_bytes(seq.try_into().ok()?)))
-}
-
-/// WAL keys sort by height, then append order.
-fn wal_key(h: Height, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&h.0.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
 }
 
 fn corrupt(height: Height, reason: impl Into<String>) -> Error {
@@ -110,7 +96,6 @@ impl Store {
             blocks: db.open_tree("blocks")?,
             snapshots: db.open_tree("snapshots")?,
             certificates: db.open_tree("certificates")?,
-            wal: db.open_tree("wal")?,
             state: genesis.state()?,
             genesis,
             db,
@@ -237,11 +222,8 @@ impl Store {
         let snapshot =
             if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
         let previous = self.snapshot_height;
-        // WAL entries of this height and below are obsolete once it commits.
-        let stale_wal: Vec<sled::IVec> =
-            self.wal.range(..wal_key(height.next(), 0)).keys().collect::<Result<_, _>>()?;
-        (&self.meta, &self.blocks, &self.snapshots, &self.certificates, &self.wal).transaction(
-            |(meta, blocks, snapshots, certificates, wal)| {
+        (&self.meta, &self.blocks, &self.snapshots, &self.certificates).transaction(
+            |(meta, blocks, snapshots, certificates)| {
                 blocks.insert(&key(height), block_bytes.as_slice())?;
                 meta.insert(META_TIP, &key(height))?;
                 if let Some(cert) = &cert_bytes {
@@ -253,9 +235,6 @@ impl Store {
                         snapshots.remove(&key(prev))?;
                     }
                 }
-                for k in &stale_wal {
-                    wal.remove(k)?;
-                }
                 Ok::<(), ConflictableTransactionError<Error>>(())
             },
         )?;
@@ -264,29 +243,6 @@ impl Store {
             self.snapshot_height = Some(height);
         }
         Ok(())
-    }
-
-    /// Appends a consensus write-ahead-log entry for `height`, durable when
-    /// this returns (Malachite's WalAppend contract).
-    pub fn wal_append(&self, height: Height, entry: &WalEntry) -> Result<(), Error> {
-        let seq = match self.wal.last()? {
-            None => 0,
-            Some((k, _)) => parse_wal_key(&k).ok_or_else(|| corrupt(height, "malformed wal key"))?.1 + 1,
-        };
-        self.wal.insert(wal_key(height, seq), codec::encode(entry)?)?;
-        self.wal.flush()?;
-        Ok(())
-    }
-
-    /// Every WAL entry in append order, with its height.
-    pub fn wal_entries(&self) -> Result<Vec<(Height, WalEntry)>, Error> {
-        let mut out = Vec::new();
-        for item in self.wal.iter() {
-            let (k, v) = item?;
-            let (height, _) = parse_wal_key(&k).ok_or_else(|| corrupt(self.height(), "malformed wal key"))?;
-            out.push((height, codec::decode(&v).map_err(|e| corrupt(height, format!("wal: {e}")))?));
-        }
-        Ok(out)
     }
 
     /// The commit certificate stored with a block, if it was committed with one.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agora_ledger::consensus::certificate::verify_commit;
 use agora_ledger::consensus::context::ConsensusValidatorSet;
-use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, WalEntry};
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LastSigned, Recovered, WalEntry};
 use agora_ledger::testkit::{TestChain, chain_id};
 use agora_protocol::consensus::{ConsensusMessage, Vote, VoteKind};
 use agora_protocol::{Amount, CommitCertificate, CommitSig, Hash, Height, Signed};
@@ -99,7 +99,7 @@ fn a_restart_from_the_wal_re_signs_the_same_votes() {
     for step in 0..20u64 {
         for a in &actions {
             match a {
-                Action::WalAppend { height, entry } => wal.push((*height, entry.clone())),
+                Action::WalAppend { height, entry, .. } => wal.push((*height, entry.clone())),
                 Action::ScheduleTimeout { timer, .. } => timers.push_back(*timer),
                 _ => {}
             }
@@ -110,7 +110,9 @@ fn a_restart_from_the_wal_re_signs_the_same_votes() {
     }
     assert!(!votes.is_empty(), "the validator should have voted");
     assert!(wal.iter().any(|(_, e)| matches!(e, WalEntry::Vote(_))), "its votes are in the WAL");
-    let (_, replayed) = Engine::restart(chain_id(), chain.keys[me].clone(), chain.state(), None, config(), &wal, now);
+    let recovered = Recovered { wal: &wal, last_signed: None };
+    let (_, replayed) =
+        Engine::restart(chain_id(), chain.keys[me].clone(), chain.state(), None, config(), recovered, now);
     let replayed = own_votes(&replayed);
     assert!(!replayed.is_empty(), "the replay re-derives and re-sends its votes");
     for v in replayed {
@@ -227,4 +229,74 @@ fn a_proposal_naming_another_proposer_in_its_header_is_not_voted_for() {
     let mut reply = engine.handle(now, Input::Message(proposal_for(genuine)));
     reply.extend(engine.handle(now, Input::Message(ConsensusMessage::Block(signed.clone()))));
     assert!(own_votes(&reply).iter().any(|v| v.body.block == Some(genuine)), "{reply:?}");
+}
+
+/// Two different valid blocks for height 1 from the round-0 proposer (an
+/// equivocating proposer), each as the Proposal and ProposalBlock messages
+/// a validator receives.
+fn two_proposals(chain: &TestChain, now: u64) -> (usize, [(Hash, [ConsensusMessage; 2]); 2]) {
+    use agora_protocol::consensus::{Proposal, ProposalBlock};
+    let set = ConsensusValidatorSet::from_state(&chain.state());
+    let proposer_address = agora_ledger::consensus::context::select_proposer(&set, 1, 0).public_key;
+    let proposer = (0..chain.keys.len()).find(|&i| chain.keys[i].address() == proposer_address).unwrap();
+    let key = &chain.keys[proposer];
+    let messages = |time: u64| {
+        let mut state = chain.state();
+        let builder = agora_ledger::BlockBuilder::new(&mut state, agora_protocol::TimestampMs(time), proposer_address);
+        let block = builder.unwrap().finish(None).unwrap();
+        let hash = block.hash();
+        let proposal = Proposal { height: Height(1), round: 0, block: hash, pol_round: None };
+        let body = ProposalBlock { round: 0, pol_round: None, block };
+        let proposal = ConsensusMessage::Proposal(Signed::sign(proposal, key, &chain_id()).unwrap());
+        (hash, [proposal, ConsensusMessage::Block(Box::new(Signed::sign(body, key, &chain_id()).unwrap()))])
+    };
+    (proposer, [messages(now), messages(now + 1)])
+}
+
+fn feed(engine: &mut Engine, now: u64, messages: &[ConsensusMessage; 2]) -> Vec<Action> {
+    messages.iter().flat_map(|m| engine.handle(now, Input::Message(m.clone()))).collect()
+}
+
+#[test]
+fn the_double_sign_guard_is_persisted_before_a_vote_leaves_and_refuses_a_conflict_after_the_wal_is_lost() {
+    let chain = TestChain::new(4, 4, Amount::agr(1_000));
+    let now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let (proposer, [(a, block_a), (b, block_b)]) = two_proposals(&chain, now);
+    let me = (proposer + 1) % 4;
+    let mut engine = Engine::new(chain_id(), chain.keys[me].clone(), chain.state(), None, config());
+    let _ = engine.handle(now, Input::Start);
+    let actions = feed(&mut engine, now, &block_a);
+    let vote_at = actions.iter().position(
+        |a| matches!(a, Action::Broadcast(ConsensusMessage::Vote(v)) if v.signer == chain.keys[me].address()),
+    );
+    let vote_at = vote_at.expect("it prevotes block A");
+    let persisted: Vec<(usize, LastSigned)> = actions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a {
+            Action::PersistSigned(l) => Some((i, l.clone())),
+            _ => None,
+        })
+        .collect();
+    let (at, last) = persisted.last().cloned().expect("the guard's state is handed out to persist");
+    assert!(at < vote_at, "persisted before the vote is broadcast");
+    assert_eq!((last.height, last.round, last.value), (Height(1), 0, Some(a)));
+    let durable_own = actions.iter().any(|x| matches!(x, Action::WalAppend { entry: WalEntry::Vote(v), durable: true, .. } if v.signer == chain.keys[me].address()));
+    assert!(durable_own, "its own vote goes to the WAL with an fdatasync");
+
+    // A power cut takes the whole WAL (say the disk lost it); the guard's file survived.
+    let lost = Recovered { wal: &[], last_signed: Some(&last) };
+    let (mut engine, _) = Engine::restart(chain_id(), chain.keys[me].clone(), chain.state(), None, config(), lost, now);
+    let actions = feed(&mut engine, now, &block_b);
+    assert!(
+        !own_votes(&actions).iter().any(|v| v.signer == chain.keys[me].address() && v.body.block == Some(b)),
+        "no prevote for the equivocating proposer's second block"
+    );
+    assert!(actions.iter().any(|x| matches!(x, Action::SignRefused(r) if r.contains("already signed Prevote"))));
+
+    // Without the guard's state the same restart signs the conflicting vote: the check above could fail.
+    let (mut engine, _) =
+        Engine::restart(chain_id(), chain.keys[me].clone(), chain.state(), None, config(), Recovered::default(), now);
+    let actions = feed(&mut engine, now, &block_b);
+    assert!(own_votes(&actions).iter().any(|v| v.signer == chain.keys[me].address() && v.body.block == Some(b)));
 }

@@ -131,32 +131,39 @@ fn a_corrupt_snapshot_is_reported_with_its_height() {
 }
 
 #[test]
-fn certificates_and_the_wal_persist_and_commit_clears_the_wal() {
-    use agora_ledger::consensus::WalEntry;
+fn certificates_persist_and_the_wal_file_keeps_what_was_not_committed() {
+    use agora_ledger::consensus::{WalEntry, WalFile};
     use agora_protocol::consensus::{Vote, VoteKind};
     use agora_protocol::{CommitCertificate, Hash, Signed};
     let dir = tempfile::tempdir().unwrap();
+    let wal_path = dir.path().join("consensus.wal");
     let chain = chain();
     let vote = |h: u64| {
         let body = Vote { kind: VoteKind::Prevote, height: Height(h), round: 0, block: Some(Hash([h as u8; 32])) };
         WalEntry::Vote(Signed::sign(body, &chain.keys[0], &agora_ledger::testkit::chain_id()).unwrap())
     };
     {
-        let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
-        store.wal_append(Height(1), &vote(1)).unwrap();
-        store.wal_append(Height(2), &vote(2)).unwrap();
+        let mut store = Store::open(&dir.path().join("ledger"), &chain.genesis).unwrap();
+        let (mut wal, none) = WalFile::open(&wal_path).unwrap();
+        assert!(none.is_empty());
+        wal.append(Height(1), &vote(1), true).unwrap();
+        wal.append(Height(2), &vote(2), false).unwrap();
         let mut scratch = store.state().clone();
         let block = chain.next_block(&mut scratch, vec![]).unwrap();
         let cert = CommitCertificate { height: Height(1), round: 0, block_hash: block.hash(), signatures: vec![] };
         store.commit_certified(&block, &cert).unwrap();
-        store.wal_append(Height(2), &vote(22)).unwrap();
+        wal.prune_through(Height(1)).unwrap();
+        wal.append(Height(2), &vote(22), true).unwrap();
     }
     // Reopened from the genesis recorded inside the store.
-    let store = Store::open_existing(dir.path()).unwrap();
+    let store = Store::open_existing(&dir.path().join("ledger")).unwrap();
     assert_eq!(store.height(), Height(1));
     assert_eq!(store.certificate(Height(1)).unwrap().unwrap().height, Height(1));
     assert!(store.certificate(Height(2)).unwrap().is_none());
-    let wal = store.wal_entries().unwrap();
-    assert_eq!(wal, vec![(Height(2), vote(2)), (Height(2), vote(22))], "height 1's entries went with its commit");
+    let (mut wal, entries) = WalFile::open(&wal_path).unwrap();
+    assert_eq!(entries, vec![(Height(2), vote(2)), (Height(2), vote(22))], "height 1's entries went with its commit");
+    wal.prune_through(Height(2)).unwrap();
+    assert!(WalFile::open(&wal_path).unwrap().1.is_empty());
+    assert_eq!(std::fs::metadata(&wal_path).unwrap().len(), 0, "truncated in place");
     assert!(matches!(Store::open_existing(&dir.path().join("nope")), Err(Error::NoStore(_))));
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_ledger::consensus::mempool::AddError;
-use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Timer};
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Recovered, SignerFile, Timer, WalFile};
 use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
 use agora_protocol::codec;
@@ -237,6 +237,8 @@ pub struct Daemon {
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
     own_pending: std::collections::BTreeMap<u64, (TxKind, Height)>,
     store: Store,
+    /// What must survive a power cut: the consensus WAL and the double-sign guard.
+    durable: Durable,
     engine: Engine,
     swarm: Swarm<Behaviour>,
     timers: HashMap<Timer, Instant>,
@@ -252,6 +254,12 @@ pub struct Daemon {
     last_redial: Instant,
     /// Encoded transactions whose gossip found no subscribed peer yet.
     unpublished: std::collections::VecDeque<Vec<u8>>,
+}
+
+/// The validator's fdatasync'd files (see agora_ledger::durable).
+struct Durable {
+    wal: WalFile,
+    signer: SignerFile,
 }
 
 impl Daemon {
@@ -288,7 +296,8 @@ impl Daemon {
         let admin_token = admin_token(home, config, &genesis.chain_id)?;
         let store = Store::open(&config.ledger_dir(home), &genesis)?;
         audit(store.state())?;
-        let wal = store.wal_entries()?;
+        let (wal_file, wal) = WalFile::open(&config.wal_path(home))?;
+        let (signer, last_signed) = SignerFile::open(&config.signer_state_path(home))?;
         let last_commit = store.certificate(store.height())?;
         let engine_config = EngineConfig {
             commit_pause: Duration::from_millis(config.commit_pause_ms),
@@ -302,9 +311,10 @@ impl Daemon {
             store.state().clone(),
             last_commit,
             engine_config,
-            &wal,
+            Recovered { wal: &wal, last_signed: last_signed.as_ref() },
             now_ms(),
         );
+        let durable = Durable { wal: wal_file, signer };
         let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?)?;
         for t in TOPICS {
             swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
@@ -373,6 +383,7 @@ impl Daemon {
             bootstrap,
             last_redial: Instant::now(),
             store,
+            durable,
             engine,
             swarm,
             timers: HashMap::new(),
@@ -532,8 +543,19 @@ impl Daemon {
                 Action::ScheduleTimeout { timer, after } => _ = self.timers.insert(timer, Instant::now() + after),
                 Action::CancelTimeout(timer) => _ = self.timers.remove(&timer),
                 Action::CancelAllTimeouts => self.timers.retain(|t, _| t.is_next_height()),
-                Action::WalAppend { height, entry } => {
-                    self.store.wal_append(height, &entry).map_err(|e| Error::Halt(format!("consensus WAL: {e}")))?
+                Action::WalAppend { height, entry, durable } => self
+                    .durable
+                    .wal
+                    .append(height, &entry, durable)
+                    .map_err(|e| Error::Halt(format!("consensus WAL: {e}")))?,
+                Action::PersistSigned(last) => self
+                    .durable
+                    .signer
+                    .write(&last)
+                    .map_err(|e| Error::Halt(format!("double-sign guard state: {e}")))?,
+                Action::SignRefused(reason) => {
+                    self.shared.metrics.sign_refused.inc();
+                    tracing::error!(%reason, "double-sign guard: not signing; following the other validators");
                 }
                 Action::Commit { block, certificate, events } => {
                     let previous_time = self.store.state().time_ms().0;
@@ -541,6 +563,10 @@ impl Daemon {
                     self.store
                         .commit_decided(&block, &certificate)
                         .map_err(|e| Error::Halt(format!("committing a decided block: {e}")))?;
+                    self.durable
+                        .wal
+                        .prune_through(block.header.height)
+                        .map_err(|e| Error::Halt(format!("consensus WAL: {e}")))?;
                     if audit_due(block.header.height.0) {
                         audit(self.store.state())?;
                     }

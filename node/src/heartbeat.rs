@@ -5,7 +5,6 @@
 //! in an fdatasync'd file before any signature; probes are answered from the
 //! latest heartbeat, so a prober cannot make the provider sign at will.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,7 +66,9 @@ impl HeartbeatSigner {
     ) -> Result<Signed<Heartbeat>, Error> {
         let seq = next_seq(self.last, now_ms);
         if let Some(reserve) = reservation_for(seq, self.reserved) {
-            write_durably(&self.path, &reserve.to_string())?;
+            // Survives a power cut: temp file, fdatasync, rename, directory fsync.
+            agora_ledger::durable::write_atomically(&self.path, reserve.to_string().as_bytes())
+                .map_err(agora_ledger::Error::from)?;
             self.reserved = reserve;
         }
         self.last = seq;
@@ -80,20 +81,6 @@ impl HeartbeatSigner {
     pub fn recent(&self) -> Option<Signed<Heartbeat>> {
         self.latest.as_ref().filter(|(_, at)| at.elapsed() <= PROBE_ANSWER_MAX_AGE).map(|(hb, _)| hb.clone())
     }
-}
-
-/// Writes `text` to `path` so that it survives a power cut: a temporary file,
-/// fdatasync'd, renamed over the old one, and the directory synced.
-fn write_durably(path: &Path, text: &str) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(Error::io(&tmp))?;
-    f.sync_data().map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io(dir))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub peers: Gauge,
     pub mempool: Gauge,
     pub mempool_bytes: Gauge,
+    /// Signatures the double-sign guard refused (each one a lost WAL or a bug).
+    pub sign_refused: Counter,
     /// Milliseconds between the last two committed blocks (block time).
     pub block_interval_ms: Gauge<u64, AtomicU64>,
     pub committed_txs: Counter,
@@ -50,6 +52,7 @@ impl Metrics {
             peers: Gauge::default(),
             mempool: Gauge::default(),
             mempool_bytes: Gauge::default(),
+            sign_refused: Counter::default(),
             block_interval_ms: Gauge::default(),
             committed_txs: Counter::default(),
             gossip: Family::default(),
@@ -72,6 +75,7 @@ impl Metrics {
         r.register("peers", "Connected peers", m.peers.clone());
         r.register("mempool_txs", "Transactions waiting in the mempool", m.mempool.clone());
         r.register("mempool_bytes", "Encoded bytes waiting in the mempool", m.mempool_bytes.clone());
+        r.register("sign_refused", "Signatures refused by the double-sign guard", m.sign_refused.clone());
         r.register("block_interval_ms", "Time between the last two blocks", m.block_interval_ms.clone());
         r.register("committed_txs", "Transactions committed since start", m.committed_txs.clone());
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());

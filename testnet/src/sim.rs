@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use agora_ledger::consensus::certificate::verify_commit;
 use agora_ledger::consensus::context::ConsensusValidatorSet;
-use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LinearTimeouts, Timer, WalEntry};
+use agora_ledger::consensus::{
+    Action, Engine, EngineConfig, Input, LastSigned, LinearTimeouts, Recovered, Timer, WalEntry,
+};
 use agora_ledger::testkit::{TestChain, sign_tx, transfer};
 use agora_ledger::{Genesis, SigCheck, State, apply_block};
 use agora_node::liveness::{HeartbeatVerdict, Liveness};
@@ -151,6 +153,9 @@ pub struct SimReport {
     pub trace: Hash,
     /// Long outages that lasted past the slashing bound (each was slashed, once).
     pub long_outages_slashed: u64,
+    /// Signatures an honest node's double-sign guard refused after a crash
+    /// (0 while the WAL keeps every own vote, as it must).
+    pub sign_refusals: u64,
 }
 
 /// Most blocks one sync response carries.
@@ -211,14 +216,42 @@ enum Event {
     FalseAttestation,
 }
 
+/// A validator's durable files as a power cut leaves them: WAL appends not
+/// yet followed by an fdatasync are lost at a crash (the daemon syncs on its
+/// own votes and proposals; an fdatasync also persists every earlier append).
+#[derive(Default)]
+struct SimDisk {
+    wal: Vec<(Height, WalEntry)>,
+    wal_unsynced: Vec<(Height, WalEntry)>,
+    signed: Option<LastSigned>,
+}
+
+impl SimDisk {
+    fn append(&mut self, height: Height, entry: WalEntry, durable: bool) {
+        self.wal_unsynced.push((height, entry));
+        if durable {
+            self.wal.append(&mut self.wal_unsynced);
+        }
+    }
+
+    fn crash(&mut self) {
+        self.wal_unsynced.clear();
+    }
+
+    fn prune_through(&mut self, h: u64) {
+        self.wal.retain(|(wh, _)| wh.0 > h);
+        self.wal_unsynced.retain(|(wh, _)| wh.0 > h);
+    }
+}
+
 struct SimNode {
     engine: Engine,
     timers: Vec<(Timer, u64)>,
     height: u64,
     /// What this node persisted: its committed blocks with certificates…
     store: Vec<(Block, CommitCertificate)>,
-    /// …and its write-ahead log for the height in progress.
-    wal: Vec<(Height, WalEntry)>,
+    /// …its write-ahead log and double-sign guard state.
+    disk: SimDisk,
     alive: bool,
     liveness: Liveness,
 }
@@ -248,6 +281,8 @@ pub struct Sim {
     /// Every vote an honest node signed, to catch double signing across restarts.
     signed_votes: BTreeMap<(Address, u64, u32, VoteKind), Option<Hash>>,
     evidence: u64,
+    /// Signatures honest nodes' double-sign guards refused (after a crash).
+    sign_refusals: u64,
     providers: Vec<SimProvider>,
     /// Liveness runs go on until this sim time.
     liveness_until_ms: u64,
@@ -287,7 +322,7 @@ impl Sim {
                     timers: Vec::new(),
                     height: 0,
                     store: Vec::new(),
-                    wal: Vec::new(),
+                    disk: SimDisk::default(),
                     alive: true,
                     liveness: Liveness::new(SIM_WINDOW_BLOCKS, Height(0)),
                 }
@@ -330,6 +365,7 @@ impl Sim {
             partition: None,
             byzantine: config.byzantine.then_some(config.validators - 1),
             signed_votes: BTreeMap::new(),
+            sign_refusals: 0,
             evidence: 0,
             providers,
             liveness_until_ms: 0,
@@ -632,6 +668,7 @@ impl Sim {
             set_changes: self.sets.values().zip(self.sets.values().skip(1)).filter(|(a, b)| a != b).count() as u64,
             trace: Hash(*self.trace.finalize().as_bytes()),
             long_outages_slashed,
+            sign_refusals: self.sign_refusals,
         })
     }
 
@@ -676,8 +713,10 @@ impl Sim {
                 Ok(())
             }
             Event::Crash { node } => {
-                // Everything in memory is lost; the store and the WAL survive.
+                // Everything in memory is lost, and WAL appends not yet synced;
+                // the store, the synced WAL and the guard's state survive.
                 self.nodes[node].alive = false;
+                self.nodes[node].disk.crash();
                 self.nodes[node].timers.clear();
                 Ok(())
             }
@@ -774,7 +813,7 @@ impl Sim {
             ledger,
             last_commit,
             self.engine_config.clone(),
-            &self.nodes[node].wal,
+            Recovered { wal: &self.nodes[node].disk.wal, last_signed: self.nodes[node].disk.signed.as_ref() },
             self.now_ms,
         );
         self.nodes[node].engine = engine;
@@ -801,7 +840,9 @@ impl Sim {
             // The engine asks for sync itself (`SyncNeeded`).
             Action::MissingBlock { .. } => {}
             Action::SyncNeeded { have } => self.serve_sync(node, have.0),
-            Action::WalAppend { height, entry } => self.nodes[node].wal.push((height, entry)),
+            Action::WalAppend { height, entry, durable } => self.nodes[node].disk.append(height, entry, durable),
+            Action::PersistSigned(last) => self.nodes[node].disk.signed = Some(last),
+            Action::SignRefused(_) => self.sign_refusals += 1,
             Action::Evidence(e) => {
                 if Some(node) != self.byzantine
                     && self.byzantine.is_some_and(|b| e.first.signer == self.keys[b].address())
@@ -959,7 +1000,7 @@ impl Sim {
         let n = &mut self.nodes[node];
         n.height = h;
         n.store.push((block.clone(), cert.clone()));
-        n.wal.retain(|(wh, _)| wh.0 > h);
+        n.disk.prune_through(h);
         self.liveness_after_commit(node, Height(h), hash)
     }
 

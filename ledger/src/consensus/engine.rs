@@ -12,7 +12,7 @@ use agora_protocol::consensus::{
 };
 use agora_protocol::limits::MAX_VALIDATORS;
 use agora_protocol::{
-    Block, ChainId, CommitCertificate, CommitSig, Hash, Height, Keypair, Signed, SignedTx, TimestampMs,
+    Address, Block, ChainId, CommitCertificate, CommitSig, Hash, Height, Keypair, Signed, SignedTx, TimestampMs,
 };
 use malachite_core_consensus::{
     self as mcc, Effect, LocallyProposedValue, ProposedValue, Resumable, Resume, SignedConsensusMsg,
@@ -29,6 +29,7 @@ use super::context::{
     ValidatorAddress, pol_round_of, round_of, select_proposer,
 };
 use super::mempool::Mempool;
+use super::signer::{LastSigned, SignGuard, SignStep};
 use super::wal::WalEntry;
 use crate::apply::{BlockBuilder, SigCheck, apply_block, apply_block_pending, verify_tx_signatures_where};
 use crate::error::Error;
@@ -131,12 +132,21 @@ pub enum Action {
     },
     CancelTimeout(Timer),
     CancelAllTimeouts,
-    /// Append to the write-ahead log; must be durable before any later action
-    /// (in particular before the broadcast of the vote it records).
+    /// Append to the write-ahead log before any later action. `durable`
+    /// (this node's own vote or proposal): on disk before the next action,
+    /// in particular the broadcast of what it records; others' entries may
+    /// be written lazily (losing them costs a re-gossip, not safety).
     WalAppend {
         height: Height,
         entry: WalEntry,
+        durable: bool,
     },
+    /// The double-sign guard's new state: must be durable before any later
+    /// action (a signature is about to leave).
+    PersistSigned(LastSigned),
+    /// The guard refused a signature that would conflict with one this node
+    /// made before (its WAL was lost): nothing was signed; say so loudly.
+    SignRefused(String),
     /// Persist this block with its certificate before acting on anything else;
     /// the WAL entries of this height and below may then be dropped.
     Commit {
@@ -157,21 +167,91 @@ pub enum Action {
     Evidence(VoteEquivocation),
 }
 
-/// Everything the effect handler needs, split from Malachite's state so both
-/// can be borrowed at once.
-struct Host {
-    chain: ChainId,
-    key: Keypair,
-    config: EngineConfig,
-    ledger: State,
-    mempool: Mempool,
-    /// Blocks proposed at the current height, by hash.
+/// Blocks proposed at the current height.
+#[derive(Default)]
+struct Proposed {
+    /// By hash.
     blocks: BTreeMap<Hash, Block>,
     /// Whether each of those blocks applies: a re-sent copy (any round, any
     /// relayer) is not validated again.
     validity: BTreeMap<Hash, bool>,
     /// Signed proposed blocks for the next height, checked once we get there.
-    future_blocks: VecDeque<Signed<ProposalBlock>>,
+    future: VecDeque<Signed<ProposalBlock>>,
+    /// The proposer's signature on each (round, block) seen, so a restream
+    /// re-sends the proposer's own message instead of signing anything.
+    signatures: BTreeMap<(u32, Hash), (Address, Option<u32>, agora_protocol::Signature)>,
+}
+
+impl Proposed {
+    fn remember(&mut self, signed: &Signed<ProposalBlock>, hash: Hash) {
+        if self.signatures.len() < MAX_PENDING_BLOCKS * 4 {
+            let key = (signed.body.round, hash);
+            self.signatures.entry(key).or_insert((signed.signer, signed.body.pol_round, signed.signature));
+        }
+    }
+
+    /// The signed message for a (round, block) seen at this height.
+    fn signed(&self, round: u32, hash: Hash) -> Option<Signed<ProposalBlock>> {
+        let (signer, pol_round, signature) = *self.signatures.get(&(round, hash))?;
+        let block = self.blocks.get(&hash)?.clone();
+        Some(Signed { body: ProposalBlock { round, pol_round, block }, signer, signature })
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.validity.clear();
+        self.signatures.clear();
+    }
+}
+
+/// This validator's key behind its double-sign guard.
+struct Signer {
+    key: Keypair,
+    guard: SignGuard,
+    /// Steps this node signed before a restart, found in its WAL: replaying
+    /// them re-derives those signatures, which the guard lets through.
+    replayed: Vec<LastSigned>,
+    /// Rounds this node proposed in before a restart (from its WAL). The
+    /// block itself was in memory and is gone; proposing again there would
+    /// mean a second, different block for one round, so it does not.
+    proposed_before: Vec<(Height, u32)>,
+}
+
+impl Signer {
+    /// Signs `body` for the step `asked` if the guard allows it; a new step
+    /// is handed out to be persisted (`Action::PersistSigned`) ahead of any
+    /// action that could carry the signature off the node.
+    fn sign<T: agora_protocol::Signable>(
+        &mut self,
+        body: T,
+        asked: LastSigned,
+        chain: &ChainId,
+        actions: &mut Vec<Action>,
+    ) -> Result<Signed<T>, Error> {
+        if !self.replayed.contains(&asked) {
+            match self.guard.check(asked) {
+                Ok(Some(new)) => actions.push(Action::PersistSigned(new)),
+                Ok(None) => {}
+                Err(conflict) => {
+                    let reason = conflict.to_string();
+                    actions.push(Action::SignRefused(reason.clone()));
+                    return Err(Error::SignRefused(reason));
+                }
+            }
+        }
+        Ok(Signed::sign(body, &self.key, chain)?)
+    }
+}
+
+/// Everything the effect handler needs, split from Malachite's state so both
+/// can be borrowed at once.
+struct Host {
+    chain: ChainId,
+    signer: Signer,
+    config: EngineConfig,
+    ledger: State,
+    mempool: Mempool,
+    proposed: Proposed,
     /// The certificate of the last committed block, carried by the next block.
     last_commit: Option<CommitCertificate>,
     now_ms: u64,
@@ -184,6 +264,14 @@ struct Host {
 pub struct Engine {
     mc: McState,
     host: Host,
+}
+
+/// What a restarting validator kept on disk: its consensus WAL and the last
+/// step its double-sign guard recorded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovered<'a> {
+    pub wal: &'a [(Height, WalEntry)],
+    pub last_signed: Option<&'a LastSigned>,
 }
 
 fn validator_set(ledger: &State) -> ConsensusValidatorSet {
@@ -217,13 +305,11 @@ impl Engine {
         );
         let host = Host {
             chain,
-            key,
+            signer: Signer { key, guard: SignGuard::default(), replayed: Vec::new(), proposed_before: Vec::new() },
             config,
             ledger,
             mempool: Mempool::default(),
-            blocks: BTreeMap::new(),
-            validity: BTreeMap::new(),
-            future_blocks: VecDeque::new(),
+            proposed: Proposed::default(),
             last_commit,
             now_ms: 0,
             last_sync_request_ms: None,
@@ -233,21 +319,36 @@ impl Engine {
         Engine { mc, host }
     }
 
-    /// Restarts an engine after a crash: `wal` holds the entries logged for
-    /// the height after the ledger's tip (older ones are ignored). Replaying
-    /// them re-derives this node's own votes, which Malachite checks against
-    /// the log and re-uses, so nothing is signed twice differently. Returns
-    /// the engine and the actions of the replay (timers and re-broadcasts).
+    /// Restarts an engine after a crash: `recovered.wal` holds the entries
+    /// logged for the height after the ledger's tip (older ones are ignored).
+    /// Replaying them re-derives this node's own votes, which Malachite checks
+    /// against the log and re-uses, so nothing is signed twice differently;
+    /// `recovered.last_signed` arms the double-sign guard in case the WAL lost
+    /// something. Returns the engine and the actions of the replay (timers
+    /// and re-broadcasts).
     pub fn restart(
         chain: ChainId,
         key: Keypair,
         ledger: State,
         last_commit: Option<CommitCertificate>,
         config: EngineConfig,
-        wal: &[(Height, WalEntry)],
+        recovered: Recovered<'_>,
         now_ms: u64,
     ) -> (Engine, Vec<Action>) {
+        let wal = recovered.wal;
+        let me = key.address();
         let mut engine = Engine::new(chain, key, ledger, last_commit, config);
+        engine.host.signer.guard = SignGuard::new(recovered.last_signed.cloned());
+        engine.host.signer.replayed =
+            wal.iter().filter(|(_, e)| e.signer() == Some(me)).filter_map(|(_, e)| e.signed_step()).collect();
+        engine.host.signer.proposed_before = engine
+            .host
+            .signer
+            .replayed
+            .iter()
+            .filter(|s| s.step == SignStep::Proposal)
+            .map(|s| (s.height, s.round))
+            .collect();
         let height = engine.host.ledger.height().next();
         let inputs: Vec<McInput> = wal.iter().filter(|(h, _)| *h == height).map(|(_, e)| e.to_input(height)).collect();
         engine.mc.index_wal_entries(inputs.iter());
@@ -260,6 +361,7 @@ impl Engine {
         engine.host.followups.extend(inputs);
         engine.run_followups();
         engine.mc.reset_entries_index();
+        engine.host.signer.replayed.clear();
         // Entries replayed above were already durable; do not log them twice.
         engine.host.actions.retain(|a| !matches!(a, Action::WalAppend { .. }));
         let actions = std::mem::take(&mut engine.host.actions);
@@ -325,14 +427,14 @@ impl Engine {
     /// Feeds the blocks that arrived before this node reached their height.
     fn replay_future_blocks(&mut self) {
         let height = self.mc.height();
-        self.host.future_blocks.retain(|b| b.body.block.header.height.0 >= height.0);
-        if !self.host.future_blocks.iter().any(|b| b.body.block.header.height.0 == height.0) {
+        self.host.proposed.future.retain(|b| b.body.block.header.height.0 >= height.0);
+        if !self.host.proposed.future.iter().any(|b| b.body.block.header.height.0 == height.0) {
             return;
         }
-        let (ready, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.host.future_blocks)
+        let (ready, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.host.proposed.future)
             .into_iter()
             .partition(|b| b.body.block.header.height.0 == height.0);
-        self.host.future_blocks = later;
+        self.host.proposed.future = later;
         for block in ready {
             if let Some(input) = self.host.on_block(block, height, self.mc.validator_set()) {
                 self.host.followups.push_back(input);
@@ -443,12 +545,12 @@ impl Host {
         if block.header.height.0 == height.0 + 1 {
             // Its proposer is known only once the next validator set is, so
             // only the signature is checked now.
-            let queued = self.future_blocks.iter().filter(|b| b.signer == signed.signer).count();
-            if self.future_blocks.len() < MAX_FUTURE_BLOCKS
+            let queued = self.proposed.future.iter().filter(|b| b.signer == signed.signer).count();
+            if self.proposed.future.len() < MAX_FUTURE_BLOCKS
                 && queued < MAX_FUTURE_BLOCKS_PER_SIGNER
                 && signed.verify(&self.chain).is_ok()
             {
-                self.future_blocks.push_back(signed);
+                self.proposed.future.push_back(signed);
             }
             return None;
         }
@@ -461,20 +563,21 @@ impl Host {
             return None;
         }
         let hash = block.hash();
-        if !self.blocks.contains_key(&hash) && self.blocks.len() >= MAX_PENDING_BLOCKS {
+        if !self.proposed.blocks.contains_key(&hash) && self.proposed.blocks.len() >= MAX_PENDING_BLOCKS {
             return None;
         }
-        let valid = match self.validity.get(&hash) {
+        let valid = match self.proposed.validity.get(&hash) {
             Some(v) => *v,
             None => match self.check_block(block) {
-                Ok(()) => *self.validity.entry(hash).or_insert(true),
+                Ok(()) => *self.proposed.validity.entry(hash).or_insert(true),
                 // Too far ahead of this node's clock is a verdict of the moment, not of the block.
                 Err(Error::BlockTooFarAhead) => false,
-                Err(_) => *self.validity.entry(hash).or_insert(false),
+                Err(_) => *self.proposed.validity.entry(hash).or_insert(false),
             },
         };
         let validity = Validity::from_bool(valid);
-        self.blocks.entry(hash).or_insert_with(|| block.clone());
+        self.proposed.blocks.entry(hash).or_insert_with(|| block.clone());
+        self.proposed.remember(&signed, hash);
         Some(McInput::ProposedValue(
             ProposedValue {
                 height,
@@ -560,19 +663,28 @@ impl Host {
                 self.propose(height, round)?;
                 r.resume_with(())
             }
-            Effect::RestreamProposal(height, round, valid_round, _, value_id, r) => {
-                self.restream(height, round, valid_round, value_id)?;
+            Effect::RestreamProposal(height, round, valid_round, proposer, value_id, r) => {
+                self.restream(height, round, valid_round, proposer.0, value_id)?;
                 r.resume_with(())
             }
             Effect::CertVerifiedSyncValue(_, _, r) => r.resume_with(()),
             Effect::CertRejectedSyncValue(_, _, _, r) => r.resume_with(()),
             Effect::Decide(_, _, r) => r.resume_with(()),
             Effect::SignVote(vote, r) => {
-                let signature = Signed::sign(vote.vote.clone(), &self.key, &self.chain)?.signature;
+                let v = &vote.vote;
+                let step = match v.kind {
+                    VoteKind::Prevote => SignStep::Prevote,
+                    VoteKind::Precommit => SignStep::Precommit,
+                };
+                let asked = LastSigned { height: v.height, round: v.round, step, value: v.block };
+                let signature = self.signer.sign(v.clone(), asked, &self.chain, &mut self.actions)?.signature;
                 r.resume_with(SignedMessage::new(vote, signature))
             }
             Effect::SignProposal(proposal, r) => {
-                let signature = Signed::sign(proposal.proposal.clone(), &self.key, &self.chain)?.signature;
+                let p = &proposal.proposal;
+                let asked =
+                    LastSigned { height: p.height, round: p.round, step: SignStep::Proposal, value: Some(p.block) };
+                let signature = self.signer.sign(p.clone(), asked, &self.chain, &mut self.actions)?.signature;
                 r.resume_with(SignedMessage::new(proposal, signature))
             }
             Effect::VerifySignature(msg, public_key, r) => r.resume_with(self.verify_signature(&msg, &public_key)),
@@ -603,7 +715,8 @@ impl Host {
             }
             Effect::WalAppend(height, input, r) => {
                 if let Some(entry) = WalEntry::from_input(&input) {
-                    self.actions.push(Action::WalAppend { height: Height(height.0), entry });
+                    let durable = entry.signer() == Some(self.signer.key.address());
+                    self.actions.push(Action::WalAppend { height: Height(height.0), entry, durable });
                 }
                 r.resume_with(())
             }
@@ -670,10 +783,16 @@ impl Host {
         if height.0 != self.ledger.height().0 + 1 {
             return Ok(());
         }
+        let wire_round = round.as_u32().unwrap_or(0);
+        if self.signer.proposed_before.contains(&(Height(height.0), wire_round)) {
+            // Our block for this round went out before a restart (peers have
+            // it); the round goes on with it, or times out, without a second one.
+            return Ok(());
+        }
         let time = TimestampMs(self.now_ms.max(self.ledger.time_ms().0 + 1));
         let max = self.ledger.params().max_txs_per_block as usize;
         let candidates = self.mempool.candidates(&self.ledger, max);
-        let mut builder = BlockBuilder::new(&mut self.ledger, time, self.key.address())?;
+        let mut builder = BlockBuilder::new(&mut self.ledger, time, self.signer.key.address())?;
         for tx in candidates {
             // Mempool transactions were signature-checked on entry; ones that
             // no longer apply (stale nonce, spent balance) are left out.
@@ -681,26 +800,46 @@ impl Host {
         }
         let block = builder.finish(self.last_commit.clone())?;
         let hash = block.hash();
-        let wire_round = round.as_u32().unwrap_or(0);
         let proposal_block = ProposalBlock { round: wire_round, pol_round: None, block: block.clone() };
-        let signed = Signed::sign(proposal_block, &self.key, &self.chain)?;
-        self.blocks.insert(hash, block);
+        let asked =
+            LastSigned { height: Height(height.0), round: wire_round, step: SignStep::Proposal, value: Some(hash) };
+        let signed = self.signer.sign(proposal_block, asked, &self.chain, &mut self.actions)?;
+        self.proposed.blocks.insert(hash, block);
+        self.proposed.remember(&signed, hash);
         self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
         self.followups.push_back(McInput::Propose(LocallyProposedValue::new(height, round, BlockValue(hash))));
         Ok(())
     }
 
-    /// Re-sends a block we hold for a later round (re-proposal of a valid value).
-    fn restream(&mut self, height: ConsensusHeight, round: Round, valid_round: Round, hash: Hash) -> Result<(), Error> {
-        let Some(block) = self.blocks.get(&hash) else {
-            return Ok(());
-        };
-        if block.header.height.0 != height.0 {
+    /// Re-sends a proposed block (Malachite asks when it locks on it, so
+    /// every validator sees what it saw, and when its proposer re-proposes it
+    /// at a later round). The proposer's own signed message is re-sent as it
+    /// was; only this node's own re-proposal at a new round is signed, through
+    /// the double-sign guard.
+    fn restream(
+        &mut self,
+        height: ConsensusHeight,
+        round: Round,
+        valid_round: Round,
+        proposer: Address,
+        hash: Hash,
+    ) -> Result<(), Error> {
+        let wire_round = round.as_u32().unwrap_or(0);
+        if let Some(signed) = self.proposed.signed(wire_round, hash) {
+            self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
             return Ok(());
         }
-        let body =
-            ProposalBlock { round: round.as_u32().unwrap_or(0), pol_round: valid_round.as_u32(), block: block.clone() };
-        let signed = Signed::sign(body, &self.key, &self.chain)?;
+        let Some(block) = self.proposed.blocks.get(&hash) else {
+            return Ok(());
+        };
+        if block.header.height.0 != height.0 || proposer != self.signer.key.address() {
+            return Ok(());
+        }
+        let body = ProposalBlock { round: wire_round, pol_round: valid_round.as_u32(), block: block.clone() };
+        let asked =
+            LastSigned { height: Height(height.0), round: wire_round, step: SignStep::Proposal, value: Some(hash) };
+        let signed = self.signer.sign(body, asked, &self.chain, &mut self.actions)?;
+        self.proposed.remember(&signed, hash);
         self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
         Ok(())
     }
@@ -720,7 +859,7 @@ impl Host {
     /// consensus to the next height.
     fn commit(&mut self, cert: malachite_core_types::CommitCertificate<AgoraContext>) -> Result<(), Error> {
         let height = Height(cert.height.0);
-        let Some(block) = self.blocks.get(&cert.value_id).cloned() else {
+        let Some(block) = self.proposed.blocks.get(&cert.value_id).cloned() else {
             // Decided without the block (it was lost, or we restarted): any
             // peer that committed it can send it with its certificate.
             self.actions.push(Action::MissingBlock { height, hash: cert.value_id });
@@ -747,8 +886,7 @@ impl Host {
     /// start consensus on the next height.
     fn finish_commit(&mut self, block: Block, certificate: CommitCertificate, events: Vec<Event>) {
         self.last_commit = Some(certificate.clone());
-        self.blocks.clear();
-        self.validity.clear();
+        self.proposed.clear();
         self.mempool.prune(&mut self.ledger);
         self.actions.push(Action::Commit { block: Box::new(block), certificate, events });
         // The next height starts from a timer, never in the same call: a

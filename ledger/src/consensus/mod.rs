@@ -8,8 +8,10 @@ pub mod certificate;
 pub mod context;
 pub mod engine;
 pub mod mempool;
+pub mod signer;
 pub mod wal;
 
-pub use engine::{Action, Engine, EngineConfig, Input, Timer, VoteEquivocation};
+pub use engine::{Action, Engine, EngineConfig, Input, Recovered, Timer, VoteEquivocation};
 pub use malachite_core_types::LinearTimeouts;
-pub use wal::WalEntry;
+pub use signer::{LastSigned, SignGuard, SignerFile};
+pub use wal::{WalEntry, WalFile};

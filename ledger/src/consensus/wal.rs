@@ -4,6 +4,7 @@
 //! a crash the entries of the current height are replayed, so the node re-signs
 //! exactly what it signed before and never two different votes for one round.
 
+use std::path::Path;
 use std::time::Duration;
 
 use agora_protocol::codec::Wire;
@@ -13,6 +14,9 @@ use agora_protocol::{Address, Hash, Height, Signed};
 use malachite_core_consensus::{self as mcc, ProposedValue};
 use malachite_core_types::{SignedMessage, Timeout, TimeoutKind, Validity, ValueOrigin};
 use serde::{Deserialize, Serialize};
+
+use crate::durable::AppendLog;
+use crate::error::Error;
 
 use super::context::{
     AgoraContext, BlockValue, ConsensusHeight, ConsensusProposal, ConsensusVote, ValidatorAddress, pol_round_of,
@@ -116,6 +120,38 @@ impl WalEntry {
         }
     }
 
+    /// Who signed the vote or proposal this entry records, if it records one.
+    pub fn signer(&self) -> Option<Address> {
+        match self {
+            WalEntry::Vote(v) => Some(v.signer),
+            WalEntry::Proposal(p) => Some(p.signer),
+            _ => None,
+        }
+    }
+
+    /// The step a vote or proposal entry signed, for the double-sign guard.
+    pub fn signed_step(&self) -> Option<super::signer::LastSigned> {
+        use super::signer::{LastSigned, SignStep};
+        match self {
+            WalEntry::Vote(v) => Some(LastSigned {
+                height: v.body.height,
+                round: v.body.round,
+                step: match v.body.kind {
+                    agora_protocol::consensus::VoteKind::Prevote => SignStep::Prevote,
+                    agora_protocol::consensus::VoteKind::Precommit => SignStep::Precommit,
+                },
+                value: v.body.block,
+            }),
+            WalEntry::Proposal(p) => Some(LastSigned {
+                height: p.body.height,
+                round: p.body.round,
+                step: SignStep::Proposal,
+                value: Some(p.body.block),
+            }),
+            _ => None,
+        }
+    }
+
     /// The consensus message this entry carries, if any (for re-gossip).
     pub fn message(&self) -> Option<ConsensusMessage> {
         match self {
@@ -124,4 +160,64 @@ impl WalEntry {
             _ => None,
         }
     }
+}
+
+/// The consensus WAL on disk: an append-only file of (height, entry)
+/// records. This node's own votes and proposals are appended with fdatasync
+/// (which makes every earlier record durable too), others' without: losing
+/// them after a power cut costs only a re-gossip, never a second signature.
+/// Entries of committed heights are dropped at each commit.
+#[derive(Debug)]
+pub struct WalFile {
+    log: AppendLog,
+    /// The records in the file, for rewriting when a commit drops some.
+    records: Vec<(Height, Vec<u8>)>,
+}
+
+impl WalFile {
+    /// Opens (or creates) the WAL; returns it and its entries in append order.
+    pub fn open(path: &Path) -> Result<(WalFile, Vec<(Height, WalEntry)>), Error> {
+        let (log, raw) = AppendLog::open(path)?;
+        let mut records = Vec::with_capacity(raw.len());
+        let mut entries = Vec::with_capacity(raw.len());
+        for r in raw {
+            let (h, body) = r.split_at_checked(8).ok_or_else(|| corrupt(path, "record shorter than its height"))?;
+            let height = Height(u64::from_le_bytes(h.try_into().map_err(|_| corrupt(path, "bad height"))?));
+            entries.push((height, agora_protocol::codec::decode(body).map_err(|e| corrupt(path, e))?));
+            records.push((height, r));
+        }
+        Ok((WalFile { log, records }, entries))
+    }
+
+    /// Appends an entry for `height`; with `durable`, on disk when this returns.
+    pub fn append(&mut self, height: Height, entry: &WalEntry, durable: bool) -> Result<(), Error> {
+        let mut record = height.0.to_le_bytes().to_vec();
+        record.extend_from_slice(&agora_protocol::codec::encode(entry)?);
+        self.log.append(&record, durable)?;
+        self.records.push((height, record));
+        Ok(())
+    }
+
+    /// Drops the entries of `height` and below (it has committed).
+    pub fn prune_through(&mut self, height: Height) -> Result<(), Error> {
+        if self.records.iter().all(|(h, _)| *h > height) {
+            return Ok(());
+        }
+        self.records.retain(|(h, _)| *h > height);
+        let keep: Vec<Vec<u8>> = self.records.iter().map(|(_, r)| r.clone()).collect();
+        self.log.rewrite(&keep)?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Durable(crate::durable::DurableError { path: path.display().to_string(), reason: format!("WAL: {reason}") })
 }

@@ -169,6 +169,16 @@ impl NodeConfig {
     }
 
     /// The ledger store directory.
+    /// The consensus write-ahead log (an fdatasync'd append-only file).
+    pub fn wal_path(&self, home: &Path) -> PathBuf {
+        home.join(&self.data_dir).join("consensus.wal")
+    }
+
+    /// The double-sign guard's last signed step.
+    pub fn signer_state_path(&self, home: &Path) -> PathBuf {
+        home.join(&self.data_dir).join("signer.state")
+    }
+
     pub fn ledger_dir(&self, home: &Path) -> PathBuf {
         home.join(&self.data_dir).join("ledger")
     }
