@@ -2,7 +2,10 @@
 //! topic (consensus, heartbeats, attestations) with forged and malformed
 //! messages. The nodes reject them (counted in /metrics per topic), stop
 //! listening to each once its score falls below the graylist threshold, and
-//! keep committing blocks.
+//! keep committing blocks. Then the relay rules: 1,000 validly signed votes
+//! from a key that holds no validator seat are judged by the node the rogue
+//! reaches and relayed to none, and 1,000 re-published copies of one captured
+//! validator vote are one message (content ids for anyone but the signer).
 
 mod common;
 use common::*;
@@ -20,9 +23,13 @@ use futures::StreamExt;
 type MakeMessage = dyn Fn(u64, &Keypair) -> Vec<u8>;
 
 fn rejected(api: &str, topic: &str) -> u64 {
+    counted(api, topic, "rejected")
+}
+
+fn counted(api: &str, topic: &str, verdict: &str) -> u64 {
     let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
     body.lines()
-        .filter(|l| l.starts_with("agora_gossip_messages_total") && l.contains("rejected"))
+        .filter(|l| l.starts_with("agora_gossip_messages_total") && l.contains(&format!("verdict=\"{verdict}\"")))
         .filter(|l| l.contains(&format!("topic=\"{topic}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
@@ -106,7 +113,8 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
         let before = rejected(&api0, topic);
         let target = target.clone();
         let sent = runtime.block_on(async {
-            let mut swarm = build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap()).unwrap();
+            let mut swarm =
+                build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap(), Default::default()).unwrap();
             swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(topic)).unwrap();
             swarm.dial(target).unwrap();
             let mut sent = 0u64;
@@ -130,6 +138,71 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
         assert!(count >= 1, "node 0 rejected nothing on {topic}");
         assert!(count < sent, "node 0 kept processing all {sent} messages from a graylisted peer on {topic}");
     }
+
+    // Relay rules. A stranger's key signs valid votes for the current height,
+    // and a captured old validator vote is re-published over and over under
+    // fresh sequence numbers (the rogue's own gossip ids are per sequence
+    // number, so its gossipsub sends every copy).
+    let stranger = Keypair::generate().unwrap();
+    let chain = ChainId::new("agora-testnet-1").unwrap();
+    let (node0_before, node1_before) =
+        (counted(&api0, gossip::TOPIC_CONSENSUS, "ignored"), counted(&apis[1], gossip::TOPIC_CONSENSUS, "ignored"));
+    let (copies, votes) = runtime.block_on(async {
+        let lp = agora_node::identity::libp2p_keypair(&stranger).unwrap();
+        let own = lp.public().to_peer_id();
+        let mut swarm = build_swarm(lp, std::sync::Arc::new(std::sync::RwLock::new([own].into_iter().collect()))).unwrap();
+        swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS)).unwrap();
+        swarm.dial(target.clone()).unwrap();
+        let mut captured: Option<Vec<u8>> = None;
+        let (mut copies, mut votes) = (0u64, 0u64);
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        while Instant::now() < until && votes < 1_000 {
+            tokio::select! {
+                event = swarm.select_next_some() => {
+                    if let libp2p::swarm::SwarmEvent::Behaviour(agora_node::net::BehaviourEvent::Gossipsub(
+                        libp2p::gossipsub::Event::Message { message, .. },
+                    )) = event
+                    {
+                        if captured.is_none() && matches!(codec::decode::<ConsensusMessage>(&message.data), Ok(ConsensusMessage::Vote(_))) {
+                            captured = Some(message.data);
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let Some(copy) = captured.clone() else { continue };
+                    let publish = |swarm: &mut libp2p::Swarm<agora_node::net::Behaviour>, data| {
+                        swarm.behaviour_mut().gossipsub.publish(gossip::topic(gossip::TOPIC_CONSENSUS), data).is_ok()
+                    };
+                    // First the copies (the vote is stale by then: dropped at best).
+                    if copies < 1_000 {
+                        copies += u64::from(publish(&mut swarm, copy));
+                        continue;
+                    }
+                    let h = height(&api0) + 1;
+                    let v = Vote { kind: VoteKind::Prevote, height: Height(h), round: votes as u32, block: None };
+                    let msg = ConsensusMessage::Vote(Signed::sign(v, &stranger, &chain).unwrap());
+                    votes += u64::from(publish(&mut swarm, codec::encode(&msg).unwrap()));
+                }
+            }
+        }
+        (copies, votes)
+    });
+    assert!(copies == 1_000 && votes == 1_000, "the rogue published {copies} copies and {votes} votes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && counted(&api0, gossip::TOPIC_CONSENSUS, "ignored") < node0_before + 990 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let node0 = counted(&api0, gossip::TOPIC_CONSENSUS, "ignored") - node0_before;
+    let node1 = counted(&apis[1], gossip::TOPIC_CONSENSUS, "ignored") - node1_before;
+    eprintln!(
+        "relay rules: node 0 ignored {node0} consensus messages (1,000 copies + 1,000 stranger votes sent), node 1 {node1}"
+    );
+    // 1,000 stranger votes, the copies counted once (content ids), plus the
+    // late votes any node ignores after each commit.
+    assert!(node0 >= 990, "node 0 judged only {node0} of the stranger's 1,000 votes");
+    assert!(node0 < 1_000 + 300, "the 1,000 re-published copies were not one message: node 0 judged {node0}");
+    assert!(node1 < 300, "node 0 relayed the stranger's votes: node 1 ignored {node1}");
 
     // Honest nodes keep committing.
     let before: Vec<u64> = apis.iter().map(|a| height(a)).collect();

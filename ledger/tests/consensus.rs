@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agora_ledger::consensus::certificate::verify_commit;
 use agora_ledger::consensus::context::ConsensusValidatorSet;
-use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LastSigned, Recovered, WalEntry};
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, LastSigned, Recovered, Relay, WalEntry};
 use agora_ledger::testkit::{TestChain, chain_id};
 use agora_protocol::consensus::{ConsensusMessage, Vote, VoteKind};
 use agora_protocol::{Amount, CommitCertificate, CommitSig, Hash, Height, Signed};
@@ -299,4 +299,44 @@ fn the_double_sign_guard_is_persisted_before_a_vote_leaves_and_refuses_a_conflic
         Engine::restart(chain_id(), chain.keys[me].clone(), chain.state(), None, config(), Recovered::default(), now);
     let actions = feed(&mut engine, now, &block_b);
     assert!(own_votes(&actions).iter().any(|v| v.signer == chain.keys[me].address() && v.body.block == Some(b)));
+}
+
+#[test]
+fn only_current_validators_messages_for_this_height_or_the_next_are_relayed() {
+    use agora_protocol::consensus::{CertSig, VoteCertificate};
+    let chain = TestChain::new(5, 4, Amount::agr(1_000));
+    let engine = Engine::new(chain_id(), chain.keys[0].clone(), chain.state(), None, config());
+    assert_eq!(engine.height(), Height(1));
+    let vote = |signer: usize, h: u64| {
+        let v = Vote { kind: VoteKind::Prevote, height: Height(h), round: 0, block: None };
+        ConsensusMessage::Vote(Signed::sign(v, &chain.keys[signer], &chain_id()).unwrap())
+    };
+    assert_eq!(engine.relay(&vote(1, 1)), Relay::Forward);
+    assert_eq!(engine.relay(&vote(1, 2)), Relay::Forward, "the next height too");
+    assert_eq!(engine.relay(&vote(1, 9)), Relay::Ahead, "far ahead: fed (sync), not relayed");
+    assert_eq!(engine.relay(&vote(1, 0)), Relay::Drop, "an old height");
+    assert_eq!(engine.relay(&vote(4, 1)), Relay::Drop, "account 4 holds no validator seat");
+    let stranger = agora_protocol::Keypair::from_seed_phrase("consensus-stranger");
+    let v = Vote { kind: VoteKind::Prevote, height: Height(1), round: 0, block: None };
+    let forged = ConsensusMessage::Vote(Signed::sign(v, &stranger, &chain_id()).unwrap());
+    assert_eq!(engine.relay(&forged), Relay::Drop);
+    let cert = |voters: &[usize]| {
+        let votes = voters
+            .iter()
+            .map(|&i| {
+                let v = Vote { kind: VoteKind::Prevote, height: Height(1), round: 0, block: Some(Hash([1; 32])) };
+                let s = Signed::sign(v, &chain.keys[i], &chain_id()).unwrap();
+                CertSig {
+                    validator: s.signer,
+                    kind: VoteKind::Prevote,
+                    block: Some(Hash([1; 32])),
+                    signature: s.signature,
+                }
+            })
+            .collect();
+        ConsensusMessage::Certificate(VoteCertificate { height: Height(1), round: 0, round_kind: None, votes })
+    };
+    assert_eq!(engine.relay(&cert(&[0, 1, 2])), Relay::Forward);
+    assert_eq!(engine.relay(&cert(&[0, 1, 4])), Relay::Drop, "a certificate with a stranger's vote");
+    assert_eq!(engine.relay(&cert(&[])), Relay::Drop);
 }

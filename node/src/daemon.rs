@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_ledger::consensus::mempool::AddError;
-use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Recovered, SignerFile, Timer, WalFile};
+use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Recovered, Relay, SignerFile, Timer, WalFile};
 use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
 use agora_protocol::codec;
@@ -239,6 +239,8 @@ pub struct Daemon {
     store: Store,
     /// What must survive a power cut: the consensus WAL and the double-sign guard.
     durable: Durable,
+    /// The current validators' peer ids, for gossip message ids.
+    validator_peers: crate::net::gossip::ValidatorPeers,
     engine: Engine,
     swarm: Swarm<Behaviour>,
     timers: HashMap<Timer, Instant>,
@@ -315,7 +317,9 @@ impl Daemon {
             now_ms(),
         );
         let durable = Durable { wal: wal_file, signer };
-        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?)?;
+        let validator_peers = crate::net::gossip::ValidatorPeers::default();
+        update_validator_peers(&validator_peers, store.state());
+        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?, validator_peers.clone())?;
         for t in TOPICS {
             swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
         }
@@ -384,6 +388,7 @@ impl Daemon {
             last_redial: Instant::now(),
             store,
             durable,
+            validator_peers,
             engine,
             swarm,
             timers: HashMap::new(),
@@ -570,6 +575,7 @@ impl Daemon {
                     if audit_due(block.header.height.0) {
                         audit(self.store.state())?;
                     }
+                    update_validator_peers(&self.validator_peers, self.store.state());
                     let hash = block.hash();
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
@@ -811,10 +817,16 @@ impl Daemon {
     fn validate_gossip(&self, topic: &str, data: &[u8]) -> (MessageAcceptance, Option<Input>) {
         match topic {
             TOPIC_CONSENSUS => match codec::decode::<ConsensusMessage>(data) {
-                Ok(msg) if consensus_signature_ok(&msg, &self.chain) => {
-                    (MessageAcceptance::Accept, Some(Input::Message(msg)))
-                }
-                _ => (MessageAcceptance::Reject, None),
+                Err(_) => (MessageAcceptance::Reject, None),
+                // Relevance first (no signature check for what is dropped anyway).
+                Ok(msg) => match self.engine.relay(&msg) {
+                    Relay::Drop => (MessageAcceptance::Ignore, None),
+                    Relay::Ahead => (MessageAcceptance::Ignore, Some(Input::Message(msg))),
+                    Relay::Forward if consensus_signature_ok(&msg, &self.chain) => {
+                        (MessageAcceptance::Accept, Some(Input::Message(msg)))
+                    }
+                    Relay::Forward => (MessageAcceptance::Reject, None),
+                },
             },
             TOPIC_TXS => match codec::decode::<SignedTx>(data) {
                 // Not forwarded when this node would not keep it (pending
@@ -940,6 +952,18 @@ fn log_gpus(detection: &Detection) {
 }
 
 /// The cheap signature check done before forwarding consensus gossip.
+/// Sets the gossip layer's view of who the validators are (after each commit;
+/// the set changes only at epochs, so this is usually a no-op compare).
+fn update_validator_peers(peers: &crate::net::gossip::ValidatorPeers, state: &State) {
+    let now: std::collections::HashSet<PeerId> =
+        state.validators().iter().filter_map(|v| crate::identity::peer_of(&v.address).ok()).collect();
+    if let Ok(mut held) = peers.write() {
+        if *held != now {
+            *held = now;
+        }
+    }
+}
+
 fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {
     match msg {
         ConsensusMessage::Vote(v) => v.verify(chain).is_ok(),

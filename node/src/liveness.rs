@@ -43,6 +43,18 @@ pub enum HeartbeatVerdict {
     Equivocation(Box<EquivocationEvidence>),
 }
 
+/// What became of a valid gossiped attestation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attested {
+    /// From a current validator about a watched provider: kept (and
+    /// relayed), with the downtime evidence it completed, if any.
+    Kept(Option<DowntimeEvidence>),
+    /// From a key that is not a current validator, or about an account that
+    /// is not a provider: dropped, not relayed, the relayer not blamed (its
+    /// ledger may differ from ours by a block).
+    Ignored,
+}
+
 #[derive(Debug, Default)]
 pub struct Liveness {
     window: u64,
@@ -193,20 +205,22 @@ impl Liveness {
     /// Keeps a validator's attestation; returns downtime evidence once the
     /// attestations for this provider that share a window hold more than
     /// 2/3 of the power (and this node has not just submitted it).
-    /// `Err` means the attestation is invalid whatever this node's view.
+    /// `Err` means the attestation is invalid whatever this node's view;
+    /// `Ignored`, that it is not from a current validator or not about a
+    /// watched provider (not kept, not relayed).
     pub fn attestation(
         &mut self,
         att: Signed<DowntimeAttestation>,
         chain: &ChainId,
         state: &State,
-    ) -> Result<Option<DowntimeEvidence>, String> {
+    ) -> Result<Attested, String> {
         att.verify(chain).map_err(|_| "bad attestation signature".to_string())?;
         let b = &att.body;
         if b.window_end < b.window_start || b.window_end.0 - b.window_start.0 + 1 < self.window {
             return Err(format!("an attestation must cover at least {} blocks", self.window));
         }
         if !state.is_validator(&att.signer) || !is_watched(state, &b.provider) {
-            return Ok(None);
+            return Ok(Attested::Ignored);
         }
         let provider = b.provider;
         let by_validator = self.attestations.entry(provider).or_default();
@@ -214,7 +228,7 @@ impl Liveness {
         if newer {
             by_validator.insert(att.signer, att);
         }
-        Ok(self.evidence(provider, state))
+        Ok(Attested::Kept(self.evidence(provider, state)))
     }
 
     /// Evidence that is ready but not (recently) submitted, for every
@@ -376,18 +390,24 @@ mod tests {
                 DowntimeAttestation { provider: chain.address(4), window_start: Height(s), window_end: Height(e) };
             Signed::sign(body, &chain.keys[v], &c).unwrap()
         };
-        assert_eq!(l.attestation(sign(0, 11, 30), &c, &state), Ok(None));
-        assert_eq!(l.attestation(sign(1, 12, 31), &c, &state), Ok(None));
+        assert_eq!(l.attestation(sign(0, 11, 30), &c, &state), Ok(Attested::Kept(None)));
+        assert_eq!(l.attestation(sign(1, 12, 31), &c, &state), Ok(Attested::Kept(None)));
         assert!(l.attestation(sign(2, 20, 30), &c, &state).is_err(), "shorter than a window");
         assert_eq!(
             l.attestation(sign(4, 11, 30), &c, &state),
-            Ok(None),
-            "a non-validator's attestation counts for nothing"
+            Ok(Attested::Ignored),
+            "a non-validator's attestation counts for nothing and is not relayed"
         );
-        let ev = l.attestation(sign(2, 11, 32), &c, &state).unwrap().expect("3 of 4 validators share 12..=30");
+        let Ok(Attested::Kept(Some(ev))) = l.attestation(sign(2, 11, 32), &c, &state) else {
+            panic!("3 of 4 validators share 12..=30")
+        };
         assert_eq!((ev.window_start, ev.window_end), (Height(12), Height(30)));
         assert_eq!(ev.attestations.len(), 3);
-        assert_eq!(l.attestation(sign(3, 11, 30), &c, &state), Ok(None), "not submitted twice in a row");
+        assert_eq!(
+            l.attestation(sign(3, 11, 30), &c, &state),
+            Ok(Attested::Kept(None)),
+            "not submitted twice in a row"
+        );
         // The ledger accepts exactly this evidence.
         let mut s2 = state.clone();
         run_ledger_to(&chain, &mut s2, 35);

@@ -522,7 +522,9 @@ impl Sim {
     /// A node keeps an attestation; a validator that sees a quorum submits the slash.
     fn take_attestation(&mut self, node: usize, att: Signed<DowntimeAttestation>) -> Result<(), SimFailure> {
         let n = &mut self.nodes[node];
-        let Ok(Some(evidence)) = n.liveness.attestation(att, &self.genesis.chain_id, n.engine.ledger()) else {
+        let Ok(agora_node::liveness::Attested::Kept(Some(evidence))) =
+            n.liveness.attestation(att, &self.genesis.chain_id, n.engine.ledger())
+        else {
             return Ok(());
         };
         if Some(node) == self.byzantine || !n.engine.ledger().is_validator(&self.keys[node].address()) {

@@ -266,6 +266,18 @@ pub struct Engine {
     host: Host,
 }
 
+/// What to do with a consensus message from gossip (see `Engine::relay`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Relay {
+    /// Check its signature, forward it, and feed it to consensus.
+    Forward,
+    /// From a validator, for a height past the next: not forwarded, but fed
+    /// to consensus, which asks peers for the blocks this node is missing.
+    Ahead,
+    /// Not forwarded, not fed, no penalty (stale, or not from a validator).
+    Drop,
+}
+
 /// What a restarting validator kept on disk: its consensus WAL and the last
 /// step its double-sign guard recorded.
 #[derive(Clone, Copy, Debug, Default)]
@@ -379,6 +391,32 @@ impl Engine {
     /// The height consensus is working on.
     pub fn height(&self) -> Height {
         Height(self.mc.height().0)
+    }
+
+    /// Whether a consensus message from gossip is relayed: only messages
+    /// for this height or the next, signed by current validators (every
+    /// voter, for a certificate). A message for a later height from a
+    /// validator is not relayed but tells this node it is behind (`Ahead`);
+    /// the rest (old heights, strangers' keys) is dropped before any
+    /// signature is checked. Validators' sets change only at epochs, so a
+    /// message for the next height is judged by the current set.
+    pub fn relay(&self, msg: &ConsensusMessage) -> Relay {
+        let ledger = &self.host.ledger;
+        let by_validators = match msg {
+            ConsensusMessage::Vote(v) => ledger.is_validator(&v.signer),
+            ConsensusMessage::Proposal(p) => ledger.is_validator(&p.signer),
+            ConsensusMessage::Block(b) => ledger.is_validator(&b.signer),
+            ConsensusMessage::Certificate(c) => {
+                !c.votes.is_empty() && c.votes.iter().all(|s| ledger.is_validator(&s.validator))
+            }
+        };
+        let (h, at) = (self.height().0, msg.height().0);
+        match (by_validators, at) {
+            (false, _) => Relay::Drop,
+            (true, at) if at == h || at == h.saturating_add(1) => Relay::Forward,
+            (true, at) if at > h => Relay::Ahead,
+            (true, _) => Relay::Drop,
+        }
     }
 
     pub fn round(&self) -> Round {
@@ -548,6 +586,7 @@ impl Host {
             let queued = self.proposed.future.iter().filter(|b| b.signer == signed.signer).count();
             if self.proposed.future.len() < MAX_FUTURE_BLOCKS
                 && queued < MAX_FUTURE_BLOCKS_PER_SIGNER
+                && self.ledger.is_validator(&signed.signer)
                 && signed.verify(&self.chain).is_ok()
             {
                 self.proposed.future.push_back(signed);

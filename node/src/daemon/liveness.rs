@@ -126,7 +126,8 @@ impl Daemon {
                 tracing::debug!(reason = %why, "invalid attestation");
                 Ok(MessageAcceptance::Reject)
             }
-            Ok(evidence) => {
+            Ok(crate::liveness::Attested::Ignored) => Ok(MessageAcceptance::Ignore),
+            Ok(crate::liveness::Attested::Kept(evidence)) => {
                 self.shared.metrics.attestations_seen.inc();
                 if let Some(evidence) = evidence.filter(|_| self.is_validator()) {
                     tracing::warn!(

@@ -1,8 +1,10 @@
-//! Gossipsub: versioned topics, message ids that let consensus rebroadcasts
-//! through but de-duplicate everything else by content, strict signing, validation by the node
-//! before forwarding, and peer scoring that graylists senders of invalid messages.
+//! Gossipsub: versioned topics, message ids that let validators' own
+//! consensus rebroadcasts through but de-duplicate everything else by
+//! content, strict signing, validation by the node before forwarding, and
+//! peer scoring that graylists senders of invalid messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use agora_protocol::Hash;
@@ -40,9 +42,14 @@ pub fn topic(name: &str) -> IdentTopic {
     IdentTopic::new(name)
 }
 
+/// The peer ids of the current validators (a validator's peer id is its
+/// account key), kept up to date by the daemon after each commit.
+pub type ValidatorPeers = Arc<RwLock<HashSet<libp2p::PeerId>>>;
+
 /// The gossipsub behaviour with agora's settings and scoring.
 pub fn behaviour(
     key: &libp2p::identity::Keypair,
+    validators: ValidatorPeers,
 ) -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -56,7 +63,7 @@ pub fn behaviour(
         .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_ATTESTATIONS).hash())
         .duplicate_cache_time(DUPLICATE_CACHE_TIME)
         .heartbeat_interval(Duration::from_millis(500))
-        .message_id_fn(message_id)
+        .message_id_fn(move |m| message_id(m, &validators))
         .build()
         .map_err(|e| e.to_string())?;
     let mut behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)?;
@@ -64,14 +71,19 @@ pub fn behaviour(
     Ok(behaviour)
 }
 
-/// Consensus messages are identified by publisher and sequence number, so
-/// Malachite's rebroadcast of a vote after a stalled round is a new message
-/// that reaches a peer which missed it (a content id would make gossipsub
-/// drop it as a duplicate for `DUPLICATE_CACHE_TIME`). Everything else is
-/// content-addressed: a transaction submitted at two nodes is one message.
-fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+/// Consensus messages published by a current validator are identified by
+/// publisher and sequence number, so Malachite's rebroadcast of a vote after
+/// a stalled round is a new message that reaches a peer which missed it (a
+/// content id would make gossipsub drop it as a duplicate, even refuse to
+/// publish it, for `DUPLICATE_CACHE_TIME`). Everything else is
+/// content-addressed, consensus messages that anyone else publishes
+/// included: re-publishing copies of a validator's vote under fresh sequence
+/// numbers makes one message, not a flood. A transaction submitted at two
+/// nodes is one message too.
+fn message_id(m: &gossipsub::Message, validators: &ValidatorPeers) -> gossipsub::MessageId {
     let mut bytes = Vec::with_capacity(48);
-    if m.topic == topic(TOPIC_CONSENSUS).hash() {
+    let from_validator = || m.source.is_some_and(|p| validators.read().map(|v| v.contains(&p)).unwrap_or(false));
+    if m.topic == topic(TOPIC_CONSENSUS).hash() && from_validator() {
         bytes.extend_from_slice(&m.source.map(|p| p.to_bytes()).unwrap_or_default());
         bytes.extend_from_slice(&m.sequence_number.unwrap_or_default().to_le_bytes());
         return gossipsub::MessageId::from(Hash::tagged(b"agora/gossip-id/consensus/1", &bytes).0.to_vec());
@@ -105,5 +117,39 @@ fn score_params() -> PeerScoreParams {
         // Testnets run many nodes on one address.
         ip_colocation_factor_whitelist: [std::net::IpAddr::from([127, 0, 0, 1])].into_iter().collect(),
         ..PeerScoreParams::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(source: libp2p::PeerId, seqno: u64, data: &[u8]) -> gossipsub::Message {
+        gossipsub::Message {
+            source: Some(source),
+            data: data.to_vec(),
+            sequence_number: Some(seqno),
+            topic: topic(TOPIC_CONSENSUS).hash(),
+        }
+    }
+
+    #[test]
+    fn only_a_validators_own_consensus_publishes_are_new_by_sequence_number() {
+        let validator = libp2p::PeerId::random();
+        let stranger = libp2p::PeerId::random();
+        let peers: ValidatorPeers = Arc::new(RwLock::new([validator].into_iter().collect()));
+        let id = |m: &gossipsub::Message| message_id(m, &peers);
+        // A validator's rebroadcast of one vote is a new message (it reaches peers that missed it).
+        assert_ne!(id(&message(validator, 1, b"vote")), id(&message(validator, 2, b"vote")));
+        // A stranger re-publishing copies under fresh sequence numbers makes one message.
+        assert_eq!(id(&message(stranger, 1, b"vote")), id(&message(stranger, 2, b"vote")));
+        assert_eq!(id(&message(stranger, 1, b"vote")), id(&message(libp2p::PeerId::random(), 9, b"vote")));
+        assert_ne!(id(&message(stranger, 1, b"vote")), id(&message(stranger, 1, b"other")));
+        // Other topics are content-addressed whoever publishes.
+        let mut tx = message(validator, 1, b"tx");
+        tx.topic = topic(TOPIC_TXS).hash();
+        let mut tx2 = message(validator, 2, b"tx");
+        tx2.topic = topic(TOPIC_TXS).hash();
+        assert_eq!(id(&tx), id(&tx2));
     }
 }
