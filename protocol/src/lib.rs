@@ -21,6 +21,7 @@ pub mod rng;
 pub mod sign;
 pub mod sync;
 pub mod tx;
+pub mod zip215;
 
 pub use address::Address;
 pub use amount::Amount;

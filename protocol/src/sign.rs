@@ -10,6 +10,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::ids::{ChainId, Hash};
 use crate::keys::{Keypair, Signature};
+use crate::zip215::Zip215Error;
 
 /// What a signature is for. The tag is part of the signed digest.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -85,12 +86,15 @@ impl<T: Signable> Signed<T> {
         Self::digest_of(&self.body, chain)
     }
 
-    /// Checks the signature (strict ed25519: rejects malleable and small-order forms).
+    /// Checks the signature by ZIP-215's rules (see `zip215`): the same
+    /// verdict as inside any batch.
     pub fn verify(&self, chain: &ChainId) -> Result<(), Error> {
         let bad = |reason| Error::BadSignature { domain: T::DOMAIN.tag(), reason };
-        let key = self.signer.verifying_key().map_err(|_| bad("signer is not a valid public key"))?;
-        let sig = ed25519_dalek::Signature::from_bytes(&self.signature.0);
-        key.verify_strict(&self.digest(chain)?, &sig).map_err(|_| bad("signature does not match"))
+        crate::zip215::verify(&self.signer.0, &self.digest(chain)?, &self.signature.0).map_err(|e| match e {
+            Zip215Error::BadKey => bad("signer is not a valid public key"),
+            Zip215Error::SmallOrderKey => bad("signer is a small-order key anyone can sign for"),
+            Zip215Error::BadR | Zip215Error::NonCanonicalS | Zip215Error::Mismatch => bad("signature does not match"),
+        })
     }
 }
 
@@ -101,32 +105,12 @@ pub struct BatchItem {
     pub signer: Address,
 }
 
-/// Verifies many signatures at once (about twice as fast as one by one).
-/// On failure, falls back to checking each so the caller learns which index
-/// is bad; `Ok(())` means every signature is valid.
+/// Verifies many signatures at once (about twice as fast as one by one),
+/// by the same ZIP-215 rules as `Signed::verify`, so a signature's verdict
+/// never depends on whether or with what it was batched. `Err(i)` names a
+/// bad item.
 pub fn verify_batch(items: &[BatchItem]) -> Result<(), usize> {
-    let mut keys = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        keys.push(item.signer.verifying_key().map_err(|_| i)?);
-    }
-    let messages: Vec<&[u8]> = items.iter().map(|i| &i.digest[..]).collect();
-    let sigs: Vec<ed25519_dalek::Signature> =
-        items.iter().map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0)).collect();
-    if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
-        // The batch coefficients are derived from the inputs, so every node
-        // reaches the same verdict on the same block. Weak (small-order) keys
-        // are refused outright: anyone could sign for such an address.
-        if let Some(i) = keys.iter().position(|k| k.is_weak()) {
-            return Err(i);
-        }
-        return Ok(());
-    }
-    for (i, ((key, sig), msg)) in keys.iter().zip(&sigs).zip(&messages).enumerate() {
-        if key.verify_strict(msg, sig).is_err() {
-            return Err(i);
-        }
-    }
-    // The batch failed but every single check passed: cannot happen for valid
-    // signatures; treat the batch as bad at index 0 rather than accept it.
-    Err(0)
+    let batch: Vec<(&[u8; 32], &[u8], &[u8; 64])> =
+        items.iter().map(|i| (&i.signer.0, &i.digest[..], &i.signature.0)).collect();
+    crate::zip215::verify_batch(&batch)
 }
