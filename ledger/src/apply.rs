@@ -2,7 +2,7 @@
 //! change state. A block is all-or-nothing: any failing check or transaction
 //! rolls the state back to where it was and names the culprit.
 
-use agora_protocol::block::tx_root;
+use agora_protocol::block::{last_commit_hash, tx_root};
 use agora_protocol::sign::{BatchItem, verify_batch};
 use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, SignedTx, TimestampMs, TxKind};
 
@@ -66,6 +66,11 @@ fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<
     check_header(state, h, block.txs.len())?;
     if tx_root(&block.txs)? != h.tx_root {
         return Err(Error::TxRootMismatch);
+    }
+    // Every path (consensus, sync, replay) goes through here: a block whose
+    // carried certificate is not the one its header commits to is refused.
+    if last_commit_hash(block.last_commit.as_ref()) != h.last_commit_hash {
+        return Err(Error::LastCommitMismatch);
     }
     if sig == SigCheck::Verify {
         verify_tx_signatures(state, &block.txs)?;
@@ -249,6 +254,7 @@ impl<'a> BlockBuilder<'a> {
             height: state.height().next(),
             time_ms,
             parent_hash: state.last_block_hash(),
+            last_commit_hash: Hash::ZERO,
             tx_root: Hash::ZERO,
             state_root: Hash::ZERO,
             proposer,
@@ -304,6 +310,7 @@ impl<'a> BlockBuilder<'a> {
     /// Seals the block: transaction root, post-state root, certificate.
     pub fn finish(mut self, last_commit: Option<CommitCertificate>) -> Result<Block, Error> {
         crate::validators::end_block(self.state);
+        self.header.last_commit_hash = last_commit_hash(last_commit.as_ref());
         self.header.tx_root = tx_root(&self.txs)?;
         self.header.state_root = self.state.root();
         let txs = std::mem::take(&mut self.txs);

@@ -68,6 +68,8 @@ pub enum Error {
     ProposerNotValidator,
     #[error("transaction root mismatch")]
     TxRootMismatch,
+    #[error("the block's last commit is not the certificate its header commits to")]
+    LastCommitMismatch,
     #[error("state root mismatch: header {header}, computed {computed}")]
     StateRootMismatch { header: Hash, computed: Hash },
     #[error("transaction {index} ({kind}): {source}")]

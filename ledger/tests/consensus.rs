@@ -340,3 +340,45 @@ fn only_current_validators_messages_for_this_height_or_the_next_are_relayed() {
     assert_eq!(engine.relay(&cert(&[0, 1, 4])), Relay::Drop, "a certificate with a stranger's vote");
     assert_eq!(engine.relay(&cert(&[])), Relay::Drop);
 }
+
+#[test]
+fn a_synced_block_whose_carried_certificate_was_swapped_is_refused() {
+    // A lone validator commits three blocks; a follower syncs them.
+    let chain = TestChain::new(3, 1, Amount::agr(1_000));
+    let mut now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let mut leader = Engine::new(chain_id(), chain.keys[0].clone(), chain.state(), None, config());
+    let mut committed = Vec::new();
+    let mut input = Input::Start;
+    while committed.len() < 3 {
+        let actions = leader.handle(now, input);
+        for a in &actions {
+            if let Action::Commit { block, certificate, .. } = a {
+                committed.push((block.clone(), certificate.clone()));
+            }
+        }
+        input = next_height_timer(&actions).expect("a next-height timer");
+        now += 1_000;
+    }
+    let follower_config = EngineConfig { is_validator: false, ..config() };
+    let mut follower = Engine::new(chain_id(), chain.keys[1].clone(), chain.state(), None, follower_config);
+    let synced = |(b, c): &(Box<agora_protocol::Block>, CommitCertificate)| Input::Synced {
+        block: b.clone(),
+        certificate: c.clone(),
+    };
+    let _ = follower.handle(now, synced(&committed[0]));
+    assert_eq!(follower.ledger().height(), Height(1));
+    // Block 2 carries block 1's certificate; a relayer strips its signatures
+    // (the block hash, which the certificate for block 2 signs, is unchanged).
+    let (block2, cert2) = committed[1].clone();
+    let mut stripped = block2.clone();
+    stripped.last_commit.as_mut().unwrap().signatures.clear();
+    assert_eq!(stripped.hash(), block2.hash(), "the header alone is hashed");
+    let _ = follower.handle(now, Input::Synced { block: stripped, certificate: cert2.clone() });
+    assert_eq!(follower.ledger().height(), Height(1), "refused: the header commits to the certificate");
+    let mut swapped = block2.clone();
+    swapped.last_commit = None;
+    let _ = follower.handle(now, Input::Synced { block: swapped, certificate: cert2.clone() });
+    assert_eq!(follower.ledger().height(), Height(1));
+    let _ = follower.handle(now, Input::Synced { block: block2, certificate: cert2 });
+    assert_eq!(follower.ledger().height(), Height(2), "the genuine block applies");
+}

@@ -19,6 +19,10 @@ pub struct Header {
     /// Proposer's clock, strictly increasing; lease settlement runs on it.
     pub time_ms: TimestampMs,
     pub parent_hash: Hash,
+    /// `last_commit_hash` of the block's `last_commit` (the parent's
+    /// certificate): the block hash commits to it, so no relayer can swap or
+    /// strip the signatures a block carries.
+    pub last_commit_hash: Hash,
     /// `tx_root` of the block's transactions.
     pub tx_root: Hash,
     /// The state root after applying this block.
@@ -76,6 +80,16 @@ impl Wire for Block {
 impl Block {
     pub fn hash(&self) -> Hash {
         self.header.hash()
+    }
+}
+
+/// The commitment to a block's `last_commit`: zero for none, else a tagged
+/// hash of the certificate's canonical encoding.
+pub fn last_commit_hash(cert: Option<&CommitCertificate>) -> Hash {
+    match cert {
+        None => Hash::ZERO,
+        // A certificate is plain bounded data: encoding cannot fail.
+        Some(c) => Hash::tagged(b"agora/last-commit/1", &codec::canonical_bytes(c).unwrap_or_default()),
     }
 }
 

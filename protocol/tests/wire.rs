@@ -105,21 +105,22 @@ fn transactions() -> Vec<SignedTx> {
 
 fn block() -> Block {
     let txs = transactions();
-    let header = Header {
-        chain_id: chain(),
-        height: Height(12),
-        time_ms: TimestampMs(1_767_225_612_000),
-        parent_hash: Hash([1; 32]),
-        tx_root: agora_protocol::block::tx_root(&txs).unwrap(),
-        state_root: Hash([2; 32]),
-        proposer: key("v0").address(),
-    };
     let last_commit = Some(CommitCertificate {
         height: Height(11),
         round: 0,
         block_hash: Hash([1; 32]),
         signatures: vec![CommitSig { validator: key("v0").address(), signature: agora_protocol::Signature([5; 64]) }],
     });
+    let header = Header {
+        chain_id: chain(),
+        height: Height(12),
+        time_ms: TimestampMs(1_767_225_612_000),
+        parent_hash: Hash([1; 32]),
+        last_commit_hash: agora_protocol::block::last_commit_hash(last_commit.as_ref()),
+        tx_root: agora_protocol::block::tx_root(&txs).unwrap(),
+        state_root: Hash([2; 32]),
+        proposer: key("v0").address(),
+    };
     Block { header, txs, last_commit }
 }
 
@@ -165,7 +166,7 @@ const PINNED_TRANSFER_HEX: &str = concat!(
     "a6ec0d219412c3a90146eaa2826d1c882967af0211948a6238cf7e35c8739107",
 );
 const PINNED: [(&str, &str); 8] = [
-    ("block", "50f21fc16f0a614cdfaa2d01d1972a68"),
+    ("block", "c096a0a3c361c1676cd2b172ea828410"),
     ("offer", "2198e2b0d6a305764efa82184316b90e"),
     ("lease request", "aeb64644498e3b60735e179feed8e497"),
     ("lease accept", "ac392134b4b4063d3516ae5b06214e95"),
