@@ -3,7 +3,11 @@
 //! connected and learns the node's agent string; a flood of 300 half-open
 //! TCP connections to one node is capped by its connection limits, a flood of
 //! sync requests is answered only within the peer's quota (off the consensus
-//! loop), and a normal transfer still commits within 10 blocks.
+//! loop), and a normal transfer still commits within 10 blocks. Then the
+//! API: clients that trickle their request bodies take every slot of the
+//! transaction endpoint; status still answers, the overflow is refused at
+//! once (503), the slow clients are cut off by the timeout (504), and a
+//! transfer goes through.
 
 mod common;
 use common::*;
@@ -130,4 +134,43 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
     let peers = status(&api[0]).unwrap()["peers"].as_u64().unwrap();
     assert!(peers >= 3, "node 0 lost its peers during the flood ({peers})");
     drop(flood);
+
+    // The API: slow clients hold every slot of the transaction endpoint
+    // (headers sent, the body never), then more arrive. Cheap reads still
+    // answer at once, the overflow is refused at once (503, code
+    // "unavailable"), the slow ones are cut off by the timeout, and a
+    // transfer goes through after.
+    use std::io::{Read, Write};
+    let api_addr = api[0].trim_start_matches("http://").to_string();
+    let slow: Vec<std::net::TcpStream> = (0..agora_node::api::MAX_CONCURRENT_COSTLY)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&api_addr).unwrap();
+            let head = format!(
+                "POST /v1/tx HTTP/1.1\r\nHost: {api_addr}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{{"
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert!(status(&api[0]).is_some(), "status answers while the costly slots are held");
+    let shed = agora_testnet::http::post(&api[0], "/v1/tx", "{\"tx\": \"00\"}").unwrap();
+    assert_eq!(shed.status, 503, "{}", shed.body);
+    assert_eq!(shed.json().unwrap()["code"], "unavailable");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused at once, not queued: {:?}", started.elapsed());
+    // The slow clients are answered 504 when their time is up.
+    let mut cut = 0;
+    for mut c in slow {
+        c.set_read_timeout(Some(agora_node::api::COSTLY_REQUEST_TIMEOUT + Duration::from_secs(20))).unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        cut += usize::from(answer.starts_with("HTTP/1.1 504"));
+    }
+    assert_eq!(cut, agora_node::api::MAX_CONCURRENT_COSTLY, "every trickling client was cut off");
+    let h1 = height(&api[0]);
+    let sent = ok(agora(&["--home", &buyer_home, "transfer", &to, "1", "--node", &api[0]]));
+    let committed: u64 =
+        sent.split("height ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(committed <= h1 + 10, "after the API flood the transfer committed at {committed} (from {h1})");
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use agora_protocol::codec::{self, Wire};
 use agora_protocol::limits::MAX_STATE_SNAPSHOT_BYTES;
-use agora_protocol::{Block, CommitCertificate, Hash, Height};
+use agora_protocol::{Address, Block, CommitCertificate, Hash, Height};
 use sled::transaction::ConflictableTransactionError;
 use sled::{Transactional, Tree};
 
@@ -27,6 +27,29 @@ pub const SNAPSHOT_INTERVAL_BLOCKS: u64 = 32;
 const META_GENESIS: &[u8] = b"genesis_hash";
 const META_GENESIS_DOC: &[u8] = b"genesis";
 const META_TIP: &[u8] = b"tip_height";
+const META_SLASH_INDEX: &[u8] = b"slash_index_v1";
+
+/// Index keys for a block's slash transactions: the offender's account (and
+/// the offending key, when an operator key signed) ‖ height ‖ tx index.
+fn slash_keys(block: &Block, state: &State) -> Vec<[u8; 44]> {
+    let mut keys = Vec::new();
+    for (i, tx) in block.txs.iter().enumerate() {
+        let offender = match &tx.body.kind {
+            agora_protocol::TxKind::SlashDowntime { evidence } => evidence.provider,
+            agora_protocol::TxKind::SlashEquivocation { evidence } => evidence.offender(),
+            _ => continue,
+        };
+        let account = state.acting_for(&offender);
+        for who in [account, offender].into_iter().take(if account == offender { 1 } else { 2 }) {
+            let mut k = [0u8; 44];
+            k[..32].copy_from_slice(&who.0);
+            k[32..40].copy_from_slice(&block.header.height.0.to_be_bytes());
+            k[40..].copy_from_slice(&(i as u32).to_be_bytes());
+            keys.push(k);
+        }
+    }
+    keys
+}
 
 impl Wire for StateData {
     const NAME: &'static str = "state snapshot";
@@ -41,6 +64,8 @@ pub struct Store {
     blocks: Tree,
     snapshots: Tree,
     certificates: Tree,
+    /// Index of slash transactions: offender account ‖ height ‖ tx index.
+    slashes: Tree,
     genesis: Genesis,
     state: State,
     snapshot_height: Option<Height>,
@@ -96,6 +121,7 @@ impl Store {
             blocks: db.open_tree("blocks")?,
             snapshots: db.open_tree("snapshots")?,
             certificates: db.open_tree("certificates")?,
+            slashes: db.open_tree("slash_index")?,
             state: genesis.state()?,
             genesis,
             db,
@@ -103,7 +129,25 @@ impl Store {
             snapshot_height: None,
         };
         store.recover()?;
+        store.ensure_slash_index()?;
         Ok(store)
+    }
+
+    /// Builds the slash index from the stored blocks once (stores written
+    /// before it existed); later commits keep it up to date.
+    fn ensure_slash_index(&mut self) -> Result<(), Error> {
+        if self.meta.get(META_SLASH_INDEX)?.is_some() {
+            return Ok(());
+        }
+        for h in 1..=self.height().0 {
+            let block = self.read_block(Height(h))?;
+            for k in slash_keys(&block, &self.state) {
+                self.slashes.insert(k, &[])?;
+            }
+        }
+        self.meta.insert(META_SLASH_INDEX, &[1])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn tip_height(&self) -> Result<Height, Error> {
@@ -222,9 +266,13 @@ impl Store {
         let snapshot =
             if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
         let previous = self.snapshot_height;
-        (&self.meta, &self.blocks, &self.snapshots, &self.certificates).transaction(
-            |(meta, blocks, snapshots, certificates)| {
+        let slash_keys = slash_keys(block, &self.state);
+        (&self.meta, &self.blocks, &self.snapshots, &self.certificates, &self.slashes).transaction(
+            |(meta, blocks, snapshots, certificates, slashes)| {
                 blocks.insert(&key(height), block_bytes.as_slice())?;
+                for k in &slash_keys {
+                    slashes.insert(&k[..], &[][..])?;
+                }
                 meta.insert(META_TIP, &key(height))?;
                 if let Some(cert) = &cert_bytes {
                     certificates.insert(&key(height), cert.as_slice())?;
@@ -259,7 +307,11 @@ impl Store {
     /// A cheap, thread-safe handle for reading committed blocks and
     /// certificates from other tasks (the HTTP API, sync responses).
     pub fn reader(&self) -> BlockReader {
-        BlockReader { blocks: self.blocks.clone(), certificates: self.certificates.clone() }
+        BlockReader {
+            blocks: self.blocks.clone(),
+            certificates: self.certificates.clone(),
+            slashes: self.slashes.clone(),
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -301,6 +353,7 @@ impl Store {
 pub struct BlockReader {
     blocks: Tree,
     certificates: Tree,
+    slashes: Tree,
 }
 
 impl BlockReader {
@@ -310,6 +363,24 @@ impl BlockReader {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| corrupt(h, e.to_string())),
         }
+    }
+
+    /// Where the slashes of `account` are (height, index of the transaction
+    /// in its block), newest first, at most `limit`, at heights ≥ `from`.
+    pub fn slashes_of(&self, account: &Address, from: Height, limit: usize) -> Result<Vec<(Height, usize)>, Error> {
+        let mut start = [0u8; 44];
+        start[..32].copy_from_slice(&account.0);
+        start[32..40].copy_from_slice(&from.0.to_be_bytes());
+        let mut end = [0xffu8; 44];
+        end[..32].copy_from_slice(&account.0);
+        let mut out = Vec::new();
+        for item in self.slashes.range(start..=end).rev().take(limit) {
+            let (k, _) = item?;
+            let h = u64::from_be_bytes(k[32..40].try_into().map_err(|_| corrupt(Height(0), "slash index key"))?);
+            let i = u32::from_be_bytes(k[40..44].try_into().map_err(|_| corrupt(Height(0), "slash index key"))?);
+            out.push((Height(h), i as usize));
+        }
+        Ok(out)
     }
 
     /// The certificate stored with block `h`, if any.

@@ -18,6 +18,18 @@ use crate::daemon::{Command, Shared, TxRefusal};
 
 /// Largest request body: a hex-encoded transaction at its size limit, plus JSON.
 pub const MAX_BODY_BYTES: usize = 2 * agora_protocol::limits::MAX_TX_BYTES + 1024;
+/// Requests to the costly endpoints (transaction submission with its
+/// signature checks and dry runs, block reads, lease lists, slash evidence)
+/// served at once; more are refused at once with a 503 (load shedding)
+/// instead of queueing. Cheap reads (status, accounts, offers) are not
+/// limited, so a flood of costly requests cannot hide the node's status.
+pub const MAX_CONCURRENT_COSTLY: usize = 32;
+/// Longest a costly request may take, its body upload included (a client
+/// that trickles its body is cut off): a 504 after.
+pub const COSTLY_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest any request may take (above the 30 s a provider has to answer a
+/// lease proposal).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
 /// Most transactions in one `POST /v1/txs`.
 pub const MAX_BATCH_TXS: usize = 1_000;
 /// Largest `POST /v1/txs` body (a thousand transfers take about 400 KB as hex).
@@ -97,22 +109,31 @@ fn decode_hex<T: agora_protocol::Wire>(what: &str, text: &str) -> Result<T, ApiE
 pub fn router(shared: Shared) -> Router {
     let admin = shared.admin_token.clone();
     let hosts = shared.allowed_hosts.clone();
+    let costly = Router::new()
+        .route("/v1/supply", get(supply))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/providers/{address}/slashes", get(provider_slashes))
+        .route("/v1/leases", get(leases))
+        .route("/v1/tx", post(submit_tx))
+        .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
+        .route_layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .concurrency_limit(MAX_CONCURRENT_COSTLY)
+                .timeout(COSTLY_REQUEST_TIMEOUT),
+        );
     let router = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/accounts/{address}", get(account))
         .route("/v1/validators", get(validators))
-        .route("/v1/supply", get(supply))
-        .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers", get(providers))
         .route("/v1/offers", get(offers))
-        .route("/v1/providers/{address}/slashes", get(provider_slashes))
-        .route("/v1/leases", get(leases))
         .route("/v1/leases/propose", post(propose_lease))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/leases/{id}/logs", post(lease_logs))
-        .route("/v1/tx", post(submit_tx))
-        .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(costly);
     let router = match admin {
         Some(token) => {
             let admin = Router::new()
@@ -124,11 +145,26 @@ pub fn router(shared: Shared) -> Router {
         }
         None => router,
     };
+    let limits = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+        .timeout(REQUEST_TIMEOUT);
     router
         .fallback(|| async { not_found("no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(hosts, crate::api_guard::check_host))
+        .layer(limits)
         .with_state(shared)
+}
+
+/// What the concurrency limit and the timeout answer.
+async fn overloaded(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node is busy: too many requests in flight; retry")
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the request took too long")
+    } else {
+        internal(err)
+    }
 }
 
 /// `POST /v1/admin/partition {"block": [peer id, …]}` (testnet nodes only).
@@ -377,20 +413,50 @@ async fn block(
     })))
 }
 
-/// Refuses a transaction that cannot apply on the current state (bad
+/// Refuses transactions that cannot apply on the current state (bad
 /// signature, other chain, replayed nonce, insufficient funds, …), so the
 /// sender hears why at once. A nonce ahead of the account's is accepted: it
-/// waits in the mempool for the ones before it.
-fn check_against_ledger(s: &Shared, tx: &SignedTx) -> Result<(), ApiError> {
-    let mut ledger = s.ledger.write().map_err(internal)?;
-    let mark = ledger.checkpoint();
-    let result = agora_ledger::apply_tx(&mut ledger, tx, agora_ledger::SigCheck::Verify);
-    ledger.rollback(mark);
-    match result {
-        Ok(_) => Ok(()),
-        Err(agora_ledger::Error::WrongNonce { expected, found }) if found > expected => Ok(()),
-        Err(e) => Err(TxRefusal::from_ledger(&e).into()),
-    }
+/// waits in the mempool for the ones before it. Runs on a blocking thread:
+/// the signatures are checked as one batch outside any lock, and only the
+/// dry runs (microseconds each) hold the shared ledger's write lock.
+async fn check_against_ledger(s: &Shared, txs: Vec<SignedTx>) -> Result<Vec<Result<SignedTx, ApiError>>, ApiError> {
+    let ledger = s.ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let chain = ledger.read().map_err(internal)?.chain_id().clone();
+        let signed_ok =
+            |tx: &SignedTx| tx.verify(&chain).map_err(|e| ApiError::from(TxRefusal::invalid("bad_signature", e)));
+        let items: Vec<Option<agora_protocol::sign::BatchItem>> = txs
+            .iter()
+            .map(|tx| {
+                tx.digest(&chain).ok().map(|digest| agora_protocol::sign::BatchItem {
+                    digest,
+                    signature: tx.signature,
+                    signer: tx.signer,
+                })
+            })
+            .collect();
+        let all_good = items.iter().all(Option::is_some)
+            && agora_protocol::sign::verify_batch(&items.into_iter().flatten().collect::<Vec<_>>()).is_ok();
+        let checked: Vec<Result<SignedTx, ApiError>> =
+            txs.into_iter().map(|tx| if all_good { Ok(tx) } else { signed_ok(&tx).map(|_| tx) }).collect();
+        let mut ledger = ledger.write().map_err(internal)?;
+        Ok(checked
+            .into_iter()
+            .map(|r| {
+                let tx = r?;
+                let mark = ledger.checkpoint();
+                let result = agora_ledger::apply_tx(&mut ledger, &tx, agora_ledger::SigCheck::Skip);
+                ledger.rollback(mark);
+                match result {
+                    Ok(_) => Ok(tx),
+                    Err(agora_ledger::Error::WrongNonce { expected, found }) if found > expected => Ok(tx),
+                    Err(e) => Err(TxRefusal::from_ledger(&e).into()),
+                }
+            })
+            .collect())
+    })
+    .await
+    .map_err(internal)?
 }
 
 #[derive(Deserialize)]
@@ -406,7 +472,7 @@ async fn submit_tx(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = json_body(body)?;
     let tx: SignedTx = decode_hex("tx", &body.tx)?;
-    check_against_ledger(&s, &tx)?;
+    let tx = check_against_ledger(&s, vec![tx]).await?.pop().ok_or_else(|| internal("no verdict"))??;
     let (reply, rx) = oneshot::channel();
     send(&s, Command::SubmitTx { tx: Box::new(tx), reply })?;
     let hash = rx.await.map_err(internal)?.map_err(ApiError::from)?;
@@ -434,9 +500,19 @@ async fn submit_txs(
     let mut valid = Vec::with_capacity(body.txs.len());
     let mut valid_index = Vec::with_capacity(body.txs.len());
     let mut rejected = Vec::new();
+    let mut decoded = Vec::with_capacity(body.txs.len());
+    let mut decoded_index = Vec::with_capacity(body.txs.len());
     for (index, hex_tx) in body.txs.iter().enumerate() {
-        let parsed = decode_hex::<SignedTx>("tx", hex_tx).and_then(|tx| check_against_ledger(&s, &tx).map(|_| tx));
-        match parsed {
+        match decode_hex::<SignedTx>("tx", hex_tx) {
+            Ok(tx) => {
+                decoded.push(tx);
+                decoded_index.push(index);
+            }
+            Err(e) => rejected.push(serde_json::json!({ "index": index, "error": e.detail, "code": e.code })),
+        }
+    }
+    for (index, verdict) in decoded_index.into_iter().zip(check_against_ledger(&s, decoded).await?) {
+        match verdict {
             Ok(tx) => {
                 valid.push(tx);
                 valid_index.push(index);
@@ -553,11 +629,19 @@ async fn lease_logs(
 struct LeaseQuery {
     buyer: Option<String>,
     provider: Option<String>,
+    /// At most this many (default and cap `MAX_LISTED_LEASES`).
+    limit: Option<usize>,
+    /// The last lease id of the previous page: continue after it.
+    before: Option<String>,
 }
 
 /// Most leases one `GET /v1/leases` lists (newest first).
 const MAX_LISTED_LEASES: usize = 500;
 
+/// `GET /v1/leases?buyer=&provider=&limit=&before=`: newest first (by start
+/// time, then id), one page at a time; the next page starts `before` the
+/// last id of this one. The scan runs on a blocking thread and keeps only
+/// one page in memory.
 async fn leases(
     AxumState(s): AxumState<Shared>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
@@ -567,69 +651,103 @@ async fn leases(
         a.map(|a| a.parse::<Address>().map_err(|e| bad_request(e.to_string()))).transpose()
     };
     let (buyer, provider) = (parse(q.buyer)?, parse(q.provider)?);
-    let ledger = s.ledger.read().map_err(internal)?;
-    let mut list: Vec<agora_ledger::Lease> = ledger
-        .leases()
-        .filter(|l| buyer.is_none_or(|b| l.buyer == b) && provider.is_none_or(|p| l.provider == p))
-        .cloned()
-        .collect();
-    list.sort_by_key(|l| std::cmp::Reverse(l.start_ms));
-    list.truncate(MAX_LISTED_LEASES);
-    Ok(Json(list))
+    let limit = q.limit.unwrap_or(MAX_LISTED_LEASES).clamp(1, MAX_LISTED_LEASES);
+    let before = q
+        .before
+        .map(|b| b.parse::<agora_protocol::LeaseId>().map_err(|e| bad_request(format!("before: {e}"))))
+        .transpose()?;
+    let ledger = s.ledger.clone();
+    let page = tokio::task::spawn_blocking(move || -> Result<Vec<agora_ledger::Lease>, ApiError> {
+        let ledger = ledger.read().map_err(internal)?;
+        let cursor = match before {
+            None => None,
+            Some(id) => {
+                let l = ledger.lease(&id).ok_or_else(|| bad_request(format!("before: no lease {id}")))?;
+                Some((l.start_ms, l.id))
+            }
+        };
+        // The page is the `limit` newest (start, id) below the cursor: a
+        // bounded heap, so a long lease history costs time, not memory.
+        let mut heap = std::collections::BinaryHeap::new();
+        for l in ledger.leases() {
+            let key = (l.start_ms, l.id);
+            let wanted = buyer.is_none_or(|b| l.buyer == b)
+                && provider.is_none_or(|p| l.provider == p)
+                && cursor.is_none_or(|c| key < c);
+            if wanted {
+                heap.push(std::cmp::Reverse(key));
+                if heap.len() > limit {
+                    heap.pop();
+                }
+            }
+        }
+        let mut keys: Vec<_> = heap.into_iter().map(|std::cmp::Reverse(k)| k).collect();
+        keys.sort_by(|a, b| b.cmp(a));
+        Ok(keys.into_iter().filter_map(|(_, id)| ledger.lease(&id).cloned()).collect())
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Json(page))
 }
 
-/// How far back `GET /v1/providers/{address}/slashes` looks, in blocks.
-pub const MAX_SLASH_SCAN_BLOCKS: u64 = 10_000;
+/// Most slashes `GET /v1/providers/{address}/slashes` returns.
+pub const MAX_SLASHES_LISTED: usize = 100;
 
-/// Every slash of a provider in the last `MAX_SLASH_SCAN_BLOCKS` blocks (or
-/// since it registered), newest first, with the evidence that proved it.
-/// Committed blocks hold only transactions that applied, so each one found
-/// is a slash that happened.
+/// A provider's slashes, newest first (at most `MAX_SLASHES_LISTED`), each
+/// with the evidence behind it, found through the store's slash index (no
+/// block scan) and read off the async runtime.
 async fn provider_slashes(
     AxumState(s): AxumState<Shared>,
     Path(address): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let address: Address = address.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
-    let (tip, since) = {
+    let since = {
         let ledger = s.ledger.read().map_err(internal)?;
         let p = ledger.provider(&address).ok_or_else(|| not_found(format!("{address} is not a provider")))?;
-        (ledger.height().0, p.registered_at.0)
+        p.registered_at
     };
-    let from = since.max(tip.saturating_sub(MAX_SLASH_SCAN_BLOCKS)).max(1);
-    let mut found = Vec::new();
-    for h in (from..=tip).rev() {
-        let Some(block) = s.blocks.block(Height(h)).map_err(internal)? else { continue };
-        for tx in &block.txs {
-            let record = match &tx.body.kind {
-                agora_protocol::TxKind::SlashDowntime { evidence } if evidence.provider == address => {
-                    serde_json::json!({
-                        "height": h,
-                        "tx": tx.hash().ok(),
-                        "reason": "downtime",
-                        "submitted_by": tx.signer,
-                        "window_start": evidence.window_start.0,
-                        "window_end": evidence.window_end.0,
-                        "attestations": evidence.attestations.iter().map(|a| serde_json::json!({
-                            "validator": a.signer,
-                            "window_start": a.body.window_start.0,
-                            "window_end": a.body.window_end.0,
-                            "signature": hex::encode(a.signature.0),
-                        })).collect::<Vec<_>>(),
-                    })
-                }
-                agora_protocol::TxKind::SlashEquivocation { evidence } if evidence.offender() == address => {
-                    serde_json::json!({
-                        "height": h,
-                        "tx": tx.hash().ok(),
-                        "reason": "equivocation",
-                        "submitted_by": tx.signer,
-                        "evidence": evidence,
-                    })
-                }
-                _ => continue,
-            };
-            found.push(record);
+    let blocks = s.blocks.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<serde_json::Value>, ApiError> {
+        let mut found = Vec::new();
+        let mut current: Option<(Height, agora_protocol::Block)> = None;
+        for (h, index) in blocks.slashes_of(&address, since, MAX_SLASHES_LISTED).map_err(internal)? {
+            if current.as_ref().is_none_or(|(at, _)| *at != h) {
+                let Some(block) = blocks.block(h).map_err(internal)? else { continue };
+                current = Some((h, block));
+            }
+            let Some(tx) = current.as_ref().and_then(|(_, b)| b.txs.get(index)) else { continue };
+            found.push(slash_record(h.0, tx));
         }
-    }
+        Ok(found)
+    })
+    .await
+    .map_err(internal)??;
     Ok(Json(found))
+}
+
+fn slash_record(h: u64, tx: &SignedTx) -> serde_json::Value {
+    match &tx.body.kind {
+        agora_protocol::TxKind::SlashDowntime { evidence } => serde_json::json!({
+            "height": h,
+            "tx": tx.hash().ok(),
+            "reason": "downtime",
+            "submitted_by": tx.signer,
+            "window_start": evidence.window_start.0,
+            "window_end": evidence.window_end.0,
+            "attestations": evidence.attestations.iter().map(|a| serde_json::json!({
+                "validator": a.signer,
+                "window_start": a.body.window_start.0,
+                "window_end": a.body.window_end.0,
+                "signature": hex::encode(a.signature.0),
+            })).collect::<Vec<_>>(),
+        }),
+        agora_protocol::TxKind::SlashEquivocation { evidence } => serde_json::json!({
+            "height": h,
+            "tx": tx.hash().ok(),
+            "reason": "equivocation",
+            "submitted_by": tx.signer,
+            "evidence": evidence,
+        }),
+        other => serde_json::json!({ "height": h, "tx": tx.hash().ok(), "reason": other.name() }),
+    }
 }
