@@ -465,4 +465,86 @@ mod tests {
         assert_eq!(pool.usage.values().map(|u| u.count).sum::<usize>(), pool.len());
         assert_eq!(pool.txs.values().map(|e| e.bytes).sum::<usize>(), pool.bytes());
     }
+
+    /// The bookkeeping the admission rules rely on, checked from scratch.
+    fn assert_consistent(pool: &Mempool, state: &State) {
+        assert!(pool.len() <= MAX_MEMPOOL_TXS && pool.bytes() <= MAX_MEMPOOL_BYTES);
+        assert_eq!(pool.txs.values().map(|e| e.bytes).sum::<usize>(), pool.bytes());
+        assert_eq!(pool.by_fee.len(), pool.len());
+        for (addr, used) in &pool.usage {
+            let mine: Vec<&Entry> = pool.txs.range((*addr, 0)..=(*addr, u64::MAX)).map(|(_, e)| e).collect();
+            assert_eq!(used.count, mine.len());
+            assert_eq!(used.bytes, mine.iter().map(|e| e.bytes).sum::<usize>());
+            assert_eq!(used.cost, mine.iter().map(|e| e.cost).sum::<u128>());
+            assert!(used.bytes <= MAX_ACCOUNT_BYTES);
+            let acct = state.account(addr);
+            assert!(mine.iter().all(|e| e.tx.body.nonce >= acct.nonce
+                && e.tx.body.nonce < acct.nonce + MAX_TXS_PER_ACCOUNT as u64));
+        }
+        assert_eq!(pool.usage.values().map(|u| u.count).sum::<usize>(), pool.len());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Random submissions (senders with various balances, nonces with
+        /// gaps, fees) interleaved with blocks: the pool's bookkeeping holds,
+        /// every admitted queue is affordable, no unfunded sender gets in, and
+        /// candidates come in nonce order from each account's nonce with the
+        /// best-paying head first.
+        #[test]
+        fn admission_eviction_and_ordering_keep_their_invariants(
+            ops in proptest::collection::vec((0usize..6, 0u64..8, 1u64..5, 0u8..4, proptest::bool::ANY), 1..200)
+        ) {
+            // Accounts 0..4 funded from rich to poor (account 0 is the validator), 5 unfunded.
+            let mut chain = TestChain::new(5, 1, Amount::agr(1));
+            chain.genesis.accounts[1].balance = Amount(3_500);
+            chain.genesis.accounts[2].balance = Amount(20_000);
+            let stranger = Keypair::from_seed_phrase("proptest-stranger");
+            let mut state = chain.state();
+            let mut pool = Mempool::default();
+            for (who, nonce, fee_mult, amount, commit) in ops {
+                let key = if who < 5 { &chain.keys[who] } else { &stranger };
+                let body = Transaction {
+                    nonce: state.account(&key.address()).nonce + nonce,
+                    fee: Amount(TEST_FEE.0 * fee_mult),
+                    kind: TxKind::Transfer { to: chain.address(0), amount: Amount(u64::from(amount) * 500) },
+                };
+                let tx = Signed::sign(body, key, &chain_id()).unwrap();
+                let result = pool.add(&state, tx.clone());
+                if who == 5 {
+                    let refused = matches!(result, Err(AddError::CannotPay { .. }));
+                    proptest::prop_assert!(refused, "an unfunded sender got in: {:?}", result);
+                }
+                if result.is_ok() {
+                    let used = pool.usage[&key.address()];
+                    proptest::prop_assert!(used.cost <= u128::from(state.account(&key.address()).balance.0));
+                }
+                assert_consistent(&pool, &state);
+                if commit {
+                    let candidates = pool.candidates(&state, 50);
+                    let mut next: std::collections::HashMap<Address, u64> = std::collections::HashMap::new();
+                    for c in &candidates {
+                        let expected = next.entry(c.signer).or_insert(state.account(&c.signer).nonce);
+                        proptest::prop_assert_eq!(c.body.nonce, *expected, "nonce order from the account's nonce");
+                        *expected += 1;
+                    }
+                    let best_head = pool
+                        .usage
+                        .keys()
+                        .filter_map(|a| pool.txs.get(&(*a, state.account(a).nonce)))
+                        .map(|e| e.tx.body.fee)
+                        .max();
+                    proptest::prop_assert_eq!(candidates.first().map(|c| c.body.fee), best_head);
+                    let block = chain.next_block(&mut state.clone(), candidates).unwrap();
+                    crate::apply::apply_block(&mut state, &block, crate::apply::SigCheck::Verify).unwrap();
+                    pool.prune(&mut state);
+                    assert_consistent(&pool, &state);
+                    for (addr, used) in &pool.usage {
+                        proptest::prop_assert!(used.cost <= u128::from(state.account(addr).balance.0), "pruned to what pays");
+                    }
+                }
+            }
+        }
+    }
 }
