@@ -259,7 +259,7 @@ pub fn open_lease(keypair: &Keypair, ask: &Ask, node: &NodeArgs) -> anyhow::Resu
         let answer = reply.json()?;
         if reply.status >= 400 {
             let why = answer["error"].as_str().unwrap_or("no reason given").to_string();
-            if i < last && why.starts_with("provider has ") && why.contains(" free ") {
+            if i < last && answer["code"] == agora_protocol::job::RefusalCode::NoFreeGpus.as_str() {
                 progress(node.json, format!("{why}; trying the next offer"));
                 continue;
             }

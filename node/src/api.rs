@@ -64,6 +64,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A provider's typed refusal, passed on with its code.
+    fn refused(status: StatusCode, r: agora_protocol::job::LeaseRefusal) -> ApiError {
+        ApiError { status, code: r.code.as_str(), detail: r.detail }
+    }
+}
+
 impl From<TxRefusal> for ApiError {
     fn from(r: TxRefusal) -> ApiError {
         let status = if r.retryable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_REQUEST };
@@ -580,7 +587,7 @@ async fn propose_lease(
             "gpu_ids": accept.body.gpu_ids,
             "accept": hex::encode(codec::encode(&accept).map_err(internal)?),
         }))),
-        LeaseRpcReply::Refused(why) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+        LeaseRpcReply::Refused(why) => Err(ApiError::refused(StatusCode::CONFLICT, why)),
         LeaseRpcReply::Logs(_) | LeaseRpcReply::Alive(_) => {
             Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense"))
         }
@@ -617,7 +624,7 @@ async fn lease_logs(
             "first_available": chunk.first_available,
             "state": chunk.state,
         }))),
-        LeaseRpcReply::Refused(why) => Err(ApiError::new(StatusCode::FORBIDDEN, why)),
+        LeaseRpcReply::Refused(why) => Err(ApiError::refused(StatusCode::FORBIDDEN, why)),
         LeaseRpcReply::Accepted(_) | LeaseRpcReply::Alive(_) => {
             Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense"))
         }

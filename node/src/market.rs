@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use agora_ledger::State;
-use agora_protocol::job::JobSpec;
+use agora_protocol::job::{JobSpec, LeaseRefusal, RefusalCode};
 use agora_protocol::{Address, Amount, ChainId, LeaseId, LeaseRequest, Signed};
 
 use crate::gpu::Gpu;
@@ -109,69 +109,101 @@ impl Market {
         request: &Signed<LeaseRequest>,
         spec: &JobSpec,
         now_ms: u64,
-    ) -> Result<(LeaseId, Vec<String>), String> {
-        request.verify(chain).map_err(|_| "the request's signature is not valid for this chain".to_string())?;
-        let terms = &request.body;
-        terms.validate().map_err(|e| e.to_string())?;
-        if terms.provider != *me {
-            return Err(format!("the request is for provider {}, not {me}", terms.provider));
+    ) -> Result<(LeaseId, Vec<String>), LeaseRefusal> {
+        use RefusalCode as C;
+        let no = |code: RefusalCode, detail: String| Err(LeaseRefusal::new(code, detail));
+        if request.verify(chain).is_err() {
+            return no(C::SpecMismatch, "the request's signature is not valid for this chain".into());
         }
-        let id = request.lease_id().map_err(|e| e.to_string())?;
+        let terms = &request.body;
+        terms.validate().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))?;
+        if terms.provider != *me {
+            return no(C::WrongProvider, format!("the request is for provider {}, not {me}", terms.provider));
+        }
+        let id = request.lease_id().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))?;
         if self.reserved.contains_key(&id) || self.active.contains_key(&id) || state.lease(&id).is_some() {
-            return Err(format!("lease {id} was already accepted: a request opens at most one lease"));
+            return no(
+                C::AlreadyAccepted,
+                format!("lease {id} was already accepted: a request opens at most one lease"),
+            );
         }
         if terms.expires_at_ms.0 <= now_ms {
-            return Err("the request has expired; submit a new one".into());
+            return no(C::RequestExpired, "the request has expired; submit a new one".into());
         }
         if terms.expires_at_ms.0 > now_ms.saturating_add(MAX_REQUEST_TTL_MS) {
-            return Err(format!("the request expires too far ahead (at most {} s)", MAX_REQUEST_TTL_MS / 1000));
+            return no(
+                C::RequestExpired,
+                format!("the request expires too far ahead (at most {} s)", MAX_REQUEST_TTL_MS / 1000),
+            );
         }
         if !state.is_active_provider(me) {
-            return Err("this provider is not taking leases (not registered, jailed or under-staked)".into());
+            return no(
+                C::ProviderInactive,
+                "this provider is not taking leases (not registered, jailed or under-staked)".into(),
+            );
         }
-        spec.validate().map_err(|e| format!("{e}"))?;
-        if spec.hash().map_err(|e| e.to_string())? != terms.job_spec_hash {
-            return Err("the job spec does not match the hash in the signed request".into());
+        spec.validate().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))?;
+        if spec.hash().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))? != terms.job_spec_hash {
+            return no(C::SpecMismatch, "the job spec does not match the hash in the signed request".into());
         }
         if spec.image.is_some() && !self.kinds.images {
-            return Err("this provider does not run container images (--image); submit without it".into());
+            return no(
+                C::RunnerUnsupported,
+                "this provider does not run container images (--image); submit without it".into(),
+            );
         }
         if spec.image.is_none() && !self.kinds.plain {
-            return Err("this provider runs jobs only in container images; submit with --image".into());
+            return no(
+                C::RunnerUnsupported,
+                "this provider runs jobs only in container images; submit with --image".into(),
+            );
         }
         if let Some(why) = spec.image.as_deref().and_then(|i| self.images.refusal(i)) {
-            return Err(why);
+            return no(C::RunnerUnsupported, why);
         }
         if spec.egress && !self.kinds.egress {
-            return Err("this provider gives jobs no network access; submit without --egress".into());
+            return no(C::EgressRefused, "this provider gives jobs no network access; submit without --egress".into());
         }
         if spec.egress && spec.image.is_none() {
-            return Err("network access is given only to container jobs; submit with --image to use --egress".into());
+            return no(
+                C::EgressRefused,
+                "network access is given only to container jobs; submit with --image to use --egress".into(),
+            );
         }
         if terms.duration_secs > self.max_lease_secs {
-            return Err(format!(
-                "duration {} s exceeds this provider's maximum of {} s",
-                terms.duration_secs, self.max_lease_secs
-            ));
+            return no(
+                C::DurationTooLong,
+                format!(
+                    "duration {} s exceeds this provider's maximum of {} s",
+                    terms.duration_secs, self.max_lease_secs
+                ),
+            );
         }
         if terms.price_per_gpu_hour < self.price {
-            return Err(format!(
-                "price {}/GPU-hour is below this provider's ask of {}",
-                agr(terms.price_per_gpu_hour),
-                agr(self.price)
-            ));
+            return no(
+                C::PriceBelowAsk,
+                format!(
+                    "price {}/GPU-hour is below this provider's ask of {}",
+                    agr(terms.price_per_gpu_hour),
+                    agr(self.price)
+                ),
+            );
         }
         if !self.gpus.iter().any(|g| g.model == terms.gpu_model) {
-            return Err(format!("provider has no {} GPUs", terms.gpu_model));
+            return no(C::NoSuchGpu, format!("provider has no {} GPUs", terms.gpu_model));
         }
         let free = self.free(&terms.gpu_model);
         if free.len() < terms.gpus as usize {
-            return Err(format!("provider has {} free {} (asked for {})", free.len(), terms.gpu_model, terms.gpus));
+            return no(
+                C::NoFreeGpus,
+                format!("provider has {} free {} (asked for {})", free.len(), terms.gpu_model, terms.gpus),
+            );
         }
-        let escrow = terms.escrow().ok_or("escrow overflows")?;
+        let overflow = || LeaseRefusal::new(C::InsufficientBalance, "escrow overflows");
+        let escrow = terms.escrow().ok_or_else(overflow)?;
         let balance = state.account(&request.signer).balance;
         if balance < escrow {
-            return Err(format!("balance {} < escrow {}", agr(balance), agr(escrow)));
+            return no(C::InsufficientBalance, format!("balance {} < escrow {}", agr(balance), agr(escrow)));
         }
         // What this buyer's accepted-but-unopened requests will lock counts too: one
         // funded key must not reserve GPUs for more than it can pay.
@@ -180,24 +212,28 @@ impl Market {
             .values()
             .filter(|r| r.request.signer == request.signer)
             .try_fold(Amount::ZERO, |sum, r| r.request.body.escrow().and_then(|e| sum.checked_add(e)))
-            .ok_or("escrow overflows")?;
-        let needed = pending.checked_add(escrow).ok_or("escrow overflows")?;
+            .ok_or_else(overflow)?;
+        let needed = pending.checked_add(escrow).ok_or_else(overflow)?;
         if balance < needed {
-            return Err(format!(
-                "balance {} < escrow {} plus {} for your requests not yet opened",
-                agr(balance),
-                agr(escrow),
-                agr(pending)
-            ));
+            return no(
+                C::InsufficientBalance,
+                format!(
+                    "balance {} < escrow {} plus {} for your requests not yet opened",
+                    agr(balance),
+                    agr(escrow),
+                    agr(pending)
+                ),
+            );
         }
         let pending = self.reserved.values().filter(|r| r.request.signer == request.signer).count();
         if pending >= MAX_RESERVATIONS_PER_BUYER {
-            return Err(format!(
-                "you already hold {pending} accepted requests not yet opened; open or let them expire first"
-            ));
+            return no(
+                C::TooManyPending,
+                format!("you already hold {pending} accepted requests not yet opened; open or let them expire first"),
+            );
         }
         if self.reserved.len() >= MAX_RESERVATIONS {
-            return Err("provider is busy negotiating; retry shortly".into());
+            return no(C::Busy, "provider is busy negotiating; retry shortly".into());
         }
         let gpus: Vec<usize> = free.into_iter().take(terms.gpus as usize).collect();
         let gpu_ids = gpus.iter().map(|&i| self.gpus[i].id.clone()).collect();
@@ -304,7 +340,7 @@ mod tests {
             m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 3, 2), &spec(), NOW).unwrap();
         assert_eq!(ids2, vec!["SIM-H100-1".to_string()], "a different GPU");
         let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, 3), &spec(), NOW).unwrap_err();
-        assert_eq!(err, "provider has 0 free H100 (asked for 1)");
+        assert_eq!((err.code, err.detail.as_str()), (RefusalCode::NoFreeGpus, "provider has 0 free H100 (asked for 1)"));
         assert!(m.opened(&id).is_some());
         m.release(&id);
         assert_eq!(m.free("H100").len(), 1);
@@ -329,7 +365,7 @@ mod tests {
         }
         let n = MAX_RESERVATIONS_PER_BUYER as u64;
         let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, n), &spec(), NOW).unwrap_err();
-        assert!(err.contains("accepted requests not yet opened"), "{err}");
+        assert!(err.detail.contains("accepted requests not yet opened"), "{err}");
         assert_eq!(m.free("H100").len(), 16 - MAX_RESERVATIONS_PER_BUYER);
     }
 
@@ -347,7 +383,7 @@ mod tests {
         m.price = Amount(500_000);
         m.propose(&me, &chain_id(), &state, &cheap(1), &spec(), NOW).expect("the first fits the balance");
         let err = m.propose(&me, &chain_id(), &state, &cheap(2), &spec(), NOW).unwrap_err();
-        assert!(err.contains("for your requests not yet opened"), "{err}");
+        assert!(err.detail.contains("for your requests not yet opened"), "{err}");
         assert_eq!(m.free("H100").len(), 15, "the refused request reserved nothing");
     }
 
@@ -359,40 +395,40 @@ mod tests {
         let mut refuse = |req: Signed<LeaseRequest>, spec: JobSpec, now: u64| {
             m.propose(&me, &c, &state, &req, &spec, now).unwrap_err()
         };
-        assert!(refuse(request(&chain.keys[1], me, 1, 1, 1), spec(), NOW).contains("below this provider's ask"));
-        assert!(refuse(request(&chain.keys[1], me, 3, 2, 1), spec(), NOW).contains("provider has 2 free H100"));
+        assert!(refuse(request(&chain.keys[1], me, 1, 1, 1), spec(), NOW).detail.contains("below this provider's ask"));
+        assert!(refuse(request(&chain.keys[1], me, 3, 2, 1), spec(), NOW).detail.contains("provider has 2 free H100"));
         assert!(
             refuse(request(&chain.keys[2], me, 1, 2, 1), spec(), NOW)
-                .starts_with("balance 0.1 AGR < escrow 0.333334 AGR")
+                .detail.starts_with("balance 0.1 AGR < escrow 0.333334 AGR")
         );
-        assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), spec(), NOW + 60_000).contains("expired"));
+        assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), spec(), NOW + 60_000).detail.contains("expired"));
         let mut far = request(&chain.keys[1], me, 1, 2, 1).body;
         far.expires_at_ms = TimestampMs(NOW + MAX_REQUEST_TTL_MS + 1);
-        assert!(refuse(Signed::sign(far, &chain.keys[1], &c).unwrap(), spec(), NOW).contains("too far ahead"));
-        assert!(refuse(request(&chain.keys[1], chain.address(2), 1, 2, 1), spec(), NOW).contains("is for provider"));
+        assert!(refuse(Signed::sign(far, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("too far ahead"));
+        assert!(refuse(request(&chain.keys[1], chain.address(2), 1, 2, 1), spec(), NOW).detail.contains("is for provider"));
         let other = JobSpec { command: vec!["true".into()], ..spec() };
-        assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), other, NOW).contains("does not match"));
+        assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), other, NOW).detail.contains("does not match"));
         let image = JobSpec { image: Some("ubuntu".into()), ..spec() };
         let mut r = request(&chain.keys[1], me, 1, 2, 1).body;
         r.job_spec_hash = image.hash().unwrap();
-        assert!(refuse(Signed::sign(r, &chain.keys[1], &c).unwrap(), image, NOW).contains("container images"));
+        assert!(refuse(Signed::sign(r, &chain.keys[1], &c).unwrap(), image, NOW).detail.contains("container images"));
         let mut forged = request(&chain.keys[1], me, 1, 2, 1);
         forged.body.gpus = 2;
-        assert!(refuse(forged, spec(), NOW).contains("signature"));
+        assert!(refuse(forged, spec(), NOW).detail.contains("signature"));
         let mut long = request(&chain.keys[1], me, 1, 2, 1).body;
         long.duration_secs = 7200;
-        assert!(refuse(Signed::sign(long, &chain.keys[1], &c).unwrap(), spec(), NOW).contains("maximum of 3600 s"));
+        assert!(refuse(Signed::sign(long, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("maximum of 3600 s"));
         let mut a100 = request(&chain.keys[1], me, 1, 2, 1).body;
         a100.gpu_model = "A100".into();
-        assert!(refuse(Signed::sign(a100, &chain.keys[1], &c).unwrap(), spec(), NOW).contains("no A100"));
+        assert!(refuse(Signed::sign(a100, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("no A100"));
         let ok = request(&chain.keys[1], me, 1, 2, 9);
         m.propose(&me, &c, &state, &ok, &spec(), NOW).unwrap();
         let replay = m.propose(&me, &c, &state, &ok, &spec(), NOW).unwrap_err();
-        assert!(replay.contains("already accepted"), "{replay}");
+        assert!(replay.detail.contains("already accepted"), "{replay}");
         assert_eq!(m.free("H100").len(), 1, "refusals reserve nothing");
         m.kinds.plain = false;
         let plain = m.propose(&me, &c, &state, &request(&chain.keys[1], me, 1, 2, 10), &spec(), NOW).unwrap_err();
-        assert!(plain.contains("only in container images"), "{plain}");
+        assert!(plain.detail.contains("only in container images"), "{plain}");
         let signed_for = |spec: &JobSpec, nonce: u64| {
             let mut r = request(&chain.keys[1], me, 1, 2, nonce).body;
             r.job_spec_hash = spec.hash().unwrap();
@@ -401,18 +437,19 @@ mod tests {
         m.kinds = JobKinds { plain: true, images: true, egress: false };
         let net = JobSpec { image: Some("busybox".into()), egress: true, ..spec() };
         let refused = m.propose(&me, &c, &state, &signed_for(&net, 11), &net, NOW).unwrap_err();
-        assert_eq!(refused, "this provider gives jobs no network access; submit without --egress");
+        assert_eq!(refused.code, RefusalCode::EgressRefused);
+        assert_eq!(refused.detail, "this provider gives jobs no network access; submit without --egress");
         m.kinds.egress = true;
         let plain_net = JobSpec { egress: true, ..spec() };
         let refused = m.propose(&me, &c, &state, &signed_for(&plain_net, 12), &plain_net, NOW).unwrap_err();
-        assert!(refused.contains("only to container jobs"), "{refused}");
+        assert!(refused.detail.contains("only to container jobs"), "{refused}");
         let injected = JobSpec { image: Some("--privileged".into()), ..spec() };
         let refused = m.propose(&me, &c, &state, &signed_for(&injected, 13), &injected, NOW).unwrap_err();
-        assert!(refused.contains("--privileged"), "{refused}");
+        assert!(refused.detail.contains("--privileged"), "{refused}");
         m.propose(&me, &c, &state, &signed_for(&net, 14), &net, NOW).expect("egress allowed for an image job");
         m.images = crate::config::ImagePolicy { allowed: vec!["pytorch/pytorch".into()], require_digest: false };
         let other = JobSpec { image: Some("busybox:1".into()), ..spec() };
         let refused = m.propose(&me, &c, &state, &signed_for(&other, 15), &other, NOW).unwrap_err();
-        assert!(refused.contains("does not run image \"busybox\""), "{refused}");
+        assert!(refused.detail.contains("does not run image \"busybox\""), "{refused}");
     }
 }

@@ -172,12 +172,97 @@ pub enum LeaseRpc {
     Probe,
 }
 
+/// Why a provider refused a lease-protocol request. Callers act on `code`
+/// (e.g. try the next offer on `NoFreeGpus`); `detail` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRefusal {
+    pub code: RefusalCode,
+    pub detail: String,
+}
+
+impl LeaseRefusal {
+    pub fn new(code: RefusalCode, detail: impl Into<String>) -> LeaseRefusal {
+        LeaseRefusal { code, detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for LeaseRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// The kinds of refusal. Never reorder: the index is on the wire.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    /// The node has no GPUs to lease (or is not this request's provider).
+    NotProvider,
+    /// The request names another provider.
+    WrongProvider,
+    /// This request was already accepted once.
+    AlreadyAccepted,
+    /// The request has expired or expires too far ahead.
+    RequestExpired,
+    /// Jailed, tombstoned, unregistered or under-staked.
+    ProviderInactive,
+    /// The spec does not match the request's hash, or is malformed.
+    SpecMismatch,
+    /// Plain or container jobs, or this image, not run here.
+    RunnerUnsupported,
+    /// Network access not given.
+    EgressRefused,
+    DurationTooLong,
+    PriceBelowAsk,
+    /// No GPUs of that model at all.
+    NoSuchGpu,
+    /// Not enough of them free now (another offer may have some).
+    NoFreeGpus,
+    /// The buyer's balance cannot cover this (and its unopened requests).
+    InsufficientBalance,
+    /// The buyer holds too many accepted, unopened requests.
+    TooManyPending,
+    /// The provider is busy; retry shortly.
+    Busy,
+    /// A logs request that is not from the lease's buyer, stale, or badly signed.
+    NotBuyer,
+    /// No such lease here.
+    UnknownLease,
+    /// Something failed on the provider's side.
+    Internal,
+}
+
+impl RefusalCode {
+    /// The code as the API and CLI show it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefusalCode::NotProvider => "not_provider",
+            RefusalCode::WrongProvider => "wrong_provider",
+            RefusalCode::AlreadyAccepted => "already_accepted",
+            RefusalCode::RequestExpired => "request_expired",
+            RefusalCode::ProviderInactive => "provider_inactive",
+            RefusalCode::SpecMismatch => "spec_mismatch",
+            RefusalCode::RunnerUnsupported => "runner_unsupported",
+            RefusalCode::EgressRefused => "egress_refused",
+            RefusalCode::DurationTooLong => "duration_too_long",
+            RefusalCode::PriceBelowAsk => "price_below_ask",
+            RefusalCode::NoSuchGpu => "no_such_gpu",
+            RefusalCode::NoFreeGpus => "no_free_gpus",
+            RefusalCode::InsufficientBalance => "insufficient_balance",
+            RefusalCode::TooManyPending => "too_many_pending",
+            RefusalCode::Busy => "busy",
+            RefusalCode::NotBuyer => "not_buyer",
+            RefusalCode::UnknownLease => "unknown_lease",
+            RefusalCode::Internal => "internal",
+        }
+    }
+}
+
 /// The provider's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseRpcReply {
     Accepted(Signed<LeaseAccept>),
-    /// A plain sentence for the buyer, e.g. "provider has 0 free H100".
-    Refused(String),
+    /// Why not: a code to act on and a sentence for the buyer.
+    Refused(LeaseRefusal),
     Logs(LogChunk),
     /// The provider's answer to a probe, over the connection the probe came on.
     Alive(Signed<crate::liveness::Heartbeat>),

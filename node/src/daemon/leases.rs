@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use agora_ledger::{Event, LeaseStatus, SettleReason};
-use agora_protocol::job::{JobState, LeaseRpc, LeaseRpcReply, LogChunk};
+use agora_protocol::job::{JobState, LeaseRefusal, LeaseRpc, LeaseRpcReply, LogChunk, RefusalCode};
 use agora_protocol::{Address, LeaseAccept, LeaseId, Signed, Transaction, TxKind, codec};
 use libp2p::request_response::{self, Message, OutboundRequestId};
 use tokio::sync::oneshot;
@@ -92,7 +92,10 @@ impl Daemon {
             LeaseRpc::Propose { request, spec } => {
                 let me = self.acting_as();
                 let Some(market) = self.market.as_mut() else {
-                    return LeaseRpcReply::Refused("this node is not a provider".into());
+                    return LeaseRpcReply::Refused(LeaseRefusal::new(
+                        RefusalCode::NotProvider,
+                        "this node is not a provider",
+                    ));
                 };
                 let now = now_ms();
                 market.expire(now);
@@ -104,7 +107,10 @@ impl Daemon {
                                 self.shared.metrics.leases_accepted.inc();
                                 LeaseRpcReply::Accepted(accept)
                             }
-                            Err(e) => LeaseRpcReply::Refused(format!("provider cannot sign: {e}")),
+                            Err(e) => LeaseRpcReply::Refused(LeaseRefusal::new(
+                                RefusalCode::Internal,
+                                format!("provider cannot sign: {e}"),
+                            )),
                         }
                     }
                     Err(why) => {
@@ -120,17 +126,24 @@ impl Daemon {
             },
             LeaseRpc::Probe if self.provider.is_some() => match self.probe_answer() {
                 Ok(hb) => LeaseRpcReply::Alive(hb),
-                Err(e) => LeaseRpcReply::Refused(e.to_string()),
+                Err(e) => LeaseRpcReply::Refused(LeaseRefusal::new(RefusalCode::Internal, e.to_string())),
             },
-            LeaseRpc::Probe => LeaseRpcReply::Refused("this node is not a provider".into()),
+            LeaseRpc::Probe => {
+                LeaseRpcReply::Refused(LeaseRefusal::new(RefusalCode::NotProvider, "this node is not a provider"))
+            }
         }
     }
 
-    fn logs(&self, req: &Signed<agora_protocol::job::LogsRequest>) -> Result<LogChunk, String> {
-        req.verify(&self.chain).map_err(|_| "the logs request's signature is not valid".to_string())?;
+    fn logs(&self, req: &Signed<agora_protocol::job::LogsRequest>) -> Result<LogChunk, LeaseRefusal> {
+        use agora_protocol::job::RefusalCode as C;
+        req.verify(&self.chain)
+            .map_err(|_| LeaseRefusal::new(C::NotBuyer, "the logs request's signature is not valid"))?;
         let now = now_ms();
         if req.body.issued_at_ms.0.abs_diff(now) > LOGS_REQUEST_MAX_AGE_MS {
-            return Err("the logs request is too old (or your clock is off); sign a new one".into());
+            return Err(LeaseRefusal::new(
+                C::NotBuyer,
+                "the logs request is too old (or your clock is off); sign a new one",
+            ));
         }
         let id = req.body.lease_id;
         let buyer = self
@@ -141,9 +154,9 @@ impl Daemon {
             .map(|l| l.buyer)
             .or_else(|| self.market.as_ref().and_then(|m| m.reserved_buyer(&id)))
             .or_else(|| self.jobs.by_lease.get(&id).map(|j| j.buyer))
-            .ok_or_else(|| format!("this provider has no lease {id}"))?;
+            .ok_or_else(|| LeaseRefusal::new(C::UnknownLease, format!("this provider has no lease {id}")))?;
         if req.signer != buyer {
-            return Err("only the lease's buyer can read its logs".into());
+            return Err(LeaseRefusal::new(C::NotBuyer, "only the lease's buyer can read its logs"));
         }
         Ok(match self.jobs.by_lease.get(&id) {
             Some(job) => job.chunk(req.body.offset),
