@@ -340,7 +340,10 @@ mod tests {
             m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 3, 2), &spec(), NOW).unwrap();
         assert_eq!(ids2, vec!["SIM-H100-1".to_string()], "a different GPU");
         let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, 3), &spec(), NOW).unwrap_err();
-        assert_eq!((err.code, err.detail.as_str()), (RefusalCode::NoFreeGpus, "provider has 0 free H100 (asked for 1)"));
+        assert_eq!(
+            (err.code, err.detail.as_str()),
+            (RefusalCode::NoFreeGpus, "provider has 0 free H100 (asked for 1)")
+        );
         assert!(m.opened(&id).is_some());
         m.release(&id);
         assert_eq!(m.free("H100").len(), 1);
@@ -399,13 +402,16 @@ mod tests {
         assert!(refuse(request(&chain.keys[1], me, 3, 2, 1), spec(), NOW).detail.contains("provider has 2 free H100"));
         assert!(
             refuse(request(&chain.keys[2], me, 1, 2, 1), spec(), NOW)
-                .detail.starts_with("balance 0.1 AGR < escrow 0.333334 AGR")
+                .detail
+                .starts_with("balance 0.1 AGR < escrow 0.333334 AGR")
         );
         assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), spec(), NOW + 60_000).detail.contains("expired"));
         let mut far = request(&chain.keys[1], me, 1, 2, 1).body;
         far.expires_at_ms = TimestampMs(NOW + MAX_REQUEST_TTL_MS + 1);
         assert!(refuse(Signed::sign(far, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("too far ahead"));
-        assert!(refuse(request(&chain.keys[1], chain.address(2), 1, 2, 1), spec(), NOW).detail.contains("is for provider"));
+        assert!(
+            refuse(request(&chain.keys[1], chain.address(2), 1, 2, 1), spec(), NOW).detail.contains("is for provider")
+        );
         let other = JobSpec { command: vec!["true".into()], ..spec() };
         assert!(refuse(request(&chain.keys[1], me, 1, 2, 1), other, NOW).detail.contains("does not match"));
         let image = JobSpec { image: Some("ubuntu".into()), ..spec() };
@@ -417,7 +423,9 @@ mod tests {
         assert!(refuse(forged, spec(), NOW).detail.contains("signature"));
         let mut long = request(&chain.keys[1], me, 1, 2, 1).body;
         long.duration_secs = 7200;
-        assert!(refuse(Signed::sign(long, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("maximum of 3600 s"));
+        assert!(
+            refuse(Signed::sign(long, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("maximum of 3600 s")
+        );
         let mut a100 = request(&chain.keys[1], me, 1, 2, 1).body;
         a100.gpu_model = "A100".into();
         assert!(refuse(Signed::sign(a100, &chain.keys[1], &c).unwrap(), spec(), NOW).detail.contains("no A100"));
