@@ -78,6 +78,9 @@ pub struct SimConfig {
     pub partition: bool,
     /// Make the last validator Byzantine: it equivocates and sends garbage.
     pub byzantine: bool,
+    /// The Byzantine validator, as proposer, sends two valid blocks (each
+    /// with its proposal) to the two halves of the network.
+    pub equivocating_proposer: bool,
     /// Providers whose liveness the validators watch (0: no liveness).
     pub providers: usize,
 }
@@ -108,6 +111,7 @@ impl SimConfig {
             crash_restart: false,
             partition: false,
             byzantine: false,
+            equivocating_proposer: false,
             providers: 0,
         }
     }
@@ -115,14 +119,27 @@ impl SimConfig {
     /// Every fault plus liveness: 4 providers, one never down, one down for
     /// less than a window, two down for much longer; the Byzantine validator
     /// also signs false attestations against the honest ones.
+    /// (Its Byzantine validator does not equivocate as proposer: rounds it
+    /// spoils slow the chain, and the runs are about slashing, not safety.)
     pub fn liveness(seed: u64, validators: usize) -> SimConfig {
-        SimConfig { providers: LIVENESS_PROVIDERS, target_height: 20, ..SimConfig::all_faults(seed, validators) }
+        SimConfig {
+            providers: LIVENESS_PROVIDERS,
+            target_height: 20,
+            equivocating_proposer: false,
+            ..SimConfig::all_faults(seed, validators)
+        }
     }
 
     /// Every fault at once: loss, duplication, delays, a crash and restart,
     /// a partition that heals, and one Byzantine validator.
     pub fn all_faults(seed: u64, validators: usize) -> SimConfig {
-        SimConfig { crash_restart: true, partition: true, byzantine: true, ..SimConfig::new(seed, validators) }
+        SimConfig {
+            crash_restart: true,
+            partition: true,
+            byzantine: true,
+            equivocating_proposer: true,
+            ..SimConfig::new(seed, validators)
+        }
     }
 }
 
@@ -156,6 +173,8 @@ pub struct SimReport {
     /// Signatures an honest node's double-sign guard refused after a crash
     /// (0 while the WAL keeps every own vote, as it must).
     pub sign_refusals: u64,
+    /// Heights at which the Byzantine proposer sent two different valid blocks.
+    pub proposals_equivocated: u64,
 }
 
 /// Most blocks one sync response carries.
@@ -278,6 +297,11 @@ pub struct Sim {
     /// Which side of a partition each node is on, while one is in force.
     partition: Option<Vec<bool>>,
     byzantine: Option<usize>,
+    /// The Byzantine proposer's second block for each block it proposed
+    /// (by the first one's hash), sent to half its peers with a matching
+    /// proposal: equivocating proposals.
+    equivocated: BTreeMap<Hash, Block>,
+    proposals_equivocated: u64,
     /// Every vote an honest node signed, to catch double signing across restarts.
     signed_votes: BTreeMap<(Address, u64, u32, VoteKind), Option<Hash>>,
     evidence: u64,
@@ -364,6 +388,8 @@ impl Sim {
             engine_config,
             partition: None,
             byzantine: config.byzantine.then_some(config.validators - 1),
+            equivocated: BTreeMap::new(),
+            proposals_equivocated: 0,
             signed_votes: BTreeMap::new(),
             sign_refusals: 0,
             evidence: 0,
@@ -671,6 +697,7 @@ impl Sim {
             trace: Hash(*self.trace.finalize().as_bytes()),
             long_outages_slashed,
             sign_refusals: self.sign_refusals,
+            proposals_equivocated: self.proposals_equivocated,
         })
     }
 
@@ -934,6 +961,27 @@ impl Sim {
                 };
                 Signed::sign(other, &key, &chain).map(ConsensusMessage::Vote).unwrap_or_else(|_| msg.clone())
             }
+            // As proposer: a second valid block for the same height and
+            // round (a later time), signed and sent to half the peers, with
+            // a proposal naming it to the same half.
+            ConsensusMessage::Block(b) if self.config.equivocating_proposer => {
+                match self.second_block(from, &b.body.block) {
+                    Some(alt) => {
+                        let body = agora_protocol::consensus::ProposalBlock { block: alt, ..b.body.clone() };
+                        Signed::sign(body, &key, &chain)
+                            .map(|s| ConsensusMessage::Block(Box::new(s)))
+                            .unwrap_or_else(|_| msg.clone())
+                    }
+                    None => msg.clone(),
+                }
+            }
+            ConsensusMessage::Proposal(p) => match self.equivocated.get(&p.body.block) {
+                Some(alt) => {
+                    let other = agora_protocol::consensus::Proposal { block: alt.hash(), ..p.body.clone() };
+                    Signed::sign(other, &key, &chain).map(ConsensusMessage::Proposal).unwrap_or_else(|_| msg.clone())
+                }
+                None => msg.clone(),
+            },
             _ => msg.clone(),
         };
         for to in (0..self.nodes.len()).filter(|&t| t != from) {
@@ -950,6 +998,25 @@ impl Sim {
                 self.send(from, to, garbage);
             }
         }
+    }
+
+    /// Another valid block for the same height as `block`, built on the
+    /// Byzantine node's own ledger one millisecond later; remembered so the
+    /// proposal that follows can name it.
+    fn second_block(&mut self, from: usize, block: &Block) -> Option<Block> {
+        let mut ledger = self.nodes[from].engine.ledger().clone();
+        if block.header.height != ledger.height().next() {
+            return None;
+        }
+        let time = agora_protocol::TimestampMs(block.header.time_ms.0 + 1);
+        let builder = agora_ledger::BlockBuilder::new(&mut ledger, time, block.header.proposer).ok()?;
+        let alt = builder.finish(block.last_commit.clone()).ok()?;
+        if self.equivocated.len() >= 64 {
+            self.equivocated.clear();
+        }
+        self.equivocated.insert(block.hash(), alt.clone());
+        self.proposals_equivocated += 1;
+        Some(alt)
     }
 
     /// A malformed variant of a message: a broken signature or a height far ahead.

@@ -1,8 +1,10 @@
 //! Deterministic simulation of consensus + ledger over a faulty network:
 //! loss, duplication, delays, a crash and restart from store + WAL (losing
 //! the WAL appends not yet fdatasync'd, as a power cut would), a partition
-//! that heals, and one Byzantine validator, with safety and liveness
-//! invariants checked after every step.
+//! that heals, and one Byzantine validator (double votes, garbage, and as
+//! proposer two valid blocks for one round, each with its proposal, to the
+//! two halves of the network), with safety and liveness invariants checked
+//! after every step.
 //! `AGORA_SIM_SEEDS=N` runs N seeds per size; `AGORA_SIM_SEED=S` replays one
 //! (with `AGORA_SIM_VALIDATORS=7` for the 7-validator network).
 
@@ -44,7 +46,7 @@ fn replay_seed() {
 fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
     let seeds = env_u64("AGORA_SIM_SEEDS").unwrap_or(default_seeds);
     let started = std::time::Instant::now();
-    let (mut evidence, mut set_changes) = (0, 0);
+    let (mut evidence, mut set_changes, mut equivocated) = (0, 0, 0);
     for seed in 0..seeds {
         let report = run(SimConfig::all_faults(seed, validators));
         // The crashed validator lost every WAL append not yet fdatasync'd;
@@ -53,9 +55,14 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
         assert_eq!(report.sign_refusals, 0, "seed {seed}: the guard had to refuse a signature");
         evidence += report.evidence;
         set_changes += report.set_changes;
+        equivocated += report.proposals_equivocated;
     }
     eprintln!("{seeds} seeds of {validators} validators with all faults in {:?}", started.elapsed());
     assert!(set_changes > 0, "no run crossed a validator-set change");
+    // The Byzantine validator, as proposer, sent two valid blocks to the two
+    // halves of the network; the runs still commit one block per height.
+    assert!(equivocated > 0, "the Byzantine proposer never equivocated");
+    eprintln!("{equivocated} equivocating proposals, {evidence} double votes caught");
     evidence
 }
 
