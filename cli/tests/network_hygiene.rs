@@ -1,9 +1,9 @@
 //! Connection-level hostility on a real 4-node testnet. A peer that speaks
 //! identify and gossipsub but not ping (as a js-libp2p node may) stays
 //! connected and learns the node's agent string; a flood of 300 half-open
-//! TCP connections to one node is capped by its connection limits, a flood of
-//! sync requests is answered only within the peer's quota (off the consensus
-//! loop), and a normal transfer still commits within 10 blocks. Then the
+//! TCP connections to one node is capped by its connection limits, floods of
+//! sync requests and of liveness probes are answered only within the peer's
+//! quotas (sync off the consensus loop), and a normal transfer still commits within 10 blocks. Then the
 //! API: clients that trickle their request bodies take every slot of the
 //! transaction endpoint; status still answers, the overflow is refused at
 //! once (503), the slow clients are cut off by the timeout (504), and a
@@ -27,6 +27,8 @@ struct NoPing {
     gossipsub: libp2p::gossipsub::Behaviour,
 }
 
+/// Liveness probes one rogue peer sends at the provider.
+const PROBE_FLOOD: u32 = 300;
 /// Sync requests in the flood (bounded).
 const SYNC_FLOOD: u32 = 200;
 
@@ -117,6 +119,45 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
     assert!(empty > 0, "a flood is refused past the quota");
     let metrics = agora_testnet::http::get(&api[0], "/metrics").unwrap().body;
     assert!(metrics.lines().any(|l| l.starts_with("agora_sync_refused_total") && !l.ends_with(" 0")), "counted");
+
+    // A probe flood at the provider (node 0): 300 liveness probes as fast as
+    // one peer can send them. Answered from its latest heartbeat within the
+    // peer's quota (50 a second); the rest are refused at once as busy.
+    let (alive, busy) = runtime.block_on(async {
+        let rogue = agora_node::identity::libp2p_keypair(&Keypair::generate().unwrap()).unwrap();
+        let mut swarm = agora_node::net::build_swarm(rogue, Default::default()).unwrap();
+        swarm.dial(target.clone()).unwrap();
+        let (mut sent, mut alive, mut busy) = (0u32, 0u32, 0u32);
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until && alive + busy < PROBE_FLOOD {
+            if sent < PROBE_FLOOD && swarm.is_connected(&target_peer) {
+                swarm.behaviour_mut().lease.send_request(&target_peer, agora_protocol::job::LeaseRpc::Probe);
+                sent += 1;
+            }
+            let event = tokio::time::timeout(Duration::from_millis(1), swarm.select_next_some()).await;
+            if let Ok(SwarmEvent::Behaviour(agora_node::net::BehaviourEvent::Lease(
+                libp2p::request_response::Event::Message {
+                    message: libp2p::request_response::Message::Response { response, .. },
+                    ..
+                },
+            ))) = event
+            {
+                match response {
+                    agora_protocol::job::LeaseRpcReply::Alive(_) => alive += 1,
+                    agora_protocol::job::LeaseRpcReply::Refused(r)
+                        if r.code == agora_protocol::job::RefusalCode::Busy =>
+                    {
+                        busy += 1
+                    }
+                    other => panic!("unexpected answer to a probe: {other:?}"),
+                }
+            }
+        }
+        (alive, busy)
+    });
+    eprintln!("probe flood: {alive} answered, {busy} refused as busy");
+    assert!(alive >= 1, "probes within the quota are answered");
+    assert!(busy > 0, "a probe flood is refused past the quota");
 
     // The flood: half-open TCP connections that never finish a handshake.
     let addr = format!("127.0.0.1:{base}");

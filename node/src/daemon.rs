@@ -167,7 +167,7 @@ type SyncServed = (PeerId, request_response::ResponseChannel<SyncResponse>, Sync
 
 /// The serving side of block sync: quotas, and answers coming back from blocking threads.
 struct SyncServer {
-    quota: crate::sync_serve::SyncQuota,
+    quota: crate::sync_serve::PeerQuota,
     served_tx: mpsc::Sender<SyncServed>,
     served_rx: mpsc::Receiver<SyncServed>,
 }
@@ -229,6 +229,8 @@ pub struct Daemon {
     liveness: crate::liveness::Liveness,
     /// Probes in flight, by request, to the provider probed.
     pending_probes: HashMap<libp2p::request_response::OutboundRequestId, agora_protocol::Address>,
+    /// Per-peer quota on inbound lease-protocol requests (probes, proposals, logs).
+    lease_quota: crate::sync_serve::PeerQuota,
     last_heartbeat_at: Option<Instant>,
     /// Signs heartbeats with durably reserved sequence numbers; answers probes from the latest.
     heartbeats: crate::heartbeat::HeartbeatSigner,
@@ -380,6 +382,7 @@ impl Daemon {
             pending_rpcs: HashMap::new(),
             liveness: crate::liveness::Liveness::new(store.state().params().downtime_window_blocks, store.height()),
             pending_probes: HashMap::new(),
+            lease_quota: crate::sync_serve::PeerQuota::new(1, crate::sync_serve::MAX_LEASE_RPCS_PER_PEER_PER_SEC),
             last_heartbeat_at: None,
             heartbeats,
             reported_votes: Default::default(),

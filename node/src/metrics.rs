@@ -22,6 +22,8 @@ pub struct Metrics {
     pub mempool_bytes: Gauge,
     /// Signatures the double-sign guard refused (each one a lost WAL or a bug).
     pub sign_refused: Counter,
+    /// Inbound lease-protocol requests refused over a peer's quota.
+    pub lease_rpcs_refused: Counter,
     /// Milliseconds between the last two committed blocks (block time).
     pub block_interval_ms: Gauge<u64, AtomicU64>,
     pub committed_txs: Counter,
@@ -53,6 +55,7 @@ impl Metrics {
             mempool: Gauge::default(),
             mempool_bytes: Gauge::default(),
             sign_refused: Counter::default(),
+            lease_rpcs_refused: Counter::default(),
             block_interval_ms: Gauge::default(),
             committed_txs: Counter::default(),
             gossip: Family::default(),
@@ -76,6 +79,11 @@ impl Metrics {
         r.register("mempool_txs", "Transactions waiting in the mempool", m.mempool.clone());
         r.register("mempool_bytes", "Encoded bytes waiting in the mempool", m.mempool_bytes.clone());
         r.register("sign_refused", "Signatures refused by the double-sign guard", m.sign_refused.clone());
+        r.register(
+            "lease_rpcs_refused",
+            "Inbound lease-protocol requests (probes, proposals, logs) refused over the peer's quota",
+            m.lease_rpcs_refused.clone(),
+        );
         r.register("block_interval_ms", "Time between the last two blocks", m.block_interval_ms.clone());
         r.register("committed_txs", "Transactions committed since start", m.committed_txs.clone());
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());

@@ -24,14 +24,34 @@ pub const MAX_TRACKED_PEERS: usize = 1_024;
 /// Bytes allowed for a certificate next to each block in a response.
 pub const SYNC_CERT_ALLOWANCE: usize = 16 * 1024;
 
-/// Per-peer sync quotas.
-#[derive(Debug, Default)]
-pub struct SyncQuota {
+/// Per-peer request quotas: at most `max_in_flight` requests being served
+/// and `max_per_sec` admitted per second, per peer; a request over either is
+/// refused at once. Used for block sync and for the lease protocol (probes,
+/// proposals, logs).
+#[derive(Debug)]
+pub struct PeerQuota {
     /// Peer → (requests in flight, the second counted, requests in it).
     peers: HashMap<PeerId, (u32, u64, u32)>,
+    max_in_flight: u32,
+    max_per_sec: u32,
 }
 
-impl SyncQuota {
+/// Lease-protocol requests (probes, proposals, logs) one peer may make per
+/// second: a node relaying many buyers' log follows stays well inside it.
+pub const MAX_LEASE_RPCS_PER_PEER_PER_SEC: u32 = 50;
+
+impl Default for PeerQuota {
+    /// The block-sync quota.
+    fn default() -> Self {
+        PeerQuota::new(MAX_SYNC_IN_FLIGHT_PER_PEER, MAX_SYNC_REQUESTS_PER_PEER_PER_SEC)
+    }
+}
+
+impl PeerQuota {
+    pub fn new(max_in_flight: u32, max_per_sec: u32) -> PeerQuota {
+        PeerQuota { peers: HashMap::new(), max_in_flight, max_per_sec }
+    }
+
     /// Whether `peer`'s request at `now_ms` is answered; if so it is counted in flight.
     pub fn admit(&mut self, peer: PeerId, now_ms: u64) -> bool {
         if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_TRACKED_PEERS {
@@ -45,7 +65,7 @@ impl SyncQuota {
         if entry.1 != second {
             (entry.1, entry.2) = (second, 0);
         }
-        if entry.0 >= MAX_SYNC_IN_FLIGHT_PER_PEER || entry.2 >= MAX_SYNC_REQUESTS_PER_PEER_PER_SEC {
+        if entry.0 >= self.max_in_flight || entry.2 >= self.max_per_sec {
             return false;
         }
         entry.0 += 1;
@@ -104,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_peer_gets_a_few_requests_in_flight_and_a_bounded_rate() {
-        let mut q = SyncQuota::default();
+        let mut q = PeerQuota::default();
         let peer = |seed: &str| {
             let key = crate::identity::libp2p_keypair(&agora_protocol::Keypair::from_seed_phrase(seed)).unwrap();
             key.public().to_peer_id()

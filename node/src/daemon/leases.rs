@@ -54,8 +54,20 @@ impl Daemon {
 
     pub(super) fn on_lease_event(&mut self, event: request_response::Event<LeaseRpc, LeaseRpcReply>) {
         match event {
-            request_response::Event::Message { message: Message::Request { request, channel, .. }, .. } => {
-                let answer = self.answer_lease_rpc(request);
+            request_response::Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                // Answered in this call, so one in flight per peer is enough;
+                // a peer over its per-second quota is told to wait, at once.
+                let answer = if self.lease_quota.admit(peer, now_ms()) {
+                    let answer = self.answer_lease_rpc(request);
+                    self.lease_quota.done(&peer);
+                    answer
+                } else {
+                    self.shared.metrics.lease_rpcs_refused.inc();
+                    LeaseRpcReply::Refused(LeaseRefusal::new(
+                        RefusalCode::Busy,
+                        "too many lease-protocol requests from your node; retry shortly",
+                    ))
+                };
                 let _ = self.swarm.behaviour_mut().lease.send_response(channel, answer);
             }
             request_response::Event::Message { message: Message::Response { request_id, response }, .. } => {
