@@ -10,13 +10,13 @@
 //! slashed for less than a window, every long outage is slashed, and none twice.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use agora_ledger::consensus::certificate::verify_commit;
 use agora_ledger::consensus::context::ConsensusValidatorSet;
 use agora_ledger::consensus::{
-    Action, Engine, EngineConfig, Input, LastSigned, LinearTimeouts, Recovered, Timer, WalEntry,
+    Action, Engine, EngineConfig, Input, LastSigned, LinearTimeouts, Recovered, Relay, Timer, WalEntry,
 };
 use agora_ledger::testkit::{TestChain, sign_tx, transfer};
 use agora_ledger::{Genesis, SigCheck, State, apply_block};
@@ -81,6 +81,9 @@ pub struct SimConfig {
     /// The Byzantine validator, as proposer, sends two valid blocks (each
     /// with its proposal) to the two halves of the network.
     pub equivocating_proposer: bool,
+    /// A stake-less peer replays stale messages, signs votes and sends
+    /// unpayable transactions (see `Griefer`).
+    pub griefing_peer: bool,
     /// Providers whose liveness the validators watch (0: no liveness).
     pub providers: usize,
 }
@@ -112,6 +115,7 @@ impl SimConfig {
             partition: false,
             byzantine: false,
             equivocating_proposer: false,
+            griefing_peer: false,
             providers: 0,
         }
     }
@@ -126,6 +130,7 @@ impl SimConfig {
             providers: LIVENESS_PROVIDERS,
             target_height: 20,
             equivocating_proposer: false,
+            griefing_peer: false,
             ..SimConfig::all_faults(seed, validators)
         }
     }
@@ -138,6 +143,7 @@ impl SimConfig {
             partition: true,
             byzantine: true,
             equivocating_proposer: true,
+            griefing_peer: true,
             ..SimConfig::new(seed, validators)
         }
     }
@@ -175,6 +181,10 @@ pub struct SimReport {
     pub sign_refusals: u64,
     /// Heights at which the Byzantine proposer sent two different valid blocks.
     pub proposals_equivocated: u64,
+    /// Messages and transactions the griefing peer threw at the nodes.
+    pub griefing: u64,
+    /// Consensus deliveries dropped by the relay verdict (stale, strangers).
+    pub relay_dropped: u64,
 }
 
 /// Most blocks one sync response carries.
@@ -233,7 +243,25 @@ enum Event {
     ProviderDown { provider: usize },
     ProviderUp { provider: usize },
     FalseAttestation,
+    Grief,
 }
+
+/// A peer that holds no stake and only gets in the way: it replays old
+/// consensus messages, signs votes with its own key, and submits
+/// transactions it cannot pay for, to random nodes. The nodes judge all of
+/// it through the same relay verdict and mempool admission as the daemon.
+struct Griefer {
+    key: Keypair,
+    /// Recently delivered consensus messages, replayed later (stale by then).
+    seen: VecDeque<ConsensusMessage>,
+    /// What it threw at the nodes.
+    sent: u64,
+}
+
+/// Consensus messages the griefer keeps for replays.
+const GRIEFER_MEMORY: usize = 32;
+/// Sim milliseconds between the griefer's rounds.
+const GRIEF_EVERY_MS: u64 = 150;
 
 /// A validator's durable files as a power cut leaves them: WAL appends not
 /// yet followed by an fdatasync are lost at a crash (the daemon syncs on its
@@ -302,6 +330,9 @@ pub struct Sim {
     /// proposal: equivocating proposals.
     equivocated: BTreeMap<Hash, Block>,
     proposals_equivocated: u64,
+    griefer: Option<Griefer>,
+    /// Consensus deliveries a node dropped by its relay verdict.
+    relay_dropped: u64,
     /// Every vote an honest node signed, to catch double signing across restarts.
     signed_votes: BTreeMap<(Address, u64, u32, VoteKind), Option<Hash>>,
     evidence: u64,
@@ -390,6 +421,12 @@ impl Sim {
             byzantine: config.byzantine.then_some(config.validators - 1),
             equivocated: BTreeMap::new(),
             proposals_equivocated: 0,
+            griefer: config.griefing_peer.then(|| Griefer {
+                key: Keypair::from_seed_phrase("agora-sim-griefer"),
+                seen: VecDeque::new(),
+                sent: 0,
+            }),
+            relay_dropped: 0,
             signed_votes: BTreeMap::new(),
             sign_refusals: 0,
             evidence: 0,
@@ -663,6 +700,9 @@ impl Sim {
             self.feed(i, Input::Start)?;
         }
         self.push(self.now_ms, Event::ClientLoad);
+        if self.griefer.is_some() {
+            self.push(self.now_ms + GRIEF_EVERY_MS, Event::Grief);
+        }
         self.plan_faults();
         if !self.providers.is_empty() {
             self.plan_liveness()?;
@@ -684,6 +724,13 @@ impl Sim {
             let event = self.events.remove(&seq).ok_or_else(|| self.fail("lost event".into()))?;
             self.step(event)?;
         }
+        if let Some(g) = &self.griefer {
+            let griefer = g.key.address();
+            if let Some(i) = (0..self.nodes.len()).find(|&i| self.nodes[i].engine.mempool().pending_from(&griefer) > 0)
+            {
+                return Err(self.fail(format!("node {i}'s mempool kept the griefer's unpayable transactions")));
+            }
+        }
         let long_outages_slashed = self.judge_liveness()?;
         let min_height = self.nodes.iter().map(|n| n.height).min().unwrap_or(0);
         Ok(SimReport {
@@ -698,6 +745,8 @@ impl Sim {
             long_outages_slashed,
             sign_refusals: self.sign_refusals,
             proposals_equivocated: self.proposals_equivocated,
+            griefing: self.griefer.as_ref().map_or(0, |g| g.sent),
+            relay_dropped: self.relay_dropped,
         })
     }
 
@@ -736,11 +785,23 @@ impl Sim {
     fn step(&mut self, event: Event) -> Result<(), SimFailure> {
         match event {
             Event::Deliver { to, from, msg } => {
-                if self.nodes[to].alive && self.connected(from, to) {
-                    self.feed(to, Input::Message(msg))?;
+                if !self.nodes[to].alive || !self.connected(from, to) {
+                    return Ok(());
                 }
-                Ok(())
+                // The daemon's gossip verdict: what it would drop never reaches consensus.
+                if self.nodes[to].engine.relay(&msg) == Relay::Drop {
+                    self.relay_dropped += 1;
+                    return Ok(());
+                }
+                if let Some(g) = self.griefer.as_mut() {
+                    if g.seen.len() >= GRIEFER_MEMORY {
+                        g.seen.pop_front();
+                    }
+                    g.seen.push_back(msg.clone());
+                }
+                self.feed(to, Input::Message(msg))
             }
+            Event::Grief => self.grief(),
             Event::Crash { node } => {
                 // Everything in memory is lost, and WAL appends not yet synced;
                 // the store, the synced WAL and the guard's state survive.
@@ -998,6 +1059,37 @@ impl Sim {
                 self.send(from, to, garbage);
             }
         }
+    }
+
+    /// One round of the griefer against a random live node: a stale message
+    /// replayed, a vote signed with its own (stake-less) key, and transfers
+    /// it cannot pay (one at its nonce, others beyond a gap).
+    fn grief(&mut self) -> Result<(), SimFailure> {
+        let to = self.rng.below(self.nodes.len() as u64) as usize;
+        self.push(self.now_ms + GRIEF_EVERY_MS, Event::Grief);
+        let Some(g) = self.griefer.as_mut() else { return Ok(()) };
+        if !self.nodes[to].alive {
+            return Ok(());
+        }
+        let key = g.key.clone();
+        let stale =
+            if g.seen.is_empty() { None } else { g.seen.get(self.rng.below(g.seen.len() as u64) as usize).cloned() };
+        g.sent += 3;
+        let height = self.nodes[to].engine.height();
+        let vote = agora_protocol::consensus::Vote {
+            kind: VoteKind::Prevote,
+            height,
+            round: 0,
+            block: Some(Hash([self.rng.below(256) as u8; 32])),
+        };
+        let chain = self.genesis.chain_id.clone();
+        let forged = Signed::sign(vote, &key, &chain).map_err(|e| self.fail(e.to_string()))?;
+        for msg in stale.into_iter().chain(std::iter::once(ConsensusMessage::Vote(forged))) {
+            self.push(self.now_ms + 1, Event::Deliver { to, from: to, msg });
+        }
+        let junk: Vec<SignedTx> =
+            [0u64, 3, 7].iter().map(|&nonce| transfer(&key, nonce, self.keys[0].address(), Amount(1))).collect();
+        self.feed(to, Input::Txs(junk))
     }
 
     /// Another valid block for the same height as `block`, built on the

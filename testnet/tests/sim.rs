@@ -3,7 +3,9 @@
 //! the WAL appends not yet fdatasync'd, as a power cut would), a partition
 //! that heals, and one Byzantine validator (double votes, garbage, and as
 //! proposer two valid blocks for one round, each with its proposal, to the
-//! two halves of the network), with safety and liveness invariants checked
+//! two halves of the network), and a stake-less griefing peer (stale replays,
+//! votes from its own key, unpayable transactions), every delivery judged by
+//! the daemon's relay verdict, with safety and liveness invariants checked
 //! after every step.
 //! `AGORA_SIM_SEEDS=N` runs N seeds per size; `AGORA_SIM_SEED=S` replays one
 //! (with `AGORA_SIM_VALIDATORS=7` for the 7-validator network).
@@ -46,7 +48,7 @@ fn replay_seed() {
 fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
     let seeds = env_u64("AGORA_SIM_SEEDS").unwrap_or(default_seeds);
     let started = std::time::Instant::now();
-    let (mut evidence, mut set_changes, mut equivocated) = (0, 0, 0);
+    let (mut evidence, mut set_changes, mut equivocated, mut griefing, mut dropped) = (0, 0, 0, 0, 0);
     for seed in 0..seeds {
         let report = run(SimConfig::all_faults(seed, validators));
         // The crashed validator lost every WAL append not yet fdatasync'd;
@@ -56,13 +58,24 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
         evidence += report.evidence;
         set_changes += report.set_changes;
         equivocated += report.proposals_equivocated;
+        griefing += report.griefing;
+        dropped += report.relay_dropped;
     }
     eprintln!("{seeds} seeds of {validators} validators with all faults in {:?}", started.elapsed());
     assert!(set_changes > 0, "no run crossed a validator-set change");
     // The Byzantine validator, as proposer, sent two valid blocks to the two
     // halves of the network; the runs still commit one block per height.
     assert!(equivocated > 0, "the Byzantine proposer never equivocated");
-    eprintln!("{equivocated} equivocating proposals, {evidence} double votes caught");
+    // A stake-less griefing peer replayed stale messages, signed votes and
+    // sent unpayable transactions: dropped by the relay verdict and mempool
+    // admission (a run fails if any mempool kept its transactions).
+    assert!(
+        griefing > 0 && dropped > 0,
+        "the griefing peer did nothing ({griefing}) or nothing was dropped ({dropped})"
+    );
+    eprintln!(
+        "{equivocated} equivocating proposals, {evidence} double votes caught, {griefing} griefing messages, {dropped} deliveries dropped by the relay verdict"
+    );
     evidence
 }
 

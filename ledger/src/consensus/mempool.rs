@@ -146,6 +146,11 @@ impl Mempool {
         self.bytes
     }
 
+    /// Transactions `sender` has queued.
+    pub fn pending_from(&self, sender: &Address) -> usize {
+        self.usage.get(sender).map_or(0, |u| u.count)
+    }
+
     /// Transactions that fit without evicting anything.
     pub fn room(&self) -> usize {
         MAX_MEMPOOL_TXS.saturating_sub(self.txs.len())
