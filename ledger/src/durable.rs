@@ -47,6 +47,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
     sync_dir(path)
 }
 
+/// Opens `path` for reading and writing with all its bytes; a file that
+/// did not exist is created at `initial_len` bytes (zeros) and made durable
+/// with its directory entry before anything is written to it.
+fn open_durably(path: &Path, initial_len: u64) -> Result<(File, Vec<u8>), DurableError> {
+    let created = !path.exists();
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| err(path, e))?;
+    if created {
+        file.set_len(initial_len).map_err(|e| err(path, e))?;
+        file.sync_all().map_err(|e| err(path, e))?;
+        sync_dir(path)?;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| err(path, e))?;
+    Ok((file, bytes))
+}
+
 /// Bytes of a record's frame: u32 length, then 8 bytes of the payload's blake3.
 const FRAME_BYTES: usize = 12;
 /// Largest record an `AppendLog` accepts (a WAL entry is far smaller).
@@ -73,20 +90,7 @@ impl AppendLog {
     /// Whatever follows the last whole, intact record (a write cut short by a
     /// crash) is truncated away, durably.
     pub fn open(path: &Path) -> Result<(AppendLog, Vec<Vec<u8>>), DurableError> {
-        let created = !path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| err(path, e))?;
-        if created {
-            file.sync_all().map_err(|e| err(path, e))?;
-            sync_dir(path)?;
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| err(path, e))?;
+        let (mut file, bytes) = open_durably(path, 0)?;
         let mut records = Vec::new();
         let mut at = 0usize;
         while bytes.len() - at >= FRAME_BYTES {
@@ -184,21 +188,7 @@ pub struct SlotFile {
 impl SlotFile {
     /// Opens (or creates, durably) the file; returns it with the newest intact payload.
     pub fn open(path: &Path) -> Result<(SlotFile, Option<Vec<u8>>), DurableError> {
-        let created = !path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| err(path, e))?;
-        if created {
-            file.set_len(2 * SLOT_BYTES as u64).map_err(|e| err(path, e))?;
-            file.sync_all().map_err(|e| err(path, e))?;
-            sync_dir(path)?;
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| err(path, e))?;
+        let (file, bytes) = open_durably(path, 2 * SLOT_BYTES as u64)?;
         let best = bytes.chunks(SLOT_BYTES).filter_map(parse_slot).max_by_key(|(seq, _)| *seq);
         let seq = best.as_ref().map_or(0, |(s, _)| *s);
         Ok((SlotFile { path: path.to_path_buf(), file, seq }, best.map(|(_, p)| p)))
