@@ -237,7 +237,7 @@ pub struct Daemon {
     /// Vote equivocations already submitted (offender, height, round), bounded.
     reported_votes: std::collections::BTreeSet<(agora_protocol::Address, u64, u32)>,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
-    own_pending: std::collections::BTreeMap<u64, (TxKind, Height)>,
+    own_txs: crate::own_txs::OwnTxs,
     store: Store,
     /// What must survive a power cut: the consensus WAL and the double-sign guard.
     durable: Durable,
@@ -386,7 +386,7 @@ impl Daemon {
             last_heartbeat_at: None,
             heartbeats,
             reported_votes: Default::default(),
-            own_pending: Default::default(),
+            own_txs: Default::default(),
             bootstrap,
             last_redial: Instant::now(),
             store,

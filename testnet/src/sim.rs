@@ -21,6 +21,7 @@ use agora_ledger::consensus::{
 use agora_ledger::testkit::{TestChain, sign_tx, transfer};
 use agora_ledger::{Genesis, SigCheck, State, apply_block};
 use agora_node::liveness::{HeartbeatVerdict, Liveness};
+use agora_node::own_txs::OwnTxs;
 use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{
@@ -299,6 +300,8 @@ struct SimNode {
     store: Vec<(Block, CommitCertificate)>,
     /// …its write-ahead log and double-sign guard state.
     disk: SimDisk,
+    /// Its own transactions in flight (in memory: lost at a crash, as in the daemon).
+    own_txs: OwnTxs,
     alive: bool,
     liveness: Liveness,
 }
@@ -378,6 +381,7 @@ impl Sim {
                     height: 0,
                     store: Vec::new(),
                     disk: SimDisk::default(),
+                    own_txs: OwnTxs::default(),
                     alive: true,
                     liveness: Liveness::new(SIM_WINDOW_BLOCKS, Height(0)),
                 }
@@ -598,10 +602,33 @@ impl Sim {
 
     /// A validator signs a downtime slash at its next free nonce and gossips it.
     fn submit_slash(&mut self, node: usize, evidence: agora_protocol::DowntimeEvidence) -> Result<(), SimFailure> {
-        let n = &self.nodes[node];
-        let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &self.keys[node].address());
-        let tx = sign_tx(&self.keys[node], nonce, TxKind::SlashDowntime { evidence });
+        self.submit_own(node, TxKind::SlashDowntime { evidence })
+    }
+
+    /// A node signs one of its own transactions at the nonce the daemon's
+    /// rules give it (`OwnTxs`) and gossips it.
+    fn submit_own(&mut self, node: usize, kind: TxKind) -> Result<(), SimFailure> {
+        let n = &mut self.nodes[node];
+        let me = self.keys[node].address();
+        let nonce = n.own_txs.next_nonce(n.engine.ledger(), &me);
+        n.own_txs.sent(nonce, kind.clone(), n.engine.ledger().height());
+        let tx = sign_tx(&self.keys[node], nonce, kind);
         self.gossip_txs(&[tx])
+    }
+
+    /// After a commit: own transactions stuck for a while are signed again,
+    /// as the daemon does.
+    fn resend_own(&mut self, node: usize) -> Result<(), SimFailure> {
+        let n = &mut self.nodes[node];
+        let me = self.keys[node].address();
+        let again = n.own_txs.stuck(n.engine.ledger(), &me);
+        let height = n.engine.ledger().height();
+        let mut txs = Vec::with_capacity(again.len());
+        for (nonce, kind) in again {
+            n.own_txs.sent(nonce, kind.clone(), height);
+            txs.push(sign_tx(&self.keys[node], nonce, kind));
+        }
+        if txs.is_empty() { Ok(()) } else { self.gossip_txs(&txs) }
     }
 
     /// After a commit: the node's liveness view moves on, and a live honest
@@ -907,6 +934,7 @@ impl Sim {
             self.now_ms,
         );
         self.nodes[node].engine = engine;
+        self.nodes[node].own_txs = OwnTxs::default();
         self.nodes[node].alive = true;
         // Its liveness view was in memory: it watches again from where its store is.
         self.nodes[node].liveness = Liveness::new(SIM_WINDOW_BLOCKS, Height(self.nodes[node].height));
@@ -944,11 +972,8 @@ impl Sim {
                     if submitter != Some(node) {
                         return Ok(());
                     }
-                    let n = &self.nodes[node];
-                    let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &self.keys[node].address());
                     let evidence = agora_protocol::EquivocationEvidence::Votes { first: e.first, second: e.second };
-                    let tx = sign_tx(&self.keys[node], nonce, TxKind::SlashEquivocation { evidence });
-                    self.gossip_txs(&[tx])?;
+                    self.submit_own(node, TxKind::SlashEquivocation { evidence })?;
                 }
             }
         }
@@ -1162,6 +1187,7 @@ impl Sim {
         n.height = h;
         n.store.push((block.clone(), cert.clone()));
         n.disk.prune_through(h);
+        self.resend_own(node)?;
         self.liveness_after_commit(node, Height(h), hash)
     }
 

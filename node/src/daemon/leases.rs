@@ -23,8 +23,6 @@ pub const LOGS_REQUEST_MAX_AGE_MS: u64 = 60_000;
 pub const MAX_FINISHED_JOBS: usize = 1_024;
 /// Lease requests this node may have in flight to providers.
 pub const MAX_PENDING_LEASE_RPCS: usize = 256;
-/// Blocks an own transaction may stay uncommitted before it is signed again.
-pub const OWN_TX_RETRY_BLOCKS: u64 = 10;
 
 pub type RpcReply = oneshot::Sender<Result<LeaseRpcReply, String>>;
 
@@ -339,9 +337,7 @@ impl Daemon {
     /// Signs a transaction with the node's own key at the next free nonce
     /// (after the ones still pending) and submits it.
     pub(super) fn submit_own_tx(&mut self, kind: TxKind) -> Result<(), Error> {
-        let ledger_nonce = self.store.state().account(&self.key.address()).nonce;
-        self.own_pending.retain(|n, _| *n >= ledger_nonce);
-        let nonce = self.own_pending.keys().next_back().map_or(ledger_nonce, |n| n + 1);
+        let nonce = self.own_txs.next_nonce(self.store.state(), &self.key.address());
         self.send_own(nonce, kind)
     }
 
@@ -354,42 +350,21 @@ impl Daemon {
             tracing::warn!(kind = kind.name(), %fee, "this node's key cannot pay the transaction fee; fund it");
         }
         let tx = Signed::sign(Transaction { nonce, fee, kind: kind.clone() }, &self.key, &self.chain)?;
-        self.own_pending.insert(nonce, (kind, self.store.height()));
+        self.own_txs.sent(nonce, kind, self.store.height());
         self.publish_tx(codec::encode(&tx)?);
         let actions = self.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));
         self.act(actions)
     }
 
-    /// Own transactions stuck for `OWN_TX_RETRY_BLOCKS` (lost, or refused and
-    /// blocking the nonces after them) are signed again from the ledger's
-    /// nonce, leaving out closes of leases that are no longer open.
+    /// Own transactions stuck for `OWN_TX_RETRY_BLOCKS` are signed again
+    /// from the ledger's nonce (see `own_txs`).
     pub(super) fn resend_own_txs(&mut self) -> Result<(), Error> {
-        let state = self.store.state();
-        let ledger_nonce = state.account(&self.key.address()).nonce;
-        self.own_pending.retain(|n, _| *n >= ledger_nonce);
-        let height = self.store.height().0;
-        let stuck = self.own_pending.values().next().is_some_and(|(_, h)| height >= h.0 + OWN_TX_RETRY_BLOCKS);
-        if !stuck {
-            return Ok(());
+        let again = self.own_txs.stuck(self.store.state(), &self.key.address());
+        if !again.is_empty() {
+            tracing::warn!(count = again.len(), "own transactions stuck; signing them again");
         }
-        let kinds: Vec<TxKind> = std::mem::take(&mut self.own_pending)
-            .into_values()
-            .map(|(k, _)| k)
-            .filter(|k| match k {
-                TxKind::CloseLease { lease_id, .. } => {
-                    state.lease(lease_id).is_some_and(|l| l.status == LeaseStatus::Open)
-                }
-                // Someone else's slash got in first, or the provider is already jailed.
-                TxKind::SlashDowntime { evidence } => state.is_active_provider(&evidence.provider),
-                TxKind::SlashEquivocation { evidence } => state
-                    .provider(&state.acting_for(&evidence.offender()))
-                    .is_some_and(|p| p.status != agora_ledger::ProviderStatus::Tombstoned),
-                _ => true,
-            })
-            .collect();
-        tracing::warn!(count = kinds.len(), "own transactions stuck; signing them again");
-        for (i, kind) in kinds.into_iter().enumerate() {
-            self.send_own(ledger_nonce + i as u64, kind)?;
+        for (nonce, kind) in again {
+            self.send_own(nonce, kind)?;
         }
         Ok(())
     }
