@@ -53,6 +53,11 @@ fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
             .and_then(|r| r.json().ok())
             .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
     });
+    // A normal transfer's latency with nothing going on, for comparison.
+    let to = net["nodes"][2]["address"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    ok(agora(&["--home", &buyer_home, "transfer", &to, "1", "--node", &api[3]]));
+    let quiet = started.elapsed();
 
     // Fund the attackers.
     let attackers: Vec<Keypair> = (0..ATTACKERS).map(|_| Keypair::generate().unwrap()).collect();
@@ -112,8 +117,9 @@ fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
 
     // A normal transfer commits within 10 blocks while the stuffing drains.
     let h0 = height(&api[3]);
-    let to = net["nodes"][2]["address"].as_str().unwrap();
-    let sent = ok(agora(&["--home", &buyer_home, "transfer", to, "1", "--node", &api[3]]));
+    let started = std::time::Instant::now();
+    let sent = ok(agora(&["--home", &buyer_home, "transfer", &to, "1", "--node", &api[3]]));
+    eprintln!("transfer latency: quiet {quiet:?}, while the stuffing drains {:?}", started.elapsed());
     let at: u64 = sent.split("height ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
     assert!(at <= h0 + 10, "the transfer committed at {at}, more than 10 blocks after {h0}");
 
