@@ -292,7 +292,7 @@ impl<'a> BlockBuilder<'a> {
             return Err(Error::TooManyTxs { count: self.txs.len() + 1, max: self.state.params().max_txs_per_block });
         }
         // Bytes first: a transaction that does not fit is left for a later block, not applied.
-        let size = agora_protocol::codec::encode(&tx)?.len();
+        let size = agora_protocol::codec::encoded_len(&tx)?;
         if self.tx_bytes + size > self.tx_bytes_budget {
             return Err(Error::BlockBytes { size, used: self.tx_bytes, budget: self.tx_bytes_budget });
         }

@@ -37,6 +37,29 @@ pub fn encode<T: Wire>(value: &T) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// The length `encode` would return, without building the bytes (the mempool
+/// and the block builder size every transaction they see); the same error
+/// when it would exceed `MAX_BYTES`.
+pub fn encoded_len<T: Wire>(value: &T) -> Result<usize, Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(1);
+    bincode::serde::encode_into_std_write(value, &mut count, config())
+        .map_err(|e| Error::Encode { type_name: T::NAME, reason: e.to_string() })?;
+    if count.0 > T::MAX_BYTES {
+        return Err(Error::TooLarge { type_name: T::NAME, len: count.0, max: T::MAX_BYTES });
+    }
+    Ok(count.0)
+}
+
 /// Decodes bytes produced by `encode`, checking the size limit first, then
 /// the version, then that the value uses every byte.
 pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, Error> {

@@ -131,6 +131,14 @@ fn fingerprint<T: Wire>(value: &T) -> String {
 
 #[test]
 fn pinned_test_vectors() {
+    for tx in transactions() {
+        assert_eq!(
+            codec::encoded_len(&tx).unwrap(),
+            codec::encode(&tx).unwrap().len(),
+            "sizing without encoding agrees"
+        );
+    }
+    assert_eq!(codec::encoded_len(&block()).unwrap(), codec::encode(&block()).unwrap().len());
     let transfer = &transactions()[0];
     assert_eq!(
         hex::encode(codec::encode(transfer).unwrap()),

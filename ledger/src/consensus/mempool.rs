@@ -348,7 +348,7 @@ impl Mempool {
 /// The transaction's size on the wire (0 for one that cannot be encoded:
 /// such a transaction never passes the ledger's own checks anyway).
 fn encoded_len(tx: &SignedTx) -> usize {
-    agora_protocol::codec::encode(tx).map_or(0, |b| b.len())
+    agora_protocol::codec::encoded_len(tx).unwrap_or(0)
 }
 
 #[cfg(test)]
