@@ -121,7 +121,7 @@ fn config(validators: usize, latency_ms: u64) -> SimConfig {
         drop_per_mille: 0,
         duplicate_per_mille: 0,
     };
-    c.txs_per_second = 0;
+    c.load.txs_per_second = 0;
     c
 }
 
@@ -172,9 +172,9 @@ fn consensus(validators: usize, latency_ms: u64, txs: usize, blocks: u64) -> any
     anyhow::ensure!((1..=100).contains(&validators), "--validators must be 1 to 100");
     anyhow::ensure!(txs <= agora_ledger::consensus::mempool::MAX_MEMPOOL_TXS, "--txs must be at most 10000");
     let mut c = config(validators, latency_ms);
-    c.clients = txs.div_ceil(TXS_PER_CLIENT).max(1);
-    c.preload_txs = txs;
-    c.stop_when_preload_committed = true;
+    c.load.clients = txs.div_ceil(TXS_PER_CLIENT).max(1);
+    c.load.preload_txs = txs;
+    c.load.stop_when_preload_committed = true;
     let started = Instant::now();
     let with_txs = Sim::new(c).run()?;
     let txs_wall = started.elapsed();

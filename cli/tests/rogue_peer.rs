@@ -19,6 +19,11 @@ use agora_protocol::{ChainId, DowntimeAttestation, Hash, Heartbeat, Height, Keyp
 use agora_testnet::http;
 use futures::StreamExt;
 
+/// A user's transfers timed quiet and during the sustained vote flood.
+const LATENCY_SAMPLES: usize = 10;
+/// Votes the sustained flood publishes at most.
+const MAX_VOTE_FLOOD: u64 = 100_000;
+
 /// Builds the i-th bad message of a flood, signed (badly) with the rogue's key.
 type MakeMessage = dyn Fn(u64, &Keypair) -> Vec<u8>;
 
@@ -203,6 +208,50 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     assert!(node0 >= 990, "node 0 judged only {node0} of the stranger's 1,000 votes");
     assert!(node0 < 1_000 + 300, "the 1,000 re-published copies were not one message: node 0 judged {node0}");
     assert!(node1 < 300, "node 0 relayed the stranger's votes: node 1 ignored {node1}");
+
+    // A sustained flood of the stranger's votes for the current height (each
+    // judged by the relay verdict at node 0), while a user of node 0 sends
+    // transfers; quiet first.
+    let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
+    let to = net["nodes"][2]["address"].as_str().unwrap().to_string();
+    let quiet = timed_transfers(&buyer_home, &to, &api0, LATENCY_SAMPLES);
+    let (flooded, under_attack) = during(
+        |stop| {
+            runtime.block_on(async {
+                let mut swarm =
+                    build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap(), Default::default()).unwrap();
+                swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS)).unwrap();
+                swarm.dial(target.clone()).unwrap();
+                let mut sent = 0u64;
+                let until = Instant::now() + Duration::from_secs(180);
+                let mut tick = tokio::time::interval(Duration::from_millis(2));
+                let mut h = height(&api0) + 1;
+                while Instant::now() < until && sent < MAX_VOTE_FLOOD && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::select! {
+                        _ = swarm.select_next_some() => {}
+                        _ = tick.tick() => {
+                            if sent % 100 == 0 {
+                                h = height(&api0) + 1;
+                            }
+                            let v = Vote { kind: VoteKind::Prevote, height: Height(h), round: sent as u32, block: None };
+                            let msg = ConsensusMessage::Vote(Signed::sign(v, &stranger, &chain).unwrap());
+                            let data = codec::encode(&msg).unwrap();
+                            sent += u64::from(swarm.behaviour_mut().gossipsub.publish(gossip::topic(gossip::TOPIC_CONSENSUS), data).is_ok());
+                        }
+                    }
+                }
+                sent
+            })
+        },
+        || timed_transfers(&buyer_home, &to, &api0, LATENCY_SAMPLES),
+    );
+    eprintln!("sustained stranger-vote flood: {flooded} votes published");
+    assert!(flooded >= 100, "the flood published only {flooded} votes");
+    report_latency(
+        "stranger-vote flood (validly signed votes from a non-validator, every 2 ms)",
+        &quiet,
+        &under_attack,
+    );
 
     // Honest nodes keep committing.
     let before: Vec<u64> = apis.iter().map(|a| height(a)).collect();

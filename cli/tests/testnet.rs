@@ -140,6 +140,11 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
         assert_eq!(block_hash(&api[3], h), block_hash(&api[0], h), "node 3 disagrees at height {h}");
     }
     assert!(block_hash(&api[3], target).is_some());
+    // Neither the start nor the restart made any validator try to sign
+    // something conflicting (a double start of a height once did).
+    for a in &api {
+        assert_eq!(common::metric(a, "agora_sign_refused_total"), 0, "the double-sign guard refused on {a}");
+    }
     // Same state too: its state root at its tip is the one node 0's block at that height commits to,
     // and the transfer sent while it was down is in its ledger.
     let s3 = status(&api[3]).unwrap();

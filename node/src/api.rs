@@ -129,7 +129,12 @@ pub fn router(shared: Shared) -> Router {
                 .load_shed()
                 .concurrency_limit(MAX_CONCURRENT_COSTLY)
                 .timeout(COSTLY_REQUEST_TIMEOUT),
-        );
+        )
+        // Outermost: a client over its share is refused before it takes a shared slot.
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::api_guard::ClientSlots::default(),
+            crate::api_guard::limit_per_client,
+        ));
     let router = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/accounts/{address}", get(account))

@@ -15,7 +15,7 @@ use agora_ledger::{State, Store};
 use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
 use agora_protocol::market::Offer;
-use agora_protocol::sync::{MAX_SYNC_BLOCKS, SyncRequest, SyncResponse};
+use agora_protocol::sync::{SyncRequest, SyncResponse};
 use agora_protocol::{Address, ChainId, Hash, Height, Keypair, Signed, SignedTx, TxKind};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -71,8 +71,10 @@ pub enum Command {
 
 /// Capacity of the API → loop command queue.
 pub const COMMAND_QUEUE: usize = 256;
-/// Submitted transactions kept for re-publishing while no peer is subscribed yet.
-pub const MAX_UNPUBLISHED_TXS: usize = 1024;
+/// Transactions and consensus messages kept for re-publishing while no peer
+/// is subscribed yet (a node's first votes and proposal are signed before
+/// its peers connect; lost, they would cost a round).
+pub const MAX_UNPUBLISHED: usize = 1024;
 /// How often the loop does its periodic duties (offers, order-book expiry).
 pub const TICK: Duration = Duration::from_millis(250);
 /// How often bootstrap peers that are not connected are dialled again.
@@ -167,7 +169,7 @@ type SyncServed = (PeerId, request_response::ResponseChannel<SyncResponse>, Sync
 
 /// The serving side of block sync: quotas, and answers coming back from blocking threads.
 struct SyncServer {
-    quota: crate::sync_serve::PeerQuota,
+    quota: crate::quota::PeerQuota<PeerId>,
     served_tx: mpsc::Sender<SyncServed>,
     served_rx: mpsc::Receiver<SyncServed>,
 }
@@ -175,7 +177,7 @@ struct SyncServer {
 impl SyncServer {
     fn new() -> SyncServer {
         let (served_tx, served_rx) = mpsc::channel(SYNC_SERVED_QUEUE);
-        SyncServer { quota: Default::default(), served_tx, served_rx }
+        SyncServer { quota: crate::sync::sync_quota(), served_tx, served_rx }
     }
 }
 
@@ -215,49 +217,86 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The node's event loop, its state split by concern: each part is owned
+/// by one duty (the methods in this module and its submodules), and the
+/// decisions inside them are the pure modules the simulation drives too.
 pub struct Daemon {
     chain: ChainId,
     key: Keypair,
+    store: Store,
+    consensus: Consensus,
+    net: Net,
+    sync: Sync,
+    relay: TxRelay,
+    provision: Provision,
+    lease_rpcs: LeaseRpcs,
+    liveness: LivenessDuty,
+    shared: Shared,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// Consensus: the engine, its timers and the files that must survive a power cut.
+struct Consensus {
+    engine: Engine,
+    timers: HashMap<Timer, Instant>,
+    /// What must survive a power cut: the consensus WAL and the double-sign guard.
+    durable: Durable,
+    /// The current validators' peer ids, for gossip message ids.
+    validator_peers: crate::net::gossip::ValidatorPeers,
+}
+
+/// The libp2p swarm and the peers to stay connected to.
+struct Net {
+    swarm: Swarm<Behaviour>,
+    /// Peers to stay connected to; dialled again when the connection drops.
+    bootstrap: Vec<Multiaddr>,
+    last_redial: Instant,
+}
+
+/// Block sync: fetching from peers, and serving them off the loop.
+struct Sync {
+    client: crate::sync::SyncClient<PeerId>,
+    server: SyncServer,
+}
+
+/// Gossip on its way out: transactions and consensus messages waiting for a
+/// subscribed peer, and this node's own transactions until they commit.
+#[derive(Default)]
+struct TxRelay {
+    /// Encoded messages (with their topic) whose gossip found no subscribed peer yet.
+    unpublished: std::collections::VecDeque<(&'static str, Vec<u8>)>,
+    /// Own transactions not yet committed, by nonce, with the height they were sent at.
+    own_txs: crate::own_txs::OwnTxs,
+}
+
+/// The provider side: its GPUs and offers, its negotiations and its jobs.
+struct Provision {
     provider: Option<Provider>,
     /// The provider's negotiation state (None on non-providers).
     market: Option<crate::market::Market>,
     /// The jobs this provider runs and how it runs them.
     jobs: jobs::Jobs,
-    /// Lease-protocol requests sent to providers, awaiting their answers.
-    pending_rpcs: HashMap<libp2p::request_response::OutboundRequestId, leases::RpcReply>,
-    /// Heartbeats, probes and attestations (pure decisions).
-    liveness: crate::liveness::Liveness,
+}
+
+/// The lease protocol's requests: ours awaiting providers' answers, and the
+/// per-peer quota on the requests we answer.
+struct LeaseRpcs {
+    pending: HashMap<libp2p::request_response::OutboundRequestId, leases::RpcReply>,
+    /// Per-peer quota on inbound lease-protocol requests (probes, proposals, logs).
+    quota: crate::quota::PeerQuota<PeerId>,
+}
+
+/// Heartbeats, probes and attestations.
+struct LivenessDuty {
+    /// The liveness view (pure decisions).
+    view: crate::liveness::Liveness,
     /// Probes in flight, by request, to the provider probed.
     pending_probes: HashMap<libp2p::request_response::OutboundRequestId, agora_protocol::Address>,
-    /// Per-peer quota on inbound lease-protocol requests (probes, proposals, logs).
-    lease_quota: crate::sync_serve::PeerQuota,
     last_heartbeat_at: Option<Instant>,
     /// Signs heartbeats with durably reserved sequence numbers; answers probes from the latest.
     heartbeats: crate::heartbeat::HeartbeatSigner,
     /// Vote equivocations already submitted (offender, height, round), bounded.
     reported_votes: std::collections::BTreeSet<(agora_protocol::Address, u64, u32)>,
-    /// Own transactions not yet committed, by nonce, with the height they were sent at.
-    own_txs: crate::own_txs::OwnTxs,
-    store: Store,
-    /// What must survive a power cut: the consensus WAL and the double-sign guard.
-    durable: Durable,
-    /// The current validators' peer ids, for gossip message ids.
-    validator_peers: crate::net::gossip::ValidatorPeers,
-    engine: Engine,
-    swarm: Swarm<Behaviour>,
-    timers: HashMap<Timer, Instant>,
-    shared: Shared,
-    commands: mpsc::Receiver<Command>,
-    sync_in_flight: bool,
-    /// Serving peers' sync requests off the loop, within per-peer quotas.
-    sync_server: SyncServer,
-    peers: Vec<PeerId>,
-    next_sync_peer: usize,
-    /// Peers to stay connected to; dialled again when the connection drops.
-    bootstrap: Vec<Multiaddr>,
-    last_redial: Instant,
-    /// Encoded transactions whose gossip found no subscribed peer yet.
-    unpublished: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// The validator's fdatasync'd files (see agora_ledger::durable).
@@ -373,35 +412,26 @@ impl Daemon {
             admin_token,
             allowed_hosts: crate::api_guard::allowed_hosts(&config.api),
         };
-        let mut daemon = Daemon {
-            chain,
-            key,
-            provider,
-            market,
-            jobs,
-            pending_rpcs: HashMap::new(),
-            liveness: crate::liveness::Liveness::new(store.state().params().downtime_window_blocks, store.height()),
+        let liveness = LivenessDuty {
+            view: crate::liveness::Liveness::new(store.state().params().downtime_window_blocks, store.height()),
             pending_probes: HashMap::new(),
-            lease_quota: crate::sync_serve::PeerQuota::new(1, crate::sync_serve::MAX_LEASE_RPCS_PER_PEER_PER_SEC),
             last_heartbeat_at: None,
             heartbeats,
             reported_votes: Default::default(),
-            own_txs: Default::default(),
-            bootstrap,
-            last_redial: Instant::now(),
+        };
+        let mut daemon = Daemon {
+            chain,
+            key,
             store,
-            durable,
-            validator_peers,
-            engine,
-            swarm,
-            timers: HashMap::new(),
+            consensus: Consensus { engine, timers: HashMap::new(), durable, validator_peers },
+            net: Net { swarm, bootstrap, last_redial: Instant::now() },
+            sync: Sync { client: Default::default(), server: SyncServer::new() },
+            relay: TxRelay::default(),
+            provision: Provision { provider, market, jobs },
+            lease_rpcs: LeaseRpcs { pending: HashMap::new(), quota: crate::quota::PeerQuota::lease() },
+            liveness,
             shared: shared.clone(),
             commands: rx,
-            sync_in_flight: false,
-            sync_server: SyncServer::new(),
-            peers: Vec::new(),
-            next_sync_peer: 0,
-            unpublished: std::collections::VecDeque::new(),
         };
         daemon.act(actions)?;
         Ok((daemon, shared))
@@ -420,14 +450,15 @@ impl Daemon {
 
     /// Runs until `shutdown` resolves, then flushes the store.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-        let actions = self.engine.handle(now_ms(), Input::Start);
-        self.act(actions)?;
+        // Consensus was started at its height by `Engine::restart` (in
+        // `start`): starting it again would re-enter round 0 and, as
+        // proposer, sign a second block for it (the guard refuses).
         self.close_orphaned_leases().await?;
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next_timer = self.timers.values().min().copied();
+            let next_timer = self.consensus.timers.values().min().copied();
             let sleep = async {
                 match next_timer {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -436,12 +467,12 @@ impl Daemon {
             };
             let result = tokio::select! {
                 _ = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.net.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 _ = sleep => self.fire_timers(),
                 _ = tick.tick() => self.on_tick(),
-                Some(ended) = self.jobs.ended_rx.recv() => self.on_job_ended(ended),
-                Some((peer, channel, response)) = self.sync_server.served_rx.recv() => {
+                Some(ended) = self.provision.jobs.ended_rx.recv() => self.on_job_ended(ended),
+                Some((peer, channel, response)) = self.sync.server.served_rx.recv() => {
                     self.on_sync_served(peer, channel, response);
                     Ok(())
                 }
@@ -467,9 +498,9 @@ impl Daemon {
     /// Periodic duties: expire offers, and a provider's registration and offers.
     fn on_tick(&mut self) -> Result<(), Error> {
         self.heartbeat_tick()?;
-        self.jobs.sweep();
-        if self.last_redial.elapsed() >= REDIAL_INTERVAL {
-            self.last_redial = Instant::now();
+        self.provision.jobs.sweep();
+        if self.net.last_redial.elapsed() >= REDIAL_INTERVAL {
+            self.net.last_redial = Instant::now();
             self.redial();
         }
         let now = now_ms();
@@ -479,7 +510,7 @@ impl Daemon {
             self.shared.metrics.offers.set(book.len() as i64);
         }
         let me = self.acting_as();
-        let Some(duty) = self.provider.as_mut().and_then(|p| p.next(state, &me, now)) else {
+        let Some(duty) = self.provision.provider.as_mut().and_then(|p| p.next(state, &me, now)) else {
             return Ok(());
         };
         match duty {
@@ -499,11 +530,11 @@ impl Daemon {
 
     /// Dials the bootstrap peers this node is not connected to (and has not blocked).
     fn redial(&mut self) {
-        for addr in self.bootstrap.clone() {
+        for addr in self.net.bootstrap.clone() {
             let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else { continue };
-            let blocked = self.swarm.behaviour().blocked.blocked_peers().contains(&peer);
-            if !blocked && !self.swarm.is_connected(&peer) {
-                let _ = self.swarm.dial(addr);
+            let blocked = self.net.swarm.behaviour().blocked.blocked_peers().contains(&peer);
+            if !blocked && !self.net.swarm.is_connected(&peer) {
+                let _ = self.net.swarm.dial(addr);
             }
         }
     }
@@ -516,7 +547,7 @@ impl Daemon {
                 tracing::warn!(error = %e, "own offer refused by the order book");
             }
         }
-        let result = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_OFFERS), codec::encode(&signed)?);
+        let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_OFFERS), codec::encode(&signed)?);
         match result {
             Ok(_) => {
                 self.shared.metrics.offers_announced.inc();
@@ -524,7 +555,7 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "offer not announced yet");
-                if let Some(p) = self.provider.as_mut() {
+                if let Some(p) = self.provision.provider.as_mut() {
                     p.announce_failed(now);
                 }
             }
@@ -534,10 +565,10 @@ impl Daemon {
 
     fn fire_timers(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let due: Vec<Timer> = self.timers.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
+        let due: Vec<Timer> = self.consensus.timers.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
         for t in due {
-            self.timers.remove(&t);
-            let actions = self.engine.handle(now_ms(), Input::TimeoutElapsed(t));
+            self.consensus.timers.remove(&t);
+            let actions = self.consensus.engine.handle(now_ms(), Input::TimeoutElapsed(t));
             self.act(actions)?;
         }
         Ok(())
@@ -547,16 +578,20 @@ impl Daemon {
     fn act(&mut self, actions: Vec<Action>) -> Result<(), Error> {
         for action in actions {
             match action {
-                Action::Broadcast(msg) => self.publish(TOPIC_CONSENSUS, codec::encode(&msg)?),
-                Action::ScheduleTimeout { timer, after } => _ = self.timers.insert(timer, Instant::now() + after),
-                Action::CancelTimeout(timer) => _ = self.timers.remove(&timer),
-                Action::CancelAllTimeouts => self.timers.retain(|t, _| t.is_next_height()),
+                Action::Broadcast(msg) => self.publish_kept(TOPIC_CONSENSUS, codec::encode(&msg)?),
+                Action::ScheduleTimeout { timer, after } => {
+                    _ = self.consensus.timers.insert(timer, Instant::now() + after)
+                }
+                Action::CancelTimeout(timer) => _ = self.consensus.timers.remove(&timer),
+                Action::CancelAllTimeouts => self.consensus.timers.retain(|t, _| t.is_next_height()),
                 Action::WalAppend { height, entry, durable } => self
+                    .consensus
                     .durable
                     .wal
                     .append(height, &entry, durable)
                     .map_err(|e| Error::Halt(format!("consensus WAL: {e}")))?,
                 Action::PersistSigned(last) => self
+                    .consensus
                     .durable
                     .signer
                     .write(&last)
@@ -571,14 +606,15 @@ impl Daemon {
                     self.store
                         .commit_decided(&block, &certificate)
                         .map_err(|e| Error::Halt(format!("committing a decided block: {e}")))?;
-                    self.durable
+                    self.consensus
+                        .durable
                         .wal
                         .prune_through(block.header.height)
                         .map_err(|e| Error::Halt(format!("consensus WAL: {e}")))?;
                     if audit_due(block.header.height.0) {
                         audit(self.store.state())?;
                     }
-                    update_validator_peers(&self.validator_peers, self.store.state());
+                    update_validator_peers(&self.consensus.validator_peers, self.store.state());
                     let hash = block.hash();
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
@@ -611,54 +647,44 @@ impl Daemon {
         Ok(())
     }
 
-    fn publish(&mut self, name: &str, data: Vec<u8>) {
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic(name), data) {
-            // No peers yet, or the same bytes published recently.
-            tracing::debug!(topic = name, error = %e, "publish skipped");
-        }
-    }
-
-    /// Gossips a submitted transaction, keeping it for later if no peer is
-    /// subscribed yet (otherwise only this node's proposals could carry it).
-    fn publish_tx(&mut self, data: Vec<u8>) {
-        let result = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data.clone());
+    /// Gossips a transaction or consensus message, keeping it for later if
+    /// no peer is subscribed yet (otherwise only this node's proposals could
+    /// carry a submitted transaction, and a vote signed at start is lost).
+    fn publish_kept(&mut self, name: &'static str, data: Vec<u8>) {
+        let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(name), data.clone());
         if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
-            if self.unpublished.len() >= MAX_UNPUBLISHED_TXS {
-                self.unpublished.pop_front();
+            if self.relay.unpublished.len() >= MAX_UNPUBLISHED {
+                self.relay.unpublished.pop_front();
             }
-            self.unpublished.push_back(data);
+            self.relay.unpublished.push_back((name, data));
         }
     }
 
     fn retry_unpublished(&mut self) {
-        if self.peers.is_empty() {
+        if self.sync.client.peers().is_empty() {
             return;
         }
-        for _ in 0..self.unpublished.len() {
-            let Some(data) = self.unpublished.pop_front() else { break };
-            let result = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data.clone());
+        for _ in 0..self.relay.unpublished.len() {
+            let Some((name, data)) = self.relay.unpublished.pop_front() else { break };
+            let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(name), data.clone());
             if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
-                self.unpublished.push_front(data);
+                self.relay.unpublished.push_front((name, data));
                 break;
             }
         }
     }
 
     fn request_sync(&mut self, have: Height) {
-        if self.sync_in_flight || self.peers.is_empty() {
-            return;
+        if let Some((peer, request)) = self.sync.client.request(have) {
+            self.net.swarm.behaviour_mut().sync.send_request(&peer, request);
         }
-        self.next_sync_peer = (self.next_sync_peer + 1) % self.peers.len();
-        let peer = self.peers[self.next_sync_peer];
-        self.swarm.behaviour_mut().sync.send_request(&peer, SyncRequest { have, max: MAX_SYNC_BLOCKS });
-        self.sync_in_flight = true;
     }
 
     fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
         match cmd {
             Command::SubmitTx { tx, reply } => {
                 let result = (|| {
-                    self.engine.mempool().check(self.engine.ledger(), &tx)?;
+                    self.consensus.engine.mempool().check(self.consensus.engine.ledger(), &tx)?;
                     tx.verify(&self.chain).map_err(|e| TxRefusal::invalid("bad_signature", e))?;
                     let hash = tx.hash().map_err(|e| TxRefusal::invalid("malformed", e))?;
                     let bytes = codec::encode(tx.as_ref()).map_err(|e| TxRefusal::invalid("malformed", e))?;
@@ -666,8 +692,8 @@ impl Daemon {
                 })();
                 match result {
                     Ok((hash, bytes)) => {
-                        self.publish_tx(bytes);
-                        let actions = self.engine.handle(now_ms(), Input::Tx(tx));
+                        self.publish_kept(TOPIC_TXS, bytes);
+                        let actions = self.consensus.engine.handle(now_ms(), Input::Tx(tx));
                         self.act(actions)?;
                         let _ = reply.send(Ok(hash));
                     }
@@ -682,10 +708,15 @@ impl Daemon {
                 // The checks see the pool before this batch: the batch may
                 // fill the free room, and only a full pool is left to
                 // eviction by fee.
-                let room = self.engine.mempool().room();
+                let room = self.consensus.engine.mempool().room();
                 for tx in txs {
                     let fills_room = room > 0 && keep.len() >= room;
-                    let checked = self.engine.mempool().check(self.engine.ledger(), &tx).map_err(TxRefusal::from);
+                    let checked = self
+                        .consensus
+                        .engine
+                        .mempool()
+                        .check(self.consensus.engine.ledger(), &tx)
+                        .map_err(TxRefusal::from);
                     let outcome = match (fills_room, checked) {
                         (true, _) => Err(TxRefusal::from(AddError::Full)),
                         (false, Err(e)) => Err(e),
@@ -693,7 +724,7 @@ impl Daemon {
                             .hash()
                             .and_then(|h| Ok((h, codec::encode(&tx)?)))
                             .map(|(hash, bytes)| {
-                                self.publish_tx(bytes);
+                                self.publish_kept(TOPIC_TXS, bytes);
                                 keep.push(tx);
                                 hash
                             })
@@ -701,7 +732,7 @@ impl Daemon {
                     };
                     outcomes.push(outcome);
                 }
-                let actions = self.engine.handle(now_ms(), Input::Txs(keep));
+                let actions = self.consensus.engine.handle(now_ms(), Input::Txs(keep));
                 self.act(actions)?;
                 let _ = reply.send(outcomes);
             }
@@ -709,7 +740,7 @@ impl Daemon {
             Command::Announce { reply } => {
                 let now = now_ms();
                 let me = self.acting_as();
-                let duty = self.provider.as_mut().and_then(|p| {
+                let duty = self.provision.provider.as_mut().and_then(|p| {
                     p.announce_now();
                     p.next(self.store.state(), &me, now)
                 });
@@ -724,7 +755,7 @@ impl Daemon {
                 let _ = reply.send(seq);
             }
             Command::Partition { block, reply } => {
-                let blocked = &mut self.swarm.behaviour_mut().blocked;
+                let blocked = &mut self.net.swarm.behaviour_mut().blocked;
                 let old: Vec<PeerId> = blocked.blocked_peers().iter().copied().collect();
                 for p in old.iter().filter(|p| !block.contains(p)) {
                     blocked.unblock_peer(*p);
@@ -765,13 +796,13 @@ impl Daemon {
                 };
                 let labels = crate::metrics::GossipLabels { topic: message.topic.to_string(), verdict: verdict.into() };
                 self.shared.metrics.gossip.get_or_create(&labels).inc();
-                let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                let _ = self.net.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
                     &propagation_source,
                     acceptance,
                 );
                 if let Some(input) = input {
-                    let actions = self.engine.handle(now_ms(), input);
+                    let actions = self.consensus.engine.handle(now_ms(), input);
                     self.act(actions)?;
                 }
             }
@@ -780,7 +811,7 @@ impl Daemon {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Lease(event)) => self.on_lease_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { .. })) => {
-                self.sync_in_flight = false;
+                self.sync.client.failed();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received {
                 peer_id,
@@ -788,21 +819,19 @@ impl Daemon {
                 ..
             })) => {
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    self.net.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event { peer, connection, result: Err(e) })) => {
                 if crate::net::ping_failure_closes(&e) {
                     tracing::warn!(%peer, error = %e, "ping timed out: closing the connection to dial again");
-                    self.swarm.close_connection(connection);
+                    self.net.swarm.close_connection(connection);
                 } else {
                     tracing::debug!(%peer, error = %e, "ping failed; keeping the connection");
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if !self.peers.contains(&peer_id) => {
-                self.peers.push(peer_id)
-            }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peers.retain(|p| *p != peer_id),
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.sync.client.connected(peer_id),
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.sync.client.disconnected(&peer_id),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
                 if let Ok(mut s) = self.shared.status.write() {
@@ -822,7 +851,7 @@ impl Daemon {
             TOPIC_CONSENSUS => match codec::decode::<ConsensusMessage>(data) {
                 Err(_) => (MessageAcceptance::Reject, None),
                 // Relevance first (no signature check for what is dropped anyway).
-                Ok(msg) => match self.engine.relay(&msg) {
+                Ok(msg) => match self.consensus.engine.relay(&msg) {
                     Relay::Drop => (MessageAcceptance::Ignore, None),
                     Relay::Ahead => (MessageAcceptance::Ignore, Some(Input::Message(msg))),
                     Relay::Forward if consensus_signature_ok(&msg, &self.chain) => {
@@ -835,7 +864,7 @@ impl Daemon {
                 // Not forwarded when this node would not keep it (pending
                 // already, nonce used, pool or account quota full): that
                 // is load, not misbehaviour, so no penalty either.
-                Ok(tx) if self.engine.mempool().check(self.engine.ledger(), &tx).is_err() => {
+                Ok(tx) if self.consensus.engine.mempool().check(self.consensus.engine.ledger(), &tx).is_err() => {
                     (MessageAcceptance::Ignore, None)
                 }
                 Ok(tx) if tx.verify(&self.chain).is_ok() => (MessageAcceptance::Accept, Some(Input::Tx(Box::new(tx)))),
@@ -877,20 +906,19 @@ impl Daemon {
         request: SyncRequest,
         channel: request_response::ResponseChannel<SyncResponse>,
     ) {
-        if !self.sync_server.quota.admit(peer, now_ms()) {
+        if !self.sync.server.quota.admit(peer, now_ms()) {
             self.shared.metrics.sync_refused.inc();
-            let _ = self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse { blocks: Vec::new() });
+            let _ = self.net.swarm.behaviour_mut().sync.send_response(channel, SyncResponse { blocks: Vec::new() });
             return;
         }
         let reader = self.store.reader();
         let tip = self.store.height().0;
-        let done = self.sync_server.served_tx.clone();
+        let done = self.sync.server.served_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let response =
-                crate::sync_serve::build_response(&reader, request.have.0, request.max, tip).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot read blocks to serve a sync request");
-                    SyncResponse { blocks: Vec::new() }
-                });
+            let response = crate::sync::build_response(&reader, &request, tip).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read blocks to serve a sync request");
+                SyncResponse { blocks: Vec::new() }
+            });
             // A blocking thread may wait for room: dropping the answer would leak the peer's slot.
             let _ = done.blocking_send((peer, channel, response));
         });
@@ -903,18 +931,18 @@ impl Daemon {
         channel: request_response::ResponseChannel<SyncResponse>,
         response: SyncResponse,
     ) {
-        self.sync_server.quota.done(&peer);
-        let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+        self.sync.server.quota.done(&peer);
+        let _ = self.net.swarm.behaviour_mut().sync.send_response(channel, response);
     }
 
     fn on_sync_message(&mut self, peer: PeerId, message: Message<SyncRequest, SyncResponse>) -> Result<(), Error> {
         match message {
             Message::Request { request, channel, .. } => self.serve_sync(peer, request, channel),
             Message::Response { response, .. } => {
-                self.sync_in_flight = false;
-                let full = response.blocks.len() as u32 >= MAX_SYNC_BLOCKS;
+                let full = self.sync.client.answered(response.blocks.len());
                 for (block, certificate) in response.blocks {
-                    let actions = self.engine.handle(now_ms(), Input::Synced { block: Box::new(block), certificate });
+                    let actions =
+                        self.consensus.engine.handle(now_ms(), Input::Synced { block: Box::new(block), certificate });
                     self.act(actions)?;
                 }
                 if full {
@@ -927,13 +955,14 @@ impl Daemon {
     }
 
     fn publish_status(&self) {
-        self.shared.metrics.peers.set(self.peers.len() as i64);
-        self.shared.metrics.mempool.set(self.engine.mempool().len() as i64);
-        self.shared.metrics.mempool_bytes.set(self.engine.mempool().bytes() as i64);
+        let peers = self.sync.client.peers().len();
+        self.shared.metrics.peers.set(peers as i64);
+        self.shared.metrics.mempool.set(self.consensus.engine.mempool().len() as i64);
+        self.shared.metrics.mempool_bytes.set(self.consensus.engine.mempool().bytes() as i64);
         if let Ok(mut s) = self.shared.status.write() {
-            s.peers = self.peers.len();
-            s.syncing = self.sync_in_flight;
-            s.mempool = self.engine.mempool().len();
+            s.peers = peers;
+            s.syncing = self.sync.client.in_flight();
+            s.mempool = self.consensus.engine.mempool().len();
             s.offers = self.shared.offers.read().map(|b| b.len()).unwrap_or(0);
         }
     }

@@ -6,7 +6,7 @@
 //! latest heartbeat, so a prober cannot make the provider sign at will.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agora_protocol::{ChainId, Hash, Heartbeat, Height, Keypair, Signed};
 
@@ -30,14 +30,62 @@ pub fn reservation_for(seq: u64, reserved: u64) -> Option<u64> {
     (seq > reserved).then(|| seq.saturating_add(SEQ_RESERVE))
 }
 
-/// Sequence numbers and the latest heartbeat of this provider.
-pub struct HeartbeatSigner {
-    path: PathBuf,
+/// The signing rules without I/O, driven alike by the daemon (which
+/// reserves in a file) and the simulation (which reserves on its simulated
+/// disk): sequence numbers, the reservation to make durable before a
+/// signature, and the latest heartbeat for probes.
+#[derive(Debug, Default)]
+pub struct HeartbeatSeq {
     /// The last sequence number handed out.
     last: u64,
     /// Every sequence number ever signed is at most this (durable).
     reserved: u64,
-    latest: Option<(Signed<Heartbeat>, Instant)>,
+    /// The latest heartbeat and the time (ms) it was signed.
+    latest: Option<(Signed<Heartbeat>, u64)>,
+}
+
+impl HeartbeatSeq {
+    /// After a start: anything up to the durable reservation may have been
+    /// signed before a crash, so numbering resumes above it.
+    pub fn recovered(reserved: u64) -> HeartbeatSeq {
+        HeartbeatSeq { last: reserved, reserved, latest: None }
+    }
+
+    /// Signs a new heartbeat at `height`/`block_hash`; `reserve` must make a
+    /// new reservation durable before it returns, and is called before the
+    /// signature whenever the current one does not cover the number.
+    pub fn sign(
+        &mut self,
+        key: &Keypair,
+        chain: &ChainId,
+        (height, block_hash): (Height, Hash),
+        now_ms: u64,
+        reserve: impl FnOnce(u64) -> Result<(), Error>,
+    ) -> Result<Signed<Heartbeat>, Error> {
+        let seq = next_seq(self.last, now_ms);
+        if let Some(r) = reservation_for(seq, self.reserved) {
+            reserve(r)?;
+            self.reserved = r;
+        }
+        self.last = seq;
+        let hb = Signed::sign(Heartbeat { seq, height, block_hash }, key, chain)?;
+        self.latest = Some((hb.clone(), now_ms));
+        Ok(hb)
+    }
+
+    /// The latest heartbeat, if signed within [`PROBE_ANSWER_MAX_AGE`] of
+    /// `now_ms` (and not after it: a clock stepped back signs anew).
+    pub fn recent(&self, now_ms: u64) -> Option<Signed<Heartbeat>> {
+        let max_age = PROBE_ANSWER_MAX_AGE.as_millis() as u64;
+        self.latest.as_ref().filter(|(_, at)| *at <= now_ms && now_ms - at <= max_age).map(|(hb, _)| hb.clone())
+    }
+}
+
+/// This provider's heartbeat signer: [`HeartbeatSeq`] reserving in an
+/// fdatasync'd file.
+pub struct HeartbeatSigner {
+    path: PathBuf,
+    seq: HeartbeatSeq,
 }
 
 impl HeartbeatSigner {
@@ -51,8 +99,7 @@ impl HeartbeatSigner {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(Error::io(path)(e)),
         };
-        // Anything up to the reservation may have been signed before a crash.
-        Ok(HeartbeatSigner { path: path.to_path_buf(), last: reserved, reserved, latest: None })
+        Ok(HeartbeatSigner { path: path.to_path_buf(), seq: HeartbeatSeq::recovered(reserved) })
     }
 
     /// Signs a new heartbeat at `height`/`block_hash`, reserving its sequence number durably first.
@@ -64,22 +111,17 @@ impl HeartbeatSigner {
         block_hash: Hash,
         now_ms: u64,
     ) -> Result<Signed<Heartbeat>, Error> {
-        let seq = next_seq(self.last, now_ms);
-        if let Some(reserve) = reservation_for(seq, self.reserved) {
+        let path = &self.path;
+        self.seq.sign(key, chain, (height, block_hash), now_ms, |reserve| {
             // Survives a power cut: temp file, fdatasync, rename, directory fsync.
-            agora_ledger::durable::write_atomically(&self.path, reserve.to_string().as_bytes())
-                .map_err(agora_ledger::Error::from)?;
-            self.reserved = reserve;
-        }
-        self.last = seq;
-        let hb = Signed::sign(Heartbeat { seq, height, block_hash }, key, chain)?;
-        self.latest = Some((hb.clone(), Instant::now()));
-        Ok(hb)
+            agora_ledger::durable::write_atomically(path, reserve.to_string().as_bytes())
+                .map_err(|e| Error::from(agora_ledger::Error::from(e)))
+        })
     }
 
     /// The latest heartbeat, if signed within [`PROBE_ANSWER_MAX_AGE`].
-    pub fn recent(&self) -> Option<Signed<Heartbeat>> {
-        self.latest.as_ref().filter(|(_, at)| at.elapsed() <= PROBE_ANSWER_MAX_AGE).map(|(hb, _)| hb.clone())
+    pub fn recent(&self, now_ms: u64) -> Option<Signed<Heartbeat>> {
+        self.seq.recent(now_ms)
     }
 }
 
@@ -133,9 +175,11 @@ mod tests {
     fn probes_are_answered_from_the_latest_heartbeat() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = HeartbeatSigner::open(&tmp.path().join("heartbeat.seq")).unwrap();
-        assert!(s.recent().is_none());
+        assert!(s.recent(5).is_none());
         let hb = s.sign(&key(), &chain(), Height(1), Hash([1; 32]), 5).unwrap();
-        assert_eq!(s.recent(), Some(hb), "the same signed heartbeat, no new signature");
+        assert_eq!(s.recent(1_000), Some(hb), "the same signed heartbeat, no new signature");
+        assert!(s.recent(1_006).is_none(), "too old: a probe then makes it sign anew");
+        assert!(s.recent(4).is_none(), "the clock stepped back");
         assert_eq!(reservation_for(10, 100), None);
         assert_eq!(reservation_for(101, 100), Some(101 + SEQ_RESERVE));
     }

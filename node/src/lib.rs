@@ -19,9 +19,10 @@ pub mod net;
 pub mod offers;
 pub mod own_txs;
 pub mod provider;
+pub mod quota;
 pub mod run;
 pub mod runner;
-pub mod sync_serve;
+pub mod sync;
 
 pub use agora_ledger as ledger;
 pub use agora_protocol as protocol;

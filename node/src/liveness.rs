@@ -55,6 +55,14 @@ pub enum Attested {
     Ignored,
 }
 
+/// What a probe showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probed {
+    Alive,
+    /// Not proven up; the attestation to sign, if the silence is a window long.
+    Failed(Option<DowntimeAttestation>),
+}
+
 #[derive(Debug, Default)]
 pub struct Liveness {
     window: u64,
@@ -200,6 +208,25 @@ impl Liveness {
             return None;
         }
         Some(DowntimeAttestation { provider, window_start: start, window_end: end })
+    }
+
+    /// A probe's outcome: a heartbeat signed by the provider's node proves
+    /// it up; no answer, a refusal or a heartbeat from anyone else is a
+    /// failed probe, and after a window of silence an attestation to sign.
+    pub fn probe_answered(
+        &mut self,
+        provider: Address,
+        answer: Option<&Signed<Heartbeat>>,
+        chain: &ChainId,
+        state: &State,
+    ) -> Probed {
+        match answer {
+            Some(hb) if state.acting_for(&hb.signer) == provider && hb.verify(chain).is_ok() => {
+                self.alive(provider, state.height());
+                Probed::Alive
+            }
+            _ => Probed::Failed(self.probe_failed(provider, state)),
+        }
     }
 
     /// Keeps a validator's attestation; returns downtime evidence once the

@@ -42,7 +42,9 @@ async fn run_async(home: &Path, config: NodeConfig) -> Result<(), Error> {
         .map_err(|e| Error::Network(format!("cannot listen for the API on {}: {e}", config.api)))?;
     tracing::info!(api = %config.api, moniker = %config.moniker, "node started");
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = axum::serve(listener, api::router(shared)).with_graceful_shutdown(async move {
+    // With each connection's peer address, for the per-client limits.
+    let app = api::router(shared).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.changed().await;
     });
     let api_task = tokio::spawn(async move { server.await });

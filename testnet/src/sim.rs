@@ -10,7 +10,7 @@
 //! slashed for less than a window, every long outage is slashed, and none twice.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use agora_ledger::consensus::certificate::verify_commit;
@@ -20,8 +20,11 @@ use agora_ledger::consensus::{
 };
 use agora_ledger::testkit::{TestChain, sign_tx, transfer};
 use agora_ledger::{Genesis, SigCheck, State, apply_block};
-use agora_node::liveness::{HeartbeatVerdict, Liveness};
+use agora_node::heartbeat::HeartbeatSeq;
+use agora_node::liveness::{HeartbeatVerdict, Liveness, Probed};
 use agora_node::own_txs::OwnTxs;
+use agora_node::quota::PeerQuota;
+use agora_node::sync::{SyncClient, build_response, sync_quota};
 use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{
@@ -60,19 +63,31 @@ pub struct SimConfig {
     pub seed: u64,
     pub validators: usize,
     pub faults: NetworkFaults,
-    /// Transfers the clients submit per simulated second.
-    pub txs_per_second: u64,
+    pub load: Load,
     /// Stop once every node has committed this many blocks…
     pub target_height: u64,
+    /// …or when simulated time passes this (a liveness failure if reached first).
+    pub max_time_ms: u64,
+    pub timeouts: LinearTimeouts,
+    pub scenario: Scenario,
+}
+
+/// The clients' transactions.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// Transfers the clients submit per simulated second.
+    pub txs_per_second: u64,
     /// Funded client accounts.
     pub clients: usize,
     /// Transfers handed to every node's mempool before the start (benchmarks).
     pub preload_txs: usize,
     /// With a preload: stop once all of it is committed on every node.
     pub stop_when_preload_committed: bool,
-    /// …or when simulated time passes this (a liveness failure if reached first).
-    pub max_time_ms: u64,
-    pub timeouts: LinearTimeouts,
+}
+
+/// What happens to the nodes during a run, besides the network's faults.
+#[derive(Clone, Debug, Default)]
+pub struct Scenario {
     /// Crash one honest validator and restart it from its store and WAL.
     pub crash_restart: bool,
     /// Cut the network into two sides for a while, then heal it.
@@ -80,7 +95,8 @@ pub struct SimConfig {
     /// Make the last validator Byzantine: it equivocates and sends garbage.
     pub byzantine: bool,
     /// The Byzantine validator, as proposer, sends two valid blocks (each
-    /// with its proposal) to the two halves of the network.
+    /// with its proposal) to the two halves of the network, and forged
+    /// ones (another proposer named, its certificate stripped) to some peers.
     pub equivocating_proposer: bool,
     /// A stake-less peer replays stale messages, signs votes and sends
     /// unpayable transactions (see `Griefer`).
@@ -96,11 +112,13 @@ impl SimConfig {
             seed,
             validators,
             faults: NetworkFaults::lossy(),
-            txs_per_second: 20,
+            load: Load {
+                txs_per_second: 20,
+                clients: CLIENT_ACCOUNTS,
+                preload_txs: 0,
+                stop_when_preload_committed: false,
+            },
             target_height: 10,
-            clients: CLIENT_ACCOUNTS,
-            preload_txs: 0,
-            stop_when_preload_committed: false,
             max_time_ms: 600_000,
             timeouts: LinearTimeouts {
                 propose: ms(400),
@@ -112,12 +130,7 @@ impl SimConfig {
                 rebroadcast: ms(800),
                 max_timeout: ms(5_000),
             },
-            crash_restart: false,
-            partition: false,
-            byzantine: false,
-            equivocating_proposer: false,
-            griefing_peer: false,
-            providers: 0,
+            scenario: Scenario::default(),
         }
     }
 
@@ -127,12 +140,16 @@ impl SimConfig {
     /// (Its Byzantine validator does not equivocate as proposer: rounds it
     /// spoils slow the chain, and the runs are about slashing, not safety.)
     pub fn liveness(seed: u64, validators: usize) -> SimConfig {
+        let base = SimConfig::all_faults(seed, validators);
         SimConfig {
-            providers: LIVENESS_PROVIDERS,
             target_height: 20,
-            equivocating_proposer: false,
-            griefing_peer: false,
-            ..SimConfig::all_faults(seed, validators)
+            scenario: Scenario {
+                providers: LIVENESS_PROVIDERS,
+                equivocating_proposer: false,
+                griefing_peer: false,
+                ..base.scenario
+            },
+            ..base
         }
     }
 
@@ -140,11 +157,14 @@ impl SimConfig {
     /// a partition that heals, and one Byzantine validator.
     pub fn all_faults(seed: u64, validators: usize) -> SimConfig {
         SimConfig {
-            crash_restart: true,
-            partition: true,
-            byzantine: true,
-            equivocating_proposer: true,
-            griefing_peer: true,
+            scenario: Scenario {
+                crash_restart: true,
+                partition: true,
+                byzantine: true,
+                equivocating_proposer: true,
+                griefing_peer: true,
+                providers: 0,
+            },
             ..SimConfig::new(seed, validators)
         }
     }
@@ -186,10 +206,12 @@ pub struct SimReport {
     pub griefing: u64,
     /// Consensus deliveries dropped by the relay verdict (stale, strangers).
     pub relay_dropped: u64,
+    /// Provider restarts, each with its clock stepped back to its last heartbeat.
+    pub provider_restarts: u64,
+    /// Blocks the Byzantine proposer forged and sent with a proposal naming them.
+    pub blocks_forged: u64,
 }
 
-/// Most blocks one sync response carries.
-const MAX_SYNC_BATCH: u64 = 16;
 /// Providers in a liveness run.
 const LIVENESS_PROVIDERS: usize = 4;
 /// The downtime window of liveness runs, in blocks.
@@ -222,6 +244,15 @@ struct SimProvider {
     key: Keypair,
     outage: Outage,
     up: bool,
+    /// Its heartbeat signer (the daemon's rules) and the reservation on its disk.
+    heartbeats: HeartbeatSeq,
+    reserved: u64,
+    /// The last sequence number it signed.
+    last_seq: u64,
+    /// How far its clock runs behind the simulation's (stepped back at a restart).
+    clock_behind_ms: u64,
+    /// The quota it answers validators' probes within.
+    probe_quota: PeerQuota<usize>,
     /// Sim time of the outage: (start, end).
     window_ms: (u64, u64),
     /// The chain's height when it went down and came back.
@@ -229,20 +260,57 @@ struct SimProvider {
 }
 
 enum Event {
-    Deliver { to: usize, from: usize, msg: ConsensusMessage },
-    Sync { to: usize, blocks: Vec<(Block, CommitCertificate)> },
-    Timer { node: usize, timer: Timer, generation: u64 },
+    Deliver {
+        to: usize,
+        from: usize,
+        msg: ConsensusMessage,
+    },
+    Sync {
+        to: usize,
+        blocks: Vec<(Block, CommitCertificate)>,
+    },
+    /// A sync request found its peer gone (crashed, or cut off by a partition).
+    SyncFailed {
+        to: usize,
+    },
+    Timer {
+        node: usize,
+        timer: Timer,
+        generation: u64,
+    },
     ClientLoad,
-    Crash { node: usize },
-    Restart { node: usize },
-    Partition { side: Vec<bool> },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Partition {
+        side: Vec<bool>,
+    },
     Heal,
-    HeartbeatTick { provider: usize },
-    HeartbeatDeliver { to: usize, hb: Signed<Heartbeat> },
-    ProbeResult { node: usize, provider: usize },
-    AttestationDeliver { to: usize, from: usize, att: Signed<DowntimeAttestation> },
-    ProviderDown { provider: usize },
-    ProviderUp { provider: usize },
+    HeartbeatTick {
+        provider: usize,
+    },
+    HeartbeatDeliver {
+        to: usize,
+        hb: Signed<Heartbeat>,
+    },
+    ProbeResult {
+        node: usize,
+        provider: usize,
+    },
+    AttestationDeliver {
+        to: usize,
+        from: usize,
+        att: Signed<DowntimeAttestation>,
+    },
+    ProviderDown {
+        provider: usize,
+    },
+    ProviderUp {
+        provider: usize,
+    },
     FalseAttestation,
     Grief,
 }
@@ -302,53 +370,94 @@ struct SimNode {
     disk: SimDisk,
     /// Its own transactions in flight (in memory: lost at a crash, as in the daemon).
     own_txs: OwnTxs,
+    /// Block sync, as the daemon runs it: whom to ask, and the quota it serves peers within.
+    sync: SyncClient<usize>,
+    sync_quota: PeerQuota<usize>,
     alive: bool,
     liveness: Liveness,
 }
 
+/// The simulation, its state split by concern.
 pub struct Sim {
     config: SimConfig,
     rng: SeededRng,
     now_ms: u64,
+    schedule: Schedule,
+    setup: Setup,
+    nodes: Vec<SimNode>,
+    clients: Vec<(Keypair, u64)>,
+    /// Which side of a partition each node is on, while one is in force.
+    partition: Option<Vec<bool>>,
+    adversaries: Adversaries,
+    outages: Outages,
+    observed: Observed,
+}
+
+/// Pending events, ordered by (time, sequence) so a seed replays exactly.
+#[derive(Default)]
+struct Schedule {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: BTreeMap<u64, Event>,
-    nodes: Vec<SimNode>,
-    clients: Vec<(Keypair, u64)>,
-    /// The first block committed at each height, with its state root.
-    canonical: BTreeMap<u64, (Hash, Hash)>,
-    genesis: Genesis,
-    sets: BTreeMap<u64, ConsensusValidatorSet>,
-    trace: blake3::Hasher,
-    committed_txs: u64,
-    steps: u64,
+    /// Timer generations: a timer rescheduled or cancelled leaves its old event stale.
     generation: u64,
-    keys: Vec<Keypair>,
+}
+
+/// What every node runs from: the genesis, the engine settings and the validators' keys.
+struct Setup {
+    genesis: Genesis,
     engine_config: EngineConfig,
-    /// Which side of a partition each node is on, while one is in force.
-    partition: Option<Vec<bool>>,
+    keys: Vec<Keypair>,
+}
+
+/// The misbehaving actors of a run.
+#[derive(Default)]
+struct Adversaries {
     byzantine: Option<usize>,
     /// The Byzantine proposer's second block for each block it proposed
     /// (by the first one's hash), sent to half its peers with a matching
     /// proposal: equivocating proposals.
     equivocated: BTreeMap<Hash, Block>,
-    proposals_equivocated: u64,
+    /// Blocks it forged naming another validator as proposer; a commit of
+    /// one fails the run. (A stripped certificate keeps the block's hash,
+    /// which covers the header only: every commit is checked to carry the
+    /// certificate its header commits to instead.)
+    forged: BTreeSet<Hash>,
     griefer: Option<Griefer>,
-    /// Consensus deliveries a node dropped by its relay verdict.
-    relay_dropped: u64,
+}
+
+/// The providers of a liveness run and when the run may end.
+#[derive(Default)]
+struct Outages {
+    providers: Vec<SimProvider>,
+    /// Liveness runs go on until this sim time.
+    until_ms: u64,
+}
+
+/// What the checks have seen so far, and the counters of the report.
+#[derive(Default)]
+struct Observed {
+    /// The first block committed at each height, with its state root.
+    canonical: BTreeMap<u64, (Hash, Hash)>,
+    sets: BTreeMap<u64, ConsensusValidatorSet>,
+    trace: blake3::Hasher,
+    committed_txs: u64,
+    steps: u64,
     /// Every vote an honest node signed, to catch double signing across restarts.
     signed_votes: BTreeMap<(Address, u64, u32, VoteKind), Option<Hash>>,
     evidence: u64,
     /// Signatures honest nodes' double-sign guards refused (after a crash).
     sign_refusals: u64,
-    providers: Vec<SimProvider>,
-    /// Liveness runs go on until this sim time.
-    liveness_until_ms: u64,
+    /// Consensus deliveries a node dropped by its relay verdict.
+    relay_dropped: u64,
+    proposals_equivocated: u64,
+    blocks_forged: u64,
+    provider_restarts: u64,
 }
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
-        let accounts = config.validators + config.clients + config.providers;
+        let accounts = config.validators + config.load.clients + config.scenario.providers;
         let mut chain = TestChain::new(accounts, config.validators, Amount::agr(1_000_000));
         // Short epochs, so runs cross several validator-set rotations.
         chain.genesis.params.epoch_blocks = SIM_EPOCH_BLOCKS;
@@ -356,11 +465,11 @@ impl Sim {
         // Providers need a little stake; too little to matter in consensus
         // when epochs make them validators.
         chain.genesis.params.min_provider_stake = Amount::agr(1);
-        let first_provider = config.validators + config.clients;
+        let first_provider = config.validators + config.load.clients;
         for a in &mut chain.genesis.accounts[first_provider..] {
             a.stake = Amount::agr(1);
         }
-        let pause = if config.providers > 0 { SIM_LIVENESS_COMMIT_PAUSE_MS } else { 0 };
+        let pause = if config.scenario.providers > 0 { SIM_LIVENESS_COMMIT_PAUSE_MS } else { 0 };
         let engine_config = EngineConfig {
             commit_pause: Duration::from_millis(pause),
             timeouts: config.timeouts,
@@ -382,6 +491,8 @@ impl Sim {
                     store: Vec::new(),
                     disk: SimDisk::default(),
                     own_txs: OwnTxs::default(),
+                    sync: connected_to(config.validators, i),
+                    sync_quota: sync_quota(),
                     alive: true,
                     liveness: Liveness::new(SIM_WINDOW_BLOCKS, Height(0)),
                 }
@@ -399,6 +510,11 @@ impl Sim {
                     _ => Outage::Long,
                 },
                 up: true,
+                heartbeats: HeartbeatSeq::default(),
+                reserved: 0,
+                last_seq: 0,
+                clock_behind_ms: 0,
+                probe_quota: PeerQuota::lease(),
                 window_ms: (0, 0),
                 heights: (0, 0),
             })
@@ -407,35 +523,23 @@ impl Sim {
         Sim {
             rng,
             now_ms: chain.genesis.genesis_time_ms.0 + 1_000,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            schedule: Schedule::default(),
+            setup: Setup { genesis: chain.genesis, engine_config, keys: chain.keys[..config.validators].to_vec() },
             nodes,
             clients,
-            canonical: BTreeMap::new(),
-            sets: BTreeMap::new(),
-            genesis: chain.genesis,
-            trace: blake3::Hasher::new(),
-            committed_txs: 0,
-            steps: 0,
-            generation: 0,
-            keys: chain.keys[..config.validators].to_vec(),
-            engine_config,
             partition: None,
-            byzantine: config.byzantine.then_some(config.validators - 1),
-            equivocated: BTreeMap::new(),
-            proposals_equivocated: 0,
-            griefer: config.griefing_peer.then(|| Griefer {
-                key: Keypair::from_seed_phrase("agora-sim-griefer"),
-                seen: VecDeque::new(),
-                sent: 0,
-            }),
-            relay_dropped: 0,
-            signed_votes: BTreeMap::new(),
-            sign_refusals: 0,
-            evidence: 0,
-            providers,
-            liveness_until_ms: 0,
+            adversaries: Adversaries {
+                byzantine: config.scenario.byzantine.then_some(config.validators - 1),
+                equivocated: BTreeMap::new(),
+                forged: BTreeSet::new(),
+                griefer: config.scenario.griefing_peer.then(|| Griefer {
+                    key: Keypair::from_seed_phrase("agora-sim-griefer"),
+                    seen: VecDeque::new(),
+                    sent: 0,
+                }),
+            },
+            outages: Outages { providers, until_ms: 0 },
+            observed: Observed::default(),
             config,
         }
     }
@@ -444,28 +548,29 @@ impl Sim {
     fn plan_liveness(&mut self) -> Result<(), SimFailure> {
         let gpus = vec![GpuSpec { model: "H100".into(), vram_mib: 81_920, count: 1, simulated: true }];
         let txs: Vec<SignedTx> = self
+            .outages
             .providers
             .iter()
             .map(|p| sign_tx(&p.key, 0, TxKind::RegisterProvider { region: "sim".into(), gpus: gpus.clone() }))
             .collect();
         self.gossip_txs(&txs)?;
         let start = self.now_ms;
-        for i in 0..self.providers.len() {
+        for i in 0..self.outages.providers.len() {
             let first = start + self.rng.below(SIM_HEARTBEAT_MS);
             self.push(first, Event::HeartbeatTick { provider: i });
-            let (lo, hi) = match self.providers[i].outage {
+            let (lo, hi) = match self.outages.providers[i].outage {
                 Outage::Never => continue,
                 Outage::Short => SHORT_OUTAGE_MS,
                 Outage::Long => LONG_OUTAGE_MS,
             };
             let at = start + 5_000 + self.rng.below(10_000);
             let lasts = lo + self.rng.below(hi - lo + 1);
-            self.providers[i].window_ms = (at, at + lasts);
+            self.outages.providers[i].window_ms = (at, at + lasts);
             self.push(at, Event::ProviderDown { provider: i });
             self.push(at + lasts, Event::ProviderUp { provider: i });
-            self.liveness_until_ms = self.liveness_until_ms.max(at + lasts + LIVENESS_SLACK_MS);
+            self.outages.until_ms = self.outages.until_ms.max(at + lasts + LIVENESS_SLACK_MS);
         }
-        if self.byzantine.is_some() {
+        if self.adversaries.byzantine.is_some() {
             self.push(start + 3_000, Event::FalseAttestation);
         }
         Ok(())
@@ -484,7 +589,7 @@ impl Sim {
     /// A random live honest node: what a provider's own node would know of the chain.
     fn reference_node(&mut self) -> Option<usize> {
         let live: Vec<usize> =
-            (0..self.nodes.len()).filter(|&i| self.nodes[i].alive && Some(i) != self.byzantine).collect();
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].alive && Some(i) != self.adversaries.byzantine).collect();
         (!live.is_empty()).then(|| live[self.rng.below(live.len() as u64) as usize])
     }
 
@@ -492,15 +597,10 @@ impl Sim {
         match event {
             Event::HeartbeatTick { provider } => {
                 self.push(self.now_ms + SIM_HEARTBEAT_MS, Event::HeartbeatTick { provider });
-                if !self.providers[provider].up {
+                if !self.outages.providers[provider].up {
                     return Ok(());
                 }
-                let Some(r) = self.reference_node() else { return Ok(()) };
-                let ledger = self.nodes[r].engine.ledger();
-                let body =
-                    Heartbeat { seq: self.now_ms, height: ledger.height(), block_hash: ledger.last_block_hash() };
-                let hb = Signed::sign(body, &self.providers[provider].key, &self.genesis.chain_id)
-                    .map_err(|e| self.fail(e.to_string()))?;
+                let Some(hb) = self.sign_heartbeat(provider)? else { return Ok(()) };
                 let f = self.config.faults.clone();
                 for to in 0..self.nodes.len() {
                     if self.rng.below(1_000) < f.drop_per_mille {
@@ -513,7 +613,7 @@ impl Sim {
             Event::HeartbeatDeliver { to, hb } if self.nodes[to].alive => {
                 let n = &mut self.nodes[to];
                 if let HeartbeatVerdict::Equivocation(_) =
-                    n.liveness.heartbeat(&hb, &self.genesis.chain_id, n.engine.ledger())
+                    n.liveness.heartbeat(&hb, &self.setup.genesis.chain_id, n.engine.ledger())
                 {
                     return Err(self.fail(format!("an honest provider was seen equivocating: {}", hb.signer)));
                 }
@@ -522,46 +622,57 @@ impl Sim {
                 if !self.nodes[node].alive {
                     return Ok(());
                 }
-                let address = self.providers[provider].key.address();
-                if self.providers[provider].up {
-                    let h = self.nodes[node].engine.ledger().height();
-                    self.nodes[node].liveness.alive(address, h);
-                } else {
-                    let n = &mut self.nodes[node];
-                    if let Some(body) = n.liveness.probe_failed(address, n.engine.ledger()) {
-                        let att = Signed::sign(body, &self.keys[node], &self.genesis.chain_id)
-                            .map_err(|e| self.fail(e.to_string()))?;
-                        self.spread_attestation(node, att)?;
-                    }
+                let answer = self.answer_probe(provider, node)?;
+                let address = self.outages.providers[provider].key.address();
+                let n = &mut self.nodes[node];
+                if let Probed::Failed(Some(body)) =
+                    n.liveness.probe_answered(address, answer.as_ref(), &self.setup.genesis.chain_id, n.engine.ledger())
+                {
+                    let att = Signed::sign(body, &self.setup.keys[node], &self.setup.genesis.chain_id)
+                        .map_err(|e| self.fail(e.to_string()))?;
+                    self.spread_attestation(node, att)?;
                 }
             }
             Event::AttestationDeliver { to, from, att } if self.nodes[to].alive && self.connected(from, to) => {
                 self.take_attestation(to, att)?;
             }
             Event::ProviderDown { provider } => {
-                self.providers[provider].up = false;
-                self.providers[provider].heights.0 = self.canonical.keys().next_back().copied().unwrap_or(0);
+                self.outages.providers[provider].up = false;
+                self.outages.providers[provider].heights.0 =
+                    self.observed.canonical.keys().next_back().copied().unwrap_or(0);
             }
             Event::ProviderUp { provider } => {
-                self.providers[provider].up = true;
-                self.providers[provider].heights.1 = self.canonical.keys().next_back().copied().unwrap_or(0);
+                // The provider restarts: its signer keeps only what its disk
+                // holds, and its clock has stepped back to the moment of its
+                // last heartbeat — a signer that trusted the clock would sign
+                // that sequence number again (equivocation, and the run fails).
+                let p = &mut self.outages.providers[provider];
+                p.up = true;
+                p.heights.1 = self.observed.canonical.keys().next_back().copied().unwrap_or(0);
+                p.heartbeats = HeartbeatSeq::recovered(p.reserved);
+                p.clock_behind_ms = self.now_ms.saturating_sub(p.last_seq);
+                self.observed.provider_restarts += 1;
+                // It heartbeats at once on start, as the daemon does.
+                self.push(self.now_ms, Event::HeartbeatTick { provider });
             }
             Event::FalseAttestation => {
                 // The Byzantine validator claims an always-up provider was down.
                 self.push(self.now_ms + 1_000, Event::FalseAttestation);
-                let Some(b) = self.byzantine else { return Ok(()) };
-                let Some(honest) = self.providers.iter().position(|p| p.outage == Outage::Never) else { return Ok(()) };
+                let Some(b) = self.adversaries.byzantine else { return Ok(()) };
+                let Some(honest) = self.outages.providers.iter().position(|p| p.outage == Outage::Never) else {
+                    return Ok(());
+                };
                 let tip = self.nodes[b].engine.ledger().height().0;
                 if tip <= SIM_WINDOW_BLOCKS + 2 {
                     return Ok(());
                 }
                 let body = DowntimeAttestation {
-                    provider: self.providers[honest].key.address(),
+                    provider: self.outages.providers[honest].key.address(),
                     window_start: Height(tip - SIM_WINDOW_BLOCKS - 1),
                     window_end: Height(tip - 1),
                 };
-                let att =
-                    Signed::sign(body, &self.keys[b], &self.genesis.chain_id).map_err(|e| self.fail(e.to_string()))?;
+                let att = Signed::sign(body, &self.setup.keys[b], &self.setup.genesis.chain_id)
+                    .map_err(|e| self.fail(e.to_string()))?;
                 for to in (0..self.nodes.len()).filter(|&t| t != b) {
                     self.push(self.now_ms + 10, Event::AttestationDeliver { to, from: b, att: att.clone() });
                 }
@@ -569,6 +680,42 @@ impl Sim {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A provider signs a heartbeat naming the tip of a live node, by the
+    /// daemon's rules (sequence reserved on its disk first); None before any
+    /// node is live.
+    fn sign_heartbeat(&mut self, provider: usize) -> Result<Option<Signed<Heartbeat>>, SimFailure> {
+        let Some(r) = self.reference_node() else { return Ok(None) };
+        let ledger = self.nodes[r].engine.ledger();
+        let tip = (ledger.height(), ledger.last_block_hash());
+        let chain = self.setup.genesis.chain_id.clone();
+        let p = &mut self.outages.providers[provider];
+        let now = self.now_ms.saturating_sub(p.clock_behind_ms);
+        let SimProvider { heartbeats, reserved, key, .. } = p;
+        let hb = heartbeats.sign(key, &chain, tip, now, |r| {
+            *reserved = r;
+            Ok(())
+        });
+        let hb = hb.map_err(|e| self.fail(e.to_string()))?;
+        self.outages.providers[provider].last_seq = hb.body.seq;
+        Ok(Some(hb))
+    }
+
+    /// A provider's answer to `node`'s probe, as the daemon gives it: none
+    /// while down, a refusal over its quota, else its latest heartbeat if
+    /// recent or a new one.
+    fn answer_probe(&mut self, provider: usize, node: usize) -> Result<Option<Signed<Heartbeat>>, SimFailure> {
+        let p = &mut self.outages.providers[provider];
+        if !p.up || !p.probe_quota.admit(node, self.now_ms) {
+            return Ok(None);
+        }
+        p.probe_quota.done(&node);
+        let now = self.now_ms.saturating_sub(p.clock_behind_ms);
+        match p.heartbeats.recent(now) {
+            Some(hb) => Ok(Some(hb)),
+            None => self.sign_heartbeat(provider),
+        }
     }
 
     /// A validator's own attestation: kept, and gossiped to the others.
@@ -590,11 +737,12 @@ impl Sim {
     fn take_attestation(&mut self, node: usize, att: Signed<DowntimeAttestation>) -> Result<(), SimFailure> {
         let n = &mut self.nodes[node];
         let Ok(agora_node::liveness::Attested::Kept(Some(evidence))) =
-            n.liveness.attestation(att, &self.genesis.chain_id, n.engine.ledger())
+            n.liveness.attestation(att, &self.setup.genesis.chain_id, n.engine.ledger())
         else {
             return Ok(());
         };
-        if Some(node) == self.byzantine || !n.engine.ledger().is_validator(&self.keys[node].address()) {
+        if Some(node) == self.adversaries.byzantine || !n.engine.ledger().is_validator(&self.setup.keys[node].address())
+        {
             return Ok(());
         }
         self.submit_slash(node, evidence)
@@ -609,10 +757,10 @@ impl Sim {
     /// rules give it (`OwnTxs`) and gossips it.
     fn submit_own(&mut self, node: usize, kind: TxKind) -> Result<(), SimFailure> {
         let n = &mut self.nodes[node];
-        let me = self.keys[node].address();
+        let me = self.setup.keys[node].address();
         let nonce = n.own_txs.next_nonce(n.engine.ledger(), &me);
         n.own_txs.sent(nonce, kind.clone(), n.engine.ledger().height());
-        let tx = sign_tx(&self.keys[node], nonce, kind);
+        let tx = sign_tx(&self.setup.keys[node], nonce, kind);
         self.gossip_txs(&[tx])
     }
 
@@ -620,13 +768,13 @@ impl Sim {
     /// as the daemon does.
     fn resend_own(&mut self, node: usize) -> Result<(), SimFailure> {
         let n = &mut self.nodes[node];
-        let me = self.keys[node].address();
+        let me = self.setup.keys[node].address();
         let again = n.own_txs.stuck(n.engine.ledger(), &me);
         let height = n.engine.ledger().height();
         let mut txs = Vec::with_capacity(again.len());
         for (nonce, kind) in again {
             n.own_txs.sent(nonce, kind.clone(), height);
-            txs.push(sign_tx(&self.keys[node], nonce, kind));
+            txs.push(sign_tx(&self.setup.keys[node], nonce, kind));
         }
         if txs.is_empty() { Ok(()) } else { self.gossip_txs(&txs) }
     }
@@ -636,10 +784,10 @@ impl Sim {
     fn liveness_after_commit(&mut self, node: usize, height: Height, hash: Hash) -> Result<(), SimFailure> {
         let n = &mut self.nodes[node];
         n.liveness.on_block(height, hash);
-        if self.providers.is_empty() || Some(node) == self.byzantine || !n.alive {
+        if self.outages.providers.is_empty() || Some(node) == self.adversaries.byzantine || !n.alive {
             return Ok(());
         }
-        if !n.engine.ledger().is_validator(&self.keys[node].address()) {
+        if !n.engine.ledger().is_validator(&self.setup.keys[node].address()) {
             return Ok(());
         }
         let ready = n.liveness.due_evidence(n.engine.ledger());
@@ -649,7 +797,9 @@ impl Sim {
         }
         let f = self.config.faults.clone();
         for address in due {
-            let Some(provider) = self.providers.iter().position(|p| p.key.address() == address) else { continue };
+            let Some(provider) = self.outages.providers.iter().position(|p| p.key.address() == address) else {
+                continue;
+            };
             // A probe is a request over a connection (retransmitted): it is
             // not lost, it fails only if the provider is down when it arrives.
             let delay = 2 * (f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1));
@@ -663,7 +813,7 @@ impl Sim {
         let mut slashed_long = 0;
         let Some(top) = self.nodes.iter().max_by_key(|n| n.height) else { return Ok(0) };
         let state = top.engine.ledger();
-        for p in &self.providers {
+        for p in &self.outages.providers {
             let slashes = state.provider(&p.key.address()).map_or(0, |r| r.slashes);
             let (start, end) = p.window_ms;
             let blocks = p.heights.1.saturating_sub(p.heights.0);
@@ -693,15 +843,15 @@ impl Sim {
     /// Schedules the configured crash, partition and heal at seeded times.
     fn plan_faults(&mut self) {
         let start = self.now_ms;
-        let honest = self.byzantine.map_or(self.nodes.len(), |b| b);
-        if self.config.crash_restart {
+        let honest = self.adversaries.byzantine.map_or(self.nodes.len(), |b| b);
+        if self.config.scenario.crash_restart {
             let node = self.rng.below(honest as u64) as usize;
             let at = start + 200 + self.rng.below(3_000);
             let down_for = 500 + self.rng.below(3_000);
             self.push(at, Event::Crash { node });
             self.push(at + down_for, Event::Restart { node });
         }
-        if self.config.partition {
+        if self.config.scenario.partition {
             // Either a minority cut off, or an even split (which halts progress until healed).
             let side: Vec<bool> = (0..self.nodes.len()).map(|_| self.rng.below(2) == 0).collect();
             let at = start + 200 + self.rng.below(3_000);
@@ -716,9 +866,9 @@ impl Sim {
     }
 
     fn push(&mut self, at_ms: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse((at_ms, self.seq)));
-        self.events.insert(self.seq, event);
+        self.schedule.seq += 1;
+        self.schedule.queue.push(Reverse((at_ms, self.schedule.seq)));
+        self.schedule.events.insert(self.schedule.seq, event);
     }
 
     /// Runs until every node reaches the target height or time runs out.
@@ -727,16 +877,16 @@ impl Sim {
             self.feed(i, Input::Start)?;
         }
         self.push(self.now_ms, Event::ClientLoad);
-        if self.griefer.is_some() {
+        if self.adversaries.griefer.is_some() {
             self.push(self.now_ms + GRIEF_EVERY_MS, Event::Grief);
         }
         self.plan_faults();
-        if !self.providers.is_empty() {
+        if !self.outages.providers.is_empty() {
             self.plan_liveness()?;
         }
         self.preload()?;
         while !self.done() {
-            let Some(Reverse((at, seq))) = self.queue.pop() else {
+            let Some(Reverse((at, seq))) = self.schedule.queue.pop() else {
                 return Err(self.fail("no events left: the network stalled".into()));
             };
             if at > self.start_time() + self.config.max_time_ms {
@@ -747,11 +897,11 @@ impl Sim {
                 );
             }
             self.now_ms = self.now_ms.max(at);
-            self.steps += 1;
-            let event = self.events.remove(&seq).ok_or_else(|| self.fail("lost event".into()))?;
+            self.observed.steps += 1;
+            let event = self.schedule.events.remove(&seq).ok_or_else(|| self.fail("lost event".into()))?;
             self.step(event)?;
         }
-        if let Some(g) = &self.griefer {
+        if let Some(g) = &self.adversaries.griefer {
             let griefer = g.key.address();
             if let Some(i) = (0..self.nodes.len()).find(|&i| self.nodes[i].engine.mempool().pending_from(&griefer) > 0)
             {
@@ -762,33 +912,42 @@ impl Sim {
         let min_height = self.nodes.iter().map(|n| n.height).min().unwrap_or(0);
         Ok(SimReport {
             seed: self.config.seed,
-            steps: self.steps,
+            steps: self.observed.steps,
             sim_time_ms: self.now_ms - self.start_time(),
             min_height,
-            committed_txs: self.committed_txs,
-            evidence: self.evidence,
-            set_changes: self.sets.values().zip(self.sets.values().skip(1)).filter(|(a, b)| a != b).count() as u64,
-            trace: Hash(*self.trace.finalize().as_bytes()),
+            committed_txs: self.observed.committed_txs,
+            evidence: self.observed.evidence,
+            set_changes: self
+                .observed
+                .sets
+                .values()
+                .zip(self.observed.sets.values().skip(1))
+                .filter(|(a, b)| a != b)
+                .count() as u64,
+            trace: Hash(*self.observed.trace.finalize().as_bytes()),
             long_outages_slashed,
-            sign_refusals: self.sign_refusals,
-            proposals_equivocated: self.proposals_equivocated,
-            griefing: self.griefer.as_ref().map_or(0, |g| g.sent),
-            relay_dropped: self.relay_dropped,
+            sign_refusals: self.observed.sign_refusals,
+            proposals_equivocated: self.observed.proposals_equivocated,
+            griefing: self.adversaries.griefer.as_ref().map_or(0, |g| g.sent),
+            relay_dropped: self.observed.relay_dropped,
+            provider_restarts: self.observed.provider_restarts,
+            blocks_forged: self.observed.blocks_forged,
         })
     }
 
     fn done(&self) -> bool {
-        if self.config.stop_when_preload_committed {
-            let top = self.canonical.keys().next_back().copied().unwrap_or(0);
-            return self.committed_txs >= self.config.preload_txs as u64 && self.nodes.iter().all(|n| n.height >= top);
+        if self.config.load.stop_when_preload_committed {
+            let top = self.observed.canonical.keys().next_back().copied().unwrap_or(0);
+            return self.observed.committed_txs >= self.config.load.preload_txs as u64
+                && self.nodes.iter().all(|n| n.height >= top);
         }
-        self.now_ms >= self.liveness_until_ms && self.nodes.iter().all(|n| n.height >= self.config.target_height)
+        self.now_ms >= self.outages.until_ms && self.nodes.iter().all(|n| n.height >= self.config.target_height)
     }
 
     /// Hands `preload_txs` transfers, spread over the clients, to every node,
     /// in batches as a node's gossip layer would.
     fn preload(&mut self) -> Result<(), SimFailure> {
-        let txs: Vec<_> = (0..self.config.preload_txs)
+        let txs: Vec<_> = (0..self.config.load.preload_txs)
             .map(|i| {
                 let c = i % self.clients.len();
                 let to = self.clients[(c + 1) % self.clients.len()].0.address();
@@ -806,7 +965,7 @@ impl Sim {
     }
 
     fn start_time(&self) -> u64 {
-        self.genesis.genesis_time_ms.0 + 1_000
+        self.setup.genesis.genesis_time_ms.0 + 1_000
     }
 
     fn step(&mut self, event: Event) -> Result<(), SimFailure> {
@@ -817,10 +976,10 @@ impl Sim {
                 }
                 // The daemon's gossip verdict: what it would drop never reaches consensus.
                 if self.nodes[to].engine.relay(&msg) == Relay::Drop {
-                    self.relay_dropped += 1;
+                    self.observed.relay_dropped += 1;
                     return Ok(());
                 }
-                if let Some(g) = self.griefer.as_mut() {
+                if let Some(g) = self.adversaries.griefer.as_mut() {
                     if g.seen.len() >= GRIEFER_MEMORY {
                         g.seen.pop_front();
                     }
@@ -835,15 +994,25 @@ impl Sim {
                 self.nodes[node].alive = false;
                 self.nodes[node].disk.crash();
                 self.nodes[node].timers.clear();
+                for n in &mut self.nodes {
+                    n.sync.disconnected(&node);
+                }
                 Ok(())
             }
             Event::Restart { node } => self.restart(node),
             Event::Partition { side } => {
+                // Connections across the cut close, as a partitioned daemon's do.
+                for (a, n) in self.nodes.iter_mut().enumerate() {
+                    for b in (0..side.len()).filter(|&b| side[b] != side[a]) {
+                        n.sync.disconnected(&b);
+                    }
+                }
                 self.partition = Some(side);
                 Ok(())
             }
             Event::Heal => {
                 self.partition = None;
+                self.reconnect();
                 Ok(())
             }
             Event::Timer { node, timer, generation } => {
@@ -866,9 +1035,17 @@ impl Sim {
                 if !self.nodes[to].alive {
                     return Ok(());
                 }
+                let full = self.nodes[to].sync.answered(blocks.len());
                 for (block, certificate) in blocks {
                     self.feed(to, Input::Synced { block: Box::new(block), certificate })?;
                 }
+                if full {
+                    self.request_sync(to, Height(self.nodes[to].height));
+                }
+                Ok(())
+            }
+            Event::SyncFailed { to } => {
+                self.nodes[to].sync.failed();
                 Ok(())
             }
         }
@@ -877,7 +1054,7 @@ impl Sim {
     /// Every 100 ms each client may send a transfer, to a random node and
     /// gossiped to the others.
     fn client_load(&mut self) -> Result<(), SimFailure> {
-        let per_tick = self.config.txs_per_second.div_ceil(10) as usize;
+        let per_tick = self.config.load.txs_per_second.div_ceil(10) as usize;
         for _ in 0..per_tick {
             let c = self.rng.below(self.clients.len() as u64) as usize;
             let to = self.clients[(c + 1) % self.clients.len()].0.address();
@@ -912,6 +1089,19 @@ impl Sim {
         Ok(())
     }
 
+    /// Live nodes on the same side of any partition connect again (the
+    /// daemon re-dials its bootstrap peers).
+    fn reconnect(&mut self) {
+        let count = self.nodes.len();
+        for a in 0..count {
+            for b in (0..count).filter(|&b| b != a) {
+                if self.nodes[a].alive && self.nodes[b].alive && self.connected(a, b) {
+                    self.nodes[a].sync.connected(b);
+                }
+            }
+        }
+    }
+
     fn connected(&self, a: usize, b: usize) -> bool {
         self.partition.as_ref().is_none_or(|side| side[a] == side[b])
     }
@@ -919,23 +1109,26 @@ impl Sim {
     /// Rebuilds a crashed node from what it persisted: the ledger by replaying
     /// its stored blocks, consensus by replaying its WAL.
     fn restart(&mut self, node: usize) -> Result<(), SimFailure> {
-        let mut ledger = self.genesis.state().map_err(|e| self.fail(e.to_string()))?;
+        let mut ledger = self.setup.genesis.state().map_err(|e| self.fail(e.to_string()))?;
         for (block, _) in &self.nodes[node].store {
             apply_block(&mut ledger, block, SigCheck::Skip).map_err(|e| self.fail(format!("restart replay: {e}")))?;
         }
         let last_commit = self.nodes[node].store.last().map(|(_, c)| c.clone());
         let (engine, actions) = Engine::restart(
-            self.genesis.chain_id.clone(),
-            self.keys[node].clone(),
+            self.setup.genesis.chain_id.clone(),
+            self.setup.keys[node].clone(),
             ledger,
             last_commit,
-            self.engine_config.clone(),
+            self.setup.engine_config.clone(),
             Recovered { wal: &self.nodes[node].disk.wal, last_signed: self.nodes[node].disk.signed.as_ref() },
             self.now_ms,
         );
         self.nodes[node].engine = engine;
         self.nodes[node].own_txs = OwnTxs::default();
+        self.nodes[node].sync = SyncClient::default();
+        self.nodes[node].sync_quota = sync_quota();
         self.nodes[node].alive = true;
+        self.reconnect();
         // Its liveness view was in memory: it watches again from where its store is.
         self.nodes[node].liveness = Liveness::new(SIM_WINDOW_BLOCKS, Height(self.nodes[node].height));
         self.act_all(node, actions)
@@ -945,8 +1138,8 @@ impl Sim {
         match action {
             Action::Broadcast(msg) => self.broadcast(node, msg)?,
             Action::ScheduleTimeout { timer, after } => {
-                self.generation += 1;
-                let generation = self.generation;
+                self.schedule.generation += 1;
+                let generation = self.schedule.generation;
                 let n = &mut self.nodes[node];
                 n.timers.retain(|(t, _)| *t != timer);
                 n.timers.push((timer, generation));
@@ -957,18 +1150,19 @@ impl Sim {
             Action::Commit { block, certificate, .. } => self.on_commit(node, &block, &certificate)?,
             // The engine asks for sync itself (`SyncNeeded`).
             Action::MissingBlock { .. } => {}
-            Action::SyncNeeded { have } => self.serve_sync(node, have.0),
+            Action::SyncNeeded { have } => self.request_sync(node, have),
             Action::WalAppend { height, entry, durable } => self.nodes[node].disk.append(height, entry, durable),
             Action::PersistSigned(last) => self.nodes[node].disk.signed = Some(last),
-            Action::SignRefused(_) => self.sign_refusals += 1,
+            Action::SignRefused(_) => self.observed.sign_refusals += 1,
             Action::Evidence(e) => {
-                if Some(node) != self.byzantine
-                    && self.byzantine.is_some_and(|b| e.first.signer == self.keys[b].address())
+                if Some(node) != self.adversaries.byzantine
+                    && self.adversaries.byzantine.is_some_and(|b| e.first.signer == self.setup.keys[b].address())
                 {
-                    self.evidence += 1;
+                    self.observed.evidence += 1;
                     // One honest node submits it (the first live one), so the
                     // others' nonces are not spent on duplicates that fail.
-                    let submitter = (0..self.nodes.len()).find(|&i| self.nodes[i].alive && Some(i) != self.byzantine);
+                    let submitter =
+                        (0..self.nodes.len()).find(|&i| self.nodes[i].alive && Some(i) != self.adversaries.byzantine);
                     if submitter != Some(node) {
                         return Ok(());
                     }
@@ -980,36 +1174,42 @@ impl Sim {
         Ok(())
     }
 
-    /// A random peer answers a sync request with the blocks it has after
-    /// `have`, subject to the same loss and latency as other messages.
-    fn serve_sync(&mut self, node: usize, have: u64) {
-        let peer = (node + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
+    /// The node asks the next connected peer in turn for the blocks after
+    /// `have` (the daemon's `SyncClient`), and the peer answers as the
+    /// daemon serves (its quota, `build_response` from its store). A request
+    /// rides a connection, so it is not lost; it fails if the peer is gone.
+    fn request_sync(&mut self, node: usize, have: Height) {
+        let Some((peer, request)) = self.nodes[node].sync.request(have) else { return };
         let f = self.config.faults.clone();
-        if self.rng.below(1_000) < f.drop_per_mille || !self.nodes[peer].alive || !self.connected(node, peer) {
-            return;
-        }
-        let end = (have + MAX_SYNC_BATCH).min(self.nodes[peer].store.len() as u64);
-        let blocks: Vec<_> = (have..end).map(|h| self.nodes[peer].store[h as usize].clone()).collect();
-        if blocks.is_empty() {
-            return;
-        }
         let delay = f.latency_min_ms + self.rng.below(f.latency_max_ms - f.latency_min_ms + 1);
+        if !self.nodes[peer].alive || !self.connected(node, peer) {
+            self.push(self.now_ms + delay, Event::SyncFailed { to: node });
+            return;
+        }
+        let p = &mut self.nodes[peer];
+        let blocks = if p.sync_quota.admit(node, self.now_ms) {
+            let served = build_response(p.store.as_slice(), &request, p.height);
+            p.sync_quota.done(&node);
+            served.map(|r| r.blocks).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         self.push(self.now_ms + delay, Event::Sync { to: node, blocks });
     }
 
     fn broadcast(&mut self, from: usize, msg: ConsensusMessage) -> Result<(), SimFailure> {
-        if Some(from) == self.byzantine {
+        if Some(from) == self.adversaries.byzantine {
             self.byzantine_broadcast(from, msg);
             return Ok(());
         }
         if let ConsensusMessage::Vote(v) = &msg {
             let key = (v.signer, v.body.height.0, v.body.round, v.body.kind);
-            match self.signed_votes.get(&key) {
+            match self.observed.signed_votes.get(&key) {
                 Some(block) if *block != v.body.block => {
                     return Err(self.fail(format!("node {from} signed two different votes for {key:?}")));
                 }
                 Some(_) => {}
-                None => _ = self.signed_votes.insert(key, v.body.block),
+                None => _ = self.observed.signed_votes.insert(key, v.body.block),
             }
         }
         for to in (0..self.nodes.len()).filter(|&t| t != from) {
@@ -1036,8 +1236,8 @@ impl Sim {
     /// versions (half the peers get each), and it sprays garbage: forged
     /// signatures and votes for heights far ahead.
     fn byzantine_broadcast(&mut self, from: usize, msg: ConsensusMessage) {
-        let key = self.keys[from].clone();
-        let chain = self.genesis.chain_id.clone();
+        let key = self.setup.keys[from].clone();
+        let chain = self.setup.genesis.chain_id.clone();
         let second = match &msg {
             ConsensusMessage::Vote(v) => {
                 let mut other = v.body.clone();
@@ -1050,7 +1250,7 @@ impl Sim {
             // As proposer: a second valid block for the same height and
             // round (a later time), signed and sent to half the peers, with
             // a proposal naming it to the same half.
-            ConsensusMessage::Block(b) if self.config.equivocating_proposer => {
+            ConsensusMessage::Block(b) if self.config.scenario.equivocating_proposer => {
                 match self.second_block(from, &b.body.block) {
                     Some(alt) => {
                         let body = agora_protocol::consensus::ProposalBlock { block: alt, ..b.body.clone() };
@@ -1061,7 +1261,7 @@ impl Sim {
                     None => msg.clone(),
                 }
             }
-            ConsensusMessage::Proposal(p) => match self.equivocated.get(&p.body.block) {
+            ConsensusMessage::Proposal(p) => match self.adversaries.equivocated.get(&p.body.block) {
                 Some(alt) => {
                     let other = agora_protocol::consensus::Proposal { block: alt.hash(), ..p.body.clone() };
                     Signed::sign(other, &key, &chain).map(ConsensusMessage::Proposal).unwrap_or_else(|_| msg.clone())
@@ -1069,6 +1269,13 @@ impl Sim {
                 None => msg.clone(),
             },
             _ => msg.clone(),
+        };
+        // Sometimes, as proposer, also a forged block with its proposal, to every peer.
+        let forged = match &msg {
+            ConsensusMessage::Block(b) if self.config.scenario.equivocating_proposer && self.rng.below(3) == 0 => {
+                self.forge(from, b)
+            }
+            _ => Vec::new(),
         };
         for to in (0..self.nodes.len()).filter(|&t| t != from) {
             // Even peers get one version, odd peers the other, and every
@@ -1083,7 +1290,64 @@ impl Sim {
                 let garbage = self.garbage(&msg);
                 self.send(from, to, garbage);
             }
+            for m in &forged {
+                self.send(from, to, m.clone());
+            }
         }
+    }
+
+    /// A block the Byzantine proposer forges for its round, signed with its
+    /// key and sent with a proposal naming it: either a valid block (state
+    /// root and all) built naming another validator as the header's
+    /// proposer, so its fees would go to someone else's account, or its own
+    /// block with the previous block's certificate stripped of signatures
+    /// (so the header no longer commits to what it carries). Honest nodes
+    /// must refuse both; a commit of either fails the run.
+    fn forge(&mut self, from: usize, b: &Signed<agora_protocol::consensus::ProposalBlock>) -> Vec<ConsensusMessage> {
+        // Only its own proposals (not the blocks of others it restreams).
+        if b.body.block.header.proposer != self.setup.keys[from].address() {
+            return Vec::new();
+        }
+        let mut block = b.body.block.clone();
+        let renamed = self.rng.below(2) == 0;
+        if renamed {
+            let others = self.setup.keys.len() as u64 - 1;
+            let other = (from + 1 + self.rng.below(others) as usize) % self.setup.keys.len();
+            let mut ledger = self.nodes[from].engine.ledger().clone();
+            if block.header.height != ledger.height().next() {
+                return Vec::new();
+            }
+            let proposer = self.setup.keys[other].address();
+            let built = agora_ledger::BlockBuilder::new(&mut ledger, block.header.time_ms, proposer)
+                .and_then(|builder| builder.finish(block.last_commit.clone()));
+            let Ok(alt) = built else { return Vec::new() };
+            block = alt;
+        } else {
+            match block.last_commit.as_mut() {
+                Some(c) if !c.signatures.is_empty() => c.signatures.truncate(c.signatures.len() / 2),
+                _ => return Vec::new(),
+            }
+        }
+        let hash = block.hash();
+        let (key, chain) = (&self.setup.keys[from], &self.setup.genesis.chain_id);
+        let proposal = agora_protocol::consensus::Proposal {
+            height: block.header.height,
+            round: b.body.round,
+            block: hash,
+            pol_round: b.body.pol_round,
+        };
+        let body = agora_protocol::consensus::ProposalBlock { block, ..b.body.clone() };
+        let (Ok(block), Ok(proposal)) = (Signed::sign(body, key, chain), Signed::sign(proposal, key, chain)) else {
+            return Vec::new();
+        };
+        if renamed {
+            if self.adversaries.forged.len() >= 1_024 {
+                self.adversaries.forged.pop_first();
+            }
+            self.adversaries.forged.insert(hash);
+        }
+        self.observed.blocks_forged += 1;
+        vec![ConsensusMessage::Block(Box::new(block)), ConsensusMessage::Proposal(proposal)]
     }
 
     /// One round of the griefer against a random live node: a stale message
@@ -1092,7 +1356,7 @@ impl Sim {
     fn grief(&mut self) -> Result<(), SimFailure> {
         let to = self.rng.below(self.nodes.len() as u64) as usize;
         self.push(self.now_ms + GRIEF_EVERY_MS, Event::Grief);
-        let Some(g) = self.griefer.as_mut() else { return Ok(()) };
+        let Some(g) = self.adversaries.griefer.as_mut() else { return Ok(()) };
         if !self.nodes[to].alive {
             return Ok(());
         }
@@ -1107,13 +1371,13 @@ impl Sim {
             round: 0,
             block: Some(Hash([self.rng.below(256) as u8; 32])),
         };
-        let chain = self.genesis.chain_id.clone();
+        let chain = self.setup.genesis.chain_id.clone();
         let forged = Signed::sign(vote, &key, &chain).map_err(|e| self.fail(e.to_string()))?;
         for msg in stale.into_iter().chain(std::iter::once(ConsensusMessage::Vote(forged))) {
             self.push(self.now_ms + 1, Event::Deliver { to, from: to, msg });
         }
         let junk: Vec<SignedTx> =
-            [0u64, 3, 7].iter().map(|&nonce| transfer(&key, nonce, self.keys[0].address(), Amount(1))).collect();
+            [0u64, 3, 7].iter().map(|&nonce| transfer(&key, nonce, self.setup.keys[0].address(), Amount(1))).collect();
         self.feed(to, Input::Txs(junk))
     }
 
@@ -1128,11 +1392,11 @@ impl Sim {
         let time = agora_protocol::TimestampMs(block.header.time_ms.0 + 1);
         let builder = agora_ledger::BlockBuilder::new(&mut ledger, time, block.header.proposer).ok()?;
         let alt = builder.finish(block.last_commit.clone()).ok()?;
-        if self.equivocated.len() >= 64 {
-            self.equivocated.clear();
+        if self.adversaries.equivocated.len() >= 64 {
+            self.adversaries.equivocated.clear();
         }
-        self.equivocated.insert(block.hash(), alt.clone());
-        self.proposals_equivocated += 1;
+        self.adversaries.equivocated.insert(block.hash(), alt.clone());
+        self.observed.proposals_equivocated += 1;
         Some(alt)
     }
 
@@ -1159,17 +1423,23 @@ impl Sim {
     fn on_commit(&mut self, node: usize, block: &Block, cert: &CommitCertificate) -> Result<(), SimFailure> {
         let h = block.header.height.0;
         let hash = block.hash();
+        if self.adversaries.forged.contains(&hash) {
+            return Err(self.fail(format!("node {node} committed a block naming another proposer at height {h}")));
+        }
+        if agora_protocol::block::last_commit_hash(block.last_commit.as_ref()) != block.header.last_commit_hash {
+            return Err(self.fail(format!("node {node} committed a block with a swapped certificate at height {h}")));
+        }
         let expected = self.nodes[node].height + 1;
         if h != expected {
             return Err(self.fail(format!("node {node} committed height {h}, expected {expected}")));
         }
         let set = self.validator_set_at(node, h);
-        verify_commit(&self.genesis.chain_id, &set, cert, Height(h), hash)
+        verify_commit(&self.setup.genesis.chain_id, &set, cert, Height(h), hash)
             .map_err(|e| self.fail(format!("node {node} height {h}: invalid certificate: {e}")))?;
         let ledger: &State = self.nodes[node].engine.ledger();
         ledger.audit().map_err(|e| self.fail(format!("node {node} height {h}: {e}")))?;
         let root = ledger.root();
-        match self.canonical.get(&h) {
+        match self.observed.canonical.get(&h) {
             Some((other, other_root)) if *other != hash || *other_root != root => {
                 return Err(
                     self.fail(format!("SAFETY: node {node} committed {hash} at height {h}, another node {other}"))
@@ -1177,10 +1447,10 @@ impl Sim {
             }
             Some(_) => {}
             None => {
-                self.canonical.insert(h, (hash, root));
-                self.committed_txs += block.txs.len() as u64;
-                self.trace.update(&h.to_le_bytes());
-                self.trace.update(&hash.0);
+                self.observed.canonical.insert(h, (hash, root));
+                self.observed.committed_txs += block.txs.len() as u64;
+                self.observed.trace.update(&h.to_le_bytes());
+                self.observed.trace.update(&hash.0);
             }
         }
         let n = &mut self.nodes[node];
@@ -1194,7 +1464,8 @@ impl Sim {
     /// The validator set that decided height `h`, as recorded by the first
     /// node to commit it (all nodes' states are checked to agree).
     fn validator_set_at(&mut self, node: usize, h: u64) -> ConsensusValidatorSet {
-        self.sets
+        self.observed
+            .sets
             .entry(h)
             .or_insert_with(|| {
                 let deciders = self.nodes[node].engine.ledger().last_validators();
@@ -1202,4 +1473,13 @@ impl Sim {
             })
             .clone()
     }
+}
+
+/// Node `node`'s sync client, connected to every other of `count` nodes.
+fn connected_to(count: usize, node: usize) -> SyncClient<usize> {
+    let mut client = SyncClient::default();
+    for peer in (0..count).filter(|&p| p != node) {
+        client.connected(peer);
+    }
+    client
 }

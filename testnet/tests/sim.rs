@@ -49,6 +49,7 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
     let seeds = env_u64("AGORA_SIM_SEEDS").unwrap_or(default_seeds);
     let started = std::time::Instant::now();
     let (mut evidence, mut set_changes, mut equivocated, mut griefing, mut dropped) = (0, 0, 0, 0, 0);
+    let mut forged = 0;
     for seed in 0..seeds {
         let report = run(SimConfig::all_faults(seed, validators));
         // The crashed validator lost every WAL append not yet fdatasync'd;
@@ -60,12 +61,16 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
         equivocated += report.proposals_equivocated;
         griefing += report.griefing;
         dropped += report.relay_dropped;
+        forged += report.blocks_forged;
     }
     eprintln!("{seeds} seeds of {validators} validators with all faults in {:?}", started.elapsed());
     assert!(set_changes > 0, "no run crossed a validator-set change");
     // The Byzantine validator, as proposer, sent two valid blocks to the two
     // halves of the network; the runs still commit one block per height.
     assert!(equivocated > 0, "the Byzantine proposer never equivocated");
+    // It also forged blocks naming another proposer or carrying a stripped
+    // certificate, each with a proposal: a run fails if any is committed.
+    assert!(forged > 0, "the Byzantine proposer never forged a block");
     // A stake-less griefing peer replayed stale messages, signed votes and
     // sent unpayable transactions: dropped by the relay verdict and mempool
     // admission (a run fails if any mempool kept its transactions).
@@ -74,7 +79,7 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
         "the griefing peer did nothing ({griefing}) or nothing was dropped ({dropped})"
     );
     eprintln!(
-        "{equivocated} equivocating proposals, {evidence} double votes caught, {griefing} griefing messages, {dropped} deliveries dropped by the relay verdict"
+        "{equivocated} equivocating proposals, {forged} forged blocks, {evidence} double votes caught, {griefing} griefing messages, {dropped} deliveries dropped by the relay verdict"
     );
     evidence
 }
@@ -105,11 +110,17 @@ fn liveness_slashes_every_long_outage_and_never_an_honest_provider() {
     }
     let seeds = env_u64("AGORA_SIM_LIVENESS_SEEDS").unwrap_or(20);
     let started = std::time::Instant::now();
-    let mut slashed = 0;
+    let (mut slashed, mut restarts) = (0, 0);
     for seed in 0..seeds {
         let validators = if seed % 5 == 4 { 7 } else { 4 };
-        slashed += run(SimConfig::liveness(seed, validators)).long_outages_slashed;
+        let report = run(SimConfig::liveness(seed, validators));
+        slashed += report.long_outages_slashed;
+        restarts += report.provider_restarts;
     }
+    // Every outage ends in a restart with the clock stepped back to the last
+    // heartbeat: the durable reservation kept every sequence number fresh
+    // (a run fails if any validator sees a provider equivocate).
+    assert!(restarts >= 2 * seeds, "only {restarts} provider restarts in {seeds} runs");
     eprintln!("{seeds} liveness seeds in {:?}: {slashed} long outages slashed", started.elapsed());
     // Two long outages per run; most last past the bound (the rest were cut
     // short by consensus stalls and are not judged).

@@ -45,6 +45,80 @@ pub fn height(api: &str) -> u64 {
     status(api).and_then(|s| s["height"].as_u64()).unwrap_or(0)
 }
 
+/// A counter or gauge from a node's /metrics, summed over its label sets (0 if absent).
+pub fn metric(api: &str, name: &str) -> u64 {
+    let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The height `agora transfer` reports its transfer committed at.
+pub fn committed_at(out: &str) -> u64 {
+    out.split("height ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|h| h.parse().ok()).unwrap_or(0)
+}
+
+/// A normal user's experience: `n` transfers of 1 AGR from `home`'s key to
+/// `to` through `api`, one after another, each timed from submission to
+/// commit as `agora transfer` sees it (it polls every 200 ms); each must
+/// commit within 10 blocks of being sent.
+pub fn timed_transfers(home: &str, to: &str, api: &str, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let h0 = height(api);
+            let started = Instant::now();
+            let out = ok(agora(&["--home", home, "transfer", to, "1", "--node", api]));
+            let took = started.elapsed();
+            let at = committed_at(&out);
+            assert!(at <= h0 + 10, "a transfer sent at height {h0} committed at {at}: {out}");
+            took
+        })
+        .collect()
+}
+
+/// The nearest-rank percentile `p` (0–100) of `samples`, in milliseconds.
+pub fn percentile_ms(samples: &[Duration], p: usize) -> u128 {
+    let mut v: Vec<u128> = samples.iter().map(Duration::as_millis).collect();
+    v.sort_unstable();
+    let rank = (p * v.len()).div_ceil(100).clamp(1, v.len().max(1));
+    v.get(rank - 1).copied().unwrap_or(0)
+}
+
+/// Runs `attack` (given a flag that says when to stop) while `user` takes
+/// its samples, and returns the samples; the attack must stop soon after
+/// the flag is set (and bound itself in time and count regardless).
+pub fn during<T: Send>(
+    attack: impl FnOnce(&std::sync::atomic::AtomicBool) -> T,
+    user: impl FnOnce() -> Vec<Duration> + Send,
+) -> (T, Vec<Duration>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let samples = user();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            samples
+        });
+        let outcome = attack(&stop);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (outcome, sampler.join().expect("the user's transfers"))
+    })
+}
+
+/// Prints a normal transfer's latency quiet and during an attack as one JSON
+/// line (`latency-under-attack {...}`), for docs/performance.md.
+pub fn report_latency(attack: &str, quiet: &[Duration], under_attack: &[Duration]) {
+    let line = serde_json::json!({
+        "attack": attack,
+        "samples": under_attack.len(),
+        "quiet_p50_ms": percentile_ms(quiet, 50),
+        "quiet_p99_ms": percentile_ms(quiet, 99),
+        "attack_p50_ms": percentile_ms(under_attack, 50),
+        "attack_p99_ms": percentile_ms(under_attack, 99),
+    });
+    eprintln!("latency-under-attack {line}");
+}
+
 /// Stops the testnet in this directory when dropped, even when an assertion
 /// fails; then it first prints the end of every node's log.
 pub struct Down(pub PathBuf);

@@ -35,7 +35,7 @@ impl Daemon {
             let _ = reply.send(Ok(answer));
             return;
         }
-        if self.pending_rpcs.len() >= MAX_PENDING_LEASE_RPCS {
+        if self.lease_rpcs.pending.len() >= MAX_PENDING_LEASE_RPCS {
             let _ = reply.send(Err("this node has too many lease requests in flight; retry".into()));
             return;
         }
@@ -46,8 +46,8 @@ impl Daemon {
                 return;
             }
         };
-        let id = self.swarm.behaviour_mut().lease.send_request(&peer, rpc);
-        self.pending_rpcs.insert(id, reply);
+        let id = self.net.swarm.behaviour_mut().lease.send_request(&peer, rpc);
+        self.lease_rpcs.pending.insert(id, reply);
     }
 
     pub(super) fn on_lease_event(&mut self, event: request_response::Event<LeaseRpc, LeaseRpcReply>) {
@@ -55,9 +55,9 @@ impl Daemon {
             request_response::Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
                 // Answered in this call, so one in flight per peer is enough;
                 // a peer over its per-second quota is told to wait, at once.
-                let answer = if self.lease_quota.admit(peer, now_ms()) {
+                let answer = if self.lease_rpcs.quota.admit(peer, now_ms()) {
                     let answer = self.answer_lease_rpc(request);
-                    self.lease_quota.done(&peer);
+                    self.lease_rpcs.quota.done(&peer);
                     answer
                 } else {
                     self.shared.metrics.lease_rpcs_refused.inc();
@@ -66,19 +66,19 @@ impl Daemon {
                         "too many lease-protocol requests from your node; retry shortly",
                     ))
                 };
-                let _ = self.swarm.behaviour_mut().lease.send_response(channel, answer);
+                let _ = self.net.swarm.behaviour_mut().lease.send_response(channel, answer);
             }
             request_response::Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if self.pending_probes.contains_key(&request_id) {
+                if self.liveness.pending_probes.contains_key(&request_id) {
                     if let Err(e) = self.probe_result(request_id, Some(response)) {
                         tracing::warn!(error = %e, "probe result");
                     }
-                } else if let Some(reply) = self.pending_rpcs.remove(&request_id) {
+                } else if let Some(reply) = self.lease_rpcs.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
             request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if self.pending_probes.contains_key(&request_id) {
+                if self.liveness.pending_probes.contains_key(&request_id) {
                     if let Err(e) = self.probe_result(request_id, None) {
                         tracing::warn!(error = %e, "probe result");
                     }
@@ -91,7 +91,7 @@ impl Daemon {
     }
 
     fn fail_rpc(&mut self, id: OutboundRequestId, why: String) {
-        if let Some(reply) = self.pending_rpcs.remove(&id) {
+        if let Some(reply) = self.lease_rpcs.pending.remove(&id) {
             let _ = reply.send(Err(why));
         }
     }
@@ -101,7 +101,7 @@ impl Daemon {
         match rpc {
             LeaseRpc::Propose { request, spec } => {
                 let me = self.acting_as();
-                let Some(market) = self.market.as_mut() else {
+                let Some(market) = self.provision.market.as_mut() else {
                     return LeaseRpcReply::Refused(LeaseRefusal::new(
                         RefusalCode::NotProvider,
                         "this node is not a provider",
@@ -134,7 +134,7 @@ impl Daemon {
                 Ok(chunk) => LeaseRpcReply::Logs(chunk),
                 Err(why) => LeaseRpcReply::Refused(why),
             },
-            LeaseRpc::Probe if self.provider.is_some() => match self.probe_answer() {
+            LeaseRpc::Probe if self.provision.provider.is_some() => match self.probe_answer() {
                 Ok(hb) => LeaseRpcReply::Alive(hb),
                 Err(e) => LeaseRpcReply::Refused(LeaseRefusal::new(RefusalCode::Internal, e.to_string())),
             },
@@ -162,13 +162,13 @@ impl Daemon {
             .lease(&id)
             .filter(|l| l.provider == self.acting_as())
             .map(|l| l.buyer)
-            .or_else(|| self.market.as_ref().and_then(|m| m.reserved_buyer(&id)))
-            .or_else(|| self.jobs.by_lease.get(&id).map(|j| j.buyer))
+            .or_else(|| self.provision.market.as_ref().and_then(|m| m.reserved_buyer(&id)))
+            .or_else(|| self.provision.jobs.by_lease.get(&id).map(|j| j.buyer))
             .ok_or_else(|| LeaseRefusal::new(C::UnknownLease, format!("this provider has no lease {id}")))?;
         if req.signer != buyer {
             return Err(LeaseRefusal::new(C::NotBuyer, "only the lease's buyer can read its logs"));
         }
-        Ok(match self.jobs.by_lease.get(&id) {
+        Ok(match self.provision.jobs.by_lease.get(&id) {
             Some(job) => job.chunk(req.body.offset),
             None => LogChunk {
                 data: Vec::new(),
@@ -186,10 +186,10 @@ impl Daemon {
             match event {
                 Event::LeaseOpened { lease_id, provider, .. } if *provider == me => self.start_job(*lease_id)?,
                 Event::LeaseSettled { lease_id, reason, .. } => {
-                    if let Some(m) = self.market.as_mut() {
+                    if let Some(m) = self.provision.market.as_mut() {
                         m.release(lease_id);
                     }
-                    if let Some(job) = self.jobs.by_lease.get(lease_id).filter(|j| j.is_running()) {
+                    if let Some(job) = self.provision.jobs.by_lease.get(lease_id).filter(|j| j.is_running()) {
                         job.stop(match reason {
                             SettleReason::Cancelled => "the lease was cancelled",
                             SettleReason::Expired => "the lease's time ran out",
@@ -206,32 +206,32 @@ impl Daemon {
 
     fn start_job(&mut self, lease_id: LeaseId) -> Result<(), Error> {
         let Some(lease) = self.store.state().lease(&lease_id).cloned() else { return Ok(()) };
-        let Some(assignment) = self.market.as_mut().and_then(|m| m.opened(&lease_id)) else {
+        let Some(assignment) = self.provision.market.as_mut().and_then(|m| m.opened(&lease_id)) else {
             // Accepted before a restart: the job spec is gone with the reservation.
             let reason = "the provider restarted after accepting; the lease is closed for the time served";
             self.remember_job(Job::finished(
                 lease_id,
                 lease.buyer,
-                &runner::job_dir(&self.jobs.dir, &lease_id),
+                &runner::job_dir(&self.provision.jobs.dir, &lease_id),
                 JobState::Stopped { reason: reason.into() },
-                self.jobs.log.ring_bytes,
+                self.provision.jobs.log.ring_bytes,
             ));
             return self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None });
         };
         let remaining = Duration::from_millis(lease.end_ms.0.saturating_sub(now_ms()));
-        let gpus = self.market.as_ref().map(|m| m.leased_gpus(&assignment.gpu_ids)).unwrap_or_default();
+        let gpus = self.provision.market.as_ref().map(|m| m.leased_gpus(&assignment.gpu_ids)).unwrap_or_default();
         let launch = runner::Launch {
             lease_id,
             buyer: lease.buyer,
             spec: &assignment.spec,
             gpus: &gpus,
-            jobs_dir: &self.jobs.dir,
+            jobs_dir: &self.provision.jobs.dir,
             deadline: Instant::now() + remaining,
-            log: self.jobs.log,
-            resources: self.jobs.resources,
+            log: self.provision.jobs.log,
+            resources: self.provision.jobs.resources,
         };
         let starting = Instant::now();
-        let started = runner::start(launch, &self.jobs.runners, self.jobs.ended_tx.clone());
+        let started = runner::start(launch, &self.provision.jobs.runners, self.provision.jobs.ended_tx.clone());
         let start_ms = starting.elapsed().as_secs_f64() * 1000.0;
         match started {
             Ok(job) => {
@@ -242,10 +242,16 @@ impl Daemon {
             }
             Err(why) => {
                 tracing::warn!(lease = %lease_id, error = %why, "job could not start; closing the lease");
-                let dir = runner::job_dir(&self.jobs.dir, &lease_id);
+                let dir = runner::job_dir(&self.provision.jobs.dir, &lease_id);
                 let state = JobState::Stopped { reason: format!("the job could not start: {why}") };
-                self.remember_job(Job::finished(lease_id, lease.buyer, &dir, state, self.jobs.log.ring_bytes));
-                if let Some(m) = self.market.as_mut() {
+                self.remember_job(Job::finished(
+                    lease_id,
+                    lease.buyer,
+                    &dir,
+                    state,
+                    self.provision.jobs.log.ring_bytes,
+                ));
+                if let Some(m) = self.provision.market.as_mut() {
                     m.release(&lease_id);
                 }
                 self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None })
@@ -254,7 +260,7 @@ impl Daemon {
     }
 
     fn remember_job(&mut self, job: Job) {
-        let jobs = &mut self.jobs.by_lease;
+        let jobs = &mut self.provision.jobs.by_lease;
         if jobs.len() >= MAX_FINISHED_JOBS {
             let oldest = jobs.iter().filter(|(_, j)| !j.is_running()).map(|(id, _)| *id).next();
             if let Some(id) = oldest {
@@ -267,7 +273,7 @@ impl Daemon {
     /// A job's process ended: free its GPUs and, if its lease is still open, close it.
     pub(super) fn on_job_ended(&mut self, ended: JobEnded) -> Result<(), Error> {
         tracing::info!(lease = %ended.lease_id, state = ?ended.state, "job ended");
-        if let Some(m) = self.market.as_mut() {
+        if let Some(m) = self.provision.market.as_mut() {
             m.release(&ended.lease_id);
         }
         let open = self.store.state().lease(&ended.lease_id).is_some_and(|l| l.status == LeaseStatus::Open);
@@ -287,13 +293,13 @@ impl Daemon {
     pub(super) async fn close_orphaned_leases(&mut self) -> Result<(), Error> {
         let me = self.acting_as();
         // Sandboxed jobs are found by their cgroups, which no job can forge or hide from.
-        if let Some(runner::Isolation::Sandbox(sandbox)) = &self.jobs.runners.plain {
+        if let Some(runner::Isolation::Sandbox(sandbox)) = &self.provision.jobs.runners.plain {
             let killed = sandbox.reap_leftovers();
             if !killed.is_empty() {
                 tracing::warn!(jobs = killed.len(), "killed jobs a previous run of this node left running");
             }
         }
-        if let Some(engine) = self.jobs.runners.docker.clone() {
+        if let Some(engine) = self.provision.jobs.runners.docker.clone() {
             let removed = engine.reap_leftovers().await;
             if !removed.is_empty() {
                 tracing::warn!(containers = removed.len(), "removed containers a previous run of this node left");
@@ -307,20 +313,20 @@ impl Daemon {
             .map(|l| (l.id, l.buyer, l.gpu_ids.clone()))
             .collect();
         for (lease_id, buyer, gpu_ids) in open {
-            let killed = matches!(self.jobs.runners.plain, Some(runner::Isolation::Process))
-                && runner::kill_leftover(&self.jobs.dir, &lease_id);
+            let killed = matches!(self.provision.jobs.runners.plain, Some(runner::Isolation::Process))
+                && runner::kill_leftover(&self.provision.jobs.dir, &lease_id);
             tracing::warn!(lease = %lease_id, killed, "lease left open by a previous run; closing it");
-            if let Some(m) = self.market.as_mut() {
+            if let Some(m) = self.provision.market.as_mut() {
                 m.hold(lease_id, &gpu_ids);
             }
             let reason = "the provider restarted while the job ran; the lease is closed for the time served";
-            let dir = runner::job_dir(&self.jobs.dir, &lease_id);
+            let dir = runner::job_dir(&self.provision.jobs.dir, &lease_id);
             self.remember_job(Job::finished(
                 lease_id,
                 buyer,
                 &dir,
                 JobState::Stopped { reason: reason.into() },
-                self.jobs.log.ring_bytes,
+                self.provision.jobs.log.ring_bytes,
             ));
             self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None })?;
         }
@@ -329,7 +335,7 @@ impl Daemon {
 
     /// Stops every running job (node shutdown).
     pub(super) fn stop_all_jobs(&mut self) {
-        for job in self.jobs.by_lease.values().filter(|j| j.is_running()) {
+        for job in self.provision.jobs.by_lease.values().filter(|j| j.is_running()) {
             job.stop("the provider shut down");
         }
     }
@@ -337,7 +343,7 @@ impl Daemon {
     /// Signs a transaction with the node's own key at the next free nonce
     /// (after the ones still pending) and submits it.
     pub(super) fn submit_own_tx(&mut self, kind: TxKind) -> Result<(), Error> {
-        let nonce = self.own_txs.next_nonce(self.store.state(), &self.key.address());
+        let nonce = self.relay.own_txs.next_nonce(self.store.state(), &self.key.address());
         self.send_own(nonce, kind)
     }
 
@@ -350,16 +356,16 @@ impl Daemon {
             tracing::warn!(kind = kind.name(), %fee, "this node's key cannot pay the transaction fee; fund it");
         }
         let tx = Signed::sign(Transaction { nonce, fee, kind: kind.clone() }, &self.key, &self.chain)?;
-        self.own_txs.sent(nonce, kind, self.store.height());
-        self.publish_tx(codec::encode(&tx)?);
-        let actions = self.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));
+        self.relay.own_txs.sent(nonce, kind, self.store.height());
+        self.publish_kept(crate::net::gossip::TOPIC_TXS, codec::encode(&tx)?);
+        let actions = self.consensus.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));
         self.act(actions)
     }
 
     /// Own transactions stuck for `OWN_TX_RETRY_BLOCKS` are signed again
     /// from the ledger's nonce (see `own_txs`).
     pub(super) fn resend_own_txs(&mut self) -> Result<(), Error> {
-        let again = self.own_txs.stuck(self.store.state(), &self.key.address());
+        let again = self.relay.own_txs.stuck(self.store.state(), &self.key.address());
         if !again.is_empty() {
             tracing::warn!(count = again.len(), "own transactions stuck; signing them again");
         }

@@ -13,7 +13,7 @@ use libp2p::request_response::OutboundRequestId;
 
 use super::{Daemon, now_ms};
 use crate::error::Error;
-use crate::liveness::HeartbeatVerdict;
+use crate::liveness::{HeartbeatVerdict, Probed};
 use crate::net::gossip::{TOPIC_ATTESTATIONS, TOPIC_HEARTBEATS, topic};
 
 /// How often a provider gossips a heartbeat.
@@ -31,13 +31,13 @@ impl Daemon {
     /// rises across restarts (the clock) so it never repeats one.
     pub(super) fn make_heartbeat(&mut self) -> Result<Signed<Heartbeat>, Error> {
         let (height, hash) = (self.store.height(), self.store.state().last_block_hash());
-        self.heartbeats.sign(&self.key, &self.chain, height, hash, now_ms())
+        self.liveness.heartbeats.sign(&self.key, &self.chain, height, hash, now_ms())
     }
 
     /// A probe's answer: the latest heartbeat if it is recent, else a new one
     /// (so probing makes the provider sign at most once a second).
     pub(super) fn probe_answer(&mut self) -> Result<Signed<Heartbeat>, Error> {
-        match self.heartbeats.recent() {
+        match self.liveness.heartbeats.recent(now_ms()) {
             Some(hb) => Ok(hb),
             None => self.make_heartbeat(),
         }
@@ -47,17 +47,17 @@ impl Daemon {
     /// they are back before they unjail) heartbeat every second.
     pub(super) fn heartbeat_tick(&mut self) -> Result<(), Error> {
         let me = self.acting_as();
-        if self.provider.is_none() || self.store.state().provider(&me).is_none() {
+        if self.provision.provider.is_none() || self.store.state().provider(&me).is_none() {
             return Ok(());
         }
-        if self.last_heartbeat_at.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
+        if self.liveness.last_heartbeat_at.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
             return Ok(());
         }
-        self.last_heartbeat_at = Some(Instant::now());
+        self.liveness.last_heartbeat_at = Some(Instant::now());
         let hb = self.make_heartbeat()?;
         self.record_seen(me, hb.body.height.0);
         let data = codec::encode(&hb)?;
-        let _ = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_HEARTBEATS), data);
+        let _ = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_HEARTBEATS), data);
         self.shared.metrics.heartbeats_sent.inc();
         Ok(())
     }
@@ -67,11 +67,11 @@ impl Daemon {
     pub(super) fn on_vote_equivocation(&mut self, e: agora_ledger::consensus::VoteEquivocation) -> Result<(), Error> {
         let key = (e.first.signer, e.first.body.height.0, e.first.body.round);
         tracing::warn!(validator = %key.0, height = key.1, round = key.2, "validator signed two different votes");
-        if !self.is_validator() || !self.reported_votes.insert(key) {
+        if !self.is_validator() || !self.liveness.reported_votes.insert(key) {
             return Ok(());
         }
-        if self.reported_votes.len() > MAX_REPORTED_VOTES {
-            self.reported_votes.pop_first();
+        if self.liveness.reported_votes.len() > MAX_REPORTED_VOTES {
+            self.liveness.reported_votes.pop_first();
         }
         let evidence = agora_protocol::EquivocationEvidence::Votes { first: e.first, second: e.second };
         self.shared.metrics.slashes_submitted.inc();
@@ -91,7 +91,7 @@ impl Daemon {
 
     pub(super) fn on_heartbeat_gossip(&mut self, data: &[u8]) -> Result<MessageAcceptance, Error> {
         let Ok(hb) = codec::decode::<Signed<Heartbeat>>(data) else { return Ok(MessageAcceptance::Reject) };
-        let verdict = self.liveness.heartbeat(&hb, &self.chain, self.store.state());
+        let verdict = self.liveness.view.heartbeat(&hb, &self.chain, self.store.state());
         Ok(match verdict {
             HeartbeatVerdict::Fresh => {
                 self.shared.metrics.heartbeats_seen.inc();
@@ -121,7 +121,7 @@ impl Daemon {
     }
 
     fn take_attestation(&mut self, att: Signed<DowntimeAttestation>) -> Result<MessageAcceptance, Error> {
-        match self.liveness.attestation(att, &self.chain, self.store.state()) {
+        match self.liveness.view.attestation(att, &self.chain, self.store.state()) {
             Err(why) => {
                 tracing::debug!(reason = %why, "invalid attestation");
                 Ok(MessageAcceptance::Reject)
@@ -153,32 +153,32 @@ impl Daemon {
         hash: agora_protocol::Hash,
         time_ms: u64,
     ) {
-        self.liveness.on_block(height, hash);
+        self.liveness.view.on_block(height, hash);
         if now_ms().saturating_sub(time_ms) > CATCHING_UP_LAG_MS {
-            self.liveness.watch_from(height);
+            self.liveness.view.watch_from(height);
             return;
         }
-        if !self.is_validator() || self.sync_in_flight {
+        if !self.is_validator() || self.sync.client.in_flight() {
             return;
         }
-        for evidence in self.liveness.due_evidence(self.store.state()) {
+        for evidence in self.liveness.view.due_evidence(self.store.state()) {
             tracing::warn!(provider = %evidence.provider, "downtime evidence ready: submitting the slash");
             if let Err(e) = self.submit_own_tx(TxKind::SlashDowntime { evidence }) {
                 tracing::warn!(error = %e, "cannot submit the slash");
             }
             self.shared.metrics.slashes_submitted.inc();
         }
-        if self.pending_probes.len() >= MAX_PENDING_PROBES {
+        if self.liveness.pending_probes.len() >= MAX_PENDING_PROBES {
             return;
         }
-        for provider in self.liveness.due_probes(self.store.state()) {
+        for provider in self.liveness.view.due_probes(self.store.state()) {
             if provider == self.acting_as() {
                 continue;
             }
             let Ok(peer) = self.provider_peer(&provider) else { continue };
             tracing::info!(%provider, "provider silent for a window: probing it");
-            let id = self.swarm.behaviour_mut().lease.send_request(&peer, LeaseRpc::Probe);
-            self.pending_probes.insert(id, provider);
+            let id = self.net.swarm.behaviour_mut().lease.send_request(&peer, LeaseRpc::Probe);
+            self.liveness.pending_probes.insert(id, provider);
             self.shared.metrics.probes_sent.inc();
         }
     }
@@ -186,26 +186,28 @@ impl Daemon {
     /// A probe's outcome: an answer signed by the provider proves it up;
     /// anything else is a failed probe and, after a window, an attestation.
     pub(super) fn probe_result(&mut self, id: OutboundRequestId, reply: Option<LeaseRpcReply>) -> Result<bool, Error> {
-        let Some(provider) = self.pending_probes.remove(&id) else { return Ok(false) };
-        if let Some(LeaseRpcReply::Alive(hb)) = reply {
-            let signer_for = self.store.state().acting_for(&hb.signer);
-            if signer_for == provider && hb.verify(&self.chain).is_ok() {
-                self.liveness.alive(provider, self.store.height());
-                self.record_seen(provider, self.store.height().0);
-                return Ok(true);
+        let Some(provider) = self.liveness.pending_probes.remove(&id) else { return Ok(false) };
+        let answer = match &reply {
+            Some(LeaseRpcReply::Alive(hb)) => Some(hb),
+            _ => None,
+        };
+        match self.liveness.view.probe_answered(provider, answer, &self.chain, self.store.state()) {
+            Probed::Alive => self.record_seen(provider, self.store.height().0),
+            Probed::Failed(attestation) => {
+                self.shared.metrics.probes_failed.inc();
+                if let Some(body) = attestation {
+                    self.attest(provider, body)?;
+                }
             }
         }
-        self.shared.metrics.probes_failed.inc();
-        self.attest(provider)?;
         Ok(true)
     }
 
-    fn attest(&mut self, provider: Address) -> Result<(), Error> {
-        let Some(body) = self.liveness.probe_failed(provider, self.store.state()) else { return Ok(()) };
+    fn attest(&mut self, provider: Address, body: DowntimeAttestation) -> Result<(), Error> {
         tracing::warn!(%provider, start = %body.window_start, end = %body.window_end, "probe failed: attesting downtime");
         let att = Signed::sign(body, &self.key, &self.chain)?;
         let data = codec::encode(&att)?;
-        let _ = self.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_ATTESTATIONS), data);
+        let _ = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_ATTESTATIONS), data);
         self.shared.metrics.attestations_signed.inc();
         self.take_attestation(att).map(|_| ())
     }
