@@ -251,6 +251,8 @@ struct Net {
     /// Peers to stay connected to; dialled again when the connection drops.
     bootstrap: Vec<Multiaddr>,
     last_redial: Instant,
+    /// The IP address each connected peer is reached at (bounded by the connection limits).
+    remote_ips: HashMap<PeerId, std::net::IpAddr>,
 }
 
 /// Block sync: fetching from peers, and serving them off the loop.
@@ -424,7 +426,7 @@ impl Daemon {
             key,
             store,
             consensus: Consensus { engine, timers: HashMap::new(), durable, validator_peers },
-            net: Net { swarm, bootstrap, last_redial: Instant::now() },
+            net: Net { swarm, bootstrap, last_redial: Instant::now(), remote_ips: HashMap::new() },
             sync: Sync { client: Default::default(), server: SyncServer::new() },
             relay: TxRelay::default(),
             provision: Provision { provider, market, jobs },
@@ -818,7 +820,11 @@ impl Daemon {
                 info,
                 ..
             })) => {
-                for addr in info.listen_addrs {
+                // Only addresses this node should dial, judged against the
+                // address the peer came from, and a few of them.
+                let Some(via) = self.net.remote_ips.get(&peer_id).copied() else { return Ok(()) };
+                let kept = info.listen_addrs.into_iter().filter(|a| crate::net::dialable(a, via));
+                for addr in kept.take(crate::net::MAX_ADVERTISED_ADDRS) {
                     self.net.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
@@ -830,8 +836,16 @@ impl Daemon {
                     tracing::debug!(%peer, error = %e, "ping failed; keeping the connection");
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.sync.client.connected(peer_id),
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.sync.client.disconnected(&peer_id),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if let Some(ip) = crate::net::ip_limits::ip_of(endpoint.get_remote_address()) {
+                    self.net.remote_ips.insert(peer_id, ip);
+                }
+                self.sync.client.connected(peer_id)
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.net.remote_ips.remove(&peer_id);
+                self.sync.client.disconnected(&peer_id)
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
                 if let Ok(mut s) = self.shared.status.write() {

@@ -53,6 +53,59 @@ pub fn agent_version() -> String {
 pub fn ping_failure_closes(failure: &ping::Failure) -> bool {
     matches!(failure, ping::Failure::Timeout)
 }
+/// Addresses kept at most from one peer's identify message.
+pub const MAX_ADVERTISED_ADDRS: usize = 8;
+
+/// How far an address reaches: the loopback host, a private network, or the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
+    Loopback,
+    Private,
+    Global,
+}
+
+/// The reach of an IP address (link-local and unique-local count as private).
+pub fn reach(ip: std::net::IpAddr) -> Reach {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Reach::Loopback,
+        IpAddr::V4(v4) if v4.is_private() || v4.is_link_local() => Reach::Private,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => reach(IpAddr::V4(v4)),
+            None if v6.is_loopback() => Reach::Loopback,
+            None if v6.is_unique_local() || v6.is_unicast_link_local() => Reach::Private,
+            None => Reach::Global,
+        },
+        IpAddr::V4(_) => Reach::Global,
+    }
+}
+
+/// Whether an address a peer advertised (identify) goes into the routing
+/// table: plain TCP over IPv4 or IPv6 (what this node dials), a real host
+/// and port, and no nearer than the connection it came over — a peer on the
+/// internet may not steer this node's dials at its loopback or private
+/// networks; a peer on the same host or network may advertise those.
+pub fn dialable(addr: &libp2p::Multiaddr, via: std::net::IpAddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip = match parts.next() {
+        Some(Protocol::Ip4(ip)) => std::net::IpAddr::V4(ip),
+        Some(Protocol::Ip6(ip)) => std::net::IpAddr::V6(ip),
+        _ => return false,
+    };
+    if !matches!(parts.next(), Some(Protocol::Tcp(port)) if port != 0) {
+        return false;
+    }
+    if !matches!(parts.next(), None | Some(Protocol::P2p(_))) || parts.next().is_some() {
+        return false;
+    }
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return false;
+    }
+    reach(ip) >= reach(via)
+}
+
 /// A connection with no traffic is closed after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a peer is pinged.
@@ -144,5 +197,32 @@ mod tests {
         let other = ping::Failure::Other { error: Box::new(std::io::Error::other("stream reset")) };
         assert!(!ping_failure_closes(&other));
         assert!(agent_version().starts_with("agora/"));
+    }
+
+    #[test]
+    fn advertised_addresses_are_kept_only_if_dialable_and_no_nearer_than_the_peer() {
+        let a = |s: &str| s.parse::<libp2p::Multiaddr>().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let public = ip("203.0.113.7");
+        assert!(dialable(&a("/ip4/198.51.100.1/tcp/26656"), public));
+        assert!(dialable(&a("/ip6/2001:db8::1/tcp/26656"), public));
+        for steer in ["/ip4/127.0.0.1/tcp/22", "/ip4/10.0.0.5/tcp/26656", "/ip4/192.168.1.1/tcp/80", "/ip6/::1/tcp/1"] {
+            assert!(!dialable(&a(steer), public), "a public peer steering dials at {steer}");
+        }
+        for junk in [
+            "/ip4/0.0.0.0/tcp/26656",
+            "/ip4/224.0.0.1/tcp/26656",
+            "/ip4/255.255.255.255/tcp/1",
+            "/ip4/198.51.100.1/tcp/0",
+            "/ip4/198.51.100.1/udp/26656/quic-v1",
+            "/dns4/example.com/tcp/26656",
+            "/ip4/198.51.100.1/tcp/26656/ws",
+        ] {
+            assert!(!dialable(&a(junk), public), "{junk}");
+        }
+        // Peers on this host (a local testnet) or network may advertise their own ranges.
+        assert!(dialable(&a("/ip4/127.0.0.1/tcp/26656"), ip("127.0.0.1")));
+        assert!(dialable(&a("/ip4/10.0.0.5/tcp/26656"), ip("10.0.0.9")));
+        assert!(!dialable(&a("/ip4/127.0.0.1/tcp/26656"), ip("10.0.0.9")));
     }
 }
