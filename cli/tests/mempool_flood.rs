@@ -185,6 +185,9 @@ fn junk_from_strangers_is_refused_and_a_paid_flood_cannot_delay_a_user() {
     assert!(accepted >= 5_000, "the paid flood was admitted: {accepted} ({codes:?})");
     let pools: Vec<u64> = apis.iter().map(|a| mempool(a)).collect();
     eprintln!("flood: {accepted} admitted, refused {codes:?}, pools {pools:?} at height {h1}");
+    // Node 0 gossips the burst paced, highest fee first: no peer's send queue overflows.
+    let dropped = metric(&apis[0], "agora_tx_gossip_dropped_total");
+    eprintln!("node 0: {dropped} transactions found every gossip send queue full");
 
     // A user paying ten times the minimum goes first; one paying the minimum waits its turn.
     let paying = std::thread::scope(|s| {

@@ -71,9 +71,9 @@ pub enum Command {
 
 /// Capacity of the API → loop command queue.
 pub const COMMAND_QUEUE: usize = 256;
-/// Transactions and consensus messages kept for re-publishing while no peer
-/// is subscribed yet (a node's first votes and proposal are signed before
-/// its peers connect; lost, they would cost a round).
+/// Consensus messages kept for re-publishing while no peer is subscribed
+/// yet (a node's first votes and proposal are signed before its peers
+/// connect; lost, they would cost a round).
 pub const MAX_UNPUBLISHED: usize = 1024;
 /// How often the loop does its periodic duties (offers, order-book expiry).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -261,12 +261,14 @@ struct Sync {
     server: SyncServer,
 }
 
-/// Gossip on its way out: transactions and consensus messages waiting for a
-/// subscribed peer, and this node's own transactions until they commit.
+/// Gossip on its way out: transactions paced highest fee first, consensus
+/// messages waiting for a subscribed peer, and this node's own transactions
+/// until they commit.
 #[derive(Default)]
 struct TxRelay {
-    /// Encoded messages (with their topic) whose gossip found no subscribed peer yet.
-    unpublished: std::collections::VecDeque<(&'static str, Vec<u8>)>,
+    outbox: crate::outbox::Outbox,
+    /// Encoded consensus messages whose gossip found no subscribed peer yet.
+    unpublished: std::collections::VecDeque<Vec<u8>>,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
     own_txs: crate::own_txs::OwnTxs,
 }
@@ -488,7 +490,7 @@ impl Daemon {
                 }
                 tracing::warn!(error = %e, "an input failed; the node goes on");
             }
-            self.retry_unpublished();
+            self.flush_gossip();
             self.publish_status();
         }
         self.stop_all_jobs();
@@ -580,7 +582,7 @@ impl Daemon {
     fn act(&mut self, actions: Vec<Action>) -> Result<(), Error> {
         for action in actions {
             match action {
-                Action::Broadcast(msg) => self.publish_kept(TOPIC_CONSENSUS, codec::encode(&msg)?),
+                Action::Broadcast(msg) => self.publish_consensus(codec::encode(&msg)?),
                 Action::ScheduleTimeout { timer, after } => {
                     _ = self.consensus.timers.insert(timer, Instant::now() + after)
                 }
@@ -649,28 +651,51 @@ impl Daemon {
         Ok(())
     }
 
-    /// Gossips a transaction or consensus message, keeping it for later if
-    /// no peer is subscribed yet (otherwise only this node's proposals could
-    /// carry a submitted transaction, and a vote signed at start is lost).
-    fn publish_kept(&mut self, name: &'static str, data: Vec<u8>) {
-        let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(name), data.clone());
+    /// Gossips a consensus message, keeping it for later if no peer is
+    /// subscribed yet (a vote signed at start would be lost).
+    fn publish_consensus(&mut self, data: Vec<u8>) {
+        let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_CONSENSUS), data.clone());
         if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
             if self.relay.unpublished.len() >= MAX_UNPUBLISHED {
                 self.relay.unpublished.pop_front();
             }
-            self.relay.unpublished.push_back((name, data));
+            self.relay.unpublished.push_back(data);
         }
     }
 
-    fn retry_unpublished(&mut self) {
+    /// Queues a transaction for gossip (see `outbox`: paced, highest fee first).
+    fn gossip_tx(&mut self, fee: agora_protocol::Amount, data: Vec<u8>) {
+        self.relay.outbox.push(fee, data);
+    }
+
+    /// Publishes the transactions due and the consensus messages that found
+    /// no peer before. A transaction that finds no subscribed peer waits in
+    /// the outbox (otherwise only this node's proposals could carry it).
+    fn flush_gossip(&mut self) {
+        self.shared.metrics.tx_outbox.set(self.relay.outbox.len() as i64);
         if self.sync.client.peers().is_empty() {
             return;
         }
+        let mut due = self.relay.outbox.due(now_ms()).into_iter();
+        while let Some((fee, data)) = due.next() {
+            match self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data.clone()) {
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                    self.relay.outbox.put_back(std::iter::once((fee, data)).chain(due.by_ref()));
+                }
+                Err(gossipsub::PublishError::AllQueuesFull(_)) => {
+                    // Lost to push gossip (gossipsub still offers it to
+                    // peers by IHAVE); the rest waits until the queues drain.
+                    self.shared.metrics.tx_gossip_dropped.inc();
+                    self.relay.outbox.congested(now_ms(), due.by_ref());
+                }
+                _ => {}
+            }
+        }
         for _ in 0..self.relay.unpublished.len() {
-            let Some((name, data)) = self.relay.unpublished.pop_front() else { break };
-            let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(name), data.clone());
+            let Some(data) = self.relay.unpublished.pop_front() else { break };
+            let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_CONSENSUS), data.clone());
             if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
-                self.relay.unpublished.push_front((name, data));
+                self.relay.unpublished.push_front(data);
                 break;
             }
         }
@@ -694,7 +719,7 @@ impl Daemon {
                 })();
                 match result {
                     Ok((hash, bytes)) => {
-                        self.publish_kept(TOPIC_TXS, bytes);
+                        self.gossip_tx(tx.body.fee, bytes);
                         let actions = self.consensus.engine.handle(now_ms(), Input::Tx(tx));
                         self.act(actions)?;
                         let _ = reply.send(Ok(hash));
@@ -726,7 +751,7 @@ impl Daemon {
                             .hash()
                             .and_then(|h| Ok((h, codec::encode(&tx)?)))
                             .map(|(hash, bytes)| {
-                                self.publish_kept(TOPIC_TXS, bytes);
+                                self.gossip_tx(tx.body.fee, bytes);
                                 keep.push(tx);
                                 hash
                             })

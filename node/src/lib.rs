@@ -17,6 +17,7 @@ pub mod market;
 pub mod metrics;
 pub mod net;
 pub mod offers;
+pub mod outbox;
 pub mod own_txs;
 pub mod provider;
 pub mod quota;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub peers: Gauge,
     pub mempool: Gauge,
     pub mempool_bytes: Gauge,
+    /// Transactions waiting to be gossiped (paced, highest fee first).
+    pub tx_outbox: Gauge,
+    /// Transactions whose push gossip found every peer's send queue full.
+    pub tx_gossip_dropped: Counter,
     /// Signatures the double-sign guard refused (each one a lost WAL or a bug).
     pub sign_refused: Counter,
     /// Inbound lease-protocol requests refused over a peer's quota.
@@ -54,6 +58,8 @@ impl Metrics {
             peers: Gauge::default(),
             mempool: Gauge::default(),
             mempool_bytes: Gauge::default(),
+            tx_outbox: Gauge::default(),
+            tx_gossip_dropped: Counter::default(),
             sign_refused: Counter::default(),
             lease_rpcs_refused: Counter::default(),
             block_interval_ms: Gauge::default(),
@@ -86,6 +92,12 @@ impl Metrics {
         );
         r.register("block_interval_ms", "Time between the last two blocks", m.block_interval_ms.clone());
         r.register("committed_txs", "Transactions committed since start", m.committed_txs.clone());
+        r.register("tx_outbox", "Transactions waiting to be gossiped", m.tx_outbox.clone());
+        r.register(
+            "tx_gossip_dropped",
+            "Transactions whose push gossip found every send queue full",
+            m.tx_gossip_dropped.clone(),
+        );
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());
         r.register("offers", "Offers in the order book", m.offers.clone());
         r.register("offers_announced", "Offers this provider has gossiped", m.offers_announced.clone());

@@ -357,7 +357,7 @@ impl Daemon {
         }
         let tx = Signed::sign(Transaction { nonce, fee, kind: kind.clone() }, &self.key, &self.chain)?;
         self.relay.own_txs.sent(nonce, kind, self.store.height());
-        self.publish_kept(crate::net::gossip::TOPIC_TXS, codec::encode(&tx)?);
+        self.gossip_tx(fee, codec::encode(&tx)?);
         let actions = self.consensus.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));
         self.act(actions)
     }
