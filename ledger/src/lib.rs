@@ -5,6 +5,7 @@
 //! double-sign guard.
 
 mod accounts;
+pub mod auction;
 pub mod apply;
 pub mod consensus;
 pub mod durable;
