@@ -5,8 +5,8 @@
 //! double-sign guard.
 
 mod accounts;
-pub mod auction;
 pub mod apply;
+pub mod auction;
 pub mod consensus;
 pub mod durable;
 pub mod error;
@@ -28,6 +28,6 @@ pub use error::Error;
 pub use events::{Event, SettleReason, SlashReason};
 pub use genesis::{Genesis, GenesisAccount};
 pub use journal::Mark;
-pub use params::Params;
+pub use params::{AuctionPhase, MarketParams, Params};
 pub use state::{Account, Lease, LeaseStatus, Provider, ProviderStatus, State, Validator};
 pub use store::Store;

@@ -53,6 +53,86 @@ pub struct Params {
     /// Positive, so that nothing a stranger sends is carried for free.
     #[serde(default = "default_min_tx_fee")]
     pub min_tx_fee: Amount,
+    /// The exchange's auction schedule and order limits.
+    #[serde(default)]
+    pub market: MarketParams,
+}
+
+/// The exchange's rules (docs/market.md): every class's call auction runs
+/// on the same schedule of `auction_blocks` blocks and clears at the end of
+/// the last one; in the last `no_cancel_blocks` (the clearing block among
+/// them) orders are binding: no cancels, bids may only rise, asks only fall.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarketParams {
+    pub auction_blocks: u64,
+    pub no_cancel_blocks: u64,
+    /// Open orders one account may hold, all classes together.
+    pub max_open_orders_per_account: u64,
+    /// Open orders in one class's book, bids and asks together.
+    pub max_open_orders_per_class: u64,
+}
+
+impl Default for MarketParams {
+    /// Short auctions, as testnets want them (30 blocks, 10 binding).
+    fn default() -> Self {
+        MarketParams {
+            auction_blocks: 30,
+            no_cancel_blocks: 10,
+            max_open_orders_per_account: 16,
+            max_open_orders_per_class: 10_000,
+        }
+    }
+}
+
+/// Where a block falls in its auction period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuctionPhase {
+    /// Orders may be placed, amended and cancelled.
+    Open,
+    /// Orders are binding: bids may only rise, asks only fall; new orders may still be placed.
+    NoCancel,
+    /// The period's last block: binding, and the auction clears at its end.
+    Clearing,
+}
+
+impl MarketParams {
+    /// The auction a block at `height` belongs to (numbered from 0) and its phase there.
+    pub fn phase(&self, height: u64) -> (u64, AuctionPhase) {
+        let index = height.saturating_sub(1);
+        let (auction, at) = (index / self.auction_blocks, index % self.auction_blocks);
+        let phase = if at + 1 == self.auction_blocks {
+            AuctionPhase::Clearing
+        } else if at + self.no_cancel_blocks >= self.auction_blocks {
+            AuctionPhase::NoCancel
+        } else {
+            AuctionPhase::Open
+        };
+        (auction, phase)
+    }
+
+    /// The height at which auction `auction` clears.
+    pub fn clearing_height(&self, auction: u64) -> u64 {
+        auction.saturating_add(1).saturating_mul(self.auction_blocks)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.auction_blocks < 2 {
+            return Err("market.auction_blocks must be at least 2".into());
+        }
+        if self.no_cancel_blocks == 0 || self.no_cancel_blocks >= self.auction_blocks {
+            return Err("market.no_cancel_blocks must be 1 to auction_blocks - 1".into());
+        }
+        let most = crate::auction::MAX_ORDERS_PER_SIDE as u64;
+        if self.max_open_orders_per_account == 0 || self.max_open_orders_per_class == 0 {
+            return Err("market order limits must be positive".into());
+        }
+        if self.max_open_orders_per_class > most || self.max_open_orders_per_account > self.max_open_orders_per_class {
+            return Err(format!(
+                "market.max_open_orders_per_class must be at most {most}, and at least max_open_orders_per_account"
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_min_tx_fee() -> Amount {
@@ -88,6 +168,7 @@ impl Default for Params {
             downtime_window_blocks: default_downtime_window_blocks(),
             max_evidence_age_blocks: default_max_evidence_age_blocks(),
             min_tx_fee: default_min_tx_fee(),
+            market: MarketParams::default(),
         }
     }
 }
@@ -118,6 +199,34 @@ impl Params {
                 "unbonding_blocks must exceed max_evidence_age_blocks (> 0): stake must still be there when evidence arrives",
             );
         }
-        Ok(())
+        self.market.validate().map_err(|e| Error::Genesis(format!("params: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auctions_run_open_then_binding_then_clear() {
+        let m = MarketParams { auction_blocks: 5, no_cancel_blocks: 2, ..MarketParams::default() };
+        let phases: Vec<(u64, AuctionPhase)> = (1..=6).map(|h| m.phase(h)).collect();
+        use AuctionPhase::*;
+        assert_eq!(
+            phases,
+            vec![(0, Open), (0, Open), (0, Open), (0, NoCancel), (0, Clearing), (1, Open)],
+            "blocks 1-5 are auction 0, clearing at 5"
+        );
+        assert_eq!(m.clearing_height(0), 5);
+        assert_eq!(m.clearing_height(1), 10);
+        assert_eq!(m.phase(10), (1, Clearing));
+        let mut p = Params::default();
+        p.validate().unwrap();
+        p.market.no_cancel_blocks = p.market.auction_blocks;
+        assert!(p.validate().is_err(), "an auction must have an open phase");
+        p.market = MarketParams { auction_blocks: 1, no_cancel_blocks: 1, ..MarketParams::default() };
+        assert!(p.validate().is_err());
+        p.market = MarketParams { max_open_orders_per_account: 0, ..MarketParams::default() };
+        assert!(p.validate().is_err());
     }
 }
