@@ -11,8 +11,10 @@ use crate::error::Error;
 use crate::events::Event;
 use crate::journal::Mark;
 use crate::lease;
+use crate::orders::{self, NewOrder};
 use crate::provider;
 use crate::slashing;
+use crate::state::Side;
 use crate::state::State;
 
 /// Whether to verify transaction signatures. `Skip` is only for blocks this
@@ -185,6 +187,16 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
         TxKind::SlashEquivocation { evidence } => slashing::slash_equivocation(state, evidence),
         TxKind::Unjail => provider::unjail(state, sender),
         TxKind::SetOperator { operator } => provider::set_operator(state, sender, *operator),
+        TxKind::PlaceBid { class, gpus, hours, max_price, split } => {
+            let new = NewOrder { class, side: Side::Bid, gpus: *gpus, hours: *hours, price: *max_price, split: *split };
+            orders::place(state, sender, new)
+        }
+        TxKind::PlaceAsk { class, gpus, hours, min_price } => {
+            let new = NewOrder { class, side: Side::Ask, gpus: *gpus, hours: *hours, price: *min_price, split: false };
+            orders::place(state, sender, new)
+        }
+        TxKind::CancelOrder { order } => orders::cancel(state, sender, *order),
+        TxKind::AmendOrder { order, price } => orders::amend(state, sender, *order, *price),
     }
 }
 

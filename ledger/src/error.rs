@@ -32,6 +32,12 @@ pub enum Error {
     LeaseTerms(String),
     #[error("lease request expired at {expired_at_ms:?} (block time {now_ms:?})")]
     RequestExpired { expired_at_ms: TimestampMs, now_ms: TimestampMs },
+    #[error("no open order {0}")]
+    UnknownOrder(u64),
+    #[error("order {0} belongs to another account")]
+    NotOrderOwner(u64),
+    #[error("order refused: {0}")]
+    Order(String),
     #[error("not a registered provider")]
     NotProvider,
     #[error("provider is not active (jailed, tombstoned or under-staked)")]

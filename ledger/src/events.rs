@@ -1,7 +1,7 @@
 //! What a block did, as a list of events: the node indexes them for queries
 //! and the CLI prints them. Events are outputs only; the state never reads them.
 
-use agora_protocol::{Address, Amount, Height, LeaseId};
+use agora_protocol::{Address, Amount, GpuClass, Height, LeaseId};
 use serde::{Deserialize, Serialize};
 
 /// Why a lease's escrow was settled.
@@ -25,6 +25,22 @@ pub enum SlashReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
+    OrderPlaced {
+        order: u64,
+        owner: Address,
+        class: GpuClass,
+        side: crate::state::Side,
+        price: Amount,
+    },
+    OrderCancelled {
+        order: u64,
+        owner: Address,
+        refunded: Amount,
+    },
+    OrderAmended {
+        order: u64,
+        price: Amount,
+    },
     Transferred {
         from: Address,
         to: Address,

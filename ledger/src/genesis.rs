@@ -79,6 +79,7 @@ impl Genesis {
             operator_of: BTreeMap::new(),
             last_validators: validators.clone(),
             validators,
+            book: Default::default(),
         };
         Ok(State::from_data(data, self.hash()))
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use agora_protocol::{Address, Amount, Height, LeaseId, TimestampMs};
 
-use crate::state::{Account, Lease, Provider, State, Validator};
+use crate::state::{Account, Lease, Order, Provider, State, Validator};
 
 /// One recorded write, holding the value it replaced.
 #[derive(Clone, Debug)]
@@ -24,6 +24,8 @@ pub(crate) enum Undo {
     Head(Height, TimestampMs, Address),
     Validators(Vec<Validator>),
     LastValidators(Vec<Validator>),
+    /// An order's previous value (None: it did not exist), and the next id before.
+    Order(u64, Option<Order>, u64),
 }
 
 /// A position in the journal to roll back to.
@@ -69,6 +71,10 @@ impl State {
                 Undo::Head(h, t, p) => (d.height, d.time_ms, d.proposer) = (h, t, p),
                 Undo::Validators(v) => d.validators = v,
                 Undo::LastValidators(v) => d.last_validators = v,
+                Undo::Order(id, old, next_id) => {
+                    put_order(&mut d.book, id, old);
+                    d.book.next_id = next_id;
+                }
             }
         }
     }
@@ -138,6 +144,46 @@ impl State {
     pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs, proposer: Address) {
         self.journal.push(Undo::Head(self.data.height, self.data.time_ms, self.data.proposer));
         (self.data.height, self.data.time_ms, self.data.proposer) = (height, time_ms, proposer);
+    }
+}
+
+/// Replaces (or with `None` removes) an order, keeping the indexes in step.
+fn put_order(book: &mut crate::state::OrderBook, id: u64, order: Option<Order>) -> Option<Order> {
+    if let Some(new) = &order {
+        book.by_owner.insert((new.owner, id));
+        *book.per_class.entry(new.class.clone()).or_default() += 1;
+    }
+    let old = put(&mut book.orders, id, order);
+    if let Some(old) = &old {
+        book.by_owner.remove(&(old.owner, id));
+        if let Some(n) = book.per_class.get_mut(&old.class) {
+            *n -= 1;
+            if *n == 0 {
+                book.per_class.remove(&old.class);
+            }
+        }
+    }
+    // An owner's entry stays if the new value is its own (same owner).
+    if let Some(new) = book.orders.get(&id) {
+        book.by_owner.insert((new.owner, id));
+    }
+    old
+}
+
+impl State {
+    /// Writes (or with `None` removes) order `id`; a new id moves the next id past it.
+    pub(crate) fn set_order(&mut self, id: u64, order: Option<Order>) {
+        let next_id = self.data.book.next_id;
+        if order.is_some() && id >= next_id {
+            self.data.book.next_id = id + 1;
+        }
+        let old = put_order(&mut self.data.book, id, order);
+        self.journal.push(Undo::Order(id, old, next_id));
+    }
+
+    /// The id the next order gets.
+    pub(crate) fn next_order_id(&self) -> u64 {
+        self.data.book.next_id
     }
 }
 

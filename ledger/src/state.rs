@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agora_protocol::{Address, Amount, ChainId, GpuSpec, Hash, Height, LeaseId, TimestampMs};
+use agora_protocol::{Address, Amount, ChainId, GpuClass, GpuSpec, Hash, Height, LeaseId, TimestampMs};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -73,6 +73,44 @@ pub struct Lease {
     pub status: LeaseStatus,
 }
 
+/// Which side of the exchange an order is on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Side {
+    Bid,
+    Ask,
+}
+
+/// An open order of the exchange (docs/market.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: u64,
+    /// The buyer, or the provider account (an operator's ask is the provider's).
+    pub owner: Address,
+    pub class: GpuClass,
+    pub side: Side,
+    pub gpus: u32,
+    pub hours: u32,
+    /// Per GPU-hour: a bid's maximum, an ask's minimum.
+    pub price: Amount,
+    /// A bid may be filled from several hosts.
+    pub split: bool,
+    pub placed: Height,
+    /// A bid's escrow (its maximum cost); zero for an ask.
+    pub escrow: Amount,
+}
+
+/// The exchange's open orders and their indexes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OrderBook {
+    pub orders: BTreeMap<u64, Order>,
+    /// (owner, order id) of every open order.
+    pub by_owner: BTreeSet<(Address, u64)>,
+    /// Open orders per class, both sides.
+    pub per_class: BTreeMap<GpuClass, u64>,
+    /// The id the next order gets (ids follow placement order).
+    pub next_id: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
     pub address: Address,
@@ -113,6 +151,8 @@ pub(crate) struct StateData {
     /// `validators` right after an epoch rotation); its certificate is
     /// checked against them.
     pub last_validators: Vec<Validator>,
+    /// The exchange's open orders.
+    pub book: OrderBook,
 }
 
 /// The ledger state after some height. `last_block_hash` is outside the
@@ -196,6 +236,21 @@ impl State {
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.data.leases.values()
     }
+    pub fn order(&self, id: u64) -> Option<&Order> {
+        self.data.book.orders.get(&id)
+    }
+    /// Open orders, oldest first.
+    pub fn orders(&self) -> impl Iterator<Item = &Order> {
+        self.data.book.orders.values()
+    }
+    /// `owner`'s open orders, oldest first.
+    pub fn orders_of(&self, owner: &Address) -> impl Iterator<Item = &Order> + '_ {
+        self.data.book.by_owner.range((*owner, 0)..=(*owner, u64::MAX)).filter_map(|(_, id)| self.order(*id))
+    }
+    /// Open orders in `class`, both sides.
+    pub fn open_orders_in(&self, class: &GpuClass) -> u64 {
+        self.data.book.per_class.get(class).copied().unwrap_or(0)
+    }
     /// The validators for the next height.
     /// The downtime windows of `provider` that were slashed, oldest first.
     pub fn slashed_windows(&self, provider: &Address) -> Vec<(Height, Height)> {
@@ -264,6 +319,19 @@ impl State {
             if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id)) {
                 return Err(Error::Invariant(format!("lease {} expiry index out of sync", lease.id)));
             }
+        }
+        let book = &self.data.book;
+        let mut per_class: BTreeMap<&GpuClass, u64> = BTreeMap::new();
+        for order in book.orders.values() {
+            total += u128::from(order.escrow.0);
+            *per_class.entry(&order.class).or_default() += 1;
+            if !book.by_owner.contains(&(order.owner, order.id)) || order.id >= book.next_id {
+                return Err(Error::Invariant(format!("order {} index out of sync", order.id)));
+            }
+        }
+        let counted: BTreeMap<&GpuClass, u64> = book.per_class.iter().map(|(c, n)| (c, *n)).collect();
+        if book.by_owner.len() != book.orders.len() || per_class != counted {
+            return Err(Error::Invariant("order book indexes out of sync".into()));
         }
         if total != u128::from(self.data.supply.0) {
             return Err(Error::Invariant(format!("supply {} but holdings sum to {total} micro-AGR", self.data.supply)));

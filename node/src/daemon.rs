@@ -130,6 +130,9 @@ impl TxRefusal {
             E::InsufficientFunds { .. } => "insufficient_funds",
             E::InsufficientStake { .. } => "insufficient_stake",
             E::BadSignature(_) => "bad_signature",
+            E::UnknownOrder(_) => "unknown_order",
+            E::NotOrderOwner(_) => "not_order_owner",
+            E::Order(_) => "order_refused",
             E::Protocol(_) => "malformed",
             _ => "rejected",
         };

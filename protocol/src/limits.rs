@@ -60,3 +60,7 @@ pub const MAX_IMAGE_REF_LEN: usize = 255;
 pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
 /// Largest lease-protocol message: a request with its job spec, or a log chunk.
 pub const MAX_LEASE_RPC_BYTES: usize = MAX_JOB_SPEC_BYTES + MAX_LOG_CHUNK_BYTES + 8 * 1024;
+/// GPUs one auction order may be for.
+pub const MAX_GPUS_PER_ORDER: u32 = MAX_GPUS_PER_KIND;
+/// Longest contract one auction order may be for (30 days).
+pub const MAX_CONTRACT_HOURS: u32 = 720;

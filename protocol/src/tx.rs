@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::amount::Amount;
+use crate::class::GpuClass;
 use crate::codec;
 use crate::error::Error;
 use crate::ids::{Hash, LeaseId};
@@ -73,6 +74,33 @@ pub enum TxKind {
     SetOperator {
         operator: Option<Address>,
     },
+    /// A buyer's bid in a class's call auction: `gpus` GPUs on one host
+    /// (several if `split`) for `hours` hours at no more than `max_price`
+    /// per GPU-hour. Escrows its maximum cost until it is filled or cancelled.
+    PlaceBid {
+        class: GpuClass,
+        gpus: u32,
+        hours: u32,
+        max_price: Amount,
+        split: bool,
+    },
+    /// A provider's ask (sent by it or its operator): `gpus` GPUs of one
+    /// host for up to `hours` hours at no less than `min_price` per GPU-hour.
+    PlaceAsk {
+        class: GpuClass,
+        gpus: u32,
+        hours: u32,
+        min_price: Amount,
+    },
+    /// Withdraws an open order (not in an auction's binding phase); a bid's escrow comes back.
+    CancelOrder {
+        order: u64,
+    },
+    /// Changes an open order's price (in the binding phase, bids only up and asks only down).
+    AmendOrder {
+        order: u64,
+        price: Amount,
+    },
 }
 
 impl TxKind {
@@ -90,6 +118,10 @@ impl TxKind {
             TxKind::SlashEquivocation { .. } => "slash-equivocation",
             TxKind::Unjail => "unjail",
             TxKind::SetOperator { .. } => "set-operator",
+            TxKind::PlaceBid { .. } => "place-bid",
+            TxKind::PlaceAsk { .. } => "place-ask",
+            TxKind::CancelOrder { .. } => "cancel-order",
+            TxKind::AmendOrder { .. } => "amend-order",
         }
     }
 }
@@ -97,13 +129,17 @@ impl TxKind {
 impl Transaction {
     /// What the sender's balance must cover for this transaction at least:
     /// the fee plus tokens it moves out of the balance by itself (transfer,
-    /// stake). Lease escrow depends on state and is checked when it applies.
+    /// stake, a bid's escrow). Lease escrow and a bid amendment's extra
+    /// escrow depend on state and are checked when they apply.
     pub fn upfront_cost(&self) -> u128 {
         let moved = match &self.kind {
-            TxKind::Transfer { amount, .. } | TxKind::Stake { amount } => amount.0,
+            TxKind::Transfer { amount, .. } | TxKind::Stake { amount } => u128::from(amount.0),
+            TxKind::PlaceBid { gpus, hours, max_price, .. } => {
+                u128::from(max_price.0) * u128::from(*gpus) * u128::from(*hours)
+            }
             _ => 0,
         };
-        u128::from(self.fee.0) + u128::from(moved)
+        u128::from(self.fee.0) + moved
     }
 
     /// Checks that need no state: bounded lists and strings, non-zero amounts.
@@ -131,7 +167,25 @@ impl Transaction {
                     return invalid("downtime window ends before it starts");
                 }
             }
-            TxKind::CloseLease { .. }
+            TxKind::PlaceBid { gpus, hours, max_price: price, .. }
+            | TxKind::PlaceAsk { gpus, hours, min_price: price, .. } => {
+                if *gpus == 0 || *gpus > MAX_GPUS_PER_ORDER {
+                    return invalid("an order is for 1 to 64 GPUs");
+                }
+                if *hours == 0 || *hours > MAX_CONTRACT_HOURS {
+                    return invalid("an order is for 1 to 720 hours");
+                }
+                if price.is_zero() {
+                    return invalid("an order's price must be positive");
+                }
+            }
+            TxKind::AmendOrder { price, .. } => {
+                if price.is_zero() {
+                    return invalid("an order's price must be positive");
+                }
+            }
+            TxKind::CancelOrder { .. }
+            | TxKind::CloseLease { .. }
             | TxKind::CancelLease { .. }
             | TxKind::SlashEquivocation { .. }
             | TxKind::SetOperator { .. }

@@ -1,0 +1,161 @@
+//! The exchange's order rules: a bid escrows its maximum cost, an ask only
+//! what the provider has not committed, cancels only outside the binding
+//! phase (with the escrow back), amendments in the binding phase only in
+//! the other side's favour, open-order limits, owners only; supply stays
+//! exact throughout (every block is audited).
+
+use agora_ledger::testkit::{TestChain, sign_tx};
+use agora_ledger::{AuctionPhase, Error, Side, SigCheck, State, apply_block, apply_tx};
+use agora_protocol::{Amount, GpuClass, GpuSpec, SignedTx, TxKind};
+
+const PROVIDER: usize = 4;
+const BUYER: usize = 5;
+const OTHER: usize = 6;
+
+fn chain() -> TestChain {
+    TestChain::new(7, 4, Amount::agr(10_000))
+}
+
+fn commit(chain: &TestChain, state: &mut State, txs: Vec<SignedTx>) {
+    let n = txs.len();
+    let block = chain.next_block(state, txs).unwrap();
+    assert_eq!(block.txs.len(), n, "a transaction was rejected by the builder");
+    apply_block(state, &block, SigCheck::Verify).unwrap();
+    state.audit().unwrap();
+}
+
+/// Applies one transaction on a scratch copy: its error, if any.
+fn try_tx(chain: &TestChain, state: &State, tx: SignedTx) -> Result<(), Error> {
+    let mut scratch = state.clone();
+    let block = chain.next_block(&mut scratch.clone(), vec![]).unwrap();
+    agora_ledger::apply_block(&mut scratch, &block, SigCheck::Skip).unwrap();
+    apply_tx(&mut scratch, &tx, SigCheck::Verify).map(|_| ())
+}
+
+fn nonce(state: &State, chain: &TestChain, i: usize) -> u64 {
+    state.account(&chain.address(i)).nonce
+}
+
+fn class() -> GpuClass {
+    GpuClass::parse("H100-80GB-SIM").unwrap()
+}
+
+fn bid(chain: &TestChain, state: &State, gpus: u32, hours: u32, agr: u64) -> SignedTx {
+    let kind = TxKind::PlaceBid { class: class(), gpus, hours, max_price: Amount::agr(agr), split: false };
+    sign_tx(&chain.keys[BUYER], nonce(state, chain, BUYER), kind)
+}
+
+fn setup_provider(chain: &TestChain, state: &mut State) {
+    let key = &chain.keys[PROVIDER];
+    let gpus = vec![GpuSpec { model: "H100".into(), vram_mib: 81_920, count: 4, simulated: true }];
+    commit(
+        chain,
+        state,
+        vec![
+            sign_tx(key, 0, TxKind::Stake { amount: Amount::agr(1_000) }),
+            sign_tx(key, 1, TxKind::RegisterProvider { region: "eu".into(), gpus }),
+        ],
+    );
+}
+
+/// Commits empty blocks until the next block falls in `phase`.
+fn until_next_block_is(chain: &TestChain, state: &mut State, phase: AuctionPhase) {
+    while state.params().market.phase(state.height().0 + 1).1 != phase {
+        commit(chain, state, vec![]);
+    }
+}
+
+#[test]
+fn a_bid_escrows_its_maximum_cost_and_a_cancel_returns_it() {
+    let chain = chain();
+    let mut state = chain.state();
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let before = state.account(&chain.address(BUYER)).balance;
+    let tx = bid(&chain, &state, 2, 4, 3);
+    commit(&chain, &mut state, vec![tx]);
+    let order = state.orders().next().unwrap().clone();
+    assert_eq!((order.side, order.owner, order.escrow), (Side::Bid, chain.address(BUYER), Amount::agr(24)));
+    let fee = state.params().min_tx_fee;
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount(before.0 - Amount::agr(24).0 - fee.0));
+    // Someone else cannot cancel it; its owner can, outside the binding phase.
+    let stranger = sign_tx(&chain.keys[OTHER], 0, TxKind::CancelOrder { order: order.id });
+    assert!(matches!(try_tx(&chain, &state, stranger), Err(Error::NotOrderOwner(_))));
+    let cancel = sign_tx(&chain.keys[BUYER], nonce(&state, &chain, BUYER), TxKind::CancelOrder { order: order.id });
+    commit(&chain, &mut state, vec![cancel]);
+    assert!(state.orders().next().is_none());
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount(before.0 - 2 * fee.0), "the escrow came back");
+    // A bid the balance cannot cover is refused.
+    let huge = bid(&chain, &state, 64, 720, 1_000);
+    assert!(matches!(try_tx(&chain, &state, huge), Err(Error::InsufficientFunds { .. })));
+}
+
+#[test]
+fn in_the_binding_phase_bids_only_rise_asks_only_fall_and_nothing_is_cancelled() {
+    let chain = chain();
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let ask = TxKind::PlaceAsk { class: class(), gpus: 2, hours: 8, min_price: Amount::agr(2) };
+    let txs = vec![bid(&chain, &state, 1, 2, 3), sign_tx(&chain.keys[PROVIDER], 2, ask)];
+    commit(&chain, &mut state, txs);
+    let (bid_id, ask_id) = (0, 1);
+    until_next_block_is(&chain, &mut state, AuctionPhase::NoCancel);
+    let buyer = |state: &State, kind| sign_tx(&chain.keys[BUYER], nonce(state, &chain, BUYER), kind);
+    let provider = |state: &State, kind| sign_tx(&chain.keys[PROVIDER], nonce(state, &chain, PROVIDER), kind);
+    let refused = |r: Result<(), Error>| matches!(r, Err(Error::Order(m)) if m.contains("binding"));
+    assert!(refused(try_tx(&chain, &state, buyer(&state, TxKind::CancelOrder { order: bid_id }))));
+    let lower = TxKind::AmendOrder { order: bid_id, price: Amount::agr(2) };
+    assert!(refused(try_tx(&chain, &state, buyer(&state, lower))));
+    let higher_ask = TxKind::AmendOrder { order: ask_id, price: Amount::agr(3) };
+    assert!(refused(try_tx(&chain, &state, provider(&state, higher_ask))));
+    // Raising the bid takes the extra escrow; lowering the ask is fine.
+    let before = state.account(&chain.address(BUYER)).balance;
+    let raise = buyer(&state, TxKind::AmendOrder { order: bid_id, price: Amount::agr(5) });
+    let lower_ask = provider(&state, TxKind::AmendOrder { order: ask_id, price: Amount::agr(1) });
+    commit(&chain, &mut state, vec![raise, lower_ask]);
+    assert_eq!(state.order(bid_id).unwrap().escrow, Amount::agr(10));
+    let fee = state.params().min_tx_fee;
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount(before.0 - Amount::agr(4).0 - fee.0));
+    assert_eq!(state.order(ask_id).unwrap().price, Amount::agr(1));
+}
+
+#[test]
+fn a_provider_asks_only_for_registered_uncommitted_gpus_of_that_class() {
+    let chain = chain();
+    let mut state = chain.state();
+    let ask = |state: &State, i: usize, class: &str, gpus: u32| {
+        let class = GpuClass::parse(class).unwrap();
+        let kind = TxKind::PlaceAsk { class, gpus, hours: 24, min_price: Amount::agr(1) };
+        sign_tx(&chain.keys[i], nonce(state, &chain, i), kind)
+    };
+    assert!(matches!(try_tx(&chain, &state, ask(&state, BUYER, "H100-80GB-SIM", 1)), Err(Error::NotProvider)));
+    setup_provider(&chain, &mut state);
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let real = try_tx(&chain, &state, ask(&state, PROVIDER, "H100-80GB", 1));
+    assert!(matches!(real, Err(Error::Order(_))), "simulated GPUs are not the real class: {real:?}");
+    let tx = ask(&state, PROVIDER, "H100-80GB-SIM", 3);
+    commit(&chain, &mut state, vec![tx]);
+    assert!(matches!(try_tx(&chain, &state, ask(&state, PROVIDER, "H100-80GB-SIM", 2)), Err(Error::Order(_))));
+    let tx = ask(&state, PROVIDER, "H100-80GB-SIM", 1);
+    commit(&chain, &mut state, vec![tx]);
+    assert_eq!(state.orders_of(&chain.address(PROVIDER)).count(), 2);
+}
+
+#[test]
+fn open_orders_are_limited_per_account() {
+    let chain = chain();
+    let mut state = chain.state();
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let most = state.params().market.max_open_orders_per_account;
+    let txs: Vec<SignedTx> = (0..most)
+        .map(|i| {
+            let kind = TxKind::PlaceBid { class: class(), gpus: 1, hours: 1, max_price: Amount(1_000), split: false };
+            sign_tx(&chain.keys[BUYER], i, kind)
+        })
+        .collect();
+    commit(&chain, &mut state, txs);
+    assert_eq!(state.orders_of(&chain.address(BUYER)).count() as u64, most);
+    assert_eq!(state.open_orders_in(&class()), most);
+    let one_more = bid(&chain, &state, 1, 1, 1);
+    assert!(matches!(try_tx(&chain, &state, one_more), Err(Error::Order(m)) if m.contains("open orders")));
+}
