@@ -84,7 +84,7 @@ fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<
         events.extend(tx_events);
     }
     events.extend(accounts::fees_paid(h.proposer, &block.txs));
-    events.extend(crate::validators::end_block(state));
+    events.extend(end_block(state)?);
     let computed = state.root();
     if computed != h.state_root {
         return Err(Error::StateRootMismatch { header: h.state_root, computed });
@@ -149,6 +149,14 @@ fn begin_block(state: &mut State, h: &Header) -> Result<Vec<Event>, Error> {
     state.note_deciding_validators();
     let mut events = accounts::release_unbonding(state)?;
     events.extend(lease::expire_due(state)?);
+    Ok(events)
+}
+
+/// End-of-block work, after every transaction: auctions clear (at the end
+/// of each auction period), then the validator set rotates (at epochs).
+fn end_block(state: &mut State) -> Result<Vec<Event>, Error> {
+    let mut events = crate::clearing::end_block(state)?;
+    events.extend(crate::validators::end_block(state));
     Ok(events)
 }
 
@@ -321,7 +329,7 @@ impl<'a> BlockBuilder<'a> {
 
     /// Seals the block: transaction root, post-state root, certificate.
     pub fn finish(mut self, last_commit: Option<CommitCertificate>) -> Result<Block, Error> {
-        crate::validators::end_block(self.state);
+        end_block(self.state)?;
         self.header.last_commit_hash = last_commit_hash(last_commit.as_ref());
         self.header.tx_root = tx_root(&self.txs)?;
         self.header.state_root = self.state.root();

@@ -41,6 +41,21 @@ pub enum Event {
         order: u64,
         price: Amount,
     },
+    /// An order left the book at its auction's clearing: `filled` went into
+    /// leases (bids), `refunded` back to the owner.
+    OrderClosed {
+        order: u64,
+        owner: Address,
+        filled: Amount,
+        refunded: Amount,
+    },
+    AuctionCleared(Box<crate::clearing::AuctionResult>),
+    /// A class's auction could not clear; its orders stay for the next.
+    AuctionSkipped {
+        auction: u64,
+        class: GpuClass,
+        reason: String,
+    },
     Transferred {
         from: Address,
         to: Address,

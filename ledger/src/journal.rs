@@ -26,6 +26,7 @@ pub(crate) enum Undo {
     LastValidators(Vec<Validator>),
     /// An order's previous value (None: it did not exist), and the next id before.
     Order(u64, Option<Order>, u64),
+    Auction((u64, agora_protocol::GpuClass), Option<crate::clearing::AuctionResult>),
 }
 
 /// A position in the journal to roll back to.
@@ -71,6 +72,7 @@ impl State {
                 Undo::Head(h, t, p) => (d.height, d.time_ms, d.proposer) = (h, t, p),
                 Undo::Validators(v) => d.validators = v,
                 Undo::LastValidators(v) => d.last_validators = v,
+                Undo::Auction(k, v) => _ = put(&mut d.book.results, k, v),
                 Undo::Order(id, old, next_id) => {
                     put_order(&mut d.book, id, old);
                     d.book.next_id = next_id;
@@ -179,6 +181,12 @@ impl State {
         }
         let old = put_order(&mut self.data.book, id, order);
         self.journal.push(Undo::Order(id, old, next_id));
+    }
+
+    pub(crate) fn record_auction(&mut self, result: crate::clearing::AuctionResult) {
+        let key = (result.auction, result.class.clone());
+        let old = put(&mut self.data.book.results, key.clone(), Some(result));
+        self.journal.push(Undo::Auction(key, old));
     }
 
     /// The id the next order gets.

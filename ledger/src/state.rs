@@ -109,6 +109,8 @@ pub(crate) struct OrderBook {
     pub per_class: BTreeMap<GpuClass, u64>,
     /// The id the next order gets (ids follow placement order).
     pub next_id: u64,
+    /// Every auction's result, by (auction, class): the price history.
+    pub results: BTreeMap<(u64, GpuClass), crate::clearing::AuctionResult>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +248,10 @@ impl State {
     /// `owner`'s open orders, oldest first.
     pub fn orders_of(&self, owner: &Address) -> impl Iterator<Item = &Order> + '_ {
         self.data.book.by_owner.range((*owner, 0)..=(*owner, u64::MAX)).filter_map(|(_, id)| self.order(*id))
+    }
+    /// Auction results from auction `from` on, oldest first.
+    pub fn auction_results(&self, from: u64) -> impl Iterator<Item = &crate::clearing::AuctionResult> + '_ {
+        self.data.book.results.range((from, GpuClass::min())..).map(|(_, r)| r)
     }
     /// Open orders in `class`, both sides.
     pub fn open_orders_in(&self, class: &GpuClass) -> u64 {

@@ -159,3 +159,55 @@ fn open_orders_are_limited_per_account() {
     let one_more = bid(&chain, &state, 1, 1, 1);
     assert!(matches!(try_tx(&chain, &state, one_more), Err(Error::Order(m)) if m.contains("open orders")));
 }
+
+#[test]
+fn the_clearing_block_turns_crossing_orders_into_leases_at_one_price() {
+    let chain = chain();
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let place = |state: &State, i: usize, kind| sign_tx(&chain.keys[i], nonce(state, &chain, i), kind);
+    let bid_kind =
+        |gpus, hours, max: Amount| TxKind::PlaceBid { class: class(), gpus, hours, max_price: max, split: false };
+    let ask = TxKind::PlaceAsk { class: class(), gpus: 4, hours: 24, min_price: Amount::agr(2) };
+    let txs = vec![place(&state, PROVIDER, ask), place(&state, OTHER, bid_kind(4, 2, Amount::agr(1)))];
+    commit(&chain, &mut state, txs);
+    let first = place(&state, BUYER, bid_kind(2, 4, Amount::agr(3)));
+    commit(&chain, &mut state, vec![first]);
+    let second = place(&state, BUYER, bid_kind(2, 2, Amount(2_500_000)));
+    commit(&chain, &mut state, vec![second]);
+    let (buyer0, other0, provider0) = (
+        state.account(&chain.address(BUYER)).balance,
+        state.account(&chain.address(OTHER)).balance,
+        state.account(&chain.address(PROVIDER)).balance,
+    );
+    until_next_block_is(&chain, &mut state, AuctionPhase::Clearing);
+    commit(&chain, &mut state, vec![]);
+
+    // D = 8 + 4 GPU-hours from 2 up to 2.5 against S = 96: the midpoint 2.25.
+    let results: Vec<_> = state.auction_results(0).collect();
+    assert_eq!(results.len(), 1);
+    let r = results[0];
+    assert_eq!((r.price, r.matched_gpu_hours, r.bid_depth, r.ask_depth), (Some(Amount(2_250_000)), 12, 12, 96));
+    assert_eq!(r.leases, 2);
+    let leases: Vec<_> = state.leases().collect();
+    assert_eq!(leases.len(), 2);
+    for l in &leases {
+        assert_eq!(
+            (l.buyer, l.provider, l.price_per_gpu_hour),
+            (chain.address(BUYER), chain.address(PROVIDER), Amount(2_250_000))
+        );
+        assert_eq!(l.escrow.0, l.price_per_gpu_hour.0 * u64::from(l.gpus) * (l.end_ms.0 - l.start_ms.0) / 3_600_000);
+    }
+    // The buyer paid 2.25 for 8 + 4 GPU-hours (escrows 24 + 10, refunds 6 + 1);
+    // the unmatched bid came back whole; the book is empty.
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount(buyer0.0 + Amount::agr(7).0));
+    assert_eq!(state.account(&chain.address(OTHER)).balance, Amount(other0.0 + Amount::agr(8).0));
+    assert_eq!(state.account(&chain.address(PROVIDER)).balance, provider0, "paid as the leases run");
+    assert!(state.orders().next().is_none());
+    // The provider's GPUs are leased out: it may ask only for the rest next time.
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let too_many =
+        place(&state, PROVIDER, TxKind::PlaceAsk { class: class(), gpus: 1, hours: 1, min_price: Amount(1) });
+    assert!(matches!(try_tx(&chain, &state, too_many), Err(Error::Order(_))), "4 GPUs, 4 leased");
+}

@@ -49,6 +49,11 @@ impl GpuClass {
         Ok(GpuClass(key))
     }
 
+    /// The smallest class key (for range scans).
+    pub fn min() -> GpuClass {
+        GpuClass(String::new())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

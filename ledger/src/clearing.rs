@@ -1,0 +1,151 @@
+//! End-of-block work of the exchange: at the last block of each auction
+//! period, every class's book is cleared (`auction::clear`) after the
+//! block's transactions. Each fill becomes a lease starting at the block's
+//! time (the existing lease machinery: escrow, expiry, settlement, slashing
+//! refunds); a filled bid's escrow beyond the clearing price is refunded at
+//! once; every order of the auction leaves the book (unfilled bids refunded
+//! in full); and the result — price, matched GPU-hours, depth on each side —
+//! is kept on the ledger as the public price history.
+
+use std::collections::BTreeMap;
+
+use agora_protocol::{Amount, GpuClass, Hash, LeaseId, TimestampMs};
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::credit;
+use crate::auction::{AskOrder, BidOrder, clear, cost};
+use crate::error::Error;
+use crate::events::Event;
+use crate::params::AuctionPhase;
+use crate::state::{Lease, LeaseStatus, Order, Side, State};
+
+/// Milliseconds in a contract hour.
+const HOUR_MS: u64 = 3_600_000;
+
+/// One class's auction result, kept on the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuctionResult {
+    pub auction: u64,
+    pub class: GpuClass,
+    pub height: u64,
+    /// None when no bid met an ask.
+    pub price: Option<Amount>,
+    pub matched_gpu_hours: u64,
+    pub bid_depth: u64,
+    pub ask_depth: u64,
+    pub leases: u32,
+}
+
+/// Clears every class if this block ends an auction period.
+pub(crate) fn end_block(state: &mut State) -> Result<Vec<Event>, Error> {
+    let height = state.height().0;
+    let (auction, phase) = state.params().market.phase(height);
+    if phase != AuctionPhase::Clearing {
+        return Ok(Vec::new());
+    }
+    let mut books: BTreeMap<GpuClass, Vec<Order>> = BTreeMap::new();
+    for order in state.orders() {
+        books.entry(order.class.clone()).or_default().push(order.clone());
+    }
+    let mut events = Vec::new();
+    for (class, orders) in books {
+        // A class that cannot clear (an overflow no order should reach)
+        // keeps its orders and never stops the chain: every node skips it alike.
+        let mark = state.checkpoint();
+        match clear_class(state, auction, class.clone(), orders) {
+            Ok(cleared) => events.extend(cleared),
+            Err(e) => {
+                state.rollback(mark);
+                events.push(Event::AuctionSkipped { auction, class, reason: e.to_string() });
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn clear_class(state: &mut State, auction: u64, class: GpuClass, orders: Vec<Order>) -> Result<Vec<Event>, Error> {
+    let bids: Vec<BidOrder> = orders
+        .iter()
+        .filter(|o| o.side == Side::Bid)
+        .map(|o| BidOrder {
+            id: o.id,
+            gpus: o.gpus,
+            hours: o.hours,
+            max_price: o.price,
+            split: o.split,
+            placed: (o.placed.0, 0),
+        })
+        .collect();
+    // A provider jailed since it asked sells nothing.
+    let asks: Vec<AskOrder> = orders
+        .iter()
+        .filter(|o| o.side == Side::Ask && state.is_active_provider(&o.owner))
+        .map(|o| AskOrder { id: o.id, gpus: o.gpus, hours: o.hours, min_price: o.price, placed: (o.placed.0, 0) })
+        .collect();
+    let result = clear(&bids, &asks);
+    let by_id: BTreeMap<u64, &Order> = orders.iter().map(|o| (o.id, o)).collect();
+    let now = state.time_ms();
+    let mut events = Vec::new();
+    let mut spent: BTreeMap<u64, Amount> = BTreeMap::new();
+    if let Some(price) = result.price {
+        for fill in &result.fills {
+            let (bid, ask) = (by_id[&fill.bid], by_id[&fill.ask]);
+            let escrow = cost(price, fill.gpus, fill.hours).ok_or(Error::Overflow("lease escrow"))?;
+            let id = lease_id(auction, fill.bid, fill.ask);
+            let end_ms = now.0.checked_add(u64::from(fill.hours) * HOUR_MS).ok_or(Error::Overflow("lease end"))?;
+            state.set_lease(Lease {
+                id,
+                buyer: bid.owner,
+                provider: ask.owner,
+                gpu_model: class.to_string(),
+                gpus: fill.gpus,
+                gpu_ids: Vec::new(),
+                price_per_gpu_hour: price,
+                escrow,
+                job_spec_hash: Hash::ZERO,
+                start_ms: now,
+                end_ms: TimestampMs(end_ms),
+                status: LeaseStatus::Open,
+            });
+            state.set_expiry((TimestampMs(end_ms), id), true);
+            let total = spent.entry(fill.bid).or_insert(Amount::ZERO);
+            *total = total.checked_add(escrow).ok_or(Error::Overflow("bid spend"))?;
+            events.push(Event::LeaseOpened { lease_id: id, buyer: bid.owner, provider: ask.owner, escrow });
+        }
+    }
+    // Every order of this auction leaves the book; bids get back what their
+    // fills did not use (all of it when unfilled).
+    for order in &orders {
+        let used = spent.get(&order.id).copied().unwrap_or(Amount::ZERO);
+        let refunded = order
+            .escrow
+            .checked_sub(used)
+            .ok_or(Error::Invariant(format!("order {} spent {used} of its {} escrow", order.id, order.escrow)))?;
+        credit(state, order.owner, refunded)?;
+        state.set_order(order.id, None);
+        events.push(Event::OrderClosed { order: order.id, owner: order.owner, filled: used, refunded });
+    }
+    let record = AuctionResult {
+        auction,
+        class: class.clone(),
+        height: state.height().0,
+        price: result.price,
+        matched_gpu_hours: result.matched_gpu_hours,
+        bid_depth: result.bid_depth,
+        ask_depth: result.ask_depth,
+        leases: result.fills.len() as u32,
+    };
+    events.push(Event::AuctionCleared(Box::new(record.clone())));
+    state.record_auction(record);
+    Ok(events)
+}
+
+/// An auction lease's id: a hash of the auction and the two orders (unique:
+/// a bid has at most one fill per ask).
+fn lease_id(auction: u64, bid: u64, ask: u64) -> LeaseId {
+    let mut data = Vec::with_capacity(24);
+    for n in [auction, bid, ask] {
+        data.extend_from_slice(&n.to_le_bytes());
+    }
+    LeaseId(Hash::tagged(b"agora/auction-lease/1", &data))
+}
