@@ -11,6 +11,7 @@ mod lease;
 mod lease_bench;
 mod ledger;
 mod liveness_bench;
+mod market;
 mod node;
 mod testnet;
 mod view;
@@ -108,6 +109,25 @@ enum Command {
         #[command(flatten)]
         node: client::NodeArgs,
     },
+    /// Bid in a GPU class's call auction: your maximum price is escrowed; you pay the auction's one price
+    Bid(market::BidArgs),
+    /// Ask in a GPU class's call auction (a provider: its node key or account key)
+    Ask(market::AskArgs),
+    /// Your open orders (--all: everyone's)
+    Orders {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: client::NodeArgs,
+    },
+    /// Cancel or amend one of your orders
+    #[command(subcommand)]
+    Order(market::OrderCommand),
+    /// The exchange: the current auction and the price history
+    #[command(subcommand)]
+    Market(market::MarketCommand),
     /// Create, show and list account keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -171,6 +191,11 @@ fn main() -> ExitCode {
         Command::ClearOperator { key, node } => {
             client::send(&home, &key, agora_protocol::TxKind::SetOperator { operator: None }, node)
         }
+        Command::Bid(args) => market::bid(&home, args),
+        Command::Ask(args) => market::ask(&home, args),
+        Command::Orders { all, key, node } => market::orders(&home, &key, all, node),
+        Command::Order(cmd) => market::order(&home, cmd),
+        Command::Market(cmd) => market::market(cmd),
         Command::Init(args) => node::init(&home, args),
         Command::Node(cmd) => node::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),

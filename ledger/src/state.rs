@@ -113,6 +113,14 @@ pub(crate) struct OrderBook {
     pub results: BTreeMap<(u64, GpuClass), crate::clearing::AuctionResult>,
 }
 
+impl Lease {
+    /// A lease an auction made: GPU time bought ahead, with no job yet (its
+    /// holder runs one later) and no devices named until then.
+    pub fn is_reservation(&self) -> bool {
+        self.job_spec_hash == Hash::ZERO && self.gpu_ids.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
     pub address: Address,

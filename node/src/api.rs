@@ -84,7 +84,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad_request(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, msg)
 }
 
@@ -92,7 +92,7 @@ fn not_found(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, msg)
 }
 
-fn internal(msg: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(msg: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
 }
 
@@ -121,6 +121,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers/{address}/slashes", get(provider_slashes))
         .route("/v1/leases", get(leases))
+        .route("/v1/market/auctions", get(crate::api_market::auctions))
         .route("/v1/tx", post(submit_tx))
         .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
         .route_layer(
@@ -141,6 +142,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/validators", get(validators))
         .route("/v1/providers", get(providers))
         .route("/v1/offers", get(offers))
+        .route("/v1/market/orders", get(crate::api_market::orders))
+        .route("/v1/market/prices", get(crate::api_market::prices))
         .route("/v1/leases/propose", post(propose_lease))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/leases/{id}/logs", post(lease_logs))

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod api_guard;
+pub mod api_market;
 pub mod config;
 pub mod daemon;
 pub mod docker;

@@ -206,6 +206,11 @@ impl Daemon {
 
     fn start_job(&mut self, lease_id: LeaseId) -> Result<(), Error> {
         let Some(lease) = self.store.state().lease(&lease_id).cloned() else { return Ok(()) };
+        if lease.is_reservation() {
+            // Sold in an auction: the GPU time is the holder's, who runs a job on it later.
+            tracing::info!(lease = %lease_id, gpus = lease.gpus, buyer = %lease.buyer, "GPU time sold in an auction; held for its buyer");
+            return Ok(());
+        }
         let Some(assignment) = self.provision.market.as_mut().and_then(|m| m.opened(&lease_id)) else {
             // Accepted before a restart: the job spec is gone with the reservation.
             let reason = "the provider restarted after accepting; the lease is closed for the time served";
@@ -309,7 +314,7 @@ impl Daemon {
             .store
             .state()
             .leases()
-            .filter(|l| l.provider == me && l.status == LeaseStatus::Open)
+            .filter(|l| l.provider == me && l.status == LeaseStatus::Open && !l.is_reservation())
             .map(|l| (l.id, l.buyer, l.gpu_ids.clone()))
             .collect();
         for (lease_id, buyer, gpu_ids) in open {

@@ -1,0 +1,309 @@
+//! The exchange from the command line: place bids (buyers) and asks
+//! (providers) in the call auctions, list, cancel and amend your orders, and
+//! read the current auction and the price history (docs/market.md).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use agora_protocol::{GpuClass, TxKind};
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+
+use crate::client::{self, NodeArgs, parse_amount};
+use crate::print_json;
+use crate::view::{micros, text};
+
+#[derive(Args)]
+pub struct OrderArgs {
+    /// GPU class (H100-80GB; a model alone, like h100, when one class has it)
+    #[arg(long, alias = "model")]
+    class: String,
+    #[arg(long)]
+    gpus: u32,
+    #[arg(long)]
+    hours: u32,
+    /// Key under --home that signs
+    #[arg(long)]
+    key: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Args)]
+pub struct BidArgs {
+    #[command(flatten)]
+    order: OrderArgs,
+    /// Most you pay per GPU-hour, in AGR (the auction's price may be lower)
+    #[arg(long)]
+    max_price: String,
+    /// The GPUs may come from several hosts
+    #[arg(long)]
+    split: bool,
+}
+
+#[derive(Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    order: OrderArgs,
+    /// Least you take per GPU-hour, in AGR
+    #[arg(long)]
+    min_price: String,
+}
+
+#[derive(Subcommand)]
+pub enum OrderCommand {
+    /// Withdraw an order (not in its auction's binding phase)
+    Cancel {
+        id: u64,
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Change an order's price (in the binding phase bids only up, asks only down)
+    Amend {
+        id: u64,
+        /// New price per GPU-hour, in AGR
+        #[arg(long)]
+        price: String,
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MarketCommand {
+    /// The current auction: phase, blocks to clearing, each class's indicative price; recent results
+    Auctions {
+        #[arg(long)]
+        class: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Clearing prices per class over time
+    Prices {
+        #[arg(long)]
+        class: Option<String>,
+        /// From this height on
+        #[arg(long)]
+        since: Option<u64>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// The class a `--class` names: a full key as given, or a bare model
+/// resolved against the classes registered providers have.
+fn resolve_class(given: &str, node: &NodeArgs) -> anyhow::Result<GpuClass> {
+    let key = GpuClass::parse(given)?;
+    if key.as_str().contains("GB") {
+        return Ok(key);
+    }
+    let providers = node.get("/v1/providers")?;
+    let mut known: Vec<GpuClass> = providers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["gpus"].as_array().cloned().unwrap_or_default())
+        .filter_map(|g| serde_json::from_value::<agora_protocol::GpuSpec>(g).ok())
+        .filter_map(|g| GpuClass::of(&g))
+        .collect();
+    known.sort();
+    known.dedup();
+    let prefix = format!("{}-", key.as_str());
+    let matching: Vec<&GpuClass> = known.iter().filter(|c| c.as_str().starts_with(&prefix)).collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!(
+            "no registered provider has {given} GPUs; classes on this network: {}",
+            known.iter().map(GpuClass::as_str).collect::<Vec<_>>().join(", ")
+        ),
+        many => bail!(
+            "{given} names several classes; say which: {}",
+            many.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Sends an order and says which id it got.
+fn place(home: &Path, key: &str, kind: TxKind, node: &NodeArgs, owner: Option<String>) -> anyhow::Result<ExitCode> {
+    let keypair = agora_node::keystore::load(home, key)?.keypair;
+    let (hash, height) = client::submit_and_wait(&keypair, kind, node)?;
+    let owner = owner.unwrap_or_else(|| keypair.address().to_string());
+    let orders = node.get(&format!("/v1/market/orders?owner={owner}"))?;
+    let newest = orders.as_array().and_then(|list| list.last().cloned()).unwrap_or_default();
+    let status = node.get("/v1/market/auctions")?;
+    if node.json {
+        print_json(
+            &serde_json::json!({ "hash": hash, "height": height, "order": newest, "auction": status["auction"], "clears_at_height": status["clears_at_height"] }),
+        )?;
+    } else {
+        println!(
+            "order {} placed at height {height}; auction {} clears at height {}",
+            text(&newest["id"]),
+            text(&status["auction"]),
+            text(&status["clears_at_height"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
+    let o = &args.order;
+    let class = resolve_class(&o.class, &o.node)?;
+    let kind = TxKind::PlaceBid {
+        class,
+        gpus: o.gpus,
+        hours: o.hours,
+        max_price: parse_amount(&args.max_price)?,
+        split: args.split,
+    };
+    place(home, o.key.as_deref().unwrap_or("default"), kind, &o.node, None)
+}
+
+/// An ask is the provider's: sent with its node key (or its account key), it
+/// names the provider account the key acts for.
+pub fn ask(home: &Path, args: AskArgs) -> anyhow::Result<ExitCode> {
+    let o = &args.order;
+    let class = resolve_class(&o.class, &o.node)?;
+    let key = o.key.as_deref().unwrap_or("node");
+    let signer = agora_node::keystore::load(home, key)?.keypair.address();
+    // The provider an operator key acts for owns the ask.
+    let providers = o.node.get("/v1/providers")?;
+    let owner = providers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["address"] == signer.to_string().as_str() || p["operator"] == signer.to_string().as_str())
+        .and_then(|p| p["address"].as_str().map(str::to_string))
+        .ok_or_else(|| anyhow!("{signer} is not a registered provider or a provider's operator"))?;
+    let kind = TxKind::PlaceAsk { class, gpus: o.gpus, hours: o.hours, min_price: parse_amount(&args.min_price)? };
+    place(home, key, kind, &o.node, Some(owner))
+}
+
+/// `agora orders`: open orders of a key's account (or everyone's with --all).
+pub fn orders(home: &Path, key: &str, all: bool, node: NodeArgs) -> anyhow::Result<ExitCode> {
+    let path = if all {
+        "/v1/market/orders".to_string()
+    } else {
+        let me = agora_node::keystore::load(home, key)?.keypair.address();
+        format!("/v1/market/orders?owner={me}")
+    };
+    let list = node.get(&path)?;
+    if node.json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = list.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no open orders");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>6}  {:<4}  {:<16} {:>4} {:>5}  {:>14}  {:>14}",
+        "ID", "SIDE", "CLASS", "GPUS", "HOURS", "PRICE/GPU-H", "ESCROW"
+    );
+    for o in rows {
+        println!(
+            "{:>6}  {:<4}  {:<16} {:>4} {:>5}  {:>14}  {:>14}",
+            text(&o["id"]),
+            text(&o["side"]),
+            text(&o["class"]),
+            text(&o["gpus"]),
+            text(&o["hours"]),
+            micros(&o["price"]).to_string(),
+            micros(&o["escrow"]).to_string()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn order(home: &Path, cmd: OrderCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OrderCommand::Cancel { id, key, node } => client::send(home, &key, TxKind::CancelOrder { order: id }, node),
+        OrderCommand::Amend { id, price, key, node } => {
+            client::send(home, &key, TxKind::AmendOrder { order: id, price: parse_amount(&price)? }, node)
+        }
+    }
+}
+
+pub fn market(cmd: MarketCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        MarketCommand::Auctions { class, node } => {
+            let path = match &class {
+                Some(c) => format!("/v1/market/auctions?class={}", GpuClass::parse(c)?),
+                None => "/v1/market/auctions".into(),
+            };
+            let a = node.get(&path)?;
+            if node.json {
+                print_json(&a)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "auction {} ({}), clears at height {} (now {})",
+                text(&a["auction"]),
+                text(&a["phase"]),
+                text(&a["clears_at_height"]),
+                text(&a["height"])
+            );
+            for c in a["classes"].as_array().into_iter().flatten() {
+                let price = match c["indicative_price"].as_str() {
+                    Some(_) => micros(&c["indicative_price"]).to_string(),
+                    None => "no cross".into(),
+                };
+                println!(
+                    "  {:<16} {} bids, {} asks, indicative {price} ({} GPU-hours would match)",
+                    text(&c["class"]),
+                    text(&c["bids"]),
+                    text(&c["asks"]),
+                    text(&c["matched_gpu_hours"])
+                );
+            }
+            print_results(&a["recent"]);
+        }
+        MarketCommand::Prices { class, since, node } => {
+            let mut query = Vec::new();
+            if let Some(c) = &class {
+                query.push(format!("class={}", GpuClass::parse(c)?));
+            }
+            if let Some(h) = since {
+                query.push(format!("since={h}"));
+            }
+            let path = format!("/v1/market/prices{}{}", if query.is_empty() { "" } else { "?" }, query.join("&"));
+            let list = node.get(&path)?;
+            if node.json {
+                print_json(&list)?;
+            } else {
+                print_results(&list);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_results(list: &serde_json::Value) {
+    let rows = list.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no auction results yet");
+        return;
+    }
+    println!(
+        "{:>8} {:>8}  {:<16} {:>14} {:>10} {:>10} {:>10}",
+        "AUCTION", "HEIGHT", "CLASS", "PRICE/GPU-H", "MATCHED", "BID GPU-H", "ASK GPU-H"
+    );
+    for r in rows {
+        let price = if r["price"].is_null() { "-".to_string() } else { micros(&r["price"]).to_string() };
+        println!(
+            "{:>8} {:>8}  {:<16} {:>14} {:>10} {:>10} {:>10}",
+            text(&r["auction"]),
+            text(&r["height"]),
+            text(&r["class"]),
+            price,
+            text(&r["matched_gpu_hours"]),
+            text(&r["bid_depth"]),
+            text(&r["ask_depth"])
+        );
+    }
+}

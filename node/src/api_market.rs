@@ -1,0 +1,195 @@
+//! The exchange's HTTP API (`/v1/market/...`): open orders, the current
+//! auction with each class's indicative clearing (computed on the book as
+//! it stands, exactly as the clearing block will), and the price history.
+//! Reads of the committed ledger only.
+
+use std::collections::BTreeMap;
+
+use agora_ledger::auction::{AskOrder, BidOrder, clear};
+use agora_ledger::{AuctionPhase, Order, Side, State};
+use agora_protocol::{Address, GpuClass};
+use axum::Json;
+use axum::extract::{Query, State as AxumState};
+use serde::Deserialize;
+
+use crate::api::{ApiError, bad_request, internal};
+use crate::daemon::Shared;
+
+/// Orders one `GET /v1/market/orders` returns at most.
+pub const MAX_ORDERS_PER_PAGE: usize = 1_000;
+/// Auction results one `GET /v1/market/prices` returns at most.
+pub const MAX_RESULTS_PER_PAGE: usize = 1_000;
+/// Recent results `GET /v1/market/auctions` shows.
+pub const RECENT_AUCTIONS: usize = 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersQuery {
+    owner: Option<String>,
+    class: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassQuery {
+    class: Option<String>,
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn class_filter(class: Option<&str>) -> Result<Option<GpuClass>, ApiError> {
+    class.map(|c| GpuClass::parse(c).map_err(|e| bad_request(e.to_string()))).transpose()
+}
+
+fn order_view(o: &Order) -> serde_json::Value {
+    serde_json::json!({
+        "id": o.id,
+        "owner": o.owner.to_string(),
+        "class": o.class.to_string(),
+        "side": match o.side { Side::Bid => "bid", Side::Ask => "ask" },
+        "gpus": o.gpus,
+        "hours": o.hours,
+        "price": o.price.0.to_string(),
+        "split": o.split,
+        "placed": o.placed.0,
+        "escrow": o.escrow.0.to_string(),
+    })
+}
+
+/// `GET /v1/market/orders[?owner=ADDR][&class=C][&limit=N]`: open orders, oldest first.
+pub async fn orders(
+    AxumState(s): AxumState<Shared>,
+    Query(q): Query<OrdersQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let class = class_filter(q.class.as_deref())?;
+    let owner = q.owner.as_deref().map(|a| a.parse::<Address>().map_err(|e| bad_request(e.to_string()))).transpose()?;
+    let limit = q.limit.unwrap_or(MAX_ORDERS_PER_PAGE).min(MAX_ORDERS_PER_PAGE);
+    let ledger = s.ledger.read().map_err(internal)?;
+    let keep = |o: &&Order| class.as_ref().is_none_or(|c| &o.class == c);
+    let list: Vec<serde_json::Value> = match owner {
+        Some(owner) => ledger.orders_of(&owner).filter(keep).take(limit).map(order_view).collect(),
+        None => ledger.orders().filter(keep).take(limit).map(order_view).collect(),
+    };
+    Ok(Json(list))
+}
+
+fn phase_name(phase: AuctionPhase) -> &'static str {
+    match phase {
+        AuctionPhase::Open => "open",
+        AuctionPhase::NoCancel => "no-cancel",
+        AuctionPhase::Clearing => "clearing",
+    }
+}
+
+/// What the next block's auction state is, with each class's indicative
+/// clearing on the book as it stands.
+pub fn auctions_view(ledger: &State, class: Option<&GpuClass>) -> serde_json::Value {
+    let market = &ledger.params().market;
+    let next = ledger.height().0 + 1;
+    let (auction, phase) = market.phase(next);
+    let mut books: BTreeMap<&GpuClass, (Vec<BidOrder>, Vec<AskOrder>)> = BTreeMap::new();
+    for o in ledger.orders().filter(|o| class.is_none_or(|c| &o.class == c)) {
+        let book = books.entry(&o.class).or_default();
+        match o.side {
+            Side::Bid => book.0.push(BidOrder {
+                id: o.id,
+                gpus: o.gpus,
+                hours: o.hours,
+                max_price: o.price,
+                split: o.split,
+                placed: (o.placed.0, 0),
+            }),
+            Side::Ask if ledger.is_active_provider(&o.owner) => book.1.push(AskOrder {
+                id: o.id,
+                gpus: o.gpus,
+                hours: o.hours,
+                min_price: o.price,
+                placed: (o.placed.0, 0),
+            }),
+            Side::Ask => {}
+        }
+    }
+    let classes: Vec<serde_json::Value> = books
+        .into_iter()
+        .map(|(c, (bids, asks))| {
+            let indicative = clear(&bids, &asks);
+            serde_json::json!({
+                "class": c.to_string(),
+                "bids": bids.len(),
+                "asks": asks.len(),
+                "indicative_price": indicative.price.map(|p| p.0.to_string()),
+                "matched_gpu_hours": indicative.matched_gpu_hours,
+                "bid_depth": indicative.bid_depth,
+                "ask_depth": indicative.ask_depth,
+            })
+        })
+        .collect();
+    let first = auction.saturating_sub(RECENT_AUCTIONS as u64);
+    let recent: Vec<serde_json::Value> =
+        ledger.auction_results(first).filter(|r| class.is_none_or(|c| &r.class == c)).map(result_view).collect();
+    serde_json::json!({
+        "height": ledger.height().0,
+        "auction": auction,
+        "phase": phase_name(phase),
+        "clears_at_height": market.clearing_height(auction),
+        "auction_blocks": market.auction_blocks,
+        "no_cancel_blocks": market.no_cancel_blocks,
+        "classes": classes,
+        "recent": recent,
+    })
+}
+
+fn result_view(r: &agora_ledger::clearing::AuctionResult) -> serde_json::Value {
+    serde_json::json!({
+        "auction": r.auction,
+        "class": r.class.to_string(),
+        "height": r.height,
+        "price": r.price.map(|p| p.0.to_string()),
+        "matched_gpu_hours": r.matched_gpu_hours,
+        "bid_depth": r.bid_depth,
+        "ask_depth": r.ask_depth,
+        "leases": r.leases,
+    })
+}
+
+/// `GET /v1/market/auctions[?class=C]`: the current auction, its phase and
+/// each class's indicative price; the recent results.
+pub async fn auctions(
+    AxumState(s): AxumState<Shared>,
+    Query(q): Query<ClassQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if q.since.is_some() || q.limit.is_some() {
+        return Err(bad_request("auctions takes only ?class="));
+    }
+    let class = class_filter(q.class.as_deref())?;
+    let ledger = s.ledger.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        let ledger = ledger.read().map_err(internal)?;
+        Ok::<_, ApiError>(auctions_view(&ledger, class.as_ref()))
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Json(view))
+}
+
+/// `GET /v1/market/prices[?class=C][&since=HEIGHT][&limit=N]`: auction
+/// results, oldest first — the price index per class over time.
+pub async fn prices(
+    AxumState(s): AxumState<Shared>,
+    Query(q): Query<ClassQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let class = class_filter(q.class.as_deref())?;
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(MAX_RESULTS_PER_PAGE).min(MAX_RESULTS_PER_PAGE);
+    let ledger = s.ledger.read().map_err(internal)?;
+    let first = since / ledger.params().market.auction_blocks.max(1);
+    Ok(Json(
+        ledger
+            .auction_results(first)
+            .filter(|r| r.height >= since && class.as_ref().is_none_or(|c| &r.class == c))
+            .take(limit)
+            .map(result_view)
+            .collect(),
+    ))
+}
