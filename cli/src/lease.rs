@@ -92,6 +92,33 @@ pub enum LeaseCommand {
         #[command(flatten)]
         key: KeyArgs,
     },
+    /// Give a lease you hold to another account (it then holds the GPU time and any refund)
+    Transfer {
+        id: String,
+        to: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Offer a lease you hold for sale (--withdraw: take the offer back)
+    Sell {
+        id: String,
+        /// The price for the whole remaining lease, in AGR
+        #[arg(long, required_unless_present = "withdraw")]
+        price: Option<String>,
+        #[arg(long)]
+        withdraw: bool,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Buy a lease offered for sale: the seller is paid and you hold it, in one step
+    Buy {
+        id: String,
+        /// The most you pay, in AGR (the listing's price if it is no more)
+        #[arg(long)]
+        max_price: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
 }
 
 #[derive(Args)]
@@ -537,6 +564,18 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("{}", describe(&state));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        LeaseCommand::Transfer { id, to, key } => {
+            let kind = TxKind::TransferLease { lease_id: id.parse()?, to: to.parse()? };
+            crate::client::send(home, &key.key, kind, key.node)
+        }
+        LeaseCommand::Sell { id, price, withdraw, key } => {
+            let price = if withdraw { None } else { price.map(|p| crate::client::parse_amount(&p)).transpose()? };
+            crate::client::send(home, &key.key, TxKind::ListLease { lease_id: id.parse()?, price }, key.node)
+        }
+        LeaseCommand::Buy { id, max_price, key } => {
+            let kind = TxKind::BuyLease { lease_id: id.parse()?, max_price: crate::client::parse_amount(&max_price)? };
+            crate::client::send(home, &key.key, kind, key.node)
         }
         LeaseCommand::Cancel { id, key } => {
             let id: LeaseId = id.parse()?;

@@ -82,6 +82,11 @@ pub enum MarketCommand {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Leases offered for sale (buy one with `agora lease buy LEASE --max-price P`)
+    Listings {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Clearing prices per class over time
     Prices {
         #[arg(long)]
@@ -263,6 +268,28 @@ pub fn market(cmd: MarketCommand) -> anyhow::Result<ExitCode> {
             }
             print_results(&a["recent"]);
         }
+        MarketCommand::Listings { node } => {
+            let list = node.get("/v1/market/listings")?;
+            if node.json {
+                print_json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows = list.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                println!("no leases for sale");
+            }
+            for l in rows {
+                println!(
+                    "{}  {}x {}  {} left, for {} (seller {})",
+                    text(&l["lease_id"]),
+                    text(&l["gpus"]),
+                    text(&l["class"]),
+                    humantime_secs(l["ends_in_secs"].as_u64().unwrap_or(0)),
+                    micros(&l["price"]),
+                    text(&l["seller"])
+                );
+            }
+        }
         MarketCommand::Prices { class, since, node } => {
             let mut query = Vec::new();
             if let Some(c) = &class {
@@ -305,5 +332,14 @@ fn print_results(list: &serde_json::Value) {
             text(&r["bid_depth"]),
             text(&r["ask_depth"])
         );
+    }
+}
+
+/// Seconds as `1h 05m` or `42s`.
+fn humantime_secs(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
     }
 }

@@ -135,6 +135,34 @@ fn a_call_auction_clears_at_one_price_into_leases_on_every_node() {
     );
     assert!(ok(agora(&["--home", &buyer, "orders", "--node", &apis[0]])).contains("no open orders"));
 
+    // The reserved GPU time is an asset: the winner sells it, the other buyer buys it.
+    let lease = list.iter().find(|l| l["provider"] == provider0.as_str()).unwrap()["id"].as_str().unwrap().to_string();
+    ok(agora(&["--home", &buyer, "lease", "sell", &lease, "--price", "2", "--node", &apis[1]]));
+    let listed = ok(agora(&["market", "listings", "--node", &apis[2]]));
+    assert!(listed.contains(&lease) && listed.contains("H100-80GB-SIM"), "{listed}");
+    let too_low = err(agora(&[
+        "--home",
+        &buyer,
+        "lease",
+        "buy",
+        &lease,
+        "--max-price",
+        "1",
+        "--key",
+        "second",
+        "--node",
+        &apis[2],
+    ]));
+    assert!(too_low.contains("more than your maximum"), "{too_low}");
+    let (seller_before, buyer_before) = (balance(&apis[0], &winner), balance(&apis[0], &loser));
+    ok(agora(&["--home", &buyer, "lease", "buy", &lease, "--max-price", "2", "--key", "second", "--node", &apis[2]]));
+    wait_until("the sale on node 0", Duration::from_secs(60), || {
+        balance(&apis[0], &winner) == seller_before + 2_000_000
+    });
+    assert_eq!(balance(&apis[0], &loser), buyer_before - fee - 2_000_000);
+    let held: serde_json::Value = http::get(&apis[3], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
+    assert_eq!(held["buyer"], loser.as_str(), "the buyer of the listing holds the lease: {held}");
+
     // In the binding phase a bid cannot be cancelled.
     fresh_auction(&apis[0], 20);
     let (id, _) =

@@ -205,6 +205,9 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
         }
         TxKind::CancelOrder { order } => orders::cancel(state, sender, *order),
         TxKind::AmendOrder { order, price } => orders::amend(state, sender, *order, *price),
+        TxKind::TransferLease { lease_id, to } => lease::transfer(state, sender, *lease_id, *to),
+        TxKind::ListLease { lease_id, price } => lease::list(state, sender, *lease_id, *price),
+        TxKind::BuyLease { lease_id, max_price } => lease::buy(state, sender, *lease_id, *max_price),
     }
 }
 

@@ -50,6 +50,18 @@ pub enum Event {
         refunded: Amount,
     },
     AuctionCleared(Box<crate::clearing::AuctionResult>),
+    /// A lease changed holder (sold for `price`, or given).
+    LeaseTransferred {
+        lease_id: LeaseId,
+        from: Address,
+        to: Address,
+        price: Option<Amount>,
+    },
+    LeaseListed {
+        lease_id: LeaseId,
+        seller: Address,
+        price: Option<Amount>,
+    },
     /// A class's auction could not clear; its orders stay for the next.
     AuctionSkipped {
         auction: u64,

@@ -27,6 +27,7 @@ pub(crate) enum Undo {
     /// An order's previous value (None: it did not exist), and the next id before.
     Order(u64, Option<Order>, u64),
     Auction((u64, agora_protocol::GpuClass), Option<crate::clearing::AuctionResult>),
+    Listing(LeaseId, Option<(Address, Amount)>),
 }
 
 /// A position in the journal to roll back to.
@@ -73,6 +74,7 @@ impl State {
                 Undo::Validators(v) => d.validators = v,
                 Undo::LastValidators(v) => d.last_validators = v,
                 Undo::Auction(k, v) => _ = put(&mut d.book.results, k, v),
+                Undo::Listing(k, v) => _ = put(&mut d.book.listings, k, v),
                 Undo::Order(id, old, next_id) => {
                     put_order(&mut d.book, id, old);
                     d.book.next_id = next_id;
@@ -181,6 +183,11 @@ impl State {
         }
         let old = put_order(&mut self.data.book, id, order);
         self.journal.push(Undo::Order(id, old, next_id));
+    }
+
+    pub(crate) fn set_listing(&mut self, lease: LeaseId, listing: Option<(Address, Amount)>) {
+        let old = put(&mut self.data.book.listings, lease, listing);
+        self.journal.push(Undo::Listing(lease, old));
     }
 
     pub(crate) fn record_auction(&mut self, result: crate::clearing::AuctionResult) {

@@ -2,7 +2,7 @@
 //! closing or cancelling pays the provider pro-rata to elapsed block time and
 //! refunds the rest; expiry pays in full.
 
-use agora_protocol::{Address, LeaseAccept, LeaseId, LeaseRequest, Signed, TimestampMs};
+use agora_protocol::{Address, Amount, LeaseAccept, LeaseId, LeaseRequest, Signed, TimestampMs};
 
 use crate::accounts::{credit, debit};
 use crate::error::Error;
@@ -123,6 +123,9 @@ pub(crate) fn settle(
     credit(state, lease.provider, paid)?;
     credit(state, lease.buyer, refunded)?;
     state.set_expiry((lease.end_ms, id), false);
+    if state.listing(&id).is_some() {
+        state.set_listing(id, None);
+    }
     lease.status = LeaseStatus::Settled { reason, paid, refunded, at_ms: now, exit_code };
     state.set_lease(lease);
     Ok(Event::LeaseSettled { lease_id: id, reason, paid, refunded })
@@ -146,4 +149,57 @@ pub(crate) fn settle_all_of(state: &mut State, provider: Address, reason: Settle
         .map(|(_, id)| *id)
         .collect();
     ids.into_iter().map(|id| settle(state, id, reason, None)).collect()
+}
+
+/// The open lease `id` if `sender` holds it (is its buyer).
+fn held(state: &State, sender: Address, id: LeaseId) -> Result<Lease, Error> {
+    let lease = open_lease(state, id)?.clone();
+    if lease.buyer != sender {
+        return Err(Error::NotLeaseParty(id));
+    }
+    Ok(lease)
+}
+
+/// The holder gives its open lease to `to` (any listing of it ends).
+pub(crate) fn transfer(state: &mut State, sender: Address, id: LeaseId, to: Address) -> Result<Vec<Event>, Error> {
+    let mut lease = held(state, sender, id)?;
+    if to == sender {
+        return Err(Error::LeaseTerms("a lease cannot be transferred to its holder".into()));
+    }
+    if state.listing(&id).is_some() {
+        state.set_listing(id, None);
+    }
+    lease.buyer = to;
+    state.set_lease(lease);
+    Ok(vec![Event::LeaseTransferred { lease_id: id, from: sender, to, price: None }])
+}
+
+/// The holder lists its open lease for sale, or withdraws the listing.
+pub(crate) fn list(
+    state: &mut State,
+    sender: Address,
+    id: LeaseId,
+    price: Option<Amount>,
+) -> Result<Vec<Event>, Error> {
+    held(state, sender, id)?;
+    state.set_listing(id, price.map(|p| (sender, p)));
+    Ok(vec![Event::LeaseListed { lease_id: id, seller: sender, price }])
+}
+
+/// Buys a listed lease: the price to the seller, the lease to the buyer, at once.
+pub(crate) fn buy(state: &mut State, sender: Address, id: LeaseId, max_price: Amount) -> Result<Vec<Event>, Error> {
+    let (seller, price) = state.listing(&id).ok_or_else(|| Error::LeaseTerms(format!("lease {id} is not for sale")))?;
+    if seller == sender {
+        return Err(Error::LeaseTerms("you hold this lease already".into()));
+    }
+    if price > max_price {
+        return Err(Error::LeaseTerms(format!("lease {id} costs {price}, more than your maximum {max_price}")));
+    }
+    let mut lease = held(state, seller, id)?;
+    debit(state, sender, price)?;
+    credit(state, seller, price)?;
+    state.set_listing(id, None);
+    lease.buyer = sender;
+    state.set_lease(lease);
+    Ok(vec![Event::LeaseTransferred { lease_id: id, from: seller, to: sender, price: Some(price) }])
 }

@@ -111,6 +111,8 @@ pub(crate) struct OrderBook {
     pub next_id: u64,
     /// Every auction's result, by (auction, class): the price history.
     pub results: BTreeMap<(u64, GpuClass), crate::clearing::AuctionResult>,
+    /// Open leases their holders offer for sale: (seller, price).
+    pub listings: BTreeMap<LeaseId, (Address, Amount)>,
 }
 
 impl Lease {
@@ -257,6 +259,13 @@ impl State {
     pub fn orders_of(&self, owner: &Address) -> impl Iterator<Item = &Order> + '_ {
         self.data.book.by_owner.range((*owner, 0)..=(*owner, u64::MAX)).filter_map(|(_, id)| self.order(*id))
     }
+    /// Leases for sale: (lease, seller, price), by lease id.
+    pub fn listings(&self) -> impl Iterator<Item = (&LeaseId, &(Address, Amount))> {
+        self.data.book.listings.iter()
+    }
+    pub fn listing(&self, lease: &LeaseId) -> Option<(Address, Amount)> {
+        self.data.book.listings.get(lease).copied()
+    }
     /// Auction results from auction `from` on, oldest first.
     pub fn auction_results(&self, from: u64) -> impl Iterator<Item = &crate::clearing::AuctionResult> + '_ {
         self.data.book.results.range((from, GpuClass::min())..).map(|(_, r)| r)
@@ -344,6 +353,12 @@ impl State {
             }
         }
         let counted: BTreeMap<&GpuClass, u64> = book.per_class.iter().map(|(c, n)| (c, *n)).collect();
+        for (id, (seller, _)) in &book.listings {
+            let held = self.data.leases.get(id).is_some_and(|l| l.status == LeaseStatus::Open && l.buyer == *seller);
+            if !held {
+                return Err(Error::Invariant(format!("listing of lease {id} by one who does not hold it open")));
+            }
+        }
         if book.by_owner.len() != book.orders.len() || per_class != counted {
             return Err(Error::Invariant("order book indexes out of sync".into()));
         }

@@ -210,4 +210,30 @@ fn the_clearing_block_turns_crossing_orders_into_leases_at_one_price() {
     let too_many =
         place(&state, PROVIDER, TxKind::PlaceAsk { class: class(), gpus: 1, hours: 1, min_price: Amount(1) });
     assert!(matches!(try_tx(&chain, &state, too_many), Err(Error::Order(_))), "4 GPUs, 4 leased");
+
+    // Reserved GPU time is an asset: listed, bought at the asking price
+    // (never above the buyer's maximum), given away; refunds follow the holder.
+    let lease = state.leases().next().unwrap().id;
+    let not_holder = place(&state, OTHER, TxKind::ListLease { lease_id: lease, price: Some(Amount::agr(5)) });
+    assert!(matches!(try_tx(&chain, &state, not_holder), Err(Error::NotLeaseParty(_))));
+    let list = place(&state, BUYER, TxKind::ListLease { lease_id: lease, price: Some(Amount::agr(5)) });
+    commit(&chain, &mut state, vec![list]);
+    let cheap = place(&state, OTHER, TxKind::BuyLease { lease_id: lease, max_price: Amount::agr(4) });
+    assert!(matches!(try_tx(&chain, &state, cheap), Err(Error::LeaseTerms(_))));
+    let (seller0, buyer0) =
+        (state.account(&chain.address(BUYER)).balance, state.account(&chain.address(OTHER)).balance);
+    let buy = place(&state, OTHER, TxKind::BuyLease { lease_id: lease, max_price: Amount::agr(5) });
+    commit(&chain, &mut state, vec![buy]);
+    let fee = state.params().min_tx_fee.0;
+    assert_eq!(state.lease(&lease).unwrap().buyer, chain.address(OTHER));
+    assert_eq!(state.account(&chain.address(BUYER)).balance.0, seller0.0 + Amount::agr(5).0);
+    assert_eq!(state.account(&chain.address(OTHER)).balance.0, buyer0.0 - Amount::agr(5).0 - fee);
+    assert!(state.listing(&lease).is_none(), "sold: no longer listed");
+    // The new holder cancels: the unused escrow comes back to it, not to the first buyer.
+    let before = state.account(&chain.address(OTHER)).balance.0;
+    let cancel = place(&state, OTHER, TxKind::CancelLease { lease_id: lease });
+    commit(&chain, &mut state, vec![cancel]);
+    assert!(state.account(&chain.address(OTHER)).balance.0 > before - fee, "the refund went to the holder");
+    let gone = place(&state, BUYER, TxKind::TransferLease { lease_id: lease, to: chain.address(OTHER) });
+    assert!(matches!(try_tx(&chain, &state, gone), Err(Error::LeaseNotOpen(_))));
 }

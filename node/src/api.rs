@@ -144,6 +144,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/offers", get(offers))
         .route("/v1/market/orders", get(crate::api_market::orders))
         .route("/v1/market/prices", get(crate::api_market::prices))
+        .route("/v1/market/listings", get(crate::api_market::listings))
         .route("/v1/leases/propose", post(propose_lease))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/leases/{id}/logs", post(lease_logs))

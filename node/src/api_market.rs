@@ -173,6 +173,32 @@ pub async fn auctions(
     Ok(Json(view))
 }
 
+/// `GET /v1/market/listings`: leases their holders offer for sale, with
+/// what is left of them.
+pub async fn listings(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let ledger = s.ledger.read().map_err(internal)?;
+    Ok(Json(
+        ledger
+            .listings()
+            .take(MAX_ORDERS_PER_PAGE)
+            .filter_map(|(id, (seller, price))| {
+                let l = ledger.lease(id)?;
+                Some(serde_json::json!({
+                    "lease_id": id.to_string(),
+                    "seller": seller.to_string(),
+                    "price": price.0.to_string(),
+                    "provider": l.provider.to_string(),
+                    "class": l.gpu_model,
+                    "gpus": l.gpus,
+                    "price_per_gpu_hour": l.price_per_gpu_hour.0.to_string(),
+                    "end_ms": l.end_ms.0,
+                    "ends_in_secs": l.end_ms.0.saturating_sub(ledger.time_ms().0) / 1000,
+                }))
+            })
+            .collect(),
+    ))
+}
+
 /// `GET /v1/market/prices[?class=C][&since=HEIGHT][&limit=N]`: auction
 /// results, oldest first — the price index per class over time.
 pub async fn prices(

@@ -101,6 +101,23 @@ pub enum TxKind {
         order: u64,
         price: Amount,
     },
+    /// The holder of an open lease (its buyer) gives it to another account,
+    /// which then holds the GPU time and receives any refund.
+    TransferLease {
+        lease_id: LeaseId,
+        to: Address,
+    },
+    /// The holder offers its open lease for sale at `price` (None: withdraws the listing).
+    ListLease {
+        lease_id: LeaseId,
+        price: Option<Amount>,
+    },
+    /// Buys a listed lease: pays the seller its price (at most `max_price`)
+    /// and becomes the holder, in one step.
+    BuyLease {
+        lease_id: LeaseId,
+        max_price: Amount,
+    },
 }
 
 impl TxKind {
@@ -122,6 +139,9 @@ impl TxKind {
             TxKind::PlaceAsk { .. } => "place-ask",
             TxKind::CancelOrder { .. } => "cancel-order",
             TxKind::AmendOrder { .. } => "amend-order",
+            TxKind::TransferLease { .. } => "transfer-lease",
+            TxKind::ListLease { .. } => "list-lease",
+            TxKind::BuyLease { .. } => "buy-lease",
         }
     }
 }
@@ -137,6 +157,7 @@ impl Transaction {
             TxKind::PlaceBid { gpus, hours, max_price, .. } => {
                 u128::from(max_price.0) * u128::from(*gpus) * u128::from(*hours)
             }
+            TxKind::BuyLease { max_price, .. } => u128::from(max_price.0),
             _ => 0,
         };
         u128::from(self.fee.0) + moved
@@ -179,12 +200,15 @@ impl Transaction {
                     return invalid("an order's price must be positive");
                 }
             }
-            TxKind::AmendOrder { price, .. } => {
+            TxKind::ListLease { price: Some(price), .. } | TxKind::AmendOrder { price, .. } => {
                 if price.is_zero() {
                     return invalid("an order's price must be positive");
                 }
             }
             TxKind::CancelOrder { .. }
+            | TxKind::TransferLease { .. }
+            | TxKind::ListLease { price: None, .. }
+            | TxKind::BuyLease { .. }
             | TxKind::CloseLease { .. }
             | TxKind::CancelLease { .. }
             | TxKind::SlashEquivocation { .. }
