@@ -210,8 +210,19 @@ pub struct SimReport {
     pub provider_restarts: u64,
     /// Blocks the Byzantine proposer forged and sent with a proposal naming them.
     pub blocks_forged: u64,
+    /// Auction results on the ledger (every node agrees on each: their state roots do).
+    pub auctions: u64,
+    /// Leases the auctions made.
+    pub auction_leases: u64,
 }
 
+/// Blocks per auction in simulations, and the binding tail.
+const SIM_AUCTION_BLOCKS: u64 = 6;
+const SIM_NO_CANCEL_BLOCKS: u64 = 2;
+/// Per mille of client transactions that are bids, and chance per load tick
+/// (per mille) that a provider asks.
+const BID_PER_MILLE: u64 = 100;
+const ASK_PER_MILLE: u64 = 300;
 /// Providers in a liveness run.
 const LIVENESS_PROVIDERS: usize = 4;
 /// The downtime window of liveness runs, in blocks.
@@ -462,6 +473,9 @@ impl Sim {
         // Short epochs, so runs cross several validator-set rotations.
         chain.genesis.params.epoch_blocks = SIM_EPOCH_BLOCKS;
         chain.genesis.params.downtime_window_blocks = SIM_WINDOW_BLOCKS;
+        // Short auctions, so every run clears several.
+        chain.genesis.params.market.auction_blocks = SIM_AUCTION_BLOCKS;
+        chain.genesis.params.market.no_cancel_blocks = SIM_NO_CANCEL_BLOCKS;
         // Providers need a little stake; too little to matter in consensus
         // when epochs make them validators.
         chain.genesis.params.min_provider_stake = Amount::agr(1);
@@ -909,6 +923,15 @@ impl Sim {
             }
         }
         let long_outages_slashed = self.judge_liveness()?;
+        let (auctions, auction_leases) = self
+            .nodes
+            .iter()
+            .max_by_key(|n| n.height)
+            .map(|n| {
+                let results: Vec<_> = n.engine.ledger().auction_results(0).collect();
+                (results.len() as u64, results.iter().map(|r| u64::from(r.leases)).sum())
+            })
+            .unwrap_or((0, 0));
         let min_height = self.nodes.iter().map(|n| n.height).min().unwrap_or(0);
         Ok(SimReport {
             seed: self.config.seed,
@@ -932,6 +955,8 @@ impl Sim {
             relay_dropped: self.observed.relay_dropped,
             provider_restarts: self.observed.provider_restarts,
             blocks_forged: self.observed.blocks_forged,
+            auctions,
+            auction_leases,
         })
     }
 
@@ -1060,8 +1085,18 @@ impl Sim {
             let to = self.clients[(c + 1) % self.clients.len()].0.address();
             let (key, nonce) = &mut self.clients[c];
             // Mostly transfers; some small stakes, which change the validator
-            // set at the next epoch (with power too small to stall consensus).
-            let tx = if self.rng.below(8) == 0 {
+            // set at the next epoch (with power too small to stall consensus),
+            // and some bids in the auctions.
+            let tx = if self.rng.below(1_000) < BID_PER_MILLE {
+                let kind = TxKind::PlaceBid {
+                    class: sim_class(),
+                    gpus: 1,
+                    hours: 1 + self.rng.below(3) as u32,
+                    max_price: Amount::agr(1 + self.rng.below(3)),
+                    split: false,
+                };
+                sign_tx(key, *nonce, kind)
+            } else if self.rng.below(8) == 0 {
                 sign_tx(key, *nonce, TxKind::Stake { amount: Amount(1 + self.rng.below(Amount::agr(5).0)) })
             } else {
                 transfer(key, *nonce, to, Amount(1 + self.rng.below(1_000)))
@@ -1073,8 +1108,28 @@ impl Sim {
                 }
             }
         }
+        self.provider_asks()?;
         self.push(self.now_ms + 100, Event::ClientLoad);
         Ok(())
+    }
+
+    /// Now and then an up provider asks to sell its GPU in the next auction
+    /// (the ledger refuses it while the GPU is asked for or leased out).
+    fn provider_asks(&mut self) -> Result<(), SimFailure> {
+        if self.outages.providers.is_empty() || self.rng.below(1_000) >= ASK_PER_MILLE {
+            return Ok(());
+        }
+        let p = self.rng.below(self.outages.providers.len() as u64) as usize;
+        let Some(r) = self.reference_node() else { return Ok(()) };
+        if !self.outages.providers[p].up {
+            return Ok(());
+        }
+        let key = self.outages.providers[p].key.clone();
+        let n = &self.nodes[r];
+        let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &key.address());
+        let kind =
+            TxKind::PlaceAsk { class: sim_class(), gpus: 1, hours: 4, min_price: Amount::agr(1 + self.rng.below(3)) };
+        self.gossip_txs(&[sign_tx(&key, nonce, kind)])
     }
 
     fn feed(&mut self, node: usize, input: Input) -> Result<(), SimFailure> {
@@ -1482,4 +1537,10 @@ fn connected_to(count: usize, node: usize) -> SyncClient<usize> {
         client.connected(peer);
     }
     client
+}
+
+/// The GPU class the simulated providers sell and clients bid for.
+fn sim_class() -> agora_protocol::GpuClass {
+    // A constant valid key.
+    agora_protocol::GpuClass::parse("H100-80GB-SIM").expect("valid class")
 }

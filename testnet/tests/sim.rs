@@ -49,7 +49,7 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
     let seeds = env_u64("AGORA_SIM_SEEDS").unwrap_or(default_seeds);
     let started = std::time::Instant::now();
     let (mut evidence, mut set_changes, mut equivocated, mut griefing, mut dropped) = (0, 0, 0, 0, 0);
-    let mut forged = 0;
+    let (mut forged, mut auctions) = (0, 0);
     for seed in 0..seeds {
         let report = run(SimConfig::all_faults(seed, validators));
         // The crashed validator lost every WAL append not yet fdatasync'd;
@@ -62,7 +62,9 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
         griefing += report.griefing;
         dropped += report.relay_dropped;
         forged += report.blocks_forged;
+        auctions += report.auctions;
     }
+    assert!(auctions > 0, "no auction cleared (bids alone: refunded) in any run");
     eprintln!("{seeds} seeds of {validators} validators with all faults in {:?}", started.elapsed());
     assert!(set_changes > 0, "no run crossed a validator-set change");
     // The Byzantine validator, as proposer, sent two valid blocks to the two
@@ -79,7 +81,7 @@ fn many_seeds(validators: usize, default_seeds: u64) -> u64 {
         "the griefing peer did nothing ({griefing}) or nothing was dropped ({dropped})"
     );
     eprintln!(
-        "{equivocated} equivocating proposals, {forged} forged blocks, {evidence} double votes caught, {griefing} griefing messages, {dropped} deliveries dropped by the relay verdict"
+        "{equivocated} equivocating proposals, {forged} forged blocks, {evidence} double votes caught, {griefing} griefing messages, {dropped} deliveries dropped by the relay verdict, {auctions} auction results"
     );
     evidence
 }
@@ -110,18 +112,25 @@ fn liveness_slashes_every_long_outage_and_never_an_honest_provider() {
     }
     let seeds = env_u64("AGORA_SIM_LIVENESS_SEEDS").unwrap_or(20);
     let started = std::time::Instant::now();
-    let (mut slashed, mut restarts) = (0, 0);
+    let (mut slashed, mut restarts, mut leases) = (0, 0, 0);
     for seed in 0..seeds {
         let validators = if seed % 5 == 4 { 7 } else { 4 };
         let report = run(SimConfig::liveness(seed, validators));
         slashed += report.long_outages_slashed;
         restarts += report.provider_restarts;
+        leases += report.auction_leases;
     }
+    // Providers ask and clients bid in the auctions: fills become leases,
+    // and every node agrees on every result (their state roots do).
+    assert!(leases > 0, "no auction made a lease in {seeds} runs");
     // Every outage ends in a restart with the clock stepped back to the last
     // heartbeat: the durable reservation kept every sequence number fresh
     // (a run fails if any validator sees a provider equivocate).
     assert!(restarts >= 2 * seeds, "only {restarts} provider restarts in {seeds} runs");
-    eprintln!("{seeds} liveness seeds in {:?}: {slashed} long outages slashed", started.elapsed());
+    eprintln!(
+        "{seeds} liveness seeds in {:?}: {slashed} long outages slashed, {leases} auction leases",
+        started.elapsed()
+    );
     // Two long outages per run; most last past the bound (the rest were cut
     // short by consensus stalls and are not judged).
     assert!(slashed >= seeds, "only {slashed} long outages reached the bound in {seeds} runs");
