@@ -72,10 +72,14 @@ fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
         .collect();
     assert_eq!(post(&api[3], &funding), ATTACKERS as u64);
     let last = attackers.last().unwrap().address().to_string();
-    wait_until("the attackers funded", Duration::from_secs(60), || {
-        let a: serde_json::Value =
-            http::get(&api[3], &format!("/v1/accounts/{last}")).ok().and_then(|r| r.json().ok()).unwrap_or_default();
-        a["balance"].as_str().is_some_and(|b| b != "0")
+    // On every node: each is posted a quarter of the stuffing, and one a
+    // block behind would refuse its quarter as unpayable.
+    wait_until("the attackers funded on every node", Duration::from_secs(60), || {
+        api.iter().all(|node| {
+            let a: serde_json::Value =
+                http::get(node, &format!("/v1/accounts/{last}")).ok().and_then(|r| r.json().ok()).unwrap_or_default();
+            a["balance"].as_str().is_some_and(|b| b != "0")
+        })
     });
 
     // ~4.7 KB each: 64 GPU ids of 60 characters, countersigned by the colluding provider.

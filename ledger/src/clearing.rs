@@ -64,24 +64,7 @@ pub(crate) fn end_block(state: &mut State) -> Result<Vec<Event>, Error> {
 }
 
 fn clear_class(state: &mut State, auction: u64, class: GpuClass, orders: Vec<Order>) -> Result<Vec<Event>, Error> {
-    let bids: Vec<BidOrder> = orders
-        .iter()
-        .filter(|o| o.side == Side::Bid)
-        .map(|o| BidOrder {
-            id: o.id,
-            gpus: o.gpus,
-            hours: o.hours,
-            max_price: o.price,
-            split: o.split,
-            placed: (o.placed.0, 0),
-        })
-        .collect();
-    // A provider jailed since it asked sells nothing.
-    let asks: Vec<AskOrder> = orders
-        .iter()
-        .filter(|o| o.side == Side::Ask && state.is_active_provider(&o.owner))
-        .map(|o| AskOrder { id: o.id, gpus: o.gpus, hours: o.hours, min_price: o.price, placed: (o.placed.0, 0) })
-        .collect();
+    let (bids, asks) = auction_book(state, &orders);
     let result = clear(&bids, &asks);
     let by_id: BTreeMap<u64, &Order> = orders.iter().map(|o| (o.id, o)).collect();
     let now = state.time_ms();
@@ -138,6 +121,31 @@ fn clear_class(state: &mut State, auction: u64, class: GpuClass, orders: Vec<Ord
     events.push(Event::AuctionCleared(Box::new(record.clone())));
     state.record_auction(record);
     Ok(events)
+}
+
+/// One class's open orders as the clearing function takes them: the bids,
+/// and the asks of providers still active (one jailed since it asked sells
+/// nothing). Shared by the clearing block and the API's indicative price.
+pub fn auction_book<'a>(state: &State, orders: impl IntoIterator<Item = &'a Order>) -> (Vec<BidOrder>, Vec<AskOrder>) {
+    let (mut bids, mut asks) = (Vec::new(), Vec::new());
+    for o in orders {
+        let placed = (o.placed.0, 0);
+        match o.side {
+            Side::Bid => bids.push(BidOrder {
+                id: o.id,
+                gpus: o.gpus,
+                hours: o.hours,
+                max_price: o.price,
+                split: o.split,
+                placed,
+            }),
+            Side::Ask if state.is_active_provider(&o.owner) => {
+                asks.push(AskOrder { id: o.id, gpus: o.gpus, hours: o.hours, min_price: o.price, placed })
+            }
+            Side::Ask => {}
+        }
+    }
+    (bids, asks)
 }
 
 /// An auction lease's id: a hash of the auction and the two orders (unique:

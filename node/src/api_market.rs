@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use agora_ledger::auction::{AskOrder, BidOrder, clear};
+use agora_ledger::auction::clear;
+use agora_ledger::clearing::auction_book;
 use agora_ledger::{AuctionPhase, Order, Side, State};
 use agora_protocol::{Address, GpuClass};
 use axum::Json;
@@ -88,31 +89,14 @@ pub fn auctions_view(ledger: &State, class: Option<&GpuClass>) -> serde_json::Va
     let market = &ledger.params().market;
     let next = ledger.height().0 + 1;
     let (auction, phase) = market.phase(next);
-    let mut books: BTreeMap<&GpuClass, (Vec<BidOrder>, Vec<AskOrder>)> = BTreeMap::new();
+    let mut books: BTreeMap<&GpuClass, Vec<&Order>> = BTreeMap::new();
     for o in ledger.orders().filter(|o| class.is_none_or(|c| &o.class == c)) {
-        let book = books.entry(&o.class).or_default();
-        match o.side {
-            Side::Bid => book.0.push(BidOrder {
-                id: o.id,
-                gpus: o.gpus,
-                hours: o.hours,
-                max_price: o.price,
-                split: o.split,
-                placed: (o.placed.0, 0),
-            }),
-            Side::Ask if ledger.is_active_provider(&o.owner) => book.1.push(AskOrder {
-                id: o.id,
-                gpus: o.gpus,
-                hours: o.hours,
-                min_price: o.price,
-                placed: (o.placed.0, 0),
-            }),
-            Side::Ask => {}
-        }
+        books.entry(&o.class).or_default().push(o);
     }
     let classes: Vec<serde_json::Value> = books
         .into_iter()
-        .map(|(c, (bids, asks))| {
+        .map(|(c, orders)| {
+            let (bids, asks) = auction_book(ledger, orders);
             let indicative = clear(&bids, &asks);
             serde_json::json!({
                 "class": c.to_string(),
