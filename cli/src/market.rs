@@ -225,11 +225,44 @@ pub fn orders(home: &Path, key: &str, all: bool, node: NodeArgs) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the next block is in its auction's binding phase, and the height it clears at.
+fn binding(node: &NodeArgs) -> anyhow::Result<(bool, u64)> {
+    let a = node.get("/v1/market/auctions")?;
+    Ok((a["phase"] != "open", a["clears_at_height"].as_u64().unwrap_or(0)))
+}
+
+/// Cancels and amendments are judged by the phase of the block they land in,
+/// which the node's own check (on its last committed state) cannot see: the
+/// CLI refuses what the next block would, instead of waiting for it in vain.
 pub fn order(home: &Path, cmd: OrderCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        OrderCommand::Cancel { id, key, node } => client::send(home, &key, TxKind::CancelOrder { order: id }, node),
+        OrderCommand::Cancel { id, key, node } => {
+            let (binding, clears_at) = binding(&node)?;
+            if binding {
+                bail!(
+                    "orders are binding until this auction clears at height {clears_at}: no cancels in its last blocks"
+                );
+            }
+            client::send(home, &key, TxKind::CancelOrder { order: id }, node)
+        }
         OrderCommand::Amend { id, price, key, node } => {
-            client::send(home, &key, TxKind::AmendOrder { order: id, price: parse_amount(&price)? }, node)
+            let price = parse_amount(&price)?;
+            let (binding, clears_at) = binding(&node)?;
+            if binding {
+                let me = agora_node::keystore::load(home, &key)?.keypair.address();
+                let orders = node.get(&format!("/v1/market/orders?owner={me}"))?;
+                let order = orders.as_array().into_iter().flatten().find(|o| o["id"] == id);
+                if let Some(o) = order {
+                    let old = micros(&o["price"]);
+                    let worse = if o["side"] == "bid" { price < old } else { price > old };
+                    if worse {
+                        bail!(
+                            "orders are binding until this auction clears at height {clears_at}: bids may only rise and asks only fall"
+                        );
+                    }
+                }
+            }
+            client::send(home, &key, TxKind::AmendOrder { order: id, price }, node)
         }
     }
 }
