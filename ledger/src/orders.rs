@@ -11,7 +11,7 @@ use crate::auction::cost;
 use crate::error::Error;
 use crate::events::Event;
 use crate::params::AuctionPhase;
-use crate::state::{LeaseStatus, Order, Side, State};
+use crate::state::{Order, Side, State};
 
 /// What a new order asks for.
 pub(crate) struct NewOrder<'a> {
@@ -80,11 +80,7 @@ fn check_capacity(state: &State, provider: &Address, class: &GpuClass, gpus: u32
         record.gpus.iter().filter(|g| GpuClass::of(g).as_ref() == Some(class)).map(|g| u64::from(g.count)).sum();
     let asked: u64 =
         state.orders_of(provider).filter(|o| o.side == Side::Ask && &o.class == class).map(|o| u64::from(o.gpus)).sum();
-    let leased: u64 = state
-        .leases()
-        .filter(|l| l.provider == *provider && l.status == LeaseStatus::Open)
-        .map(|l| u64::from(l.gpus))
-        .sum();
+    let leased: u64 = state.open_leases().filter(|l| l.provider == *provider).map(|l| u64::from(l.gpus)).sum();
     if asked + leased + u64::from(gpus) > registered {
         return Err(Error::Order(format!(
             "{provider} has {registered} {class} GPU(s), {asked} already asked for and {leased} leased out"

@@ -248,6 +248,11 @@ impl State {
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.data.leases.values()
     }
+    /// The open leases, by end time: through the expiry index, so settled
+    /// leases (most of them, on a chain that has run a while) cost nothing.
+    pub fn open_leases(&self) -> impl Iterator<Item = &Lease> {
+        self.data.lease_expiry.iter().filter_map(|(_, id)| self.data.leases.get(id))
+    }
     pub fn order(&self, id: u64) -> Option<&Order> {
         self.data.book.orders.get(&id)
     }

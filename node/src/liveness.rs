@@ -175,7 +175,7 @@ impl Liveness {
     }
 
     /// `provider` was proven up at `height` (a heartbeat or a probe answer).
-    pub fn alive(&mut self, provider: Address, height: Height) {
+    fn alive(&mut self, provider: Address, height: Height) {
         let seen = self.last_seen.entry(provider).or_insert(height);
         *seen = (*seen).max(height);
         self.probed.remove(&provider);
@@ -200,7 +200,7 @@ impl Liveness {
 
     /// The probe of `provider` failed: the attestation this validator signs,
     /// covering its whole silence so far, if that is at least a window.
-    pub fn probe_failed(&mut self, provider: Address, state: &State) -> Option<DowntimeAttestation> {
+    fn probe_failed(&mut self, provider: Address, state: &State) -> Option<DowntimeAttestation> {
         let tip = self.tip();
         let since = self.silent_since(state, &provider);
         let (start, end) = (Height(since.0 + 1), Height(tip.0.saturating_sub(1)));

@@ -47,16 +47,13 @@ impl Outbox {
     /// Queues an encoded transaction paying `fee`.
     pub fn push(&mut self, fee: Amount, data: Vec<u8>) {
         if self.waiting.len() >= MAX_OUTBOX {
-            match self.waiting.last_key_value() {
-                Some(((Reverse(lowest), _), _)) if *lowest < fee => {
-                    self.waiting.pop_last();
-                }
-                _ => {
-                    self.dropped += 1;
-                    return;
-                }
-            }
             self.dropped += 1;
+            let cheaper_waits =
+                matches!(self.waiting.last_key_value(), Some(((Reverse(lowest), _), _)) if *lowest < fee);
+            if !cheaper_waits {
+                return;
+            }
+            self.waiting.pop_last();
         }
         self.waiting.insert((Reverse(fee), FIRST_SEQ + self.pushed), data);
         self.pushed += 1;
@@ -68,9 +65,13 @@ impl Outbox {
         if now_ms < self.paused_until_ms {
             return Vec::new();
         }
-        let elapsed = self.refilled_ms.map_or(TX_GOSSIP_BURST * 1_000, |at| now_ms.saturating_sub(at));
-        let earned = elapsed.saturating_mul(TX_GOSSIP_PER_SEC) / 1_000;
-        if earned > 0 || self.refilled_ms.is_none() {
+        // A fresh outbox starts with a full burst; tokens are earned in whole
+        // ones, and the time of a refill that earned none keeps counting.
+        let earned = match self.refilled_ms {
+            None => TX_GOSSIP_BURST,
+            Some(at) => now_ms.saturating_sub(at).saturating_mul(TX_GOSSIP_PER_SEC) / 1_000,
+        };
+        if earned > 0 {
             self.tokens = (self.tokens + earned).min(TX_GOSSIP_BURST);
             self.refilled_ms = Some(now_ms);
         }

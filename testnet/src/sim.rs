@@ -505,7 +505,7 @@ impl Sim {
                     store: Vec::new(),
                     disk: SimDisk::default(),
                     own_txs: OwnTxs::default(),
-                    sync: connected_to(config.validators, i),
+                    sync: SyncClient::default(),
                     sync_quota: sync_quota(),
                     alive: true,
                     liveness: Liveness::new(SIM_WINDOW_BLOCKS, Height(0)),
@@ -534,7 +534,7 @@ impl Sim {
             })
             .collect();
         let rng = SeededRng::new(config.seed);
-        Sim {
+        let mut sim = Sim {
             rng,
             now_ms: chain.genesis.genesis_time_ms.0 + 1_000,
             schedule: Schedule::default(),
@@ -555,7 +555,10 @@ impl Sim {
             outages: Outages { providers, until_ms: 0 },
             observed: Observed::default(),
             config,
-        }
+        };
+        // Every node starts connected to every other, as the daemon dials its bootstrap peers.
+        sim.reconnect();
+        sim
     }
 
     /// Registers the providers and plans their heartbeats and outages.
@@ -1528,15 +1531,6 @@ impl Sim {
             })
             .clone()
     }
-}
-
-/// Node `node`'s sync client, connected to every other of `count` nodes.
-fn connected_to(count: usize, node: usize) -> SyncClient<usize> {
-    let mut client = SyncClient::default();
-    for peer in (0..count).filter(|&p| p != node) {
-        client.connected(peer);
-    }
-    client
 }
 
 /// The GPU class the simulated providers sell and clients bid for.
