@@ -71,6 +71,28 @@ pub struct Store {
     snapshot_height: Option<Height>,
 }
 
+/// How long opening waits for the directory lock of a store that was just
+/// closed. sled releases its lock only when its background threads let go of
+/// the database, which on a busy machine can be well after `drop` returns (a
+/// restart in place, a test reopening its store); a store held by a running
+/// node still fails, after this wait, with sled's "could not acquire lock".
+pub const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the sled database at `path`, retrying while only its lock is busy.
+fn open_sled(path: &Path) -> Result<sled::Db, Error> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn key(h: Height) -> [u8; 8] {
     h.0.to_be_bytes()
 }
@@ -83,7 +105,7 @@ impl Store {
     /// Opens (or creates) the store at `path` for `genesis`, verifying the
     /// hash chain and rebuilding the state at the last committed block.
     pub fn open(path: &Path, genesis: &Genesis) -> Result<Store, Error> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = open_sled(path)?;
         let meta = db.open_tree("meta")?;
         let genesis_hash = genesis.hash();
         match meta.get(META_GENESIS)? {
@@ -106,7 +128,7 @@ impl Store {
         if !path.exists() {
             return Err(Error::NoStore(path.display().to_string()));
         }
-        let db = sled::Config::new().path(path).open()?;
+        let db = open_sled(path)?;
         let meta = db.open_tree("meta")?;
         let bytes = meta.get(META_GENESIS_DOC)?.ok_or_else(|| Error::NoStore(path.display().to_string()))?;
         let genesis: Genesis = codec::decode(&bytes).map_err(|e| corrupt(Height(0), format!("genesis: {e}")))?;

@@ -167,3 +167,19 @@ fn certificates_persist_and_the_wal_file_keeps_what_was_not_committed() {
     assert_eq!(std::fs::metadata(&wal_path).unwrap().len(), 0, "truncated in place");
     assert!(matches!(Store::open_existing(&dir.path().join("nope")), Err(Error::NoStore(_))));
 }
+
+#[test]
+fn opening_waits_for_a_store_that_is_being_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain();
+    let held = Store::open(dir.path(), &chain.genesis).unwrap();
+    // Released while the second open is already waiting on the lock, as when a
+    // node restarts in place on a busy machine.
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let reopened = Store::open(dir.path(), &chain.genesis).expect("the lock is waited for");
+    closer.join().unwrap();
+    assert_eq!(reopened.height(), Height(0));
+}
