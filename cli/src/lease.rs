@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agora_protocol::job::{JobSpec, LogsRequest};
+use agora_protocol::job::{JobSpec, JobState, LogsRequest, RunRequest};
 use agora_protocol::{Address, Amount, Keypair, LeaseId, LeaseRequest, Signed, TimestampMs, TxKind, codec};
 use agora_testnet::http;
 use anyhow::{Context, anyhow, bail};
@@ -110,6 +110,8 @@ pub enum LeaseCommand {
         #[command(flatten)]
         key: KeyArgs,
     },
+    /// Run a job on an auctioned lease you hold (one at a time, until its time runs out)
+    Run(RunArgs),
     /// Buy a lease offered for sale: the seller is paid and you hold it, in one step
     Buy {
         id: String,
@@ -119,6 +121,29 @@ pub enum LeaseCommand {
         #[command(flatten)]
         key: KeyArgs,
     },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The lease (from an auction, or bought or given to you)
+    id: String,
+    /// Environment variable for the job, K=V (repeatable)
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Run the command in this container image (providers that allow docker)
+    #[arg(long)]
+    image: Option<String>,
+    /// Ask for outbound network access for the job (container jobs, on providers that allow it)
+    #[arg(long)]
+    egress: bool,
+    /// Print the job's output until it ends and exit with its exit code
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The job: program and arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -321,10 +346,15 @@ pub struct Finished {
 impl Finished {
     /// The job's exit code, or 1 when it did not exit by itself.
     pub fn exit_code(&self) -> i32 {
-        match &self.state {
-            agora_protocol::job::JobState::Exited { code } => code.unwrap_or(1),
-            _ => 1,
-        }
+        exit_code(&self.state)
+    }
+}
+
+/// A job's exit code, or 1 when it did not exit by itself.
+fn exit_code(state: &JobState) -> i32 {
+    match state {
+        JobState::Exited { code } => code.unwrap_or(1),
+        _ => 1,
     }
 }
 
@@ -341,14 +371,7 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let keypair = agora_node::keystore::load(home, &args.key)?.keypair;
     let duration_secs = parse_duration(&args.duration)?;
     anyhow::ensure!(args.gpus > 0, "--gpus must be at least 1");
-    let mut env = Vec::new();
-    for kv in &args.env {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
-        env.push((k.to_string(), v.to_string()));
-    }
-    if let Some(image) = &args.image {
-        agora_protocol::job::validate_image_ref(image).map_err(|e| anyhow!("--image: {e}"))?;
-    }
+    let spec = job_spec(&args.command, &args.env, args.image.as_deref(), args.egress)?;
     let ask = Ask {
         gpus: args.gpus,
         model: args.model.clone(),
@@ -356,7 +379,7 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         max_price: args.max_price.as_deref().map(parse_amount).transpose()?,
         provider: args.provider.as_deref().map(str::parse).transpose()?,
         duration_secs,
-        spec: JobSpec { command: args.command.clone(), env, image: args.image.clone(), egress: args.egress },
+        spec,
     };
     let node = &args.node;
     let opened = open_lease(&keypair, &ask, node)?;
@@ -382,6 +405,59 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
             micros(&s["paid"]),
             micros(&s["refunded"])
         );
+    }
+    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}
+
+/// The job spec from the command line's command, `--env K=V`s, `--image` and `--egress`.
+fn job_spec(command: &[String], env: &[String], image: Option<&str>, egress: bool) -> anyhow::Result<JobSpec> {
+    let mut pairs = Vec::new();
+    for kv in env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
+        pairs.push((k.to_string(), v.to_string()));
+    }
+    if let Some(image) = image {
+        agora_protocol::job::validate_image_ref(image).map_err(|e| anyhow!("--image: {e}"))?;
+    }
+    let spec = JobSpec { command: command.to_vec(), env: pairs, image: image.map(str::to_string), egress };
+    spec.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(spec)
+}
+
+/// `agora lease run`: the holder's signed run request to the lease's
+/// provider; with `--wait`, the job's output and exit code (the lease stays
+/// open for the next job).
+fn run_job(home: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let id: LeaseId = args.id.parse()?;
+    let keypair = agora_node::keystore::load(home, &args.key.key)?.keypair;
+    let node = &args.key.node;
+    let chain = chain_id(node)?;
+    let spec = job_spec(&args.command, &args.env, args.image.as_deref(), args.egress)?;
+    let request =
+        Signed::sign(RunRequest { lease_id: id, spec, issued_at_ms: TimestampMs(now_ms()) }, &keypair, &chain)?;
+    let body = serde_json::json!({ "request": hex::encode(codec::encode(&request)?) }).to_string();
+    let reply = http::post(&node.url(), &format!("/v1/leases/{id}/run"), &body)?;
+    let answer = reply.json()?;
+    if reply.status >= 400 {
+        bail!("{}", answer["error"].as_str().unwrap_or("the provider refused"));
+    }
+    let gpus =
+        answer["gpu_ids"].as_array().map(|a| a.iter().map(text).collect::<Vec<_>>().join(",")).unwrap_or_default();
+    if !args.wait {
+        if node.json {
+            print_json(&answer)?;
+        } else {
+            println!("job started on lease {id} (GPUs {gpus}); `agora lease logs {id} --follow` shows its output");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    progress(node.json, format!("job started on lease {id} (GPUs {gpus})"));
+    let (state, _) = follow_logs(&keypair, &chain, id, node, true, !node.json)?;
+    let code = exit_code(&state);
+    if node.json {
+        print_json(&serde_json::json!({ "lease_id": id, "gpu_ids": answer["gpu_ids"], "job": state }))?;
+    } else {
+        eprintln!("lease {id}: {}; the lease stays open for your next job", describe(&state));
     }
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
 }
@@ -565,6 +641,7 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LeaseCommand::Run(args) => run_job(home, args),
         LeaseCommand::Transfer { id, to, key } => {
             let kind = TxKind::TransferLease { lease_id: id.parse()?, to: to.parse()? };
             crate::client::send(home, &key.key, kind, key.node)

@@ -38,6 +38,8 @@ pub enum Error {
     NotOrderOwner(u64),
     #[error("order refused: {0}")]
     Order(String),
+    #[error("not enough free GPUs: {0}")]
+    NoCapacity(String),
     #[error("not a registered provider")]
     NotProvider,
     #[error("provider is not active (jailed, tombstoned or under-staked)")]

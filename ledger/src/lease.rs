@@ -50,6 +50,11 @@ pub(crate) fn open(
     let escrow = terms.escrow().ok_or(Error::Overflow("escrow"))?;
     let duration_ms = terms.duration_secs.checked_mul(1000).ok_or(Error::Overflow("duration"))?;
     let end_ms = TimestampMs(now.0.checked_add(duration_ms).ok_or(Error::Overflow("lease end"))?);
+    // The GPUs must not be promised elsewhere: in the provider's open asks or
+    // in auctioned leases (spot leases count too), class by class.
+    let class = crate::capacity::class_of_model(state, &terms.provider, &terms.gpu_model)
+        .ok_or_else(|| Error::LeaseTerms(format!("the provider has registered no {} GPUs", terms.gpu_model)))?;
+    crate::capacity::reserve(state, &terms.provider, &class, terms.gpus)?;
     debit(state, buyer, escrow)?;
     state.set_lease(Lease {
         id,

@@ -7,6 +7,7 @@
 mod accounts;
 pub mod apply;
 pub mod auction;
+pub mod capacity;
 pub mod clearing;
 pub mod consensus;
 pub mod durable;

@@ -69,24 +69,13 @@ pub(crate) fn place(state: &mut State, sender: Address, new: NewOrder<'_>) -> Re
 }
 
 /// A provider may ask only for GPUs of that class it registered, active,
-/// and not already asked for or leased out (leases count whatever their
-/// class: the conservative reading when a host has several kinds).
+/// and not already asked for or leased out (`capacity`).
 fn check_capacity(state: &State, provider: &Address, class: &GpuClass, gpus: u32) -> Result<(), Error> {
-    let record = state.provider(provider).ok_or(Error::NotProvider)?;
+    state.provider(provider).ok_or(Error::NotProvider)?;
     if !state.is_active_provider(provider) {
         return Err(Error::ProviderNotActive);
     }
-    let registered: u64 =
-        record.gpus.iter().filter(|g| GpuClass::of(g).as_ref() == Some(class)).map(|g| u64::from(g.count)).sum();
-    let asked: u64 =
-        state.orders_of(provider).filter(|o| o.side == Side::Ask && &o.class == class).map(|o| u64::from(o.gpus)).sum();
-    let leased: u64 = state.open_leases().filter(|l| l.provider == *provider).map(|l| u64::from(l.gpus)).sum();
-    if asked + leased + u64::from(gpus) > registered {
-        return Err(Error::Order(format!(
-            "{provider} has {registered} {class} GPU(s), {asked} already asked for and {leased} leased out"
-        )));
-    }
-    Ok(())
+    crate::capacity::reserve(state, provider, class, gpus)
 }
 
 /// The order `id` if `sender` may change it (its owner, or the owner's operator).

@@ -4,9 +4,12 @@
 //! the other side's favour, open-order limits, owners only; supply stays
 //! exact throughout (every block is audited).
 
+use agora_ledger::testkit::chain_id;
 use agora_ledger::testkit::{TestChain, sign_tx};
 use agora_ledger::{AuctionPhase, Error, Side, SigCheck, State, apply_block, apply_tx};
-use agora_protocol::{Amount, GpuClass, GpuSpec, SignedTx, TxKind};
+use agora_protocol::{
+    Amount, GpuClass, GpuSpec, Hash, LeaseAccept, LeaseRequest, Signed, SignedTx, TimestampMs, TxKind,
+};
 
 const PROVIDER: usize = 4;
 const BUYER: usize = 5;
@@ -132,10 +135,14 @@ fn a_provider_asks_only_for_registered_uncommitted_gpus_of_that_class() {
     setup_provider(&chain, &mut state);
     until_next_block_is(&chain, &mut state, AuctionPhase::Open);
     let real = try_tx(&chain, &state, ask(&state, PROVIDER, "H100-80GB", 1));
-    assert!(matches!(real, Err(Error::Order(_))), "simulated GPUs are not the real class: {real:?}");
+    assert!(matches!(real, Err(Error::NoCapacity(_))), "simulated GPUs are not the real class: {real:?}");
     let tx = ask(&state, PROVIDER, "H100-80GB-SIM", 3);
     commit(&chain, &mut state, vec![tx]);
-    assert!(matches!(try_tx(&chain, &state, ask(&state, PROVIDER, "H100-80GB-SIM", 2)), Err(Error::Order(_))));
+    let over = try_tx(&chain, &state, ask(&state, PROVIDER, "H100-80GB-SIM", 2));
+    assert!(
+        matches!(&over, Err(Error::NoCapacity(m)) if m.contains("3 in open asks and 0 leased out, so 1 free")),
+        "{over:?}"
+    );
     let tx = ask(&state, PROVIDER, "H100-80GB-SIM", 1);
     commit(&chain, &mut state, vec![tx]);
     assert_eq!(state.orders_of(&chain.address(PROVIDER)).count(), 2);
@@ -209,7 +216,7 @@ fn the_clearing_block_turns_crossing_orders_into_leases_at_one_price() {
     until_next_block_is(&chain, &mut state, AuctionPhase::Open);
     let too_many =
         place(&state, PROVIDER, TxKind::PlaceAsk { class: class(), gpus: 1, hours: 1, min_price: Amount(1) });
-    assert!(matches!(try_tx(&chain, &state, too_many), Err(Error::Order(_))), "4 GPUs, 4 leased");
+    assert!(matches!(try_tx(&chain, &state, too_many), Err(Error::NoCapacity(_))), "4 GPUs, 4 leased");
 
     // Reserved GPU time is an asset: listed, bought at the asking price
     // (never above the buyer's maximum), given away; refunds follow the holder.
@@ -236,4 +243,63 @@ fn the_clearing_block_turns_crossing_orders_into_leases_at_one_price() {
     assert!(state.account(&chain.address(OTHER)).balance.0 > before - fee, "the refund went to the holder");
     let gone = place(&state, BUYER, TxKind::TransferLease { lease_id: lease, to: chain.address(OTHER) });
     assert!(matches!(try_tx(&chain, &state, gone), Err(Error::LeaseNotOpen(_))));
+}
+
+/// The provider's OpenLease for a spot request of `gpus` simulated H100s by the buyer.
+fn spot_lease(chain: &TestChain, state: &State, gpus: u32, request_nonce: u64) -> SignedTx {
+    spot_lease_of(chain, state, "H100", gpus, request_nonce)
+}
+
+fn spot_lease_of(chain: &TestChain, state: &State, model: &str, gpus: u32, request_nonce: u64) -> SignedTx {
+    let body = LeaseRequest {
+        provider: chain.address(PROVIDER),
+        offer_seq: 1,
+        gpu_model: model.into(),
+        gpus,
+        price_per_gpu_hour: Amount::agr(2),
+        duration_secs: 3600,
+        job_spec_hash: Hash([7; 32]),
+        nonce: request_nonce,
+        expires_at_ms: TimestampMs(state.time_ms().0 + 60_000),
+    };
+    let request = Signed::sign(body, &chain.keys[BUYER], &chain_id()).unwrap();
+    let gpu_ids = (0..gpus).map(|i| format!("SIM-H100-{i}")).collect();
+    let accept = Signed::sign(
+        LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids },
+        &chain.keys[PROVIDER],
+        &chain_id(),
+    )
+    .unwrap();
+    sign_tx(&chain.keys[PROVIDER], nonce(state, chain, PROVIDER), TxKind::OpenLease { request, accept })
+}
+
+#[test]
+fn gpus_in_an_open_ask_cannot_also_be_leased_on_the_spot_market_nor_the_reverse() {
+    let chain = chain();
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let ask = |state: &State, gpus: u32| {
+        let kind = TxKind::PlaceAsk { class: class(), gpus, hours: 24, min_price: Amount::agr(1) };
+        sign_tx(&chain.keys[PROVIDER], nonce(state, &chain, PROVIDER), kind)
+    };
+    // 4 registered: 3 asked leaves 1 for the spot market.
+    let three = ask(&state, 3);
+    commit(&chain, &mut state, vec![three]);
+    let two = try_tx(&chain, &state, spot_lease(&chain, &state, 2, 1));
+    assert!(matches!(&two, Err(Error::NoCapacity(m)) if m.contains("so 1 free (asked for 2)")), "{two:?}");
+    let one = spot_lease(&chain, &state, 1, 2);
+    commit(&chain, &mut state, vec![one]);
+    // Now all 4 are promised: neither another spot lease nor another ask fits.
+    assert!(matches!(try_tx(&chain, &state, spot_lease(&chain, &state, 1, 3)), Err(Error::NoCapacity(_))));
+    assert!(matches!(try_tx(&chain, &state, ask(&state, 1)), Err(Error::NoCapacity(_))));
+    let c = agora_ledger::capacity::capacity(&state, &chain.address(PROVIDER), &class());
+    assert_eq!((c.registered, c.asked, c.leased, c.free()), (4, 3, 1, 0));
+    // Cancelling the ask frees its GPUs for the spot market again.
+    let cancel = sign_tx(&chain.keys[PROVIDER], nonce(&state, &chain, PROVIDER), TxKind::CancelOrder { order: 0 });
+    commit(&chain, &mut state, vec![cancel]);
+    let three = spot_lease(&chain, &state, 3, 4);
+    commit(&chain, &mut state, vec![three]);
+    let unregistered = try_tx(&chain, &state, spot_lease_of(&chain, &state, "A100", 1, 5));
+    assert!(matches!(&unregistered, Err(Error::LeaseTerms(m)) if m.contains("no A100")), "{unregistered:?}");
 }

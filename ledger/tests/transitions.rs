@@ -275,9 +275,10 @@ fn lease_rules_reject_wrong_parties_replays_and_bad_terms() {
     )
     .unwrap();
     assert!(matches!(expect_err(&mut state, &open(2, &short)), Error::LeaseTerms(_)));
-    // A buyer who cannot pay: 64 GPUs × 30 days × 2 AGR = 92160 AGR > 10000.
-    let huge = lease_request(&chain, &state, 64, 30 * 24 * 3600, 2);
-    let huge_tx = open_tx(&chain, 2, huge);
+    // A buyer who cannot pay: 4 GPUs × 30 days × 10 AGR = 28800 AGR > 10000.
+    let mut huge = lease_request(&chain, &state, 4, 30 * 24 * 3600, 2).body;
+    huge.price_per_gpu_hour = Amount::agr(10);
+    let huge_tx = open_tx(&chain, 2, Signed::sign(huge, &chain.keys[BUYER], &chain_id()).unwrap());
     assert!(matches!(expect_err(&mut state, &huge_tx), Error::InsufficientFunds { .. }));
     // The real one opens once; the same request cannot open a second lease.
     commit(&chain, &mut state, vec![open(2, &good_accept)]);
@@ -629,29 +630,46 @@ fn an_operator_key_runs_the_provider_but_cannot_touch_its_money() {
 #[test]
 fn a_proposer_fills_blocks_by_bytes_and_never_builds_one_it_cannot_encode() {
     // The attack: ~1,000 valid OpenLease transactions at price 0, each naming
-    // 64 long GPU ids (~4.7 KB), more than a 4 MiB block holds.
-    let chain = chain();
+    // 64 long GPU ids (~4.7 KB), more than a 4 MiB block holds. A provider
+    // leases out only GPUs it registered (8 kinds of 64 at most), so it takes
+    // 125 providers to make them all valid.
+    const PROVIDERS: usize = 125;
+    const FIRST: usize = 4;
+    let buyer = FIRST + PROVIDERS;
+    let chain = TestChain::new(buyer + 1, 4, Amount::agr(10_000));
     let mut state = chain.state();
-    let key = &chain.keys[PROVIDER];
-    let big = vec![GpuSpec { model: "H100-80GB".into(), vram_mib: 81_920, count: 64, simulated: true }];
-    commit(
-        &chain,
-        &mut state,
-        vec![
-            sign_tx(key, 0, TxKind::Stake { amount: Amount::agr(1_000) }),
-            sign_tx(key, 1, TxKind::RegisterProvider { region: "eu-west".into(), gpus: big }),
-        ],
-    );
+    let kinds: Vec<GpuSpec> =
+        (0..8).map(|k| GpuSpec { model: format!("H{k}00"), vram_mib: 81_920, count: 64, simulated: true }).collect();
+    let setup: Vec<SignedTx> = (FIRST..buyer)
+        .flat_map(|p| {
+            let key = &chain.keys[p];
+            [
+                sign_tx(key, 0, TxKind::Stake { amount: Amount::agr(1_000) }),
+                sign_tx(key, 1, TxKind::RegisterProvider { region: "eu-west".into(), gpus: kinds.clone() }),
+            ]
+        })
+        .collect();
+    commit(&chain, &mut state, setup);
     let txs: Vec<SignedTx> = (0..1_000u64)
         .map(|n| {
-            let mut body = lease_request(&chain, &state, 64, 60, n).body;
-            body.price_per_gpu_hour = Amount::ZERO;
-            body.expires_at_ms = TimestampMs(state.time_ms().0 + 3_600_000);
-            let request = Signed::sign(body, &chain.keys[BUYER], &chain_id()).unwrap();
+            let provider = &chain.keys[FIRST + (n as usize) / 8];
+            let body = LeaseRequest {
+                provider: provider.address(),
+                offer_seq: 1,
+                gpu_model: format!("H{}00", n % 8),
+                gpus: 64,
+                price_per_gpu_hour: Amount::ZERO,
+                duration_secs: 60,
+                job_spec_hash: Hash([9; 32]),
+                nonce: n,
+                expires_at_ms: TimestampMs(state.time_ms().0 + 3_600_000),
+            };
+            let request = Signed::sign(body, &chain.keys[buyer], &chain_id()).unwrap();
             let gpu_ids = (0..64).map(|i| format!("GPU-{i:04}-{}", "x".repeat(50))).collect();
             let accept =
-                Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, key, &chain_id()).unwrap();
-            sign_tx(&chain.keys[BUYER], n, TxKind::OpenLease { request, accept })
+                Signed::sign(LeaseAccept { lease_id: request.lease_id().unwrap(), gpu_ids }, provider, &chain_id())
+                    .unwrap();
+            sign_tx(&chain.keys[buyer], n, TxKind::OpenLease { request, accept })
         })
         .collect();
     let offered: usize = txs.iter().map(|t| agora_protocol::codec::encode(t).unwrap().len()).sum();

@@ -148,6 +148,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/leases/propose", post(propose_lease))
         .route("/v1/leases/{id}", get(lease))
         .route("/v1/leases/{id}/logs", post(lease_logs))
+        .route("/v1/leases/{id}/run", post(lease_run))
         .route("/metrics", get(metrics))
         .merge(costly);
     let router = match admin {
@@ -597,9 +598,7 @@ async fn propose_lease(
             "accept": hex::encode(codec::encode(&accept).map_err(internal)?),
         }))),
         LeaseRpcReply::Refused(why) => Err(ApiError::refused(StatusCode::CONFLICT, why)),
-        LeaseRpcReply::Logs(_) | LeaseRpcReply::Alive(_) => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense"))
-        }
+        _ => Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense")),
     }
 }
 
@@ -634,9 +633,44 @@ async fn lease_logs(
             "state": chunk.state,
         }))),
         LeaseRpcReply::Refused(why) => Err(ApiError::refused(StatusCode::FORBIDDEN, why)),
-        LeaseRpcReply::Accepted(_) | LeaseRpcReply::Alive(_) => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense"))
-        }
+        _ => Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    /// A `Signed<RunRequest>` by the lease's holder, wire-encoded, hex.
+    request: String,
+}
+
+/// `POST /v1/leases/{id}/run`: asks the provider of an auctioned lease to
+/// start its holder's job on it; answers with the GPUs it runs on, or the
+/// provider's refusal (409 with its code).
+async fn lease_run(
+    AxumState(s): AxumState<Shared>,
+    Path(id): Path<String>,
+    body: Result<Json<RunBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use agora_protocol::job::{LeaseRpc, LeaseRpcReply, RunRequest};
+    let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let body = json_body(body)?;
+    let request: agora_protocol::Signed<RunRequest> = decode_hex("request", &body.request)?;
+    if request.body.lease_id != id {
+        return Err(bad_request("the signed request is for another lease"));
+    }
+    let provider = {
+        let state = s.ledger.read().map_err(internal)?;
+        request
+            .verify(state.chain_id())
+            .map_err(|_| bad_request("the request's signature is not valid for this chain"))?;
+        state.lease(&id).map(|l| l.provider)
+    };
+    let provider = provider.ok_or_else(|| not_found(format!("no lease {id} on the ledger (yet)")))?;
+    match lease_rpc(&s, provider, LeaseRpc::Run(request)).await? {
+        LeaseRpcReply::Started { gpu_ids } => Ok(Json(serde_json::json!({ "lease_id": id, "gpu_ids": gpu_ids }))),
+        LeaseRpcReply::Refused(why) => Err(ApiError::refused(StatusCode::CONFLICT, why)),
+        _ => Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense")),
     }
 }
 

@@ -133,6 +133,7 @@ impl TxRefusal {
             E::UnknownOrder(_) => "unknown_order",
             E::NotOrderOwner(_) => "not_order_owner",
             E::Order(_) => "order_refused",
+            E::NoCapacity(_) => "no_capacity",
             E::Protocol(_) => "malformed",
             _ => "rejected",
         };

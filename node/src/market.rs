@@ -1,13 +1,15 @@
 //! The provider's side of lease negotiation, decided without I/O: whether a
 //! buyer's signed request is acceptable (with a plain-language refusal when
 //! not), which GPUs are free, reservations held from acceptance until the
-//! lease commits or its request expires, and the GPUs a committed lease runs on.
+//! lease commits or its request expires, and the GPUs a committed lease runs
+//! on; for an auctioned lease, the devices it holds and whether its holder's
+//! run request may start a job.
 
 use std::collections::BTreeMap;
 
 use agora_ledger::State;
-use agora_protocol::job::{JobSpec, LeaseRefusal, RefusalCode};
-use agora_protocol::{Address, Amount, ChainId, LeaseId, LeaseRequest, Signed};
+use agora_protocol::job::{JobSpec, LeaseRefusal, RefusalCode, RunRequest};
+use agora_protocol::{Address, Amount, ChainId, GpuClass, GpuSpec, LeaseId, LeaseRequest, Signed};
 
 use crate::gpu::Gpu;
 
@@ -22,6 +24,8 @@ pub const MAX_RESERVATIONS_PER_BUYER: usize = 8;
 /// committed at the last moment (block time vs. this node's clock) still
 /// finds its GPUs reserved.
 pub const RESERVATION_GRACE_MS: u64 = 30_000;
+/// A run request signed longer ago (or further ahead) than this is refused.
+pub const RUN_REQUEST_MAX_AGE_MS: u64 = 60_000;
 
 /// An accepted request: GPUs held for it until it commits or expires.
 #[derive(Clone, Debug)]
@@ -64,6 +68,14 @@ pub struct Market {
     reserved: BTreeMap<LeaseId, Reservation>,
     /// Committed leases and the GPU indices they hold.
     active: BTreeMap<LeaseId, Vec<usize>>,
+    /// The newest run request started per auctioned lease (its signing
+    /// time): an older or equal one is a replay.
+    last_run: BTreeMap<LeaseId, u64>,
+}
+
+/// The exchange class of one GPU.
+fn class_of(g: &Gpu) -> Option<GpuClass> {
+    GpuClass::of(&GpuSpec { model: g.model.clone(), vram_mib: g.vram_mib, count: 1, simulated: g.simulated })
 }
 
 fn agr(a: Amount) -> String {
@@ -80,6 +92,7 @@ impl Market {
             images: crate::config::ImagePolicy::default(),
             reserved: BTreeMap::new(),
             active: BTreeMap::new(),
+            last_run: BTreeMap::new(),
         }
     }
 
@@ -95,6 +108,41 @@ impl Market {
     pub fn free(&self, model: &str) -> Vec<usize> {
         let busy = self.busy();
         self.gpus.iter().enumerate().filter(|(i, g)| g.model == model && !busy.contains(i)).map(|(i, _)| i).collect()
+    }
+
+    /// Whether this provider runs jobs like `spec` at all (plain or image,
+    /// which images, network access).
+    fn check_spec(&self, spec: &JobSpec) -> Result<(), LeaseRefusal> {
+        use RefusalCode as C;
+        let refuse = |code: RefusalCode, detail: String| Err(LeaseRefusal::new(code, detail));
+        if spec.image.is_some() && !self.kinds.images {
+            return refuse(
+                C::RunnerUnsupported,
+                "this provider does not run container images (--image); submit without it".into(),
+            );
+        }
+        if spec.image.is_none() && !self.kinds.plain {
+            return refuse(
+                C::RunnerUnsupported,
+                "this provider runs jobs only in container images; submit with --image".into(),
+            );
+        }
+        if let Some(why) = spec.image.as_deref().and_then(|i| self.images.refusal(i)) {
+            return refuse(C::RunnerUnsupported, why);
+        }
+        if spec.egress && !self.kinds.egress {
+            return refuse(
+                C::EgressRefused,
+                "this provider gives jobs no network access; submit without --egress".into(),
+            );
+        }
+        if spec.egress && spec.image.is_none() {
+            return refuse(
+                C::EgressRefused,
+                "network access is given only to container jobs; submit with --image to use --egress".into(),
+            );
+        }
+        Ok(())
     }
 
     /// Checks a buyer's request against this provider's terms, capacity and
@@ -146,30 +194,7 @@ impl Market {
         if spec.hash().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))? != terms.job_spec_hash {
             return no(C::SpecMismatch, "the job spec does not match the hash in the signed request".into());
         }
-        if spec.image.is_some() && !self.kinds.images {
-            return no(
-                C::RunnerUnsupported,
-                "this provider does not run container images (--image); submit without it".into(),
-            );
-        }
-        if spec.image.is_none() && !self.kinds.plain {
-            return no(
-                C::RunnerUnsupported,
-                "this provider runs jobs only in container images; submit with --image".into(),
-            );
-        }
-        if let Some(why) = spec.image.as_deref().and_then(|i| self.images.refusal(i)) {
-            return no(C::RunnerUnsupported, why);
-        }
-        if spec.egress && !self.kinds.egress {
-            return no(C::EgressRefused, "this provider gives jobs no network access; submit without --egress".into());
-        }
-        if spec.egress && spec.image.is_none() {
-            return no(
-                C::EgressRefused,
-                "network access is given only to container jobs; submit with --image to use --egress".into(),
-            );
-        }
+        self.check_spec(spec)?;
         if terms.duration_secs > self.max_lease_secs {
             return no(
                 C::DurationTooLong,
@@ -198,6 +223,27 @@ impl Market {
                 C::NoFreeGpus,
                 format!("provider has {} free {} (asked for {})", free.len(), terms.gpu_model, terms.gpus),
             );
+        }
+        // GPUs in this provider's open asks are promised to the next auction,
+        // and the ledger would refuse the lease: count them as taken.
+        if let Some(class) = agora_ledger::capacity::class_of_model(state, me, &terms.gpu_model) {
+            let on_ledger = agora_ledger::capacity::capacity(state, me, &class);
+            let pending: usize = self
+                .reserved
+                .values()
+                .filter(|r| r.request.body.gpu_model == terms.gpu_model)
+                .map(|r| r.gpus.len())
+                .sum();
+            let spot = on_ledger.free().saturating_sub(pending as u64);
+            if spot < u64::from(terms.gpus) {
+                return no(
+                    C::NoFreeGpus,
+                    format!(
+                        "provider has {spot} {} free for spot leases ({} in its open auction asks; asked for {})",
+                        terms.gpu_model, on_ledger.asked, terms.gpus
+                    ),
+                );
+            }
         }
         let overflow = || LeaseRefusal::new(C::InsufficientBalance, "escrow overflows");
         let escrow = terms.escrow().ok_or_else(overflow)?;
@@ -257,6 +303,79 @@ impl Market {
         self.active.insert(id, idx);
     }
 
+    /// Gives an auctioned lease `gpus` free devices of `class` (its GPU time
+    /// is sold ahead; no spot lease may take them); the ones it holds
+    /// already if it has them. `None` when too few are free.
+    pub fn hold_class(&mut self, id: LeaseId, class: &GpuClass, gpus: u32) -> Option<Vec<String>> {
+        if !self.active.contains_key(&id) {
+            let busy = self.busy();
+            let free: Vec<usize> = (0..self.gpus.len())
+                .filter(|i| !busy.contains(i) && class_of(&self.gpus[*i]).as_ref() == Some(class))
+                .take(gpus as usize)
+                .collect();
+            if free.len() < gpus as usize {
+                return None;
+            }
+            self.active.insert(id, free);
+        }
+        Some(self.active[&id].iter().map(|&i| self.gpus[i].id.clone()).collect())
+    }
+
+    /// Checks the holder's request to run a job on an auctioned lease;
+    /// `running` says whether a job runs on it now. On success the job may
+    /// start, on the lease's devices (held now if they were not yet).
+    pub fn run(
+        &mut self,
+        me: &Address,
+        chain: &ChainId,
+        state: &State,
+        request: &Signed<RunRequest>,
+        running: bool,
+        now_ms: u64,
+    ) -> Result<Assignment, LeaseRefusal> {
+        use RefusalCode as C;
+        let no = |code: RefusalCode, detail: String| Err(LeaseRefusal::new(code, detail));
+        if request.verify(chain).is_err() {
+            return no(C::NotBuyer, "the run request's signature is not valid for this chain".into());
+        }
+        let (id, issued) = (request.body.lease_id, request.body.issued_at_ms.0);
+        if issued.abs_diff(now_ms) > RUN_REQUEST_MAX_AGE_MS {
+            return no(C::RequestExpired, "the run request is too old (or your clock is off); sign a new one".into());
+        }
+        let Some(lease) = state.lease(&id).filter(|l| l.provider == *me) else {
+            return no(C::UnknownLease, format!("this provider has no lease {id}"));
+        };
+        if lease.status != agora_ledger::LeaseStatus::Open {
+            return no(C::UnknownLease, format!("lease {id} has ended"));
+        }
+        if !lease.is_reservation() {
+            return no(
+                C::NotReservation,
+                format!("lease {id} was opened for one job and runs no other; run jobs on auctioned leases"),
+            );
+        }
+        if request.signer != lease.buyer {
+            return no(C::NotBuyer, format!("only the lease's holder ({}) can run jobs on it", lease.buyer));
+        }
+        if self.last_run.get(&id).is_some_and(|&last| issued <= last) {
+            return no(C::AlreadyAccepted, "this run request was already used; sign a new one".into());
+        }
+        if running {
+            return no(C::JobRunning, format!("a job is running on lease {id}; wait for it to end"));
+        }
+        let spec = &request.body.spec;
+        spec.validate().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))?;
+        self.check_spec(spec)?;
+        let Ok(class) = GpuClass::parse(&lease.gpu_model) else {
+            return no(C::Internal, format!("lease {id} names no GPU class"));
+        };
+        let Some(gpu_ids) = self.hold_class(id, &class, lease.gpus) else {
+            return no(C::NoFreeGpus, format!("this provider has fewer than {} free {class} GPUs", lease.gpus));
+        };
+        self.last_run.insert(id, issued);
+        Ok(Assignment { lease_id: id, buyer: lease.buyer, spec: spec.clone(), gpu_ids })
+    }
+
     /// The leased GPUs named by `gpu_ids`, as the job runner needs them.
     pub fn leased_gpus(&self, gpu_ids: &[String]) -> Vec<crate::runner::LeasedGpu> {
         self.gpus
@@ -270,6 +389,7 @@ impl Market {
     pub fn release(&mut self, id: &LeaseId) {
         self.reserved.remove(id);
         self.active.remove(id);
+        self.last_run.remove(id);
     }
 
     /// Drops reservations whose requests can no longer commit.
@@ -317,9 +437,14 @@ mod tests {
 
     /// Account 0: staked provider with 2 simulated H100s; 1: funded buyer; 2: buyer with no money.
     fn setup() -> (TestChain, State, Market) {
+        setup_with(2)
+    }
+
+    /// The same with `n` GPUs registered and detected.
+    fn setup_with(n: u32) -> (TestChain, State, Market) {
         let chain = TestChain::new(3, 1, Amount::agr(10_000));
         let mut state = chain.state();
-        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
+        let gpus = detect(&format!("simulated:{n}xH100-80GB").parse::<GpuSource>().unwrap()).gpus;
         let kind = TxKind::RegisterProvider { region: "eu".into(), gpus: crate::gpu::specs(&gpus) };
         let spend =
             sign_tx(&chain.keys[2], 0, TxKind::Transfer { to: chain.address(1), amount: Amount(9_999_899_000) });
@@ -351,17 +476,9 @@ mod tests {
         assert_eq!(m.free("H100").len(), 2);
     }
 
-    /// The same registered kind, but this host pretends to have 16 of them (for count checks).
-    fn with_16_gpus(m: Market) -> Market {
-        let gpus = detect(&"simulated:2xH100-80GB".parse::<GpuSource>().unwrap()).gpus;
-        let many = (0..16).map(|i| Gpu { index: i, id: format!("SIM-H100-{i}"), ..gpus[0].clone() }).collect();
-        Market { gpus: many, ..m }
-    }
-
     #[test]
     fn one_buyer_cannot_hold_every_gpu_with_unopened_requests() {
-        let (chain, state, m) = setup();
-        let mut m = with_16_gpus(m);
+        let (chain, state, mut m) = setup_with(16);
         let me = chain.address(0);
         for n in 0..MAX_RESERVATIONS_PER_BUYER as u64 {
             m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, n), &spec(), NOW).unwrap();
@@ -374,8 +491,7 @@ mod tests {
 
     #[test]
     fn unopened_requests_count_against_the_buyers_balance() {
-        let (chain, state, m) = setup();
-        let mut m = with_16_gpus(m);
+        let (chain, state, mut m) = setup_with(16);
         let me = chain.address(0);
         // Buyer 2 holds 0.1 AGR; each request (1 GPU, 10 min at 0.5 AGR/h) escrows 0.083334 AGR.
         let cheap = |n: u64| {
@@ -459,5 +575,104 @@ mod tests {
         let other = JobSpec { image: Some("busybox:1".into()), ..spec() };
         let refused = m.propose(&me, &c, &state, &signed_for(&other, 15), &other, NOW).unwrap_err();
         assert!(refused.detail.contains("does not run image \"busybox\""), "{refused}");
+    }
+
+    fn commit(chain: &TestChain, state: &mut State, txs: Vec<agora_protocol::SignedTx>) {
+        let block = chain.next_block(&mut state.clone(), txs).unwrap();
+        apply_block(state, &block, SigCheck::Verify).unwrap();
+    }
+
+    fn sim_class() -> GpuClass {
+        GpuClass::parse("H100-80GB-SIM").unwrap()
+    }
+
+    fn place_ask(chain: &TestChain, state: &mut State, gpus: u32) {
+        let nonce = state.account(&chain.address(0)).nonce;
+        let kind = TxKind::PlaceAsk { class: sim_class(), gpus, hours: 1, min_price: Amount::agr(1) };
+        commit(chain, state, vec![sign_tx(&chain.keys[0], nonce, kind)]);
+    }
+
+    #[test]
+    fn gpus_in_open_asks_are_not_leased_on_the_spot_market() {
+        let (chain, mut state, mut m) = setup();
+        let me = chain.address(0);
+        place_ask(&chain, &mut state, 1);
+        m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, 1), &spec(), NOW).expect("one is free");
+        let err = m.propose(&me, &chain_id(), &state, &request(&chain.keys[1], me, 1, 2, 2), &spec(), NOW).unwrap_err();
+        assert_eq!(err.code, RefusalCode::NoFreeGpus);
+        assert!(err.detail.contains("0 H100 free for spot leases (1 in its open auction asks"), "{err}");
+    }
+
+    /// Clears an auction in which the buyer (account 1) wins 1 of the provider's 2 GPUs: its lease.
+    fn auctioned_lease(chain: &TestChain, state: &mut State) -> agora_ledger::Lease {
+        place_ask(chain, state, 2);
+        let bid = TxKind::PlaceBid { class: sim_class(), gpus: 1, hours: 1, max_price: Amount::agr(2), split: false };
+        let nonce = state.account(&chain.address(1)).nonce;
+        commit(chain, state, vec![sign_tx(&chain.keys[1], nonce, bid)]);
+        for _ in 0..2 * state.params().market.auction_blocks {
+            if let Some(l) = state.open_leases().find(|l| l.is_reservation()) {
+                return l.clone();
+            }
+            commit(chain, state, vec![]);
+        }
+        panic!("the auction did not clear");
+    }
+
+    #[test]
+    fn the_holder_of_an_auctioned_lease_runs_jobs_on_its_held_gpus_one_at_a_time() {
+        let (chain, mut state, mut m) = setup();
+        let me = chain.address(0);
+        let lease = auctioned_lease(&chain, &mut state);
+        assert_eq!(lease.buyer, chain.address(1));
+        let held = m.hold_class(lease.id, &sim_class(), lease.gpus).expect("a free GPU of the class");
+        assert_eq!(held, vec!["SIM-H100-0".to_string()]);
+        assert_eq!(m.free("H100"), vec![1], "the other GPU stays free for the spot market");
+        let c = chain_id();
+        let run = |key: &Keypair, lease_id: LeaseId, at: u64| {
+            let body = RunRequest { lease_id, spec: spec(), issued_at_ms: TimestampMs(at) };
+            Signed::sign(body, key, &c).unwrap()
+        };
+        let holder = &chain.keys[1];
+        let refused = |m: &mut Market, req: &Signed<RunRequest>, running: bool, now: u64| {
+            m.run(&me, &c, &state, req, running, now).unwrap_err()
+        };
+        assert_eq!(refused(&mut m, &run(&chain.keys[2], lease.id, NOW), false, NOW).code, RefusalCode::NotBuyer);
+        let stale = refused(&mut m, &run(holder, lease.id, NOW), false, NOW + RUN_REQUEST_MAX_AGE_MS + 1);
+        assert_eq!(stale.code, RefusalCode::RequestExpired);
+        let unknown = refused(&mut m, &run(holder, LeaseId(agora_protocol::Hash([5; 32])), NOW), false, NOW);
+        assert_eq!(unknown.code, RefusalCode::UnknownLease);
+        let mut forged = run(holder, lease.id, NOW);
+        forged.body.spec.command = vec!["rm".into()];
+        assert_eq!(refused(&mut m, &forged, false, NOW).code, RefusalCode::NotBuyer, "signature");
+
+        let first = run(holder, lease.id, NOW);
+        let a = m.run(&me, &c, &state, &first, false, NOW).expect("the holder runs a job");
+        assert_eq!((a.gpu_ids, a.buyer, a.spec), (held.clone(), lease.buyer, spec()));
+        assert_eq!(refused(&mut m, &first, false, NOW + 1).code, RefusalCode::AlreadyAccepted, "no replay");
+        let second = run(holder, lease.id, NOW + 10);
+        assert_eq!(refused(&mut m, &second, true, NOW + 10).code, RefusalCode::JobRunning);
+        let b = m.run(&me, &c, &state, &second, false, NOW + 10).expect("the next job once the first ended");
+        assert_eq!(b.gpu_ids, held, "on the same devices");
+        m.release(&lease.id);
+        assert_eq!(m.free("H100").len(), 2, "settled: the devices are free again");
+    }
+
+    #[test]
+    fn a_spot_lease_runs_no_second_job() {
+        let (chain, mut state, mut m) = setup();
+        let me = chain.address(0);
+        let mut body = request(&chain.keys[1], me, 1, 2, 1).body;
+        body.expires_at_ms = TimestampMs(state.time_ms().0 + 60_000);
+        let req = Signed::sign(body, &chain.keys[1], &chain_id()).unwrap();
+        let (id, gpu_ids) = m.propose(&me, &chain_id(), &state, &req, &spec(), state.time_ms().0).unwrap();
+        let accept =
+            Signed::sign(agora_protocol::LeaseAccept { lease_id: id, gpu_ids }, &chain.keys[0], &chain_id()).unwrap();
+        let nonce = state.account(&me).nonce;
+        commit(&chain, &mut state, vec![sign_tx(&chain.keys[0], nonce, TxKind::OpenLease { request: req, accept })]);
+        assert!(state.lease(&id).is_some_and(|l| !l.is_reservation()));
+        let body = RunRequest { lease_id: id, spec: spec(), issued_at_ms: TimestampMs(NOW) };
+        let run = Signed::sign(body, &chain.keys[1], &chain_id()).unwrap();
+        let err = m.run(&me, &chain_id(), &state, &run, false, NOW).unwrap_err();
+        assert_eq!(err.code, RefusalCode::NotReservation, "{err}");
     }
 }

@@ -1,7 +1,9 @@
 //! Jobs and the lease protocol (request-response `/agora/lease/1`): a buyer
 //! proposes a signed lease request with its job spec to the provider, which
 //! answers with a countersignature or a refusal; later the buyer asks for the
-//! job's logs with a signed request only the lease's buyer can make.
+//! job's logs with a signed request only the lease's buyer can make. The
+//! holder of an auctioned lease (GPU time bought ahead, with no job yet)
+//! starts jobs on it with a signed run request.
 //! Validators also probe silent providers over it.
 
 use serde::{Deserialize, Serialize};
@@ -133,6 +135,18 @@ pub struct LogsRequest {
 
 crate::signed_wire_type!(LogsRequest, Domain::LogsRequest, "logs request", 1024);
 
+/// A job to run on an auctioned lease; only the lease's holder may sign it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub lease_id: LeaseId,
+    pub spec: JobSpec,
+    /// When it was signed: the provider refuses stale requests and any not
+    /// newer than the last one it ran for this lease (no replays).
+    pub issued_at_ms: TimestampMs,
+}
+
+crate::signed_wire_type!(RunRequest, Domain::RunRequest, "run request", MAX_JOB_SPEC_BYTES + 1024);
+
 /// Where a lease's job stands, as its provider sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
@@ -170,6 +184,8 @@ pub enum LeaseRpc {
     Logs(Signed<LogsRequest>),
     /// A validator checking a silent provider: answer with a fresh heartbeat.
     Probe,
+    /// Start a job on an auctioned lease.
+    Run(Signed<RunRequest>),
 }
 
 /// Why a provider refused a lease-protocol request. Callers act on `code`
@@ -229,6 +245,10 @@ pub enum RefusalCode {
     UnknownLease,
     /// Something failed on the provider's side.
     Internal,
+    /// A job already runs on this lease; wait for it to end (or stop it).
+    JobRunning,
+    /// The lease was opened for one job (spot): it runs no other.
+    NotReservation,
 }
 
 impl RefusalCode {
@@ -253,6 +273,8 @@ impl RefusalCode {
             RefusalCode::NotBuyer => "not_buyer",
             RefusalCode::UnknownLease => "unknown_lease",
             RefusalCode::Internal => "internal",
+            RefusalCode::JobRunning => "job_running",
+            RefusalCode::NotReservation => "not_reservation",
         }
     }
 }
@@ -266,6 +288,10 @@ pub enum LeaseRpcReply {
     Logs(LogChunk),
     /// The provider's answer to a probe, over the connection the probe came on.
     Alive(Signed<crate::liveness::Heartbeat>),
+    /// A run request's job started, on these GPUs.
+    Started {
+        gpu_ids: Vec<String>,
+    },
 }
 
 impl Wire for LeaseRpc {

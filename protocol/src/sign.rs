@@ -25,6 +25,7 @@ pub enum Domain {
     Proposal,
     ProposalBlock,
     LogsRequest,
+    RunRequest,
 }
 
 impl Domain {
@@ -42,6 +43,7 @@ impl Domain {
             Domain::Proposal => "agora/sig/proposal/1",
             Domain::ProposalBlock => "agora/sig/proposal-block/1",
             Domain::LogsRequest => "agora/sig/logs-request/1",
+            Domain::RunRequest => "agora/sig/run-request/1",
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The daemon's lease duties: answering the lease protocol (negotiation and
-//! logs) as a provider, forwarding a local buyer's requests to providers,
-//! starting a job when its lease commits and stopping it when the lease
-//! settles, closing the lease when the job ends, and the provider's own
-//! transactions (nonces in order, re-sent if they get lost).
+//! The daemon's lease duties: answering the lease protocol (negotiation,
+//! logs, and jobs on auctioned leases) as a provider, forwarding a local
+//! buyer's requests to providers, starting a job when its lease commits and
+//! stopping it when the lease settles or changes hands, closing a spot lease
+//! when its job ends (an auctioned lease stays open for its holder's next
+//! job), and the provider's own transactions (nonces in order, re-sent if
+//! they get lost).
 
 use std::time::{Duration, Instant};
 
@@ -130,6 +132,13 @@ impl Daemon {
                     }
                 }
             }
+            LeaseRpc::Run(req) => match self.run_on_lease(&req) {
+                Ok(gpu_ids) => LeaseRpcReply::Started { gpu_ids },
+                Err(why) => {
+                    tracing::info!(lease = %req.body.lease_id, reason = %why, "run request refused");
+                    LeaseRpcReply::Refused(why)
+                }
+            },
             LeaseRpc::Logs(req) => match self.logs(&req) {
                 Ok(chunk) => LeaseRpcReply::Logs(chunk),
                 Err(why) => LeaseRpcReply::Refused(why),
@@ -142,6 +151,20 @@ impl Daemon {
                 LeaseRpcReply::Refused(LeaseRefusal::new(RefusalCode::NotProvider, "this node is not a provider"))
             }
         }
+    }
+
+    /// The holder of an auctioned lease starts a job on it.
+    fn run_on_lease(&mut self, req: &Signed<agora_protocol::job::RunRequest>) -> Result<Vec<String>, LeaseRefusal> {
+        let me = self.acting_as();
+        let id = req.body.lease_id;
+        let running = self.provision.jobs.by_lease.get(&id).is_some_and(|j| j.is_running());
+        let Some(market) = self.provision.market.as_mut() else {
+            return Err(LeaseRefusal::new(RefusalCode::NotProvider, "this node is not a provider"));
+        };
+        let assignment = market.run(&me, &self.chain, self.store.state(), req, running, now_ms())?;
+        let gpu_ids = assignment.gpu_ids.clone();
+        self.launch(assignment).map_err(|why| LeaseRefusal::new(RefusalCode::Internal, why))?;
+        Ok(gpu_ids)
     }
 
     fn logs(&self, req: &Signed<agora_protocol::job::LogsRequest>) -> Result<LogChunk, LeaseRefusal> {
@@ -185,6 +208,12 @@ impl Daemon {
         for event in events {
             match event {
                 Event::LeaseOpened { lease_id, provider, .. } if *provider == me => self.start_job(*lease_id)?,
+                Event::LeaseTransferred { lease_id, .. } => {
+                    // The time is the new holder's: the old holder's job ends.
+                    if let Some(job) = self.provision.jobs.by_lease.get(lease_id).filter(|j| j.is_running()) {
+                        job.stop("the lease changed hands");
+                    }
+                }
                 Event::LeaseSettled { lease_id, reason, .. } => {
                     if let Some(m) = self.provision.market.as_mut() {
                         m.release(lease_id);
@@ -207,8 +236,7 @@ impl Daemon {
     fn start_job(&mut self, lease_id: LeaseId) -> Result<(), Error> {
         let Some(lease) = self.store.state().lease(&lease_id).cloned() else { return Ok(()) };
         if lease.is_reservation() {
-            // Sold in an auction: the GPU time is the holder's, who runs a job on it later.
-            tracing::info!(lease = %lease_id, gpus = lease.gpus, buyer = %lease.buyer, "GPU time sold in an auction; held for its buyer");
+            self.hold_reservation(&lease);
             return Ok(());
         }
         let Some(assignment) = self.provision.market.as_mut().and_then(|m| m.opened(&lease_id)) else {
@@ -223,11 +251,45 @@ impl Daemon {
             ));
             return self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None });
         };
-        let remaining = Duration::from_millis(lease.end_ms.0.saturating_sub(now_ms()));
+        if let Err(why) = self.launch(assignment) {
+            tracing::warn!(lease = %lease_id, error = %why, "job could not start; closing the lease");
+            let dir = runner::job_dir(&self.provision.jobs.dir, &lease_id);
+            let state = JobState::Stopped { reason: format!("the job could not start: {why}") };
+            self.remember_job(Job::finished(lease_id, lease.buyer, &dir, state, self.provision.jobs.log.ring_bytes));
+            if let Some(m) = self.provision.market.as_mut() {
+                m.release(&lease_id);
+            }
+            return self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None });
+        }
+        Ok(())
+    }
+
+    /// An auctioned lease of this provider: its devices are set aside for
+    /// its holder, who runs jobs on it later (`agora lease run`).
+    fn hold_reservation(&mut self, lease: &agora_ledger::Lease) {
+        let Some(market) = self.provision.market.as_mut() else { return };
+        let held = agora_protocol::GpuClass::parse(&lease.gpu_model)
+            .ok()
+            .and_then(|class| market.hold_class(lease.id, &class, lease.gpus));
+        match held {
+            Some(gpus) => {
+                tracing::info!(lease = %lease.id, gpus = %gpus.join(","), holder = %lease.buyer, "GPU time sold in an auction; devices held for its holder")
+            }
+            None => {
+                tracing::warn!(lease = %lease.id, class = %lease.gpu_model, gpus = lease.gpus, "too few free GPUs of the class to hold for an auctioned lease; its holder's run will be refused until some are free")
+            }
+        }
+    }
+
+    /// Starts `assignment`'s job on its GPUs until the lease's end.
+    fn launch(&mut self, assignment: crate::market::Assignment) -> Result<(), String> {
+        let lease_id = assignment.lease_id;
+        let end_ms = self.store.state().lease(&lease_id).map_or(0, |l| l.end_ms.0);
+        let remaining = Duration::from_millis(end_ms.saturating_sub(now_ms()));
         let gpus = self.provision.market.as_ref().map(|m| m.leased_gpus(&assignment.gpu_ids)).unwrap_or_default();
         let launch = runner::Launch {
             lease_id,
-            buyer: lease.buyer,
+            buyer: assignment.buyer,
             spec: &assignment.spec,
             gpus: &gpus,
             jobs_dir: &self.provision.jobs.dir,
@@ -236,32 +298,12 @@ impl Daemon {
             resources: self.provision.jobs.resources,
         };
         let starting = Instant::now();
-        let started = runner::start(launch, &self.provision.jobs.runners, self.provision.jobs.ended_tx.clone());
+        let job = runner::start(launch, &self.provision.jobs.runners, self.provision.jobs.ended_tx.clone())?;
         let start_ms = starting.elapsed().as_secs_f64() * 1000.0;
-        match started {
-            Ok(job) => {
-                tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), start_ms, "job started");
-                self.shared.metrics.jobs_started.inc();
-                self.remember_job(job);
-                Ok(())
-            }
-            Err(why) => {
-                tracing::warn!(lease = %lease_id, error = %why, "job could not start; closing the lease");
-                let dir = runner::job_dir(&self.provision.jobs.dir, &lease_id);
-                let state = JobState::Stopped { reason: format!("the job could not start: {why}") };
-                self.remember_job(Job::finished(
-                    lease_id,
-                    lease.buyer,
-                    &dir,
-                    state,
-                    self.provision.jobs.log.ring_bytes,
-                ));
-                if let Some(m) = self.provision.market.as_mut() {
-                    m.release(&lease_id);
-                }
-                self.submit_own_tx(TxKind::CloseLease { lease_id, exit_code: None })
-            }
-        }
+        tracing::info!(lease = %lease_id, gpus = %assignment.gpu_ids.join(","), start_ms, "job started");
+        self.shared.metrics.jobs_started.inc();
+        self.remember_job(job);
+        Ok(())
     }
 
     fn remember_job(&mut self, job: Job) {
@@ -278,10 +320,15 @@ impl Daemon {
     /// A job's process ended: free its GPUs and, if its lease is still open, close it.
     pub(super) fn on_job_ended(&mut self, ended: JobEnded) -> Result<(), Error> {
         tracing::info!(lease = %ended.lease_id, state = ?ended.state, "job ended");
+        let lease = self.store.state().lease(&ended.lease_id);
+        let open = lease.is_some_and(|l| l.status == LeaseStatus::Open);
+        if open && lease.is_some_and(|l| l.is_reservation()) {
+            // The holder's time is not over: the devices stay theirs for the next job.
+            return Ok(());
+        }
         if let Some(m) = self.provision.market.as_mut() {
             m.release(&ended.lease_id);
         }
-        let open = self.store.state().lease(&ended.lease_id).is_some_and(|l| l.status == LeaseStatus::Open);
         if !open {
             return Ok(());
         }
@@ -309,6 +356,15 @@ impl Daemon {
             if !removed.is_empty() {
                 tracing::warn!(containers = removed.len(), "removed containers a previous run of this node left");
             }
+        }
+        let held: Vec<_> =
+            self.store.state().open_leases().filter(|l| l.provider == me && l.is_reservation()).cloned().collect();
+        for lease in held {
+            // Auctioned leases stay open: their holders run the next job.
+            if matches!(self.provision.jobs.runners.plain, Some(runner::Isolation::Process)) {
+                runner::kill_leftover(&self.provision.jobs.dir, &lease.id);
+            }
+            self.hold_reservation(&lease);
         }
         let open: Vec<_> = self
             .store
