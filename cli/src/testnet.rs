@@ -34,6 +34,9 @@ pub enum TestnetCommand {
         /// How providers run plain jobs: sandbox or process [default: sandbox where this machine can (root), else process]
         #[arg(long, value_parser = parse_runner)]
         runner: Option<Runner>,
+        /// What each provider declares: simulated:COUNTxMODEL-VRAMGB[,…] (e.g. simulated:2xH100-80GB,2xA100-40GB)
+        #[arg(long, default_value = local::TESTNET_PROVIDER_GPUS, value_parser = parse_simulated)]
+        provider_gpus: String,
         #[arg(long)]
         json: bool,
     },
@@ -114,7 +117,7 @@ pub fn parse_runner(s: &str) -> Result<Runner, String> {
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TestnetCommand::Demo { dir, json, job, base_port } => crate::demo::run(dir, json, job, base_port),
-        TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, runner, json } => {
+        TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, runner, provider_gpus, json } => {
             let agora = std::env::current_exe()?;
             let mut progress = |line: String| {
                 if !json {
@@ -122,8 +125,12 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let providers = providers.unwrap_or(nodes.min(2));
-            let options =
-                local::UpOptions { commit_pause_ms, runner, ..local::UpOptions::new(nodes, providers, base_port) };
+            let options = local::UpOptions {
+                commit_pause_ms,
+                runner,
+                provider_gpus,
+                ..local::UpOptions::new(nodes, providers, base_port)
+            };
             let file = local::up(&agora, &dir, &options, &mut progress)?;
             if json {
                 print_json(&file)?;
@@ -204,5 +211,15 @@ fn print_nodes(file: &local::TestnetFile) {
     for n in &file.nodes {
         let role = if n.provider { "validator, provider" } else { "validator" };
         println!("{:<6} {:<8} {:<24} {:<20} {:<64}", n.index, n.pid, n.api_url, role, n.address);
+    }
+}
+
+/// A testnet's providers declare simulated GPUs only (a testnet runs on one
+/// machine, whatever GPUs it has).
+fn parse_simulated(text: &str) -> Result<String, String> {
+    match text.parse::<agora_node::gpu::GpuSource>() {
+        Ok(agora_node::gpu::GpuSource::Simulated(_)) => Ok(text.to_string()),
+        Ok(_) => Err("a testnet's providers declare simulated GPUs: simulated:COUNTxMODEL-VRAMGB[,…]".into()),
+        Err(e) => Err(e.to_string()),
     }
 }

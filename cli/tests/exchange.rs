@@ -1,9 +1,12 @@
-//! The exchange on a real testnet, from the `agora` binary: two providers
-//! ask, two buyers bid in one call auction; at its clearing block the
-//! crossing bid becomes a lease at one price every node reports, the
-//! provider below the price sells, the one above does not, the losing bid is
-//! refunded in full and the winner gets back what it escrowed above the
-//! price; a cancel in the binding phase is refused with a clear message.
+//! The exchange on a real testnet, from the `agora` binary: three
+//! providers (each with simulated H100s and A100s) ask, five buyers bid
+//! across the two classes in one call auction; at its clearing block exactly
+//! the expected bids become leases at one price per class that every node
+//! reports, the losing bids are refunded in full and the winners get back
+//! what they escrowed above the price. A won lease is sold to a losing
+//! buyer, who runs jobs on it (`agora lease run`) while the seller no longer
+//! can; its GPUs are not leased again on the spot market; a cancel in the
+//! binding phase is refused with a clear message.
 
 mod common;
 use common::*;
@@ -47,121 +50,167 @@ fn place(home: &str, api: &str, args: &[&str]) -> (u64, u64) {
     (out["order"]["id"].as_u64().unwrap(), out["auction"].as_u64().unwrap())
 }
 
+/// Each provider's GPUs: two classes.
+const PROVIDER_GPUS: &str = "simulated:2xH100-80GB,2xA100-40GB";
+
 #[test]
-fn a_call_auction_clears_at_one_price_into_leases_on_every_node() {
+fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
     let _down = Down(dir.clone());
-    let net = testnet_up(&dir, 2, test_ports(13), &["--commit-pause-ms", "300"]);
+    let net = testnet_up(&dir, 3, test_ports(13), &["--commit-pause-ms", "300", "--provider-gpus", PROVIDER_GPUS]);
     let apis: Vec<String> =
         net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
     let home = |i: usize| net["nodes"][i]["home"].as_str().unwrap().to_string();
-    let (p0, p1) = (home(0), home(1));
+    let provider = |i: usize| net["nodes"][i]["address"].as_str().unwrap().to_string();
     let buyer = net["buyer_home"].as_str().unwrap().to_string();
-    ok(agora(&["--home", &buyer, "keys", "new", "--name", "second"]));
-    let (winner, loser) = (address(&buyer, "default"), address(&buyer, "second"));
-    ok(agora(&["--home", &buyer, "transfer", &loser, "100", "--node", &apis[0]]));
-    let provider0 = net["nodes"][0]["address"].as_str().unwrap().to_string();
-    wait_until("both providers registered", Duration::from_secs(180), || {
+    let names = ["default", "b1", "b2", "b3", "b4"];
+    for name in &names[1..] {
+        ok(agora(&["--home", &buyer, "keys", "new", "--name", name]));
+        let to = address(&buyer, name);
+        ok(agora(&["--home", &buyer, "transfer", &to, "100", "--node", &apis[0]]));
+    }
+    let buyers: Vec<String> = names.iter().map(|n| address(&buyer, n)).collect();
+    wait_until("three providers registered", Duration::from_secs(180), || {
         let p: serde_json::Value = http::get(&apis[0], "/v1/providers").unwrap().json().unwrap();
-        p.as_array().is_some_and(|l| l.iter().filter(|p| p["active"] == true).count() == 2)
+        p.as_array().is_some_and(|l| l.iter().filter(|p| p["active"] == true).count() == 3)
     });
+    // `h100` is ambiguous no more than `a100`: each names one simulated class.
+    let out = err(agora(&[
+        "--home",
+        &buyer,
+        "bid",
+        "--class",
+        "v100",
+        "--gpus",
+        "1",
+        "--hours",
+        "1",
+        "--max-price",
+        "1",
+        "--node",
+        &apis[0],
+    ]));
+    assert!(out.contains("v100") || out.contains("V100"), "{out}");
 
-    // Four orders in one auction, placed at once. Simulated H100s are the
-    // class H100-80GB-SIM; `h100` names it when it is the only H100 class.
+    // Eight orders in one auction, placed at once.
     let auction = fresh_auction(&apis[0], 20);
-    let (w0, l0) = (balance(&apis[0], &winner), balance(&apis[0], &loser));
-    let runs = [
-        (
-            p0.as_str(),
-            apis[0].as_str(),
-            vec!["ask", "--class", "h100", "--gpus", "2", "--hours", "2", "--min-price", "1"],
-        ),
-        (
-            p1.as_str(),
-            apis[1].as_str(),
-            vec!["ask", "--class", "h100", "--gpus", "2", "--hours", "2", "--min-price", "3"],
-        ),
-        (
-            buyer.as_str(),
-            apis[2].as_str(),
-            vec!["bid", "--class", "h100-80gb-sim", "--gpus", "2", "--hours", "1", "--max-price", "2"],
-        ),
-        (
-            buyer.as_str(),
-            apis[3].as_str(),
-            vec!["bid", "--class", "h100", "--gpus", "1", "--hours", "1", "--max-price", "0.5", "--key", "second"],
-        ),
+    let before: Vec<u64> = buyers.iter().map(|b| balance(&apis[0], b)).collect();
+    let (p0, p1, p2) = (home(0), home(1), home(2));
+    let order = |gpus: &'static str, max: &'static str, class: &'static str, key: &'static str| {
+        vec!["bid", "--class", class, "--gpus", gpus, "--hours", "1", "--max-price", max, "--key", key]
+    };
+    let runs: Vec<(&str, &str, Vec<&str>)> = vec![
+        (&p0, &apis[0], vec!["ask", "--class", "h100", "--gpus", "2", "--hours", "2", "--min-price", "1"]),
+        (&p1, &apis[1], vec!["ask", "--class", "h100", "--gpus", "2", "--hours", "2", "--min-price", "3"]),
+        (&p2, &apis[2], vec!["ask", "--class", "a100", "--gpus", "2", "--hours", "2", "--min-price", "0.5"]),
+        (&buyer, &apis[3], order("2", "2", "h100-80gb-sim", "default")),
+        (&buyer, &apis[0], order("1", "0.5", "h100", "b1")),
+        (&buyer, &apis[1], order("1", "1", "a100", "b2")),
+        (&buyer, &apis[2], order("1", "2", "a100-40gb-sim", "b3")),
+        (&buyer, &apis[3], order("2", "0.4", "a100", "b4")),
     ];
     let placed: Vec<(u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = runs.iter().map(|(h, api, args)| s.spawn(move || place(h, api, args))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(placed.iter().all(|(_, a)| *a == auction), "all in auction {auction}: {placed:?}");
-    let listed = ok(agora(&["--home", &buyer, "orders", "--node", &apis[1]]));
-    assert!(listed.contains("H100-80GB-SIM") && listed.contains("bid"), "{listed}");
+    let listed = ok(agora(&["--home", &buyer, "orders", "--key", "b3", "--node", &apis[1]]));
+    assert!(listed.contains("A100-40GB-SIM") && listed.contains("bid"), "{listed}");
 
-    // Indicative price while the auction is open: D = 2 GPU-hours from 1 to
-    // 2 AGR against S = 4, so the midpoint, 1.5.
+    // Indicative prices while the auction is open. H100: D = 2 GPU-hours
+    // from 1 to 2 AGR against S = 4, so the midpoint 1.5. A100: D = 2 from
+    // 0.5 to 1 (the 0.4 bid is below every ask), S = 4, so 0.75.
     let a = auctions(&apis[3]);
-    assert_eq!(a["classes"][0]["indicative_price"], "1500000", "{a}");
+    let indicative = |class: &str| {
+        a["classes"].as_array().unwrap().iter().find(|c| c["class"] == class).unwrap()["indicative_price"].clone()
+    };
+    assert_eq!((indicative("H100-80GB-SIM"), indicative("A100-40GB-SIM")), ("1500000".into(), "750000".into()), "{a}");
 
-    // After the clearing block, every node reports the same result.
+    // After the clearing block, every node reports the same two results.
     let clears_at = auctions(&apis[0])["clears_at_height"].as_u64().unwrap();
     wait_until("the clearing block on every node", Duration::from_secs(180), || {
         apis.iter().all(|api| height(api) > clears_at)
     });
     for api in &apis {
         let prices: serde_json::Value = http::get(api, "/v1/market/prices").unwrap().json().unwrap();
-        let r = prices.as_array().unwrap().iter().find(|r| r["auction"] == auction).cloned().unwrap();
-        assert_eq!(
-            (r["price"].as_str(), r["matched_gpu_hours"].as_u64(), r["leases"].as_u64()),
-            (Some("1500000"), Some(2), Some(1)),
-            "{api}: {r}"
-        );
+        let result = |class: &str| {
+            let r = prices.as_array().unwrap().iter().find(|r| r["auction"] == auction && r["class"] == class);
+            let r = r.unwrap_or_else(|| panic!("{api}: no {class} result in {prices}"));
+            (r["price"].as_str().map(str::to_string), r["matched_gpu_hours"].as_u64(), r["leases"].as_u64())
+        };
+        assert_eq!(result("H100-80GB-SIM"), (Some("1500000".into()), Some(2), Some(1)), "{api}");
+        assert_eq!(result("A100-40GB-SIM"), (Some("750000".into()), Some(2), Some(2)), "{api}");
     }
     let table = ok(agora(&["market", "prices", "--node", &apis[2]]));
-    assert!(table.contains("H100-80GB-SIM") && table.contains("1.5"), "{table}");
-    // The winner paid 1.5 × 2 GPU-hours (escrowed 4, got 1 back), the loser
-    // only the fee; the lease is with the cheaper provider.
+    assert!(table.contains("H100-80GB-SIM") && table.contains("A100-40GB-SIM") && table.contains("0.75"), "{table}");
+    // Winners paid the price (escrow minus refund), losers only the fee.
     let fee = 1_000;
-    assert_eq!(balance(&apis[0], &winner), w0 - fee - 3_000_000);
-    assert_eq!(balance(&apis[0], &loser), l0 - fee);
-    let leases: serde_json::Value = http::get(&apis[0], &format!("/v1/leases?buyer={winner}")).unwrap().json().unwrap();
-    let list = leases["leases"].as_array().or(leases.as_array()).cloned().unwrap_or_default();
-    assert!(
-        list.iter().any(|l| l["provider"] == provider0.as_str() && l["gpus"] == 2),
-        "the auction lease with provider 0: {leases}"
-    );
+    let paid = [3_000_000, 0, 750_000, 750_000, 0];
+    for (i, b) in buyers.iter().enumerate() {
+        assert_eq!(balance(&apis[0], b), before[i] - fee - paid[i], "buyer {} ({})", names[i], b);
+    }
+    let leases_of = |who: &str| -> Vec<serde_json::Value> {
+        let l: serde_json::Value = http::get(&apis[0], &format!("/v1/leases?buyer={who}")).unwrap().json().unwrap();
+        l["leases"].as_array().or(l.as_array()).cloned().unwrap_or_default()
+    };
+    let won = leases_of(&buyers[0]);
+    assert!(won.iter().any(|l| l["provider"] == provider(0).as_str() && l["gpus"] == 2), "{won:?}");
+    for (b, p) in [(2, 2), (3, 2)] {
+        let l = leases_of(&buyers[b]);
+        assert!(
+            l.len() == 1 && l[0]["provider"] == provider(p).as_str() && l[0]["gpu_model"] == "A100-40GB-SIM",
+            "{l:?}"
+        );
+    }
+    assert!(leases_of(&buyers[1]).is_empty() && leases_of(&buyers[4]).is_empty(), "losers hold nothing");
     assert!(ok(agora(&["--home", &buyer, "orders", "--node", &apis[0]])).contains("no open orders"));
 
-    // The reserved GPU time is an asset: the winner sells it, the other buyer buys it.
-    let lease = list.iter().find(|l| l["provider"] == provider0.as_str()).unwrap()["id"].as_str().unwrap().to_string();
+    // The won H100s are provider 0's two: no spot lease can have them.
+    let spot = err(submit(
+        &buyer,
+        &apis[0],
+        &["--gpus", "1", "--model", "h100", "--provider", &provider(0), "--duration", "1m", "--", "true"],
+    ));
+    assert!(spot.contains("free"), "{spot}");
+
+    // The reserved GPU time is an asset: the winner sells it to a loser.
+    let lease = won.iter().find(|l| l["provider"] == provider(0).as_str()).unwrap()["id"].as_str().unwrap().to_string();
     ok(agora(&["--home", &buyer, "lease", "sell", &lease, "--price", "2", "--node", &apis[1]]));
     let listed = ok(agora(&["market", "listings", "--node", &apis[2]]));
     assert!(listed.contains(&lease) && listed.contains("H100-80GB-SIM"), "{listed}");
-    let too_low = err(agora(&[
-        "--home",
-        &buyer,
-        "lease",
-        "buy",
-        &lease,
-        "--max-price",
-        "1",
-        "--key",
-        "second",
-        "--node",
-        &apis[2],
-    ]));
+    let too_low =
+        err(agora(&["--home", &buyer, "lease", "buy", &lease, "--max-price", "1", "--key", "b1", "--node", &apis[2]]));
     assert!(too_low.contains("more than your maximum"), "{too_low}");
-    let (seller_before, buyer_before) = (balance(&apis[0], &winner), balance(&apis[0], &loser));
-    ok(agora(&["--home", &buyer, "lease", "buy", &lease, "--max-price", "2", "--key", "second", "--node", &apis[2]]));
+    let (seller_before, buyer_before) = (balance(&apis[0], &buyers[0]), balance(&apis[0], &buyers[1]));
+    ok(agora(&["--home", &buyer, "lease", "buy", &lease, "--max-price", "2", "--key", "b1", "--node", &apis[2]]));
     wait_until("the sale on node 0", Duration::from_secs(60), || {
-        balance(&apis[0], &winner) == seller_before + 2_000_000
+        balance(&apis[0], &buyers[0]) == seller_before + 2_000_000
     });
-    assert_eq!(balance(&apis[0], &loser), buyer_before - fee - 2_000_000);
-    let held: serde_json::Value = http::get(&apis[3], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
-    assert_eq!(held["buyer"], loser.as_str(), "the buyer of the listing holds the lease: {held}");
+    assert_eq!(balance(&apis[0], &buyers[1]), buyer_before - fee - 2_000_000);
+    wait_until("the sale on every node", Duration::from_secs(60), || {
+        apis.iter().all(|api| {
+            let held: serde_json::Value = http::get(api, &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
+            held["buyer"] == buyers[1].as_str()
+        })
+    });
+
+    // The new holder runs jobs on it, one after another, on the held GPUs;
+    // the seller cannot.
+    let job = ["sh", "-c", "echo ran on $AGORA_LEASE_ID with GPUs $CUDA_VISIBLE_DEVICES; exit 3"];
+    let mut args = vec!["--home", &buyer, "lease", "run", &lease, "--wait", "--key", "b1", "--node", &apis[3], "--"];
+    args.extend_from_slice(&job);
+    let out = agora(&args);
+    assert_eq!(out.status.code(), Some(3), "the job's exit code: {}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&format!("ran on {lease} with GPUs")), "{printed}");
+    let mut again = vec!["--home", &buyer, "lease", "run", &lease, "--wait", "--key", "b1", "--node", &apis[1], "--"];
+    again.extend_from_slice(&["sh", "-c", "echo second"]);
+    assert!(ok(agora(&again)).contains("second"), "a second job on the same lease");
+    let seller = err(agora(&["--home", &buyer, "lease", "run", &lease, "--node", &apis[0], "--", "true"]));
+    assert!(seller.contains("only the lease's holder"), "{seller}");
+    let open: serde_json::Value = http::get(&apis[0], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
+    assert_eq!(open["status"], "Open", "jobs ending do not end the lease: {open}");
 
     // In the binding phase a bid cannot be cancelled.
     fresh_auction(&apis[0], 20);
