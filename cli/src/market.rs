@@ -346,24 +346,28 @@ pub fn market(cmd: MarketCommand) -> anyhow::Result<ExitCode> {
 fn print_results(list: &serde_json::Value) {
     let rows = list.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
-        println!("no auction results yet");
+        println!("no trades yet");
         return;
     }
     println!(
-        "{:>8} {:>8}  {:<16} {:>14} {:>10} {:>10} {:>10}",
-        "AUCTION", "HEIGHT", "CLASS", "PRICE/GPU-H", "MATCHED", "BID GPU-H", "ASK GPU-H"
+        "{:>8} {:<8} {:>8}  {:<16} {:>14} {:>10} {:>10} {:>10}",
+        "AUCTION", "KIND", "HEIGHT", "CLASS", "PRICE/GPU-H", "GPU-H", "BID GPU-H", "ASK GPU-H"
     );
     for r in rows {
         let price = if r["price"].is_null() { "-".to_string() } else { micros(&r["price"]).to_string() };
+        let spot = r["kind"] == "spot";
+        // A spot row's price is the period's volume-weighted average; it has no depth.
+        let depth = |v: &serde_json::Value| if spot { "-".to_string() } else { text(v) };
         println!(
-            "{:>8} {:>8}  {:<16} {:>14} {:>10} {:>10} {:>10}",
+            "{:>8} {:<8} {:>8}  {:<16} {:>14} {:>10} {:>10} {:>10}",
             text(&r["auction"]),
+            text(&r["kind"]),
             text(&r["height"]),
             text(&r["class"]),
-            price,
+            if spot { format!("~{price}") } else { price },
             text(&r["matched_gpu_hours"]),
-            text(&r["bid_depth"]),
-            text(&r["ask_depth"])
+            depth(&r["bid_depth"]),
+            depth(&r["ask_depth"])
         );
     }
 }

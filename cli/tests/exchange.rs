@@ -135,7 +135,11 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     for api in &apis {
         let prices: serde_json::Value = http::get(api, "/v1/market/prices").unwrap().json().unwrap();
         let result = |class: &str| {
-            let r = prices.as_array().unwrap().iter().find(|r| r["auction"] == auction && r["class"] == class);
+            let r = prices
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["kind"] == "auction" && r["auction"] == auction && r["class"] == class);
             let r = r.unwrap_or_else(|| panic!("{api}: no {class} result in {prices}"));
             (r["price"].as_str().map(str::to_string), r["matched_gpu_hours"].as_u64(), r["leases"].as_u64())
         };

@@ -128,6 +128,11 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!(b0 - b1, paid + fee, "the buyer pays exactly that and the fee of opening the lease");
     let supply: serde_json::Value = http::get(&api[3], "/v1/supply").unwrap().json().unwrap();
     assert_eq!(supply["conserved"], true, "supply conserved: {supply}");
+    // The spot trade is in the price index: 1 GPU for 10 minutes at the offer's price.
+    let index: serde_json::Value = http::get(&api[1], "/v1/market/prices").unwrap().json().unwrap();
+    let spot = index.as_array().unwrap().iter().find(|r| r["kind"] == "spot").cloned().expect("a spot row");
+    assert_eq!((spot["class"].as_str(), spot["gpu_seconds"].as_u64()), (Some("H100-80GB-SIM"), Some(600)), "{spot}");
+    assert_eq!(spot["price"], l["price_per_gpu_hour"], "{spot}");
 
     // 2. Cancel mid-run: the process group is gone within a second, settlement is pro-rata.
     let id = ok(submit(

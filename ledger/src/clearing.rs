@@ -36,6 +36,60 @@ pub struct AuctionResult {
     pub leases: u32,
 }
 
+/// The spot market's trades in one class over one auction period (the
+/// leases opened at a provider's posted price), so the price index covers
+/// both markets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpotTrades {
+    /// The auction period the trades fell in.
+    pub auction: u64,
+    pub class: GpuClass,
+    /// The last height a trade was recorded at.
+    pub height: u64,
+    pub leases: u32,
+    /// GPU-seconds leased (GPUs × duration).
+    pub gpu_seconds: u64,
+    /// Σ price per GPU-hour × GPU-seconds, exact (the average's numerator;
+    /// escrows round up, so they would not give the price back).
+    pub price_seconds: u128,
+    /// The lowest and highest price per GPU-hour traded.
+    pub low: Amount,
+    pub high: Amount,
+}
+
+impl SpotTrades {
+    /// The volume-weighted average price per GPU-hour.
+    pub fn average_price(&self) -> Option<Amount> {
+        let average = self.price_seconds.checked_div(u128::from(self.gpu_seconds))?;
+        Some(Amount(u64::try_from(average).unwrap_or(u64::MAX)))
+    }
+}
+
+/// Adds a spot lease to its period's record.
+pub(crate) fn record_spot(state: &mut State, class: GpuClass, gpus: u32, duration_secs: u64, price: Amount) {
+    let height = state.height().0;
+    let auction = state.params().market.phase(height).0;
+    let existing = state.spot_trades(auction).find(|t| t.auction == auction && t.class == class).cloned();
+    let mut t = existing.unwrap_or(SpotTrades {
+        auction,
+        class,
+        height,
+        leases: 0,
+        gpu_seconds: 0,
+        price_seconds: 0,
+        low: price,
+        high: price,
+    });
+    let seconds = u64::from(gpus).saturating_mul(duration_secs);
+    t.height = height;
+    t.leases = t.leases.saturating_add(1);
+    t.gpu_seconds = t.gpu_seconds.saturating_add(seconds);
+    t.price_seconds = t.price_seconds.saturating_add(u128::from(price.0) * u128::from(seconds));
+    t.low = t.low.min(price);
+    t.high = t.high.max(price);
+    state.set_spot_trades(t);
+}
+
 /// Clears every class if this block ends an auction period.
 pub(crate) fn end_block(state: &mut State) -> Result<Vec<Event>, Error> {
     let height = state.height().0;

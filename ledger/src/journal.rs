@@ -28,6 +28,7 @@ pub(crate) enum Undo {
     Order(u64, Option<Order>, u64),
     Auction((u64, agora_protocol::GpuClass), Option<crate::clearing::AuctionResult>),
     Listing(LeaseId, Option<(Address, Amount)>),
+    Spot((u64, agora_protocol::GpuClass), Option<crate::clearing::SpotTrades>),
 }
 
 /// A position in the journal to roll back to.
@@ -75,6 +76,7 @@ impl State {
                 Undo::LastValidators(v) => d.last_validators = v,
                 Undo::Auction(k, v) => _ = put(&mut d.book.results, k, v),
                 Undo::Listing(k, v) => _ = put(&mut d.book.listings, k, v),
+                Undo::Spot(k, v) => _ = put(&mut d.book.spot, k, v),
                 Undo::Order(id, old, next_id) => {
                     put_order(&mut d.book, id, old);
                     d.book.next_id = next_id;
@@ -194,6 +196,12 @@ impl State {
         let key = (result.auction, result.class.clone());
         let old = put(&mut self.data.book.results, key.clone(), Some(result));
         self.journal.push(Undo::Auction(key, old));
+    }
+
+    pub(crate) fn set_spot_trades(&mut self, trades: crate::clearing::SpotTrades) {
+        let key = (trades.auction, trades.class.clone());
+        let old = put(&mut self.data.book.spot, key.clone(), Some(trades));
+        self.journal.push(Undo::Spot(key, old));
     }
 
     /// The id the next order gets.

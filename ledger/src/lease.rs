@@ -71,6 +71,7 @@ pub(crate) fn open(
         status: LeaseStatus::Open,
     });
     state.set_expiry((end_ms, id), true);
+    crate::clearing::record_spot(state, class, terms.gpus, terms.duration_secs, terms.price_per_gpu_hour);
     Ok(vec![Event::LeaseOpened { lease_id: id, buyer, provider: terms.provider, escrow }])
 }
 

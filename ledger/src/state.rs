@@ -113,6 +113,8 @@ pub(crate) struct OrderBook {
     pub results: BTreeMap<(u64, GpuClass), crate::clearing::AuctionResult>,
     /// Open leases their holders offer for sale: (seller, price).
     pub listings: BTreeMap<LeaseId, (Address, Amount)>,
+    /// Spot trades per (auction period, class): the index's other half.
+    pub spot: BTreeMap<(u64, GpuClass), crate::clearing::SpotTrades>,
 }
 
 impl Lease {
@@ -274,6 +276,10 @@ impl State {
     /// Auction results from auction `from` on, oldest first.
     pub fn auction_results(&self, from: u64) -> impl Iterator<Item = &crate::clearing::AuctionResult> + '_ {
         self.data.book.results.range((from, GpuClass::min())..).map(|(_, r)| r)
+    }
+    /// Spot trades from auction period `from` on, oldest first.
+    pub fn spot_trades(&self, from: u64) -> impl Iterator<Item = &crate::clearing::SpotTrades> + '_ {
+        self.data.book.spot.range((from, GpuClass::min())..).map(|(_, t)| t)
     }
     /// Open orders in `class`, both sides.
     pub fn open_orders_in(&self, class: &GpuClass) -> u64 {

@@ -300,6 +300,12 @@ fn gpus_in_an_open_ask_cannot_also_be_leased_on_the_spot_market_nor_the_reverse(
     commit(&chain, &mut state, vec![cancel]);
     let three = spot_lease(&chain, &state, 3, 4);
     commit(&chain, &mut state, vec![three]);
+    // Both spot leases are in the price index: 4 GPU-hours at 2 AGR.
+    let spot: Vec<_> = state.spot_trades(0).filter(|t| t.class == class()).collect();
+    let leases: u32 = spot.iter().map(|t| t.leases).sum();
+    let seconds: u64 = spot.iter().map(|t| t.gpu_seconds).sum();
+    assert_eq!((leases, seconds), (2, 4 * 3600));
+    assert!(spot.iter().all(|t| t.average_price() == Some(Amount::agr(2)) && t.low == t.high), "{spot:?}");
     let unregistered = try_tx(&chain, &state, spot_lease_of(&chain, &state, "A100", 1, 5));
     assert!(matches!(&unregistered, Err(Error::LeaseTerms(m)) if m.contains("no A100")), "{unregistered:?}");
 }

@@ -126,6 +126,7 @@ pub fn auctions_view(ledger: &State, class: Option<&GpuClass>) -> serde_json::Va
 
 fn result_view(r: &agora_ledger::clearing::AuctionResult) -> serde_json::Value {
     serde_json::json!({
+        "kind": "auction",
         "auction": r.auction,
         "class": r.class.to_string(),
         "height": r.height,
@@ -134,6 +135,21 @@ fn result_view(r: &agora_ledger::clearing::AuctionResult) -> serde_json::Value {
         "bid_depth": r.bid_depth,
         "ask_depth": r.ask_depth,
         "leases": r.leases,
+    })
+}
+
+fn spot_view(t: &agora_ledger::clearing::SpotTrades) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "spot",
+        "auction": t.auction,
+        "class": t.class.to_string(),
+        "height": t.height,
+        "price": t.average_price().map(|p| p.0.to_string()),
+        "low": t.low.0.to_string(),
+        "high": t.high.0.to_string(),
+        "matched_gpu_hours": t.gpu_seconds / 3600,
+        "gpu_seconds": t.gpu_seconds,
+        "leases": t.leases,
     })
 }
 
@@ -183,8 +199,10 @@ pub async fn listings(AxumState(s): AxumState<Shared>) -> Result<Json<Vec<serde_
     ))
 }
 
-/// `GET /v1/market/prices[?class=C][&since=HEIGHT][&limit=N]`: auction
-/// results, oldest first — the price index per class over time.
+/// `GET /v1/market/prices[?class=C][&since=HEIGHT][&limit=N]`: the price
+/// index per class over time, oldest first: each auction's clearing price
+/// (`kind: auction`) and, per auction period, the spot market's
+/// volume-weighted average (`kind: spot`).
 pub async fn prices(
     AxumState(s): AxumState<Shared>,
     Query(q): Query<ClassQuery>,
@@ -194,12 +212,12 @@ pub async fn prices(
     let limit = q.limit.unwrap_or(MAX_RESULTS_PER_PAGE).min(MAX_RESULTS_PER_PAGE);
     let ledger = s.ledger.read().map_err(internal)?;
     let first = since / ledger.params().market.auction_blocks.max(1);
-    Ok(Json(
-        ledger
-            .auction_results(first)
-            .filter(|r| r.height >= since && class.as_ref().is_none_or(|c| &r.class == c))
-            .take(limit)
-            .map(result_view)
-            .collect(),
-    ))
+    let keep = |c: &GpuClass, height: u64| height >= since && class.as_ref().is_none_or(|k| k == c);
+    let auctions =
+        ledger.auction_results(first).filter(|r| keep(&r.class, r.height)).map(|r| ((r.auction, 0), result_view(r)));
+    let spot = ledger.spot_trades(first).filter(|t| keep(&t.class, t.height)).map(|t| ((t.auction, 1), spot_view(t)));
+    // Both are in (auction, class) order: merged by auction, auctions first.
+    let mut rows: Vec<((u64, u8), serde_json::Value)> = auctions.take(limit).chain(spot.take(limit)).collect();
+    rows.sort_by_key(|(k, _)| *k);
+    Ok(Json(rows.into_iter().take(limit).map(|(_, v)| v).collect()))
 }
