@@ -112,6 +112,15 @@ pub enum LeaseCommand {
     },
     /// Run a job on an auctioned lease you hold (one at a time, until its time runs out)
     Run(RunArgs),
+    /// Buy more time on a lease you hold, at its price, before it runs out
+    Extend {
+        id: String,
+        /// Hours to add
+        #[arg(long)]
+        hours: u32,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
     /// Buy a lease offered for sale: the seller is paid and you hold it, in one step
     Buy {
         id: String,
@@ -462,6 +471,47 @@ fn run_job(home: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
 }
 
+/// `agora lease extend`: the cost is the lease's own price for the added
+/// hours, and that is the most the transaction may take.
+fn extend(home: &Path, id: &str, hours: u32, key: &KeyArgs) -> anyhow::Result<ExitCode> {
+    let id: LeaseId = id.parse()?;
+    anyhow::ensure!(hours > 0, "--hours must be at least 1");
+    let lease = key.node.get(&format!("/v1/leases/{id}"))?;
+    if lease["status"] != "Open" {
+        bail!("lease {id} has ended ({}); it cannot be extended", settled_word(&lease["status"]));
+    }
+    let price: u64 = text(&lease["price_per_gpu_hour"]).parse().context("the lease's price")?;
+    let gpus = lease["gpus"].as_u64().unwrap_or(0);
+    let cost = price
+        .checked_mul(gpus)
+        .and_then(|c| c.checked_mul(u64::from(hours)))
+        .ok_or_else(|| anyhow!("{hours} hours of this lease cost more than any balance"))?;
+    let keypair = agora_node::keystore::load(home, &key.key)?.keypair;
+    let kind = TxKind::ExtendLease { lease_id: id, hours, max_cost: Amount(cost) };
+    let (hash, height) = submit_and_wait(&keypair, kind, &key.node)?;
+    let lease = key.node.get(&format!("/v1/leases/{id}"))?;
+    if key.node.json {
+        print_json(&serde_json::json!({ "hash": hash, "height": height, "cost": cost.to_string(), "lease": lease }))?;
+    } else {
+        println!(
+            "lease {id} extended by {hours}h for {} at height {height}; {} of paid time left",
+            Amount(cost),
+            runway(&lease)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An open lease's paid time left, as `1h 05m` or `42s`.
+fn runway(lease: &serde_json::Value) -> String {
+    let left = lease["end_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms()) / 1000;
+    match left {
+        0..60 => format!("{left}s"),
+        60..3600 => format!("{}m {:02}s", left / 60, left % 60),
+        _ => format!("{}h {:02}m", left / 3600, left % 3600 / 60),
+    }
+}
+
 pub fn describe(state: &agora_protocol::job::JobState) -> String {
     use agora_protocol::job::JobState::*;
     match state {
@@ -562,11 +612,12 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
                 println!("no leases");
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:<64}  {:<12}  {:<10}  {:>14}  PROVIDER", "LEASE", "GPUS", "STATUS", "ESCROW");
+            println!("{:<64}  {:<12}  {:<16}  {:>14}  PROVIDER", "LEASE", "GPUS", "STATUS", "ESCROW");
             for l in &list {
-                let status = if l["status"] == "Open" { "open".to_string() } else { settled_word(&l["status"]) };
+                let status =
+                    if l["status"] == "Open" { format!("open {}", runway(l)) } else { settled_word(&l["status"]) };
                 println!(
-                    "{:<64}  {:<12}  {:<10}  {:>14}  {}",
+                    "{:<64}  {:<12}  {:<16}  {:>14}  {}",
                     text(&l["id"]),
                     format!("{}x {}", l["gpus"], text(&l["gpu_model"])),
                     status,
@@ -614,8 +665,10 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
                 micros(&lease["escrow"])
             );
             if lease["status"] == "Open" {
-                let left = lease["end_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms()) / 1000;
-                println!("status    open, {}m{:02}s of paid time left", left / 60, left % 60);
+                println!(
+                    "status    open, {} of paid time left (agora lease extend {id} --hours N adds more)",
+                    runway(&lease)
+                );
             } else {
                 let s = &lease["status"]["Settled"];
                 println!(
@@ -642,6 +695,7 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LeaseCommand::Run(args) => run_job(home, args),
+        LeaseCommand::Extend { id, hours, key } => extend(home, &id, hours, &key),
         LeaseCommand::Transfer { id, to, key } => {
             let kind = TxKind::TransferLease { lease_id: id.parse()?, to: to.parse()? };
             crate::client::send(home, &key.key, kind, key.node)

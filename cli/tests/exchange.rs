@@ -216,6 +216,19 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     let open: serde_json::Value = http::get(&apis[0], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
     assert_eq!(open["status"], "Open", "jobs ending do not end the lease: {open}");
 
+    // The holder buys another hour at the lease's price (1.5 × 2 GPUs).
+    let (end, funds) = (open["end_ms"].as_u64().unwrap(), balance(&apis[0], &buyers[1]));
+    let extended =
+        ok(agora(&["--home", &buyer, "lease", "extend", &lease, "--hours", "1", "--key", "b1", "--node", &apis[2]]));
+    assert!(extended.contains("extended by 1h for 3 AGR"), "{extended}");
+    wait_until("the extension on every node", Duration::from_secs(60), || {
+        apis.iter().all(|api| {
+            let l: serde_json::Value = http::get(api, &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
+            l["end_ms"].as_u64() == Some(end + 3_600_000)
+        })
+    });
+    assert_eq!(balance(&apis[0], &buyers[1]), funds - 3_000_000 - fee);
+
     // In the binding phase a bid cannot be cancelled.
     fresh_auction(&apis[0], 20);
     let (id, _) =

@@ -208,6 +208,7 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
         TxKind::TransferLease { lease_id, to } => lease::transfer(state, sender, *lease_id, *to),
         TxKind::ListLease { lease_id, price } => lease::list(state, sender, *lease_id, *price),
         TxKind::BuyLease { lease_id, max_price } => lease::buy(state, sender, *lease_id, *max_price),
+        TxKind::ExtendLease { lease_id, hours, max_cost } => lease::extend(state, sender, *lease_id, *hours, *max_cost),
     }
 }
 

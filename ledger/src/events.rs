@@ -62,6 +62,13 @@ pub enum Event {
         seller: Address,
         price: Option<Amount>,
     },
+    /// The holder bought more time: the lease now ends at `end_ms`.
+    LeaseExtended {
+        lease_id: LeaseId,
+        hours: u32,
+        cost: Amount,
+        end_ms: agora_protocol::TimestampMs,
+    },
     /// A class's auction could not clear; its orders stay for the next.
     AuctionSkipped {
         auction: u64,

@@ -203,3 +203,41 @@ pub(crate) fn buy(state: &mut State, sender: Address, id: LeaseId, max_price: Am
     state.set_lease(lease);
     Ok(vec![Event::LeaseTransferred { lease_id: id, from: seller, to: sender, price: Some(price) }])
 }
+
+/// The holder buys `hours` more at the lease's price before its paid time
+/// runs out; the escrow grows by the cost and settlement stays pro-rata over
+/// the whole. The provider may still end the lease early, paid for the time
+/// served, as with any lease.
+pub(crate) fn extend(
+    state: &mut State,
+    sender: Address,
+    id: LeaseId,
+    hours: u32,
+    max_cost: Amount,
+) -> Result<Vec<Event>, Error> {
+    let mut lease = held(state, sender, id)?;
+    if state.time_ms() >= lease.end_ms {
+        return Err(Error::LeaseTerms(format!("lease {id} has run out; it settles now")));
+    }
+    let added_ms = u64::from(hours).checked_mul(3_600_000).ok_or(Error::Overflow("extension"))?;
+    let end_ms = TimestampMs(lease.end_ms.0.checked_add(added_ms).ok_or(Error::Overflow("lease end"))?);
+    let max_ms = u64::from(agora_protocol::limits::MAX_CONTRACT_HOURS) * 3_600_000;
+    if end_ms.0 - lease.start_ms.0 > max_ms {
+        return Err(Error::LeaseTerms(format!(
+            "a lease lasts at most {} hours in all",
+            agora_protocol::limits::MAX_CONTRACT_HOURS
+        )));
+    }
+    let cost =
+        crate::auction::cost(lease.price_per_gpu_hour, lease.gpus, hours).ok_or(Error::Overflow("extension cost"))?;
+    if cost > max_cost {
+        return Err(Error::LeaseTerms(format!("{hours} more hours cost {cost}, more than your maximum {max_cost}")));
+    }
+    debit(state, sender, cost)?;
+    state.set_expiry((lease.end_ms, id), false);
+    state.set_expiry((end_ms, id), true);
+    lease.escrow = lease.escrow.checked_add(cost).ok_or(Error::Overflow("escrow"))?;
+    lease.end_ms = end_ms;
+    state.set_lease(lease);
+    Ok(vec![Event::LeaseExtended { lease_id: id, hours, cost, end_ms }])
+}

@@ -322,6 +322,43 @@ fn buyer_cancel_refunds_the_unused_time() {
 }
 
 #[test]
+fn the_holder_extends_a_lease_before_it_runs_out_and_pays_for_the_whole_pro_rata() {
+    let chain = chain();
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    let id = open_lease(&chain, &mut state); // 2 GPUs × 1 h at 2 AGR: escrow 4
+    let end = state.lease(&id).unwrap().end_ms;
+    let extend = |n: u64, from: usize, hours: u32, max: u64| {
+        sign_tx(&chain.keys[from], n, TxKind::ExtendLease { lease_id: id, hours, max_cost: Amount::agr(max) })
+    };
+    assert!(matches!(expect_err(&mut state, &extend(0, OTHER, 1, 4)), Error::NotLeaseParty(_)));
+    let dear = expect_err(&mut state, &extend(0, BUYER, 1, 3));
+    assert!(matches!(&dear, Error::LeaseTerms(m) if m.contains("more than your maximum")), "{dear}");
+    let long = expect_err(&mut state, &extend(0, BUYER, 720, 10_000));
+    assert!(matches!(&long, Error::LeaseTerms(m) if m.contains("at most 720 hours")), "{long}");
+    let before = state.account(&chain.address(BUYER)).balance;
+    let events = commit(&chain, &mut state, vec![extend(0, BUYER, 1, 4)]);
+    let end2 = TimestampMs(end.0 + 3_600_000);
+    assert!(events.contains(&Event::LeaseExtended { lease_id: id, hours: 1, cost: Amount::agr(4), end_ms: end2 }));
+    let lease = state.lease(&id).unwrap().clone();
+    assert_eq!((lease.escrow, lease.end_ms), (Amount::agr(8), end2));
+    assert_eq!(state.account(&chain.address(BUYER)).balance, Amount(before.0 - Amount::agr(4).0 - TEST_FEE.0));
+    // Half of the two hours later the buyer cancels: half of the 8 each way.
+    advance(&chain, &mut state, 3599 - 1);
+    let events = commit(&chain, &mut state, vec![sign_tx(&chain.keys[BUYER], 1, TxKind::CancelLease { lease_id: id })]);
+    assert!(
+        events.contains(&Event::LeaseSettled {
+            lease_id: id,
+            reason: SettleReason::Cancelled,
+            paid: Amount::agr(4),
+            refunded: Amount::agr(4)
+        }),
+        "{events:?}"
+    );
+    assert!(matches!(expect_err(&mut state, &extend(2, BUYER, 1, 4)), Error::LeaseNotOpen(_)));
+}
+
+#[test]
 fn a_lease_that_runs_out_settles_in_full() {
     let chain = chain();
     let mut state = chain.state();

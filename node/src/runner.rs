@@ -162,6 +162,8 @@ pub struct Job {
     pub buyer: agora_protocol::Address,
     pub dir: PathBuf,
     inner: Arc<Mutex<Inner>>,
+    /// When the lease's paid time runs out; moved later when the lease is extended.
+    deadline: Arc<tokio::sync::watch::Sender<Instant>>,
 }
 
 /// Reported to the daemon when a job's process has ended, whatever ended it.
@@ -209,7 +211,8 @@ impl Job {
             log.append(&bytes);
         }
         let inner = Inner { log, state, handle: None };
-        Job { lease_id, buyer, dir: dir.to_path_buf(), inner: Arc::new(Mutex::new(inner)) }
+        let deadline = Arc::new(tokio::sync::watch::Sender::new(Instant::now()));
+        Job { lease_id, buyer, dir: dir.to_path_buf(), inner: Arc::new(Mutex::new(inner)), deadline }
     }
 
     pub fn state(&self) -> JobState {
@@ -313,6 +316,7 @@ fn new_job(
     dir: &Path,
     log: LogLimits,
     handle: Option<Handle>,
+    deadline: Instant,
 ) -> Job {
     let file = std::fs::File::create(dir.join(LOG_FILE)).ok().map(|file| LogFile {
         path: dir.join(LOG_FILE),
@@ -322,10 +326,37 @@ fn new_job(
     });
     let job_log = JobLog { ring: VecDeque::new(), cap: log.ring_bytes.max(1), total: 0, file };
     let inner = Arc::new(Mutex::new(Inner { log: job_log, state: JobState::Running, handle }));
-    Job { lease_id, buyer, dir: dir.to_path_buf(), inner }
+    let deadline = Arc::new(tokio::sync::watch::Sender::new(deadline));
+    Job { lease_id, buyer, dir: dir.to_path_buf(), inner, deadline }
 }
 
 impl Job {
+    /// The lease was extended: the job may run until `until`.
+    pub fn extend(&self, until: Instant) {
+        self.deadline.send_if_modified(|d| {
+            let later = until > *d;
+            if later {
+                *d = until;
+            }
+            later
+        });
+    }
+
+    /// Resolves when the deadline passes (following any extension).
+    async fn deadline_passed(&self) {
+        let mut rx = self.deadline.subscribe();
+        loop {
+            let at = *rx.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => return,
+                changed = rx.changed() => if changed.is_err() {
+                    tokio::time::sleep_until(at.into()).await;
+                    return;
+                },
+            }
+        }
+    }
+
     /// The job never got going: says why in its log, records it and reports the end.
     async fn failed_to_start(&self, why: &str, ended: &mpsc::Sender<JobEnded>) {
         self.append(format!("agora: {why}\n").as_bytes());
@@ -367,7 +398,7 @@ fn start_container(
     let name = format!("{CONTAINER_PREFIX}{lease_id}");
     let body = crate::docker::container_body(image, spec, gpus, &lease_id, engine.node(), &resources);
     let handle = Handle::Container { engine: engine.clone(), name: name.clone() };
-    let job = new_job(lease_id, buyer, &dir, log, Some(handle));
+    let job = new_job(lease_id, buyer, &dir, log, Some(handle), deadline);
     let task_job = job.clone();
     tokio::spawn(async move {
         let job = task_job;
@@ -388,7 +419,7 @@ fn start_container(
         });
         let code = tokio::select! {
             r = engine.wait(&name) => r.ok(),
-            _ = tokio::time::sleep_until(deadline.into()) => None,
+            _ = job.deadline_passed() => None,
         };
         if code.is_none() {
             job.stop("the lease's time ran out");
@@ -453,7 +484,7 @@ fn start_process(
         .kill_on_drop(true);
     // Spawning waits until the job has exec'd (for the sandbox: after its root is built), which
     // must not hold up the daemon's loop: the job is Running from now, its handle set once spawned.
-    let job = new_job(lease_id, buyer, &dir, log, None);
+    let job = new_job(lease_id, buyer, &dir, log, None, deadline);
     let task_job = job.clone();
     let program = spec.command[0].clone();
     tokio::spawn(async move {
@@ -473,7 +504,7 @@ fn start_process(
                 return;
             }
         };
-        supervise(job, child, cgroup, &dir, deadline, ended).await;
+        supervise(job, child, cgroup, &dir, ended).await;
     });
     Ok(job)
 }
@@ -485,7 +516,6 @@ async fn supervise(
     mut child: tokio::process::Child,
     cgroup: Option<JobCgroup>,
     dir: &Path,
-    deadline: Instant,
     ended: mpsc::Sender<JobEnded>,
 ) {
     let pid = child.id().map(|p| p as i32);
@@ -525,7 +555,7 @@ async fn supervise(
     .collect();
     let status = tokio::select! {
         s = child.wait() => s.ok(),
-        _ = tokio::time::sleep_until(deadline.into()) => None,
+        _ = job.deadline_passed() => None,
     };
     if status.is_none() {
         job.stop("the lease's time ran out");
@@ -713,6 +743,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!group_alive(pgid), "a process of the job's group survived a second after the stop");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_extended_lease_moves_the_jobs_time_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let job =
+            run(id(5), &sh("sleep 2; echo done"), &[], tmp.path(), Instant::now() + Duration::from_secs(1), 1000, tx)
+                .unwrap();
+        job.extend(Instant::now() + Duration::from_secs(60));
+        job.extend(Instant::now() + Duration::from_millis(10));
+        let ended = wait_ended(&mut rx).await;
+        assert_eq!(ended.state, JobState::Exited { code: Some(0) }, "ran past the first limit; never shortened");
+        assert_eq!(job.chunk(0).data, b"done\n");
     }
 
     #[tokio::test(flavor = "current_thread")]

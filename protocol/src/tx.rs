@@ -118,6 +118,13 @@ pub enum TxKind {
         lease_id: LeaseId,
         max_price: Amount,
     },
+    /// The holder buys `hours` more of an open lease at its price, paying
+    /// at most `max_cost` (into the escrow) before the paid time runs out.
+    ExtendLease {
+        lease_id: LeaseId,
+        hours: u32,
+        max_cost: Amount,
+    },
 }
 
 impl TxKind {
@@ -142,6 +149,7 @@ impl TxKind {
             TxKind::TransferLease { .. } => "transfer-lease",
             TxKind::ListLease { .. } => "list-lease",
             TxKind::BuyLease { .. } => "buy-lease",
+            TxKind::ExtendLease { .. } => "extend-lease",
         }
     }
 }
@@ -158,6 +166,7 @@ impl Transaction {
                 u128::from(max_price.0) * u128::from(*gpus) * u128::from(*hours)
             }
             TxKind::BuyLease { max_price, .. } => u128::from(max_price.0),
+            TxKind::ExtendLease { max_cost, .. } => u128::from(max_cost.0),
             _ => 0,
         };
         u128::from(self.fee.0) + moved
@@ -198,6 +207,11 @@ impl Transaction {
                 }
                 if price.is_zero() {
                     return invalid("an order's price must be positive");
+                }
+            }
+            TxKind::ExtendLease { hours, .. } => {
+                if *hours == 0 || *hours > MAX_CONTRACT_HOURS {
+                    return invalid("an extension is for 1 to 720 hours");
                 }
             }
             TxKind::ListLease { price: Some(price), .. } | TxKind::AmendOrder { price, .. } => {

@@ -208,6 +208,12 @@ impl Daemon {
         for event in events {
             match event {
                 Event::LeaseOpened { lease_id, provider, .. } if *provider == me => self.start_job(*lease_id)?,
+                Event::LeaseExtended { lease_id, end_ms, .. } => {
+                    // Paid time added: the running job may use it.
+                    if let Some(job) = self.provision.jobs.by_lease.get(lease_id).filter(|j| j.is_running()) {
+                        job.extend(Instant::now() + Duration::from_millis(end_ms.0.saturating_sub(now_ms())));
+                    }
+                }
                 Event::LeaseTransferred { lease_id, .. } => {
                     // The time is the new holder's: the old holder's job ends.
                     if let Some(job) = self.provision.jobs.by_lease.get(lease_id).filter(|j| j.is_running()) {
