@@ -57,6 +57,10 @@ pub struct SubmitArgs {
     /// Follow the lease to the end, print the job's output and exit with its exit code
     #[arg(long)]
     wait: bool,
+    /// Lease nothing: say, offer by offer, whether it would take this lease
+    /// and why not (exit 1 if none would)
+    #[arg(long)]
+    explain: bool,
     /// The key under --home that pays
     #[arg(long, default_value = "default")]
     key: String,
@@ -381,6 +385,9 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let duration_secs = parse_duration(&args.duration)?;
     anyhow::ensure!(args.gpus > 0, "--gpus must be at least 1");
     let spec = job_spec(&args.command, &args.env, args.image.as_deref(), args.egress)?;
+    if args.explain {
+        return explain_submit(&keypair, &args, duration_secs);
+    }
     let ask = Ask {
         gpus: args.gpus,
         model: args.model.clone(),
@@ -416,6 +423,51 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}
+
+/// `agora submit --explain`: every offer in the node's book, judged.
+fn explain_submit(keypair: &Keypair, args: &SubmitArgs, duration_secs: u64) -> anyhow::Result<ExitCode> {
+    let node = &args.node;
+    let mut path =
+        format!("/v1/market/explain/spot?gpus={}&duration_secs={duration_secs}&buyer={}", args.gpus, keypair.address());
+    if let Some(m) = &args.model {
+        anyhow::ensure!(m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "--model: letters, digits and '-'");
+        path.push_str(&format!("&model={m}"));
+    }
+    if let Some(v) = args.min_vram {
+        path.push_str(&format!("&min_vram_gb={v}"));
+    }
+    if let Some(p) = &args.max_price {
+        path.push_str(&format!("&max_price={}uagr", parse_amount(p)?.0));
+    }
+    if let Some(p) = &args.provider {
+        path.push_str(&format!("&provider={}", p.parse::<Address>()?));
+    }
+    let e = node.get(&path)?;
+    let offers = e["offers"].as_array().cloned().unwrap_or_default();
+    let any = offers.iter().any(|o| o["matches"] == true);
+    if node.json {
+        print_json(&e)?;
+    } else {
+        println!(
+            "{} GPU(s){} for {duration_secs} s, offer by offer (cheapest first):",
+            args.gpus,
+            args.model.as_ref().map(|m| format!(" of model {m}")).unwrap_or_default()
+        );
+        if offers.is_empty() {
+            println!("  no offers in this node's book (providers announce every few minutes; see `agora offers`)");
+        }
+        for o in &offers {
+            let verdict = if o["matches"] == true {
+                format!("would lease {}", text(&o["model"]))
+            } else {
+                "would not".to_string()
+            };
+            println!("  {}  {}/GPU-hour: {verdict}", text(&o["provider"]), micros(&o["price_per_gpu_hour"]));
+            crate::market::print_reasons(&o["reasons"], "    ");
+        }
+    }
+    Ok(if any { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// The job spec from the command line's command, `--env K=V`s, `--image` and `--egress`.

@@ -39,6 +39,10 @@ pub struct BidArgs {
     /// The GPUs may come from several hosts
     #[arg(long)]
     split: bool,
+    /// Place nothing: say whether the bid would fill if the auction cleared
+    /// now, and why not, ask by ask (exit 1 if it would not)
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +162,9 @@ fn place(home: &Path, key: &str, kind: TxKind, node: &NodeArgs, owner: Option<St
 pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
     let o = &args.order;
     let class = resolve_class(&o.class, &o.node)?;
+    if args.explain {
+        return explain_bid(home, &args, &class);
+    }
     let kind = TxKind::PlaceBid {
         class,
         gpus: o.gpus,
@@ -166,6 +173,61 @@ pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
         split: args.split,
     };
     place(home, o.key.as_deref().unwrap_or("default"), kind, &o.node, None)
+}
+
+/// `agora bid --explain`: the node's trial clearing of the book with this bid added.
+fn explain_bid(home: &Path, args: &BidArgs, class: &GpuClass) -> anyhow::Result<ExitCode> {
+    let o = &args.order;
+    let max = parse_amount(&args.max_price)?;
+    let buyer = agora_node::keystore::load(home, o.key.as_deref().unwrap_or("default"))?.keypair.address();
+    let path = format!(
+        "/v1/market/explain/bid?class={class}&gpus={}&hours={}&max_price={}uagr&split={}&buyer={buyer}",
+        o.gpus, o.hours, max.0, args.split
+    );
+    let e = o.node.get(&path)?;
+    let fills = e["would_fill"] == true;
+    if o.node.json {
+        print_json(&e)?;
+    } else {
+        let status = o.node.get("/v1/market/auctions")?;
+        println!(
+            "a bid for {} {class} GPU(s) × {} h at most {max}/GPU-hour in auction {} (clears at height {}), as the book stands:",
+            o.gpus,
+            o.hours,
+            text(&status["auction"]),
+            text(&status["clears_at_height"])
+        );
+        if fills {
+            println!("  would fill at the indicative price {}/GPU-hour", micros(&e["indicative_price"]));
+        } else {
+            println!("  would not fill:");
+        }
+        print_reasons(&e["reasons"], "    ");
+        let asks = e["asks"].as_array().cloned().unwrap_or_default();
+        if !asks.is_empty() {
+            println!("  open asks of {class}:");
+        }
+        for a in asks {
+            println!(
+                "    order {:>5}  {}  {} GPU(s) × {} h from {}/GPU-hour: {}",
+                text(&a["order"]),
+                text(&a["provider"]),
+                text(&a["gpus"]),
+                text(&a["hours"]),
+                micros(&a["min_price"]),
+                if a["fits"] == true { "fits" } else { "does not fit" }
+            );
+            print_reasons(&a["reasons"], "      ");
+        }
+    }
+    Ok(if fills { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `[{code, detail}]`, one per line.
+pub fn print_reasons(reasons: &serde_json::Value, indent: &str) {
+    for r in reasons.as_array().into_iter().flatten() {
+        println!("{indent}{}: {}", text(&r["code"]), text(&r["detail"]));
+    }
 }
 
 /// An ask is the provider's: sent with its node key (or its account key), it

@@ -127,6 +127,19 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     };
     assert_eq!((indicative("H100-80GB-SIM"), indicative("A100-40GB-SIM")), ("1500000".into(), "750000".into()), "{a}");
 
+    // Before it clears, a buyer can ask why a bid would not fill.
+    let explain = |args: &[&str]| {
+        let mut full = vec!["--home", buyer.as_str(), "bid", "--explain", "--node", apis[1].as_str()];
+        full.extend_from_slice(args);
+        agora(&full)
+    };
+    let low = explain(&["--class", "a100", "--gpus", "2", "--hours", "1", "--max-price", "0.4"]);
+    let said = String::from_utf8_lossy(&low.stdout);
+    assert_eq!(low.status.code(), Some(1), "would not fill: {said} {}", String::from_utf8_lossy(&low.stderr));
+    assert!(said.contains("would not fill") && said.contains("ask_above_bid"), "{said}");
+    let fits = ok(explain(&["--class", "h100", "--gpus", "1", "--hours", "1", "--max-price", "5"]));
+    assert!(fits.contains("would fill at the indicative price"), "{fits}");
+
     // After the clearing block, every node reports the same two results.
     let clears_at = auctions(&apis[0])["clears_at_height"].as_u64().unwrap();
     wait_until("the clearing block on every node", Duration::from_secs(180), || {
@@ -177,6 +190,28 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
         &["--gpus", "1", "--model", "h100", "--provider", &provider(0), "--duration", "1m", "--", "true"],
     ));
     assert!(spot.contains("free"), "{spot}");
+    let why = agora(&[
+        "--home",
+        &buyer,
+        "submit",
+        "--explain",
+        "--gpus",
+        "1",
+        "--model",
+        "h100",
+        "--duration",
+        "1m",
+        "--node",
+        &apis[1],
+        "--",
+        "true",
+    ]);
+    let said = String::from_utf8_lossy(&why.stdout);
+    assert!(
+        said.contains("no_free_gpus") && said.contains("would lease H100"),
+        "provider 0's are taken, the others free: {said}"
+    );
+    assert_eq!(why.status.code(), Some(0), "some offer would take it");
 
     // The reserved GPU time is an asset: the winner sells it to a loser.
     let lease = won.iter().find(|l| l["provider"] == provider(0).as_str()).unwrap()["id"].as_str().unwrap().to_string();

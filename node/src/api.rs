@@ -122,6 +122,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/providers/{address}/slashes", get(provider_slashes))
         .route("/v1/leases", get(leases))
         .route("/v1/market/auctions", get(crate::api_market::auctions))
+        .route("/v1/market/explain/bid", get(crate::api_market::explain_bid))
+        .route("/v1/market/explain/spot", get(crate::api_market::explain_spot))
         .route("/v1/tx", post(submit_tx))
         .route("/v1/txs", post(submit_txs).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)))
         .route_layer(

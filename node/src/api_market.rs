@@ -221,3 +221,103 @@ pub async fn prices(
     rows.sort_by_key(|(k, _)| *k);
     Ok(Json(rows.into_iter().take(limit).map(|(_, v)| v).collect()))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainSpotQuery {
+    gpus: u32,
+    duration_secs: u64,
+    model: Option<String>,
+    min_vram_gb: Option<u32>,
+    max_price: Option<String>,
+    buyer: Option<String>,
+    provider: Option<String>,
+}
+
+fn address(text: Option<&str>) -> Result<Option<Address>, ApiError> {
+    text.map(|a| a.parse::<Address>().map_err(|e| bad_request(e.to_string()))).transpose()
+}
+
+fn amount(text: Option<&str>) -> Result<Option<agora_protocol::Amount>, ApiError> {
+    text.map(|p| p.parse::<agora_protocol::Amount>().map_err(|e| bad_request(e.to_string()))).transpose()
+}
+
+/// `GET /v1/market/explain/spot?gpus=N&duration_secs=S[&model=][&min_vram_gb=][&max_price=][&buyer=][&provider=]`:
+/// every offer in this node's book (cheapest first), and why it would or
+/// would not take a spot lease like this.
+pub async fn explain_spot(
+    AxumState(s): AxumState<Shared>,
+    query: Result<Query<ExplainSpotQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    if q.gpus == 0 || q.duration_secs == 0 {
+        return Err(bad_request("gpus and duration_secs must be positive"));
+    }
+    let want = crate::explain::SpotWant {
+        buyer: address(q.buyer.as_deref())?,
+        gpus: q.gpus,
+        model: q.model,
+        min_vram_gb: q.min_vram_gb,
+        max_price: amount(q.max_price.as_deref())?,
+        duration_secs: q.duration_secs,
+    };
+    let only = address(q.provider.as_deref())?;
+    let (book, ledger) = (s.offers.clone(), s.ledger.clone());
+    // Each offer's capacity is read from the open leases: off the async workers.
+    let verdicts = tokio::task::spawn_blocking(move || {
+        let book = book.read().map_err(internal)?;
+        let entries = book.query(&crate::offers::OfferFilter::default());
+        let offers: Vec<(Address, &agora_protocol::Offer)> = entries
+            .iter()
+            .filter(|e| only.is_none_or(|p| p == e.provider))
+            .map(|e| (e.provider, &e.offer.body))
+            .collect();
+        let ledger = ledger.read().map_err(internal)?;
+        Ok::<_, ApiError>(crate::explain::spot(&ledger, &offers, &want, crate::daemon::now_ms()))
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Json(serde_json::json!({ "offers": verdicts })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainBidQuery {
+    class: String,
+    gpus: u32,
+    hours: u32,
+    max_price: String,
+    #[serde(default)]
+    split: bool,
+    buyer: Option<String>,
+}
+
+/// `GET /v1/market/explain/bid?class=C&gpus=N&hours=H&max_price=P[&split=true][&buyer=]`:
+/// each open ask of the class, and whether such a bid would fill if the
+/// auction cleared on the book as it stands (and why not).
+pub async fn explain_bid(
+    AxumState(s): AxumState<Shared>,
+    query: Result<Query<ExplainBidQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    if q.gpus == 0 || q.hours == 0 {
+        return Err(bad_request("gpus and hours must be positive"));
+    }
+    let want = crate::explain::BidWant {
+        buyer: address(q.buyer.as_deref())?,
+        class: GpuClass::parse(&q.class).map_err(|e| bad_request(e.to_string()))?,
+        gpus: q.gpus,
+        hours: q.hours,
+        max_price: amount(Some(&q.max_price))?.unwrap_or_default(),
+        split: q.split,
+    };
+    let ledger = s.ledger.clone();
+    // A trial clearing of the class's book: off the async workers, like /auctions.
+    let explained = tokio::task::spawn_blocking(move || {
+        let ledger = ledger.read().map_err(internal)?;
+        Ok::<_, ApiError>(crate::explain::bid(&ledger, &want))
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Json(serde_json::to_value(explained).map_err(internal)?))
+}

@@ -217,7 +217,7 @@ fn admin_token(home: &Path, config: &NodeConfig, chain: &ChainId) -> Result<Opti
     crate::api_guard::admin_token(home).map(Some)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

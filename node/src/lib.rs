@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod error;
+pub mod explain;
 pub mod gpu;
 pub mod heartbeat;
 pub mod identity;
