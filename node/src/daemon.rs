@@ -329,13 +329,15 @@ impl Daemon {
             config.check_provider_terms(home)?;
             let resources =
                 config.jobs.resources(detection.gpus.len() as u32, jobs::host_cores(), jobs::host_memory_mib());
-            Some(Provider::new(
+            let mut provider = Provider::new(
                 detection.gpus.clone(),
                 config.price(home)?,
                 config.region.clone(),
                 config.max_lease_secs,
                 resources,
-            ))
+            );
+            provider.ask_policy = config.ask_policy(home)?;
+            Some(provider)
         };
         let (market, jobs) = jobs::provider_jobs(home, config, &key, provider.as_ref())?;
         let seq_path = config.heartbeat_seq_path(home);
@@ -519,7 +521,7 @@ impl Daemon {
         }
         let me = self.acting_as();
         let Some(duty) = self.provision.provider.as_mut().and_then(|p| p.next(state, &me, now)) else {
-            return Ok(());
+            return self.auto_ask();
         };
         match duty {
             Duty::NeedStake { have, need } => tracing::warn!(
@@ -534,6 +536,27 @@ impl Daemon {
             Duty::Announce(offer) => self.announce(offer, now)?,
         }
         Ok(())
+    }
+
+    /// The automatic ask policy's next ask, if one is due.
+    fn auto_ask(&mut self) -> Result<(), Error> {
+        let me = self.acting_as();
+        let state = self.store.state();
+        let market = self.provision.market.as_ref();
+        let pending = |class: &agora_protocol::GpuClass| market.map_or(0, |m| m.pending_gpus(class));
+        let ask = self
+            .provision
+            .provider
+            .as_mut()
+            .and_then(|p| p.ask_policy.as_mut())
+            .and_then(|a| a.next(state, &me, pending));
+        match ask {
+            Some(kind) => {
+                tracing::info!(?kind, "auto ask: offering idle GPUs in this auction");
+                self.submit_own_tx(kind)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Dials the bootstrap peers this node is not connected to (and has not blocked).

@@ -303,6 +303,13 @@ impl Market {
         self.active.insert(id, idx);
     }
 
+    /// GPUs of `class` promised to spot requests whose leases have not committed yet.
+    pub fn pending_gpus(&self, class: &GpuClass) -> u64 {
+        let n =
+            self.reserved.values().flat_map(|r| &r.gpus).filter(|&&i| class_of(&self.gpus[i]).as_ref() == Some(class));
+        n.count() as u64
+    }
+
     /// Gives an auctioned lease `gpus` free devices of `class` (its GPU time
     /// is sold ahead; no spot lease may take them); the ones it holds
     /// already if it has them. `None` when too few are free.

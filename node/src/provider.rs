@@ -1,10 +1,14 @@
 //! What a provider node owes the network, decided without I/O: register its
 //! GPUs on the ledger (once staked), then announce a signed offer at start,
-//! whenever its terms change and before the previous one expires. The daemon
-//! signs and gossips what this returns.
+//! whenever its terms change and before the previous one expires; and, with
+//! an automatic ask policy, offer its idle GPUs in each auction at a floor
+//! price. The daemon (and the simulation's providers) sign and send what
+//! this returns.
 
-use agora_ledger::State;
-use agora_protocol::{Address, Amount, GpuSpec, Height, JobResources, Offer, TimestampMs};
+use std::collections::BTreeMap;
+
+use agora_ledger::{AuctionPhase, Side, State};
+use agora_protocol::{Address, Amount, GpuClass, GpuSpec, Height, JobResources, Offer, TimestampMs, TxKind};
 
 use crate::gpu::Gpu;
 use crate::offers::{OFFER_REANNOUNCE_MS, OFFER_TTL_MS};
@@ -35,6 +39,8 @@ pub struct Provider {
     pub max_lease_secs: u64,
     /// What each leased GPU comes with (CPU, memory, scratch, network), as offered.
     pub resources: JobResources,
+    /// Idle GPUs offered in each auction, if the operator configured it.
+    pub ask_policy: Option<AskPolicy>,
     next_offer_at_ms: u64,
     last_seq: u64,
     registration_sent: Option<Height>,
@@ -57,6 +63,7 @@ impl Provider {
             region,
             max_lease_secs,
             resources,
+            ask_policy: None,
             next_offer_at_ms: 0,
             last_seq: 0,
             registration_sent: None,
@@ -125,6 +132,55 @@ impl Provider {
     }
 }
 
+/// The automatic ask policy (`[auto_ask]` in config.toml): in each
+/// auction's open phase, every class of GPUs this provider registered that
+/// has GPUs free (not asked for, not leased, not promised to a spot request
+/// waiting to commit) is asked for at the floor price.
+#[derive(Clone, Debug)]
+pub struct AskPolicy {
+    pub min_price: Amount,
+    /// The longest contract offered.
+    pub hours: u32,
+    /// The auction each class was last asked for in (one ask per class per auction).
+    asked_in: BTreeMap<GpuClass, u64>,
+}
+
+impl AskPolicy {
+    pub fn new(min_price: Amount, hours: u32) -> AskPolicy {
+        AskPolicy { min_price, hours, asked_in: BTreeMap::new() }
+    }
+
+    /// The ask to send now, if any. `pending` counts a class's GPUs this
+    /// node has promised to spot requests not yet on the ledger.
+    pub fn next(&mut self, state: &State, me: &Address, pending: impl Fn(&GpuClass) -> u64) -> Option<TxKind> {
+        let market = &state.params().market;
+        let (auction, phase) = market.phase(state.height().0 + 1);
+        // The ask must commit before the binding phase: not in the open phase's last block.
+        let (_, after) = market.phase(state.height().0 + 2);
+        if phase != AuctionPhase::Open || after != AuctionPhase::Open || !state.is_active_provider(me) {
+            return None;
+        }
+        let mut classes: Vec<GpuClass> = state.provider(me)?.gpus.iter().filter_map(GpuClass::of).collect();
+        classes.sort();
+        classes.dedup();
+        for class in classes {
+            if self.asked_in.get(&class) == Some(&auction) {
+                continue;
+            }
+            self.asked_in.insert(class.clone(), auction);
+            if state.orders_of(me).any(|o| o.side == Side::Ask && o.class == class) {
+                continue;
+            }
+            let free = agora_ledger::capacity::capacity(state, me, &class).free().saturating_sub(pending(&class));
+            let gpus = free.min(u64::from(agora_protocol::limits::MAX_GPUS_PER_ORDER)) as u32;
+            if gpus > 0 {
+                return Some(TxKind::PlaceAsk { class, gpus, hours: self.hours, min_price: self.min_price });
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use agora_ledger::testkit::{TestChain, sign_tx};
@@ -183,5 +239,52 @@ mod tests {
         };
         assert!(repriced.seq > again.seq);
         assert_eq!(repriced.price_per_gpu_hour, Amount::agr(3));
+    }
+
+    #[test]
+    fn the_ask_policy_offers_each_classes_free_gpus_once_per_auction() {
+        let chain = TestChain::new(2, 1, Amount::agr(10_000));
+        let mut state = chain.state();
+        let me = chain.address(0);
+        let commit = |state: &mut State, txs| {
+            let block = chain.next_block(&mut state.clone(), txs).unwrap();
+            apply_block(state, &block, SigCheck::Verify).unwrap();
+        };
+        let gpus = vec![
+            GpuSpec { model: "H100".into(), vram_mib: 81_920, count: 2, simulated: true },
+            GpuSpec { model: "A100".into(), vram_mib: 40_960, count: 3, simulated: true },
+        ];
+        commit(&mut state, vec![sign_tx(&chain.keys[0], 0, TxKind::RegisterProvider { region: "eu".into(), gpus })]);
+        let mut policy = AskPolicy::new(Amount::agr(1), 24);
+        let open = |state: &State| state.params().market.phase(state.height().0 + 2).1 == AuctionPhase::Open;
+        while !open(&state) || state.params().market.phase(state.height().0 + 1).1 != AuctionPhase::Open {
+            commit(&mut state, vec![]);
+        }
+        // A100s first (class order), one spot request pending: 2 of 3.
+        let pending = |c: &GpuClass| u64::from(c.as_str().starts_with("A100"));
+        let Some(TxKind::PlaceAsk { class, gpus: 2, hours: 24, .. }) = policy.next(&state, &me, pending) else {
+            panic!("asks for the free A100s")
+        };
+        assert_eq!(class.as_str(), "A100-40GB-SIM");
+        let Some(h100 @ TxKind::PlaceAsk { gpus: 2, .. }) = policy.next(&state, &me, pending) else {
+            panic!("then the H100s")
+        };
+        assert_eq!(policy.next(&state, &me, pending), None, "once per class per auction");
+        commit(&mut state, vec![sign_tx(&chain.keys[0], 1, h100)]);
+        // The next auction (every order leaves the book at clearing): both again.
+        let auction = state.params().market.phase(state.height().0 + 1).0;
+        while state.params().market.phase(state.height().0 + 1).0 == auction || !open(&state) {
+            assert_eq!(policy.next(&state, &me, |_| 0), None, "nothing outside an open phase or twice");
+            commit(&mut state, vec![]);
+        }
+        let Some(a100 @ TxKind::PlaceAsk { gpus: 3, .. }) = policy.next(&state, &me, |_| 0) else {
+            panic!("all three A100s")
+        };
+        commit(&mut state, vec![sign_tx(&chain.keys[0], 2, a100)]);
+        // After a restart the policy remembers nothing, but sees its open ask on the ledger.
+        let mut restarted = AskPolicy::new(Amount::agr(1), 24);
+        let only = restarted.next(&state, &me, |_| 0);
+        assert!(matches!(&only, Some(TxKind::PlaceAsk { class, .. }) if class.as_str() == "H100-80GB-SIM"), "{only:?}");
+        assert_eq!(restarted.next(&state, &me, |_| 0), None);
     }
 }

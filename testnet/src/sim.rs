@@ -219,10 +219,10 @@ pub struct SimReport {
 /// Blocks per auction in simulations, and the binding tail.
 const SIM_AUCTION_BLOCKS: u64 = 6;
 const SIM_NO_CANCEL_BLOCKS: u64 = 2;
-/// Per mille of client transactions that are bids, and chance per load tick
-/// (per mille) that a provider asks.
+/// Per mille of client transactions that are bids.
 const BID_PER_MILLE: u64 = 100;
-const ASK_PER_MILLE: u64 = 300;
+/// The longest contract the providers' ask policy offers, in hours.
+const SIM_ASK_HOURS: u32 = 4;
 /// Providers in a liveness run.
 const LIVENESS_PROVIDERS: usize = 4;
 /// The downtime window of liveness runs, in blocks.
@@ -268,6 +268,8 @@ struct SimProvider {
     window_ms: (u64, u64),
     /// The chain's height when it went down and came back.
     heights: (u64, u64),
+    /// The daemon's automatic ask policy: its idle GPU offered each auction.
+    asks: agora_node::provider::AskPolicy,
 }
 
 enum Event {
@@ -531,6 +533,7 @@ impl Sim {
                 probe_quota: PeerQuota::lease(),
                 window_ms: (0, 0),
                 heights: (0, 0),
+                asks: agora_node::provider::AskPolicy::new(Amount::agr(1 + i as u64 % 3), SIM_ASK_HOURS),
             })
             .collect();
         let rng = SeededRng::new(config.seed);
@@ -1116,23 +1119,22 @@ impl Sim {
         Ok(())
     }
 
-    /// Now and then an up provider asks to sell its GPU in the next auction
-    /// (the ledger refuses it while the GPU is asked for or leased out).
+    /// Up providers run the daemon's automatic ask policy: each auction,
+    /// their idle GPU is asked for at their floor price.
     fn provider_asks(&mut self) -> Result<(), SimFailure> {
-        if self.outages.providers.is_empty() || self.rng.below(1_000) >= ASK_PER_MILLE {
-            return Ok(());
-        }
-        let p = self.rng.below(self.outages.providers.len() as u64) as usize;
         let Some(r) = self.reference_node() else { return Ok(()) };
-        if !self.outages.providers[p].up {
+        let mut asks = Vec::new();
+        for p in self.outages.providers.iter_mut().filter(|p| p.up) {
+            let n = &self.nodes[r];
+            if let Some(kind) = p.asks.next(n.engine.ledger(), &p.key.address(), |_| 0) {
+                let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &p.key.address());
+                asks.push(sign_tx(&p.key, nonce, kind));
+            }
+        }
+        if asks.is_empty() {
             return Ok(());
         }
-        let key = self.outages.providers[p].key.clone();
-        let n = &self.nodes[r];
-        let nonce = n.engine.mempool().next_nonce(n.engine.ledger(), &key.address());
-        let kind =
-            TxKind::PlaceAsk { class: sim_class(), gpus: 1, hours: 4, min_price: Amount::agr(1 + self.rng.below(3)) };
-        self.gossip_txs(&[sign_tx(&key, nonce, kind)])
+        self.gossip_txs(&asks)
     }
 
     fn feed(&mut self, node: usize, input: Input) -> Result<(), SimFailure> {

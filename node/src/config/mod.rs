@@ -83,6 +83,20 @@ pub struct NodeConfig {
     /// How the provider runs jobs: runners, limits, logs (`[jobs]`).
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Offer idle GPUs in every auction at a floor price (`[auto_ask]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_ask: Option<AutoAskConfig>,
+}
+
+/// The automatic ask policy: each auction, every class of this provider's
+/// GPUs with some free is asked for at `min_price` for up to `hours`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoAskConfig {
+    /// The floor price per GPU-hour, in AGR, e.g. "1.8".
+    pub min_price: String,
+    /// The longest contract offered, in hours (1 to 720).
+    pub hours: u32,
 }
 
 impl NodeConfig {
@@ -101,6 +115,7 @@ impl NodeConfig {
             region: default_region(),
             max_lease_secs: DEFAULT_MAX_LEASE_SECS,
             jobs: JobsConfig::default(),
+            auto_ask: None,
         }
     }
 
@@ -155,7 +170,23 @@ impl NodeConfig {
             return Err(bad(format!("max_lease_secs must be 1 to {max}")));
         }
         self.jobs.check().map_err(|e| bad(format!("[jobs] {e}")))?;
+        self.ask_policy(home)?;
         self.price(home).map(|_| ())
+    }
+
+    /// The automatic ask policy, parsed and checked, if configured.
+    pub fn ask_policy(&self, home: &Path) -> Result<Option<crate::provider::AskPolicy>, Error> {
+        let Some(a) = &self.auto_ask else { return Ok(None) };
+        let bad =
+            |reason: String| Error::Config { path: NodeConfig::path(home), reason: format!("[auto_ask] {reason}") };
+        let price: agora_protocol::Amount = a.min_price.parse().map_err(|e| bad(format!("min_price: {e}")))?;
+        if price.is_zero() {
+            return Err(bad("min_price must be positive".into()));
+        }
+        if a.hours == 0 || a.hours > agora_protocol::limits::MAX_CONTRACT_HOURS {
+            return Err(bad(format!("hours must be 1 to {}", agora_protocol::limits::MAX_CONTRACT_HOURS)));
+        }
+        Ok(Some(crate::provider::AskPolicy::new(price, a.hours)))
     }
 
     /// Where job working directories and logs live.
