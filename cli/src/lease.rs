@@ -471,7 +471,7 @@ fn explain_submit(keypair: &Keypair, args: &SubmitArgs, duration_secs: u64) -> a
 }
 
 /// The job spec from the command line's command, `--env K=V`s, `--image` and `--egress`.
-fn job_spec(command: &[String], env: &[String], image: Option<&str>, egress: bool) -> anyhow::Result<JobSpec> {
+pub fn job_spec(command: &[String], env: &[String], image: Option<&str>, egress: bool) -> anyhow::Result<JobSpec> {
     let mut pairs = Vec::new();
     for kv in env {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?}: expected K=V"))?;
@@ -491,11 +491,22 @@ fn job_spec(command: &[String], env: &[String], image: Option<&str>, egress: boo
 fn run_job(home: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let id: LeaseId = args.id.parse()?;
     let keypair = agora_node::keystore::load(home, &args.key.key)?.keypair;
-    let node = &args.key.node;
-    let chain = chain_id(node)?;
     let spec = job_spec(&args.command, &args.env, args.image.as_deref(), args.egress)?;
+    run_on_lease(&keypair, id, spec, &args.key.node, args.wait)
+}
+
+/// Starts `spec` on the auctioned lease `id` (signed by its holder); with
+/// `wait`, prints its output and returns its exit code.
+pub fn run_on_lease(
+    keypair: &Keypair,
+    id: LeaseId,
+    spec: JobSpec,
+    node: &NodeArgs,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let chain = chain_id(node)?;
     let request =
-        Signed::sign(RunRequest { lease_id: id, spec, issued_at_ms: TimestampMs(now_ms()) }, &keypair, &chain)?;
+        Signed::sign(RunRequest { lease_id: id, spec, issued_at_ms: TimestampMs(now_ms()) }, keypair, &chain)?;
     let body = serde_json::json!({ "request": hex::encode(codec::encode(&request)?) }).to_string();
     let reply = http::post(&node.url(), &format!("/v1/leases/{id}/run"), &body)?;
     let answer = reply.json()?;
@@ -504,7 +515,7 @@ fn run_job(home: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let gpus =
         answer["gpu_ids"].as_array().map(|a| a.iter().map(text).collect::<Vec<_>>().join(",")).unwrap_or_default();
-    if !args.wait {
+    if !wait {
         if node.json {
             print_json(&answer)?;
         } else {
@@ -513,7 +524,7 @@ fn run_job(home: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     progress(node.json, format!("job started on lease {id} (GPUs {gpus})"));
-    let (state, _) = follow_logs(&keypair, &chain, id, node, true, !node.json)?;
+    let (state, _) = follow_logs(keypair, &chain, id, node, true, !node.json)?;
     let code = exit_code(&state);
     if node.json {
         print_json(&serde_json::json!({ "lease_id": id, "gpu_ids": answer["gpu_ids"], "job": state }))?;

@@ -43,6 +43,13 @@ pub struct BidArgs {
     /// now, and why not, ask by ask (exit 1 if it would not)
     #[arg(long)]
     explain: bool,
+    /// Wait for the auction; if the bid fills, run the command after `--` on
+    /// the lease won, print its output and exit with its exit code
+    #[arg(long, requires = "command", conflicts_with_all = ["split", "explain"])]
+    job_after_match: bool,
+    /// The job for --job-after-match: program and arguments
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -165,6 +172,9 @@ pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
     if args.explain {
         return explain_bid(home, &args, &class);
     }
+    anyhow::ensure!(args.command.is_empty() || args.job_after_match, "a command after -- needs --job-after-match");
+    let key = o.key.as_deref().unwrap_or("default");
+    let spec = args.job_after_match.then(|| crate::lease::job_spec(&args.command, &[], None, false)).transpose()?;
     let kind = TxKind::PlaceBid {
         class,
         gpus: o.gpus,
@@ -172,7 +182,41 @@ pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
         max_price: parse_amount(&args.max_price)?,
         split: args.split,
     };
-    place(home, o.key.as_deref().unwrap_or("default"), kind, &o.node, None)
+    let Some(spec) = spec else { return place(home, key, kind, &o.node, None) };
+    let keypair = agora_node::keystore::load(home, key)?.keypair;
+    let before = held_leases(&o.node, &keypair.address().to_string())?;
+    let (_, height) = client::submit_and_wait(&keypair, kind, &o.node)?;
+    let status = o.node.get("/v1/market/auctions")?;
+    let clears_at = status["clears_at_height"].as_u64().unwrap_or(0);
+    eprintln!("bid placed at height {height}; auction {} clears at height {clears_at}", text(&status["auction"]));
+    let deadline = std::time::Instant::now() + AFTER_MATCH_WAIT;
+    while o.node.get("/v1/status")?["height"].as_u64().unwrap_or(0) <= clears_at {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the chain did not reach height {clears_at} in time");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let won: Vec<String> =
+        held_leases(&o.node, &keypair.address().to_string())?.into_iter().filter(|id| !before.contains(id)).collect();
+    let Some(lease) = won.first() else {
+        eprintln!("the bid did not fill in auction {}; its escrow is refunded in full", text(&status["auction"]));
+        return Ok(ExitCode::from(1));
+    };
+    eprintln!("won lease {lease}; running the job on it");
+    crate::lease::run_on_lease(&keypair, lease.parse()?, spec, &o.node, true)
+}
+
+/// How long `--job-after-match` waits for its auction to clear.
+const AFTER_MATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The ids of the open auctioned leases `holder` holds.
+fn held_leases(node: &NodeArgs, holder: &str) -> anyhow::Result<Vec<String>> {
+    let list = node.get(&format!("/v1/leases?buyer={holder}"))?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["status"] == "Open" && l["gpu_ids"].as_array().is_some_and(|a| a.is_empty()))
+        .map(|l| text(&l["id"]))
+        .collect())
 }
 
 /// `agora bid --explain`: the node's trial clearing of the book with this bid added.

@@ -264,8 +264,37 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     });
     assert_eq!(balance(&apis[0], &buyers[1]), funds - 3_000_000 - fee);
 
-    // In the binding phase a bid cannot be cancelled.
+    // In the next auction a buyer bids with a job to run once it wins;
+    // and in its binding phase a bid cannot be cancelled.
     fresh_auction(&apis[0], 20);
+    place(&p1, &apis[1], &["ask", "--class", "h100", "--gpus", "1", "--hours", "1", "--min-price", "1"]);
+    let after_match = {
+        let (buyer, api) = (buyer.clone(), apis[2].clone());
+        std::thread::spawn(move || {
+            agora(&[
+                "--home",
+                &buyer,
+                "bid",
+                "--class",
+                "h100",
+                "--gpus",
+                "1",
+                "--hours",
+                "1",
+                "--max-price",
+                "2",
+                "--key",
+                "b2",
+                "--job-after-match",
+                "--node",
+                &api,
+                "--",
+                "sh",
+                "-c",
+                "echo matched on $AGORA_LEASE_ID",
+            ])
+        })
+    };
     let (id, _) =
         place(&buyer, &apis[0], &["bid", "--class", "h100", "--gpus", "1", "--hours", "1", "--max-price", "0.1"]);
     wait_until("the binding phase", Duration::from_secs(180), || {
@@ -275,4 +304,8 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     });
     let refused = err(agora(&["--home", &buyer, "order", "cancel", &id.to_string(), "--node", &apis[0]]));
     assert!(refused.contains("binding"), "{refused}");
+    let matched = after_match.join().unwrap();
+    let said = String::from_utf8_lossy(&matched.stdout);
+    assert!(matched.status.success(), "{said} {}", String::from_utf8_lossy(&matched.stderr));
+    assert!(said.starts_with("matched on "), "the job ran on the lease won: {said}");
 }
