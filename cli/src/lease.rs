@@ -727,7 +727,14 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
                 micros(&lease["price_per_gpu_hour"]),
                 micros(&lease["escrow"])
             );
-            if lease["status"] == "Open" {
+            let starts_in = lease["start_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms()) / 1000;
+            if lease["status"] == "Open" && starts_in > 0 {
+                println!(
+                    "status    open, starts in {}m{:02}s (bought for a later start)",
+                    starts_in / 60,
+                    starts_in % 60
+                );
+            } else if lease["status"] == "Open" {
                 println!(
                     "status    open, {} of paid time left (agora lease extend {id} --hours N adds more)",
                     runway(&lease)

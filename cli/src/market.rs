@@ -39,6 +39,9 @@ pub struct BidArgs {
     /// The GPUs may come from several hosts
     #[arg(long)]
     split: bool,
+    /// When the contract starts: `next` (at the clearing) or hours after it, like +6h
+    #[arg(long, default_value = "next", value_parser = parse_start)]
+    start: u32,
     /// Place nothing: say whether the bid would fill if the auction cleared
     /// now, and why not, ask by ask (exit 1 if it would not)
     #[arg(long)]
@@ -181,6 +184,7 @@ pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
         hours: o.hours,
         max_price: parse_amount(&args.max_price)?,
         split: args.split,
+        start_hours: args.start,
     };
     let Some(spec) = spec else { return place(home, key, kind, &o.node, None) };
     let keypair = agora_node::keystore::load(home, key)?.keypair;
@@ -204,6 +208,19 @@ pub fn bid(home: &Path, args: BidArgs) -> anyhow::Result<ExitCode> {
     crate::lease::run_on_lease(&keypair, lease.parse()?, spec, &o.node, true)
 }
 
+/// `--start`: `next` (0), or whole hours after the clearing: `+6h`, `6h`, `6`.
+fn parse_start(text: &str) -> Result<u32, String> {
+    if text == "next" {
+        return Ok(0);
+    }
+    let hours = text.trim_start_matches('+').trim_end_matches('h');
+    let hours: u32 = hours.parse().map_err(|_| format!("{text:?}: use next or hours after the clearing, like +6h"))?;
+    if hours > agora_protocol::limits::MAX_CONTRACT_HOURS {
+        return Err(format!("{text:?}: a contract starts within 720 hours of its auction"));
+    }
+    Ok(hours)
+}
+
 /// How long `--job-after-match` waits for its auction to clear.
 const AFTER_MATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -225,8 +242,8 @@ fn explain_bid(home: &Path, args: &BidArgs, class: &GpuClass) -> anyhow::Result<
     let max = parse_amount(&args.max_price)?;
     let buyer = agora_node::keystore::load(home, o.key.as_deref().unwrap_or("default"))?.keypair.address();
     let path = format!(
-        "/v1/market/explain/bid?class={class}&gpus={}&hours={}&max_price={}uagr&split={}&buyer={buyer}",
-        o.gpus, o.hours, max.0, args.split
+        "/v1/market/explain/bid?class={class}&gpus={}&hours={}&max_price={}uagr&split={}&start_hours={}&buyer={buyer}",
+        o.gpus, o.hours, max.0, args.split, args.start
     );
     let e = o.node.get(&path)?;
     let fills = e["would_fill"] == true;
@@ -313,17 +330,22 @@ pub fn orders(home: &Path, key: &str, all: bool, node: NodeArgs) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>6}  {:<4}  {:<16} {:>4} {:>5}  {:>14}  {:>14}",
-        "ID", "SIDE", "CLASS", "GPUS", "HOURS", "PRICE/GPU-H", "ESCROW"
+        "{:>6}  {:<4}  {:<16} {:>4} {:>5} {:>6}  {:>14}  {:>14}",
+        "ID", "SIDE", "CLASS", "GPUS", "HOURS", "START", "PRICE/GPU-H", "ESCROW"
     );
     for o in rows {
+        let start = match o["start_hours"].as_u64() {
+            Some(h) if h > 0 => format!("+{h}h"),
+            _ => "next".to_string(),
+        };
         println!(
-            "{:>6}  {:<4}  {:<16} {:>4} {:>5}  {:>14}  {:>14}",
+            "{:>6}  {:<4}  {:<16} {:>4} {:>5} {:>6}  {:>14}  {:>14}",
             text(&o["id"]),
             text(&o["side"]),
             text(&o["class"]),
             text(&o["gpus"]),
             text(&o["hours"]),
+            start,
             micros(&o["price"]).to_string(),
             micros(&o["escrow"]).to_string()
         );

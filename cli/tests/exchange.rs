@@ -105,7 +105,8 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
         (&p1, &apis[1], vec!["ask", "--class", "h100", "--gpus", "2", "--hours", "2", "--min-price", "3"]),
         (&p2, &apis[2], vec!["ask", "--class", "a100", "--gpus", "2", "--hours", "2", "--min-price", "0.5"]),
         (&buyer, &apis[3], order("2", "2", "h100-80gb-sim", "default")),
-        (&buyer, &apis[0], order("1", "0.5", "h100", "b1")),
+        // (A contract may start later: hours 1 to 2 after the clearing.)
+        (&buyer, &apis[0], [order("1", "0.5", "h100", "b1"), vec!["--start", "+1h"]].concat()),
         (&buyer, &apis[1], order("1", "1", "a100", "b2")),
         (&buyer, &apis[2], order("1", "2", "a100-40gb-sim", "b3")),
         (&buyer, &apis[3], order("2", "0.4", "a100", "b4")),
@@ -115,6 +116,8 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(placed.iter().all(|(_, a)| *a == auction), "all in auction {auction}: {placed:?}");
+    let later = ok(agora(&["--home", &buyer, "orders", "--key", "b1", "--node", &apis[1]]));
+    assert!(later.contains("+1h"), "{later}");
     let listed = ok(agora(&["--home", &buyer, "orders", "--key", "b3", "--node", &apis[1]]));
     assert!(listed.contains("A100-40GB-SIM") && listed.contains("bid"), "{listed}");
 

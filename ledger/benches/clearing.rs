@@ -19,6 +19,7 @@ fn book(seed: u64, max_bid_gpus: u64) -> (Vec<BidOrder>, Vec<AskOrder>) {
             hours: 1 + rng.below(24) as u32,
             max_price: Amount(1_000_000 + rng.below(2_000_000)),
             split: rng.below(4) == 0,
+            start_hours: 0,
             placed: (rng.below(30), i as u32),
         })
         .collect();

@@ -195,12 +195,28 @@ fn dispatch(state: &mut State, sender: Address, kind: &TxKind) -> Result<Vec<Eve
         TxKind::SlashEquivocation { evidence } => slashing::slash_equivocation(state, evidence),
         TxKind::Unjail => provider::unjail(state, sender),
         TxKind::SetOperator { operator } => provider::set_operator(state, sender, *operator),
-        TxKind::PlaceBid { class, gpus, hours, max_price, split } => {
-            let new = NewOrder { class, side: Side::Bid, gpus: *gpus, hours: *hours, price: *max_price, split: *split };
+        TxKind::PlaceBid { class, gpus, hours, max_price, split, start_hours } => {
+            let new = NewOrder {
+                class,
+                side: Side::Bid,
+                gpus: *gpus,
+                hours: *hours,
+                price: *max_price,
+                split: *split,
+                start_hours: *start_hours,
+            };
             orders::place(state, sender, new)
         }
         TxKind::PlaceAsk { class, gpus, hours, min_price } => {
-            let new = NewOrder { class, side: Side::Ask, gpus: *gpus, hours: *hours, price: *min_price, split: false };
+            let new = NewOrder {
+                class,
+                side: Side::Ask,
+                gpus: *gpus,
+                hours: *hours,
+                price: *min_price,
+                split: false,
+                start_hours: 0,
+            };
             orders::place(state, sender, new)
         }
         TxKind::CancelOrder { order } => orders::cancel(state, sender, *order),

@@ -49,6 +49,8 @@ pub struct BidOrder {
     pub max_price: Amount,
     /// May the GPUs come from several hosts?
     pub split: bool,
+    /// Hours after the clearing the contract starts: it must end within the ask's window.
+    pub start_hours: u32,
     pub placed: Placed,
 }
 
@@ -207,7 +209,9 @@ fn allocate(bids: &[BidOrder], asks: &[AskOrder], price: Amount) -> Vec<Fill> {
     let mut free: Vec<u32> = asks.iter().map(|a| a.gpus).collect();
     let mut fills = Vec::new();
     for bid in bids {
-        let fits = |i: usize, free: &[u32]| free[i] >= bid.gpus && asks[i].hours >= bid.hours;
+        // The contract, from its start to its end, must lie in the ask's window.
+        let span = bid.start_hours.saturating_add(bid.hours);
+        let fits = |i: usize, free: &[u32]| free[i] >= bid.gpus && asks[i].hours >= span;
         if let Some(i) = (0..asks.len()).find(|&i| fits(i, &free)) {
             free[i] -= bid.gpus;
             fills.push(Fill { bid: bid.id, ask: asks[i].id, gpus: bid.gpus, hours: bid.hours });
@@ -219,7 +223,7 @@ fn allocate(bids: &[BidOrder], asks: &[AskOrder], price: Amount) -> Vec<Fill> {
         // From several hosts, in ask priority, all or nothing.
         let mut parts = Vec::new();
         let mut wanted = bid.gpus;
-        for i in (0..asks.len()).filter(|&i| free[i] > 0 && asks[i].hours >= bid.hours) {
+        for i in (0..asks.len()).filter(|&i| free[i] > 0 && asks[i].hours >= span) {
             let take = wanted.min(free[i]);
             parts.push((i, take));
             wanted -= take;
@@ -242,7 +246,7 @@ mod tests {
     use super::*;
 
     fn bid(id: u64, gpus: u32, hours: u32, max: u64) -> BidOrder {
-        BidOrder { id, gpus, hours, max_price: Amount(max), split: false, placed: (1, id as u32) }
+        BidOrder { id, gpus, hours, max_price: Amount(max), split: false, start_hours: 0, placed: (1, id as u32) }
     }
 
     fn ask(id: u64, gpus: u32, hours: u32, min: u64) -> AskOrder {
@@ -283,7 +287,11 @@ mod tests {
         split.split = true;
         let c = clear(&[split], &asks);
         assert_eq!(c.fills.iter().map(|f| f.gpus).collect::<Vec<_>>(), vec![4, 2]);
-        // A window too short for the bid is never used.
+        // A window too short for the bid is never used, nor one that ends
+        // before a later-starting contract would.
         assert!(clear(&[bid(1, 1, 20, 200)], &asks).fills.is_empty());
+        let later = BidOrder { start_hours: 9, ..bid(1, 1, 2, 200) };
+        assert!(clear(std::slice::from_ref(&later), &asks).fills.is_empty(), "hours 9 to 11 of a 10-hour window");
+        assert_eq!(clear(&[BidOrder { start_hours: 8, ..later }], &asks).fills.len(), 1, "hours 8 to 10 fit");
     }
 }

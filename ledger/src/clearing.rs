@@ -129,7 +129,11 @@ fn clear_class(state: &mut State, auction: u64, class: GpuClass, orders: Vec<Ord
             let (bid, ask) = (by_id[&fill.bid], by_id[&fill.ask]);
             let escrow = cost(price, fill.gpus, fill.hours).ok_or(Error::Overflow("lease escrow"))?;
             let id = lease_id(auction, fill.bid, fill.ask);
-            let end_ms = now.0.checked_add(u64::from(fill.hours) * HOUR_MS).ok_or(Error::Overflow("lease end"))?;
+            // A later start holds the GPUs from now (they count as leased) and
+            // is paid from its start: settlement before it refunds everything.
+            let start_ms =
+                now.0.checked_add(u64::from(bid.start_hours) * HOUR_MS).ok_or(Error::Overflow("lease start"))?;
+            let end_ms = start_ms.checked_add(u64::from(fill.hours) * HOUR_MS).ok_or(Error::Overflow("lease end"))?;
             state.set_lease(Lease {
                 id,
                 buyer: bid.owner,
@@ -140,7 +144,7 @@ fn clear_class(state: &mut State, auction: u64, class: GpuClass, orders: Vec<Ord
                 price_per_gpu_hour: price,
                 escrow,
                 job_spec_hash: Hash::ZERO,
-                start_ms: now,
+                start_ms: TimestampMs(start_ms),
                 end_ms: TimestampMs(end_ms),
                 status: LeaseStatus::Open,
             });
@@ -191,6 +195,7 @@ pub fn auction_book<'a>(state: &State, orders: impl IntoIterator<Item = &'a Orde
                 hours: o.hours,
                 max_price: o.price,
                 split: o.split,
+                start_hours: o.start_hours,
                 placed,
             }),
             Side::Ask if state.is_active_provider(&o.owner) => {

@@ -21,6 +21,8 @@ pub(crate) struct NewOrder<'a> {
     pub hours: u32,
     pub price: Amount,
     pub split: bool,
+    /// A bid's contract starts this many hours after its auction clears.
+    pub start_hours: u32,
 }
 
 /// Places a bid (for the sender) or an ask (for the provider the sender
@@ -61,6 +63,7 @@ pub(crate) fn place(state: &mut State, sender: Address, new: NewOrder<'_>) -> Re
         hours: new.hours,
         price: new.price,
         split: new.split && new.side == Side::Bid,
+        start_hours: new.start_hours,
         placed: state.height(),
         escrow,
     };

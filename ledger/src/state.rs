@@ -94,6 +94,8 @@ pub struct Order {
     pub price: Amount,
     /// A bid may be filled from several hosts.
     pub split: bool,
+    /// A bid's contract starts this many hours after the clearing (0: at it).
+    pub start_hours: u32,
     pub placed: Height,
     /// A bid's escrow (its maximum cost); zero for an ask.
     pub escrow: Amount,

@@ -11,15 +11,17 @@ use agora_protocol::Amount;
 use proptest::prelude::*;
 
 fn bids() -> impl Strategy<Value = Vec<BidOrder>> {
-    prop::collection::vec((1u32..9, 1u32..25, 1u64..40, any::<bool>(), 0u64..5), 0..40).prop_map(|v| {
+    prop::collection::vec((1u32..9, 1u32..25, 1u64..40, any::<bool>(), 0u64..5, 0u32..4), 0..40).prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (gpus, hours, price, split, height))| BidOrder {
+            .map(|(i, (gpus, hours, price, split, height, start))| BidOrder {
                 id: i as u64,
                 gpus,
                 hours,
                 max_price: Amount(price * 100_000),
                 split,
+                // Most start at the clearing, some later.
+                start_hours: start.saturating_sub(2) * 6,
                 placed: (height, i as u32),
             })
             .collect()
@@ -82,7 +84,7 @@ fn check(bids: &[BidOrder], asks: &[AskOrder], c: &Clearing) -> Result<(), TestC
         prop_assert!(b.max_price >= price, "a buyer pays more than its bid");
         prop_assert!(a.min_price <= price, "a provider receives less than its ask");
         prop_assert_eq!(f.hours, b.hours);
-        prop_assert!(f.hours <= a.hours, "a fill longer than the ask's window");
+        prop_assert!(b.start_hours + f.hours <= a.hours, "a contract ending after the ask's window");
         *used.entry(f.ask).or_default() += f.gpus;
         let e = filled.entry(f.bid).or_default();
         e.0 += f.gpus;

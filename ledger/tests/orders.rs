@@ -44,7 +44,8 @@ fn class() -> GpuClass {
 }
 
 fn bid(chain: &TestChain, state: &State, gpus: u32, hours: u32, agr: u64) -> SignedTx {
-    let kind = TxKind::PlaceBid { class: class(), gpus, hours, max_price: Amount::agr(agr), split: false };
+    let kind =
+        TxKind::PlaceBid { class: class(), gpus, hours, max_price: Amount::agr(agr), split: false, start_hours: 0 };
     sign_tx(&chain.keys[BUYER], nonce(state, chain, BUYER), kind)
 }
 
@@ -156,7 +157,14 @@ fn open_orders_are_limited_per_account() {
     let most = state.params().market.max_open_orders_per_account;
     let txs: Vec<SignedTx> = (0..most)
         .map(|i| {
-            let kind = TxKind::PlaceBid { class: class(), gpus: 1, hours: 1, max_price: Amount(1_000), split: false };
+            let kind = TxKind::PlaceBid {
+                class: class(),
+                gpus: 1,
+                hours: 1,
+                max_price: Amount(1_000),
+                split: false,
+                start_hours: 0,
+            };
             sign_tx(&chain.keys[BUYER], i, kind)
         })
         .collect();
@@ -174,8 +182,14 @@ fn the_clearing_block_turns_crossing_orders_into_leases_at_one_price() {
     setup_provider(&chain, &mut state);
     until_next_block_is(&chain, &mut state, AuctionPhase::Open);
     let place = |state: &State, i: usize, kind| sign_tx(&chain.keys[i], nonce(state, &chain, i), kind);
-    let bid_kind =
-        |gpus, hours, max: Amount| TxKind::PlaceBid { class: class(), gpus, hours, max_price: max, split: false };
+    let bid_kind = |gpus, hours, max: Amount| TxKind::PlaceBid {
+        class: class(),
+        gpus,
+        hours,
+        max_price: max,
+        split: false,
+        start_hours: 0,
+    };
     let ask = TxKind::PlaceAsk { class: class(), gpus: 4, hours: 24, min_price: Amount::agr(2) };
     let txs = vec![place(&state, PROVIDER, ask), place(&state, OTHER, bid_kind(4, 2, Amount::agr(1)))];
     commit(&chain, &mut state, txs);
@@ -308,4 +322,51 @@ fn gpus_in_an_open_ask_cannot_also_be_leased_on_the_spot_market_nor_the_reverse(
     assert!(spot.iter().all(|t| t.average_price() == Some(Amount::agr(2)) && t.low == t.high), "{spot:?}");
     let unregistered = try_tx(&chain, &state, spot_lease_of(&chain, &state, "A100", 1, 5));
     assert!(matches!(&unregistered, Err(Error::LeaseTerms(m)) if m.contains("no A100")), "{unregistered:?}");
+}
+
+#[test]
+fn a_contract_that_starts_later_holds_the_gpus_from_the_clearing_and_is_paid_from_its_start() {
+    let chain = chain();
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let ask = TxKind::PlaceAsk { class: class(), gpus: 4, hours: 4, min_price: Amount::agr(1) };
+    let later = |start_hours| TxKind::PlaceBid {
+        class: class(),
+        gpus: 2,
+        hours: 2,
+        max_price: Amount::agr(1),
+        split: false,
+        start_hours,
+    };
+    // Hours 3 to 5 end after the ask's 4-hour window; hours 2 to 4 fit.
+    let txs = vec![
+        sign_tx(&chain.keys[PROVIDER], nonce(&state, &chain, PROVIDER), ask),
+        sign_tx(&chain.keys[BUYER], nonce(&state, &chain, BUYER), later(3)),
+        sign_tx(&chain.keys[OTHER], nonce(&state, &chain, OTHER), later(2)),
+    ];
+    commit(&chain, &mut state, txs);
+    let before = state.account(&chain.address(OTHER)).balance;
+    until_next_block_is(&chain, &mut state, AuctionPhase::NoCancel);
+    until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+    let leases: Vec<_> = state.open_leases().cloned().collect();
+    assert_eq!(leases.len(), 1, "only the bid that fits the window: {leases:?}");
+    let lease = &leases[0];
+    assert_eq!(lease.buyer, chain.address(OTHER));
+    let cleared_at = lease.start_ms.0 - 2 * 3_600_000;
+    assert!(cleared_at <= state.time_ms().0, "starts two hours after the clearing");
+    assert_eq!(lease.end_ms.0 - lease.start_ms.0, 2 * 3_600_000);
+    assert_eq!(
+        state.account(&chain.address(OTHER)).balance,
+        before,
+        "paid 4 GPU-hours at 1 AGR: the escrow, no refund"
+    );
+    // Before its start the GPUs count as leased, and a cancel refunds everything.
+    let c = agora_ledger::capacity::capacity(&state, &chain.address(PROVIDER), &class());
+    assert_eq!((c.leased, c.free()), (2, 2));
+    let cancel = TxKind::CancelLease { lease_id: lease.id };
+    let cancel = sign_tx(&chain.keys[OTHER], nonce(&state, &chain, OTHER), cancel);
+    commit(&chain, &mut state, vec![cancel]);
+    let fee = state.params().min_tx_fee.0;
+    assert_eq!(state.account(&chain.address(OTHER)).balance.0, before.0 + Amount::agr(4).0 - fee);
 }

@@ -53,6 +53,7 @@ fn order_view(o: &Order) -> serde_json::Value {
         "hours": o.hours,
         "price": o.price.0.to_string(),
         "split": o.split,
+        "start_hours": o.start_hours,
         "placed": o.placed.0,
         "escrow": o.escrow.0.to_string(),
     })
@@ -289,6 +290,8 @@ pub struct ExplainBidQuery {
     max_price: String,
     #[serde(default)]
     split: bool,
+    #[serde(default)]
+    start_hours: u32,
     buyer: Option<String>,
 }
 
@@ -310,6 +313,7 @@ pub async fn explain_bid(
         hours: q.hours,
         max_price: amount(Some(&q.max_price))?.unwrap_or_default(),
         split: q.split,
+        start_hours: q.start_hours,
     };
     let ledger = s.ledger.clone();
     // A trial clearing of the class's book: off the async workers, like /auctions.

@@ -142,6 +142,8 @@ pub struct BidWant {
     pub hours: u32,
     pub max_price: Amount,
     pub split: bool,
+    /// Hours after the clearing the contract starts.
+    pub start_hours: u32,
 }
 
 /// One open ask of the class, judged against a bid.
@@ -200,6 +202,7 @@ pub fn bid(state: &State, want: &BidWant) -> BidExplanation {
         hours: want.hours,
         max_price: want.max_price,
         split: want.split,
+        start_hours: want.start_hours,
         placed: (u64::MAX, 0),
     });
     let trial = clear(&bids, &book_asks);
@@ -246,8 +249,14 @@ fn judge_ask(state: &State, ask: &agora_ledger::Order, want: &BidWant) -> AskVer
             format!("offers {} GPU(s) on one host; you want {} (--split allows several hosts)", ask.gpus, want.gpus),
         ));
     }
-    if ask.hours < want.hours {
-        reasons.push(reason("window_too_short", format!("sells at most {} h; you want {} h", ask.hours, want.hours)));
+    let span = want.start_hours.saturating_add(want.hours);
+    if ask.hours < span {
+        let yours = if want.start_hours == 0 {
+            format!("you want {} h", want.hours)
+        } else {
+            format!("you want hours {} to {span} after the clearing", want.start_hours)
+        };
+        reasons.push(reason("window_too_short", format!("sells at most {} h; {yours}", ask.hours)));
     }
     if !state.is_active_provider(&ask.owner) {
         reasons.push(reason("provider_inactive", provider_state(state, &ask.owner)));
@@ -369,6 +378,7 @@ mod tests {
             hours: 2,
             max_price: Amount::agr(2),
             split: false,
+            start_hours: 0,
         };
         let empty = bid(&state, &want);
         assert!(!empty.would_fill);
@@ -391,8 +401,13 @@ mod tests {
         assert_eq!(fills.indicative_price, Some(Amount(1_500_000)));
         let poor = bid(&state, &BidWant { buyer: Some(chain.address(2)), ..want.clone() });
         assert_eq!(codes(&poor.reasons), vec!["insufficient_balance"], "the escrow of 8 AGR > 1 AGR");
-        let low = bid(&state, &BidWant { max_price: Amount(500_000), ..want });
+        let low = bid(&state, &BidWant { max_price: Amount(500_000), ..want.clone() });
         assert!(!low.would_fill);
         assert_eq!(codes(&low.asks[0].reasons), vec!["ask_above_bid"]);
+        // The ask sells 4 hours: a 2-hour contract starting 3 hours after the clearing ends too late.
+        let late = bid(&state, &BidWant { start_hours: 3, ..want });
+        assert!(!late.would_fill);
+        assert_eq!(codes(&late.asks[0].reasons), vec!["window_too_short"]);
+        assert!(late.asks[0].reasons[0].detail.contains("hours 3 to 5 after the clearing"), "{late:?}");
     }
 }

@@ -364,6 +364,10 @@ impl Market {
         if request.signer != lease.buyer {
             return no(C::NotBuyer, format!("only the lease's holder ({}) can run jobs on it", lease.buyer));
         }
+        if lease.start_ms.0 > now_ms {
+            let secs = (lease.start_ms.0 - now_ms).div_ceil(1000);
+            return no(C::NotStarted, format!("lease {id} starts in {secs} s; run the job then"));
+        }
         if self.last_run.get(&id).is_some_and(|&last| issued <= last) {
             return no(C::AlreadyAccepted, "this run request was already used; sign a new one".into());
         }
@@ -595,7 +599,7 @@ mod tests {
 
     fn place_ask(chain: &TestChain, state: &mut State, gpus: u32) {
         let nonce = state.account(&chain.address(0)).nonce;
-        let kind = TxKind::PlaceAsk { class: sim_class(), gpus, hours: 1, min_price: Amount::agr(1) };
+        let kind = TxKind::PlaceAsk { class: sim_class(), gpus, hours: 3, min_price: Amount::agr(1) };
         commit(chain, state, vec![sign_tx(&chain.keys[0], nonce, kind)]);
     }
 
@@ -612,8 +616,19 @@ mod tests {
 
     /// Clears an auction in which the buyer (account 1) wins 1 of the provider's 2 GPUs: its lease.
     fn auctioned_lease(chain: &TestChain, state: &mut State) -> agora_ledger::Lease {
+        auctioned_lease_from(chain, state, 0)
+    }
+
+    fn auctioned_lease_from(chain: &TestChain, state: &mut State, start_hours: u32) -> agora_ledger::Lease {
         place_ask(chain, state, 2);
-        let bid = TxKind::PlaceBid { class: sim_class(), gpus: 1, hours: 1, max_price: Amount::agr(2), split: false };
+        let bid = TxKind::PlaceBid {
+            class: sim_class(),
+            gpus: 1,
+            hours: 1,
+            max_price: Amount::agr(2),
+            split: false,
+            start_hours,
+        };
         let nonce = state.account(&chain.address(1)).nonce;
         commit(chain, state, vec![sign_tx(&chain.keys[1], nonce, bid)]);
         for _ in 0..2 * state.params().market.auction_blocks {
@@ -662,6 +677,24 @@ mod tests {
         assert_eq!(b.gpu_ids, held, "on the same devices");
         m.release(&lease.id);
         assert_eq!(m.free("H100").len(), 2, "settled: the devices are free again");
+    }
+
+    #[test]
+    fn a_lease_that_starts_later_runs_nothing_before_its_start() {
+        let (chain, mut state, mut m) = setup();
+        let me = chain.address(0);
+        let lease = auctioned_lease_from(&chain, &mut state, 2);
+        assert!(lease.start_ms.0 > state.time_ms().0 + 3_600_000, "two hours after the clearing");
+        assert_eq!(lease.end_ms.0 - lease.start_ms.0, 3_600_000);
+        let run = |at: u64| {
+            let body = RunRequest { lease_id: lease.id, spec: spec(), issued_at_ms: TimestampMs(at) };
+            Signed::sign(body, &chain.keys[1], &chain_id()).unwrap()
+        };
+        let early = lease.start_ms.0 - 1_000;
+        let err = m.run(&me, &chain_id(), &state, &run(early), false, early).unwrap_err();
+        assert_eq!((err.code, err.detail.contains("starts in 1 s")), (RefusalCode::NotStarted, true), "{err}");
+        let at = lease.start_ms.0;
+        m.run(&me, &chain_id(), &state, &run(at), false, at).expect("from its start");
     }
 
     #[test]

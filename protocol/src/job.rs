@@ -249,6 +249,8 @@ pub enum RefusalCode {
     JobRunning,
     /// The lease was opened for one job (spot): it runs no other.
     NotReservation,
+    /// The lease's time has not begun yet.
+    NotStarted,
 }
 
 impl RefusalCode {
@@ -275,6 +277,7 @@ impl RefusalCode {
             RefusalCode::Internal => "internal",
             RefusalCode::JobRunning => "job_running",
             RefusalCode::NotReservation => "not_reservation",
+            RefusalCode::NotStarted => "not_started",
         }
     }
 }

@@ -75,14 +75,16 @@ pub enum TxKind {
         operator: Option<Address>,
     },
     /// A buyer's bid in a class's call auction: `gpus` GPUs on one host
-    /// (several if `split`) for `hours` hours at no more than `max_price`
-    /// per GPU-hour. Escrows its maximum cost until it is filled or cancelled.
+    /// (several if `split`) for `hours` hours starting `start_hours` after
+    /// the clearing, at no more than `max_price` per GPU-hour. Escrows its
+    /// maximum cost until it is filled or cancelled.
     PlaceBid {
         class: GpuClass,
         gpus: u32,
         hours: u32,
         max_price: Amount,
         split: bool,
+        start_hours: u32,
     },
     /// A provider's ask (sent by it or its operator): `gpus` GPUs of one
     /// host for up to `hours` hours at no less than `min_price` per GPU-hour.
@@ -175,6 +177,11 @@ impl Transaction {
     /// Checks that need no state: bounded lists and strings, non-zero amounts.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |reason: &str| Err(Error::Invalid { what: "transaction", reason: reason.to_string() });
+        if let TxKind::PlaceBid { hours, start_hours, .. } = &self.kind
+            && hours.saturating_add(*start_hours) > MAX_CONTRACT_HOURS
+        {
+            return invalid("a contract starts and ends within 720 hours of its auction");
+        }
         match &self.kind {
             TxKind::Transfer { amount, .. } | TxKind::Stake { amount } | TxKind::Unstake { amount } => {
                 if amount.is_zero() {

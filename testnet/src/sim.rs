@@ -1100,6 +1100,7 @@ impl Sim {
                     hours: 1 + self.rng.below(3) as u32,
                     max_price: Amount::agr(1 + self.rng.below(3)),
                     split: false,
+                    start_hours: 0,
                 };
                 sign_tx(key, *nonce, kind)
             } else if self.rng.below(8) == 0 {
