@@ -96,6 +96,17 @@ pub enum BenchCommand {
         #[arg(long, value_parser = crate::testnet::parse_runner)]
         runner: Option<agora_node::config::Runner>,
     },
+    /// The exchange on a real testnet: a bid's placement → listed by `agora orders` on every node
+    Market {
+        /// Bids placed one after another, each timed until every node lists it
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        #[arg(long, default_value_t = 28_300)]
+        base_port: u16,
+        /// Keep the testnet's homes and logs here instead of a temporary directory
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -153,6 +164,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Jobs { samples, runners } => {
             anyhow::ensure!((1..=10_000).contains(&samples), "--samples must be 1 to 10000");
             print_json(&crate::jobs_bench::run(samples, &runners)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Market { samples, base_port, dir } => {
+            anyhow::ensure!((1..=1000).contains(&samples), "--samples must be 1 to 1000");
+            let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
+            let dir = dir.unwrap_or_else(|| temp.path().join("net"));
+            print_json(&crate::market_bench::run(&dir, samples, base_port)?)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Leases { samples, burst, threads, base_port, dir, runner } => {

@@ -12,6 +12,7 @@ mod lease_bench;
 mod ledger;
 mod liveness_bench;
 mod market;
+mod market_bench;
 mod node;
 mod testnet;
 mod view;
