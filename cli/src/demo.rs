@@ -3,7 +3,9 @@
 //! loopback (two of them providers with simulated GPUs), shows the offers,
 //! submits a job as the buyer through a node that is not a provider, prints
 //! the job's output as the provider streams it, shows the settlement and the
-//! balances, and shuts the testnet down, whatever happened.
+//! balances; then an auction round: a provider asks, the buyer bids, the
+//! auction clears at one price and the buyer runs a job on the lease it
+//! won; and it shuts the testnet down, whatever happened.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,7 +52,35 @@ pub struct DemoReport {
     /// Transaction fees the buyer paid (to block proposers).
     pub buyer_fees: Amount,
     pub supply_conserved: bool,
+    pub auction: AuctionRound,
 }
+
+/// The demo's auction round.
+#[derive(Serialize)]
+pub struct AuctionRound {
+    pub class: String,
+    pub auction: u64,
+    pub clearing_price: Amount,
+    pub lease_id: String,
+    pub provider: String,
+    pub gpu_ids: Vec<String>,
+    pub job_output: String,
+    pub job_exit_code: i32,
+    pub buyer_balance_after: Amount,
+    pub supply_conserved: bool,
+}
+
+/// The round's orders: one simulated H100 for an hour; the provider's floor
+/// and the buyer's maximum clear at their midpoint.
+const ROUND_CLASS: &str = "H100-80GB-SIM";
+const ROUND_MIN_PRICE: &str = "1";
+const ROUND_MAX_PRICE: &str = "2";
+/// Blocks an auction must have left for both orders to commit in it.
+const ROUND_BLOCKS_NEEDED: u64 = 10;
+/// The job run on the auctioned lease.
+const ROUND_JOB: &[&str] = &["sh", "-c", "echo \"hello from an auctioned lease on GPUs $CUDA_VISIBLE_DEVICES\""];
+/// How long the demo waits for the auction to come round and clear.
+const ROUND_DEADLINE: Duration = Duration::from_secs(180);
 
 pub fn run(dir: Option<PathBuf>, json: bool, job: Vec<String>, base_port: u16) -> anyhow::Result<ExitCode> {
     let command = if job.is_empty() { DEFAULT_JOB.iter().map(|s| s.to_string()).collect() } else { job };
@@ -78,7 +108,7 @@ pub fn run(dir: Option<PathBuf>, json: bool, job: Vec<String>, base_port: u16) -
     if json {
         print_json(&report)?;
     }
-    if !report.supply_conserved {
+    if !report.supply_conserved || !report.auction.supply_conserved {
         anyhow::bail!("the balances do not add up: supply not conserved");
     }
     Ok(ExitCode::SUCCESS)
@@ -167,6 +197,8 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
         "supply conserved (every holding on the ledger adds up, the buyer paid exactly price and fees): {}",
         if supply_conserved { "yes" } else { "NO" }
     ));
+    let provider_home = &file.nodes.iter().find(|n| n.provider).ok_or_else(|| anyhow::anyhow!("no provider"))?.home;
+    let auction = auction_round(&node, &keypair, provider_home, json)?;
     Ok(DemoReport {
         chain_id: file.chain_id.clone(),
         dir: file.dir.clone(),
@@ -186,6 +218,124 @@ fn demo(file: &TestnetFile, command: Vec<String>, json: bool) -> anyhow::Result<
         provider_balance_before: provider_before,
         provider_balance_after: provider_after,
         buyer_fees,
+        supply_conserved,
+        auction,
+    })
+}
+
+/// A provider asks, the buyer bids, both in one auction; once it clears,
+/// the buyer runs a job on the lease it won.
+fn auction_round(
+    node: &NodeArgs,
+    buyer: &agora_protocol::Keypair,
+    provider_home: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<AuctionRound> {
+    use agora_protocol::{GpuClass, TxKind};
+    let say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    let class = GpuClass::parse(ROUND_CLASS)?;
+    let until = Instant::now() + ROUND_DEADLINE;
+    let auctions = || node.get("/v1/market/auctions");
+    say(format!(
+        "
+auction round: the exchange clears each GPU class at one price every {} blocks",
+        auctions()?["auction_blocks"]
+    ));
+    let auction = loop {
+        let a = auctions()?;
+        let left = a["clears_at_height"].as_u64().unwrap_or(0).saturating_sub(a["height"].as_u64().unwrap_or(0));
+        if a["phase"] == "open" && left >= ROUND_BLOCKS_NEEDED {
+            break a["auction"].as_u64().unwrap_or(0);
+        }
+        anyhow::ensure!(Instant::now() < until, "no auction came round within {ROUND_DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let provider = agora_node::keystore::load(provider_home, "node")?.keypair;
+    let ask = TxKind::PlaceAsk {
+        class: class.clone(),
+        gpus: 1,
+        hours: 1,
+        min_price: crate::client::parse_amount(ROUND_MIN_PRICE)?,
+    };
+    crate::client::submit_and_wait(&provider, ask, node)?;
+    say(format!(
+        "  provider {} asks: 1 {class} for up to 1 h at no less than {ROUND_MIN_PRICE} AGR/GPU-hour",
+        provider.address()
+    ));
+    let bid = TxKind::PlaceBid {
+        class: class.clone(),
+        gpus: 1,
+        hours: 1,
+        max_price: crate::client::parse_amount(ROUND_MAX_PRICE)?,
+        split: false,
+        start_hours: 0,
+    };
+    crate::client::submit_and_wait(buyer, bid, node)?;
+    let clears_at = auctions()?["clears_at_height"].as_u64().unwrap_or(0);
+    say(format!(
+        "  buyer bids: 1 {class} for 1 h at no more than {ROUND_MAX_PRICE} AGR/GPU-hour; auction {auction} clears at height {clears_at}"
+    ));
+    while node.get("/v1/status")?["height"].as_u64().unwrap_or(0) <= clears_at {
+        anyhow::ensure!(Instant::now() < until, "auction {auction} did not clear within {ROUND_DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let prices = node.get(&format!("/v1/market/prices?class={class}"))?;
+    let result = prices
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["kind"] == "auction" && r["auction"] == auction)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("auction {auction} has no result"))?;
+    let price = micros(&result["price"]);
+    let me = buyer.address().to_string();
+    let leases = node.get(&format!("/v1/leases?buyer={me}"))?;
+    let lease = leases
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["status"] == "Open" && l["gpu_model"] == ROUND_CLASS)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the bid did not become a lease"))?;
+    let lease_id: LeaseId = lease["id"].as_str().unwrap_or_default().parse()?;
+    say(format!(
+        "  cleared at {price}/GPU-hour: lease {lease_id} with {}; running a job on it (agora lease run):
+",
+        lease["provider"].as_str().unwrap_or("?")
+    ));
+    let chain = crate::client::chain_id(node)?;
+    let spec =
+        JobSpec { command: ROUND_JOB.iter().map(|s| s.to_string()).collect(), env: vec![], image: None, egress: false };
+    let started = crate::lease::start_run(buyer, &chain, lease_id, spec, node)?;
+    let (state, output) = crate::lease::follow_logs(buyer, &chain, lease_id, node, true, !json)?;
+    say(format!(
+        "
+{}; the lease stays open for the buyer's next job until its hour is up",
+        describe(&state)
+    ));
+    let supply_conserved = node.get("/v1/supply")?["conserved"].as_bool() == Some(true);
+    Ok(AuctionRound {
+        class: class.to_string(),
+        auction,
+        clearing_price: price,
+        lease_id: lease_id.to_string(),
+        provider: lease["provider"].as_str().unwrap_or_default().to_string(),
+        gpu_ids: started["gpu_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect(),
+        job_output: String::from_utf8_lossy(&output).into_owned(),
+        job_exit_code: match state {
+            agora_protocol::job::JobState::Exited { code } => code.unwrap_or(1),
+            _ => 1,
+        },
+        buyer_balance_after: micros(&node.get(&format!("/v1/accounts/{me}"))?["balance"]),
         supply_conserved,
     })
 }

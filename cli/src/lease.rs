@@ -505,14 +505,7 @@ pub fn run_on_lease(
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
     let chain = chain_id(node)?;
-    let request =
-        Signed::sign(RunRequest { lease_id: id, spec, issued_at_ms: TimestampMs(now_ms()) }, keypair, &chain)?;
-    let body = serde_json::json!({ "request": hex::encode(codec::encode(&request)?) }).to_string();
-    let reply = http::post(&node.url(), &format!("/v1/leases/{id}/run"), &body)?;
-    let answer = reply.json()?;
-    if reply.status >= 400 {
-        bail!("{}", answer["error"].as_str().unwrap_or("the provider refused"));
-    }
+    let answer = start_run(keypair, &chain, id, spec, node)?;
     let gpus =
         answer["gpu_ids"].as_array().map(|a| a.iter().map(text).collect::<Vec<_>>().join(",")).unwrap_or_default();
     if !wait {
@@ -532,6 +525,25 @@ pub fn run_on_lease(
         eprintln!("lease {id}: {}; the lease stays open for your next job", describe(&state));
     }
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}
+
+/// Asks the provider of the auctioned lease `id` to start `spec`, signed by
+/// its holder; the provider's answer (the GPUs it runs on).
+pub fn start_run(
+    keypair: &Keypair,
+    chain: &agora_protocol::ChainId,
+    id: LeaseId,
+    spec: JobSpec,
+    node: &NodeArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let request = Signed::sign(RunRequest { lease_id: id, spec, issued_at_ms: TimestampMs(now_ms()) }, keypair, chain)?;
+    let body = serde_json::json!({ "request": hex::encode(codec::encode(&request)?) }).to_string();
+    let reply = http::post(&node.url(), &format!("/v1/leases/{id}/run"), &body)?;
+    let answer = reply.json()?;
+    if reply.status >= 400 {
+        bail!("{}", answer["error"].as_str().unwrap_or("the provider refused"));
+    }
+    Ok(answer)
 }
 
 /// `agora lease extend`: the cost is the lease's own price for the added
@@ -598,7 +610,7 @@ fn logs_request(
 
 /// Prints the job's output from the start; with `follow`, until the job has
 /// ended and all of its output is printed. Returns the job's last state.
-fn follow_logs(
+pub fn follow_logs(
     keypair: &Keypair,
     chain: &agora_protocol::ChainId,
     id: LeaseId,

@@ -103,6 +103,16 @@ fn demo_runs_a_job_on_leased_gpus_over_a_real_testnet_and_settles_escrow() {
     assert_eq!(spent, micros("provider_paid") + micros("buyer_fees"), "the buyer paid exactly price and fee");
     assert_eq!(micros("provider_paid") + micros("buyer_refunded"), micros("escrow"));
     assert!(micros("buyer_refunded") > micros("provider_paid"), "a short job is paid pro-rata, not in full");
+    // The auction round: one ask at 1, one bid at 2, cleared at the midpoint;
+    // the buyer's job ran on the lease it won.
+    let round = &report["auction"];
+    assert_eq!(round["clearing_price"], "1500000", "{round}");
+    assert_eq!(round["job_exit_code"], 0);
+    assert!(
+        round["job_output"].as_str().unwrap().starts_with("hello from an auctioned lease on GPUs SIM-H100-"),
+        "{round}"
+    );
+    assert_eq!(round["supply_conserved"], true);
     // The testnet is down and its ledgers can be inspected offline.
     let home = dir.path().join("home");
     let data = demo_dir.join("node3/data/ledger");
@@ -117,7 +127,7 @@ fn demo_runs_a_job_on_leased_gpus_over_a_real_testnet_and_settles_escrow() {
     assert_one_line_error(&agora(&home, &["ledger", "block", "99999", "--data", data]), "no block at height 99999");
     let buyer = report["buyer"].as_str().unwrap();
     let account = json(&agora(&home, &["ledger", "account", buyer, "--data", data, "--json"]));
-    assert_eq!(account["balance"], report["buyer_balance_after"]);
+    assert_eq!(account["balance"], report["auction"]["buyer_balance_after"]);
     assert_one_line_error(&agora(&home, &["ledger", "account", "agora1bogus", "--data", data]), "invalid address");
     assert_one_line_error(&agora(&home, &["ledger", "status", "--data", "/nonexistent/agora"]), "no ledger store");
     // The directory now holds a testnet: a second demo there is refused.
