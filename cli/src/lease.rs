@@ -45,15 +45,8 @@ pub struct SubmitArgs {
     /// How long to lease the GPUs: 90s, 30m, 2h, 1h30m
     #[arg(long)]
     duration: String,
-    /// Environment variable for the job, K=V (repeatable)
-    #[arg(long = "env", value_name = "K=V")]
-    env: Vec<String>,
-    /// Run the command in this container image (providers that allow docker)
-    #[arg(long)]
-    image: Option<String>,
-    /// Ask for outbound network access for the job (container jobs, on providers that allow it)
-    #[arg(long)]
-    egress: bool,
+    #[command(flatten)]
+    job: JobArgs,
     /// Follow the lease to the end, print the job's output and exit with its exit code
     #[arg(long)]
     wait: bool,
@@ -136,10 +129,9 @@ pub enum LeaseCommand {
     },
 }
 
+/// How a job runs, as `submit` and `lease run` take it.
 #[derive(Args)]
-pub struct RunArgs {
-    /// The lease (from an auction, or bought or given to you)
-    id: String,
+pub struct JobArgs {
     /// Environment variable for the job, K=V (repeatable)
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
@@ -149,6 +141,21 @@ pub struct RunArgs {
     /// Ask for outbound network access for the job (container jobs, on providers that allow it)
     #[arg(long)]
     egress: bool,
+}
+
+impl JobArgs {
+    /// The job spec for `command` with these options.
+    fn spec(&self, command: &[String]) -> anyhow::Result<JobSpec> {
+        job_spec(command, &self.env, self.image.as_deref(), self.egress)
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The lease (from an auction, or bought or given to you)
+    id: String,
+    #[command(flatten)]
+    job: JobArgs,
     /// Print the job's output until it ends and exit with its exit code
     #[arg(long)]
     wait: bool,
@@ -384,7 +391,7 @@ pub fn submit(home: &Path, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let keypair = agora_node::keystore::load(home, &args.key)?.keypair;
     let duration_secs = parse_duration(&args.duration)?;
     anyhow::ensure!(args.gpus > 0, "--gpus must be at least 1");
-    let spec = job_spec(&args.command, &args.env, args.image.as_deref(), args.egress)?;
+    let spec = args.job.spec(&args.command)?;
     if args.explain {
         return explain_submit(&keypair, &args, duration_secs);
     }
@@ -491,7 +498,7 @@ pub fn job_spec(command: &[String], env: &[String], image: Option<&str>, egress:
 fn run_job(home: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let id: LeaseId = args.id.parse()?;
     let keypair = agora_node::keystore::load(home, &args.key.key)?.keypair;
-    let spec = job_spec(&args.command, &args.env, args.image.as_deref(), args.egress)?;
+    let spec = args.job.spec(&args.command)?;
     run_on_lease(&keypair, id, spec, &args.key.node, args.wait)
 }
 

@@ -604,10 +604,11 @@ async fn propose_lease(
     }
 }
 
+/// The body of a request the lease's holder signs for its provider.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogsBody {
-    /// A `Signed<LogsRequest>` by the lease's buyer, wire-encoded, hex.
+struct SignedBody {
+    /// A `Signed<LogsRequest>` or `Signed<RunRequest>` by the lease's holder, wire-encoded, hex.
     request: String,
 }
 
@@ -616,7 +617,7 @@ struct LogsBody {
 async fn lease_logs(
     AxumState(s): AxumState<Shared>,
     Path(id): Path<String>,
-    body: Result<Json<LogsBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<SignedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
     let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
@@ -639,20 +640,13 @@ async fn lease_logs(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunBody {
-    /// A `Signed<RunRequest>` by the lease's holder, wire-encoded, hex.
-    request: String,
-}
-
 /// `POST /v1/leases/{id}/run`: asks the provider of an auctioned lease to
 /// start its holder's job on it; answers with the GPUs it runs on, or the
 /// provider's refusal (409 with its code).
 async fn lease_run(
     AxumState(s): AxumState<Shared>,
     Path(id): Path<String>,
-    body: Result<Json<RunBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<SignedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use agora_protocol::job::{LeaseRpc, LeaseRpcReply, RunRequest};
     let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
