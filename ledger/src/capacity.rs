@@ -3,6 +3,8 @@
 //! can never be sold twice, once in an auction and once on the spot market
 //! (docs/market.md, "Capacity").
 
+use std::collections::BTreeSet;
+
 use agora_protocol::{Address, GpuClass};
 
 use crate::error::Error;
@@ -68,6 +70,36 @@ pub(crate) fn reserve(state: &State, provider: &Address, class: &GpuClass, gpus:
             c.leased,
             c.free()
         )));
+    }
+    Ok(())
+}
+
+/// Every class `provider` has open asks or leases in is covered by its
+/// registered GPUs: what a new registration must keep true (and what every
+/// block does keep true, `properties.rs` checks).
+pub fn check_commitments(state: &State, provider: &Address) -> Result<(), Error> {
+    let asked = state.orders_of(provider).filter(|o| o.side == Side::Ask).map(|o| o.class.clone());
+    let mut leased = Vec::new();
+    for lease in state.open_leases().filter(|l| l.provider == *provider) {
+        match lease_class(state, lease) {
+            Some(class) => leased.push(class),
+            None => {
+                return Err(Error::NoCapacity(format!(
+                    "{provider} would register no {} GPUs, but lease {} holds some",
+                    lease.gpu_model, lease.id
+                )));
+            }
+        }
+    }
+    let classes: BTreeSet<GpuClass> = asked.chain(leased).collect();
+    for class in classes {
+        let c = capacity(state, provider, &class);
+        if c.asked + c.leased > c.registered {
+            return Err(Error::NoCapacity(format!(
+                "{provider} would register {} {class} GPU(s), but {} are in open asks and {} leased out",
+                c.registered, c.asked, c.leased
+            )));
+        }
     }
     Ok(())
 }

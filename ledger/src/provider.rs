@@ -33,6 +33,9 @@ pub(crate) fn register(
         },
     };
     state.set_provider(address, provider);
+    // GPUs in open asks or leases cannot be registered away (the
+    // transaction is rolled back, registration included).
+    crate::capacity::check_commitments(state, &address)?;
     Ok(vec![Event::ProviderRegistered { provider: address }])
 }
 

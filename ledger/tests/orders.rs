@@ -309,6 +309,14 @@ fn gpus_in_an_open_ask_cannot_also_be_leased_on_the_spot_market_nor_the_reverse(
     assert!(matches!(try_tx(&chain, &state, ask(&state, 1)), Err(Error::NoCapacity(_))));
     let c = agora_ledger::capacity::capacity(&state, &chain.address(PROVIDER), &class());
     assert_eq!((c.registered, c.asked, c.leased, c.free()), (4, 3, 1, 0));
+    // Nor can the provider register them away while they are promised.
+    let fewer = vec![GpuSpec { model: "H100".into(), vram_mib: 81_920, count: 2, simulated: true }];
+    let shrink = TxKind::RegisterProvider { region: "eu".into(), gpus: fewer };
+    let shrink = try_tx(&chain, &state, sign_tx(&chain.keys[PROVIDER], nonce(&state, &chain, PROVIDER), shrink));
+    assert!(
+        matches!(&shrink, Err(Error::NoCapacity(m)) if m.contains("3 are in open asks and 1 leased out")),
+        "{shrink:?}"
+    );
     // Cancelling the ask frees its GPUs for the spot market again.
     let cancel = sign_tx(&chain.keys[PROVIDER], nonce(&state, &chain, PROVIDER), TxKind::CancelOrder { order: 0 });
     commit(&chain, &mut state, vec![cancel]);

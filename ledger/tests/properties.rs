@@ -1,7 +1,9 @@
 //! Property tests over random sequences of valid and invalid transactions:
 //! supply is conserved after every transaction and block, a rejected
 //! transaction changes nothing, replaying the same blocks on fresh states
-//! gives the same root, and extreme amounts never panic.
+//! gives the same root, extreme amounts never panic, and no provider's GPUs
+//! are ever promised more than once across auction asks, auction leases and
+//! spot leases (auctions clear every few blocks here).
 
 use agora_ledger::testkit::{chain_id, sign_tx};
 use agora_ledger::{BlockBuilder, Genesis, GenesisAccount, LeaseStatus, Params, SigCheck, State, apply_block};
@@ -27,6 +29,7 @@ fn genesis(keys: &[Keypair]) -> Genesis {
         jail_blocks: 2,
         min_provider_stake: Amount::agr(100),
         epoch_blocks: 3,
+        market: agora_ledger::MarketParams { auction_blocks: 4, no_cancel_blocks: 1, ..Default::default() },
         ..Params::default()
     };
     let normal = Amount::agr(1_000);
@@ -66,17 +69,79 @@ const PROVIDERS: [usize; 2] = [3, 4];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Transfer { from: usize, to: usize, amount: u64, nonce_skew: i8 },
-    Stake { from: usize, amount: u64 },
-    Unstake { from: usize, amount: u64 },
-    Register { from: usize },
-    OpenLease { buyer: usize, provider: usize, gpus: u32, secs: u64, price: u64 },
-    CloseLease { sender: Party, pick: usize },
-    CancelLease { sender: Party, pick: usize },
-    SlashDowntime { provider: usize, voters: u8, start_back: u64, len: u64 },
-    Unjail { from: usize },
-    ForgedSignature { from: usize, amount: u64 },
-    EndBlock { secs: u64 },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: u64,
+        nonce_skew: i8,
+    },
+    Stake {
+        from: usize,
+        amount: u64,
+    },
+    Unstake {
+        from: usize,
+        amount: u64,
+    },
+    /// (Re-)registers with `count` GPUs: fewer than are promised is refused.
+    Register {
+        from: usize,
+        count: u32,
+    },
+    OpenLease {
+        buyer: usize,
+        provider: usize,
+        gpus: u32,
+        secs: u64,
+        price: u64,
+    },
+    CloseLease {
+        sender: Party,
+        pick: usize,
+    },
+    CancelLease {
+        sender: Party,
+        pick: usize,
+    },
+    SlashDowntime {
+        provider: usize,
+        voters: u8,
+        start_back: u64,
+        len: u64,
+    },
+    Unjail {
+        from: usize,
+    },
+    ForgedSignature {
+        from: usize,
+        amount: u64,
+    },
+    Ask {
+        from: usize,
+        gpus: u32,
+        hours: u32,
+        price: u64,
+    },
+    Bid {
+        from: usize,
+        gpus: u32,
+        hours: u32,
+        price: u64,
+        split: bool,
+        start_hours: u32,
+    },
+    EndBlock {
+        secs: u64,
+    },
+}
+
+/// The class the providers register (and spot leases name by model).
+fn sim_class() -> agora_protocol::GpuClass {
+    agora_protocol::GpuClass::of(&registered()[0]).unwrap()
+}
+
+fn registered() -> Vec<GpuSpec> {
+    vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }]
 }
 
 fn amount() -> impl Strategy<Value = u64> {
@@ -108,7 +173,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(from, to, amount, nonce_skew)| Op::Transfer { from, to, amount, nonce_skew }),
         3 => (account(), amount()).prop_map(|(from, amount)| Op::Stake { from, amount }),
         2 => (account(), amount()).prop_map(|(from, amount)| Op::Unstake { from, amount }),
-        2 => account().prop_map(|from| Op::Register { from }),
+        2 => (account(), prop_oneof![Just(8u32), 1u32..=4]).prop_map(|(from, count)| Op::Register { from, count }),
         6 => (account(), provider(), 1u32..=4, 1u64..=7_200, prop_oneof![3 => 1u64..=Amount::agr(10).0, 1 => any::<u64>()])
             .prop_map(|(buyer, provider, gpus, secs, price)| Op::OpenLease { buyer, provider, gpus, secs, price }),
         2 => (party(), any::<usize>()).prop_map(|(sender, pick)| Op::CloseLease { sender, pick }),
@@ -117,6 +182,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(provider, voters, start_back, len)| Op::SlashDowntime { provider, voters, start_back, len }),
         1 => provider().prop_map(|from| Op::Unjail { from }),
         1 => (account(), amount()).prop_map(|(from, amount)| Op::ForgedSignature { from, amount }),
+        3 => (provider(), 1u32..=6, 1u32..=4, 1u64..=3).prop_map(|(from, gpus, hours, price)| Op::Ask { from, gpus, hours, price }),
+        3 => (account(), 1u32..=5, 1u32..=3, 1u64..=4, any::<bool>(), prop_oneof![3 => Just(0u32), 1 => 1u32..=2])
+            .prop_map(|(from, gpus, hours, price, split, start_hours)| Op::Bid { from, gpus, hours, price, split, start_hours }),
         3 => prop_oneof![1u64..=5, 1u64..=4_000].prop_map(|secs| Op::EndBlock { secs }),
     ]
 }
@@ -146,8 +214,8 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
         Op::Unstake { from, amount } => {
             sign_tx(&keys[*from], nonce(*from), TxKind::Unstake { amount: Amount(*amount) })
         }
-        Op::Register { from } => {
-            let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
+        Op::Register { from, count } => {
+            let gpus = vec![GpuSpec { count: *count, ..registered()[0].clone() }];
             sign_tx(&keys[*from], nonce(*from), TxKind::RegisterProvider { region: "us-east".into(), gpus })
         }
         Op::OpenLease { buyer, provider, gpus, secs, price } => {
@@ -207,13 +275,29 @@ fn materialize(op: &Op, keys: &[Keypair], state: &State, chain: &ChainId) -> Sig
             tx.signer = keys[(*from + 1) % ACCOUNTS].address();
             tx
         }
+        Op::Ask { from, gpus, hours, price } => {
+            let kind =
+                TxKind::PlaceAsk { class: sim_class(), gpus: *gpus, hours: *hours, min_price: Amount::agr(*price) };
+            sign_tx(&keys[*from], nonce(*from), kind)
+        }
+        Op::Bid { from, gpus, hours, price, split, start_hours } => {
+            let kind = TxKind::PlaceBid {
+                class: sim_class(),
+                gpus: *gpus,
+                hours: *hours,
+                max_price: Amount::agr(*price),
+                split: *split,
+                start_hours: *start_hours,
+            };
+            sign_tx(&keys[*from], nonce(*from), kind)
+        }
         Op::EndBlock { .. } => unreachable!("block boundaries are not transactions"),
     }
 }
 
 /// Block 1: the provider accounts stake and register.
 fn prelude(keys: &[Keypair], state: &mut State) -> Block {
-    let gpus = vec![GpuSpec { model: "A100-40GB".into(), vram_mib: 40_960, count: 8, simulated: true }];
+    let gpus = registered();
     let time = TimestampMs(state.time_ms().0 + 1_000);
     let proposer = state.validators()[0].address;
     let mut builder = BlockBuilder::new(state, time, proposer).unwrap();
@@ -259,6 +343,12 @@ fn run(ops: &[Op]) -> Result<(Vec<Block>, Hash), TestCaseError> {
         let outcome = apply_block(&mut state, &block, SigCheck::Verify);
         prop_assert!(outcome.is_ok(), "built block failed to apply: {:?}", outcome.err());
         prop_assert!(state.audit().is_ok(), "supply broken after block: {:?}", state.audit());
+        // No provider's GPUs are promised twice: asks + leases (spot or
+        // auctioned) within what it registered, class by class.
+        for (address, _) in state.providers() {
+            let promised = agora_ledger::capacity::check_commitments(&state, address);
+            prop_assert!(promised.is_ok(), "{promised:?}");
+        }
         prop_assert_eq!(state.root(), block.header.state_root);
         blocks.push(block);
     }
