@@ -6,7 +6,8 @@
 //! what they escrowed above the price. A won lease is sold to a losing
 //! buyer, who runs jobs on it (`agora lease run`) while the seller no longer
 //! can; its GPUs are not leased again on the spot market; a cancel in the
-//! binding phase is refused with a clear message.
+//! binding phase is refused with a clear message; a provider with an
+//! automatic ask policy in its config asks for its free GPUs by itself.
 
 mod common;
 use common::*;
@@ -311,4 +312,29 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     let said = String::from_utf8_lossy(&matched.stdout);
     assert!(matched.status.success(), "{said} {}", String::from_utf8_lossy(&matched.stderr));
     assert!(said.starts_with("matched on "), "the job ran on the lease won: {said}");
+
+    // A provider that sets a floor in its config asks by itself, every
+    // auction, for its free GPUs (provider 2's H100s; its A100s are leased).
+    let d = dir.to_str().unwrap();
+    ok(agora(&["testnet", "kill", "2", "--dir", d]));
+    let config = std::path::Path::new(&p2).join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[auto_ask]\nmin_price = \"0.9\"\nhours = 3\n");
+    std::fs::write(&config, text).unwrap();
+    ok(agora(&["testnet", "restart", "2", "--dir", d]));
+    wait_until("provider 2's automatic ask", Duration::from_secs(120), || {
+        let orders: serde_json::Value =
+            http::get(&apis[0], &format!("/v1/market/orders?owner={}", provider(2))).unwrap().json().unwrap();
+        orders.as_array().is_some_and(|l| {
+            l.iter().any(|o| {
+                o["side"] == "ask" && o["class"] == "H100-80GB-SIM" && o["gpus"] == 2 && o["price"] == "900000"
+            })
+        })
+    });
+    let orders: serde_json::Value =
+        http::get(&apis[0], &format!("/v1/market/orders?owner={}", provider(2))).unwrap().json().unwrap();
+    assert!(
+        !orders.as_array().unwrap().iter().any(|o| o["class"] == "A100-40GB-SIM"),
+        "its A100s are leased out: no ask for them: {orders}"
+    );
 }
