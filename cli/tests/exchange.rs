@@ -165,6 +165,27 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     }
     let table = ok(agora(&["market", "prices", "--node", &apis[2]]));
     assert!(table.contains("H100-80GB-SIM") && table.contains("A100-40GB-SIM") && table.contains("0.75"), "{table}");
+    // Every node's explorer shows the market, the providers and their GPUs.
+    let page = |path: &str| {
+        let r = http::get(&apis[1], path).unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.body
+    };
+    let market = page("/explorer/market");
+    for want in ["H100-80GB-SIM", "A100-40GB-SIM", "1.5 AGR", "0.75 AGR", "auction"] {
+        assert!(market.contains(want), "/explorer/market lacks {want:?}");
+    }
+    let listed = page("/explorer/providers");
+    for i in 0..3 {
+        assert!(listed.contains(&provider(i)), "provider {i} missing from /explorer/providers");
+    }
+    assert!(listed.contains("2× A100-40GB-SIM") && listed.contains("simulated"), "classes, simulated marked");
+    let one = page(&format!("/explorer/providers/{}", provider(0)));
+    assert!(one.contains("self-reported") && one.contains("H100-80GB-SIM"), "{one}");
+    let browser = http::request_with(&apis[1], "GET", "/", None, "Accept: text/html\r\n").unwrap();
+    assert_eq!(browser.status, 303, "a browser at the API root is sent to the explorer");
+    assert!(page("/explorer/").contains("Latest blocks"));
+
     // Winners paid the price (escrow minus refund), losers only the fee.
     let fee = 1_000;
     let paid = [3_000_000, 0, 750_000, 750_000, 0];

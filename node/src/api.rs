@@ -88,7 +88,7 @@ pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, msg)
 }
 
-fn not_found(msg: impl Into<String>) -> ApiError {
+pub(crate) fn not_found(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, msg)
 }
 
@@ -117,6 +117,8 @@ pub fn router(shared: Shared) -> Router {
     let admin = shared.admin_token.clone();
     let hosts = shared.allowed_hosts.clone();
     let costly = Router::new()
+        // Explorer pages read much of the ledger: limited like the other costly reads.
+        .merge(crate::explorer::routes())
         .route("/v1/supply", get(supply))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers/{address}/slashes", get(provider_slashes))

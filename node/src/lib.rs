@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod docker;
 pub mod error;
 pub mod explain;
+pub mod explorer;
 pub mod gpu;
 pub mod heartbeat;
 pub mod identity;

@@ -1,0 +1,386 @@
+//! The web explorer every node serves at `/explorer/` (docs/explorer.md):
+//! server-rendered pages of the network, the providers (with what is proven
+//! on the ledger and what is only self-reported), one provider's record and
+//! the market, from this node's committed ledger and offer book. Templates
+//! (`node/templates/`) are compiled into the binary; a little plain
+//! JavaScript updates live figures, and every page is whole without it.
+
+use agora_ledger::State;
+use agora_protocol::{Address, Amount, GpuClass, Height};
+use askama::Template;
+use axum::Router;
+use axum::extract::{Path, State as AxumState};
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+use crate::api::{ApiError, internal, not_found};
+use crate::daemon::Shared;
+
+/// Blocks the network page lists.
+pub const RECENT_BLOCKS: u64 = 10;
+/// Rows of the price index the market page shows (the newest).
+pub const INDEX_ROWS: usize = 40;
+
+/// The explorer's routes, and `/` sending browsers to it.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/", get(root))
+        .route("/explorer", get(|| async { Redirect::permanent("/explorer/") }))
+        .route("/explorer/", get(network))
+        .route("/explorer/providers", get(providers))
+        .route("/explorer/providers/{address}", get(provider))
+        .route("/explorer/market", get(market))
+}
+
+/// A browser asking for the API's root gets the explorer; anything else a hint.
+async fn root(headers: HeaderMap) -> Response {
+    let html = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if html {
+        Redirect::to("/explorer/").into_response()
+    } else {
+        not_found("the API is under /v1 (docs/api.md); the explorer at /explorer/").into_response()
+    }
+}
+
+fn render(page: impl Template) -> Result<Html<String>, ApiError> {
+    page.render().map(Html).map_err(internal)
+}
+
+/// `agora1abcdefgh…uvwxyz`: enough to tell addresses and hashes apart; the whole on hover.
+pub fn short(text: &str) -> String {
+    if text.len() <= 20 { text.to_string() } else { format!("{}…{}", &text[..12], &text[text.len() - 6..]) }
+}
+
+/// Seconds as "12 s ago", "3 min ago", "2 h ago".
+fn ago(ms: u64) -> String {
+    match ms / 1000 {
+        0..60 => format!("{} s ago", ms / 1000),
+        s @ 60..3600 => format!("{} min ago", s / 60),
+        s => format!("{} h ago", s / 3600),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+struct ValidatorRow {
+    address: String,
+    short: String,
+    power: u64,
+}
+
+struct BlockRow {
+    height: u64,
+    hash: String,
+    hash_short: String,
+    txs: usize,
+    proposer: String,
+    proposer_short: String,
+    time_ms: u64,
+    age: String,
+}
+
+#[derive(Template)]
+#[template(path = "network.html")]
+struct NetworkPage {
+    chain_id: String,
+    height: u64,
+    peers: usize,
+    mempool: usize,
+    validators: Vec<ValidatorRow>,
+    providers_total: usize,
+    providers_active: usize,
+    blocks: Vec<BlockRow>,
+    block_interval: String,
+}
+
+async fn network(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
+    let status = s.status.read().map_err(internal)?.clone();
+    let (validators, providers_total, providers_active, height) = {
+        let ledger = s.ledger.read().map_err(internal)?;
+        let validators = ledger
+            .validators()
+            .iter()
+            .map(|v| ValidatorRow {
+                address: v.address.to_string(),
+                short: short(&v.address.to_string()),
+                power: v.power,
+            })
+            .collect::<Vec<_>>();
+        let active = ledger.providers().filter(|(a, _)| ledger.is_active_provider(a)).count();
+        (validators, ledger.providers().count(), active, ledger.height().0)
+    };
+    // Blocks come from the store (decoding them is work): off the async workers.
+    let reader = s.blocks.clone();
+    let blocks = tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        (height.saturating_sub(RECENT_BLOCKS - 1).max(1)..=height)
+            .rev()
+            .filter_map(|h| reader.block(Height(h)).ok().flatten())
+            .map(|b| {
+                let (hash, proposer) = (b.hash().to_string(), b.header.proposer.to_string());
+                BlockRow {
+                    height: b.header.height.0,
+                    hash_short: short(&hash),
+                    hash,
+                    txs: b.txs.len(),
+                    proposer_short: short(&proposer),
+                    proposer,
+                    time_ms: b.header.time_ms.0,
+                    age: ago(now.saturating_sub(b.header.time_ms.0)),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(internal)?;
+    let block_interval = match (blocks.first(), blocks.last()) {
+        (Some(new), Some(old)) if blocks.len() > 1 => {
+            format!("{} ms", (new.time_ms - old.time_ms) / (blocks.len() as u64 - 1))
+        }
+        _ => "–".into(),
+    };
+    render(NetworkPage {
+        chain_id: status.chain_id,
+        height,
+        peers: status.peers,
+        mempool: status.mempool,
+        validators,
+        providers_total,
+        providers_active,
+        blocks,
+        block_interval,
+    })
+}
+
+/// One class of a provider's GPUs, with what is done with them.
+struct GpuRow {
+    class: String,
+    count: u32,
+    simulated: bool,
+    asked: u64,
+    leased: u64,
+    free: u64,
+}
+
+struct ProviderRow {
+    address: String,
+    short: String,
+    status: String,
+    status_class: &'static str,
+    gpus: Vec<GpuRow>,
+    stake: String,
+    stake_micros: u64,
+    uptime: String,
+    slashes: u32,
+    last_heartbeat: String,
+    region: String,
+}
+
+fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<ProviderRow> {
+    let p = ledger.provider(address)?;
+    let view = crate::api::provider_view(ledger, address, p);
+    let status = view["status"].as_str().unwrap_or("?").to_string();
+    let status_class = match status.as_str() {
+        "active" => "ok",
+        "jailed" | "tombstoned" => "bad",
+        _ => "warn",
+    };
+    let status = match view["jailed_until"].as_u64() {
+        Some(until) => format!("{status} until height {until}"),
+        None => status,
+    };
+    let gpus = p
+        .gpus
+        .iter()
+        .map(|g| {
+            let class = GpuClass::of(g);
+            let c = class.as_ref().map(|c| agora_ledger::capacity::capacity(ledger, address, c)).unwrap_or_default();
+            GpuRow {
+                class: class.map_or_else(|| g.model.clone(), |c| c.to_string()),
+                count: g.count,
+                simulated: g.simulated,
+                asked: c.asked,
+                leased: c.leased,
+                free: c.free(),
+            }
+        })
+        .collect();
+    let stake = ledger.account(address).stake;
+    Some(ProviderRow {
+        address: address.to_string(),
+        short: short(&address.to_string()),
+        status,
+        status_class,
+        gpus,
+        stake: stake.to_string(),
+        stake_micros: stake.0,
+        uptime: format!("{}% of {} blocks", view["uptime_pct"], view["uptime_blocks"]),
+        slashes: p.slashes,
+        last_heartbeat: seen.map_or_else(|| "not seen by this node".into(), |h| format!("height {h}")),
+        region: p.region.clone(),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "providers.html")]
+struct ProvidersPage {
+    chain_id: String,
+    height: u64,
+    providers: Vec<ProviderRow>,
+}
+
+async fn providers(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
+    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let seen = s.last_seen.read().map_err(internal)?.clone();
+    let ledger = s.ledger.read().map_err(internal)?;
+    let providers =
+        ledger.providers().filter_map(|(a, _)| provider_row(&ledger, a, seen.get(a).copied())).collect::<Vec<_>>();
+    render(ProvidersPage { chain_id, height: ledger.height().0, providers })
+}
+
+#[derive(Template)]
+#[template(path = "provider.html")]
+struct ProviderPage {
+    chain_id: String,
+    height: u64,
+    p: ProviderRow,
+    open_leases: usize,
+    slashed_windows: Vec<(u64, u64)>,
+    offer: String,
+}
+
+async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) -> Result<Response, ApiError> {
+    let Ok(address) = address.parse::<Address>() else {
+        return Ok(not_found(format!("{address:?} is not an address")).into_response());
+    };
+    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let seen = s.last_seen.read().map_err(internal)?.get(&address).copied();
+    let offer = {
+        let book = s.offers.read().map_err(internal)?;
+        book.query(&crate::offers::OfferFilter::default())
+            .into_iter()
+            .find(|e| e.provider == address)
+            .map(|e| {
+                let o = &e.offer.body;
+                let kinds: Vec<String> = o
+                    .gpus
+                    .iter()
+                    .map(|g| format!("{}× {}", g.count, GpuClass::of(g).map_or(g.model.clone(), |c| c.to_string())))
+                    .collect();
+                format!(
+                    "{} at {}/GPU-hour, leases up to {} s, region {} (offer #{}, signed by {})",
+                    kinds.join(", "),
+                    o.price_per_gpu_hour,
+                    o.max_duration_secs,
+                    o.region,
+                    o.seq,
+                    short(&e.offer.signer.to_string())
+                )
+            })
+            .unwrap_or_default()
+    };
+    let ledger = s.ledger.read().map_err(internal)?;
+    let Some(p) = provider_row(&ledger, &address, seen) else {
+        return Ok(not_found(format!("{address} is not a registered provider")).into_response());
+    };
+    let open_leases = ledger.open_leases().filter(|l| l.provider == address).count();
+    let slashed_windows = ledger.slashed_windows(&address).iter().map(|(a, b)| (a.0, b.0)).collect();
+    let page = ProviderPage { chain_id, height: ledger.height().0, p, open_leases, slashed_windows, offer };
+    Ok(render(page)?.into_response())
+}
+
+struct ClassRow {
+    class: String,
+    bids: usize,
+    asks: usize,
+    price: String,
+    matched: u64,
+    bid_depth: u64,
+    ask_depth: u64,
+}
+
+struct IndexRow {
+    auction: u64,
+    kind: &'static str,
+    class: String,
+    price: String,
+    gpu_hours: u64,
+    leases: u32,
+}
+
+#[derive(Template)]
+#[template(path = "market.html")]
+struct MarketPage {
+    chain_id: String,
+    height: u64,
+    auction: u64,
+    phase: String,
+    clears_at: u64,
+    listings: usize,
+    classes: Vec<ClassRow>,
+    index: Vec<IndexRow>,
+}
+
+fn price(p: Option<Amount>) -> String {
+    p.map_or_else(|| "–".into(), |p| p.to_string())
+}
+
+async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
+    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let ledger = s.ledger.clone();
+    // The indicative clearing runs over the whole book: off the async workers.
+    let page = tokio::task::spawn_blocking(move || {
+        let ledger = ledger.read().map_err(internal)?;
+        let view = crate::api_market::auctions_view(&ledger, None);
+        let amount = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).map(Amount);
+        let classes = view["classes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| ClassRow {
+                class: c["class"].as_str().unwrap_or_default().to_string(),
+                bids: c["bids"].as_u64().unwrap_or(0) as usize,
+                asks: c["asks"].as_u64().unwrap_or(0) as usize,
+                price: price(amount(&c["indicative_price"])),
+                matched: c["matched_gpu_hours"].as_u64().unwrap_or(0),
+                bid_depth: c["bid_depth"].as_u64().unwrap_or(0),
+                ask_depth: c["ask_depth"].as_u64().unwrap_or(0),
+            })
+            .collect();
+        let auctions = ledger.auction_results(0).map(|r| IndexRow {
+            auction: r.auction,
+            kind: "auction",
+            class: r.class.to_string(),
+            price: price(r.price),
+            gpu_hours: r.matched_gpu_hours,
+            leases: r.leases,
+        });
+        let spot = ledger.spot_trades(0).map(|t| IndexRow {
+            auction: t.auction,
+            kind: "spot (average)",
+            class: t.class.to_string(),
+            price: price(t.average_price()),
+            gpu_hours: t.gpu_seconds / 3600,
+            leases: t.leases,
+        });
+        let mut index: Vec<IndexRow> = auctions.chain(spot).collect();
+        index.sort_by(|a, b| (b.auction, a.kind).cmp(&(a.auction, b.kind)));
+        index.truncate(INDEX_ROWS);
+        Ok::<_, ApiError>(MarketPage {
+            chain_id,
+            height: ledger.height().0,
+            auction: view["auction"].as_u64().unwrap_or(0),
+            phase: view["phase"].as_str().unwrap_or_default().to_string(),
+            clears_at: view["clears_at_height"].as_u64().unwrap_or(0),
+            listings: ledger.listings().count(),
+            classes,
+            index,
+        })
+    })
+    .await
+    .map_err(internal)??;
+    render(page)
+}
