@@ -183,7 +183,11 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     let one = page(&format!("/explorer/providers/{}", provider(0)));
     assert!(one.contains("self-reported") && one.contains("H100-80GB-SIM"), "{one}");
     let browser = http::request_with(&apis[1], "GET", "/", None, "Accept: text/html\r\n").unwrap();
-    assert_eq!(browser.status, 303, "a browser at the API root is sent to the explorer");
+    assert_eq!(
+        (browser.status, browser.location.as_deref()),
+        (303, Some("/explorer/")),
+        "a browser at the API root is sent to the explorer"
+    );
     assert!(page("/explorer/").contains("Latest blocks"));
 
     // Winners paid the price (escrow minus refund), losers only the fee.

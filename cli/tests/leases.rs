@@ -128,6 +128,25 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!(b0 - b1, paid + fee, "the buyer pays exactly that and the fee of opening the lease");
     let supply: serde_json::Value = http::get(&api[3], "/v1/supply").unwrap().json().unwrap();
     assert_eq!(supply["conserved"], true, "supply conserved: {supply}");
+    // The explorer shows the lease, its block, the buyer's account, and finds them.
+    let page = |path: &str| {
+        let r = http::get(&api[1], path).unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.body
+    };
+    let shown = page(&format!("/explorer/leases/{first}"));
+    assert!(shown.contains("closed") && shown.contains("spot (one job)") && shown.contains(&buyer), "{shown}");
+    assert!(page(&format!("/explorer/accounts/{buyer}")).contains("balance"));
+    assert!(page("/explorer/blocks/2").contains("Transactions"));
+    for (q, to) in
+        [(first.as_str(), "leases"), ("2", "blocks"), (buyer.as_str(), "accounts"), (addr[0].as_str(), "providers")]
+    {
+        let r = http::get(&api[1], &format!("/explorer/search?q={q}")).unwrap();
+        assert_eq!((r.status, r.location), (303, Some(format!("/explorer/{to}/{q}"))), "search {q}");
+    }
+    assert_eq!(http::get(&api[1], "/explorer/search?q=nonsense").unwrap().status, 404);
+    assert_eq!(http::get(&api[1], "/explorer/leases/00").unwrap().status, 404);
+
     // The spot trade is in the price index: 1 GPU for 10 minutes at the offer's price.
     let index: serde_json::Value = http::get(&api[1], "/v1/market/prices").unwrap().json().unwrap();
     let spot = index.as_array().unwrap().iter().find(|r| r["kind"] == "spot").cloned().expect("a spot row");

@@ -153,6 +153,15 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     assert_eq!(slashes[0]["reason"], "downtime");
     assert_eq!(slashes[0]["height"].as_u64(), Some(slashed_at));
     assert!(slashes[0]["attestations"].as_array().unwrap().len() >= 3, "more than 2/3 of 4 equal validators");
+    // The explorer shows it jailed, with the attestations that proved it.
+    let page = http::get(&api[2], &format!("/explorer/providers/{}", addr[1])).unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("jailed until height") && page.body.contains("downtime"), "{}", page.body);
+    for a in slashes[0]["attestations"].as_array().unwrap() {
+        let signer = a["validator"].as_str().unwrap();
+        assert!(page.body.contains(signer), "attestation by {signer} listed");
+    }
+    assert!(page.body.contains("slashed: heights"), "the uptime chart marks the slashed span");
     // Its buyer is refunded; the other providers are untouched (0 was only paused, 2 only cut off from one validator).
     let l: serde_json::Value = http::get(&api[3], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
     assert_eq!(l["status"]["Settled"]["reason"], "ProviderSlashed", "{l}");

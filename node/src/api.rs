@@ -755,22 +755,29 @@ async fn provider_slashes(
         p.registered_at
     };
     let blocks = s.blocks.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<Vec<serde_json::Value>, ApiError> {
-        let mut found = Vec::new();
-        let mut current: Option<(Height, agora_protocol::Block)> = None;
-        for (h, index) in blocks.slashes_of(&address, since, MAX_SLASHES_LISTED).map_err(internal)? {
-            if current.as_ref().is_none_or(|(at, _)| *at != h) {
-                let Some(block) = blocks.block(h).map_err(internal)? else { continue };
-                current = Some((h, block));
-            }
-            let Some(tx) = current.as_ref().and_then(|(_, b)| b.txs.get(index)) else { continue };
-            found.push(slash_record(h.0, tx));
-        }
-        Ok(found)
-    })
-    .await
-    .map_err(internal)??;
+    let found =
+        tokio::task::spawn_blocking(move || slash_records(&blocks, &address, since)).await.map_err(internal)??;
     Ok(Json(found))
+}
+
+/// A provider's slashes since `since` with the evidence behind each, from
+/// the store's slash index (blocking: it reads blocks).
+pub(crate) fn slash_records(
+    blocks: &agora_ledger::store::BlockReader,
+    address: &Address,
+    since: Height,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut found = Vec::new();
+    let mut current: Option<(Height, agora_protocol::Block)> = None;
+    for (h, index) in blocks.slashes_of(address, since, MAX_SLASHES_LISTED).map_err(internal)? {
+        if current.as_ref().is_none_or(|(at, _)| *at != h) {
+            let Some(block) = blocks.block(h).map_err(internal)? else { continue };
+            current = Some((h, block));
+        }
+        let Some(tx) = current.as_ref().and_then(|(_, b)| b.txs.get(index)) else { continue };
+        found.push(slash_record(h.0, tx));
+    }
+    Ok(found)
 }
 
 fn slash_record(h: u64, tx: &SignedTx) -> serde_json::Value {

@@ -9,7 +9,7 @@ use agora_ledger::State;
 use agora_protocol::{Address, Amount, GpuClass, Height};
 use askama::Template;
 use axum::Router;
-use axum::extract::{Path, State as AxumState};
+use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -31,6 +31,10 @@ pub fn routes() -> Router<Shared> {
         .route("/explorer/providers", get(providers))
         .route("/explorer/providers/{address}", get(provider))
         .route("/explorer/market", get(market))
+        .route("/explorer/leases/{id}", get(lease))
+        .route("/explorer/blocks/{height}", get(block))
+        .route("/explorer/accounts/{address}", get(account))
+        .route("/explorer/search", get(search))
 }
 
 /// A browser asking for the API's root gets the explorer; anything else a hint.
@@ -250,6 +254,50 @@ struct ProviderPage {
     open_leases: usize,
     slashed_windows: Vec<(u64, u64)>,
     offer: String,
+    /// Inline SVG: heights since registration, slashed downtime in red.
+    uptime_chart: String,
+    slashes: Vec<SlashRow>,
+}
+
+/// A slash and the signed evidence behind it.
+struct SlashRow {
+    height: u64,
+    reason: String,
+    window: String,
+    attestations: Vec<AttestationRow>,
+}
+
+struct AttestationRow {
+    validator: String,
+    validator_short: String,
+    window: String,
+    signature: String,
+    signature_short: String,
+}
+
+fn slash_row(r: &serde_json::Value) -> SlashRow {
+    let window = |v: &serde_json::Value| match (v["window_start"].as_u64(), v["window_end"].as_u64()) {
+        (Some(a), Some(b)) => format!("heights {a} to {b}"),
+        _ => "–".into(),
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    SlashRow {
+        height: r["height"].as_u64().unwrap_or(0),
+        reason: text(&r["reason"]),
+        window: window(r),
+        attestations: r["attestations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| AttestationRow {
+                validator_short: short(&text(&a["validator"])),
+                validator: text(&a["validator"]),
+                window: window(a),
+                signature_short: short(&text(&a["signature"])),
+                signature: text(&a["signature"]),
+            })
+            .collect(),
+    }
 }
 
 async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) -> Result<Response, ApiError> {
@@ -282,13 +330,33 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
             })
             .unwrap_or_default()
     };
+    let since = s.ledger.read().map_err(internal)?.provider(&address).map(|p| p.registered_at);
+    let Some(since) = since else {
+        return Ok(not_found(format!("{address} is not a registered provider")).into_response());
+    };
+    let blocks = s.blocks.clone();
+    let records = tokio::task::spawn_blocking(move || crate::api::slash_records(&blocks, &address, since))
+        .await
+        .map_err(internal)??;
+    let slashes = records.iter().map(slash_row).collect();
     let ledger = s.ledger.read().map_err(internal)?;
     let Some(p) = provider_row(&ledger, &address, seen) else {
         return Ok(not_found(format!("{address} is not a registered provider")).into_response());
     };
     let open_leases = ledger.open_leases().filter(|l| l.provider == address).count();
-    let slashed_windows = ledger.slashed_windows(&address).iter().map(|(a, b)| (a.0, b.0)).collect();
-    let page = ProviderPage { chain_id, height: ledger.height().0, p, open_leases, slashed_windows, offer };
+    let slashed_windows: Vec<(u64, u64)> = ledger.slashed_windows(&address).iter().map(|(a, b)| (a.0, b.0)).collect();
+    let registered_at = ledger.provider(&address).map_or(0, |r| r.registered_at.0);
+    let uptime_chart = crate::charts::uptime_timeline(registered_at, ledger.height().0, &slashed_windows);
+    let page = ProviderPage {
+        chain_id,
+        height: ledger.height().0,
+        p,
+        open_leases,
+        slashed_windows,
+        offer,
+        uptime_chart,
+        slashes,
+    };
     Ok(render(page)?.into_response())
 }
 
@@ -322,6 +390,8 @@ struct MarketPage {
     listings: usize,
     classes: Vec<ClassRow>,
     index: Vec<IndexRow>,
+    /// Inline SVG: each class's clearing price over the auctions.
+    price_chart: String,
 }
 
 fn price(p: Option<Amount>) -> String {
@@ -366,6 +436,9 @@ async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiErro
             gpu_hours: t.gpu_seconds / 3600,
             leases: t.leases,
         });
+        let points: Vec<(String, u64, u64)> =
+            ledger.auction_results(0).filter_map(|r| r.price.map(|p| (r.class.to_string(), r.auction, p.0))).collect();
+        let price_chart = crate::charts::price_lines(&points);
         let mut index: Vec<IndexRow> = auctions.chain(spot).collect();
         index.sort_by(|a, b| (b.auction, a.kind).cmp(&(a.auction, b.kind)));
         index.truncate(INDEX_ROWS);
@@ -378,9 +451,289 @@ async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiErro
             listings: ledger.listings().count(),
             classes,
             index,
+            price_chart,
         })
     })
     .await
     .map_err(internal)??;
     render(page)
+}
+
+/// Paid time left of an open lease, or when it starts.
+fn runway(lease: &agora_ledger::Lease, now_ms: u64) -> String {
+    if lease.status != agora_ledger::LeaseStatus::Open {
+        return "–".into();
+    }
+    if lease.start_ms.0 > now_ms {
+        return format!("starts in {}", duration(lease.start_ms.0 - now_ms));
+    }
+    format!("{} left", duration(lease.end_ms.0.saturating_sub(now_ms)))
+}
+
+/// Milliseconds as "42 s", "5 min", "3 h 10 min".
+fn duration(ms: u64) -> String {
+    match ms / 1000 {
+        s @ 0..60 => format!("{s} s"),
+        s @ 60..3600 => format!("{} min", s / 60),
+        s => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "lease.html")]
+struct LeasePage {
+    chain_id: String,
+    height: u64,
+    id: String,
+    short_id: String,
+    status: String,
+    kind: &'static str,
+    gpus: String,
+    price: String,
+    price_micros: u64,
+    escrow: String,
+    escrow_micros: u64,
+    runway: String,
+    holder: String,
+    provider: String,
+    gpu_ids: String,
+    start: String,
+    end: String,
+    settlement: String,
+    listing: String,
+}
+
+async fn lease(AxumState(s): AxumState<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let Ok(lease_id) = id.parse::<agora_protocol::LeaseId>() else {
+        return Ok(not_found(format!("{id:?} is not a lease id")).into_response());
+    };
+    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let ledger = s.ledger.read().map_err(internal)?;
+    let Some(l) = ledger.lease(&lease_id) else {
+        return Ok(not_found(format!("no lease {lease_id} on the ledger")).into_response());
+    };
+    let now = now_ms();
+    let at = |ms: u64| if ms > now { format!("in {}", duration(ms - now)) } else { ago(now - ms) };
+    let (status, settlement) = match &l.status {
+        agora_ledger::LeaseStatus::Open => ("open".to_string(), "not yet".to_string()),
+        agora_ledger::LeaseStatus::Settled { reason, paid, refunded, at_ms, exit_code } => (
+            format!("{reason:?}").to_lowercase(),
+            format!(
+                "{} · {paid} to the provider, {refunded} refunded{}",
+                ago(now.saturating_sub(at_ms.0)),
+                exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default()
+            ),
+        ),
+    };
+    let page = LeasePage {
+        chain_id,
+        height: ledger.height().0,
+        id: lease_id.to_string(),
+        short_id: short(&lease_id.to_string()),
+        status,
+        kind: if l.is_reservation() { "auctioned (GPU time)" } else { "spot (one job)" },
+        gpus: format!("{}× {}", l.gpus, l.gpu_model),
+        price: l.price_per_gpu_hour.to_string(),
+        price_micros: l.price_per_gpu_hour.0,
+        escrow: l.escrow.to_string(),
+        escrow_micros: l.escrow.0,
+        runway: runway(l, now),
+        holder: l.buyer.to_string(),
+        provider: l.provider.to_string(),
+        gpu_ids: if l.gpu_ids.is_empty() {
+            "set aside by the provider when it opened".into()
+        } else {
+            l.gpu_ids.join(", ")
+        },
+        start: at(l.start_ms.0),
+        end: at(l.end_ms.0),
+        settlement,
+        listing: ledger.listing(&lease_id).map_or_else(|| "no".into(), |(_, price)| format!("for {price}")),
+    };
+    Ok(render(page)?.into_response())
+}
+
+struct TxRow {
+    hash: String,
+    hash_short: String,
+    kind: &'static str,
+    sender: String,
+    sender_short: String,
+    nonce: u64,
+    fee: String,
+}
+
+#[derive(Template)]
+#[template(path = "block.html")]
+struct BlockPage {
+    chain_id: String,
+    height: u64,
+    number: u64,
+    hash: String,
+    parent: String,
+    time_ms: u64,
+    age: String,
+    proposer: String,
+    state_root: String,
+    committed_by: String,
+    txs: Vec<TxRow>,
+}
+
+async fn block(AxumState(s): AxumState<Shared>, Path(height): Path<String>) -> Result<Response, ApiError> {
+    let Ok(number) = height.parse::<u64>() else {
+        return Ok(not_found(format!("{height:?} is not a block height")).into_response());
+    };
+    let (chain_id, tip) = {
+        let status = s.status.read().map_err(internal)?;
+        (status.chain_id.clone(), status.height)
+    };
+    let reader = s.blocks.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let block = reader.block(Height(number)).map_err(internal)?;
+        let cert = reader.certificate(Height(number)).map_err(internal)?;
+        Ok::<_, ApiError>(block.map(|b| (b, cert)))
+    })
+    .await
+    .map_err(internal)??;
+    let Some((b, cert)) = found else {
+        return Ok(not_found(format!("no block at height {number}")).into_response());
+    };
+    let txs = b
+        .txs
+        .iter()
+        .map(|t| {
+            let hash = t.hash().map(|h| h.to_string()).unwrap_or_default();
+            TxRow {
+                hash_short: short(&hash),
+                hash,
+                kind: t.body.kind.name(),
+                sender: t.signer.to_string(),
+                sender_short: short(&t.signer.to_string()),
+                nonce: t.body.nonce,
+                fee: t.body.fee.to_string(),
+            }
+        })
+        .collect();
+    let committed_by = cert.map_or_else(
+        || "its certificate is not stored yet".into(),
+        |c| format!("{} validators' signatures (round {})", c.signatures.len(), c.round),
+    );
+    let page = BlockPage {
+        chain_id,
+        height: tip,
+        number,
+        hash: b.hash().to_string(),
+        parent: b.header.parent_hash.to_string(),
+        time_ms: b.header.time_ms.0,
+        age: ago(now_ms().saturating_sub(b.header.time_ms.0)),
+        proposer: b.header.proposer.to_string(),
+        state_root: b.header.state_root.to_string(),
+        committed_by,
+        txs,
+    };
+    Ok(render(page)?.into_response())
+}
+
+struct HeldLease {
+    id: String,
+    short: String,
+    gpus: String,
+    provider: String,
+    runway: String,
+}
+
+struct OrderRow {
+    id: u64,
+    side: &'static str,
+    class: String,
+    size: String,
+    price: String,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    chain_id: String,
+    height: u64,
+    address: String,
+    short: String,
+    balance: String,
+    balance_micros: u64,
+    stake: String,
+    unbonding: String,
+    nonce: u64,
+    is_provider: bool,
+    leases: Vec<HeldLease>,
+    orders: Vec<OrderRow>,
+}
+
+async fn account(AxumState(s): AxumState<Shared>, Path(address): Path<String>) -> Result<Response, ApiError> {
+    let Ok(address) = address.parse::<Address>() else {
+        return Ok(not_found(format!("{address:?} is not an address")).into_response());
+    };
+    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let ledger = s.ledger.read().map_err(internal)?;
+    let a = ledger.account(&address);
+    let now = now_ms();
+    let leases = ledger
+        .open_leases()
+        .filter(|l| l.buyer == address)
+        .map(|l| HeldLease {
+            id: l.id.to_string(),
+            short: short(&l.id.to_string()),
+            gpus: format!("{}× {}", l.gpus, l.gpu_model),
+            provider: short(&l.provider.to_string()),
+            runway: runway(l, now),
+        })
+        .collect();
+    let orders = ledger
+        .orders_of(&address)
+        .map(|o| OrderRow {
+            id: o.id,
+            side: match o.side {
+                agora_ledger::Side::Bid => "bid",
+                agora_ledger::Side::Ask => "ask",
+            },
+            class: o.class.to_string(),
+            size: format!("{} × {} h", o.gpus, o.hours),
+            price: o.price.to_string(),
+        })
+        .collect();
+    let page = AccountPage {
+        chain_id,
+        height: ledger.height().0,
+        address: address.to_string(),
+        short: short(&address.to_string()),
+        balance: a.balance.to_string(),
+        balance_micros: a.balance.0,
+        stake: a.stake.to_string(),
+        unbonding: a.unbonding.to_string(),
+        nonce: a.nonce,
+        is_provider: ledger.provider(&address).is_some(),
+        leases,
+        orders,
+    };
+    Ok(render(page)?.into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct SearchQuery {
+    q: String,
+}
+
+/// `/explorer/search?q=…`: a height, a lease id or an address goes to its page.
+async fn search(AxumState(s): AxumState<Shared>, Query(q): Query<SearchQuery>) -> Result<Response, ApiError> {
+    let q = q.q.trim();
+    if let Ok(height) = q.parse::<u64>() {
+        return Ok(Redirect::to(&format!("/explorer/blocks/{height}")).into_response());
+    }
+    if let Ok(address) = q.parse::<Address>() {
+        let provider = s.ledger.read().map_err(internal)?.provider(&address).is_some();
+        let page = if provider { "providers" } else { "accounts" };
+        return Ok(Redirect::to(&format!("/explorer/{page}/{address}")).into_response());
+    }
+    if let Ok(id) = q.parse::<agora_protocol::LeaseId>() {
+        return Ok(Redirect::to(&format!("/explorer/leases/{id}")).into_response());
+    }
+    Ok(not_found("search for a block height, a lease id or an agora1… address").into_response())
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod api_guard;
 pub mod api_market;
+pub mod charts;
 pub mod config;
 pub mod daemon;
 pub mod docker;

@@ -23,6 +23,8 @@ pub enum HttpError {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// The `Location` header of a redirect.
+    pub location: Option<String>,
 }
 
 impl Reply {
@@ -73,7 +75,11 @@ pub fn request_with(
         .ok_or_else(|| HttpError::Response(base.into(), "no status".into()))?;
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(rest) } else { rest.to_string() };
-    Ok(Reply { status, body })
+    let location = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("location").then(|| value.trim().to_string())
+    });
+    Ok(Reply { status, body, location })
 }
 
 fn dechunk(mut s: &str) -> String {
