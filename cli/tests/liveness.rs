@@ -162,6 +162,42 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
         assert!(page.body.contains(signer), "attestation by {signer} listed");
     }
     assert!(page.body.contains("slashed: heights"), "the uptime chart marks the slashed span");
+    // And in a real browser: the rendered DOM has the data, and the height
+    // advances live, without a reload. Screenshots go to target/explorer/.
+    if let Some(browser) = chromium() {
+        let url = |path: &str| format!("{}{path}", api[2]);
+        let jailed = rendered_dom(&browser, &url(&format!("/explorer/providers/{}", addr[1])), 1_000);
+        assert!(jailed.contains("jailed until height"), "the slashed provider shows jailed in the browser");
+        for a in slashes[0]["attestations"].as_array().unwrap() {
+            assert!(jailed.contains(a["validator"].as_str().unwrap()), "its attestations are listed");
+        }
+        let listed = rendered_dom(&browser, &url("/explorer/providers"), 1_000);
+        for p in &addr[..2] {
+            assert!(listed.contains(p.as_str()), "provider {p} in the rendered providers page");
+        }
+        assert!(listed.contains("H100-80GB-SIM"), "their GPU class");
+        let market = rendered_dom(&browser, &url("/explorer/market"), 1_000);
+        assert!(market.contains("Spot offers") && market.contains("2 AGR"), "the offers, with their price");
+        // The header's height as rendered and as the page's script last set it.
+        let live = |dom: &str| -> (u64, u64) {
+            let tag = dom.split("data-live=\"height\" data-rendered=\"").nth(1).expect("the live height");
+            let (rendered, rest) = tag.split_once('"').unwrap();
+            let shown = rest.split_once('>').unwrap().1.split('<').next().unwrap();
+            (rendered.parse().unwrap(), shown.trim().parse().unwrap())
+        };
+        wait_until("the height to advance live in the browser", Duration::from_secs(60), || {
+            let (rendered, shown) = live(&rendered_dom(&browser, &url("/explorer/"), 6_000));
+            shown > rendered
+        });
+        for (path, name) in [
+            ("/explorer/".to_string(), "network"),
+            ("/explorer/providers".to_string(), "providers"),
+            (format!("/explorer/providers/{}", addr[1]), "provider-jailed"),
+            ("/explorer/market".to_string(), "market"),
+        ] {
+            screenshot(&browser, &url(&path), name);
+        }
+    }
     // Its buyer is refunded; the other providers are untouched (0 was only paused, 2 only cut off from one validator).
     let l: serde_json::Value = http::get(&api[3], &format!("/v1/leases/{lease}")).unwrap().json().unwrap();
     assert_eq!(l["status"]["Settled"]["reason"], "ProviderSlashed", "{l}");

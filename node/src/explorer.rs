@@ -313,14 +313,9 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
             .find(|e| e.provider == address)
             .map(|e| {
                 let o = &e.offer.body;
-                let kinds: Vec<String> = o
-                    .gpus
-                    .iter()
-                    .map(|g| format!("{}× {}", g.count, GpuClass::of(g).map_or(g.model.clone(), |c| c.to_string())))
-                    .collect();
                 format!(
                     "{} at {}/GPU-hour, leases up to {} s, region {} (offer #{}, signed by {})",
-                    kinds.join(", "),
+                    offered_gpus(o),
                     o.price_per_gpu_hour,
                     o.max_duration_secs,
                     o.region,
@@ -392,6 +387,26 @@ struct MarketPage {
     index: Vec<IndexRow>,
     /// Inline SVG: each class's clearing price over the auctions.
     price_chart: String,
+    offers: Vec<OfferRow>,
+}
+
+struct OfferRow {
+    provider: String,
+    short: String,
+    gpus: String,
+    price: String,
+    max_duration: String,
+    region: String,
+}
+
+/// A signed offer's GPUs as `2× H100-80GB-SIM, 1× A100-40GB`.
+fn offered_gpus(o: &agora_protocol::Offer) -> String {
+    let kinds: Vec<String> = o
+        .gpus
+        .iter()
+        .map(|g| format!("{}× {}", g.count, GpuClass::of(g).map_or(g.model.clone(), |c| c.to_string())))
+        .collect();
+    kinds.join(", ")
 }
 
 fn price(p: Option<Amount>) -> String {
@@ -400,6 +415,24 @@ fn price(p: Option<Amount>) -> String {
 
 async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
     let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let offers = s
+        .offers
+        .read()
+        .map_err(internal)?
+        .query(&crate::offers::OfferFilter::default())
+        .into_iter()
+        .map(|e| {
+            let o = &e.offer.body;
+            OfferRow {
+                provider: e.provider.to_string(),
+                short: short(&e.provider.to_string()),
+                gpus: offered_gpus(o),
+                price: o.price_per_gpu_hour.to_string(),
+                max_duration: duration(o.max_duration_secs.saturating_mul(1000)),
+                region: o.region.clone(),
+            }
+        })
+        .collect();
     let ledger = s.ledger.clone();
     // The indicative clearing runs over the whole book: off the async workers.
     let page = tokio::task::spawn_blocking(move || {
@@ -452,6 +485,7 @@ async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiErro
             classes,
             index,
             price_chart,
+            offers,
         })
     })
     .await

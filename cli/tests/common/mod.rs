@@ -184,3 +184,49 @@ pub fn test_ports(slot: u16) -> u16 {
     assert!(slot <= 13, "port slots end at 13 (below the ephemeral range at 32768)");
     10_000 + slot * 1_600 + (std::process::id() % 80) as u16 * 20
 }
+
+/// Headless Chromium for the explorer's browser checks: Debian's `chromium`
+/// (CI installs it). None, with a note, when `AGORA_SKIP_BROWSER_TESTS` is
+/// set; a clear failure when it is missing otherwise.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    if std::env::var_os("AGORA_SKIP_BROWSER_TESTS").is_some() {
+        eprintln!("AGORA_SKIP_BROWSER_TESTS is set: browser checks skipped");
+        return None;
+    }
+    let found = ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|name| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|dir| std::path::Path::new(dir).join(name))
+            .find(|p| p.is_file())
+    });
+    assert!(found.is_some(), "no chromium: apt-get install chromium, or set AGORA_SKIP_BROWSER_TESTS=1");
+    found
+}
+
+/// The DOM of `url` after its scripts ran for `virtual_ms` of (virtual) time.
+pub fn rendered_dom(browser: &std::path::Path, url: &str, virtual_ms: u64) -> String {
+    let out = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        .arg(format!("--virtual-time-budget={virtual_ms}"))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("chromium runs");
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Saves a screenshot of `url` as `target/explorer/NAME.png` for review.
+pub fn screenshot(browser: &std::path::Path, url: &str, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/explorer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.png"));
+    let out = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
+        .args(["--window-size=1280,1000", "--virtual-time-budget=2000"])
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(out.status.success() && path.is_file(), "screenshot {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
