@@ -15,6 +15,7 @@ mod market;
 mod market_bench;
 mod node;
 mod testnet;
+mod verify;
 mod view;
 
 use std::path::PathBuf;
@@ -135,6 +136,14 @@ enum Command {
     /// The ledger through a node (or a stopped node's store): height, providers, validators, blocks, accounts
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
+    /// Check, offline, every signed object in a JSON file a node served (slash evidence, offers, …)
+    Verify {
+        /// The JSON file, e.g. saved from /v1/providers/ADDR/slashes or /v1/offers
+        file: std::path::PathBuf,
+        /// The chain the signatures are for (default: the file's chain_id)
+        #[arg(long)]
+        chain_id: Option<String>,
+    },
     /// Benchmarks that print JSON figures
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -200,6 +209,7 @@ fn main() -> ExitCode {
         Command::Init(args) => node::init(&home, args),
         Command::Node(cmd) => node::run(&home, cmd),
         Command::Ledger(cmd) => ledger::run(&home, cmd),
+        Command::Verify { file, chain_id } => verify::run(&file, chain_id),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Testnet(cmd) => testnet::run(cmd),
     });

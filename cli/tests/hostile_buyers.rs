@@ -27,6 +27,14 @@ fn a_buyer_cannot_reserve_more_than_its_balance_across_pending_requests() {
     let thin = agora_node::keystore::load(Path::new(&buyer_home), "thin").unwrap().keypair;
     // 0.5 AGR: one 10-minute GPU at 2 AGR/hour (0.333334 AGR escrow) fits, two do not.
     ok(agora(&["--home", &buyer_home, "transfer", &thin.address().to_string(), "0.5", "--node", &api3]));
+    // The provider judges the balance by its own ledger: wait until it has the transfer.
+    let api0 = net["nodes"][0]["api_url"].as_str().unwrap().to_string();
+    wait_until("the transfer on the provider's node", std::time::Duration::from_secs(60), || {
+        http::get(&api0, &format!("/v1/accounts/{}", thin.address()))
+            .ok()
+            .and_then(|r| r.json().ok())
+            .is_some_and(|a: serde_json::Value| a["balance"] == "500000")
+    });
     wait_until("the provider's offer", std::time::Duration::from_secs(120), || {
         http::get(&api3, "/v1/offers")
             .ok()

@@ -153,6 +153,24 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     assert_eq!(slashes[0]["reason"], "downtime");
     assert_eq!(slashes[0]["height"].as_u64(), Some(slashed_at));
     assert!(slashes[0]["attestations"].as_array().unwrap().len() >= 3, "more than 2/3 of 4 equal validators");
+    // Anyone can check the evidence offline: every attestation's signature.
+    let evidence = tempfile::NamedTempFile::new().unwrap();
+    let raw = http::get(&api[2], &format!("/v1/providers/{}/slashes", addr[1])).unwrap().body;
+    std::fs::write(evidence.path(), &raw).unwrap();
+    let checked = ok(agora(&["verify", evidence.path().to_str().unwrap()]));
+    let attested = slashes[0]["attestations"].as_array().unwrap().len();
+    assert_eq!(checked.matches("ok   downtime attestation by").count(), attested, "{checked}");
+    assert!(checked.contains(&format!("provider {} silent over heights", addr[1])), "{checked}");
+    // One flipped hex digit in one attestation is caught.
+    let first = slashes[0]["attestations"][0]["signed"].as_str().unwrap();
+    // The last hex digit of the encoding changed.
+    let (head, last) = first.split_at(first.len() - 1);
+    let flip = format!("{head}{}", if last == "0" { "1" } else { "0" });
+    std::fs::write(evidence.path(), raw.replace(first, &flip)).unwrap();
+    let out = agora(&["verify", evidence.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a tampered attestation fails verify");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BAD"));
+
     // The explorer shows it jailed, with the attestations that proved it.
     let page = http::get(&api[2], &format!("/explorer/providers/{}", addr[1])).unwrap();
     assert_eq!(page.status, 200);

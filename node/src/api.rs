@@ -749,14 +749,15 @@ async fn provider_slashes(
     Path(address): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let address: Address = address.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
-    let since = {
+    let (since, chain) = {
         let ledger = s.ledger.read().map_err(internal)?;
         let p = ledger.provider(&address).ok_or_else(|| not_found(format!("{address} is not a provider")))?;
-        p.registered_at
+        (p.registered_at, ledger.chain_id().clone())
     };
     let blocks = s.blocks.clone();
-    let found =
-        tokio::task::spawn_blocking(move || slash_records(&blocks, &address, since)).await.map_err(internal)??;
+    let found = tokio::task::spawn_blocking(move || slash_records(&blocks, &address, since, &chain))
+        .await
+        .map_err(internal)??;
     Ok(Json(found))
 }
 
@@ -766,6 +767,7 @@ pub(crate) fn slash_records(
     blocks: &agora_ledger::store::BlockReader,
     address: &Address,
     since: Height,
+    chain: &agora_protocol::ChainId,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut found = Vec::new();
     let mut current: Option<(Height, agora_protocol::Block)> = None;
@@ -775,7 +777,9 @@ pub(crate) fn slash_records(
             current = Some((h, block));
         }
         let Some(tx) = current.as_ref().and_then(|(_, b)| b.txs.get(index)) else { continue };
-        found.push(slash_record(h.0, tx));
+        let mut record = slash_record(h.0, tx);
+        record["chain_id"] = serde_json::json!(chain.as_str());
+        found.push(record);
     }
     Ok(found)
 }
@@ -794,6 +798,8 @@ fn slash_record(h: u64, tx: &SignedTx) -> serde_json::Value {
                 "window_start": a.body.window_start.0,
                 "window_end": a.body.window_end.0,
                 "signature": hex::encode(a.signature.0),
+                // The attestation as signed, for `agora verify`.
+                "signed": codec::encode(a).map(hex::encode).unwrap_or_default(),
             })).collect::<Vec<_>>(),
         }),
         agora_protocol::TxKind::SlashEquivocation { evidence } => serde_json::json!({
@@ -802,6 +808,14 @@ fn slash_record(h: u64, tx: &SignedTx) -> serde_json::Value {
             "reason": "equivocation",
             "submitted_by": tx.signer,
             "evidence": evidence,
+            // The two conflicting heartbeats as signed, for `agora verify`.
+            "signed_heartbeats": match evidence {
+                agora_protocol::EquivocationEvidence::Heartbeats { first, second } => [first, second]
+                    .iter()
+                    .map(|h| serde_json::json!({ "signed": codec::encode(*h).map(hex::encode).unwrap_or_default() }))
+                    .collect::<Vec<_>>(),
+                agora_protocol::EquivocationEvidence::Votes { .. } => Vec::new(),
+            },
         }),
         other => serde_json::json!({ "height": h, "tx": tx.hash().ok(), "reason": other.name() }),
     }

@@ -325,12 +325,15 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
             })
             .unwrap_or_default()
     };
-    let since = s.ledger.read().map_err(internal)?.provider(&address).map(|p| p.registered_at);
+    let (since, chain) = {
+        let ledger = s.ledger.read().map_err(internal)?;
+        (ledger.provider(&address).map(|p| p.registered_at), ledger.chain_id().clone())
+    };
     let Some(since) = since else {
         return Ok(not_found(format!("{address} is not a registered provider")).into_response());
     };
     let blocks = s.blocks.clone();
-    let records = tokio::task::spawn_blocking(move || crate::api::slash_records(&blocks, &address, since))
+    let records = tokio::task::spawn_blocking(move || crate::api::slash_records(&blocks, &address, since, &chain))
         .await
         .map_err(internal)??;
     let slashes = records.iter().map(slash_row).collect();
