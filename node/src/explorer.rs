@@ -183,7 +183,10 @@ struct ProviderRow {
     region: String,
 }
 
-fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<ProviderRow> {
+/// Capacities per (provider, class), computed once for a page.
+type Capacities = std::collections::BTreeMap<(Address, GpuClass), agora_ledger::capacity::Capacity>;
+
+fn provider_row(ledger: &State, address: &Address, seen: Option<u64>, capacities: &Capacities) -> Option<ProviderRow> {
     let p = ledger.provider(address)?;
     let view = crate::api::provider_view(ledger, address, p);
     let status = view["status"].as_str().unwrap_or("?").to_string();
@@ -201,7 +204,7 @@ fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<
         .iter()
         .map(|g| {
             let class = GpuClass::of(g);
-            let c = class.as_ref().map(|c| agora_ledger::capacity::capacity(ledger, address, c)).unwrap_or_default();
+            let c = class.as_ref().and_then(|c| capacities.get(&(*address, c.clone())).copied()).unwrap_or_default();
             GpuRow {
                 class: class.map_or_else(|| g.model.clone(), |c| c.to_string()),
                 count: g.count,
@@ -236,13 +239,32 @@ struct ProvidersPage {
     providers: Vec<ProviderRow>,
 }
 
+/// The providers page for `ledger`; `seen` is this node's last heartbeat height per provider.
+pub fn providers_html(
+    chain_id: String,
+    ledger: &State,
+    seen: &std::collections::BTreeMap<Address, u64>,
+) -> Result<String, askama::Error> {
+    let capacities = agora_ledger::capacity::all_capacities(ledger);
+    let providers = ledger
+        .providers()
+        .filter_map(|(a, _)| provider_row(ledger, a, seen.get(a).copied(), &capacities))
+        .collect::<Vec<_>>();
+    ProvidersPage { chain_id, height: ledger.height().0, providers }.render()
+}
+
 async fn providers(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
     let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
     let seen = s.last_seen.read().map_err(internal)?.clone();
-    let ledger = s.ledger.read().map_err(internal)?;
-    let providers =
-        ledger.providers().filter_map(|(a, _)| provider_row(&ledger, a, seen.get(a).copied())).collect::<Vec<_>>();
-    render(ProvidersPage { chain_id, height: ledger.height().0, providers })
+    let ledger = s.ledger.clone();
+    // Every provider's capacity is read from the open leases: off the async workers.
+    let html = tokio::task::spawn_blocking(move || {
+        let ledger = ledger.read().map_err(internal)?;
+        providers_html(chain_id, &ledger, &seen).map_err(internal)
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Html(html))
 }
 
 #[derive(Template)]
@@ -338,7 +360,8 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
         .map_err(internal)??;
     let slashes = records.iter().map(slash_row).collect();
     let ledger = s.ledger.read().map_err(internal)?;
-    let Some(p) = provider_row(&ledger, &address, seen) else {
+    let capacities = agora_ledger::capacity::all_capacities(&ledger);
+    let Some(p) = provider_row(&ledger, &address, seen, &capacities) else {
         return Ok(not_found(format!("{address} is not a registered provider")).into_response());
     };
     let open_leases = ledger.open_leases().filter(|l| l.provider == address).count();
@@ -416,12 +439,9 @@ fn price(p: Option<Amount>) -> String {
     p.map_or_else(|| "–".into(), |p| p.to_string())
 }
 
-async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
-    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
-    let offers = s
-        .offers
-        .read()
-        .map_err(internal)?
+/// The market page for `ledger` and this node's offer book.
+pub fn market_html(chain_id: String, ledger: &State, book: &crate::offers::OrderBook) -> Result<String, askama::Error> {
+    let offers = book
         .query(&crate::offers::OfferFilter::default())
         .into_iter()
         .map(|e| {
@@ -436,64 +456,71 @@ async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiErro
             }
         })
         .collect();
-    let ledger = s.ledger.clone();
-    // The indicative clearing runs over the whole book: off the async workers.
-    let page = tokio::task::spawn_blocking(move || {
-        let ledger = ledger.read().map_err(internal)?;
-        let view = crate::api_market::auctions_view(&ledger, None);
-        let amount = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).map(Amount);
-        let classes = view["classes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| ClassRow {
-                class: c["class"].as_str().unwrap_or_default().to_string(),
-                bids: c["bids"].as_u64().unwrap_or(0) as usize,
-                asks: c["asks"].as_u64().unwrap_or(0) as usize,
-                price: price(amount(&c["indicative_price"])),
-                matched: c["matched_gpu_hours"].as_u64().unwrap_or(0),
-                bid_depth: c["bid_depth"].as_u64().unwrap_or(0),
-                ask_depth: c["ask_depth"].as_u64().unwrap_or(0),
-            })
-            .collect();
-        let auctions = ledger.auction_results(0).map(|r| IndexRow {
-            auction: r.auction,
-            kind: "auction",
-            class: r.class.to_string(),
-            price: price(r.price),
-            gpu_hours: r.matched_gpu_hours,
-            leases: r.leases,
-        });
-        let spot = ledger.spot_trades(0).map(|t| IndexRow {
-            auction: t.auction,
-            kind: "spot (average)",
-            class: t.class.to_string(),
-            price: price(t.average_price()),
-            gpu_hours: t.gpu_seconds / 3600,
-            leases: t.leases,
-        });
-        let points: Vec<(String, u64, u64)> =
-            ledger.auction_results(0).filter_map(|r| r.price.map(|p| (r.class.to_string(), r.auction, p.0))).collect();
-        let price_chart = crate::charts::price_lines(&points);
-        let mut index: Vec<IndexRow> = auctions.chain(spot).collect();
-        index.sort_by(|a, b| (b.auction, a.kind).cmp(&(a.auction, b.kind)));
-        index.truncate(INDEX_ROWS);
-        Ok::<_, ApiError>(MarketPage {
-            chain_id,
-            height: ledger.height().0,
-            auction: view["auction"].as_u64().unwrap_or(0),
-            phase: view["phase"].as_str().unwrap_or_default().to_string(),
-            clears_at: view["clears_at_height"].as_u64().unwrap_or(0),
-            listings: ledger.listings().count(),
-            classes,
-            index,
-            price_chart,
-            offers,
+    let view = crate::api_market::auctions_view(ledger, None);
+    let amount = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).map(Amount);
+    let classes = view["classes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| ClassRow {
+            class: c["class"].as_str().unwrap_or_default().to_string(),
+            bids: c["bids"].as_u64().unwrap_or(0) as usize,
+            asks: c["asks"].as_u64().unwrap_or(0) as usize,
+            price: price(amount(&c["indicative_price"])),
+            matched: c["matched_gpu_hours"].as_u64().unwrap_or(0),
+            bid_depth: c["bid_depth"].as_u64().unwrap_or(0),
+            ask_depth: c["ask_depth"].as_u64().unwrap_or(0),
         })
+        .collect();
+    let auctions = ledger.auction_results(0).map(|r| IndexRow {
+        auction: r.auction,
+        kind: "auction",
+        class: r.class.to_string(),
+        price: price(r.price),
+        gpu_hours: r.matched_gpu_hours,
+        leases: r.leases,
+    });
+    let spot = ledger.spot_trades(0).map(|t| IndexRow {
+        auction: t.auction,
+        kind: "spot (average)",
+        class: t.class.to_string(),
+        price: price(t.average_price()),
+        gpu_hours: t.gpu_seconds / 3600,
+        leases: t.leases,
+    });
+    let points: Vec<(String, u64, u64)> =
+        ledger.auction_results(0).filter_map(|r| r.price.map(|p| (r.class.to_string(), r.auction, p.0))).collect();
+    let price_chart = crate::charts::price_lines(&points);
+    let mut index: Vec<IndexRow> = auctions.chain(spot).collect();
+    index.sort_by(|a, b| (b.auction, a.kind).cmp(&(a.auction, b.kind)));
+    index.truncate(INDEX_ROWS);
+    MarketPage {
+        chain_id,
+        height: ledger.height().0,
+        auction: view["auction"].as_u64().unwrap_or(0),
+        phase: view["phase"].as_str().unwrap_or_default().to_string(),
+        clears_at: view["clears_at_height"].as_u64().unwrap_or(0),
+        listings: ledger.listings().count(),
+        classes,
+        index,
+        price_chart,
+        offers,
+    }
+    .render()
+}
+
+async fn market(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiError> {
+    let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
+    let (ledger, book) = (s.ledger.clone(), s.offers.clone());
+    // The indicative clearing runs over the whole book: off the async workers.
+    let html = tokio::task::spawn_blocking(move || {
+        let book = book.read().map_err(internal)?;
+        let ledger = ledger.read().map_err(internal)?;
+        market_html(chain_id, &ledger, &book).map_err(internal)
     })
     .await
     .map_err(internal)??;
-    render(page)
+    Ok(Html(html))
 }
 
 /// Paid time left of an open lease, or when it starts.
