@@ -52,8 +52,8 @@ pub fn capacity(state: &State, provider: &Address, class: &GpuClass) -> Capacity
     let asked =
         state.orders_of(provider).filter(|o| o.side == Side::Ask && &o.class == class).map(|o| u64::from(o.gpus)).sum();
     let leased = state
-        .open_leases()
-        .filter(|l| l.provider == *provider && lease_class(state, l).as_ref() == Some(class))
+        .open_leases_of(provider)
+        .filter(|l| lease_class(state, l).as_ref() == Some(class))
         .map(|l| u64::from(l.gpus))
         .sum();
     Capacity { registered, asked, leased }
@@ -80,7 +80,7 @@ pub(crate) fn reserve(state: &State, provider: &Address, class: &GpuClass, gpus:
 pub fn check_commitments(state: &State, provider: &Address) -> Result<(), Error> {
     let asked = state.orders_of(provider).filter(|o| o.side == Side::Ask).map(|o| o.class.clone());
     let mut leased = Vec::new();
-    for lease in state.open_leases().filter(|l| l.provider == *provider) {
+    for lease in state.open_leases_of(provider) {
         match lease_class(state, lease) {
             Some(class) => leased.push(class),
             None => {

@@ -72,6 +72,7 @@ impl Genesis {
             providers: BTreeMap::new(),
             leases: BTreeMap::new(),
             lease_expiry: BTreeSet::new(),
+            open_by_provider: BTreeSet::new(),
             unbonding: BTreeMap::new(),
             slashed_windows: BTreeSet::new(),
             slashed_equivocations: BTreeSet::new(),

@@ -27,6 +27,7 @@ pub(crate) enum Undo {
     /// An order's previous value (None: it did not exist), and the next id before.
     Order(u64, Option<Order>, u64),
     Auction((u64, agora_protocol::GpuClass), Option<crate::clearing::AuctionResult>),
+    OpenByProvider((Address, LeaseId), bool),
     Listing(LeaseId, Option<(Address, Amount)>),
     Spot((u64, agora_protocol::GpuClass), Option<crate::clearing::SpotTrades>),
 }
@@ -65,6 +66,7 @@ impl State {
                 Undo::Provider(k, v) => _ = put(&mut d.providers, k, v),
                 Undo::Lease(k, v) => _ = put(&mut d.leases, k, v),
                 Undo::Expiry(k, was) => _ = put_flag(&mut d.lease_expiry, k, was),
+                Undo::OpenByProvider(k, was) => _ = put_flag(&mut d.open_by_provider, k, was),
                 Undo::Unbonding(k, v) => _ = put(&mut d.unbonding, k, v),
                 Undo::SlashedWindow(k, was) => _ = put_flag(&mut d.slashed_windows, k, was),
                 Undo::SlashedEquivocation(k, was) => _ = put_flag(&mut d.slashed_equivocations, k, was),
@@ -102,9 +104,15 @@ impl State {
     }
 
     pub(crate) fn set_lease(&mut self, lease: Lease) {
-        let id = lease.id;
+        let (id, key) = (lease.id, (lease.provider, lease.id));
+        let open = lease.status == crate::state::LeaseStatus::Open;
         let old = put(&mut self.data.leases, id, Some(lease));
+        let was_open = old.as_ref().is_some_and(|l| l.status == crate::state::LeaseStatus::Open);
         self.journal.push(Undo::Lease(id, old));
+        if open != was_open {
+            let was = put_flag(&mut self.data.open_by_provider, key, open);
+            self.journal.push(Undo::OpenByProvider(key, was));
+        }
     }
 
     pub(crate) fn set_expiry(&mut self, key: (TimestampMs, LeaseId), present: bool) {

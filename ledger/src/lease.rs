@@ -147,7 +147,7 @@ pub(crate) fn expire_due(state: &mut State) -> Result<Vec<Event>, Error> {
 
 /// Settles every open lease of a provider pro-rata (used when it is slashed).
 pub(crate) fn settle_all_of(state: &mut State, provider: Address, reason: SettleReason) -> Result<Vec<Event>, Error> {
-    let ids: Vec<LeaseId> = state.open_leases().filter(|l| l.provider == provider).map(|l| l.id).collect();
+    let ids: Vec<LeaseId> = state.open_leases_of(&provider).map(|l| l.id).collect();
     ids.into_iter().map(|id| settle(state, id, reason, None)).collect()
 }
 

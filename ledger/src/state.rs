@@ -151,6 +151,8 @@ pub(crate) struct StateData {
     pub leases: BTreeMap<LeaseId, Lease>,
     /// Open leases by end time, so expiry is a range scan.
     pub lease_expiry: BTreeSet<(TimestampMs, LeaseId)>,
+    /// Open leases by provider, so a provider's capacity is read from its own.
+    pub open_by_provider: BTreeSet<(Address, LeaseId)>,
     /// Unbonding entries by release height.
     pub unbonding: BTreeMap<(Height, Address), Amount>,
     /// Downtime windows already slashed, per provider.
@@ -257,6 +259,14 @@ impl State {
     pub fn open_leases(&self) -> impl Iterator<Item = &Lease> {
         self.data.lease_expiry.iter().filter_map(|(_, id)| self.data.leases.get(id))
     }
+    /// `provider`'s open leases.
+    pub fn open_leases_of(&self, provider: &Address) -> impl Iterator<Item = &Lease> + '_ {
+        let (lo, hi) = (LeaseId(Hash([0; 32])), LeaseId(Hash([0xff; 32])));
+        self.data
+            .open_by_provider
+            .range((*provider, lo)..=(*provider, hi))
+            .filter_map(|(_, id)| self.data.leases.get(id))
+    }
     pub fn order(&self, id: u64) -> Option<&Order> {
         self.data.book.orders.get(&id)
     }
@@ -352,8 +362,10 @@ impl State {
             if open {
                 total += u128::from(lease.escrow.0);
             }
-            if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id)) {
-                return Err(Error::Invariant(format!("lease {} expiry index out of sync", lease.id)));
+            if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id))
+                || open != self.data.open_by_provider.contains(&(lease.provider, lease.id))
+            {
+                return Err(Error::Invariant(format!("lease {} index out of sync", lease.id)));
             }
         }
         let book = &self.data.book;

@@ -364,7 +364,7 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
     let Some(p) = provider_row(&ledger, &address, seen, &capacities) else {
         return Ok(not_found(format!("{address} is not a registered provider")).into_response());
     };
-    let open_leases = ledger.open_leases().filter(|l| l.provider == address).count();
+    let open_leases = ledger.open_leases_of(&address).count();
     let slashed_windows: Vec<(u64, u64)> = ledger.slashed_windows(&address).iter().map(|(a, b)| (a.0, b.0)).collect();
     let registered_at = ledger.provider(&address).map_or(0, |r| r.registered_at.0);
     let uptime_chart = crate::charts::uptime_timeline(registered_at, ledger.height().0, &slashed_windows);

@@ -363,8 +363,7 @@ impl Daemon {
                 tracing::warn!(containers = removed.len(), "removed containers a previous run of this node left");
             }
         }
-        let held: Vec<_> =
-            self.store.state().open_leases().filter(|l| l.provider == me && l.is_reservation()).cloned().collect();
+        let held: Vec<_> = self.store.state().open_leases_of(&me).filter(|l| l.is_reservation()).cloned().collect();
         for lease in held {
             // Auctioned leases stay open: their holders run the next job.
             if matches!(self.provision.jobs.runners.plain, Some(runner::Isolation::Process)) {
