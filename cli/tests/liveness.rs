@@ -203,9 +203,17 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
             let shown = rest.split_once('>').unwrap().1.split('<').next().unwrap();
             (rendered.parse().unwrap(), shown.trim().parse().unwrap())
         };
-        wait_until("the height to advance live in the browser", Duration::from_secs(60), || {
-            let (rendered, shown) = live(&rendered_dom(&browser, &url("/explorer/"), 6_000));
-            shown > rendered
+        // The newest block row the feed added, as (the table's top, the first row's height).
+        let feed = |dom: &str| -> (u64, u64) {
+            let table = dom.split("id=\"blocks\" data-top=\"").nth(1).expect("the block feed");
+            let top = table.split('"').next().unwrap().parse().unwrap();
+            let first = table.split("/explorer/blocks/").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+            (top, first)
+        };
+        wait_until("the height and the block feed to advance live in the browser", Duration::from_secs(60), || {
+            let dom = rendered_dom(&browser, &url("/explorer/"), 6_000);
+            let ((rendered, shown), (top, first)) = (live(&dom), feed(&dom));
+            shown > rendered && top > rendered && first == top
         });
         for (path, name) in [
             ("/explorer/".to_string(), "network"),
