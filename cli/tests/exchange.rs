@@ -117,6 +117,13 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(placed.iter().all(|(_, a)| *a == auction), "all in auction {auction}: {placed:?}");
+    // Each placement waited for its own node; the checks below read others.
+    wait_until("all eight orders on every node", Duration::from_secs(60), || {
+        apis.iter().all(|api| {
+            let orders: serde_json::Value = http::get(api, "/v1/market/orders").unwrap().json().unwrap();
+            orders.as_array().is_some_and(|l| l.len() == 8)
+        })
+    });
     let later = ok(agora(&["--home", &buyer, "orders", "--key", "b1", "--node", &apis[1]]));
     assert!(later.contains("+1h"), "{later}");
     let listed = ok(agora(&["--home", &buyer, "orders", "--key", "b3", "--node", &apis[1]]));

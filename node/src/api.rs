@@ -614,6 +614,28 @@ struct SignedBody {
     request: String,
 }
 
+/// The lease in the path and the holder's signed request for it (which must
+/// name the same lease), with the lease's provider on this node's ledger.
+fn holder_request<T>(
+    s: &Shared,
+    id: &str,
+    body: Result<Json<SignedBody>, axum::extract::rejection::JsonRejection>,
+    lease_of: impl Fn(&agora_protocol::Signed<T>) -> agora_protocol::LeaseId,
+) -> Result<(agora_protocol::Signed<T>, Address), ApiError>
+where
+    agora_protocol::Signed<T>: agora_protocol::Wire,
+{
+    let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let body = json_body(body)?;
+    let request: agora_protocol::Signed<T> = decode_hex("request", &body.request)?;
+    if lease_of(&request) != id {
+        return Err(bad_request("the signed request is for another lease"));
+    }
+    let provider = s.ledger.read().map_err(internal)?.lease(&id).map(|l| l.provider);
+    let provider = provider.ok_or_else(|| not_found(format!("no lease {id} on the ledger (yet)")))?;
+    Ok((request, provider))
+}
+
 /// `POST /v1/leases/{id}/logs`: fetches a piece of a lease's job output from
 /// its provider; only a request signed by the lease's buyer is served.
 async fn lease_logs(
@@ -621,15 +643,8 @@ async fn lease_logs(
     Path(id): Path<String>,
     body: Result<Json<SignedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
-    let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
-    let body = json_body(body)?;
-    let request: agora_protocol::Signed<agora_protocol::job::LogsRequest> = decode_hex("request", &body.request)?;
-    if request.body.lease_id != id {
-        return Err(bad_request("the signed request is for another lease"));
-    }
-    let provider = s.ledger.read().map_err(internal)?.lease(&id).map(|l| l.provider);
-    let provider = provider.ok_or_else(|| not_found(format!("no lease {id} on the ledger (yet)")))?;
+    use agora_protocol::job::{LeaseRpc, LeaseRpcReply, LogsRequest};
+    let (request, provider) = holder_request::<LogsRequest>(&s, &id, body, |r| r.body.lease_id)?;
     match lease_rpc(&s, provider, LeaseRpc::Logs(request)).await? {
         LeaseRpcReply::Logs(chunk) => Ok(Json(serde_json::json!({
             "data_hex": hex::encode(&chunk.data),
@@ -651,22 +666,12 @@ async fn lease_run(
     body: Result<Json<SignedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use agora_protocol::job::{LeaseRpc, LeaseRpcReply, RunRequest};
-    let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
-    let body = json_body(body)?;
-    let request: agora_protocol::Signed<RunRequest> = decode_hex("request", &body.request)?;
-    if request.body.lease_id != id {
-        return Err(bad_request("the signed request is for another lease"));
-    }
-    let provider = {
-        let state = s.ledger.read().map_err(internal)?;
-        request
-            .verify(state.chain_id())
-            .map_err(|_| bad_request("the request's signature is not valid for this chain"))?;
-        state.lease(&id).map(|l| l.provider)
-    };
-    let provider = provider.ok_or_else(|| not_found(format!("no lease {id} on the ledger (yet)")))?;
+    let (request, provider) = holder_request::<RunRequest>(&s, &id, body, |r| r.body.lease_id)?;
+    let lease_id = request.body.lease_id;
+    let chain = s.ledger.read().map_err(internal)?.chain_id().clone();
+    request.verify(&chain).map_err(|_| bad_request("the request's signature is not valid for this chain"))?;
     match lease_rpc(&s, provider, LeaseRpc::Run(request)).await? {
-        LeaseRpcReply::Started { gpu_ids } => Ok(Json(serde_json::json!({ "lease_id": id, "gpu_ids": gpu_ids }))),
+        LeaseRpcReply::Started { gpu_ids } => Ok(Json(serde_json::json!({ "lease_id": lease_id, "gpu_ids": gpu_ids }))),
         LeaseRpcReply::Refused(why) => Err(ApiError::refused(StatusCode::CONFLICT, why)),
         _ => Err(ApiError::new(StatusCode::BAD_GATEWAY, "the provider answered nonsense")),
     }
