@@ -331,10 +331,7 @@ auction round: the exchange clears each GPU class at one price every {} blocks",
             .filter_map(|g| g.as_str().map(str::to_string))
             .collect(),
         job_output: String::from_utf8_lossy(&output).into_owned(),
-        job_exit_code: match state {
-            agora_protocol::job::JobState::Exited { code } => code.unwrap_or(1),
-            _ => 1,
-        },
+        job_exit_code: crate::lease::exit_code(&state),
         buyer_balance_after: micros(&node.get(&format!("/v1/accounts/{me}"))?["balance"]),
         supply_conserved,
     })

@@ -371,7 +371,7 @@ impl Finished {
 }
 
 /// A job's exit code, or 1 when it did not exit by itself.
-fn exit_code(state: &JobState) -> i32 {
+pub fn exit_code(state: &JobState) -> i32 {
     match state {
         JobState::Exited { code } => code.unwrap_or(1),
         _ => 1,
@@ -563,11 +563,10 @@ fn extend(home: &Path, id: &str, hours: u32, key: &KeyArgs) -> anyhow::Result<Ex
         bail!("lease {id} has ended ({}); it cannot be extended", settled_word(&lease["status"]));
     }
     let price: u64 = text(&lease["price_per_gpu_hour"]).parse().context("the lease's price")?;
-    let gpus = lease["gpus"].as_u64().unwrap_or(0);
-    let cost = price
-        .checked_mul(gpus)
-        .and_then(|c| c.checked_mul(u64::from(hours)))
-        .ok_or_else(|| anyhow!("{hours} hours of this lease cost more than any balance"))?;
+    let gpus = lease["gpus"].as_u64().map_or(0, |g| u32::try_from(g).unwrap_or(u32::MAX));
+    let cost = agora_ledger::auction::cost(Amount(price), gpus, hours)
+        .ok_or_else(|| anyhow!("{hours} hours of this lease cost more than any balance"))?
+        .0;
     let keypair = agora_node::keystore::load(home, &key.key)?.keypair;
     let kind = TxKind::ExtendLease { lease_id: id, hours, max_cost: Amount(cost) };
     let (hash, height) = submit_and_wait(&keypair, kind, &key.node)?;
@@ -586,12 +585,7 @@ fn extend(home: &Path, id: &str, hours: u32, key: &KeyArgs) -> anyhow::Result<Ex
 
 /// An open lease's paid time left, as `1h 05m` or `42s`.
 fn runway(lease: &serde_json::Value) -> String {
-    let left = lease["end_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms()) / 1000;
-    match left {
-        0..60 => format!("{left}s"),
-        60..3600 => format!("{}m {:02}s", left / 60, left % 60),
-        _ => format!("{}h {:02}m", left / 3600, left % 3600 / 60),
-    }
+    crate::view::humantime_secs(lease["end_ms"].as_u64().unwrap_or(0).saturating_sub(now_ms()) / 1000)
 }
 
 pub fn describe(state: &agora_protocol::job::JobState) -> String {

@@ -445,7 +445,7 @@ pub fn market(cmd: MarketCommand) -> anyhow::Result<ExitCode> {
                     text(&l["lease_id"]),
                     text(&l["gpus"]),
                     text(&l["class"]),
-                    humantime_secs(l["ends_in_secs"].as_u64().unwrap_or(0)),
+                    crate::view::humantime_secs(l["ends_in_secs"].as_u64().unwrap_or(0)),
                     micros(&l["price"]),
                     text(&l["seller"])
                 );
@@ -497,14 +497,5 @@ fn print_results(list: &serde_json::Value) {
             depth(&r["bid_depth"]),
             depth(&r["ask_depth"])
         );
-    }
-}
-
-/// Seconds as `1h 05m` or `42s`.
-fn humantime_secs(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
-        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
     }
 }

@@ -35,3 +35,12 @@ pub fn print_account(balance: Amount, stake: Amount, unbonding: Amount, nonce: u
     println!("unbonding {unbonding}");
     println!("nonce     {nonce}");
 }
+
+/// Seconds as `1h 05m`, `3m 07s` or `42s`.
+pub fn humantime_secs(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}

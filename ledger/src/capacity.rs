@@ -103,26 +103,3 @@ pub fn check_commitments(state: &State, provider: &Address) -> Result<(), Error>
     }
     Ok(())
 }
-
-/// Every provider's capacity per class, in one pass over the providers, the
-/// open orders and the open leases (for pages listing them all; `capacity`
-/// reads the open leases once per call).
-pub fn all_capacities(state: &State) -> std::collections::BTreeMap<(Address, GpuClass), Capacity> {
-    let mut all: std::collections::BTreeMap<(Address, GpuClass), Capacity> = std::collections::BTreeMap::new();
-    for (address, p) in state.providers() {
-        for g in &p.gpus {
-            if let Some(class) = GpuClass::of(g) {
-                all.entry((*address, class)).or_default().registered += u64::from(g.count);
-            }
-        }
-    }
-    for o in state.orders().filter(|o| o.side == Side::Ask) {
-        all.entry((o.owner, o.class.clone())).or_default().asked += u64::from(o.gpus);
-    }
-    for l in state.open_leases() {
-        if let Some(class) = lease_class(state, l) {
-            all.entry((l.provider, class)).or_default().leased += u64::from(l.gpus);
-        }
-    }
-    all
-}

@@ -106,8 +106,7 @@ fn judge_offer(state: &State, provider: &Address, offer: &Offer, want: &SpotWant
     if !state.is_active_provider(provider) {
         reasons.push(reason("provider_inactive", provider_state(state, provider)));
     }
-    let escrow = u128::from(price.0) * u128::from(want.gpus) * u128::from(want.duration_secs);
-    let escrow = Amount(u64::try_from(escrow.div_ceil(3600)).unwrap_or(u64::MAX));
+    let escrow = agora_protocol::market::spot_escrow(price, want.gpus, want.duration_secs).unwrap_or(Amount(u64::MAX));
     if let Some(buyer) = &want.buyer {
         let balance = state.account(buyer).balance;
         if balance < escrow {

@@ -183,10 +183,7 @@ struct ProviderRow {
     region: String,
 }
 
-/// Capacities per (provider, class), computed once for a page.
-type Capacities = std::collections::BTreeMap<(Address, GpuClass), agora_ledger::capacity::Capacity>;
-
-fn provider_row(ledger: &State, address: &Address, seen: Option<u64>, capacities: &Capacities) -> Option<ProviderRow> {
+fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<ProviderRow> {
     let p = ledger.provider(address)?;
     let view = crate::api::provider_view(ledger, address, p);
     let status = view["status"].as_str().unwrap_or("?").to_string();
@@ -204,7 +201,7 @@ fn provider_row(ledger: &State, address: &Address, seen: Option<u64>, capacities
         .iter()
         .map(|g| {
             let class = GpuClass::of(g);
-            let c = class.as_ref().and_then(|c| capacities.get(&(*address, c.clone())).copied()).unwrap_or_default();
+            let c = class.as_ref().map(|c| agora_ledger::capacity::capacity(ledger, address, c)).unwrap_or_default();
             GpuRow {
                 class: class.map_or_else(|| g.model.clone(), |c| c.to_string()),
                 count: g.count,
@@ -245,11 +242,8 @@ pub fn providers_html(
     ledger: &State,
     seen: &std::collections::BTreeMap<Address, u64>,
 ) -> Result<String, askama::Error> {
-    let capacities = agora_ledger::capacity::all_capacities(ledger);
-    let providers = ledger
-        .providers()
-        .filter_map(|(a, _)| provider_row(ledger, a, seen.get(a).copied(), &capacities))
-        .collect::<Vec<_>>();
+    let providers =
+        ledger.providers().filter_map(|(a, _)| provider_row(ledger, a, seen.get(a).copied())).collect::<Vec<_>>();
     ProvidersPage { chain_id, height: ledger.height().0, providers }.render()
 }
 
@@ -360,8 +354,7 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
         .map_err(internal)??;
     let slashes = records.iter().map(slash_row).collect();
     let ledger = s.ledger.read().map_err(internal)?;
-    let capacities = agora_ledger::capacity::all_capacities(&ledger);
-    let Some(p) = provider_row(&ledger, &address, seen, &capacities) else {
+    let Some(p) = provider_row(&ledger, &address, seen) else {
         return Ok(not_found(format!("{address} is not a registered provider")).into_response());
     };
     let open_leases = ledger.open_leases_of(&address).count();

@@ -228,13 +228,7 @@ impl Market {
         // and the ledger would refuse the lease: count them as taken.
         if let Some(class) = agora_ledger::capacity::class_of_model(state, me, &terms.gpu_model) {
             let on_ledger = agora_ledger::capacity::capacity(state, me, &class);
-            let pending: usize = self
-                .reserved
-                .values()
-                .filter(|r| r.request.body.gpu_model == terms.gpu_model)
-                .map(|r| r.gpus.len())
-                .sum();
-            let spot = on_ledger.free().saturating_sub(pending as u64);
+            let spot = on_ledger.free().saturating_sub(self.pending_gpus(&class));
             if spot < u64::from(terms.gpus) {
                 return no(
                     C::NoFreeGpus,
@@ -377,7 +371,7 @@ impl Market {
         let spec = &request.body.spec;
         spec.validate().map_err(|e| LeaseRefusal::new(C::SpecMismatch, e.to_string()))?;
         self.check_spec(spec)?;
-        let Ok(class) = GpuClass::parse(&lease.gpu_model) else {
+        let Some(class) = agora_ledger::capacity::lease_class(state, lease) else {
             return no(C::Internal, format!("lease {id} names no GPU class"));
         };
         let Some(gpu_ids) = self.hold_class(id, &class, lease.gpus) else {

@@ -146,14 +146,18 @@ impl LeaseRequest {
         Ok(())
     }
 
-    /// The escrow this lease locks: price × GPUs × duration, rounded up to
-    /// the micro-unit so a provider is never underpaid by rounding.
+    /// The escrow this lease locks (`spot_escrow`).
     pub fn escrow(&self) -> Option<Amount> {
-        let total = u128::from(self.price_per_gpu_hour.0)
-            .checked_mul(u128::from(self.gpus))?
-            .checked_mul(u128::from(self.duration_secs))?;
-        u64::try_from(total.div_ceil(3600)).ok().map(Amount)
+        spot_escrow(self.price_per_gpu_hour, self.gpus, self.duration_secs)
     }
+}
+
+/// A spot lease's escrow: price × GPUs × duration, rounded up to the
+/// micro-unit so a provider is never underpaid by rounding.
+pub fn spot_escrow(price_per_gpu_hour: Amount, gpus: u32, duration_secs: u64) -> Option<Amount> {
+    let total =
+        u128::from(price_per_gpu_hour.0).checked_mul(u128::from(gpus))?.checked_mul(u128::from(duration_secs))?;
+    u64::try_from(total.div_ceil(3600)).ok().map(Amount)
 }
 
 crate::signed_wire_type!(LeaseRequest, Domain::LeaseRequest, "lease request", MAX_LEASE_MSG_BYTES);

@@ -274,8 +274,7 @@ impl Daemon {
     /// its holder, who runs jobs on it later (`agora lease run`).
     fn hold_reservation(&mut self, lease: &agora_ledger::Lease) {
         let Some(market) = self.provision.market.as_mut() else { return };
-        let held = agora_protocol::GpuClass::parse(&lease.gpu_model)
-            .ok()
+        let held = agora_ledger::capacity::lease_class(self.store.state(), lease)
             .and_then(|class| market.hold_class(lease.id, &class, lease.gpus));
         match held {
             Some(gpus) => {
