@@ -1,7 +1,7 @@
 #!/bin/bash
 # The explorer's idle cost (docs/explorer.md): CPU and RSS of node 0 of a fresh
-# testnet over 60 s without a browser, then 60 s with /explorer/ open in headless
-# chromium. Needs a release build (cargo build --release) and chromium.
+# testnet over 60 s without a browser, then 60 s each with the network page and a
+# provider's page open in headless chromium. Needs a release build (cargo build --release) and chromium.
 set -e
 cd "$(dirname "$0")/.."
 rm -rf /tmp/idlenet
@@ -15,9 +15,15 @@ measure() {
   echo "$1 cpu_pct=$(python3 -c "print(round(($t1-$t0)/100/60*100,2))") rss_kib=$rss"
 }
 measure "without-browser"
-chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --remote-debugging-port=29650 $API/explorer/ >/dev/null 2>&1 &
-CH=$!
-sleep 5
-measure "explorer-open"
-kill $CH 2>/dev/null || true
+# The network page (live header and block feed), then a provider's page
+# (live header, and its figures re-rendered by the node every 5 s).
+PROVIDER=$(curl -s $API/v1/providers | python3 -c "import json,sys;print(json.load(sys.stdin)[0]['address'])")
+for page in /explorer/ /explorer/providers/$PROVIDER; do
+  chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --remote-debugging-port=29650 $API$page >/dev/null 2>&1 &
+  CH=$!
+  sleep 5
+  measure "open:$page"
+  kill $CH 2>/dev/null || true
+  sleep 2
+done
 ./target/release/agora testnet down --dir /tmp/idlenet >/dev/null

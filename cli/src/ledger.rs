@@ -73,17 +73,19 @@ fn print_providers(list: &[serde_json::Value]) {
         return;
     }
     println!(
-        "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {:>7}  {:>9}  GPUS",
-        "ADDRESS", "STATUS", "STAKE", "REGION", "SLASHES", "UPTIME", "HEARTBEAT"
+        "{:<64}  {:<10}  {:>14}  {:>14}  {:>6}  {:<8}  {:>7}  {:>7}  {:>9}  GPUS",
+        "ADDRESS", "STATUS", "STAKE", "EARNED", "LEASES", "REGION", "SLASHES", "UPTIME", "HEARTBEAT"
     );
     for p in list {
         let stake = micros(&p["stake"]);
         let heartbeat = p["last_heartbeat_height"].as_u64().map_or("-".to_string(), |h| format!("#{h}"));
         println!(
-            "{:<64}  {:<10}  {:>14}  {:<8}  {:>7}  {:>6}%  {:>9}  {}",
+            "{:<64}  {:<10}  {:>14}  {:>14}  {:>6}  {:<8}  {:>7}  {:>6}%  {:>9}  {}",
             text(&p["address"]),
             text(&p["status"]),
             stake.to_string(),
+            micros(&p["earned"]).to_string(),
+            p["leases_served"],
             text(&p["region"]),
             p["slashes"],
             p["uptime_pct"],

@@ -174,21 +174,53 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     // The explorer shows it jailed, with the attestations that proved it.
     let page = http::get(&api[2], &format!("/explorer/providers/{}", addr[1])).unwrap();
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("jailed until height") && page.body.contains("downtime"), "{}", page.body);
+    let jailed = |html: &str| html.contains("jailed until height") || html.contains("jailed; may unjail since height");
+    assert!(jailed(&page.body) && page.body.contains("downtime"), "{}", page.body);
     for a in slashes[0]["attestations"].as_array().unwrap() {
         let signer = a["validator"].as_str().unwrap();
         assert!(page.body.contains(signer), "attestation by {signer} listed");
     }
     assert!(page.body.contains("slashed: heights"), "the uptime chart marks the slashed span");
+    // Heartbeat coverage, as node 2 heard it: windows with heartbeats (each
+    // with a signed one as proof) before the kill, the slashed window after.
+    let coverage: serde_json::Value =
+        http::get(&api[2], &format!("/v1/providers/{}/heartbeats", addr[1])).unwrap().json().unwrap();
+    let windows = coverage["windows"].as_array().unwrap();
+    let heard = windows.iter().filter(|w| w["heartbeats"].as_u64() > Some(0)).count();
+    assert!(heard > 0, "heartbeats heard before the kill: {coverage}");
+    let after_kill = |w: &&serde_json::Value| w["start"].as_u64().unwrap() > killed_at + 3;
+    assert!(windows.iter().filter(after_kill).all(|w| w["heartbeats"] == 0), "none after the kill: {coverage}");
+    assert!(
+        windows.iter().any(|w| w["slashed"] == true && w["heartbeats"] == 0),
+        "a silent slashed window: {coverage}"
+    );
+    std::fs::write(evidence.path(), serde_json::to_string(&coverage).unwrap()).unwrap();
+    let checked = ok(agora(&["verify", evidence.path().to_str().unwrap()]));
+    assert_eq!(checked.matches("ok   heartbeat by").count(), heard, "{checked}");
+    assert!(page.body.contains("Heartbeat coverage") && page.body.contains("not heard here"), "{}", page.body);
     // And in a real browser: the rendered DOM has the data, and the height
     // advances live, without a reload. Screenshots go to target/explorer/.
     if let Some(browser) = chromium() {
         let url = |path: &str| format!("{}{path}", api[2]);
-        let jailed = rendered_dom(&browser, &url(&format!("/explorer/providers/{}", addr[1])), 1_000);
-        assert!(jailed.contains("jailed until height"), "the slashed provider shows jailed in the browser");
+        let dom = rendered_dom(&browser, &url(&format!("/explorer/providers/{}", addr[1])), 1_000);
+        assert!(jailed(&dom), "the slashed provider shows jailed in the browser");
         for a in slashes[0]["attestations"].as_array().unwrap() {
-            assert!(jailed.contains(a["validator"].as_str().unwrap()), "its attestations are listed");
+            assert!(dom.contains(a["validator"].as_str().unwrap()), "its attestations are listed");
         }
+        // "Verify in this browser": every attestation and heartbeat proof
+        // on the page checks out in the browser's own ed25519.
+        let verified = rendered_dom(&browser, &url(&format!("/explorer/providers/{}#verify", addr[1])), 3_000);
+        let done: usize = verified
+            .split("data-verify-done=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("the in-browser check ran: {verified}"));
+        assert!(
+            done >= attested + heard,
+            "{done} objects checked, {attested} attestations and {heard} heartbeats shown"
+        );
+        assert_eq!(verified.matches("data-verified=\"ok\"").count(), done, "every signature verifies in the browser");
+        assert!(verified.contains(&format!("{done} of {done} signatures verified in this browser")));
         let listed = rendered_dom(&browser, &url("/explorer/providers"), 1_000);
         for p in &addr[..2] {
             assert!(listed.contains(p.as_str()), "provider {p} in the rendered providers page");
@@ -215,13 +247,23 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
             let ((rendered, shown), (top, first)) = (live(&dom), feed(&dom));
             shown > rendered && top > rendered && first == top
         });
+        // Sections marked data-refresh are re-rendered live: the providers
+        // table shows a later height than the page was served at.
+        let as_of = |dom: &str| -> u64 {
+            let v = dom.split("data-as-of=\"\">").nth(1).expect("a live section");
+            v.split('<').next().unwrap().trim().parse().unwrap()
+        };
+        wait_until("the providers table to refresh live in the browser", Duration::from_secs(60), || {
+            let dom = rendered_dom(&browser, &url("/explorer/providers"), 12_000);
+            as_of(&dom) > live(&dom).0
+        });
         for (path, name) in [
             ("/explorer/".to_string(), "network"),
             ("/explorer/providers".to_string(), "providers"),
-            (format!("/explorer/providers/{}", addr[1]), "provider-jailed"),
+            (format!("/explorer/providers/{}#verify", addr[1]), "provider-jailed"),
             ("/explorer/market".to_string(), "market"),
         ] {
-            screenshot(&browser, &url(&path), name);
+            screenshot(&browser, &url(&path), name, if name == "provider-jailed" { 2_000 } else { 1_000 });
         }
     }
     // Its buyer is refunded; the other providers are untouched (0 was only paused, 2 only cut off from one validator).

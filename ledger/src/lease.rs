@@ -128,6 +128,11 @@ pub(crate) fn settle(
     let refunded = lease.escrow.checked_sub(paid).ok_or(Error::Overflow("settlement"))?;
     credit(state, lease.provider, paid)?;
     credit(state, lease.buyer, refunded)?;
+    if let Some(mut p) = state.provider(&lease.provider).cloned() {
+        p.earned = p.earned.checked_add(paid).ok_or(Error::Overflow("earnings"))?;
+        p.leases_served = p.leases_served.saturating_add(1);
+        state.set_provider(lease.provider, p);
+    }
     state.set_expiry((lease.end_ms, id), false);
     if state.listing(&id).is_some() {
         state.set_listing(id, None);

@@ -30,6 +30,8 @@ pub(crate) fn register(
             registered_at: state.height(),
             status: ProviderStatus::Active,
             slashes: 0,
+            earned: agora_protocol::Amount::ZERO,
+            leases_served: 0,
         },
     };
     state.set_provider(address, provider);

@@ -48,6 +48,10 @@ pub struct Provider {
     pub registered_at: Height,
     pub status: ProviderStatus,
     pub slashes: u32,
+    /// Paid to it by settled leases (the explorer's earnings, on the ledger).
+    pub earned: Amount,
+    /// Leases it served to settlement.
+    pub leases_served: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

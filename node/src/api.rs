@@ -122,6 +122,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/supply", get(supply))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers/{address}/slashes", get(provider_slashes))
+        .route("/v1/providers/{address}/heartbeats", get(provider_heartbeats))
         .route("/v1/leases", get(leases))
         .route("/v1/market/auctions", get(crate::api_market::auctions))
         .route("/v1/market/explain/bid", get(crate::api_market::explain_bid))
@@ -307,6 +308,8 @@ pub fn provider_view(ledger: &agora_ledger::State, address: &Address, p: &agora_
         "active": ledger.is_active_provider(address),
         "stake": ledger.account(address).stake,
         "slashes": p.slashes,
+        "earned": p.earned,
+        "leases_served": p.leases_served,
         "registered_at": p.registered_at.0,
     })
 }
@@ -764,6 +767,57 @@ async fn provider_slashes(
         .await
         .map_err(internal)??;
     Ok(Json(found))
+}
+
+/// A provider's heartbeat coverage over the recent windows, as this node
+/// saw it, with the first signed heartbeat of each window as proof.
+async fn provider_heartbeats(
+    AxumState(s): AxumState<Shared>,
+    Path(address): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let address: Address = address.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
+    let ledger = s.ledger.read().map_err(internal)?;
+    if ledger.provider(&address).is_none() {
+        return Err(not_found(format!("{address} is not a provider")));
+    }
+    let coverage = s.coverage.read().map_err(internal)?;
+    Ok(Json(heartbeat_coverage(&coverage, &ledger, &address)))
+}
+
+/// `address`'s recent windows as JSON (see `Coverage::report`), each proof
+/// with its `"signed"` bytes for `agora verify`.
+pub(crate) fn heartbeat_coverage(
+    coverage: &crate::coverage::Coverage,
+    ledger: &agora_ledger::State,
+    address: &Address,
+) -> serde_json::Value {
+    let windows: Vec<serde_json::Value> = coverage
+        .report(ledger, address)
+        .into_iter()
+        .map(|w| {
+            serde_json::json!({
+                "start": w.start.0,
+                "end": w.end.0,
+                "heartbeats": w.seen.map_or(0, |c| c.heartbeats),
+                "slashed": w.slashed,
+                "proof": w.seen.map(|c| serde_json::json!({
+                    "seq": c.proof.body.seq,
+                    "names_height": c.proof.body.height.0,
+                    "names_block": c.proof.body.block_hash,
+                    "signer": c.proof.signer,
+                    "signed": codec::encode(&c.proof).map(hex::encode).unwrap_or_default(),
+                })),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "chain_id": ledger.chain_id().as_str(),
+        "provider": address,
+        "window_blocks": coverage.window(),
+        "watching_since": coverage.since().0,
+        "observed_by": "this node (heartbeats are gossip, not consensus; each proof is signed by the provider)",
+        "windows": windows,
+    })
 }
 
 /// A provider's slashes since `since` with the evidence behind each, from

@@ -155,6 +155,8 @@ pub struct Shared {
     pub offers: Arc<RwLock<OrderBook>>,
     /// Per provider, the newest height a heartbeat or probe showed it up at (this node's view).
     pub last_seen: Arc<RwLock<std::collections::BTreeMap<agora_protocol::Address, u64>>>,
+    /// Per provider, the heartbeats this node saw per downtime window.
+    pub coverage: Arc<RwLock<crate::coverage::Coverage>>,
     pub blocks: BlockReader,
     pub commands: mpsc::Sender<Command>,
     pub metrics: crate::metrics::Metrics,
@@ -415,6 +417,10 @@ impl Daemon {
             ledger: Arc::new(RwLock::new(store.state().clone())),
             offers: Arc::new(RwLock::new(OrderBook::default())),
             last_seen: Arc::default(),
+            coverage: Arc::new(RwLock::new(crate::coverage::Coverage::new(
+                store.state().params().downtime_window_blocks,
+                store.height(),
+            ))),
             blocks: store.reader(),
             commands: tx,
             metrics,

@@ -19,6 +19,8 @@ use crate::daemon::Shared;
 
 /// Blocks the network page lists.
 pub const RECENT_BLOCKS: u64 = 10;
+/// Blocks whose commit certificates a validator's uptime is counted over.
+pub const VALIDATOR_UPTIME_BLOCKS: u64 = 100;
 /// Rows of the price index the market page shows (the newest).
 pub const INDEX_ROWS: usize = 40;
 
@@ -35,6 +37,7 @@ pub fn routes() -> Router<Shared> {
         .route("/explorer/blocks/{height}", get(block))
         .route("/explorer/accounts/{address}", get(account))
         .route("/explorer/search", get(search))
+        .route("/explorer/verify.js", get(verify_js))
 }
 
 /// A browser asking for the API's root gets the explorer; anything else a hint.
@@ -45,6 +48,20 @@ async fn root(headers: HeaderMap) -> Response {
     } else {
         not_found("the API is under /v1 (docs/api.md); the explorer at /explorer/").into_response()
     }
+}
+
+/// The in-browser signature check, compiled into the binary.
+const VERIFY_JS: &str = include_str!("../assets/verify.js");
+
+async fn verify_js() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        VERIFY_JS,
+    )
+        .into_response()
 }
 
 fn render(page: impl Template) -> Result<Html<String>, ApiError> {
@@ -73,6 +90,8 @@ struct ValidatorRow {
     address: String,
     short: String,
     power: u64,
+    /// Its signatures in the recent commit certificates, as `97 of 100 (97%)`.
+    signed: String,
 }
 
 struct BlockRow {
@@ -104,23 +123,40 @@ async fn network(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiErr
     let status = s.status.read().map_err(internal)?.clone();
     let (validators, providers_total, providers_active, height) = {
         let ledger = s.ledger.read().map_err(internal)?;
-        let validators = ledger
-            .validators()
-            .iter()
-            .map(|v| ValidatorRow {
-                address: v.address.to_string(),
-                short: short(&v.address.to_string()),
-                power: v.power,
-            })
-            .collect::<Vec<_>>();
+        let validators = ledger.validators().iter().map(|v| (v.address, v.power)).collect::<Vec<_>>();
         let active = ledger.providers().filter(|(a, _)| ledger.is_active_provider(a)).count();
         (validators, ledger.providers().count(), active, ledger.height().0)
     };
     // Blocks come from the store (decoding them is work): off the async workers.
     let reader = s.blocks.clone();
-    let blocks = tokio::task::spawn_blocking(move || {
+    let (validators, blocks) = tokio::task::spawn_blocking(move || {
         let now = now_ms();
-        (height.saturating_sub(RECENT_BLOCKS - 1).max(1)..=height)
+        // Uptime is what the certificates prove: each signature in one is a
+        // validator's signed vote for that block.
+        let span = height.saturating_sub(VALIDATOR_UPTIME_BLOCKS - 1).max(1)..=height;
+        let mut signed = std::collections::BTreeMap::<Address, u64>::new();
+        let mut certified = 0u64;
+        for h in span {
+            if let Ok(Some(c)) = reader.certificate(Height(h)) {
+                certified += 1;
+                for sig in &c.signatures {
+                    *signed.entry(sig.validator).or_default() += 1;
+                }
+            }
+        }
+        let validators = validators
+            .into_iter()
+            .map(|(address, power)| {
+                let n = signed.get(&address).copied().unwrap_or(0);
+                ValidatorRow {
+                    address: address.to_string(),
+                    short: short(&address.to_string()),
+                    power,
+                    signed: format!("{n} of {certified} ({}%)", (100 * n).checked_div(certified).unwrap_or(0)),
+                }
+            })
+            .collect::<Vec<_>>();
+        let blocks = (height.saturating_sub(RECENT_BLOCKS - 1).max(1)..=height)
             .rev()
             .filter_map(|h| reader.block(Height(h)).ok().flatten())
             .map(|b| {
@@ -136,7 +172,8 @@ async fn network(AxumState(s): AxumState<Shared>) -> Result<Html<String>, ApiErr
                     age: ago(now.saturating_sub(b.header.time_ms.0)),
                 }
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (validators, blocks)
     })
     .await
     .map_err(internal)?;
@@ -181,6 +218,9 @@ struct ProviderRow {
     slashes: u32,
     last_heartbeat: String,
     region: String,
+    earned: String,
+    earned_micros: u64,
+    leases_served: u64,
 }
 
 fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<ProviderRow> {
@@ -193,7 +233,8 @@ fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<
         _ => "warn",
     };
     let status = match view["jailed_until"].as_u64() {
-        Some(until) => format!("{status} until height {until}"),
+        Some(until) if until > ledger.height().0 => format!("{status} until height {until}"),
+        Some(until) => format!("{status}; may unjail since height {until}"),
         None => status,
     };
     let gpus = p
@@ -225,6 +266,9 @@ fn provider_row(ledger: &State, address: &Address, seen: Option<u64>) -> Option<
         slashes: p.slashes,
         last_heartbeat: seen.map_or_else(|| "not seen by this node".into(), |h| format!("height {h}")),
         region: p.region.clone(),
+        earned: p.earned.to_string(),
+        earned_micros: p.earned.0,
+        leases_served: p.leases_served,
     })
 }
 
@@ -273,6 +317,12 @@ struct ProviderPage {
     /// Inline SVG: heights since registration, slashed downtime in red.
     uptime_chart: String,
     slashes: Vec<SlashRow>,
+    /// Newest first.
+    coverage: Vec<CoverageRow>,
+    window_blocks: u64,
+    /// The offer as signed (hex), and its signer.
+    offer_signed: String,
+    offer_signer: String,
 }
 
 /// A slash and the signed evidence behind it.
@@ -289,9 +339,68 @@ struct AttestationRow {
     window: String,
     signature: String,
     signature_short: String,
+    /// The attestation as signed (hex), for the in-browser check.
+    signed: String,
+    /// What it must say, in verify.js's words.
+    says: String,
 }
 
-fn slash_row(r: &serde_json::Value) -> SlashRow {
+/// One window of the provider's heartbeat coverage, as this node saw it.
+struct CoverageRow {
+    start: u64,
+    end: u64,
+    heartbeats: u32,
+    state: &'static str,
+    state_class: &'static str,
+    proof: Option<ProofRow>,
+}
+
+/// A signed heartbeat kept as proof of a window.
+struct ProofRow {
+    seq: u64,
+    names_height: u64,
+    signer: String,
+    signed: String,
+    says: String,
+}
+
+fn coverage_rows(coverage: &crate::coverage::Coverage, ledger: &State, address: &Address) -> Vec<CoverageRow> {
+    coverage
+        .report(ledger, address)
+        .into_iter()
+        .map(|w| {
+            let (state, state_class) = match (w.seen, w.slashed) {
+                (_, true) => ("slashed", "bad"),
+                (Some(_), false) => ("heard", "ok"),
+                (None, false) => ("not heard here", "warn"),
+            };
+            CoverageRow {
+                start: w.start.0,
+                end: w.end.0,
+                heartbeats: w.seen.map_or(0, |c| c.heartbeats),
+                state,
+                state_class,
+                proof: w.seen.map(|c| {
+                    let hb = &c.proof;
+                    ProofRow {
+                        seq: hb.body.seq,
+                        names_height: hb.body.height.0,
+                        signer: hb.signer.to_string(),
+                        signed: agora_protocol::codec::encode(hb).map(hex::encode).unwrap_or_default(),
+                        says: format!(
+                            "up after block {} ({}), sequence {}",
+                            hb.body.height.0,
+                            hex::encode(hb.body.block_hash.0),
+                            hb.body.seq
+                        ),
+                    }
+                }),
+            }
+        })
+        .collect()
+}
+
+fn slash_row(provider: &Address, r: &serde_json::Value) -> SlashRow {
     let window = |v: &serde_json::Value| match (v["window_start"].as_u64(), v["window_end"].as_u64()) {
         (Some(a), Some(b)) => format!("heights {a} to {b}"),
         _ => "–".into(),
@@ -311,6 +420,12 @@ fn slash_row(r: &serde_json::Value) -> SlashRow {
                 window: window(a),
                 signature_short: short(&text(&a["signature"])),
                 signature: text(&a["signature"]),
+                signed: text(&a["signed"]),
+                says: format!(
+                    "provider {provider} silent over heights {}-{}",
+                    a["window_start"].as_u64().unwrap_or(0),
+                    a["window_end"].as_u64().unwrap_or(0)
+                ),
             })
             .collect(),
     }
@@ -322,14 +437,14 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
     };
     let chain_id = s.status.read().map_err(internal)?.chain_id.clone();
     let seen = s.last_seen.read().map_err(internal)?.get(&address).copied();
-    let offer = {
+    let (offer, offer_signed, offer_signer) = {
         let book = s.offers.read().map_err(internal)?;
         book.query(&crate::offers::OfferFilter::default())
             .into_iter()
             .find(|e| e.provider == address)
             .map(|e| {
                 let o = &e.offer.body;
-                format!(
+                let text = format!(
                     "{} at {}/GPU-hour, leases up to {} s, region {} (offer #{}, signed by {})",
                     offered_gpus(o),
                     o.price_per_gpu_hour,
@@ -337,7 +452,9 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
                     o.region,
                     o.seq,
                     short(&e.offer.signer.to_string())
-                )
+                );
+                let signed = agora_protocol::codec::encode(&e.offer).map(hex::encode).unwrap_or_default();
+                (text, signed, e.offer.signer.to_string())
             })
             .unwrap_or_default()
     };
@@ -352,7 +469,7 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
     let records = tokio::task::spawn_blocking(move || crate::api::slash_records(&blocks, &address, since, &chain))
         .await
         .map_err(internal)??;
-    let slashes = records.iter().map(slash_row).collect();
+    let slashes = records.iter().map(|r| slash_row(&address, r)).collect();
     let ledger = s.ledger.read().map_err(internal)?;
     let Some(p) = provider_row(&ledger, &address, seen) else {
         return Ok(not_found(format!("{address} is not a registered provider")).into_response());
@@ -361,6 +478,10 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
     let slashed_windows: Vec<(u64, u64)> = ledger.slashed_windows(&address).iter().map(|(a, b)| (a.0, b.0)).collect();
     let registered_at = ledger.provider(&address).map_or(0, |r| r.registered_at.0);
     let uptime_chart = crate::charts::uptime_timeline(registered_at, ledger.height().0, &slashed_windows);
+    let (coverage, window_blocks) = {
+        let c = s.coverage.read().map_err(internal)?;
+        (coverage_rows(&c, &ledger, &address), c.window())
+    };
     let page = ProviderPage {
         chain_id,
         height: ledger.height().0,
@@ -370,6 +491,10 @@ async fn provider(AxumState(s): AxumState<Shared>, Path(address): Path<String>) 
         offer,
         uptime_chart,
         slashes,
+        coverage,
+        window_blocks,
+        offer_signed,
+        offer_signer,
     };
     Ok(render(page)?.into_response())
 }

@@ -7,6 +7,7 @@ pub mod api_guard;
 pub mod api_market;
 pub mod charts;
 pub mod config;
+pub mod coverage;
 pub mod daemon;
 pub mod docker;
 pub mod error;

@@ -216,14 +216,15 @@ pub fn rendered_dom(browser: &std::path::Path, url: &str, virtual_ms: u64) -> St
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Saves a screenshot of `url` as `target/explorer/NAME.png` for review.
-pub fn screenshot(browser: &std::path::Path, url: &str, name: &str) {
+/// Saves a screenshot of `url`, `height` pixels tall, as `target/explorer/NAME.png` for review.
+pub fn screenshot(browser: &std::path::Path, url: &str, name: &str, height: u32) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/explorer");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.png"));
     let out = std::process::Command::new(browser)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
-        .args(["--window-size=1280,1000", "--virtual-time-budget=2000"])
+        .arg(format!("--window-size=1280,{height}"))
+        .arg("--virtual-time-budget=2000")
         .arg(format!("--screenshot={}", path.display()))
         .arg(url)
         .output()

@@ -55,7 +55,7 @@ impl Daemon {
         }
         self.liveness.last_heartbeat_at = Some(Instant::now());
         let hb = self.make_heartbeat()?;
-        self.record_seen(me, hb.body.height.0);
+        self.record_seen(me, &hb);
         let data = codec::encode(&hb)?;
         let _ = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_HEARTBEATS), data);
         self.shared.metrics.heartbeats_sent.inc();
@@ -78,10 +78,14 @@ impl Daemon {
         self.submit_own_tx(TxKind::SlashEquivocation { evidence })
     }
 
-    fn record_seen(&self, provider: Address, height: u64) {
+    fn record_seen(&self, provider: Address, hb: &Signed<Heartbeat>) {
+        let height = hb.body.height.0;
         if let Ok(mut seen) = self.shared.last_seen.write() {
             let h = seen.entry(provider).or_insert(height);
             *h = (*h).max(height);
+        }
+        if let Ok(mut coverage) = self.shared.coverage.write() {
+            coverage.record(provider, hb);
         }
     }
 
@@ -96,7 +100,7 @@ impl Daemon {
             HeartbeatVerdict::Fresh => {
                 self.shared.metrics.heartbeats_seen.inc();
                 let provider = self.store.state().acting_for(&hb.signer);
-                self.record_seen(provider, hb.body.height.0);
+                self.record_seen(provider, &hb);
                 MessageAcceptance::Accept
             }
             HeartbeatVerdict::Ignore(_) => MessageAcceptance::Ignore,
@@ -154,7 +158,15 @@ impl Daemon {
         time_ms: u64,
     ) {
         self.liveness.view.on_block(height, hash);
-        if now_ms().saturating_sub(time_ms) > CATCHING_UP_LAG_MS {
+        let catching_up = now_ms().saturating_sub(time_ms) > CATCHING_UP_LAG_MS;
+        if let Ok(mut coverage) = self.shared.coverage.write() {
+            if catching_up {
+                coverage.watch_from(height);
+            } else if height.0 % coverage.window() == 0 {
+                coverage.prune(height);
+            }
+        }
+        if catching_up {
             self.liveness.view.watch_from(height);
             return;
         }
@@ -192,7 +204,11 @@ impl Daemon {
             _ => None,
         };
         match self.liveness.view.probe_answered(provider, answer, &self.chain, self.store.state()) {
-            Probed::Alive => self.record_seen(provider, self.store.height().0),
+            Probed::Alive => {
+                if let Some(hb) = answer {
+                    self.record_seen(provider, hb);
+                }
+            }
             Probed::Failed(attestation) => {
                 self.shared.metrics.probes_failed.inc();
                 if let Some(body) = attestation {
