@@ -173,11 +173,7 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     let table = ok(agora(&["market", "prices", "--node", &apis[2]]));
     assert!(table.contains("H100-80GB-SIM") && table.contains("A100-40GB-SIM") && table.contains("0.75"), "{table}");
     // Every node's explorer shows the market, the providers and their GPUs.
-    let page = |path: &str| {
-        let r = http::get(&apis[1], path).unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.body);
-        r.body
-    };
+    let page = |path: &str| explorer_page(&apis[1], path);
     let market = page("/explorer/market");
     for want in ["H100-80GB-SIM", "A100-40GB-SIM", "1.5 AGR", "0.75 AGR", "auction"] {
         assert!(market.contains(want), "/explorer/market lacks {want:?}");
@@ -195,7 +191,21 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
         (303, Some("/explorer/")),
         "a browser at the API root is sent to the explorer"
     );
-    assert!(page("/explorer/").contains("Latest blocks"));
+    let network = page("/explorer/");
+    assert!(network.contains("Latest blocks") && network.contains("signed commits"), "{network}");
+    // Each validator's uptime is its signatures in the recent commit
+    // certificates: with 4 equal validators each certificate holds 3 or 4.
+    let counts: Vec<(u64, u64)> = network
+        .split("<td>")
+        .filter_map(|cell| {
+            let (n, rest) = cell.split_once(" of ")?;
+            let (of, _) = rest.split_once(" (")?;
+            Some((n.parse().ok()?, of.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(counts.len(), 4, "a row per validator: {counts:?}");
+    let (signed, certified) = (counts.iter().map(|c| c.0).sum::<u64>(), counts[0].1);
+    assert!(certified > 10 && signed >= 3 * certified && signed <= 4 * certified, "{counts:?}");
 
     // Winners paid the price (escrow minus refund), losers only the fee.
     let fee = 1_000;

@@ -129,14 +129,16 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     let supply: serde_json::Value = http::get(&api[3], "/v1/supply").unwrap().json().unwrap();
     assert_eq!(supply["conserved"], true, "supply conserved: {supply}");
     // The explorer shows the lease, its block, the buyer's account, and finds them.
-    let page = |path: &str| {
-        let r = http::get(&api[1], path).unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.body);
-        r.body
-    };
+    let page = |path: &str| explorer_page(&api[1], path);
     let shown = page(&format!("/explorer/leases/{first}"));
     assert!(shown.contains("closed") && shown.contains("spot (one job)") && shown.contains(&buyer), "{shown}");
     assert!(page(&format!("/explorer/accounts/{buyer}")).contains("balance"));
+    // The provider's earnings and leases served are on the ledger, and shown.
+    let providers: serde_json::Value = http::get(&api[1], "/v1/providers").unwrap().json().unwrap();
+    let p = providers.as_array().unwrap().iter().find(|p| p["address"] == addr[0].as_str()).unwrap();
+    assert_eq!((p["earned"].as_str(), p["leases_served"].as_u64()), (Some(paid.to_string().as_str()), Some(1)), "{p}");
+    let listed = page("/explorer/providers");
+    assert!(listed.contains(&format!("title=\"{paid} micro-AGR\"")), "the earnings, exact on hover");
     assert!(page("/explorer/blocks/2").contains("Transactions"));
     for (q, to) in
         [(first.as_str(), "leases"), ("2", "blocks"), (buyer.as_str(), "accounts"), (addr[0].as_str(), "providers")]

@@ -172,15 +172,14 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("BAD"));
 
     // The explorer shows it jailed, with the attestations that proved it.
-    let page = http::get(&api[2], &format!("/explorer/providers/{}", addr[1])).unwrap();
-    assert_eq!(page.status, 200);
+    let page = explorer_page(&api[2], &format!("/explorer/providers/{}", addr[1]));
     let jailed = |html: &str| html.contains("jailed until height") || html.contains("jailed; may unjail since height");
-    assert!(jailed(&page.body) && page.body.contains("downtime"), "{}", page.body);
+    assert!(jailed(&page) && page.contains("downtime"), "{}", page);
     for a in slashes[0]["attestations"].as_array().unwrap() {
         let signer = a["validator"].as_str().unwrap();
-        assert!(page.body.contains(signer), "attestation by {signer} listed");
+        assert!(page.contains(signer), "attestation by {signer} listed");
     }
-    assert!(page.body.contains("slashed: heights"), "the uptime chart marks the slashed span");
+    assert!(page.contains("slashed: heights"), "the uptime chart marks the slashed span");
     // Heartbeat coverage, as node 2 heard it: windows with heartbeats (each
     // with a signed one as proof) before the kill, the slashed window after.
     let coverage: serde_json::Value =
@@ -197,7 +196,7 @@ fn downtime_is_slashed_once_by_quorum_and_never_falsely() {
     std::fs::write(evidence.path(), serde_json::to_string(&coverage).unwrap()).unwrap();
     let checked = ok(agora(&["verify", evidence.path().to_str().unwrap()]));
     assert_eq!(checked.matches("ok   heartbeat by").count(), heard, "{checked}");
-    assert!(page.body.contains("Heartbeat coverage") && page.body.contains("not heard here"), "{}", page.body);
+    assert!(page.contains("Heartbeat coverage") && page.contains("not heard here"), "{}", page);
     // And in a real browser: the rendered DOM has the data, and the height
     // advances live, without a reload. Screenshots go to target/explorer/.
     if let Some(browser) = chromium() {

@@ -25,6 +25,8 @@ pub struct Reply {
     pub body: String,
     /// The `Location` header of a redirect.
     pub location: Option<String>,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
 }
 
 impl Reply {
@@ -75,11 +77,13 @@ pub fn request_with(
         .ok_or_else(|| HttpError::Response(base.into(), "no status".into()))?;
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(rest) } else { rest.to_string() };
-    let location = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("location").then(|| value.trim().to_string())
-    });
-    Ok(Reply { status, body, location })
+    let header = |wanted: &str| {
+        head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim().to_string())
+        })
+    };
+    Ok(Reply { status, body, location: header("location"), content_type: header("content-type") })
 }
 
 fn dechunk(mut s: &str) -> String {

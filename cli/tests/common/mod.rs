@@ -204,6 +204,14 @@ pub fn chromium() -> Option<std::path::PathBuf> {
     found
 }
 
+/// An explorer page of the node at `api`: 200, HTML, its body.
+pub fn explorer_page(api: &str, path: &str) -> String {
+    let r = agora_testnet::http::get(api, path).unwrap();
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    assert_eq!(r.content_type.as_deref(), Some("text/html; charset=utf-8"), "{path}");
+    r.body
+}
+
 /// The DOM of `url` after its scripts ran for `virtual_ms` of (virtual) time.
 pub fn rendered_dom(browser: &std::path::Path, url: &str, virtual_ms: u64) -> String {
     let out = std::process::Command::new(browser)
