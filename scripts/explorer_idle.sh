@@ -26,4 +26,6 @@ for page in /explorer/ /explorer/providers/$PROVIDER; do
   kill $CH 2>/dev/null || true
   sleep 2
 done
+# Again without: the node's RSS grows a little as it runs, whatever is open.
+measure "without-browser-again"
 ./target/release/agora testnet down --dir /tmp/idlenet >/dev/null

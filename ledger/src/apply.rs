@@ -38,11 +38,8 @@ pub struct BlockOutcome {
 /// On any error the state is exactly as before.
 pub fn apply_block(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {
     let mark = state.checkpoint();
-    match apply_block_pending(state, block, sig) {
-        Ok(outcome) => {
-            finish_block(state, block);
-            Ok(outcome)
-        }
+    match apply_block_pending(state, block, sig).and_then(|outcome| finish_block(state, block).map(|_| outcome)) {
+        Ok(outcome) => Ok(outcome),
         Err(e) => {
             state.rollback(mark);
             Err(e)
@@ -56,11 +53,15 @@ pub(crate) fn apply_block_pending(state: &mut State, block: &Block, sig: SigChec
     apply_block_inner(state, block, sig)
 }
 
-/// Makes a pending block final: the block becomes the state's tip.
-pub(crate) fn finish_block(state: &mut State, block: &Block) {
+/// Makes a pending block final: its tree nodes are written, the block
+/// becomes the state's tip. On error (the tree's store failed) nothing of
+/// the state changed and the caller rolls the block back.
+pub(crate) fn finish_block(state: &mut State, block: &Block) -> Result<(), Error> {
+    state.commit_tree()?;
     state.last_block_hash = block.hash();
     state.commit_journal();
     debug_assert!(state.audit().is_ok(), "invariant broken after block {}", block.header.height);
+    Ok(())
 }
 
 fn apply_block_inner(state: &mut State, block: &Block, sig: SigCheck) -> Result<BlockOutcome, Error> {

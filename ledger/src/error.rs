@@ -109,6 +109,8 @@ pub enum Error {
     Corrupt { height: Height, reason: String },
     #[error("no ledger store at {0}")]
     NoStore(String),
+    #[error("state tree: {0}")]
+    Tree(String),
     #[error("store belongs to another genesis (stored {stored}, given {given})")]
     GenesisMismatch { stored: Hash, given: Hash },
 }
@@ -126,6 +128,7 @@ impl Error {
                 | Error::NoStore(_)
                 | Error::GenesisMismatch { .. }
                 | Error::Invariant(_)
+                | Error::Tree(_)
         )
     }
 }

@@ -43,7 +43,13 @@ impl Genesis {
     }
 
     /// The state at height 0, after checking the genesis is coherent.
+    /// The genesis state, its tree in memory.
     pub fn state(&self) -> Result<State, Error> {
+        self.state_in(std::sync::Arc::new(crate::tree::MemNodes::default()))
+    }
+
+    /// The genesis state, its tree (version 0) written to `store`.
+    pub fn state_in(&self, store: std::sync::Arc<dyn crate::tree::NodeStore>) -> Result<State, Error> {
         self.chain_id.validate()?;
         self.params.validate()?;
         let mut accounts = BTreeMap::new();
@@ -82,7 +88,9 @@ impl Genesis {
             validators,
             book: Default::default(),
         };
-        Ok(State::from_data(data, self.hash()))
+        let (_, batch) = crate::tree::compute(&*store, &data, crate::tree::all_keys(&data), 0)?;
+        store.write(0, &batch)?;
+        Ok(State::from_data(data, self.hash(), crate::tree::TreeHandle::new(store)))
     }
 
     fn validator_set(&self, accounts: &BTreeMap<Address, Account>) -> Result<Vec<Validator>, Error> {

@@ -87,20 +87,25 @@ impl State {
         }
     }
 
-    /// Forgets the journal: what was written is now final.
-    pub fn commit_journal(&mut self) {
+    /// Forgets the journal: what was written is now final (a block committed).
+    pub(crate) fn commit_journal(&mut self) {
         self.journal.clear();
+    }
+
+    fn record(&mut self, undo: Undo) {
+        self.writes += 1;
+        self.journal.push(undo);
     }
 
     pub(crate) fn set_account(&mut self, address: Address, account: Account) {
         let value = (!account.is_empty()).then_some(account);
         let old = put(&mut self.data.accounts, address, value);
-        self.journal.push(Undo::Account(address, old));
+        self.record(Undo::Account(address, old));
     }
 
     pub(crate) fn set_provider(&mut self, address: Address, provider: Provider) {
         let old = put(&mut self.data.providers, address, Some(provider));
-        self.journal.push(Undo::Provider(address, old));
+        self.record(Undo::Provider(address, old));
     }
 
     pub(crate) fn set_lease(&mut self, lease: Lease) {
@@ -108,55 +113,55 @@ impl State {
         let open = lease.status == crate::state::LeaseStatus::Open;
         let old = put(&mut self.data.leases, id, Some(lease));
         let was_open = old.as_ref().is_some_and(|l| l.status == crate::state::LeaseStatus::Open);
-        self.journal.push(Undo::Lease(id, old));
+        self.record(Undo::Lease(id, old));
         if open != was_open {
             let was = put_flag(&mut self.data.open_by_provider, key, open);
-            self.journal.push(Undo::OpenByProvider(key, was));
+            self.record(Undo::OpenByProvider(key, was));
         }
     }
 
     pub(crate) fn set_expiry(&mut self, key: (TimestampMs, LeaseId), present: bool) {
         let was = put_flag(&mut self.data.lease_expiry, key, present);
-        self.journal.push(Undo::Expiry(key, was));
+        self.record(Undo::Expiry(key, was));
     }
 
     pub(crate) fn set_unbonding(&mut self, key: (Height, Address), amount: Amount) {
         let value = (!amount.is_zero()).then_some(amount);
         let old = put(&mut self.data.unbonding, key, value);
-        self.journal.push(Undo::Unbonding(key, old));
+        self.record(Undo::Unbonding(key, old));
     }
 
     pub(crate) fn mark_window_slashed(&mut self, key: (Address, Height, Height)) {
         let was = put_flag(&mut self.data.slashed_windows, key, true);
-        self.journal.push(Undo::SlashedWindow(key, was));
+        self.record(Undo::SlashedWindow(key, was));
     }
 
     pub(crate) fn mark_equivocation_slashed(&mut self, key: (Address, u64)) {
         let was = put_flag(&mut self.data.slashed_equivocations, key, true);
-        self.journal.push(Undo::SlashedEquivocation(key, was));
+        self.record(Undo::SlashedEquivocation(key, was));
     }
 
     /// Records (or with `None` removes) `account`'s operator, in both directions.
     pub(crate) fn set_operator(&mut self, account: Address, operator: Option<Address>) {
         let old = put(&mut self.data.operator_of, account, operator);
-        self.journal.push(Undo::OperatorOf(account, old));
+        self.record(Undo::OperatorOf(account, old));
         if let Some(old_op) = old {
             let was = put(&mut self.data.operators, old_op, None);
-            self.journal.push(Undo::Operator(old_op, was));
+            self.record(Undo::Operator(old_op, was));
         }
         if let Some(op) = operator {
             let was = put(&mut self.data.operators, op, Some(account));
-            self.journal.push(Undo::Operator(op, was));
+            self.record(Undo::Operator(op, was));
         }
     }
 
     pub(crate) fn set_burned(&mut self, burned: Amount) {
-        self.journal.push(Undo::Burned(self.data.burned));
+        self.record(Undo::Burned(self.data.burned));
         self.data.burned = burned;
     }
 
     pub(crate) fn set_head(&mut self, height: Height, time_ms: TimestampMs, proposer: Address) {
-        self.journal.push(Undo::Head(self.data.height, self.data.time_ms, self.data.proposer));
+        self.record(Undo::Head(self.data.height, self.data.time_ms, self.data.proposer));
         (self.data.height, self.data.time_ms, self.data.proposer) = (height, time_ms, proposer);
     }
 }
@@ -192,24 +197,24 @@ impl State {
             self.data.book.next_id = id + 1;
         }
         let old = put_order(&mut self.data.book, id, order);
-        self.journal.push(Undo::Order(id, old, next_id));
+        self.record(Undo::Order(id, old, next_id));
     }
 
     pub(crate) fn set_listing(&mut self, lease: LeaseId, listing: Option<(Address, Amount)>) {
         let old = put(&mut self.data.book.listings, lease, listing);
-        self.journal.push(Undo::Listing(lease, old));
+        self.record(Undo::Listing(lease, old));
     }
 
     pub(crate) fn record_auction(&mut self, result: crate::clearing::AuctionResult) {
         let key = (result.auction, result.class.clone());
         let old = put(&mut self.data.book.results, key.clone(), Some(result));
-        self.journal.push(Undo::Auction(key, old));
+        self.record(Undo::Auction(key, old));
     }
 
     pub(crate) fn set_spot_trades(&mut self, trades: crate::clearing::SpotTrades) {
         let key = (trades.auction, trades.class.clone());
         let old = put(&mut self.data.book.spot, key.clone(), Some(trades));
-        self.journal.push(Undo::Spot(key, old));
+        self.record(Undo::Spot(key, old));
     }
 
     /// The id the next order gets.
@@ -221,14 +226,14 @@ impl State {
 impl State {
     pub(crate) fn set_validators(&mut self, validators: Vec<Validator>) {
         let old = std::mem::replace(&mut self.data.validators, validators);
-        self.journal.push(Undo::Validators(old));
+        self.record(Undo::Validators(old));
     }
 
     /// Records that the current validators are deciding the block being applied.
     pub(crate) fn note_deciding_validators(&mut self) {
         if self.data.last_validators != self.data.validators {
             let old = std::mem::replace(&mut self.data.last_validators, self.data.validators.clone());
-            self.journal.push(Undo::LastValidators(old));
+            self.record(Undo::LastValidators(old));
         }
     }
 }

@@ -20,10 +20,11 @@ mod orders;
 pub mod params;
 mod provider;
 mod slashing;
-
+pub mod sled_nodes;
 pub mod state;
 pub mod store;
 pub mod testkit;
+pub mod tree;
 pub mod validators;
 
 pub use apply::{BLOCK_TX_BYTES_BUDGET, BlockBuilder, BlockOutcome, SigCheck, apply_block, apply_tx, build_block};

@@ -183,7 +183,13 @@ pub(crate) struct StateData {
 pub struct State {
     pub(crate) data: StateData,
     pub(crate) last_block_hash: Hash,
+    /// Every write since the last committed block: what to undo, and which
+    /// tree keys the next root must update.
     pub(crate) journal: Vec<Undo>,
+    /// Writes ever journaled: with the height and the journal's length it
+    /// names a state exactly, so a computed root is reused only for it.
+    pub(crate) writes: u64,
+    pub(crate) tree: crate::tree::TreeHandle,
 }
 
 impl PartialEq for State {
@@ -195,8 +201,25 @@ impl PartialEq for State {
 }
 
 impl State {
-    pub(crate) fn from_data(data: StateData, last_block_hash: Hash) -> State {
-        State { data, last_block_hash, journal: Vec::new() }
+    /// The state `data`, whose tree at its height `tree` holds.
+    pub(crate) fn from_data(data: StateData, last_block_hash: Hash, tree: crate::tree::TreeHandle) -> State {
+        State { data, last_block_hash, journal: Vec::new(), writes: 0, tree }
+    }
+
+    /// A copy that may go its own way: blocks it commits write to a
+    /// copy-on-write layer over this state's tree, not to the tree itself
+    /// (`clone` shares the tree, and is for copies that commit the same
+    /// decided blocks, or none).
+    pub fn fork(&self) -> State {
+        let mut copy = self.clone();
+        copy.tree =
+            crate::tree::TreeHandle::new(std::sync::Arc::new(crate::tree::Overlay::new(self.tree.store.clone())));
+        copy
+    }
+
+    /// The store of this state's Merkle tree.
+    pub fn tree_store(&self) -> &std::sync::Arc<dyn crate::tree::NodeStore> {
+        &self.tree.store
     }
 
     pub fn chain_id(&self) -> &ChainId {
@@ -334,12 +357,53 @@ impl State {
             && self.account(address).stake >= self.data.params.min_provider_stake
     }
 
-    /// The deterministic commitment to the whole state: blake3 over its
-    /// canonical encoding, in which every map is sorted by key.
+    /// The commitment to the whole state: the root of its Merkle tree
+    /// (`tree`), updated from the keys written since the last committed
+    /// block. `Hash::ZERO` if the tree cannot be read (it then matches no
+    /// header, so nothing built on it is accepted).
     pub fn root(&self) -> Hash {
-        // Encoding plain owned data into a hasher cannot fail; the fallback
-        // keeps this total without a panic path.
-        Hash::of_canonical(b"agora/state/1", &self.data).unwrap_or(Hash::ZERO)
+        self.try_root().unwrap_or(Hash::ZERO)
+    }
+
+    fn position(&self) -> (u64, u64, usize) {
+        (self.data.height.0, self.writes, self.journal.len())
+    }
+
+    /// The root, and the tree nodes it adds, kept for `commit_tree`.
+    pub fn try_root(&self) -> Result<Hash, Error> {
+        let at = self.position();
+        let mut pending = self.tree.pending.lock().map_err(|_| Error::Tree("pending root lock poisoned".into()))?;
+        if let Some(p) = pending.as_ref().filter(|p| p.at == at) {
+            return Ok(p.root);
+        }
+        if self.journal.is_empty() {
+            if let Some(root) = crate::tree::root_at(&*self.tree.store, at.0)? {
+                return Ok(root);
+            }
+        }
+        let keys: BTreeSet<crate::tree::StateKey> =
+            self.journal.iter().filter_map(crate::tree::StateKey::of_undo).collect();
+        let (root, batch) = crate::tree::compute(&*self.tree.store, &self.data, keys, at.0)?;
+        *pending = Some(crate::tree::Pending { at, root, batch });
+        Ok(root)
+    }
+
+    /// Writes this height's tree nodes to the tree's store (a block is
+    /// being committed): the root computed for exactly this state if there
+    /// is one, else computed now.
+    pub(crate) fn commit_tree(&mut self) -> Result<Hash, Error> {
+        let root = self.try_root()?;
+        let pending = self.tree.pending.lock().map_err(|_| Error::Tree("pending root lock poisoned".into()))?.take();
+        if let Some(p) = pending.filter(|p| p.at == self.position()) {
+            self.tree.store.write(p.at.0, &p.batch)?;
+        }
+        Ok(root)
+    }
+
+    /// The root recomputed from every entry, in a throwaway tree: what the
+    /// incremental root must equal (tests, and checking a snapshot).
+    pub fn root_from_scratch(&self) -> Result<Hash, Error> {
+        crate::tree::root_from_scratch(&self.data)
     }
 
     /// Checks the invariants every committed state must hold: the genesis

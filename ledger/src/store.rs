@@ -69,6 +69,8 @@ pub struct Store {
     genesis: Genesis,
     state: State,
     snapshot_height: Option<Height>,
+    /// The state tree's nodes (in this database).
+    nodes: std::sync::Arc<crate::sled_nodes::SledNodes>,
 }
 
 /// How long opening waits for the directory lock of a store that was just
@@ -139,16 +141,18 @@ impl Store {
     }
 
     fn open_db(db: sled::Db, meta: Tree, genesis: Genesis) -> Result<Store, Error> {
+        let nodes = std::sync::Arc::new(crate::sled_nodes::SledNodes::open(&db)?);
         let mut store = Store {
             blocks: db.open_tree("blocks")?,
             snapshots: db.open_tree("snapshots")?,
             certificates: db.open_tree("certificates")?,
             slashes: db.open_tree("slash_index")?,
-            state: genesis.state()?,
+            state: genesis.state_in(nodes.clone())?,
             genesis,
             db,
             meta,
             snapshot_height: None,
+            nodes,
         };
         store.recover()?;
         store.ensure_slash_index()?;
@@ -195,9 +199,18 @@ impl Store {
             }
             let data: StateData = codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
             let (hash, root) = headers[at.0 as usize - 1];
-            let state = State::from_data(data, hash);
-            if state.root() != root || state.height() != at {
+            let state = State::from_data(data, hash, crate::tree::TreeHandle::new(self.nodes.clone()));
+            // The snapshot must be the state the header committed to, and
+            // the tree on disk must hold that state's version.
+            if state.height() != at || state.root_from_scratch()? != root {
                 return Err(corrupt(at, "snapshot does not match the block's state root"));
+            }
+            if crate::tree::root_at(&*self.nodes, at.0)? != Some(root) {
+                return Err(corrupt(
+                    at,
+                    "the state tree lacks this height (a store written by an older agora, whose state root was \
+                     not a Merkle tree: start from a new data directory)",
+                ));
             }
             self.state = state;
             self.snapshot_height = Some(at);
@@ -267,18 +280,12 @@ impl Store {
         let mark = self.state.checkpoint();
         let result = apply_block_pending(&mut self.state, block, sig).and_then(|outcome| {
             self.persist(block, certificate)?;
+            // A tree write that fails after the block is persisted is redone
+            // by the replay at the next start.
+            finish_block(&mut self.state, block)?;
             Ok(outcome)
         });
-        match result {
-            Ok(outcome) => {
-                finish_block(&mut self.state, block);
-                Ok(outcome)
-            }
-            Err(e) => {
-                self.state.rollback(mark);
-                Err(e)
-            }
-        }
+        result.inspect_err(|_| self.state.rollback(mark))
     }
 
     fn persist(&mut self, block: &Block, certificate: Option<&CommitCertificate>) -> Result<(), Error> {

@@ -29,7 +29,7 @@ fn commit(chain: &TestChain, state: &mut State, txs: Vec<SignedTx>) {
 
 /// Applies one transaction on a scratch copy: its error, if any.
 fn try_tx(chain: &TestChain, state: &State, tx: SignedTx) -> Result<(), Error> {
-    let mut scratch = state.clone();
+    let mut scratch = state.fork();
     let block = chain.next_block(&mut scratch.clone(), vec![]).unwrap();
     agora_ledger::apply_block(&mut scratch, &block, SigCheck::Skip).unwrap();
     apply_tx(&mut scratch, &tx, SigCheck::Verify).map(|_| ())

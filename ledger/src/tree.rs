@@ -1,0 +1,392 @@
+//! The authenticated state: every entry of the state is a leaf of a Jellyfish
+//! Merkle Tree (Penumbra's `jmt`, hashed with blake3), keyed by
+//! blake3(namespace, key) and valued by its canonical encoding; the state root
+//! in each header is the tree's root at that height. A block's root is
+//! computed from the keys the block wrote (the state's undo journal lists
+//! them) against the tree of the previous height, so it costs
+//! O(changed keys · log n), whatever the size of the state. Derived indexes
+//! (open leases by end or provider, orders by owner or class, operators'
+//! reverse map) are functions of the entries and stay out of the tree.
+//!
+//! Tree nodes are versioned by height and immutable. They live in a
+//! `NodeStore`: in memory (`MemNodes`: tests, the simulation, benches) or in
+//! sled (`store::SledNodes`). Nodes replaced more than `TREE_RETENTION`
+//! versions ago are pruned. Only decided blocks write nodes, so every copy of
+//! the state on a node writes the same nodes for a height: writes are
+//! idempotent, and a different node under an existing key (a fork of one
+//! store, which only a bug can cause) is refused.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use agora_protocol::{Address, Amount, ChainId, GpuClass, Hash, Height, LeaseId, TimestampMs};
+use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
+use jmt::{KeyHash, OwnedValue, Version};
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::journal::Undo;
+use crate::params::Params;
+use crate::state::{StateData, Validator};
+
+/// Versions (heights) of the tree kept readable; older replaced nodes are
+/// pruned. At least twice the store's snapshot interval, so a restart can
+/// always replay from the last snapshot.
+pub const TREE_RETENTION: u64 = 128;
+
+/// blake3 for the tree's hashes.
+pub struct Blake3(blake3::Hasher);
+
+impl jmt::SimpleHasher for Blake3 {
+    fn new() -> Self {
+        Blake3(blake3::Hasher::new())
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    fn finalize(self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
+pub type Jmt<'a, R> = jmt::JellyfishMerkleTree<'a, R, Blake3>;
+pub type Proof = jmt::proof::SparseMerkleProof<Blake3>;
+
+/// Where tree nodes live.
+pub trait NodeStore: TreeReader + Send + Sync {
+    /// Writes a decided height's nodes (idempotent) and prunes what fell out
+    /// of the retention window.
+    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error>;
+}
+
+/// The leaf key of one state entry: a namespace tag and the entry's key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StateKey {
+    /// Chain id, params, height, time, proposer, supply, burned, validators, next order id.
+    Meta,
+    Account(Address),
+    Provider(Address),
+    Lease(LeaseId),
+    Unbonding(Height, Address),
+    SlashedWindow(Address, Height, Height),
+    SlashedEquivocation(Address, u64),
+    Operator(Address),
+    Order(u64),
+    Auction(u64, GpuClass),
+    Listing(LeaseId),
+    Spot(u64, GpuClass),
+}
+
+fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain owned data into a buffer cannot fail.
+    agora_protocol::codec::canonical_bytes(value).unwrap_or_default()
+}
+
+impl StateKey {
+    /// The key's bytes: a namespace byte, then the key's canonical encoding.
+    pub fn bytes(&self) -> Vec<u8> {
+        let (tag, key): (u8, Vec<u8>) = match self {
+            StateKey::Meta => (0, Vec::new()),
+            StateKey::Account(a) => (1, canonical(a)),
+            StateKey::Provider(a) => (2, canonical(a)),
+            StateKey::Lease(id) => (3, canonical(id)),
+            StateKey::Unbonding(h, a) => (4, canonical(&(h, a))),
+            StateKey::SlashedWindow(a, s, e) => (5, canonical(&(a, s, e))),
+            StateKey::SlashedEquivocation(a, seq) => (6, canonical(&(a, seq))),
+            StateKey::Operator(a) => (7, canonical(a)),
+            StateKey::Order(id) => (8, canonical(id)),
+            StateKey::Auction(n, c) => (9, canonical(&(n, c))),
+            StateKey::Listing(id) => (10, canonical(id)),
+            StateKey::Spot(n, c) => (11, canonical(&(n, c))),
+        };
+        let mut out = Vec::with_capacity(1 + key.len());
+        out.push(tag);
+        out.extend_from_slice(&key);
+        out
+    }
+
+    pub fn hash(&self) -> KeyHash {
+        KeyHash(Hash::tagged(b"agora/state-key/1", &self.bytes()).0)
+    }
+
+    /// The keys an undo entry wrote (none for derived indexes).
+    pub(crate) fn of_undo(undo: &Undo) -> Option<StateKey> {
+        Some(match undo {
+            Undo::Account(a, _) => StateKey::Account(*a),
+            Undo::Provider(a, _) => StateKey::Provider(*a),
+            Undo::Lease(id, _) => StateKey::Lease(*id),
+            Undo::Unbonding((h, a), _) => StateKey::Unbonding(*h, *a),
+            Undo::SlashedWindow((a, s, e), _) => StateKey::SlashedWindow(*a, *s, *e),
+            Undo::SlashedEquivocation((a, seq), _) => StateKey::SlashedEquivocation(*a, *seq),
+            Undo::Operator(op, _) => StateKey::Operator(*op),
+            Undo::Order(id, _, _) => StateKey::Order(*id),
+            Undo::Auction((n, c), _) => StateKey::Auction(*n, c.clone()),
+            Undo::Listing(id, _) => StateKey::Listing(*id),
+            Undo::Spot((n, c), _) => StateKey::Spot(*n, c.clone()),
+            Undo::Burned(_) | Undo::Head(..) | Undo::Validators(_) | Undo::LastValidators(_) => StateKey::Meta,
+            Undo::Expiry(..) | Undo::OpenByProvider(..) | Undo::OperatorOf(..) => return None,
+        })
+    }
+}
+
+/// The singletons of the state, as one leaf.
+#[derive(Serialize)]
+struct Meta<'a> {
+    chain_id: &'a ChainId,
+    params: &'a Params,
+    height: Height,
+    time_ms: TimestampMs,
+    proposer: Address,
+    supply: Amount,
+    burned: Amount,
+    validators: &'a [Validator],
+    last_validators: &'a [Validator],
+    next_order_id: u64,
+}
+
+/// The leaf value of `key` in `data`: its canonical encoding, None if absent.
+pub(crate) fn value_of(data: &StateData, key: &StateKey) -> Option<Vec<u8>> {
+    match key {
+        StateKey::Meta => Some(canonical(&Meta {
+            chain_id: &data.chain_id,
+            params: &data.params,
+            height: data.height,
+            time_ms: data.time_ms,
+            proposer: data.proposer,
+            supply: data.supply,
+            burned: data.burned,
+            validators: &data.validators,
+            last_validators: &data.last_validators,
+            next_order_id: data.book.next_id,
+        })),
+        StateKey::Account(a) => data.accounts.get(a).map(canonical),
+        StateKey::Provider(a) => data.providers.get(a).map(canonical),
+        StateKey::Lease(id) => data.leases.get(id).map(canonical),
+        StateKey::Unbonding(h, a) => data.unbonding.get(&(*h, *a)).map(canonical),
+        StateKey::SlashedWindow(a, s, e) => data.slashed_windows.contains(&(*a, *s, *e)).then(Vec::new),
+        StateKey::SlashedEquivocation(a, seq) => data.slashed_equivocations.contains(&(*a, *seq)).then(Vec::new),
+        StateKey::Operator(op) => data.operators.get(op).map(canonical),
+        StateKey::Order(id) => data.book.orders.get(id).map(canonical),
+        StateKey::Auction(n, c) => data.book.results.get(&(*n, c.clone())).map(canonical),
+        StateKey::Listing(id) => data.book.listings.get(id).map(canonical),
+        StateKey::Spot(n, c) => data.book.spot.get(&(*n, c.clone())).map(canonical),
+    }
+}
+
+/// Every key of `data`.
+pub(crate) fn all_keys(data: &StateData) -> Vec<StateKey> {
+    let mut keys = vec![StateKey::Meta];
+    keys.extend(data.accounts.keys().map(|a| StateKey::Account(*a)));
+    keys.extend(data.providers.keys().map(|a| StateKey::Provider(*a)));
+    keys.extend(data.leases.keys().map(|id| StateKey::Lease(*id)));
+    keys.extend(data.unbonding.keys().map(|(h, a)| StateKey::Unbonding(*h, *a)));
+    keys.extend(data.slashed_windows.iter().map(|(a, s, e)| StateKey::SlashedWindow(*a, *s, *e)));
+    keys.extend(data.slashed_equivocations.iter().map(|(a, seq)| StateKey::SlashedEquivocation(*a, *seq)));
+    keys.extend(data.operators.keys().map(|op| StateKey::Operator(*op)));
+    keys.extend(data.book.orders.keys().map(|id| StateKey::Order(*id)));
+    keys.extend(data.book.results.keys().map(|(n, c)| StateKey::Auction(*n, c.clone())));
+    keys.extend(data.book.listings.keys().map(|id| StateKey::Listing(*id)));
+    keys.extend(data.book.spot.keys().map(|(n, c)| StateKey::Spot(*n, c.clone())));
+    keys
+}
+
+fn tree_error(e: impl std::fmt::Display) -> Error {
+    Error::Tree(e.to_string())
+}
+
+/// The root and node batch of `data`'s tree at `version`, given the keys
+/// written since `version - 1` (whose tree `store` holds). With every key
+/// and `version` 0 this builds a tree from nothing.
+pub(crate) fn compute(
+    store: &dyn NodeStore,
+    data: &StateData,
+    keys: impl IntoIterator<Item = StateKey>,
+    version: Version,
+) -> Result<(Hash, TreeUpdateBatch), Error> {
+    let mut values: BTreeMap<KeyHash, Option<OwnedValue>> = BTreeMap::new();
+    for key in keys {
+        values.insert(key.hash(), value_of(data, &key));
+    }
+    let reader = Reader(store);
+    let (root, batch) = Jmt::new(&reader).put_value_set(values, version).map_err(tree_error)?;
+    Ok((Hash(root.0), batch))
+}
+
+/// The root of `data` computed from nothing, in a throwaway store: what an
+/// incremental root must always equal (tests, and checking a snapshot).
+pub(crate) fn root_from_scratch(data: &StateData) -> Result<Hash, Error> {
+    let store = MemNodes::default();
+    Ok(compute(&store, data, all_keys(data), 0)?.0)
+}
+
+/// The tree's root at `version`, if the store holds that version.
+pub fn root_at(store: &dyn NodeStore, version: Version) -> Result<Option<Hash>, Error> {
+    let reader = Reader(store);
+    Ok(Jmt::new(&reader).get_root_hash_option(version).map_err(tree_error)?.map(|r| Hash(r.0)))
+}
+
+/// `key`'s value at `version` with its Merkle proof against that version's root.
+pub fn prove(store: &dyn NodeStore, key: &StateKey, version: Version) -> Result<(Option<OwnedValue>, Proof), Error> {
+    let reader = Reader(store);
+    Jmt::new(&reader).get_with_proof(key.hash(), version).map_err(tree_error)
+}
+
+/// A `&dyn NodeStore` as a sized `TreeReader` for jmt.
+struct Reader<'a>(&'a dyn NodeStore);
+
+impl TreeReader for Reader<'_> {
+    fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        self.0.get_node_option(key)
+    }
+    fn get_value_option(&self, max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        self.0.get_value_option(max_version, key)
+    }
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        self.0.get_rightmost_leaf()
+    }
+}
+
+/// The state's handle on its tree: the store, and the last root computed
+/// with its batch (a block's root is computed when it is checked and reused
+/// when it commits). A copy of the state shares the store and starts with
+/// no pending root of its own.
+pub struct TreeHandle {
+    pub(crate) store: Arc<dyn NodeStore>,
+    pub(crate) pending: Arc<Mutex<Option<Pending>>>,
+}
+
+impl std::fmt::Debug for TreeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TreeHandle")
+    }
+}
+
+/// A computed root, valid while the state is at the same write.
+pub(crate) struct Pending {
+    /// (version, writes ever journaled, journal length) when it was computed.
+    pub at: (Version, u64, usize),
+    pub root: Hash,
+    pub batch: TreeUpdateBatch,
+}
+
+impl TreeHandle {
+    pub fn new(store: Arc<dyn NodeStore>) -> TreeHandle {
+        TreeHandle { store, pending: Arc::new(Mutex::new(None)) }
+    }
+}
+
+impl Clone for TreeHandle {
+    fn clone(&self) -> TreeHandle {
+        TreeHandle::new(self.store.clone())
+    }
+}
+
+/// Tree nodes in memory, with retention pruning.
+#[derive(Default)]
+pub struct MemNodes {
+    inner: RwLock<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    nodes: HashMap<NodeKey, Node>,
+    /// Per key, its values by version (for proofs).
+    values: HashMap<KeyHash, Vec<(Version, Option<OwnedValue>)>>,
+    /// Nodes replaced at a version, to prune once it leaves the window.
+    stale: BTreeMap<Version, BTreeSet<NodeKey>>,
+}
+
+impl TreeReader for MemNodes {
+    fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        Ok(self.inner.read().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?.nodes.get(key).cloned())
+    }
+    fn get_value_option(&self, max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        let inner = self.inner.read().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?;
+        Ok(inner
+            .values
+            .get(&key)
+            .and_then(|history| history.iter().rev().find(|(v, _)| *v <= max_version))
+            .and_then(|(_, value)| value.clone()))
+    }
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        Err(anyhow::anyhow!("restoring a tree is not supported"))
+    }
+}
+
+impl NodeStore for MemNodes {
+    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error> {
+        let mut inner = self.inner.write().map_err(|_| Error::Tree("tree lock poisoned".into()))?;
+        for (key, node) in batch.node_batch.nodes() {
+            match inner.nodes.get(key) {
+                Some(old) if old != node => return Err(Error::Tree(format!("a different node at {key:?}: a fork"))),
+                Some(_) => {}
+                None => _ = inner.nodes.insert(key.clone(), node.clone()),
+            }
+        }
+        for ((v, key), value) in batch.node_batch.values() {
+            let history = inner.values.entry(*key).or_default();
+            if history.last().is_none_or(|(last, _)| last < v) {
+                history.push((*v, value.clone()));
+            }
+        }
+        for stale in &batch.stale_node_index_batch {
+            inner.stale.entry(stale.stale_since_version).or_default().insert(stale.node_key.clone());
+        }
+        // Prune: nodes replaced before the oldest version kept, and values
+        // superseded before it (the newest value at or below it stays).
+        let Some(oldest) = version.checked_sub(TREE_RETENTION) else { return Ok(()) };
+        let due: Vec<Version> = inner.stale.range(..=oldest).map(|(v, _)| *v).collect();
+        for v in due {
+            for key in inner.stale.remove(&v).unwrap_or_default() {
+                inner.nodes.remove(&key);
+            }
+        }
+        for (_, key) in batch.node_batch.values().keys() {
+            if let Some(history) = inner.values.get_mut(key) {
+                let keep_from = history.iter().rposition(|(v, _)| *v <= oldest).unwrap_or(0);
+                history.drain(..keep_from);
+                if history.len() == 1 && history[0].1.is_none() && history[0].0 <= oldest {
+                    inner.values.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A store's copy-on-write fork: reads fall through to the base, writes stay
+/// here. What a state copy that will commit other blocks than the original
+/// (a test's scratch chain, a what-if) writes to, so neither disturbs the
+/// other.
+pub struct Overlay {
+    own: MemNodes,
+    base: Arc<dyn NodeStore>,
+}
+
+impl Overlay {
+    pub fn new(base: Arc<dyn NodeStore>) -> Overlay {
+        Overlay { own: MemNodes::default(), base }
+    }
+}
+
+impl TreeReader for Overlay {
+    fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        match self.own.get_node_option(key)? {
+            Some(n) => Ok(Some(n)),
+            None => self.base.get_node_option(key),
+        }
+    }
+    fn get_value_option(&self, max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        let own = self.own.inner.read().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?.values.contains_key(&key);
+        if own { self.own.get_value_option(max_version, key) } else { self.base.get_value_option(max_version, key) }
+    }
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        Err(anyhow::anyhow!("restoring a tree is not supported"))
+    }
+}
+
+impl NodeStore for Overlay {
+    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error> {
+        self.own.write(version, batch)
+    }
+}
