@@ -82,11 +82,37 @@ fn key_address(home: &Path, key: &str) -> anyhow::Result<Address> {
     Ok(agora_node::keystore::load(home, key)?.address())
 }
 
-pub fn balance(home: &Path, address: Option<String>, key: &str, args: NodeArgs) -> anyhow::Result<ExitCode> {
+pub fn balance(
+    home: &Path,
+    address: Option<String>,
+    key: &str,
+    prove: &crate::prove::ProveArgs,
+    args: NodeArgs,
+) -> anyhow::Result<ExitCode> {
     let address = match address {
         Some(a) => a.parse::<Address>()?,
         None => key_address(home, key)?,
     };
+    if prove.prove {
+        let key = agora_ledger::tree::StateKey::Account(address);
+        let v = crate::prove::fetch(home, prove, &args, "account", &address.to_string(), &key)?;
+        // An account never seen is an empty one (the ledger stores none).
+        let account: agora_ledger::Account =
+            v.value.as_deref().map(agora_ledger::light::decode_value).transpose()?.unwrap_or_default();
+        if args.json {
+            print_json(&serde_json::json!({
+                "address": address, "balance": account.balance, "stake": account.stake,
+                "unbonding": account.unbonding, "nonce": account.nonce, "verified_height": v.height.0,
+            }))?;
+        } else {
+            println!("address   {address}");
+            println!("balance   {}", account.balance);
+            println!("stake     {}", account.stake);
+            println!("unbonding {}", account.unbonding);
+            println!("{}", crate::prove::verified_line(&v));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let a = args.get(&format!("/v1/accounts/{address}"))?;
     if args.json {
         print_json(&a)?;

@@ -68,9 +68,11 @@ pub struct SubmitArgs {
 pub enum LeaseCommand {
     /// Your leases (as buyer), newest first
     List(KeyArgs),
-    /// A lease's terms, settlement and job state
+    /// A lease's terms, settlement and job state (--prove: its terms checked against the certified state)
     Status {
         id: String,
+        #[command(flatten)]
+        prove: crate::prove::ProveArgs,
         #[command(flatten)]
         key: KeyArgs,
     },
@@ -703,8 +705,11 @@ pub fn run(home: &Path, cmd: LeaseCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        LeaseCommand::Status { id, key } => {
+        LeaseCommand::Status { id, prove, key } => {
             let id: LeaseId = id.parse()?;
+            if prove.prove {
+                return proven_lease(home, &prove, &key.node, id);
+            }
             let lease = key.node.get(&format!("/v1/leases/{id}"))?;
             let keypair = agora_node::keystore::load(home, &key.key)?.keypair;
             let chain = chain_id(&key.node)?;
@@ -819,6 +824,39 @@ fn settled_word(status: &serde_json::Value) -> String {
         Some("ProviderSlashed") => "slashed".into(),
         _ => text(status),
     }
+}
+
+/// `lease status --prove`: the lease as the certified state has it.
+fn proven_lease(
+    home: &Path,
+    prove: &crate::prove::ProveArgs,
+    node: &NodeArgs,
+    id: LeaseId,
+) -> anyhow::Result<ExitCode> {
+    let key = agora_ledger::tree::StateKey::Lease(id);
+    let v = crate::prove::fetch(home, prove, node, "lease", &id.to_string(), &key)?;
+    let Some(bytes) = v.value.as_deref() else {
+        anyhow::bail!("lease {id} does not exist (proven absent at height {})", v.height.0);
+    };
+    let lease: agora_ledger::Lease = agora_ledger::light::decode_value(bytes)?;
+    if node.json {
+        print_json(&serde_json::json!({ "lease": lease, "verified_height": v.height.0 }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = match &lease.status {
+        agora_ledger::LeaseStatus::Open => "open".to_string(),
+        agora_ledger::LeaseStatus::Settled { reason, paid, refunded, .. } => {
+            format!("settled ({reason:?}): paid {paid}, refunded {refunded}")
+        }
+    };
+    println!("lease     {id}");
+    println!("status    {status}");
+    println!("buyer     {}", lease.buyer);
+    println!("provider  {}", lease.provider);
+    println!("gpus      {}x {}", lease.gpus, lease.gpu_model);
+    println!("escrow    {}", lease.escrow);
+    println!("{}", crate::prove::verified_line(&v));
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

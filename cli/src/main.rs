@@ -14,6 +14,7 @@ mod liveness_bench;
 mod market;
 mod market_bench;
 mod node;
+mod prove;
 mod testnet;
 mod verify;
 mod view;
@@ -49,12 +50,15 @@ enum Command {
     /// Your leases: list, status, logs, cancel
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
-    /// An account's balance (default: your key's)
+    /// An account's balance (default: your key's); --prove checks it against the certified state
+    #[command(visible_alias = "account")]
     Balance {
         address: Option<String>,
         /// Key under --home to use when no address is given
         #[arg(long, default_value = "default")]
         key: String,
+        #[command(flatten)]
+        prove: prove::ProveArgs,
         #[command(flatten)]
         node: client::NodeArgs,
     },
@@ -169,7 +173,7 @@ fn main() -> ExitCode {
         Command::Offers(args) => client::offers(args),
         Command::Submit(args) => lease::submit(&home, *args),
         Command::Lease(cmd) => lease::run(&home, cmd),
-        Command::Balance { address, key, node } => client::balance(&home, address, &key, node),
+        Command::Balance { address, key, prove, node } => client::balance(&home, address, &key, &prove, node),
         Command::Transfer { to, amount, key, node } => {
             let to: agora_protocol::Address = to.parse()?;
             let amount = client::parse_amount(&amount)?;

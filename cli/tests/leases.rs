@@ -155,6 +155,59 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     assert_eq!((spot["class"].as_str(), spot["gpu_seconds"].as_u64()), (Some("H100-80GB-SIM"), Some(600)), "{spot}");
     assert_eq!(spot["price"], l["price_per_gpu_hour"], "{spot}");
 
+    // Anyone can check the buyer's balance and the lease against the
+    // certified state, trusting only the genesis: a Merkle proof under the
+    // header's state root, the header's commit certificate.
+    let genesis = home(0).join("genesis.json");
+    let genesis = genesis.to_str().unwrap();
+    let proven: serde_json::Value = serde_json::from_str(&ok(agora(&[
+        "account",
+        &buyer,
+        "--prove",
+        "--genesis",
+        genesis,
+        "--node",
+        &api[2],
+        "--json",
+    ])))
+    .unwrap();
+    let served: serde_json::Value = http::get(&api[2], &format!("/v1/accounts/{buyer}")).unwrap().json().unwrap();
+    assert_eq!(proven["balance"], served["balance"], "{proven}");
+    assert!(proven["verified_height"].as_u64() > Some(0), "{proven}");
+    let shown = ok(agora(&["account", &buyer, "--prove", "--genesis", genesis, "--node", &api[1]]));
+    assert!(shown.contains("verified at height"), "{shown}");
+    let status = ok(agora(&[
+        "--home",
+        &buyer_home,
+        "lease",
+        "status",
+        &first,
+        "--prove",
+        "--genesis",
+        genesis,
+        "--node",
+        &api[3],
+    ]));
+    assert!(status.contains("settled (Closed)") && status.contains("verified at height"), "{status}");
+    // An account never seen is proven absent: balance zero.
+    let nobody = agora_protocol::Keypair::generate().unwrap().address().to_string();
+    let absent = ok(agora(&["account", &nobody, "--prove", "--genesis", genesis, "--node", &api[1]]));
+    assert!(absent.contains("balance   0 AGR") && absent.contains("verified"), "{absent}");
+    // Trusting another validator set, nothing verifies.
+    let mut other: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home(0).join("genesis.json")).unwrap()).unwrap();
+    let stranger = agora_protocol::Keypair::generate().unwrap().address().to_string();
+    other["accounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "address": stranger, "balance": "0", "stake": "1000000000" }));
+    other["validators"] = serde_json::json!([stranger]);
+    let other_path = tmp.path().join("other-genesis.json");
+    std::fs::write(&other_path, other.to_string()).unwrap();
+    let refused =
+        err(agora(&["account", &buyer, "--prove", "--genesis", other_path.to_str().unwrap(), "--node", &api[1]]));
+    assert!(refused.contains("validators you trust"), "{refused}");
+
     // 2. Cancel mid-run: the process group is gone within a second, settlement is pro-rata.
     let id = ok(submit(
         &buyer_home,

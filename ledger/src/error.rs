@@ -111,6 +111,8 @@ pub enum Error {
     NoStore(String),
     #[error("state tree: {0}")]
     Tree(String),
+    #[error("not proven: {0}")]
+    BadProof(String),
     #[error("store belongs to another genesis (stored {stored}, given {given})")]
     GenesisMismatch { stored: Hash, given: Hash },
 }

@@ -31,8 +31,8 @@ pub struct Genesis {
 impl agora_protocol::Wire for Genesis {
     const NAME: &'static str = "genesis";
     const VERSION: u8 = 1;
-    /// Local files and stores only; room for a hundred thousand accounts.
-    const MAX_BYTES: usize = 16 * 1024 * 1024;
+    /// Local files and stores only; room for two million accounts.
+    const MAX_BYTES: usize = 128 * 1024 * 1024;
 }
 
 impl Genesis {

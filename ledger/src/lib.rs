@@ -16,6 +16,7 @@ pub mod events;
 pub mod genesis;
 mod journal;
 mod lease;
+pub mod light;
 mod orders;
 pub mod params;
 mod provider;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use agora_protocol::{Address, Amount, ChainId, GpuClass, Hash, Height, LeaseId, TimestampMs};
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
 use jmt::{KeyHash, OwnedValue, Version};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::journal::Undo;
@@ -130,33 +130,35 @@ impl StateKey {
 }
 
 /// The singletons of the state, as one leaf.
-#[derive(Serialize)]
-struct Meta<'a> {
-    chain_id: &'a ChainId,
-    params: &'a Params,
-    height: Height,
-    time_ms: TimestampMs,
-    proposer: Address,
-    supply: Amount,
-    burned: Amount,
-    validators: &'a [Validator],
-    last_validators: &'a [Validator],
-    next_order_id: u64,
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub chain_id: ChainId,
+    pub params: Params,
+    pub height: Height,
+    pub time_ms: TimestampMs,
+    pub proposer: Address,
+    pub supply: Amount,
+    pub burned: Amount,
+    /// The validators for the next height.
+    pub validators: Vec<Validator>,
+    /// The validators that decided the block at `height`.
+    pub last_validators: Vec<Validator>,
+    pub next_order_id: u64,
 }
 
 /// The leaf value of `key` in `data`: its canonical encoding, None if absent.
 pub(crate) fn value_of(data: &StateData, key: &StateKey) -> Option<Vec<u8>> {
     match key {
         StateKey::Meta => Some(canonical(&Meta {
-            chain_id: &data.chain_id,
-            params: &data.params,
+            chain_id: data.chain_id.clone(),
+            params: data.params.clone(),
             height: data.height,
             time_ms: data.time_ms,
             proposer: data.proposer,
             supply: data.supply,
             burned: data.burned,
-            validators: &data.validators,
-            last_validators: &data.last_validators,
+            validators: data.validators.clone(),
+            last_validators: data.last_validators.clone(),
             next_order_id: data.book.next_id,
         })),
         StateKey::Account(a) => data.accounts.get(a).map(canonical),
@@ -194,6 +196,35 @@ fn tree_error(e: impl std::fmt::Display) -> Error {
     Error::Tree(e.to_string())
 }
 
+/// Decodes a canonical encoding (a leaf value, a proof), refusing trailing bytes.
+pub fn decode_canonical<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ agora_protocol::limits::MAX_DECODE_BYTES }>();
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| Error::BadProof(format!("decoding: {e}")))?;
+    if used != bytes.len() {
+        return Err(Error::BadProof("trailing bytes".into()));
+    }
+    Ok(value)
+}
+
+pub fn encode_proof(proof: &Proof) -> Vec<u8> {
+    canonical(proof)
+}
+
+pub fn decode_proof(bytes: &[u8]) -> Result<Proof, Error> {
+    decode_canonical(bytes)
+}
+
+/// Checks that `key` has `value` (None: is absent) under `root`.
+pub fn verify_proof(root: Hash, key: &StateKey, value: Option<&[u8]>, proof: &Proof) -> Result<(), Error> {
+    proof
+        .verify(jmt::RootHash(root.0), key.hash(), value)
+        .map_err(|e| Error::BadProof(format!("{key:?} is not proven under root {root}: {e}")))
+}
+
 /// The root and node batch of `data`'s tree at `version`, given the keys
 /// written since `version - 1` (whose tree `store` holds). With every key
 /// and `version` 0 this builds a tree from nothing.
@@ -208,7 +239,16 @@ pub(crate) fn compute(
         values.insert(key.hash(), value_of(data, &key));
     }
     let reader = Reader(store);
-    let (root, batch) = Jmt::new(&reader).put_value_set(values, version).map_err(tree_error)?;
+    let tree = Jmt::new(&reader);
+    // Inserts only (most blocks): jmt's batch insertion builds each changed
+    // subtree once instead of a path per key. Deletions need the per-key path.
+    if !values.is_empty() && values.values().all(Option::is_some) {
+        let set: Vec<(KeyHash, OwnedValue)> = values.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+        let (roots, batch) = tree.batch_put_value_sets(vec![set], None, version).map_err(tree_error)?;
+        let root = roots.first().ok_or_else(|| Error::Tree("no root".into()))?;
+        return Ok((Hash(root.0), batch));
+    }
+    let (root, batch) = tree.put_value_set(values, version).map_err(tree_error)?;
     Ok((Hash(root.0), batch))
 }
 

@@ -350,6 +350,9 @@ fn run(ops: &[Op]) -> Result<(Vec<Block>, Hash), TestCaseError> {
             prop_assert!(promised.is_ok(), "{promised:?}");
         }
         prop_assert_eq!(state.root(), block.header.state_root);
+        // The Merkle root, updated from the block's writes only, is the
+        // root of the whole state (deleted orders and listings included).
+        prop_assert_eq!(state.root(), state.root_from_scratch().unwrap());
         blocks.push(block);
     }
     Ok((blocks, state.root()))

@@ -123,6 +123,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/providers/{address}/slashes", get(provider_slashes))
         .route("/v1/providers/{address}/heartbeats", get(provider_heartbeats))
+        .route("/v1/proof/{kind}/{id}", get(proof))
         .route("/v1/leases", get(leases))
         .route("/v1/market/auctions", get(crate::api_market::auctions))
         .route("/v1/market/explain/bid", get(crate::api_market::explain_bid))
@@ -767,6 +768,60 @@ async fn provider_slashes(
         .await
         .map_err(internal)??;
     Ok(Json(found))
+}
+
+/// A value of the committed state with everything a light client needs to
+/// check it without trusting this node (`agora_ledger::light`): its Merkle
+/// proof, the header, the header's commit certificate and the state's meta
+/// leaf (the validators that decided the block) with its proof.
+async fn proof(
+    AxumState(s): AxumState<Shared>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use agora_ledger::tree::{self, StateKey};
+    let address = |id: &str| id.parse::<Address>().map_err(|e| bad_request(e.to_string()));
+    let key = match kind.as_str() {
+        "account" => StateKey::Account(address(&id)?),
+        "provider" => StateKey::Provider(address(&id)?),
+        "lease" => StateKey::Lease(id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?),
+        other => return Err(bad_request(format!("no proofs of {other:?}: account, provider or lease"))),
+    };
+    let (height, store, chain) = {
+        let ledger = s.ledger.read().map_err(internal)?;
+        (ledger.height(), ledger.tree_store().clone(), ledger.chain_id().clone())
+    };
+    if height.0 == 0 {
+        return Err(not_found("no block yet: nothing is certified".to_string()));
+    }
+    let blocks = s.blocks.clone();
+    let bundle = tokio::task::spawn_blocking(move || -> Result<agora_ledger::light::ProofBundle, ApiError> {
+        let (value, proof) = tree::prove(&*store, &key, height.0).map_err(internal)?;
+        let (meta, meta_proof) = tree::prove(&*store, &StateKey::Meta, height.0).map_err(internal)?;
+        let header = blocks.block(height).map_err(internal)?.ok_or_else(|| internal("tip block missing"))?.header;
+        let certificate = blocks
+            .certificate(height)
+            .map_err(internal)?
+            .ok_or_else(|| not_found(format!("no commit certificate stored for height {height}")))?;
+        Ok(agora_ledger::light::ProofBundle {
+            header,
+            certificate,
+            key: key.bytes(),
+            value,
+            proof: tree::encode_proof(&proof),
+            meta: meta.ok_or_else(|| internal("the state has no meta leaf"))?,
+            meta_proof: tree::encode_proof(&meta_proof),
+        })
+    })
+    .await
+    .map_err(internal)??;
+    let encoded = codec::canonical_bytes(&bundle).map_err(internal)?;
+    Ok(Json(serde_json::json!({
+        "chain_id": chain.as_str(),
+        "height": height.0,
+        "kind": kind,
+        "present": bundle.value.is_some(),
+        "bundle": hex::encode(encoded),
+    })))
 }
 
 /// A provider's heartbeat coverage over the recent windows, as this node

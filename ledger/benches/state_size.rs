@@ -1,0 +1,116 @@
+//! Per-block cost against the size of the state: applying, and committing
+//! to a store on disk, a block of 100 transfers on chains whose genesis funds
+//! 1,000, 100,000 and 1,000,000 accounts. With the state root a Merkle tree
+//! updated from the keys a block writes, the cost should depend on the
+//! block, not on the accounts (issue 14's target: 1M within 1.5× of 1k).
+//! `AGORA_BENCH_MAX_ACCOUNTS` caps the sizes (setting up 1M takes minutes).
+
+use std::time::{Duration, Instant};
+
+use agora_ledger::testkit::{BLOCK_INTERVAL_MS, GENESIS_TIME_MS, chain_id, transfer};
+use agora_ledger::{Genesis, GenesisAccount, Params, SigCheck, State, Store, apply_block, build_block};
+use agora_protocol::{Address, Amount, Block, Hash, Keypair, TimestampMs};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const SENDERS: usize = 100;
+
+struct Chain {
+    senders: Vec<Keypair>,
+    validator: Keypair,
+    genesis: Genesis,
+    accounts: usize,
+}
+
+fn chain(accounts: usize) -> Chain {
+    let key = |name: String| Keypair::from_seed_phrase(&name);
+    let validator = key("agora-bench-validator".into());
+    let senders: Vec<Keypair> = (0..SENDERS).map(|i| key(format!("agora-bench-sender-{i}"))).collect();
+    let mut list =
+        vec![GenesisAccount { address: validator.address(), balance: Amount::ZERO, stake: Amount::agr(1_000) }];
+    list.extend(senders.iter().map(|k| GenesisAccount {
+        address: k.address(),
+        balance: Amount::agr(1_000_000),
+        stake: Amount::ZERO,
+    }));
+    // The rest hold a little and have no keys: only their number matters.
+    list.extend((list.len()..accounts).map(|i| GenesisAccount {
+        address: Address(Hash::tagged(b"agora/bench/account", &(i as u64).to_le_bytes()).0),
+        balance: Amount::agr(1),
+        stake: Amount::ZERO,
+    }));
+    let genesis = Genesis {
+        chain_id: chain_id(),
+        genesis_time_ms: TimestampMs(GENESIS_TIME_MS),
+        params: Params::default(),
+        accounts: list,
+        validators: vec![validator.address()],
+    };
+    Chain { senders, validator, genesis, accounts }
+}
+
+/// The next block: each sender pays a pseudo-random account of the chain.
+fn next_block(c: &Chain, state: &State) -> Block {
+    let height = state.height().0;
+    let txs = c
+        .senders
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let n = (height as usize * SENDERS + i) * 7_919 % c.accounts;
+            let to = c.genesis.accounts[n].address;
+            transfer(k, state.account(&k.address()).nonce, to, Amount(1))
+        })
+        .collect();
+    let time = TimestampMs(state.time_ms().0 + BLOCK_INTERVAL_MS);
+    let mut scratch = state.clone();
+    build_block(&mut scratch, txs, time, c.validator.address(), None).expect("block builds").0
+}
+
+fn sizes() -> Vec<usize> {
+    let max = std::env::var("AGORA_BENCH_MAX_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    [1_000, 100_000, 1_000_000].into_iter().filter(|n| *n <= max).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("block_of_100_transfers");
+    group.sample_size(30).measurement_time(Duration::from_secs(10));
+    for accounts in sizes() {
+        let setup = Instant::now();
+        let ch = chain(accounts);
+        let mut state = ch.genesis.state().expect("genesis");
+        eprintln!("{accounts} accounts: in-memory genesis in {:.1?}", setup.elapsed());
+        group.bench_function(format!("apply/{accounts}_accounts"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let block = next_block(&ch, &state);
+                    let start = Instant::now();
+                    apply_block(&mut state, &block, SigCheck::Skip).expect("applies");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        drop(state);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setup = Instant::now();
+        let mut store = Store::open(dir.path(), &ch.genesis).expect("store opens");
+        eprintln!("{accounts} accounts: store genesis in {:.1?}", setup.elapsed());
+        group.bench_function(format!("apply_and_commit/{accounts}_accounts"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let block = next_block(&ch, store.state());
+                    let start = Instant::now();
+                    store.commit(&block).expect("commits");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
