@@ -88,8 +88,8 @@ impl Genesis {
             validators,
             book: Default::default(),
         };
-        let (_, batch) = crate::tree::compute(&*store, &data, crate::tree::all_keys(&data), 0)?;
-        store.write(0, &batch)?;
+        let computed = crate::tree::compute(&*store, &data, crate::tree::all_keys(&data), 0)?;
+        store.write(0, &computed.batch, &computed.keys)?;
         Ok(State::from_data(data, self.hash(), crate::tree::TreeHandle::new(store)))
     }
 

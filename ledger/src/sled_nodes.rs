@@ -63,6 +63,8 @@ pub struct SledNodes {
     nodes: sled::Tree,
     values: sled::Tree,
     stale: sled::Tree,
+    /// Key hash → the key's bytes, for rebuilding the state from the leaves.
+    keys: sled::Tree,
     cache: Mutex<Cache>,
 }
 
@@ -72,6 +74,7 @@ impl SledNodes {
             nodes: db.open_tree("tree_nodes")?,
             values: db.open_tree("tree_values")?,
             stale: db.open_tree("tree_stale")?,
+            keys: db.open_tree("tree_keys")?,
             cache: Mutex::new(Cache::default()),
         })
     }
@@ -83,6 +86,22 @@ impl SledNodes {
     /// Entries in the node table (disk growth and pruning checks).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The state as the tree's leaves have it at `version`.
+    pub(crate) fn load(&self, version: Version) -> Result<crate::state::StateData, Error> {
+        let mut leaves = Vec::new();
+        for entry in self.keys.iter() {
+            let (hash, key) = entry?;
+            let hash: [u8; 32] =
+                hash.as_ref().try_into().map_err(|_| Error::Tree("a key hash is not 32 bytes".into()))?;
+            if let Some(value) =
+                self.get_value_option(version, KeyHash(hash)).map_err(|e| Error::Tree(e.to_string()))?
+            {
+                leaves.push((key.to_vec(), value));
+            }
+        }
+        crate::tree::state_from_leaves(leaves)
     }
 }
 
@@ -118,14 +137,26 @@ impl TreeReader for SledNodes {
 }
 
 impl NodeStore for SledNodes {
-    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error> {
+    fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
+        let mut preimages = sled::Batch::default();
+        for (hash, key) in keys {
+            preimages.insert(&hash.0[..], key.as_slice());
+        }
+        self.keys.apply_batch(preimages)?;
+        // The version's root node goes last, in its own write: a version
+        // whose root is on disk is whole (opening trusts exactly that).
         let mut nodes = sled::Batch::default();
+        let mut root = None;
         {
             let mut cache = self.cache().map_err(|e| Error::Tree(e.to_string()))?;
             for (key, node) in batch.node_batch.nodes() {
                 let bytes = encode(node)?;
                 cache.put(key.clone(), node.clone(), bytes.len());
-                nodes.insert(encode(key)?, bytes);
+                if key.version() == version && key.nibble_path().is_empty() {
+                    root = Some((encode(key)?, bytes));
+                } else {
+                    nodes.insert(encode(key)?, bytes);
+                }
             }
         }
         let mut values = sled::Batch::default();
@@ -141,6 +172,9 @@ impl NodeStore for SledNodes {
         self.nodes.apply_batch(nodes)?;
         self.values.apply_batch(values)?;
         self.stale.apply_batch(stale)?;
+        if let Some((k, v)) = root {
+            self.nodes.insert(k, v)?;
+        }
         self.prune(version, batch)
     }
 }

@@ -374,7 +374,7 @@ impl State {
         let at = self.position();
         let mut pending = self.tree.pending.lock().map_err(|_| Error::Tree("pending root lock poisoned".into()))?;
         if let Some(p) = pending.as_ref().filter(|p| p.at == at) {
-            return Ok(p.root);
+            return Ok(p.computed.root);
         }
         if self.journal.is_empty() {
             if let Some(root) = crate::tree::root_at(&*self.tree.store, at.0)? {
@@ -383,8 +383,9 @@ impl State {
         }
         let keys: BTreeSet<crate::tree::StateKey> =
             self.journal.iter().filter_map(crate::tree::StateKey::of_undo).collect();
-        let (root, batch) = crate::tree::compute(&*self.tree.store, &self.data, keys, at.0)?;
-        *pending = Some(crate::tree::Pending { at, root, batch });
+        let computed = crate::tree::compute(&*self.tree.store, &self.data, keys, at.0)?;
+        let root = computed.root;
+        *pending = Some(crate::tree::Pending { at, computed });
         Ok(root)
     }
 
@@ -395,7 +396,7 @@ impl State {
         let root = self.try_root()?;
         let pending = self.tree.pending.lock().map_err(|_| Error::Tree("pending root lock poisoned".into()))?.take();
         if let Some(p) = pending.filter(|p| p.at == self.position()) {
-            self.tree.store.write(p.at.0, &p.batch)?;
+            self.tree.store.write(p.at.0, &p.computed.batch, &p.computed.keys)?;
         }
         Ok(root)
     }
@@ -404,6 +405,18 @@ impl State {
     /// incremental root must equal (tests, and checking a snapshot).
     pub fn root_from_scratch(&self) -> Result<Hash, Error> {
         crate::tree::root_from_scratch(&self.data)
+    }
+
+    /// Checks that the state rebuilt from its own leaves (as a store
+    /// reopens) is this state, derived indexes included.
+    pub fn check_leaves(&self) -> Result<(), Error> {
+        let leaves = crate::tree::all_keys(&self.data)
+            .into_iter()
+            .filter_map(|k| crate::tree::value_of(&self.data, &k).map(|v| (k.bytes(), v)));
+        if crate::tree::state_from_leaves(leaves)? != self.data {
+            return Err(Error::Invariant("the state rebuilt from its leaves differs".into()));
+        }
+        Ok(())
     }
 
     /// Checks the invariants every committed state must hold: the genesis

@@ -1,9 +1,11 @@
 //! The durable block store and state store on sled: the only ledger module
-//! that does I/O. A commit writes the block, its certificate, the new tip and
-//! (every `SNAPSHOT_INTERVAL_BLOCKS`) a state snapshot in one sled transaction
-//! and flushes before returning. Opening verifies the whole hash chain, loads
-//! the newest snapshot and replays the blocks after it; any inconsistency is an
-//! error naming the height. sled's flush is not an fsync: a power cut may lose
+//! that does I/O. A commit writes the block, its certificate and the new tip
+//! in one sled transaction, then the state tree's nodes of that height
+//! (`sled_nodes`), and flushes before returning: nothing written per block
+//! depends on the size of the state. Opening verifies the whole hash chain,
+//! rebuilds the state from the tree's leaves at the newest height it holds
+//! (checked against that block's state root) and replays the blocks after
+//! it; any inconsistency is an error naming the height. sled's flush is not an fsync: a power cut may lose
 //! the newest blocks, which peers supply again. What must never be lost (the
 //! consensus WAL, the double-sign guard) lives in `durable` files instead.
 
@@ -19,10 +21,6 @@ use crate::apply::{BlockOutcome, SigCheck, apply_block, apply_block_pending, fin
 use crate::error::Error;
 use crate::genesis::Genesis;
 use crate::state::{State, StateData};
-
-/// Blocks between state snapshots. Opening replays at most this many blocks;
-/// a smaller interval costs a full state encoding more often.
-pub const SNAPSHOT_INTERVAL_BLOCKS: u64 = 32;
 
 const META_GENESIS: &[u8] = b"genesis_hash";
 const META_GENESIS_DOC: &[u8] = b"genesis";
@@ -68,7 +66,6 @@ pub struct Store {
     slashes: Tree,
     genesis: Genesis,
     state: State,
-    snapshot_height: Option<Height>,
     /// The state tree's nodes (in this database).
     nodes: std::sync::Arc<crate::sled_nodes::SledNodes>,
 }
@@ -151,7 +148,6 @@ impl Store {
             genesis,
             db,
             meta,
-            snapshot_height: None,
             nodes,
         };
         store.recover()?;
@@ -187,33 +183,36 @@ impl Store {
         }
     }
 
-    /// Verifies the chain up to the recorded tip and rebuilds the state.
+    /// Verifies the chain up to the recorded tip and rebuilds the state:
+    /// from the state tree at the newest height it holds (the tip, or the
+    /// block before it if the process died between writing a block and its
+    /// tree nodes), then replays what follows.
     fn recover(&mut self) -> Result<(), Error> {
         let tip = self.tip_height()?;
         let headers = self.verify_chain(tip)?;
-        if let Some(entry) = self.snapshots.last()? {
-            let raw: [u8; 8] = entry.0.as_ref().try_into().map_err(|_| corrupt(tip, "bad snapshot key"))?;
-            let at = Height(u64::from_be_bytes(raw));
-            if at.0 > tip.0 || at.0 == 0 {
-                return Err(corrupt(at, format!("snapshot beyond the tip {tip}")));
-            }
-            let data: StateData = codec::decode(&entry.1).map_err(|e| corrupt(at, e.to_string()))?;
+        if self.snapshots.last()?.is_some() {
+            return Err(corrupt(
+                tip,
+                "this store was written by an older agora (state snapshots, not a Merkle state tree): start from a \
+                 new data directory",
+            ));
+        }
+        let oldest = tip.0.saturating_sub(crate::tree::TREE_RETENTION).max(1);
+        let found = (oldest..=tip.0).rev().find(|&h| {
+            let root = headers[h as usize - 1].1;
+            crate::tree::root_at(&*self.nodes, h).ok().flatten() == Some(root)
+        });
+        if let Some(at) = found.map(Height) {
+            let data = self.nodes.load(at.0).map_err(|e| corrupt(at, e.to_string()))?;
             let (hash, root) = headers[at.0 as usize - 1];
             let state = State::from_data(data, hash, crate::tree::TreeHandle::new(self.nodes.clone()));
-            // The snapshot must be the state the header committed to, and
-            // the tree on disk must hold that state's version.
+            // The leaves must be the state the header committed to.
             if state.height() != at || state.root_from_scratch()? != root {
-                return Err(corrupt(at, "snapshot does not match the block's state root"));
-            }
-            if crate::tree::root_at(&*self.nodes, at.0)? != Some(root) {
-                return Err(corrupt(
-                    at,
-                    "the state tree lacks this height (a store written by an older agora, whose state root was \
-                     not a Merkle tree: start from a new data directory)",
-                ));
+                return Err(corrupt(at, "the state tree's leaves do not match the block's state root"));
             }
             self.state = state;
-            self.snapshot_height = Some(at);
+        } else if tip.0 > crate::tree::TREE_RETENTION {
+            return Err(corrupt(tip, "the state tree holds none of the last heights"));
         }
         for h in self.state.height().0 + 1..=tip.0 {
             let block = self.read_block(Height(h))?;
@@ -292,12 +291,9 @@ impl Store {
         let height = block.header.height;
         let block_bytes = codec::encode(block)?;
         let cert_bytes = certificate.map(codec::encode).transpose()?;
-        let snapshot =
-            if height.0 % SNAPSHOT_INTERVAL_BLOCKS == 0 { Some(codec::encode(&self.state.data)?) } else { None };
-        let previous = self.snapshot_height;
         let slash_keys = slash_keys(block, &self.state);
-        (&self.meta, &self.blocks, &self.snapshots, &self.certificates, &self.slashes).transaction(
-            |(meta, blocks, snapshots, certificates, slashes)| {
+        (&self.meta, &self.blocks, &self.certificates, &self.slashes).transaction(
+            |(meta, blocks, certificates, slashes)| {
                 blocks.insert(&key(height), block_bytes.as_slice())?;
                 for k in &slash_keys {
                     slashes.insert(&k[..], &[][..])?;
@@ -306,19 +302,10 @@ impl Store {
                 if let Some(cert) = &cert_bytes {
                     certificates.insert(&key(height), cert.as_slice())?;
                 }
-                if let Some(snap) = &snapshot {
-                    snapshots.insert(&key(height), snap.as_slice())?;
-                    if let Some(prev) = previous {
-                        snapshots.remove(&key(prev))?;
-                    }
-                }
                 Ok::<(), ConflictableTransactionError<Error>>(())
             },
         )?;
         self.db.flush()?;
-        if snapshot.is_some() {
-            self.snapshot_height = Some(height);
-        }
         Ok(())
     }
 
@@ -353,6 +340,11 @@ impl Store {
 
     pub fn genesis(&self) -> &Genesis {
         &self.genesis
+    }
+
+    /// Nodes in the state tree on disk (pruning checks, disk growth).
+    pub fn tree_node_count(&self) -> usize {
+        self.nodes.node_count()
     }
 
     /// A committed block, if that height exists.

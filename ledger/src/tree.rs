@@ -55,8 +55,9 @@ pub type Proof = jmt::proof::SparseMerkleProof<Blake3>;
 /// Where tree nodes live.
 pub trait NodeStore: TreeReader + Send + Sync {
     /// Writes a decided height's nodes (idempotent) and prunes what fell out
-    /// of the retention window.
-    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error>;
+    /// of the retention window; `keys` are the written keys' preimages
+    /// (hash, `StateKey::bytes`), so the state can be rebuilt from the leaves.
+    fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error>;
 }
 
 /// The leaf key of one state entry: a namespace tag and the entry's key.
@@ -175,6 +176,103 @@ pub(crate) fn value_of(data: &StateData, key: &StateKey) -> Option<Vec<u8>> {
     }
 }
 
+impl StateKey {
+    /// The key `bytes` encode (the inverse of `bytes`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<StateKey, Error> {
+        let (&tag, key) = bytes.split_first().ok_or_else(|| Error::Tree("an empty state key".into()))?;
+        Ok(match tag {
+            0 => StateKey::Meta,
+            1 => StateKey::Account(decode_canonical(key)?),
+            2 => StateKey::Provider(decode_canonical(key)?),
+            3 => StateKey::Lease(decode_canonical(key)?),
+            4 => {
+                let (h, a) = decode_canonical(key)?;
+                StateKey::Unbonding(h, a)
+            }
+            5 => {
+                let (a, s, e) = decode_canonical(key)?;
+                StateKey::SlashedWindow(a, s, e)
+            }
+            6 => {
+                let (a, seq) = decode_canonical(key)?;
+                StateKey::SlashedEquivocation(a, seq)
+            }
+            7 => StateKey::Operator(decode_canonical(key)?),
+            8 => StateKey::Order(decode_canonical(key)?),
+            9 => {
+                let (n, c) = decode_canonical(key)?;
+                StateKey::Auction(n, c)
+            }
+            10 => StateKey::Listing(decode_canonical(key)?),
+            11 => {
+                let (n, c) = decode_canonical(key)?;
+                StateKey::Spot(n, c)
+            }
+            other => return Err(Error::Tree(format!("unknown state key namespace {other}"))),
+        })
+    }
+}
+
+/// The state whose leaves are `leaves` (key bytes, value), with its derived
+/// indexes rebuilt: how a store reopens at a height without a snapshot.
+pub(crate) fn state_from_leaves(leaves: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<StateData, Error> {
+    let corrupt = |e: Error| Error::Tree(format!("a leaf does not decode: {e}"));
+    let mut meta: Option<Meta> = None;
+    let mut d = StateData {
+        chain_id: ChainId::new("unset").map_err(|e| Error::Tree(e.to_string()))?,
+        params: Params::default(),
+        height: Height(0),
+        time_ms: TimestampMs(0),
+        proposer: Address([0; 32]),
+        supply: Amount::ZERO,
+        burned: Amount::ZERO,
+        accounts: BTreeMap::new(),
+        providers: BTreeMap::new(),
+        leases: BTreeMap::new(),
+        lease_expiry: BTreeSet::new(),
+        open_by_provider: BTreeSet::new(),
+        unbonding: BTreeMap::new(),
+        slashed_windows: BTreeSet::new(),
+        slashed_equivocations: BTreeSet::new(),
+        operators: BTreeMap::new(),
+        operator_of: BTreeMap::new(),
+        validators: Vec::new(),
+        last_validators: Vec::new(),
+        book: Default::default(),
+    };
+    for (key, value) in leaves {
+        let v = value.as_slice();
+        match StateKey::from_bytes(&key).map_err(corrupt)? {
+            StateKey::Meta => meta = Some(decode_canonical(v).map_err(corrupt)?),
+            StateKey::Account(a) => _ = d.accounts.insert(a, decode_canonical(v).map_err(corrupt)?),
+            StateKey::Provider(a) => _ = d.providers.insert(a, decode_canonical(v).map_err(corrupt)?),
+            StateKey::Lease(id) => _ = d.leases.insert(id, decode_canonical(v).map_err(corrupt)?),
+            StateKey::Unbonding(h, a) => _ = d.unbonding.insert((h, a), decode_canonical(v).map_err(corrupt)?),
+            StateKey::SlashedWindow(a, s, e) => _ = d.slashed_windows.insert((a, s, e)),
+            StateKey::SlashedEquivocation(a, seq) => _ = d.slashed_equivocations.insert((a, seq)),
+            StateKey::Operator(op) => _ = d.operators.insert(op, decode_canonical(v).map_err(corrupt)?),
+            StateKey::Order(id) => _ = d.book.orders.insert(id, decode_canonical(v).map_err(corrupt)?),
+            StateKey::Auction(n, c) => _ = d.book.results.insert((n, c), decode_canonical(v).map_err(corrupt)?),
+            StateKey::Listing(id) => _ = d.book.listings.insert(id, decode_canonical(v).map_err(corrupt)?),
+            StateKey::Spot(n, c) => _ = d.book.spot.insert((n, c), decode_canonical(v).map_err(corrupt)?),
+        }
+    }
+    let m = meta.ok_or_else(|| Error::Tree("no meta leaf".into()))?;
+    (d.chain_id, d.params, d.height, d.time_ms, d.proposer) = (m.chain_id, m.params, m.height, m.time_ms, m.proposer);
+    (d.supply, d.burned, d.validators, d.last_validators) = (m.supply, m.burned, m.validators, m.last_validators);
+    d.book.next_id = m.next_order_id;
+    for lease in d.leases.values().filter(|l| l.status == crate::state::LeaseStatus::Open) {
+        d.lease_expiry.insert((lease.end_ms, lease.id));
+        d.open_by_provider.insert((lease.provider, lease.id));
+    }
+    for order in d.book.orders.values() {
+        d.book.by_owner.insert((order.owner, order.id));
+        *d.book.per_class.entry(order.class.clone()).or_default() += 1;
+    }
+    d.operator_of = d.operators.iter().map(|(op, account)| (*account, *op)).collect();
+    Ok(d)
+}
+
 /// Every key of `data`.
 pub(crate) fn all_keys(data: &StateData) -> Vec<StateKey> {
     let mut keys = vec![StateKey::Meta];
@@ -225,6 +323,13 @@ pub fn verify_proof(root: Hash, key: &StateKey, value: Option<&[u8]>, proof: &Pr
         .map_err(|e| Error::BadProof(format!("{key:?} is not proven under root {root}: {e}")))
 }
 
+/// A computed version of the tree: its root, its nodes, the written keys' preimages.
+pub(crate) struct Computed {
+    pub root: Hash,
+    pub batch: TreeUpdateBatch,
+    pub keys: Vec<(KeyHash, Vec<u8>)>,
+}
+
 /// The root and node batch of `data`'s tree at `version`, given the keys
 /// written since `version - 1` (whose tree `store` holds). With every key
 /// and `version` 0 this builds a tree from nothing.
@@ -233,11 +338,24 @@ pub(crate) fn compute(
     data: &StateData,
     keys: impl IntoIterator<Item = StateKey>,
     version: Version,
-) -> Result<(Hash, TreeUpdateBatch), Error> {
+) -> Result<Computed, Error> {
     let mut values: BTreeMap<KeyHash, Option<OwnedValue>> = BTreeMap::new();
+    let mut preimages = Vec::new();
     for key in keys {
-        values.insert(key.hash(), value_of(data, &key));
+        let bytes = key.bytes();
+        let hash = KeyHash(Hash::tagged(b"agora/state-key/1", &bytes).0);
+        values.insert(hash, value_of(data, &key));
+        preimages.push((hash, bytes));
     }
+    let (root, batch) = put(store, values, version)?;
+    Ok(Computed { root, batch, keys: preimages })
+}
+
+fn put(
+    store: &dyn NodeStore,
+    values: BTreeMap<KeyHash, Option<OwnedValue>>,
+    version: Version,
+) -> Result<(Hash, TreeUpdateBatch), Error> {
     let reader = Reader(store);
     let tree = Jmt::new(&reader);
     // Inserts only (most blocks): jmt's batch insertion builds each changed
@@ -256,7 +374,7 @@ pub(crate) fn compute(
 /// incremental root must always equal (tests, and checking a snapshot).
 pub(crate) fn root_from_scratch(data: &StateData) -> Result<Hash, Error> {
     let store = MemNodes::default();
-    Ok(compute(&store, data, all_keys(data), 0)?.0)
+    Ok(compute(&store, data, all_keys(data), 0)?.root)
 }
 
 /// The tree's root at `version`, if the store holds that version.
@@ -305,8 +423,7 @@ impl std::fmt::Debug for TreeHandle {
 pub(crate) struct Pending {
     /// (version, writes ever journaled, journal length) when it was computed.
     pub at: (Version, u64, usize),
-    pub root: Hash,
-    pub batch: TreeUpdateBatch,
+    pub computed: Computed,
 }
 
 impl TreeHandle {
@@ -354,7 +471,7 @@ impl TreeReader for MemNodes {
 }
 
 impl NodeStore for MemNodes {
-    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error> {
+    fn write(&self, version: Version, batch: &TreeUpdateBatch, _keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
         let mut inner = self.inner.write().map_err(|_| Error::Tree("tree lock poisoned".into()))?;
         for (key, node) in batch.node_batch.nodes() {
             match inner.nodes.get(key) {
@@ -426,7 +543,7 @@ impl TreeReader for Overlay {
 }
 
 impl NodeStore for Overlay {
-    fn write(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error> {
-        self.own.write(version, batch)
+    fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
+        self.own.write(version, batch, keys)
     }
 }

@@ -353,6 +353,7 @@ fn run(ops: &[Op]) -> Result<(Vec<Block>, Hash), TestCaseError> {
         // The Merkle root, updated from the block's writes only, is the
         // root of the whole state (deleted orders and listings included).
         prop_assert_eq!(state.root(), state.root_from_scratch().unwrap());
+        prop_assert!(state.check_leaves().is_ok(), "{:?}", state.check_leaves());
         blocks.push(block);
     }
     Ok((blocks, state.root()))

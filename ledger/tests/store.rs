@@ -1,9 +1,10 @@
-//! The sled block store: commits survive reopening, the snapshot and replay
-//! paths agree, a foreign genesis is refused, and corruption is reported with
-//! the height at fault instead of being ignored.
+//! The sled block store: commits survive reopening, reopening from the
+//! state tree and a full replay agree (also after old tree nodes were
+//! pruned), a foreign genesis is refused, and corruption is reported with the
+//! height at fault instead of being ignored.
 
-use agora_ledger::store::SNAPSHOT_INTERVAL_BLOCKS;
 use agora_ledger::testkit::{TestChain, transfer};
+use agora_ledger::tree::TREE_RETENTION;
 use agora_ledger::{Error, Store};
 use agora_protocol::{Amount, Height};
 
@@ -40,17 +41,24 @@ fn committed_blocks_survive_reopening() {
 }
 
 #[test]
-fn snapshot_and_full_replay_agree() {
+fn reopening_from_the_state_tree_and_a_full_replay_agree() {
     let dir = tempfile::tempdir().unwrap();
     let chain = chain();
-    {
+    let blocks = TREE_RETENTION * 2 + 3;
+    let nodes = {
         let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
-        commit_blocks(&chain, &mut store, SNAPSHOT_INTERVAL_BLOCKS * 2 + 3);
-    }
+        commit_blocks(&chain, &mut store, TREE_RETENTION + 3);
+        let nodes = store.tree_node_count();
+        commit_blocks(&chain, &mut store, TREE_RETENTION);
+        // Old versions are pruned: the tree does not grow with every block.
+        assert!(store.tree_node_count() < nodes * 3 / 2, "{} nodes, {nodes} before", store.tree_node_count());
+        nodes
+    };
     let store = Store::open(dir.path(), &chain.genesis).unwrap();
-    assert_eq!(store.height(), Height(SNAPSHOT_INTERVAL_BLOCKS * 2 + 3));
+    assert_eq!(store.height(), Height(blocks));
     assert_eq!(store.replay_from_genesis().unwrap(), store.state().root());
     store.state().audit().unwrap();
+    assert!(nodes > 0);
 }
 
 #[test]
@@ -116,19 +124,31 @@ fn a_corrupt_block_is_reported_with_its_height() {
 }
 
 #[test]
-fn a_corrupt_snapshot_is_reported_with_its_height() {
+fn a_corrupt_state_leaf_is_reported_with_its_height() {
     let dir = tempfile::tempdir().unwrap();
     let chain = chain();
     {
         let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
-        commit_blocks(&chain, &mut store, SNAPSHOT_INTERVAL_BLOCKS + 1);
+        commit_blocks(&chain, &mut store, 9);
     }
-    tamper(dir.path(), "snapshots", SNAPSHOT_INTERVAL_BLOCKS, |v| {
-        let last = v.len() - 1;
-        v[last] ^= 1;
-    });
+    // Every value stored at the tip (height 9) changed by one bit: the
+    // state rebuilt from the leaves no longer has the header's root.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let values = db.open_tree("tree_values").unwrap();
+        for entry in values.iter() {
+            let (k, v) = entry.unwrap();
+            if k[32..] == 9u64.to_be_bytes() && v.len() > 1 {
+                let mut v = v.to_vec();
+                let last = v.len() - 1;
+                v[last] ^= 1;
+                values.insert(k, v).unwrap();
+            }
+        }
+        db.flush().unwrap();
+    }
     let err = Store::open(dir.path(), &chain.genesis).err().unwrap();
-    assert!(matches!(err, Error::Corrupt { height, .. } if height == Height(SNAPSHOT_INTERVAL_BLOCKS)), "{err}");
+    assert!(matches!(err, Error::Corrupt { height: Height(9), .. }), "{err}");
 }
 
 #[test]
