@@ -50,6 +50,14 @@ impl Genesis {
 
     /// The genesis state, its tree (version 0) written to `store`.
     pub fn state_in(&self, store: std::sync::Arc<dyn crate::tree::NodeStore>) -> Result<State, Error> {
+        let data = self.data()?;
+        let computed = crate::tree::compute(&*store, &data, crate::tree::all_keys(&data), 0)?;
+        store.write(0, &computed.batch, &computed.keys)?;
+        Ok(State::from_data(data, self.hash(), crate::tree::TreeHandle::new(store)))
+    }
+
+    /// The genesis state's contents, after checking the genesis is coherent.
+    pub(crate) fn data(&self) -> Result<StateData, Error> {
         self.chain_id.validate()?;
         self.params.validate()?;
         let mut accounts = BTreeMap::new();
@@ -88,9 +96,7 @@ impl Genesis {
             validators,
             book: Default::default(),
         };
-        let computed = crate::tree::compute(&*store, &data, crate::tree::all_keys(&data), 0)?;
-        store.write(0, &computed.batch, &computed.keys)?;
-        Ok(State::from_data(data, self.hash(), crate::tree::TreeHandle::new(store)))
+        Ok(data)
     }
 
     fn validator_set(&self, accounts: &BTreeMap<Address, Account>) -> Result<Vec<Validator>, Error> {

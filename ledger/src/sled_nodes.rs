@@ -60,21 +60,31 @@ impl Cache {
 }
 
 pub struct SledNodes {
+    /// Version (big-endian) ‖ node key → node: each height's new nodes sort
+    /// together at the end, so a commit appends instead of splitting pages
+    /// all over the table.
     nodes: sled::Tree,
-    values: sled::Tree,
+    /// Version → the keys of the nodes that height replaced (one entry per
+    /// height: sled's cost is per operation).
     stale: sled::Tree,
-    /// Key hash → the key's bytes, for rebuilding the state from the leaves.
-    keys: sled::Tree,
+    /// Key hash → (key bytes, value) of every live leaf at the newest
+    /// written height: what the state is rebuilt from when the store opens.
+    current: sled::Tree,
     cache: Mutex<Cache>,
+}
+
+fn node_key(key: &NodeKey) -> Result<Vec<u8>, Error> {
+    let mut out = key.version().to_be_bytes().to_vec();
+    out.extend(encode(key)?);
+    Ok(out)
 }
 
 impl SledNodes {
     pub fn open(db: &sled::Db) -> Result<SledNodes, Error> {
         Ok(SledNodes {
             nodes: db.open_tree("tree_nodes")?,
-            values: db.open_tree("tree_values")?,
             stale: db.open_tree("tree_stale")?,
-            keys: db.open_tree("tree_keys")?,
+            current: db.open_tree("tree_current")?,
             cache: Mutex::new(Cache::default()),
         })
     }
@@ -88,28 +98,16 @@ impl SledNodes {
         self.nodes.len()
     }
 
-    /// The state as the tree's leaves have it at `version`.
-    pub(crate) fn load(&self, version: Version) -> Result<crate::state::StateData, Error> {
+    /// The state as the leaves of the newest written height have it (the
+    /// caller checks it against a header's root).
+    pub(crate) fn load(&self) -> Result<crate::state::StateData, Error> {
         let mut leaves = Vec::new();
-        for entry in self.keys.iter() {
-            let (hash, key) = entry?;
-            let hash: [u8; 32] =
-                hash.as_ref().try_into().map_err(|_| Error::Tree("a key hash is not 32 bytes".into()))?;
-            if let Some(value) =
-                self.get_value_option(version, KeyHash(hash)).map_err(|e| Error::Tree(e.to_string()))?
-            {
-                leaves.push((key.to_vec(), value));
-            }
+        for entry in self.current.iter() {
+            let (_, bytes) = entry?;
+            leaves.push(decode::<(Vec<u8>, Vec<u8>)>(&bytes).map_err(|e| Error::Tree(e.to_string()))?);
         }
         crate::tree::state_from_leaves(leaves)
     }
-}
-
-fn value_key(key: &KeyHash, version: Version) -> [u8; 40] {
-    let mut out = [0u8; 40];
-    out[..32].copy_from_slice(&key.0);
-    out[32..].copy_from_slice(&version.to_be_bytes());
-    out
 }
 
 impl TreeReader for SledNodes {
@@ -117,18 +115,19 @@ impl TreeReader for SledNodes {
         if let Some(n) = self.cache()?.get(key) {
             return Ok(Some(n));
         }
-        let Some(bytes) = self.nodes.get(encode(key)?)? else { return Ok(None) };
+        let Some(bytes) = self.nodes.get(node_key(key)?)? else { return Ok(None) };
         let node: Node = decode(&bytes)?;
         self.cache()?.put(key.clone(), node.clone(), bytes.len());
         Ok(Some(node))
     }
 
-    fn get_value_option(&self, max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
-        let found = self.values.range(value_key(&key, 0)..=value_key(&key, max_version)).next_back().transpose()?;
-        Ok(match found {
-            Some((_, bytes)) => decode::<Option<OwnedValue>>(&bytes)?,
-            None => None,
-        })
+    /// The newest value only: proofs take their values from the state they
+    /// prove (`tree::prove`), not from here.
+    fn get_value_option(&self, _max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        match self.current.get(key.0)? {
+            Some(bytes) => Ok(Some(decode::<(Vec<u8>, Vec<u8>)>(&bytes)?.1)),
+            None => Ok(None),
+        }
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
@@ -137,14 +136,10 @@ impl TreeReader for SledNodes {
 }
 
 impl NodeStore for SledNodes {
+    /// Nodes, then the replaced-node index, then the version's root node,
+    /// then the live leaves: a height whose root is on disk has all its
+    /// nodes; `current` is, atomically, at that height or the one before.
     fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
-        let mut preimages = sled::Batch::default();
-        for (hash, key) in keys {
-            preimages.insert(&hash.0[..], key.as_slice());
-        }
-        self.keys.apply_batch(preimages)?;
-        // The version's root node goes last, in its own write: a version
-        // whose root is on disk is whole (opening trusts exactly that).
         let mut nodes = sled::Batch::default();
         let mut root = None;
         {
@@ -153,60 +148,58 @@ impl NodeStore for SledNodes {
                 let bytes = encode(node)?;
                 cache.put(key.clone(), node.clone(), bytes.len());
                 if key.version() == version && key.nibble_path().is_empty() {
-                    root = Some((encode(key)?, bytes));
+                    root = Some((node_key(key)?, bytes));
                 } else {
-                    nodes.insert(encode(key)?, bytes);
+                    nodes.insert(node_key(key)?, bytes);
                 }
             }
         }
-        let mut values = sled::Batch::default();
-        for ((v, key), value) in batch.node_batch.values() {
-            values.insert(&value_key(key, *v)[..], encode(value)?);
+        let mut replaced: std::collections::BTreeMap<Version, Vec<Vec<u8>>> = std::collections::BTreeMap::new();
+        for s in &batch.stale_node_index_batch {
+            replaced.entry(s.stale_since_version).or_default().push(node_key(&s.node_key)?);
         }
         let mut stale = sled::Batch::default();
-        for s in &batch.stale_node_index_batch {
-            let mut k = s.stale_since_version.to_be_bytes().to_vec();
-            k.extend(encode(&s.node_key)?);
-            stale.insert(k, &[][..]);
+        for (v, keys) in &replaced {
+            stale.insert(&v.to_be_bytes()[..], encode(keys)?);
+        }
+        let preimages: std::collections::HashMap<&KeyHash, &Vec<u8>> = keys.iter().map(|(h, k)| (h, k)).collect();
+        let mut current = sled::Batch::default();
+        for ((_, hash), value) in batch.node_batch.values() {
+            match (value, preimages.get(hash)) {
+                (Some(v), Some(key)) => current.insert(&hash.0[..], encode(&(key, v))?),
+                (None, _) => current.remove(&hash.0[..]),
+                (Some(_), None) => return Err(Error::Tree("a written leaf without its key".into())),
+            }
         }
         self.nodes.apply_batch(nodes)?;
-        self.values.apply_batch(values)?;
         self.stale.apply_batch(stale)?;
         if let Some((k, v)) = root {
             self.nodes.insert(k, v)?;
         }
-        self.prune(version, batch)
+        self.current.apply_batch(current)?;
+        self.prune(version)
     }
 }
 
 impl SledNodes {
-    /// Drops the nodes replaced at or before `version - TREE_RETENTION`, and
-    /// the values of the batch's keys superseded before it.
-    fn prune(&self, version: Version, batch: &TreeUpdateBatch) -> Result<(), Error> {
+    /// Drops the nodes replaced at or before `version - TREE_RETENTION`.
+    fn prune(&self, version: Version) -> Result<(), Error> {
         let Some(oldest) = version.checked_sub(TREE_RETENTION) else { return Ok(()) };
         let mut gone = sled::Batch::default();
         let mut done = sled::Batch::default();
         let mut cache = self.cache().map_err(|e| Error::Tree(e.to_string()))?;
         for entry in self.stale.range(..(oldest + 1).to_be_bytes().to_vec()) {
-            let (k, _) = entry?;
-            let key: NodeKey = decode(&k[8..]).map_err(|e| Error::Tree(e.to_string()))?;
-            cache.remove(&key);
-            gone.remove(&k[8..]);
+            let (k, v) = entry?;
+            for key in decode::<Vec<Vec<u8>>>(&v).map_err(|e| Error::Tree(e.to_string()))? {
+                let node: NodeKey = decode(&key[8..]).map_err(|e| Error::Tree(e.to_string()))?;
+                cache.remove(&node);
+                gone.remove(key);
+            }
             done.remove(k);
         }
         drop(cache);
         self.nodes.apply_batch(gone)?;
         self.stale.apply_batch(done)?;
-        let mut old_values = sled::Batch::default();
-        for (_, key) in batch.node_batch.values().keys() {
-            // Every version of the key at or below `oldest` but the newest.
-            let below: Vec<sled::IVec> =
-                self.values.range(value_key(key, 0)..=value_key(key, oldest)).keys().collect::<Result<_, _>>()?;
-            for k in below.iter().rev().skip(1) {
-                old_values.remove(k.clone());
-            }
-        }
-        self.values.apply_batch(old_values)?;
         Ok(())
     }
 }

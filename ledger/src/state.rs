@@ -407,6 +407,12 @@ impl State {
         crate::tree::root_from_scratch(&self.data)
     }
 
+    /// `key`'s value in this (committed) state with its Merkle proof
+    /// against this state's root.
+    pub fn prove(&self, key: &crate::tree::StateKey) -> Result<(Option<Vec<u8>>, crate::tree::Proof), Error> {
+        crate::tree::prove(&*self.tree.store, &self.data, key, self.data.height.0)
+    }
+
     /// Checks that the state rebuilt from its own leaves (as a store
     /// reopens) is this state, derived indexes included.
     pub fn check_leaves(&self) -> Result<(), Error> {

@@ -139,12 +139,21 @@ impl Store {
 
     fn open_db(db: sled::Db, meta: Tree, genesis: Genesis) -> Result<Store, Error> {
         let nodes = std::sync::Arc::new(crate::sled_nodes::SledNodes::open(&db)?);
+        // A new store writes the genesis tree; an existing one is rebuilt
+        // from its tree by `recover` (writing the genesis leaves again would
+        // overwrite the newer ones).
+        let fresh = meta.get(META_TIP)?.is_none() && crate::tree::root_at(&*nodes, 0)?.is_none();
+        let state = if fresh {
+            genesis.state_in(nodes.clone())?
+        } else {
+            State::from_data(genesis.data()?, genesis.hash(), crate::tree::TreeHandle::new(nodes.clone()))
+        };
         let mut store = Store {
             blocks: db.open_tree("blocks")?,
             snapshots: db.open_tree("snapshots")?,
             certificates: db.open_tree("certificates")?,
             slashes: db.open_tree("slash_index")?,
-            state: genesis.state_in(nodes.clone())?,
+            state,
             genesis,
             db,
             meta,
@@ -197,23 +206,24 @@ impl Store {
                  new data directory",
             ));
         }
-        let oldest = tip.0.saturating_sub(crate::tree::TREE_RETENTION).max(1);
-        let found = (oldest..=tip.0).rev().find(|&h| {
-            let root = headers[h as usize - 1].1;
-            crate::tree::root_at(&*self.nodes, h).ok().flatten() == Some(root)
-        });
-        if let Some(at) = found.map(Height) {
-            let data = self.nodes.load(at.0).map_err(|e| corrupt(at, e.to_string()))?;
-            let (hash, root) = headers[at.0 as usize - 1];
-            let state = State::from_data(data, hash, crate::tree::TreeHandle::new(self.nodes.clone()));
-            // The leaves must be the state the header committed to.
-            if state.height() != at || state.root_from_scratch()? != root {
-                return Err(corrupt(at, "the state tree's leaves do not match the block's state root"));
-            }
-            self.state = state;
-        } else if tip.0 > crate::tree::TREE_RETENTION {
-            return Err(corrupt(tip, "the state tree holds none of the last heights"));
+        // The live leaves are at the newest height written whole: the tip,
+        // or the block before if the process died between the two writes.
+        let data = self.nodes.load().map_err(|e| corrupt(tip, e.to_string()))?;
+        let at = data.height;
+        if at > tip || at.0 + 1 < tip.0 {
+            return Err(corrupt(tip, format!("the state tree's leaves are at height {at}")));
         }
+        let (hash, root) = match at.0 {
+            0 => (self.genesis.hash(), crate::tree::root_from_scratch(&self.genesis.data()?)?),
+            h => headers[h as usize - 1],
+        };
+        let state = State::from_data(data, hash, crate::tree::TreeHandle::new(self.nodes.clone()));
+        // The leaves must be the state the header committed to, and the
+        // tree must hold that height to build on.
+        if state.root_from_scratch()? != root || crate::tree::root_at(&*self.nodes, at.0)? != Some(root) {
+            return Err(corrupt(at, "the state tree's leaves do not match the block's state root"));
+        }
+        self.state = state;
         for h in self.state.height().0 + 1..=tip.0 {
             let block = self.read_block(Height(h))?;
             apply_block(&mut self.state, &block, SigCheck::Skip)

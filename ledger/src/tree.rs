@@ -383,10 +383,38 @@ pub fn root_at(store: &dyn NodeStore, version: Version) -> Result<Option<Hash>, 
     Ok(Jmt::new(&reader).get_root_hash_option(version).map_err(tree_error)?.map(|r| Hash(r.0)))
 }
 
-/// `key`'s value at `version` with its Merkle proof against that version's root.
-pub fn prove(store: &dyn NodeStore, key: &StateKey, version: Version) -> Result<(Option<OwnedValue>, Proof), Error> {
-    let reader = Reader(store);
-    Jmt::new(&reader).get_with_proof(key.hash(), version).map_err(tree_error)
+/// `key`'s Merkle proof against `version`'s root, for the state `data` at
+/// that version (the value comes from `data`: a store keeps only its newest
+/// values).
+pub(crate) fn prove(
+    store: &dyn NodeStore,
+    data: &StateData,
+    key: &StateKey,
+    version: Version,
+) -> Result<(Option<OwnedValue>, Proof), Error> {
+    let value = value_of(data, key);
+    let reader = WithValue { store, key: key.hash(), value: value.clone() };
+    let (_, proof) = Jmt::new(&reader).get_with_proof(key.hash(), version).map_err(tree_error)?;
+    Ok((value, proof))
+}
+
+/// A reader that answers the one value a proof needs from the state.
+struct WithValue<'a> {
+    store: &'a dyn NodeStore,
+    key: KeyHash,
+    value: Option<OwnedValue>,
+}
+
+impl TreeReader for WithValue<'_> {
+    fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        self.store.get_node_option(key)
+    }
+    fn get_value_option(&self, _max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        Ok(if key == self.key { self.value.clone() } else { None })
+    }
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        Err(anyhow::anyhow!("restoring a tree is not supported"))
+    }
 }
 
 /// A `&dyn NodeStore` as a sized `TreeReader` for jmt.
@@ -447,8 +475,6 @@ pub struct MemNodes {
 #[derive(Default)]
 struct MemInner {
     nodes: HashMap<NodeKey, Node>,
-    /// Per key, its values by version (for proofs).
-    values: HashMap<KeyHash, Vec<(Version, Option<OwnedValue>)>>,
     /// Nodes replaced at a version, to prune once it leaves the window.
     stale: BTreeMap<Version, BTreeSet<NodeKey>>,
 }
@@ -457,13 +483,9 @@ impl TreeReader for MemNodes {
     fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
         Ok(self.inner.read().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?.nodes.get(key).cloned())
     }
-    fn get_value_option(&self, max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
-        let inner = self.inner.read().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?;
-        Ok(inner
-            .values
-            .get(&key)
-            .and_then(|history| history.iter().rev().find(|(v, _)| *v <= max_version))
-            .and_then(|(_, value)| value.clone()))
+    /// Values are not kept here: proofs take theirs from the state (`prove`).
+    fn get_value_option(&self, _max_version: Version, _key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        Ok(None)
     }
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
         Err(anyhow::anyhow!("restoring a tree is not supported"))
@@ -480,31 +502,15 @@ impl NodeStore for MemNodes {
                 None => _ = inner.nodes.insert(key.clone(), node.clone()),
             }
         }
-        for ((v, key), value) in batch.node_batch.values() {
-            let history = inner.values.entry(*key).or_default();
-            if history.last().is_none_or(|(last, _)| last < v) {
-                history.push((*v, value.clone()));
-            }
-        }
         for stale in &batch.stale_node_index_batch {
             inner.stale.entry(stale.stale_since_version).or_default().insert(stale.node_key.clone());
         }
-        // Prune: nodes replaced before the oldest version kept, and values
-        // superseded before it (the newest value at or below it stays).
+        // Prune the nodes replaced before the oldest version kept.
         let Some(oldest) = version.checked_sub(TREE_RETENTION) else { return Ok(()) };
         let due: Vec<Version> = inner.stale.range(..=oldest).map(|(v, _)| *v).collect();
         for v in due {
             for key in inner.stale.remove(&v).unwrap_or_default() {
                 inner.nodes.remove(&key);
-            }
-        }
-        for (_, key) in batch.node_batch.values().keys() {
-            if let Some(history) = inner.values.get_mut(key) {
-                let keep_from = history.iter().rposition(|(v, _)| *v <= oldest).unwrap_or(0);
-                history.drain(..keep_from);
-                if history.len() == 1 && history[0].1.is_none() && history[0].0 <= oldest {
-                    inner.values.remove(key);
-                }
             }
         }
         Ok(())
@@ -533,9 +539,8 @@ impl TreeReader for Overlay {
             None => self.base.get_node_option(key),
         }
     }
-    fn get_value_option(&self, max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
-        let own = self.own.inner.read().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?.values.contains_key(&key);
-        if own { self.own.get_value_option(max_version, key) } else { self.base.get_value_option(max_version, key) }
+    fn get_value_option(&self, _max_version: Version, _key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        Ok(None)
     }
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
         Err(anyhow::anyhow!("restoring a tree is not supported"))

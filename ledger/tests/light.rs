@@ -51,9 +51,8 @@ fn certificate(chain: &TestChain, block: &Block, signers: usize) -> CommitCertif
 }
 
 fn bundle(state: &State, block: &Block, cert: CommitCertificate, key: &StateKey) -> ProofBundle {
-    let h = state.height().0;
-    let (value, proof) = tree::prove(&**state.tree_store(), key, h).unwrap();
-    let (meta, meta_proof) = tree::prove(&**state.tree_store(), &StateKey::Meta, h).unwrap();
+    let (value, proof) = state.prove(key).unwrap();
+    let (meta, meta_proof) = state.prove(&StateKey::Meta).unwrap();
     ProofBundle {
         header: block.header.clone(),
         certificate: cert,
@@ -154,10 +153,9 @@ proptest! {
             prop_assert_eq!(state.root(), state.root_from_scratch().unwrap());
             prop_assert_eq!(state.root(), block.header.state_root);
         }
-        let h = state.height().0;
         for i in 0..12 {
             let key = StateKey::Account(to(i));
-            let (value, proof) = tree::prove(&**state.tree_store(), &key, h).unwrap();
+            let (value, proof) = state.prove(&key).unwrap();
             let expected = state.accounts().find(|(a, _)| **a == to(i)).map(|(_, acct)| agora_protocol::codec::canonical_bytes(acct).unwrap());
             prop_assert_eq!(&value, &expected);
             prop_assert!(tree::verify_proof(state.root(), &key, value.as_deref(), &proof).is_ok());

@@ -786,17 +786,23 @@ async fn proof(
         "lease" => StateKey::Lease(id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?),
         other => return Err(bad_request(format!("no proofs of {other:?}: account, provider or lease"))),
     };
-    let (height, store, chain) = {
+    // Proofs are a few tree reads (cached): under the read lock of the
+    // API's committed state, whose values they prove.
+    let (height, chain, (value, proof), (meta, meta_proof)) = {
         let ledger = s.ledger.read().map_err(internal)?;
-        (ledger.height(), ledger.tree_store().clone(), ledger.chain_id().clone())
+        let height = ledger.height();
+        if height.0 == 0 {
+            return Err(not_found("no block yet: nothing is certified".to_string()));
+        }
+        (
+            height,
+            ledger.chain_id().clone(),
+            ledger.prove(&key).map_err(internal)?,
+            ledger.prove(&StateKey::Meta).map_err(internal)?,
+        )
     };
-    if height.0 == 0 {
-        return Err(not_found("no block yet: nothing is certified".to_string()));
-    }
     let blocks = s.blocks.clone();
     let bundle = tokio::task::spawn_blocking(move || -> Result<agora_ledger::light::ProofBundle, ApiError> {
-        let (value, proof) = tree::prove(&*store, &key, height.0).map_err(internal)?;
-        let (meta, meta_proof) = tree::prove(&*store, &StateKey::Meta, height.0).map_err(internal)?;
         let header = blocks.block(height).map_err(internal)?.ok_or_else(|| internal("tip block missing"))?.header;
         let certificate = blocks
             .certificate(height)
