@@ -1,22 +1,32 @@
-//! The state tree's nodes on disk, in the block store's sled database:
-//! nodes by key, each entry's values by version (for proofs), and the nodes
-//! each height replaced (pruned once they fall out of `TREE_RETENTION`).
-//! Reads go through a cache bounded in bytes (two generations: a node read
-//! or written goes into the young one; when it is full the old one is
-//! dropped and the young one becomes old), so a block's root touches the
-//! disk only for cold paths.
+//! The state tree on disk, in the block store's sled database. sled's cost
+//! is per operation, and the upper levels of the tree (and hot leaves) are
+//! rewritten by every block, so heights are kept in memory and written every
+//! `FLUSH_EVERY_BLOCKS` in one go: only nodes still live at the flushed
+//! height reach the disk, and nodes a flush makes stale are deleted by it.
+//! A crash loses at most the heights since the last flush, which the store
+//! replays from its blocks. On disk: nodes by version-first key (a flush
+//! appends), and the live leaves (key, value) at the flushed height, from
+//! which the state is rebuilt when the store opens. Reads go through a cache
+//! bounded in bytes (two generations: a node read or written goes into the
+//! young one; when it is full the old one is dropped and the young one
+//! becomes old).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
 use jmt::{KeyHash, OwnedValue, Version};
 
 use crate::error::Error;
-use crate::tree::{NodeStore, TREE_RETENTION};
+use crate::tree::NodeStore;
 
 /// Bytes of encoded nodes the cache holds at most (both generations).
-pub const NODE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const NODE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Heights between two writes of the tree to disk (a restart replays at most this many blocks).
+pub const FLUSH_EVERY_BLOCKS: u64 = 32;
+/// Heights a replaced node stays readable in memory (the API proves at the
+/// height it last saw, at most a block behind).
+const KEEP_REPLACED_VERSIONS: u64 = 2;
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     agora_protocol::codec::canonical_bytes(value).map_err(|e| Error::Tree(e.to_string()))
@@ -60,17 +70,24 @@ impl Cache {
 }
 
 pub struct SledNodes {
-    /// Version (big-endian) ‖ node key → node: each height's new nodes sort
-    /// together at the end, so a commit appends instead of splitting pages
-    /// all over the table.
+    /// Version (big-endian) ‖ node key → node, as of the last flush.
     nodes: sled::Tree,
-    /// Version → the keys of the nodes that height replaced (one entry per
-    /// height: sled's cost is per operation).
-    stale: sled::Tree,
-    /// Key hash → (key bytes, value) of every live leaf at the newest
-    /// written height: what the state is rebuilt from when the store opens.
+    /// Key hash → (key bytes, value) of every live leaf at the last flush.
     current: sled::Tree,
     cache: Mutex<Cache>,
+    unflushed: Mutex<Unflushed>,
+}
+
+/// What was written since the last flush.
+#[derive(Default)]
+struct Unflushed {
+    nodes: HashMap<NodeKey, Node>,
+    /// Nodes replaced, by the height that replaced them.
+    replaced: BTreeMap<Version, Vec<NodeKey>>,
+    /// Persisted nodes replaced since the last flush: deleted by the next.
+    replaced_on_disk: Vec<NodeKey>,
+    /// Live-leaf changes: key hash → (key, value), or None (deleted).
+    current: BTreeMap<KeyHash, Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 fn node_key(key: &NodeKey) -> Result<Vec<u8>, Error> {
@@ -79,13 +96,17 @@ fn node_key(key: &NodeKey) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+fn lock_error<T>(_: T) -> Error {
+    Error::Tree("tree lock poisoned".into())
+}
+
 impl SledNodes {
     pub fn open(db: &sled::Db) -> Result<SledNodes, Error> {
         Ok(SledNodes {
             nodes: db.open_tree("tree_nodes")?,
-            stale: db.open_tree("tree_stale")?,
             current: db.open_tree("tree_current")?,
             cache: Mutex::new(Cache::default()),
+            unflushed: Mutex::new(Unflushed::default()),
         })
     }
 
@@ -93,13 +114,13 @@ impl SledNodes {
         self.cache.lock().map_err(|_| anyhow::anyhow!("tree cache lock poisoned"))
     }
 
-    /// Entries in the node table (disk growth and pruning checks).
+    /// Nodes in the node table on disk (pruning checks, disk growth).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
-    /// The state as the leaves of the newest written height have it (the
-    /// caller checks it against a header's root).
+    /// The state as the live leaves of the last flushed height have it (the
+    /// caller checks it against that block's root).
     pub(crate) fn load(&self) -> Result<crate::state::StateData, Error> {
         let mut leaves = Vec::new();
         for entry in self.current.iter() {
@@ -108,12 +129,58 @@ impl SledNodes {
         }
         crate::tree::state_from_leaves(leaves)
     }
+
+    /// Writes everything since the last flush that is live at `version`:
+    /// the nodes, then `version`'s root node (a height whose root is on disk
+    /// is whole), then the live leaves (atomically), then deletes the
+    /// persisted nodes that became stale.
+    pub fn flush(&self, version: Version) -> Result<(), Error> {
+        let mut u = self.unflushed.lock().map_err(lock_error)?;
+        let mut nodes = sled::Batch::default();
+        let mut root = None;
+        for (key, node) in &u.nodes {
+            let bytes = encode(node)?;
+            if key.version() == version && key.nibble_path().is_empty() {
+                root = Some((node_key(key)?, bytes));
+            } else {
+                nodes.insert(node_key(key)?, bytes);
+            }
+        }
+        let mut current = sled::Batch::default();
+        for (hash, leaf) in &u.current {
+            match leaf {
+                Some(kv) => current.insert(&hash.0[..], encode(kv)?),
+                None => current.remove(&hash.0[..]),
+            }
+        }
+        let mut gone = sled::Batch::default();
+        for key in &u.replaced_on_disk {
+            gone.remove(node_key(key)?);
+        }
+        self.nodes.apply_batch(nodes)?;
+        if let Some((k, v)) = root {
+            self.nodes.insert(k, v)?;
+        }
+        self.current.apply_batch(current)?;
+        self.nodes.apply_batch(gone)?;
+        // What stays readable in memory: nodes replaced in the last heights.
+        let keep: Vec<NodeKey> = u.replaced.values().flatten().cloned().collect();
+        let kept: HashMap<NodeKey, Node> =
+            keep.iter().filter_map(|k| u.nodes.get(k).map(|n| (k.clone(), n.clone()))).collect();
+        u.replaced_on_disk = keep.iter().filter(|k| kept.contains_key(*k)).cloned().collect();
+        u.nodes = kept;
+        u.current.clear();
+        Ok(())
+    }
 }
 
 impl TreeReader for SledNodes {
     fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
         if let Some(n) = self.cache()?.get(key) {
             return Ok(Some(n));
+        }
+        if let Some(n) = self.unflushed.lock().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?.nodes.get(key) {
+            return Ok(Some(n.clone()));
         }
         let Some(bytes) = self.nodes.get(node_key(key)?)? else { return Ok(None) };
         let node: Node = decode(&bytes)?;
@@ -124,6 +191,10 @@ impl TreeReader for SledNodes {
     /// The newest value only: proofs take their values from the state they
     /// prove (`tree::prove`), not from here.
     fn get_value_option(&self, _max_version: Version, key: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        if let Some(leaf) = self.unflushed.lock().map_err(|_| anyhow::anyhow!("tree lock poisoned"))?.current.get(&key)
+        {
+            return Ok(leaf.as_ref().map(|(_, v)| v.clone()));
+        }
         match self.current.get(key.0)? {
             Some(bytes) => Ok(Some(decode::<(Vec<u8>, Vec<u8>)>(&bytes)?.1)),
             None => Ok(None),
@@ -136,70 +207,44 @@ impl TreeReader for SledNodes {
 }
 
 impl NodeStore for SledNodes {
-    /// Nodes, then the replaced-node index, then the version's root node,
-    /// then the live leaves: a height whose root is on disk has all its
-    /// nodes; `current` is, atomically, at that height or the one before.
+    /// Keeps the height in memory (idempotent: every copy of the state
+    /// writes the same decided heights) and flushes every `FLUSH_EVERY_BLOCKS`.
     fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
-        let mut nodes = sled::Batch::default();
-        let mut root = None;
         {
+            let mut u = self.unflushed.lock().map_err(lock_error)?;
             let mut cache = self.cache().map_err(|e| Error::Tree(e.to_string()))?;
             for (key, node) in batch.node_batch.nodes() {
-                let bytes = encode(node)?;
-                cache.put(key.clone(), node.clone(), bytes.len());
-                if key.version() == version && key.nibble_path().is_empty() {
-                    root = Some((node_key(key)?, bytes));
-                } else {
-                    nodes.insert(node_key(key)?, bytes);
+                cache.put(key.clone(), node.clone(), 256);
+                u.nodes.insert(key.clone(), node.clone());
+            }
+            for s in &batch.stale_node_index_batch {
+                u.replaced.entry(s.stale_since_version).or_default().push(s.node_key.clone());
+            }
+            let preimages: HashMap<&KeyHash, &Vec<u8>> = keys.iter().map(|(h, k)| (h, k)).collect();
+            for ((_, hash), value) in batch.node_batch.values() {
+                let leaf = match (value, preimages.get(hash)) {
+                    (Some(v), Some(key)) => Some(((*key).clone(), v.clone())),
+                    (None, _) => None,
+                    (Some(_), None) => return Err(Error::Tree("a written leaf without its key".into())),
+                };
+                u.current.insert(*hash, leaf);
+            }
+            // Nodes replaced long enough ago: dropped if never written,
+            // deleted from disk at the next flush if they were.
+            let due: Vec<Version> =
+                u.replaced.range(..=version.saturating_sub(KEEP_REPLACED_VERSIONS)).map(|(v, _)| *v).collect();
+            for v in due {
+                for key in u.replaced.remove(&v).unwrap_or_default() {
+                    cache.remove(&key);
+                    if u.nodes.remove(&key).is_none() {
+                        u.replaced_on_disk.push(key);
+                    }
                 }
             }
         }
-        let mut replaced: std::collections::BTreeMap<Version, Vec<Vec<u8>>> = std::collections::BTreeMap::new();
-        for s in &batch.stale_node_index_batch {
-            replaced.entry(s.stale_since_version).or_default().push(node_key(&s.node_key)?);
+        if version == 0 || version % FLUSH_EVERY_BLOCKS == 0 {
+            self.flush(version)?;
         }
-        let mut stale = sled::Batch::default();
-        for (v, keys) in &replaced {
-            stale.insert(&v.to_be_bytes()[..], encode(keys)?);
-        }
-        let preimages: std::collections::HashMap<&KeyHash, &Vec<u8>> = keys.iter().map(|(h, k)| (h, k)).collect();
-        let mut current = sled::Batch::default();
-        for ((_, hash), value) in batch.node_batch.values() {
-            match (value, preimages.get(hash)) {
-                (Some(v), Some(key)) => current.insert(&hash.0[..], encode(&(key, v))?),
-                (None, _) => current.remove(&hash.0[..]),
-                (Some(_), None) => return Err(Error::Tree("a written leaf without its key".into())),
-            }
-        }
-        self.nodes.apply_batch(nodes)?;
-        self.stale.apply_batch(stale)?;
-        if let Some((k, v)) = root {
-            self.nodes.insert(k, v)?;
-        }
-        self.current.apply_batch(current)?;
-        self.prune(version)
-    }
-}
-
-impl SledNodes {
-    /// Drops the nodes replaced at or before `version - TREE_RETENTION`.
-    fn prune(&self, version: Version) -> Result<(), Error> {
-        let Some(oldest) = version.checked_sub(TREE_RETENTION) else { return Ok(()) };
-        let mut gone = sled::Batch::default();
-        let mut done = sled::Batch::default();
-        let mut cache = self.cache().map_err(|e| Error::Tree(e.to_string()))?;
-        for entry in self.stale.range(..(oldest + 1).to_be_bytes().to_vec()) {
-            let (k, v) = entry?;
-            for key in decode::<Vec<Vec<u8>>>(&v).map_err(|e| Error::Tree(e.to_string()))? {
-                let node: NodeKey = decode(&key[8..]).map_err(|e| Error::Tree(e.to_string()))?;
-                cache.remove(&node);
-                gone.remove(key);
-            }
-            done.remove(k);
-        }
-        drop(cache);
-        self.nodes.apply_batch(gone)?;
-        self.stale.apply_batch(done)?;
         Ok(())
     }
 }

@@ -383,7 +383,7 @@ impl State {
         }
         let keys: BTreeSet<crate::tree::StateKey> =
             self.journal.iter().filter_map(crate::tree::StateKey::of_undo).collect();
-        let computed = crate::tree::compute(&*self.tree.store, &self.data, keys, at.0)?;
+        let computed = self.tree.compute(&self.data, keys, at.0)?;
         let root = computed.root;
         *pending = Some(crate::tree::Pending { at, computed });
         Ok(root)

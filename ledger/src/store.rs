@@ -206,11 +206,11 @@ impl Store {
                  new data directory",
             ));
         }
-        // The live leaves are at the newest height written whole: the tip,
-        // or the block before if the process died between the two writes.
+        // The live leaves are at the last height the tree was flushed at
+        // (every FLUSH_EVERY_BLOCKS; one flush may have been cut short).
         let data = self.nodes.load().map_err(|e| corrupt(tip, e.to_string()))?;
         let at = data.height;
-        if at > tip || at.0 + 1 < tip.0 {
+        if at > tip || at.0 + 2 * crate::sled_nodes::FLUSH_EVERY_BLOCKS < tip.0 {
             return Err(corrupt(tip, format!("the state tree's leaves are at height {at}")));
         }
         let (hash, root) = match at.0 {

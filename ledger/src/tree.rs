@@ -339,6 +339,15 @@ pub(crate) fn compute(
     keys: impl IntoIterator<Item = StateKey>,
     version: Version,
 ) -> Result<Computed, Error> {
+    let (values, preimages) = written(data, keys);
+    let (root, batch) = put(store, values, version)?;
+    Ok(Computed { root, batch, keys: preimages })
+}
+
+type Written = (BTreeMap<KeyHash, Option<OwnedValue>>, Vec<(KeyHash, Vec<u8>)>);
+
+/// The leaves `keys` have in `data`, and the keys' preimages.
+fn written(data: &StateData, keys: impl IntoIterator<Item = StateKey>) -> Written {
     let mut values: BTreeMap<KeyHash, Option<OwnedValue>> = BTreeMap::new();
     let mut preimages = Vec::new();
     for key in keys {
@@ -347,8 +356,47 @@ pub(crate) fn compute(
         values.insert(hash, value_of(data, &key));
         preimages.push((hash, bytes));
     }
-    let (root, batch) = put(store, values, version)?;
-    Ok(Computed { root, batch, keys: preimages })
+    (values, preimages)
+}
+
+/// Recent computed versions shared by the copies of a state on one node:
+/// the engine checking a proposal, the engine committing it and the store
+/// committing it compute the same version from the same leaves, and only
+/// the first pays for the tree.
+pub const RECENT_VERSIONS: usize = 8;
+
+impl TreeHandle {
+    /// `compute` for this handle's store, reusing an identical recent one.
+    pub(crate) fn compute(
+        &self,
+        data: &StateData,
+        keys: impl IntoIterator<Item = StateKey>,
+        version: Version,
+    ) -> Result<Arc<Computed>, Error> {
+        let (values, preimages) = written(data, keys);
+        let mut h = blake3::Hasher::new();
+        h.update(&version.to_le_bytes());
+        for (k, v) in &values {
+            h.update(&k.0);
+            match v {
+                Some(v) => h.update(&[1]).update(&(v.len() as u64).to_le_bytes()).update(v),
+                None => h.update(&[0]),
+            };
+        }
+        let digest = *h.finalize().as_bytes();
+        let lock = || self.recent.lock().map_err(|_| Error::Tree("recent roots lock poisoned".into()));
+        if let Some((_, _, c)) = lock()?.iter().find(|(v, d, _)| *v == version && *d == digest) {
+            return Ok(c.clone());
+        }
+        let (root, batch) = put(&*self.store, values, version)?;
+        let computed = Arc::new(Computed { root, batch, keys: preimages });
+        let mut recent = lock()?;
+        recent.push_back((version, digest, computed.clone()));
+        while recent.len() > RECENT_VERSIONS {
+            recent.pop_front();
+        }
+        Ok(computed)
+    }
 }
 
 fn put(
@@ -439,6 +487,8 @@ impl TreeReader for Reader<'_> {
 pub struct TreeHandle {
     pub(crate) store: Arc<dyn NodeStore>,
     pub(crate) pending: Arc<Mutex<Option<Pending>>>,
+    /// (version, digest of the written leaves, result), shared by clones.
+    recent: Arc<Mutex<std::collections::VecDeque<(Version, [u8; 32], Arc<Computed>)>>>,
 }
 
 impl std::fmt::Debug for TreeHandle {
@@ -451,18 +501,18 @@ impl std::fmt::Debug for TreeHandle {
 pub(crate) struct Pending {
     /// (version, writes ever journaled, journal length) when it was computed.
     pub at: (Version, u64, usize),
-    pub computed: Computed,
+    pub computed: Arc<Computed>,
 }
 
 impl TreeHandle {
     pub fn new(store: Arc<dyn NodeStore>) -> TreeHandle {
-        TreeHandle { store, pending: Arc::new(Mutex::new(None)) }
+        TreeHandle { store, pending: Arc::new(Mutex::new(None)), recent: Arc::default() }
     }
 }
 
 impl Clone for TreeHandle {
     fn clone(&self) -> TreeHandle {
-        TreeHandle::new(self.store.clone())
+        TreeHandle { store: self.store.clone(), pending: Arc::new(Mutex::new(None)), recent: self.recent.clone() }
     }
 }
 
