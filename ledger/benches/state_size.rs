@@ -62,7 +62,9 @@ fn next_block(c: &Chain, state: &State) -> Block {
         })
         .collect();
     let time = TimestampMs(state.time_ms().0 + BLOCK_INTERVAL_MS);
-    let mut scratch = state.clone();
+    // A fork, not a clone: copies of a state share the tree versions they
+    // compute, and the timed apply must compute its own.
+    let mut scratch = state.fork();
     build_block(&mut scratch, txs, time, c.validator.address(), None).expect("block builds").0
 }
 
