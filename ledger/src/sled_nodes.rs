@@ -78,6 +78,9 @@ pub struct SledNodes {
     unflushed: Mutex<Unflushed>,
 }
 
+/// A live leaf: its key's bytes and its value.
+type Leaf = (Vec<u8>, Vec<u8>);
+
 /// What was written since the last flush.
 #[derive(Default)]
 struct Unflushed {
@@ -87,7 +90,7 @@ struct Unflushed {
     /// Persisted nodes replaced since the last flush: deleted by the next.
     replaced_on_disk: Vec<NodeKey>,
     /// Live-leaf changes: key hash → (key, value), or None (deleted).
-    current: BTreeMap<KeyHash, Option<(Vec<u8>, Vec<u8>)>>,
+    current: BTreeMap<KeyHash, Option<Leaf>>,
 }
 
 fn node_key(key: &NodeKey) -> Result<Vec<u8>, Error> {

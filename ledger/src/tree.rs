@@ -359,6 +359,9 @@ fn written(data: &StateData, keys: impl IntoIterator<Item = StateKey>) -> Writte
     (values, preimages)
 }
 
+/// A computed version: (version, digest of the written leaves, result).
+type RecentVersion = (Version, [u8; 32], Arc<Computed>);
+
 /// Recent computed versions shared by the copies of a state on one node:
 /// the engine checking a proposal, the engine committing it and the store
 /// committing it compute the same version from the same leaves, and only
@@ -488,7 +491,7 @@ pub struct TreeHandle {
     pub(crate) store: Arc<dyn NodeStore>,
     pub(crate) pending: Arc<Mutex<Option<Pending>>>,
     /// (version, digest of the written leaves, result), shared by clones.
-    recent: Arc<Mutex<std::collections::VecDeque<(Version, [u8; 32], Arc<Computed>)>>>,
+    recent: Arc<Mutex<std::collections::VecDeque<RecentVersion>>>,
 }
 
 impl std::fmt::Debug for TreeHandle {
