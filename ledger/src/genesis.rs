@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agora_protocol::{Address, Amount, ChainId, Hash, Height, TimestampMs};
+use agora_protocol::{Address, Amount, ChainId, Hash, TimestampMs};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -75,26 +75,12 @@ impl Genesis {
         }
         let validators = self.validator_set(&accounts)?;
         let data = StateData {
-            chain_id: self.chain_id.clone(),
-            params: self.params.clone(),
-            height: Height(0),
             time_ms: self.genesis_time_ms,
-            proposer: Address([0; 32]),
             supply,
-            burned: Amount::ZERO,
             accounts,
-            providers: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            lease_expiry: BTreeSet::new(),
-            open_by_provider: BTreeSet::new(),
-            unbonding: BTreeMap::new(),
-            slashed_windows: BTreeSet::new(),
-            slashed_equivocations: BTreeSet::new(),
-            operators: BTreeMap::new(),
-            operator_of: BTreeMap::new(),
             last_validators: validators.clone(),
             validators,
-            book: Default::default(),
+            ..StateData::empty(self.chain_id.clone(), self.params.clone())
         };
         Ok(data)
     }

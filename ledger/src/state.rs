@@ -177,6 +177,34 @@ pub(crate) struct StateData {
     pub book: OrderBook,
 }
 
+impl StateData {
+    /// A state with nothing in it: height 0, no accounts, no validators.
+    pub(crate) fn empty(chain_id: ChainId, params: Params) -> StateData {
+        StateData {
+            chain_id,
+            params,
+            height: Height(0),
+            time_ms: TimestampMs(0),
+            proposer: Address([0; 32]),
+            supply: Amount::ZERO,
+            burned: Amount::ZERO,
+            accounts: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_expiry: BTreeSet::new(),
+            open_by_provider: BTreeSet::new(),
+            unbonding: BTreeMap::new(),
+            slashed_windows: BTreeSet::new(),
+            slashed_equivocations: BTreeSet::new(),
+            operators: BTreeMap::new(),
+            operator_of: BTreeMap::new(),
+            validators: Vec::new(),
+            last_validators: Vec::new(),
+            book: OrderBook::default(),
+        }
+    }
+}
+
 /// The ledger state after some height. `last_block_hash` is outside the
 /// root (the root is inside that block's header).
 #[derive(Clone, Debug)]

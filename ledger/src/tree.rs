@@ -218,28 +218,7 @@ impl StateKey {
 pub(crate) fn state_from_leaves(leaves: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<StateData, Error> {
     let corrupt = |e: Error| Error::Tree(format!("a leaf does not decode: {e}"));
     let mut meta: Option<Meta> = None;
-    let mut d = StateData {
-        chain_id: ChainId::new("unset").map_err(|e| Error::Tree(e.to_string()))?,
-        params: Params::default(),
-        height: Height(0),
-        time_ms: TimestampMs(0),
-        proposer: Address([0; 32]),
-        supply: Amount::ZERO,
-        burned: Amount::ZERO,
-        accounts: BTreeMap::new(),
-        providers: BTreeMap::new(),
-        leases: BTreeMap::new(),
-        lease_expiry: BTreeSet::new(),
-        open_by_provider: BTreeSet::new(),
-        unbonding: BTreeMap::new(),
-        slashed_windows: BTreeSet::new(),
-        slashed_equivocations: BTreeSet::new(),
-        operators: BTreeMap::new(),
-        operator_of: BTreeMap::new(),
-        validators: Vec::new(),
-        last_validators: Vec::new(),
-        book: Default::default(),
-    };
+    let mut d = StateData::empty(ChainId::new("unset").map_err(|e| Error::Tree(e.to_string()))?, Params::default());
     for (key, value) in leaves {
         let v = value.as_slice();
         match StateKey::from_bytes(&key).map_err(corrupt)? {
