@@ -132,6 +132,10 @@ pub fn up(
     if nodes == 0 || providers > nodes {
         return Err(Error::BadArgs("need at least one node, and no more providers than nodes".into()));
     }
+    let base_port = free_ports(base_port, 2 * nodes as u16)?;
+    if base_port != options.base_port {
+        progress(format!("ports from {} are in use (another testnet?): using {base_port}", options.base_port));
+    }
     if dir.join(TESTNET_FILE).exists() {
         return Err(Error::DirNotEmpty(dir.to_path_buf()));
     }
@@ -185,7 +189,43 @@ pub fn up(
     }
     file.save()?;
     wait_for_height(&file, 2, START_DEADLINE)?;
+    check_identities(&file)?;
     Ok(file)
+}
+
+/// Port blocks tried after `base` when its ports are taken.
+pub const PORT_BLOCKS_TRIED: u16 = 64;
+
+/// The first block of `count` ports on 127.0.0.1, from `base` on, that are
+/// all free now (a node that cannot bind would leave its URL answered by
+/// whatever holds the port).
+fn free_ports(base: u16, count: u16) -> Result<u16, Error> {
+    let free = |start: u16| {
+        (start..start.saturating_add(count)).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    };
+    (0..PORT_BLOCKS_TRIED)
+        .filter_map(|i| base.checked_add(i.checked_mul(count)?))
+        .filter(|start| start.checked_add(count).is_some())
+        .find(|start| free(*start))
+        .ok_or_else(|| Error::BadArgs(format!("no {count} free ports on 127.0.0.1 from {base}: pick --base-port")))
+}
+
+/// Each node's API answers as that node (its key's address), not as a
+/// process that held the port before it.
+fn check_identities(file: &TestnetFile) -> Result<(), Error> {
+    for n in &file.nodes {
+        let status = http::get(&n.api_url, "/v1/status").ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        if status["address"].as_str() != Some(n.address.as_str()) {
+            return Err(Error::NotReady(format!(
+                "node{}'s API {} answers as {} (another process took its port); see {}",
+                n.index,
+                n.api_url,
+                status["address"].as_str().unwrap_or("nothing"),
+                n.home.join("node.log").display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn testnet_genesis(
@@ -395,6 +435,16 @@ fn admin(node: &NodeEntry, path: &str, body: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_moves_the_testnet_to_a_free_block() {
+        let held = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        let base = port.saturating_sub(1);
+        let found = free_ports(base, 4).unwrap();
+        assert!(found >= base + 4 && !(found..found + 4).contains(&port), "{found} overlaps the held {port}");
+        drop(held);
+    }
 
     #[test]
     fn partitions_parse_strictly() {
