@@ -90,9 +90,9 @@ pub fn verify(bundle: &ProofBundle, key: &StateKey, chain: &ChainId, trusted: &[
     Ok(Verified { height: header.height, value: bundle.value.clone(), trusted_power: (vouching, total) })
 }
 
-/// The trusted validator set a genesis defines.
+/// The trusted validator set a genesis defines (its contents only: no tree is built).
 pub fn trusted_from_genesis(genesis: &crate::genesis::Genesis) -> Result<Vec<Validator>, Error> {
-    Ok(genesis.state()?.validators().to_vec())
+    Ok(genesis.data()?.validators)
 }
 
 /// Reads the ledger value `T` from a verified answer.

@@ -214,7 +214,8 @@ impl Store {
             return Err(corrupt(tip, format!("the state tree's leaves are at height {at}")));
         }
         let (hash, root) = match at.0 {
-            0 => (self.genesis.hash(), crate::tree::root_from_scratch(&self.genesis.data()?)?),
+            // Until recovery replaces it, the state is the genesis'.
+            0 => (self.genesis.hash(), self.state.root_from_scratch()?),
             h => headers[h as usize - 1],
         };
         let state = State::from_data(data, hash, crate::tree::TreeHandle::new(self.nodes.clone()));

@@ -9,9 +9,10 @@
 //! reverse map) are functions of the entries and stay out of the tree.
 //!
 //! Tree nodes are versioned by height and immutable. They live in a
-//! `NodeStore`: in memory (`MemNodes`: tests, the simulation, benches) or in
-//! sled (`store::SledNodes`). Nodes replaced more than `TREE_RETENTION`
-//! versions ago are pruned. Only decided blocks write nodes, so every copy of
+//! `NodeStore`: in memory (`MemNodes`: tests, the simulation, benches; nodes
+//! replaced more than `TREE_RETENTION` versions ago are pruned) or in sled
+//! (`sled_nodes::SledNodes`: flushed every few heights, only the nodes live
+//! at the flushed height). Only decided blocks write nodes, so every copy of
 //! the state on a node writes the same nodes for a height: writes are
 //! idempotent, and a different node under an existing key (a fork of one
 //! store, which only a bug can cause) is refused.
@@ -78,6 +79,11 @@ pub enum StateKey {
     Spot(u64, GpuClass),
 }
 
+/// The leaf key of a state key's `bytes`.
+fn key_hash(bytes: &[u8]) -> KeyHash {
+    KeyHash(Hash::tagged(b"agora/state-key/1", bytes).0)
+}
+
 fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain owned data into a buffer cannot fail.
     agora_protocol::codec::canonical_bytes(value).unwrap_or_default()
@@ -107,7 +113,7 @@ impl StateKey {
     }
 
     pub fn hash(&self) -> KeyHash {
-        KeyHash(Hash::tagged(b"agora/state-key/1", &self.bytes()).0)
+        key_hash(&self.bytes())
     }
 
     /// The keys an undo entry wrote (none for derived indexes).
@@ -331,7 +337,7 @@ fn written(data: &StateData, keys: impl IntoIterator<Item = StateKey>) -> Writte
     let mut preimages = Vec::new();
     for key in keys {
         let bytes = key.bytes();
-        let hash = KeyHash(Hash::tagged(b"agora/state-key/1", &bytes).0);
+        let hash = key_hash(&bytes);
         values.insert(hash, value_of(data, &key));
         preimages.push((hash, bytes));
     }
@@ -468,7 +474,7 @@ impl TreeReader for Reader<'_> {
 /// no pending root of its own.
 pub struct TreeHandle {
     pub(crate) store: Arc<dyn NodeStore>,
-    pub(crate) pending: Arc<Mutex<Option<Pending>>>,
+    pub(crate) pending: Mutex<Option<Pending>>,
     /// (version, digest of the written leaves, result), shared by clones.
     recent: Arc<Mutex<std::collections::VecDeque<RecentVersion>>>,
 }
@@ -488,13 +494,13 @@ pub(crate) struct Pending {
 
 impl TreeHandle {
     pub fn new(store: Arc<dyn NodeStore>) -> TreeHandle {
-        TreeHandle { store, pending: Arc::new(Mutex::new(None)), recent: Arc::default() }
+        TreeHandle { store, pending: Mutex::new(None), recent: Arc::default() }
     }
 }
 
 impl Clone for TreeHandle {
     fn clone(&self) -> TreeHandle {
-        TreeHandle { store: self.store.clone(), pending: Arc::new(Mutex::new(None)), recent: self.recent.clone() }
+        TreeHandle { store: self.store.clone(), pending: Mutex::new(None), recent: self.recent.clone() }
     }
 }
 
