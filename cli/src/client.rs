@@ -228,9 +228,10 @@ pub fn submit_and_wait(
     }
 }
 
-/// Posts a transaction; while the node answers 503 (its mempool is full of
-/// transactions paying at least as much, or it is busy) tries again for up
-/// to `SUBMIT_RETRY`, saying so, since full pools drain block by block.
+/// Posts a transaction; while the node answers 503 (its mempool is past
+/// what it takes from clients, or full, of transactions paying at least as
+/// much; or it is busy) tries again after the node's `retry_after_ms` hint,
+/// for up to `SUBMIT_RETRY`, saying so, since pools drain block by block.
 fn post_with_retry(args: &NodeArgs, body: &str) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let mut told = false;
@@ -254,7 +255,9 @@ fn post_with_retry(args: &NodeArgs, body: &str) -> anyhow::Result<serde_json::Va
             eprint!("{error}; retrying for up to {}s (a higher --fee goes first)", SUBMIT_RETRY.as_secs());
             told = true;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // The node says when its pool will have room; without a hint, half a second.
+        let hint = answer["retry_after_ms"].as_u64().unwrap_or(500).clamp(100, 5_000);
+        std::thread::sleep(Duration::from_millis(hint));
     }
 }
 

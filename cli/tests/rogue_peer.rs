@@ -1,6 +1,7 @@
 //! Misbehaving gossip peers: each joins a real 4-node testnet and floods one
-//! topic (consensus, heartbeats, attestations) with forged and malformed
-//! messages. The nodes reject them (counted in /metrics per topic), stop
+//! topic (consensus, heartbeats, attestations, transactions) with forged and
+//! malformed messages (the forged transactions name a funded sender, so they
+//! pass every check but the signature's, made in batches). The nodes reject them (counted in /metrics per topic), stop
 //! listening to each once its score falls below the graylist threshold, and
 //! keep committing blocks. Then the relay rules: 1,000 validly signed votes
 //! from a key that holds no validator seat are judged by the node the rogue
@@ -85,8 +86,10 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     let target: libp2p::Multiaddr = net["nodes"][0]["p2p"].as_str().unwrap().parse().unwrap();
 
     // One rogue per topic (each is graylisted on its own): forged consensus
-    // messages and garbage, forged heartbeats, forged attestations.
+    // messages and garbage, forged heartbeats, forged attestations, and
+    // transfers that claim a funded validator's account as their signer.
     let other = ChainId::new("agora-elsewhere-1").unwrap();
+    let funded: agora_protocol::Address = net["nodes"][1]["address"].as_str().unwrap().parse().unwrap();
     let floods: Vec<(&str, Box<MakeMessage>, u64)> = vec![
         (gossip::TOPIC_CONSENSUS, Box::new(bad_message), 300),
         (
@@ -108,6 +111,20 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
                 let mut att = Signed::sign(body, key, &ChainId::new("agora-testnet-1").unwrap()).unwrap();
                 att.signature.0[9] ^= 1;
                 codec::encode(&att).unwrap()
+            }),
+            100,
+        ),
+        (
+            gossip::TOPIC_TXS,
+            Box::new(move |i, key| {
+                let body = agora_protocol::Transaction {
+                    nonce: i % 60,
+                    fee: agora_ledger::params::DEFAULT_MIN_TX_FEE,
+                    kind: agora_protocol::TxKind::Transfer { to: key.address(), amount: agora_protocol::Amount(1 + i) },
+                };
+                let mut tx = Signed::sign(body, key, &ChainId::new("agora-testnet-1").unwrap()).unwrap();
+                tx.signer = funded;
+                codec::encode(&tx).unwrap()
             }),
             100,
         ),

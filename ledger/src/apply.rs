@@ -150,6 +150,7 @@ fn begin_block(state: &mut State, h: &Header) -> Result<Vec<Event>, Error> {
     state.note_deciding_validators();
     let mut events = accounts::release_unbonding(state)?;
     events.extend(lease::expire_due(state)?);
+    lease::prune_settled(state);
     Ok(events)
 }
 

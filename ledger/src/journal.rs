@@ -15,6 +15,7 @@ pub(crate) enum Undo {
     Provider(Address, Option<Provider>),
     Lease(LeaseId, Option<Lease>),
     Expiry((TimestampMs, LeaseId), bool),
+    Settled((TimestampMs, LeaseId), bool),
     Unbonding((Height, Address), Option<Amount>),
     SlashedWindow((Address, Height, Height), bool),
     SlashedEquivocation((Address, u64), bool),
@@ -66,6 +67,7 @@ impl State {
                 Undo::Provider(k, v) => _ = put(&mut d.providers, k, v),
                 Undo::Lease(k, v) => _ = put(&mut d.leases, k, v),
                 Undo::Expiry(k, was) => _ = put_flag(&mut d.lease_expiry, k, was),
+                Undo::Settled(k, was) => _ = put_flag(&mut d.lease_settled, k, was),
                 Undo::OpenByProvider(k, was) => _ = put_flag(&mut d.open_by_provider, k, was),
                 Undo::Unbonding(k, v) => _ = put(&mut d.unbonding, k, v),
                 Undo::SlashedWindow(k, was) => _ = put_flag(&mut d.slashed_windows, k, was),
@@ -118,6 +120,17 @@ impl State {
             let was = put_flag(&mut self.data.open_by_provider, key, open);
             self.record(Undo::OpenByProvider(key, was));
         }
+    }
+
+    pub(crate) fn set_settled(&mut self, key: (TimestampMs, LeaseId), present: bool) {
+        let was = put_flag(&mut self.data.lease_settled, key, present);
+        self.record(Undo::Settled(key, was));
+    }
+
+    /// Removes a settled lease from the state (pruning).
+    pub(crate) fn remove_lease(&mut self, id: LeaseId) {
+        let old = put(&mut self.data.leases, id, None);
+        self.record(Undo::Lease(id, old));
     }
 
     pub(crate) fn set_expiry(&mut self, key: (TimestampMs, LeaseId), present: bool) {

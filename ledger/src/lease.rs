@@ -2,6 +2,7 @@
 //! closing or cancelling pays the provider pro-rata to elapsed block time and
 //! refunds the rest; expiry pays in full.
 
+use agora_protocol::limits::MAX_LEASE_REQUEST_TTL_MS;
 use agora_protocol::{Address, Amount, LeaseAccept, LeaseId, LeaseRequest, Signed, TimestampMs};
 
 use crate::accounts::{credit, debit};
@@ -43,6 +44,15 @@ pub(crate) fn open(
     let now = state.time_ms();
     if now > terms.expires_at_ms {
         return Err(Error::RequestExpired { expired_at_ms: terms.expires_at_ms, now_ms: now });
+    }
+    // A request valid for longer could open its lease again once the
+    // settled lease is pruned (`prune_settled`).
+    if terms.expires_at_ms.0 > now.0.saturating_add(MAX_LEASE_REQUEST_TTL_MS) {
+        return Err(Error::LeaseTerms(format!(
+            "the request stays valid for more than {} s (at most {} s)",
+            (terms.expires_at_ms.0 - now.0) / 1000,
+            MAX_LEASE_REQUEST_TTL_MS / 1000
+        )));
     }
     if !state.is_active_provider(&terms.provider) {
         return Err(Error::ProviderNotActive);
@@ -138,6 +148,7 @@ pub(crate) fn settle(
         state.set_listing(id, None);
     }
     lease.status = LeaseStatus::Settled { reason, paid, refunded, at_ms: now, exit_code };
+    state.set_settled((now, id), true);
     state.set_lease(lease);
     Ok(Event::LeaseSettled { lease_id: id, reason, paid, refunded })
 }
@@ -148,6 +159,35 @@ pub(crate) fn expire_due(state: &mut State) -> Result<Vec<Event>, Error> {
     let due: Vec<LeaseId> =
         state.data.lease_expiry.range(..=(now, LeaseId(agora_protocol::Hash([0xff; 32])))).map(|(_, id)| *id).collect();
     due.into_iter().map(|id| settle(state, id, SettleReason::Expired, None)).collect()
+}
+
+/// Settled leases pruned per block at most: a burst of settlements is
+/// pruned over the following blocks, so no block's work depends on how many
+/// leases ever settled at once.
+pub const MAX_PRUNED_PER_BLOCK: usize = 1_000;
+
+/// Removes from the state the leases settled `settled_lease_retention_ms`
+/// or more before the current block time (oldest first, at most
+/// `MAX_PRUNED_PER_BLOCK`). Their requests have expired by then (they are
+/// valid for at most `MAX_LEASE_REQUEST_TTL_MS`, and the retention is at
+/// least that), so none can open its lease again.
+pub(crate) fn prune_settled(state: &mut State) -> usize {
+    let retention = state.params().market.settled_lease_retention_ms;
+    let Some(cutoff) = state.time_ms().0.checked_sub(retention) else {
+        return 0;
+    };
+    let due: Vec<(TimestampMs, LeaseId)> = state
+        .data
+        .lease_settled
+        .range(..=(TimestampMs(cutoff), LeaseId(agora_protocol::Hash([0xff; 32]))))
+        .take(MAX_PRUNED_PER_BLOCK)
+        .copied()
+        .collect();
+    for key in &due {
+        state.set_settled(*key, false);
+        state.remove_lease(key.1);
+    }
+    due.len()
 }
 
 /// Settles every open lease of a provider pro-rata (used when it is slashed).

@@ -70,6 +70,16 @@ pub struct MarketParams {
     pub max_open_orders_per_account: u64,
     /// Open orders in one class's book, bids and asks together.
     pub max_open_orders_per_class: u64,
+    /// How long a settled lease stays in the state after it settled (ms of
+    /// block time); then it is pruned: the blocks that opened and settled
+    /// it remain, the live state holds only what may still change.
+    #[serde(default = "default_settled_lease_retention_ms")]
+    pub settled_lease_retention_ms: u64,
+}
+
+/// A day: time for buyers and explorers to see how a lease ended.
+pub fn default_settled_lease_retention_ms() -> u64 {
+    86_400_000
 }
 
 impl Default for MarketParams {
@@ -80,6 +90,7 @@ impl Default for MarketParams {
             no_cancel_blocks: 10,
             max_open_orders_per_account: 16,
             max_open_orders_per_class: 10_000,
+            settled_lease_retention_ms: default_settled_lease_retention_ms(),
         }
     }
 }
@@ -121,6 +132,12 @@ impl MarketParams {
         }
         if self.no_cancel_blocks == 0 || self.no_cancel_blocks >= self.auction_blocks {
             return Err("market.no_cancel_blocks must be 1 to auction_blocks - 1".into());
+        }
+        if self.settled_lease_retention_ms < agora_protocol::limits::MAX_LEASE_REQUEST_TTL_MS {
+            return Err(format!(
+                "market.settled_lease_retention_ms must be at least {} (a lease request's longest validity)",
+                agora_protocol::limits::MAX_LEASE_REQUEST_TTL_MS
+            ));
         }
         let most = crate::auction::MAX_ORDERS_PER_SIDE as u64;
         if self.max_open_orders_per_account == 0 || self.max_open_orders_per_class == 0 {

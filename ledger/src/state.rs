@@ -155,6 +155,8 @@ pub(crate) struct StateData {
     pub leases: BTreeMap<LeaseId, Lease>,
     /// Open leases by end time, so expiry is a range scan.
     pub lease_expiry: BTreeSet<(TimestampMs, LeaseId)>,
+    /// Settled leases by settlement time, so pruning is a range scan.
+    pub lease_settled: BTreeSet<(TimestampMs, LeaseId)>,
     /// Open leases by provider, so a provider's capacity is read from its own.
     pub open_by_provider: BTreeSet<(Address, LeaseId)>,
     /// Unbonding entries by release height.
@@ -192,6 +194,7 @@ impl StateData {
             providers: BTreeMap::new(),
             leases: BTreeMap::new(),
             lease_expiry: BTreeSet::new(),
+            lease_settled: BTreeSet::new(),
             open_by_provider: BTreeSet::new(),
             unbonding: BTreeMap::new(),
             slashed_windows: BTreeSet::new(),
@@ -477,10 +480,25 @@ impl State {
             if open {
                 total += u128::from(lease.escrow.0);
             }
+            let settled_at = match lease.status {
+                LeaseStatus::Settled { at_ms, .. } => Some(at_ms),
+                LeaseStatus::Open => None,
+            };
             if open != self.data.lease_expiry.contains(&(lease.end_ms, lease.id))
                 || open != self.data.open_by_provider.contains(&(lease.provider, lease.id))
+                || settled_at.is_some_and(|at| !self.data.lease_settled.contains(&(at, lease.id)))
             {
                 return Err(Error::Invariant(format!("lease {} index out of sync", lease.id)));
+            }
+        }
+        for (at, id) in &self.data.lease_settled {
+            let settled_then = self
+                .data
+                .leases
+                .get(id)
+                .is_some_and(|l| matches!(l.status, LeaseStatus::Settled { at_ms, .. } if at_ms == *at));
+            if !settled_then {
+                return Err(Error::Invariant(format!("settled-lease index names lease {id}, not settled then")));
             }
         }
         let book = &self.data.book;

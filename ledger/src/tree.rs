@@ -131,7 +131,7 @@ impl StateKey {
             Undo::Listing(id, _) => StateKey::Listing(*id),
             Undo::Spot((n, c), _) => StateKey::Spot(*n, c.clone()),
             Undo::Burned(_) | Undo::Head(..) | Undo::Validators(_) | Undo::LastValidators(_) => StateKey::Meta,
-            Undo::Expiry(..) | Undo::OpenByProvider(..) | Undo::OperatorOf(..) => return None,
+            Undo::Expiry(..) | Undo::Settled(..) | Undo::OpenByProvider(..) | Undo::OperatorOf(..) => return None,
         })
     }
 }
@@ -246,9 +246,14 @@ pub(crate) fn state_from_leaves(leaves: impl IntoIterator<Item = (Vec<u8>, Vec<u
     (d.chain_id, d.params, d.height, d.time_ms, d.proposer) = (m.chain_id, m.params, m.height, m.time_ms, m.proposer);
     (d.supply, d.burned, d.validators, d.last_validators) = (m.supply, m.burned, m.validators, m.last_validators);
     d.book.next_id = m.next_order_id;
-    for lease in d.leases.values().filter(|l| l.status == crate::state::LeaseStatus::Open) {
-        d.lease_expiry.insert((lease.end_ms, lease.id));
-        d.open_by_provider.insert((lease.provider, lease.id));
+    for lease in d.leases.values() {
+        match lease.status {
+            crate::state::LeaseStatus::Open => {
+                d.lease_expiry.insert((lease.end_ms, lease.id));
+                d.open_by_provider.insert((lease.provider, lease.id));
+            }
+            crate::state::LeaseStatus::Settled { at_ms, .. } => _ = d.lease_settled.insert((at_ms, lease.id)),
+        }
     }
     for order in d.book.orders.values() {
         d.book.by_owner.insert((order.owner, order.id));

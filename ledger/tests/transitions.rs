@@ -769,3 +769,60 @@ fn unbonding_must_outlast_the_oldest_evidence() {
     let ok = agora_ledger::Params { unbonding_blocks: 51, max_evidence_age_blocks: 50, ..Default::default() };
     ok.validate().unwrap();
 }
+
+/// Commits an empty block `ms` of block time after the current one.
+fn jump(state: &mut State, ms: u64) {
+    let time = TimestampMs(state.time_ms().0 + ms);
+    let proposer = state.validators()[0].address;
+    let (block, _) = build_block(state, vec![], time, proposer, None).unwrap();
+    apply_block(state, &block, SigCheck::Verify).unwrap();
+    state.audit().unwrap();
+}
+
+#[test]
+fn settled_leases_are_pruned_after_the_retention_and_cannot_be_opened_again() {
+    let mut chain = chain();
+    let retention = agora_protocol::limits::MAX_LEASE_REQUEST_TTL_MS;
+    chain.genesis.params.market.settled_lease_retention_ms = retention;
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    // A request valid for longer than the longest allowed is refused: once
+    // its lease is pruned it could open it again.
+    let mut long = lease_request(&chain, &state, 1, 60, 7);
+    long.body.expires_at_ms = TimestampMs(state.time_ms().0 + retention + 2_000);
+    let long = Signed::sign(long.body, &chain.keys[BUYER], &chain_id()).unwrap();
+    assert!(matches!(expect_err(&mut state, &open_tx(&chain, 2, long)), Error::LeaseTerms(_)));
+
+    // Two leases: one cancelled at once, one left to run out ten minutes later.
+    let request = lease_request(&chain, &state, 2, 3600, 1);
+    let first = request.lease_id().unwrap();
+    commit(&chain, &mut state, vec![open_tx(&chain, 2, request.clone())]);
+    commit(&chain, &mut state, vec![sign_tx(&chain.keys[BUYER], 0, TxKind::CancelLease { lease_id: first })]);
+    let settled_at = state.time_ms().0;
+    let second = lease_request(&chain, &state, 1, 600, 2);
+    let second_id = second.lease_id().unwrap();
+    commit(&chain, &mut state, vec![open_tx(&chain, 3, second)]);
+
+    // Kept through the retention…
+    let waited = state.time_ms().0 - settled_at;
+    jump(&mut state, retention - waited - 1);
+    assert!(state.lease(&first).is_some(), "pruned before the retention ended");
+    let earned = state.provider(&chain.address(PROVIDER)).unwrap().earned;
+    // …and pruned at its end, the other (now run out, settled) kept for its own.
+    jump(&mut state, 1);
+    assert!(state.lease(&first).is_none(), "a settled lease outlived the retention");
+    let second_lease = state.lease(&second_id).expect("the later lease is still there");
+    assert!(matches!(second_lease.status, LeaseStatus::Settled { .. }), "{:?}", second_lease.status);
+    // The provider's record of what it earned and served stays.
+    assert_eq!(state.provider(&chain.address(PROVIDER)).unwrap().earned, earned);
+    // The incremental root, the root from scratch and the state rebuilt
+    // from the leaves agree after the deletion.
+    assert_eq!(state.root(), state.root_from_scratch().unwrap());
+    state.check_leaves().unwrap();
+
+    // The pruned lease's request, countersigned again, cannot open it anew.
+    let again = open_tx(&chain, nonce(&state, &chain, PROVIDER), request);
+    assert!(matches!(expect_err(&mut state, &again), Error::RequestExpired { .. }));
+    jump(&mut state, retention);
+    assert!(state.lease(&second_id).is_none());
+}

@@ -39,6 +39,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up) and `retry_after_ms`.
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -60,28 +62,43 @@ impl ApiError {
             _ if status.is_client_error() => "bad_request",
             _ => "internal",
         };
-        ApiError { status, code, detail: detail.into() }
+        ApiError { status, code, detail: detail.into(), retry_after_ms: None }
     }
 }
 
 impl ApiError {
     /// A provider's typed refusal, passed on with its code.
     fn refused(status: StatusCode, r: agora_protocol::job::LeaseRefusal) -> ApiError {
-        ApiError { status, code: r.code.as_str(), detail: r.detail }
+        ApiError { status, code: r.code.as_str(), detail: r.detail, retry_after_ms: None }
     }
 }
 
 impl From<TxRefusal> for ApiError {
     fn from(r: TxRefusal) -> ApiError {
         let status = if r.retryable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_REQUEST };
-        ApiError { status, code: r.code, detail: r.detail }
+        ApiError { status, code: r.code, detail: r.detail, retry_after_ms: r.retry_after_ms }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.detail, "code": self.code }))).into_response()
+        let mut body = serde_json::json!({ "error": self.detail, "code": self.code });
+        let Some(ms) = self.retry_after_ms else {
+            return (self.status, Json(body)).into_response();
+        };
+        body["retry_after_ms"] = ms.into();
+        let secs = ms.div_ceil(1000).max(1).to_string();
+        (self.status, [(axum::http::header::RETRY_AFTER, secs)], Json(body)).into_response()
     }
+}
+
+/// A refusal in a batch's `rejected` list, by the transaction's index.
+fn rejection(index: usize, e: &ApiError) -> serde_json::Value {
+    let mut r = serde_json::json!({ "index": index, "error": e.detail, "code": e.code });
+    if let Some(ms) = e.retry_after_ms {
+        r["retry_after_ms"] = ms.into();
+    }
+    r
 }
 
 pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
@@ -497,6 +514,7 @@ async fn submit_tx(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = json_body(body)?;
     let tx: SignedTx = decode_hex("tx", &body.tx)?;
+    s.edge.view().admit(0, tx.body.fee).map_err(|b| ApiError::from(TxRefusal::busy(b)))?;
     let tx = check_against_ledger(&s, vec![tx]).await?.pop().ok_or_else(|| internal("no verdict"))??;
     let (reply, rx) = oneshot::channel();
     send(&s, Command::SubmitTx { tx: Box::new(tx), reply })?;
@@ -527,13 +545,30 @@ async fn submit_txs(
     let mut rejected = Vec::new();
     let mut decoded = Vec::with_capacity(body.txs.len());
     let mut decoded_index = Vec::with_capacity(body.txs.len());
+    // What the edge will not take is refused before any signature is
+    // checked; the daemon decides again, exactly, for the rest.
+    let mut busy = None;
+    let edge = s.edge.view();
     for (index, hex_tx) in body.txs.iter().enumerate() {
         match decode_hex::<SignedTx>("tx", hex_tx) {
-            Ok(tx) => {
-                decoded.push(tx);
-                decoded_index.push(index);
-            }
-            Err(e) => rejected.push(serde_json::json!({ "index": index, "error": e.detail, "code": e.code })),
+            Ok(tx) => match edge.admit(decoded.len(), tx.body.fee) {
+                Ok(()) => {
+                    decoded.push(tx);
+                    decoded_index.push(index);
+                }
+                Err(b) => {
+                    let e = ApiError::from(TxRefusal::busy(b));
+                    rejected.push(rejection(index, &e));
+                    busy = Some(e);
+                }
+            },
+            Err(e) => rejected.push(rejection(index, &e)),
+        }
+    }
+    if decoded.is_empty() {
+        if let Some(e) = busy.filter(|_| rejected.len() == body.txs.len()) {
+            // Nothing taken, all for load: the whole request is a 503.
+            return Err(e);
         }
     }
     for (index, verdict) in decoded_index.into_iter().zip(check_against_ledger(&s, decoded).await?) {
@@ -542,7 +577,7 @@ async fn submit_txs(
                 valid.push(tx);
                 valid_index.push(index);
             }
-            Err(e) => rejected.push(serde_json::json!({ "index": index, "error": e.detail, "code": e.code })),
+            Err(e) => rejected.push(rejection(index, &e)),
         }
     }
     let (reply, rx) = oneshot::channel();
@@ -551,7 +586,7 @@ async fn submit_txs(
     for (index, outcome) in valid_index.into_iter().zip(rx.await.map_err(internal)?) {
         match outcome {
             Ok(hash) => hashes.push(hash),
-            Err(r) => rejected.push(serde_json::json!({ "index": index, "error": r.detail, "code": r.code })),
+            Err(r) => rejected.push(rejection(index, &ApiError::from(r))),
         }
     }
     Ok(Json(serde_json::json!({ "accepted": hashes.len(), "hashes": hashes, "rejected": rejected })))

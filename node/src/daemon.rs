@@ -114,11 +114,27 @@ pub struct TxRefusal {
     pub code: &'static str,
     pub detail: String,
     pub retryable: bool,
+    /// For a refusal under load: when trying again may succeed.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl TxRefusal {
     pub fn invalid(code: &'static str, detail: impl std::fmt::Display) -> TxRefusal {
-        TxRefusal { code, detail: detail.to_string(), retryable: false }
+        TxRefusal { code, detail: detail.to_string(), retryable: false, retry_after_ms: None }
+    }
+
+    /// Refused at the edge: the pool is past what this node takes from
+    /// clients (see `edge`), and this fee does not outbid what waits.
+    pub fn busy(busy: crate::edge::Busy) -> TxRefusal {
+        TxRefusal {
+            code: "mempool_busy",
+            detail: format!(
+                "the node is at capacity: retry in {} ms, or pay a higher fee than the cheapest waiting",
+                busy.retry_after_ms
+            ),
+            retryable: true,
+            retry_after_ms: Some(busy.retry_after_ms),
+        }
     }
 
     /// A transaction the ledger refused when tried on the current state.
@@ -143,7 +159,7 @@ impl TxRefusal {
 
 impl From<AddError> for TxRefusal {
     fn from(e: AddError) -> TxRefusal {
-        TxRefusal { code: e.code(), detail: e.to_string(), retryable: e.is_retryable() }
+        TxRefusal { code: e.code(), detail: e.to_string(), retryable: e.is_retryable(), retry_after_ms: None }
     }
 }
 
@@ -160,6 +176,8 @@ pub struct Shared {
     pub blocks: BlockReader,
     pub commands: mpsc::Sender<Command>,
     pub metrics: crate::metrics::Metrics,
+    /// The mempool's load as the API's early refusals see it.
+    pub edge: Arc<crate::edge::EdgeGauge>,
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// The token the fault-injection endpoints need; None: not served (testnets only).
     pub admin_token: Option<String>,
@@ -277,6 +295,10 @@ struct TxRelay {
     unpublished: std::collections::VecDeque<Vec<u8>>,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
     own_txs: crate::own_txs::OwnTxs,
+    /// The commit rate, for the edge's mark and retry hints.
+    edge: crate::edge::EdgeLoad,
+    /// Gossiped transactions waiting for their batched signature check.
+    from_gossip: crate::gossip_txs::Pending<(gossipsub::MessageId, PeerId)>,
 }
 
 /// The provider side: its GPUs and offers, its negotiations and its jobs.
@@ -424,6 +446,7 @@ impl Daemon {
             blocks: store.reader(),
             commands: tx,
             metrics,
+            edge: Arc::new(crate::edge::EdgeGauge::new()),
             registry: Arc::new(registry),
             admin_token,
             allowed_hosts: crate::api_guard::allowed_hosts(&config.api),
@@ -481,12 +504,20 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
+            let gossip_due = self.relay.from_gossip.deadline_ms();
+            let gossip_batch = async move {
+                match gossip_due {
+                    Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                    None => std::future::pending().await,
+                }
+            };
             let result = tokio::select! {
                 _ = &mut shutdown => break,
                 event = self.net.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 _ = sleep => self.fire_timers(),
                 _ = tick.tick() => self.on_tick(),
+                _ = gossip_batch => self.check_gossip_txs(),
                 Some(ended) = self.provision.jobs.ended_rx.recv() => self.on_job_ended(ended),
                 Some((peer, channel, response)) = self.sync.server.served_rx.recv() => {
                     self.on_sync_served(peer, channel, response);
@@ -656,6 +687,7 @@ impl Daemon {
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
                     m.committed_txs.inc_by(block.txs.len() as u64);
+                    self.relay.edge.committed(block.header.time_ms.0, block.txs.len() as u64);
                     m.block_interval_ms.set(block.header.time_ms.0.saturating_sub(previous_time));
                     tracing::info!(
                         height = %block.header.height,
@@ -744,6 +776,7 @@ impl Daemon {
         match cmd {
             Command::SubmitTx { tx, reply } => {
                 let result = (|| {
+                    self.edge_admits(0, tx.body.fee)?;
                     self.consensus.engine.mempool().check(self.consensus.engine.ledger(), &tx)?;
                     tx.verify(&self.chain).map_err(|e| TxRefusal::invalid("bad_signature", e))?;
                     let hash = tx.hash().map_err(|e| TxRefusal::invalid("malformed", e))?;
@@ -765,22 +798,19 @@ impl Daemon {
                 // under overload the network sheds load at its edge.
                 let mut outcomes = Vec::with_capacity(txs.len());
                 let mut keep = Vec::with_capacity(txs.len());
-                // The checks see the pool before this batch: the batch may
-                // fill the free room, and only a full pool is left to
-                // eviction by fee.
-                let room = self.consensus.engine.mempool().room();
+                // The checks see the pool before this batch: the batch counts
+                // towards the edge's mark as it is taken.
                 for tx in txs {
-                    let fills_room = room > 0 && keep.len() >= room;
-                    let checked = self
-                        .consensus
-                        .engine
-                        .mempool()
-                        .check(self.consensus.engine.ledger(), &tx)
-                        .map_err(TxRefusal::from);
-                    let outcome = match (fills_room, checked) {
-                        (true, _) => Err(TxRefusal::from(AddError::Full)),
-                        (false, Err(e)) => Err(e),
-                        (false, Ok(())) => tx
+                    let checked = self.edge_admits(keep.len(), tx.body.fee).and_then(|()| {
+                        self.consensus
+                            .engine
+                            .mempool()
+                            .check(self.consensus.engine.ledger(), &tx)
+                            .map_err(TxRefusal::from)
+                    });
+                    let outcome = match checked {
+                        Err(e) => Err(e),
+                        Ok(()) => tx
                             .hash()
                             .and_then(|h| Ok((h, codec::encode(&tx)?)))
                             .map(|(hash, bytes)| {
@@ -846,6 +876,17 @@ impl Daemon {
                     (self.on_heartbeat_gossip(&message.data)?, None)
                 } else if message.topic == topic(TOPIC_ATTESTATIONS).hash() {
                     (self.on_attestation_gossip(&message.data)?, None)
+                } else if message.topic == topic(TOPIC_TXS).hash() {
+                    match self.first_look_tx(&message.data) {
+                        // Its verdict comes with its batch's (`check_gossip_txs`).
+                        Ok(tx) => {
+                            if self.relay.from_gossip.push((message_id, propagation_source), tx, now_ms()) {
+                                self.check_gossip_txs()?;
+                            }
+                            return Ok(());
+                        }
+                        Err(acceptance) => (acceptance, None),
+                    }
                 } else {
                     self.validate_gossip(message.topic.as_str(), &message.data)
                 };
@@ -932,19 +973,48 @@ impl Daemon {
                     Relay::Forward => (MessageAcceptance::Reject, None),
                 },
             },
-            TOPIC_TXS => match codec::decode::<SignedTx>(data) {
-                // Not forwarded when this node would not keep it (pending
-                // already, nonce used, pool or account quota full): that
-                // is load, not misbehaviour, so no penalty either.
-                Ok(tx) if self.consensus.engine.mempool().check(self.consensus.engine.ledger(), &tx).is_err() => {
-                    (MessageAcceptance::Ignore, None)
-                }
-                Ok(tx) if tx.verify(&self.chain).is_ok() => (MessageAcceptance::Accept, Some(Input::Tx(Box::new(tx)))),
-                _ => (MessageAcceptance::Reject, None),
-            },
             // Offers, heartbeats and attestations are handled before this (see on_swarm_event).
             _ => (MessageAcceptance::Ignore, None),
         }
+    }
+
+    /// A gossiped transaction's checks short of its signature: it must
+    /// decode within its size limit (else the sender is penalised), and it
+    /// is not forwarded when this node would not keep it (pending already,
+    /// nonce used, pool or account quota full): that is load, not
+    /// misbehaviour, so no penalty either.
+    fn first_look_tx(&self, data: &[u8]) -> Result<SignedTx, MessageAcceptance> {
+        let tx = codec::decode::<SignedTx>(data).map_err(|_| MessageAcceptance::Reject)?;
+        let engine = &self.consensus.engine;
+        engine.mempool().check(engine.ledger(), &tx).map_err(|_| MessageAcceptance::Ignore)?;
+        Ok(tx)
+    }
+
+    /// Checks the waiting gossiped transactions' signatures as one batch,
+    /// tells gossipsub each verdict (forward, or reject and penalise) and
+    /// hands the valid ones to the mempool.
+    fn check_gossip_txs(&mut self) -> Result<(), Error> {
+        let pending = self.relay.from_gossip.take();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let txs: Vec<SignedTx> = pending.iter().map(|(_, tx)| tx.clone()).collect();
+        let verdicts = crate::gossip_txs::verdicts(&self.chain, &txs);
+        let mut valid = Vec::with_capacity(txs.len());
+        for (((message_id, source), tx), ok) in pending.into_iter().zip(verdicts) {
+            let (acceptance, verdict) =
+                if ok { (MessageAcceptance::Accept, "accepted") } else { (MessageAcceptance::Reject, "rejected") };
+            let labels =
+                crate::metrics::GossipLabels { topic: topic(TOPIC_TXS).hash().to_string(), verdict: verdict.into() };
+            self.shared.metrics.gossip.get_or_create(&labels).inc();
+            let gossip = &mut self.net.swarm.behaviour_mut().gossipsub;
+            let _ = gossip.report_message_validation_result(&message_id, &source, acceptance);
+            if ok {
+                valid.push(tx);
+            }
+        }
+        let actions = self.consensus.engine.handle(now_ms(), Input::Txs(valid));
+        self.act(actions)
     }
 
     /// An offer enters the order book if it is valid now. Only a malformed or
@@ -1026,7 +1096,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// The edge rule (see `edge`) for a client transaction paying `fee`,
+    /// with `taken` more already taken from the same request.
+    fn edge_admits(&self, taken: usize, fee: agora_protocol::Amount) -> Result<(), TxRefusal> {
+        let pool = self.consensus.engine.mempool();
+        let (len, cheapest) = (pool.len() + taken, pool.cheapest_fee().unwrap_or(agora_protocol::Amount(u64::MAX)));
+        if crate::edge::admits(len, self.relay.edge.mark(), cheapest, fee) {
+            return Ok(());
+        }
+        Err(TxRefusal::busy(crate::edge::Busy { retry_after_ms: self.relay.edge.retry_after_ms(len) }))
+    }
+
     fn publish_status(&self) {
+        let pool = self.consensus.engine.mempool();
+        self.shared.edge.publish(&self.relay.edge, pool.len(), pool.cheapest_fee());
         let peers = self.sync.client.peers().len();
         self.shared.metrics.peers.set(peers as i64);
         self.shared.metrics.mempool.set(self.consensus.engine.mempool().len() as i64);

@@ -1,6 +1,10 @@
 //! Every size and count limit of the protocol, each with the reason for its value.
 //! Decoders check these before allocating; the ledger checks them before applying.
 
+/// Longest a signed lease request may stay valid, from the block that opens
+/// it: a settled lease is pruned from the state only after its request has
+/// expired, so the request cannot open it a second time.
+pub const MAX_LEASE_REQUEST_TTL_MS: u64 = 3_600_000;
 /// Largest encoded block. 1,000 transfers take ~150 KB; lease-heavy blocks
 /// are bigger, and 4 MiB still gossips in well under a second on a LAN.
 pub const MAX_BLOCK_BYTES: usize = 4 * 1024 * 1024;

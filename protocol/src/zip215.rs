@@ -47,11 +47,41 @@ struct Prepared {
     k: Scalar,
 }
 
-fn prepare(key: &[u8; 32], msg: &[u8], sig: &[u8; 64], refuse_small_keys: bool) -> Result<Prepared, Zip215Error> {
-    let a = CompressedEdwardsY(*key).decompress().ok_or(Zip215Error::BadKey)?;
-    if refuse_small_keys && a.is_small_order() {
-        return Err(Zip215Error::SmallOrderKey);
+/// Decoded public keys kept at most. Decoding a point (a square root in
+/// the field) is a third of a signature check, and the same few thousand
+/// accounts sign most transactions; past the bound the cache starts over.
+pub const KEY_CACHE_ENTRIES: usize = 16_384;
+
+type KeyCache = std::collections::HashMap<[u8; 32], Result<EdwardsPoint, Zip215Error>>;
+
+/// A public key decoded, small-order keys refused: remembered, since the
+/// verdict depends on the 32 bytes alone.
+fn decode_key(key: &[u8; 32]) -> Result<EdwardsPoint, Zip215Error> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<KeyCache>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(key).copied()) {
+        return hit;
     }
+    let decoded = match CompressedEdwardsY(*key).decompress() {
+        None => Err(Zip215Error::BadKey),
+        Some(a) if a.is_small_order() => Err(Zip215Error::SmallOrderKey),
+        Some(a) => Ok(a),
+    };
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= KEY_CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(*key, decoded);
+    }
+    decoded
+}
+
+fn prepare(key: &[u8; 32], msg: &[u8], sig: &[u8; 64], refuse_small_keys: bool) -> Result<Prepared, Zip215Error> {
+    let a = if refuse_small_keys {
+        decode_key(key)?
+    } else {
+        CompressedEdwardsY(*key).decompress().ok_or(Zip215Error::BadKey)?
+    };
     let mut r_bytes = [0u8; 32];
     r_bytes.copy_from_slice(&sig[..32]);
     let r = CompressedEdwardsY(r_bytes).decompress().ok_or(Zip215Error::BadR)?;
@@ -248,6 +278,31 @@ mod tests {
             let v = u16::from(s[i]) + u16::from(L[i]) + carry;
             s[i] = v as u8;
             carry = v >> 8;
+        }
+    }
+
+    #[test]
+    fn a_remembered_key_gets_the_same_verdict_as_a_fresh_one() {
+        let key = Keypair::from_seed_phrase("zip215 key cache");
+        let digest = [5u8; 32];
+        let sig = key.sign_digest(&digest).0;
+        let a = key.address().0;
+        for _ in 0..3 {
+            assert_eq!(verify(&a, &digest, &sig), Ok(()));
+            let mut forged = sig;
+            forged[40] ^= 1;
+            assert!(verify(&a, &digest, &forged).is_err());
+        }
+        for small in low_order_encodings() {
+            for _ in 0..2 {
+                assert_eq!(verify(&small, &digest, &sig), Err(Zip215Error::SmallOrderKey), "{small:?}");
+            }
+        }
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert!(CompressedEdwardsY(not_a_point).decompress().is_none());
+        for _ in 0..2 {
+            assert_eq!(verify(&not_a_point, &digest, &sig), Err(Zip215Error::BadKey));
         }
     }
 }

@@ -28,6 +28,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the observer asks for new blocks.
 const OBSERVE_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Transactions per `POST /v1/txs` at most (the API's limit).
+const MAX_REQUEST_TXS: usize = 1_000;
+
 /// When a transaction was submitted and when its block was seen.
 type Commit = (Instant, Instant);
 
@@ -70,6 +73,8 @@ pub struct BenchReport {
     pub load_seconds: u64,
     /// Transfers the nodes accepted (refused ones are sent again later).
     pub submitted_txs: usize,
+    /// Submissions refused for load (503 or a retry hint), each sent again.
+    pub refused_for_load: usize,
     pub committed_txs: usize,
     /// Committed transfers over the time from the first submission to the last commit.
     pub committed_tps: f64,
@@ -170,42 +175,47 @@ fn measure(
         let (submitted, committed, stop, api) = (submitted.clone(), committed.clone(), stop.clone(), apis[0].clone());
         std::thread::spawn(move || observe(&api, start_height, &submitted, &committed, &stop))
     };
-    let mut nonces = vec![0u64; keys.len()];
-    // Transactions a node refused (its mempool was full): sent again first,
-    // since every later nonce of the same account waits for them.
-    let mut retry: std::collections::VecDeque<Signed<Transaction>> = std::collections::VecDeque::new();
-    let started = Instant::now();
-    let mut sent = 0usize;
-    let mut tick = 0u64;
     let recipient = file.nodes[0].address.parse().map_err(|e: agora_protocol::Error| bad(e.to_string()))?;
+    let mut client = Client::new(keys, chain, recipient);
+    let started = Instant::now();
+    let mut attempted = 0usize;
+    let mut tick = 0u64;
     while started.elapsed() < Duration::from_secs(o.seconds) {
         tick += 1;
         let due = (o.rate as f64 * started.elapsed().as_secs_f64()).ceil() as usize;
-        let fresh = due.saturating_sub(sent).saturating_sub(retry.len());
-        let mut batch: Vec<Signed<Transaction>> = retry.drain(..).collect();
-        for i in sent..sent + fresh {
-            let a = i % keys.len();
-            // Testnets run the default parameters: the minimum fee.
-            let fee = agora_ledger::params::DEFAULT_MIN_TX_FEE;
-            let tx = Transaction { nonce: nonces[a], fee, kind: TxKind::Transfer { to: recipient, amount: Amount(1) } };
-            nonces[a] += 1;
-            batch.push(Signed::sign(tx, &keys[a], &chain)?);
+        let batch = client.next(due.saturating_sub(attempted), Instant::now())?;
+        attempted += batch.len();
+        // Each account talks to one node, as a wallet does: its nonces reach
+        // one edge in order, so a refusal there never leaves a gap.
+        let mut by_node: Vec<Vec<Sent>> = vec![Vec::new(); apis.len()];
+        for sent in batch {
+            by_node[sent.0 % apis.len()].push(sent);
         }
-        sent += fresh;
-        for (n, chunk) in batch.chunks(batch.len().div_ceil(apis.len()).max(1)).enumerate() {
-            let hex: Vec<String> = chunk.iter().map(|t| codec::encode(t).map(hex::encode)).collect::<Result<_, _>>()?;
+        let requests = by_node.iter().enumerate().flat_map(|(n, b)| b.chunks(MAX_REQUEST_TXS).map(move |c| (n, c)));
+        for (n, chunk) in requests.filter(|(_, c)| !c.is_empty()) {
+            let hex: Vec<String> =
+                chunk.iter().map(|(_, t)| codec::encode(t).map(hex::encode)).collect::<Result<_, _>>()?;
             let body = serde_json::json!({ "txs": hex }).to_string();
             let at = Instant::now();
-            let api = &apis[(n + tick as usize) % apis.len()];
+            let api = &apis[n];
             let reply = http::post(api, "/v1/txs", &body).map_err(|e| bad(e.to_string()))?;
+            if reply.status == 503 {
+                // Refused whole, before any work: every one is sent again.
+                let hint = reply.json().ok().and_then(|j| j["retry_after_ms"].as_u64());
+                chunk.iter().for_each(|t| client.refused(t.clone(), hint, at));
+                continue;
+            }
+            if reply.status != 200 {
+                return Err(bad(format!("POST /v1/txs: {} {}", reply.status, reply.body)));
+            }
             let answer = reply.json().map_err(|e| bad(e.to_string()))?;
             let mut map = submitted.lock().map_err(|_| bad("lock".into()))?;
             for h in answer["hashes"].as_array().into_iter().flatten().filter_map(|h| h.as_str()) {
                 map.insert(h.to_string(), at);
             }
             for r in answer["rejected"].as_array().into_iter().flatten() {
-                if let Some(tx) = r["index"].as_u64().and_then(|i| chunk.get(i as usize)) {
-                    retry.push_back(tx.clone());
+                if let Some(t) = r["index"].as_u64().and_then(|i| chunk.get(i as usize)) {
+                    client.refused(t.clone(), r["retry_after_ms"].as_u64(), at);
                 }
             }
         }
@@ -214,6 +224,7 @@ fn measure(
             std::thread::sleep(wait);
         }
     }
+    let refused_for_load = client.refused_for_load;
     let submitted_count = submitted.lock().map(|m| m.len()).unwrap_or(0);
     progress(format!("{submitted_count} transfers accepted; waiting for the last commits"));
     let drain_until = Instant::now() + DRAIN_DEADLINE;
@@ -238,6 +249,7 @@ fn measure(
         offered_rate_tps: o.rate,
         load_seconds: o.seconds,
         submitted_txs: submitted_count,
+        refused_for_load,
         committed_txs: latencies.len(),
         committed_tps: latencies.len() as f64 / span,
         commit_latency: percentiles(latencies),
@@ -249,6 +261,81 @@ fn measure(
             .and_then(|j| j.as_array().map(|a| a.iter().filter_map(|p| p["slashes"].as_u64()).sum()))
             .unwrap_or(u64::MAX),
     })
+}
+
+/// A transfer and the index of the load account that signed it.
+type Sent = (usize, Signed<Transaction>);
+
+/// The load's clients, one per account, as a wallet behaves: each account
+/// sends its transfers in nonce order; those refused for load are sent
+/// again, in order, after the node's hint, and the account sends nothing
+/// new meanwhile (a later nonce would only wait behind a refused one, and
+/// age out of the pools).
+struct Client<'a> {
+    keys: &'a [Keypair],
+    chain: ChainId,
+    recipient: agora_protocol::Address,
+    nonces: Vec<u64>,
+    /// Per account, its refused transfers by nonce and when to send them again.
+    held: Vec<(Instant, std::collections::BTreeMap<u64, Signed<Transaction>>)>,
+    /// The next account to send a fresh transfer from.
+    cursor: usize,
+    /// Submissions refused for load (a 503 or a retry hint).
+    refused_for_load: usize,
+}
+
+impl<'a> Client<'a> {
+    fn new(keys: &'a [Keypair], chain: ChainId, recipient: agora_protocol::Address) -> Client<'a> {
+        let now = Instant::now();
+        Client {
+            keys,
+            chain,
+            recipient,
+            nonces: vec![0; keys.len()],
+            held: vec![(now, Default::default()); keys.len()],
+            cursor: 0,
+            refused_for_load: 0,
+        }
+    }
+
+    /// Up to `budget` transfers to send now: held ones whose time has come
+    /// first (each account's whole queue, in nonce order), then fresh ones
+    /// from accounts holding none.
+    fn next(&mut self, budget: usize, now: Instant) -> Result<Vec<Sent>, Error> {
+        let mut out = Vec::with_capacity(budget);
+        for (a, (at, queue)) in self.held.iter_mut().enumerate() {
+            if *at <= now && !queue.is_empty() && out.len() + queue.len() <= budget {
+                out.extend(std::mem::take(queue).into_values().map(|t| (a, t)));
+            }
+        }
+        let mut tried = 0;
+        while out.len() < budget && tried < self.keys.len() {
+            let a = self.cursor;
+            self.cursor = (self.cursor + 1) % self.keys.len();
+            tried += 1;
+            if !self.held[a].1.is_empty() {
+                continue;
+            }
+            tried = 0;
+            // Testnets run the default parameters: the minimum fee.
+            let fee = agora_ledger::params::DEFAULT_MIN_TX_FEE;
+            let kind = TxKind::Transfer { to: self.recipient, amount: Amount(1) };
+            let tx = Transaction { nonce: self.nonces[a], fee, kind };
+            self.nonces[a] += 1;
+            out.push((a, Signed::sign(tx, &self.keys[a], &self.chain)?));
+        }
+        Ok(out)
+    }
+
+    /// A transfer the node refused: its account's queue is sent again after
+    /// `hint_ms` (or the next tick without one, a refusal not for load).
+    fn refused(&mut self, (a, tx): Sent, hint_ms: Option<u64>, at: Instant) {
+        self.refused_for_load += usize::from(hint_ms.is_some());
+        let again = at + hint_ms.map_or(LOAD_TICK, Duration::from_millis);
+        let (when, queue) = &mut self.held[a];
+        *when = if queue.is_empty() { again } else { (*when).max(again) };
+        queue.insert(tx.body.nonce, tx);
+    }
 }
 
 fn offers(api: &str) -> Vec<serde_json::Value> {

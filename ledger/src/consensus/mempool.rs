@@ -20,6 +20,10 @@ use crate::state::State;
 pub const MAX_MEMPOOL_TXS: usize = 10_000;
 /// Encoded bytes the pool holds at most (4 full blocks).
 pub const MAX_MEMPOOL_BYTES: usize = 4 * agora_protocol::limits::MAX_BLOCK_BYTES;
+/// What a node takes from its own clients at most (see `node::edge`): a
+/// quarter of the pool, so the rest is room for what peers gossip and a
+/// transaction taken at one node's edge still fits in the others' pools.
+pub const EDGE_MAX_TXS: usize = MAX_MEMPOOL_TXS / 4;
 /// The nonce window: a transaction's nonce must be below the account's
 /// nonce plus this, so one account queues at most this many.
 pub const MAX_TXS_PER_ACCOUNT: usize = 64;
@@ -149,6 +153,11 @@ impl Mempool {
     /// Transactions `sender` has queued.
     pub fn pending_from(&self, sender: &Address) -> usize {
         self.usage.get(sender).map_or(0, |u| u.count)
+    }
+
+    /// The lowest fee waiting, if any.
+    pub fn cheapest_fee(&self) -> Option<Amount> {
+        self.by_fee.first().map(|k| k.0)
     }
 
     /// Transactions that fit without evicting anything.
