@@ -4,6 +4,7 @@
 //! `{"error": "<detail>", "code": "<stable code>"}` (callers match the code,
 //! never the text); amounts are strings of micro-AGR.
 
+use agora_ledger::consensus::mempool::{VerifiedTx, verify_all};
 use agora_protocol::codec;
 use agora_protocol::{Address, Height, SignedTx};
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
@@ -461,33 +462,27 @@ async fn block(
 /// waits in the mempool for the ones before it. Runs on a blocking thread:
 /// the signatures are checked as one batch outside any lock, and only the
 /// dry runs (microseconds each) hold the shared ledger's write lock.
-async fn check_against_ledger(s: &Shared, txs: Vec<SignedTx>) -> Result<Vec<Result<SignedTx, ApiError>>, ApiError> {
+async fn check_against_ledger(s: &Shared, txs: Vec<SignedTx>) -> Result<Vec<Result<VerifiedTx, ApiError>>, ApiError> {
     let ledger = s.ledger.clone();
     tokio::task::spawn_blocking(move || {
         let chain = ledger.read().map_err(internal)?.chain_id().clone();
-        let signed_ok =
-            |tx: &SignedTx| tx.verify(&chain).map_err(|e| ApiError::from(TxRefusal::invalid("bad_signature", e)));
-        let items: Vec<Option<agora_protocol::sign::BatchItem>> = txs
-            .iter()
-            .map(|tx| {
-                tx.digest(&chain).ok().map(|digest| agora_protocol::sign::BatchItem {
-                    digest,
-                    signature: tx.signature,
-                    signer: tx.signer,
+        // The only signature check these get on this node: the daemon and
+        // the mempool take them as verified.
+        let checked: Vec<Result<VerifiedTx, ApiError>> = verify_all(&chain, txs)
+            .into_iter()
+            .map(|r| {
+                r.ok_or_else(|| {
+                    ApiError::from(TxRefusal::invalid("bad_signature", "signature does not match the sender"))
                 })
             })
             .collect();
-        let all_good = items.iter().all(Option::is_some)
-            && agora_protocol::sign::verify_batch(&items.into_iter().flatten().collect::<Vec<_>>()).is_ok();
-        let checked: Vec<Result<SignedTx, ApiError>> =
-            txs.into_iter().map(|tx| if all_good { Ok(tx) } else { signed_ok(&tx).map(|_| tx) }).collect();
         let mut ledger = ledger.write().map_err(internal)?;
         Ok(checked
             .into_iter()
             .map(|r| {
                 let tx = r?;
                 let mark = ledger.checkpoint();
-                let result = agora_ledger::apply_tx(&mut ledger, &tx, agora_ledger::SigCheck::Skip);
+                let result = agora_ledger::apply_tx(&mut ledger, tx.tx(), agora_ledger::SigCheck::Skip);
                 ledger.rollback(mark);
                 match result {
                     Ok(_) => Ok(tx),

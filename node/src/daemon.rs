@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agora_ledger::consensus::mempool::AddError;
+use agora_ledger::consensus::mempool::{AddError, VerifiedTx};
 use agora_ledger::consensus::{Action, Engine, EngineConfig, Input, Recovered, Relay, SignerFile, Timer, WalFile};
 use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
@@ -42,31 +42,17 @@ use crate::provider::{Duty, Provider};
 
 /// Commands the HTTP API sends to the loop.
 pub enum Command {
-    SubmitTx {
-        tx: Box<SignedTx>,
-        reply: oneshot::Sender<Result<Hash, TxRefusal>>,
-    },
-    /// Several transactions at once (`POST /v1/txs`), signature-checked as a batch.
-    SubmitTxs {
-        txs: Vec<SignedTx>,
-        reply: oneshot::Sender<Vec<Result<Hash, TxRefusal>>>,
-    },
+    /// A transaction the API checked the signature of.
+    SubmitTx { tx: Box<VerifiedTx>, reply: oneshot::Sender<Result<Hash, TxRefusal>> },
+    /// Several transactions at once (`POST /v1/txs`), signature-checked as a batch by the API.
+    SubmitTxs { txs: Vec<VerifiedTx>, reply: oneshot::Sender<Vec<Result<Hash, TxRefusal>>> },
     /// Send a lease-protocol message to a provider (a buyer's proposal or logs request).
-    LeaseRpc {
-        provider: agora_protocol::Address,
-        rpc: Box<agora_protocol::job::LeaseRpc>,
-        reply: leases::RpcReply,
-    },
+    LeaseRpc { provider: agora_protocol::Address, rpc: Box<agora_protocol::job::LeaseRpc>, reply: leases::RpcReply },
     /// Testnet only: announce this provider's offer now (benchmarks time its propagation).
-    Announce {
-        reply: oneshot::Sender<Option<u64>>,
-    },
+    Announce { reply: oneshot::Sender<Option<u64>> },
     /// Testnet fault injection: drop all traffic to and from these peers
     /// (replacing the previous set); an empty set heals.
-    Partition {
-        block: Vec<PeerId>,
-        reply: oneshot::Sender<()>,
-    },
+    Partition { block: Vec<PeerId>, reply: oneshot::Sender<()> },
 }
 
 /// Capacity of the API → loop command queue.
@@ -776,17 +762,17 @@ impl Daemon {
         match cmd {
             Command::SubmitTx { tx, reply } => {
                 let result = (|| {
-                    self.edge_admits(0, tx.body.fee)?;
-                    self.consensus.engine.mempool().check(self.consensus.engine.ledger(), &tx)?;
-                    tx.verify(&self.chain).map_err(|e| TxRefusal::invalid("bad_signature", e))?;
-                    let hash = tx.hash().map_err(|e| TxRefusal::invalid("malformed", e))?;
-                    let bytes = codec::encode(tx.as_ref()).map_err(|e| TxRefusal::invalid("malformed", e))?;
+                    let signed = tx.tx();
+                    self.edge_admits(0, signed.body.fee)?;
+                    self.consensus.engine.mempool().check(self.consensus.engine.ledger(), signed)?;
+                    let hash = signed.hash().map_err(|e| TxRefusal::invalid("malformed", e))?;
+                    let bytes = codec::encode(signed).map_err(|e| TxRefusal::invalid("malformed", e))?;
                     Ok::<_, TxRefusal>((hash, bytes))
                 })();
                 match result {
                     Ok((hash, bytes)) => {
-                        self.gossip_tx(tx.body.fee, bytes);
-                        let actions = self.consensus.engine.handle(now_ms(), Input::Tx(tx));
+                        self.gossip_tx(tx.tx().body.fee, bytes);
+                        let actions = self.consensus.engine.handle(now_ms(), Input::Verified(vec![*tx]));
                         self.act(actions)?;
                         let _ = reply.send(Ok(hash));
                     }
@@ -801,20 +787,18 @@ impl Daemon {
                 // The checks see the pool before this batch: the batch counts
                 // towards the edge's mark as it is taken.
                 for tx in txs {
-                    let checked = self.edge_admits(keep.len(), tx.body.fee).and_then(|()| {
-                        self.consensus
-                            .engine
-                            .mempool()
-                            .check(self.consensus.engine.ledger(), &tx)
-                            .map_err(TxRefusal::from)
+                    let signed = tx.tx();
+                    let checked = self.edge_admits(keep.len(), signed.body.fee).and_then(|()| {
+                        let engine = &self.consensus.engine;
+                        engine.mempool().check(engine.ledger(), signed).map_err(TxRefusal::from)
                     });
                     let outcome = match checked {
                         Err(e) => Err(e),
-                        Ok(()) => tx
+                        Ok(()) => signed
                             .hash()
-                            .and_then(|h| Ok((h, codec::encode(&tx)?)))
+                            .and_then(|h| Ok((h, codec::encode(signed)?)))
                             .map(|(hash, bytes)| {
-                                self.gossip_tx(tx.body.fee, bytes);
+                                self.gossip_tx(tx.tx().body.fee, bytes);
                                 keep.push(tx);
                                 hash
                             })
@@ -822,7 +806,7 @@ impl Daemon {
                     };
                     outcomes.push(outcome);
                 }
-                let actions = self.consensus.engine.handle(now_ms(), Input::Txs(keep));
+                let actions = self.consensus.engine.handle(now_ms(), Input::Verified(keep));
                 self.act(actions)?;
                 let _ = reply.send(outcomes);
             }
@@ -998,10 +982,11 @@ impl Daemon {
         if pending.is_empty() {
             return Ok(());
         }
-        let txs: Vec<SignedTx> = pending.iter().map(|(_, tx)| tx.clone()).collect();
-        let verdicts = crate::gossip_txs::verdicts(&self.chain, &txs);
-        let mut valid = Vec::with_capacity(txs.len());
-        for (((message_id, source), tx), ok) in pending.into_iter().zip(verdicts) {
+        let (ids, txs): (Vec<_>, Vec<SignedTx>) = pending.into_iter().unzip();
+        let verdicts = agora_ledger::consensus::mempool::verify_all(&self.chain, txs);
+        let mut valid = Vec::with_capacity(verdicts.len());
+        for ((message_id, source), checked) in ids.into_iter().zip(verdicts) {
+            let ok = checked.is_some();
             let (acceptance, verdict) =
                 if ok { (MessageAcceptance::Accept, "accepted") } else { (MessageAcceptance::Reject, "rejected") };
             let labels =
@@ -1009,11 +994,9 @@ impl Daemon {
             self.shared.metrics.gossip.get_or_create(&labels).inc();
             let gossip = &mut self.net.swarm.behaviour_mut().gossipsub;
             let _ = gossip.report_message_validation_result(&message_id, &source, acceptance);
-            if ok {
-                valid.push(tx);
-            }
+            valid.extend(checked);
         }
-        let actions = self.consensus.engine.handle(now_ms(), Input::Txs(valid));
+        let actions = self.consensus.engine.handle(now_ms(), Input::Verified(valid));
         self.act(actions)
     }
 

@@ -7,12 +7,13 @@
 //! mempool admission) wait here until `GOSSIP_TX_BATCH` are pending or the
 //! oldest has waited `GOSSIP_TX_WAIT_MS`, and are then checked together;
 //! gossipsub holds their forwarding until the verdict (its validation is
-//! asynchronous by design). A batch that fails is checked one by one, so
-//! each forged transaction is rejected, and its sender penalised, alone.
-//! Pure: the daemon pushes, asks for the deadline, and reports verdicts.
+//! asynchronous by design). A batch that fails is checked one by one
+//! (`mempool::verify_all`), so each forged transaction is rejected, and its
+//! sender penalised, alone; the valid ones enter the pool as verified, not
+//! checked again. Pure: the daemon pushes, asks for the deadline, and
+//! reports verdicts.
 
-use agora_protocol::sign::{BatchItem, verify_batch};
-use agora_protocol::{ChainId, SignedTx};
+use agora_protocol::SignedTx;
 
 /// Transactions checked together at most (and a batch is checked at once when full).
 pub const GOSSIP_TX_BATCH: usize = 64;
@@ -62,22 +63,9 @@ impl<Id> Pending<Id> {
     }
 }
 
-/// Whether each transaction's signature is valid on `chain`: one batch
-/// check, and one by one only if the batch fails.
-pub fn verdicts(chain: &ChainId, txs: &[SignedTx]) -> Vec<bool> {
-    let items: Option<Vec<BatchItem>> = txs
-        .iter()
-        .map(|tx| tx.digest(chain).ok().map(|digest| BatchItem { digest, signature: tx.signature, signer: tx.signer }))
-        .collect();
-    if items.is_some_and(|items| verify_batch(&items).is_ok()) {
-        return vec![true; txs.len()];
-    }
-    txs.iter().map(|tx| tx.verify(chain).is_ok()).collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use agora_protocol::{Address, Amount, Keypair, Signed, Transaction, TxKind};
+    use agora_protocol::{Address, Amount, ChainId, Keypair, Signed, Transaction, TxKind};
 
     use super::*;
 
@@ -107,20 +95,5 @@ mod tests {
         assert_eq!(taken[0].0, 1, "in arrival order");
         assert!(p.is_empty());
         assert_eq!(p.deadline_ms(), None);
-    }
-
-    #[test]
-    fn each_forgery_is_found_alone_and_honest_ones_pass() {
-        let chain = ChainId::new("agora-test").unwrap();
-        let mut txs: Vec<SignedTx> = (0..10).map(tx).collect();
-        assert_eq!(verdicts(&chain, &txs), vec![true; 10]);
-        txs[3].signature.0[10] ^= 1;
-        txs[7].body.nonce += 1;
-        let v = verdicts(&chain, &txs);
-        assert_eq!(v.iter().filter(|ok| !**ok).count(), 2, "{v:?}");
-        assert!(!v[3] && !v[7]);
-        let other = ChainId::new("agora-other").unwrap();
-        assert_eq!(verdicts(&other, &txs[..2]), vec![false, false], "signed for another chain");
-        assert!(verdicts(&chain, &[]).is_empty());
     }
 }

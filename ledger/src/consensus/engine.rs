@@ -109,6 +109,9 @@ pub enum Input {
     /// Several transactions for the mempool, signature-checked as one batch
     /// (about twice as fast as one by one); invalid ones are dropped.
     Txs(Vec<SignedTx>),
+    /// Transactions whose signatures the host already checked (its API, its
+    /// gossip validation): queued without checking them again.
+    Verified(Vec<crate::consensus::mempool::VerifiedTx>),
     /// A committed block with its certificate, fetched from a peer by block
     /// sync after `Action::SyncNeeded`.
     Synced { block: Box<Block>, certificate: CommitCertificate },
@@ -443,6 +446,11 @@ impl Engine {
                 }
             }
             Input::Txs(txs) => self.host.add_txs(txs),
+            Input::Verified(txs) => {
+                for tx in txs {
+                    let _ = self.host.mempool.add(&self.host.ledger, tx.into_inner());
+                }
+            }
             Input::Message(msg) => {
                 if msg.height().0 > self.mc.height().0 {
                     self.host.maybe_request_sync();
@@ -510,12 +518,8 @@ impl Host {
 
     /// Verifies a batch of transactions at once and queues the valid ones.
     fn add_txs(&mut self, txs: Vec<SignedTx>) {
-        let all_valid = verify_tx_signatures_where(&self.ledger, &txs, |_| true).is_ok();
-        for tx in txs {
-            // A failed batch is re-checked one by one to keep the good ones.
-            if all_valid || tx.verify(&self.chain).is_ok() {
-                let _ = self.mempool.add(&self.ledger, tx);
-            }
+        for tx in crate::consensus::mempool::verify_all(&self.chain, txs).into_iter().flatten() {
+            let _ = self.mempool.add(&self.ledger, tx.into_inner());
         }
     }
 

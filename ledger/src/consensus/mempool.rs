@@ -37,6 +37,36 @@ pub const TX_TTL_BLOCKS: u64 = 600;
 /// incoming transaction can cause.
 const MAX_EVICTION_SCAN: usize = 1_024;
 
+/// A transaction whose signature was checked for the chain it was checked
+/// against: `verify_all` is the only way to make one, so the pool can take
+/// it without checking again (a node checks each signature once, wherever
+/// the transaction came from: its API or gossip).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedTx(SignedTx);
+
+impl VerifiedTx {
+    pub fn tx(&self) -> &SignedTx {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> SignedTx {
+        self.0
+    }
+}
+
+/// Checks the transactions' signatures on `chain`: one batch check, and one
+/// by one only if the batch fails, so each forgery is found alone. Each
+/// comes back verified, or as None.
+pub fn verify_all(chain: &agora_protocol::ChainId, txs: Vec<SignedTx>) -> Vec<Option<VerifiedTx>> {
+    use agora_protocol::sign::{BatchItem, verify_batch};
+    let items: Option<Vec<BatchItem>> = txs
+        .iter()
+        .map(|tx| tx.digest(chain).ok().map(|digest| BatchItem { digest, signature: tx.signature, signer: tx.signer }))
+        .collect();
+    let all_valid = items.is_some_and(|items| verify_batch(&items).is_ok());
+    txs.into_iter().map(|tx| (all_valid || tx.verify(chain).is_ok()).then_some(VerifiedTx(tx))).collect()
+}
+
 /// Why a transaction was not admitted. `code` is what the API sends.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddError {
@@ -370,6 +400,27 @@ mod tests {
     fn with_fee(key: &Keypair, nonce: u64, fee: Amount, to: Address) -> SignedTx {
         let body = Transaction { nonce, fee, kind: TxKind::Transfer { to, amount: Amount(1) } };
         Signed::sign(body, key, &chain_id()).unwrap()
+    }
+
+    #[test]
+    fn verify_all_finds_each_forgery_alone_and_passes_the_honest_ones() {
+        let keys: Vec<Keypair> = (0..10).map(|i| Keypair::from_seed_phrase(&format!("verify all {i}"))).collect();
+        let mut txs: Vec<SignedTx> =
+            keys.iter().enumerate().map(|(i, k)| with_fee(k, i as u64, TEST_FEE, Address([7; 32]))).collect();
+        let verdicts = |txs: &[SignedTx], chain: &agora_protocol::ChainId| -> Vec<bool> {
+            verify_all(chain, txs.to_vec()).iter().map(Option::is_some).collect()
+        };
+        assert_eq!(verdicts(&txs, &chain_id()), vec![true; 10]);
+        let honest = verify_all(&chain_id(), txs[..1].to_vec()).pop().unwrap().unwrap();
+        assert_eq!(honest.tx(), &txs[0], "a verified transaction is the one given");
+        txs[3].signature.0[10] ^= 1;
+        txs[7].body.nonce += 1;
+        let v = verdicts(&txs, &chain_id());
+        assert_eq!(v.iter().filter(|ok| !**ok).count(), 2, "{v:?}");
+        assert!(!v[3] && !v[7]);
+        let other = agora_protocol::ChainId::new("agora-other").unwrap();
+        assert_eq!(verdicts(&txs[..2], &other), vec![false, false], "signed for another chain");
+        assert!(verify_all(&chain_id(), Vec::new()).is_empty());
     }
 
     #[test]
