@@ -59,8 +59,12 @@ fn post(api: &str, txs: &[Signed<Transaction>]) -> (u64, BTreeMap<String, u64>) 
         let v = r.json().unwrap();
         if r.status == 503 {
             assert_eq!(v["code"], "mempool_busy", "{}", r.body);
-            assert!(v["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 200), "{}", r.body);
+            let ms = v["retry_after_ms"].as_u64().filter(|ms| *ms >= 200);
+            let secs = r.retry_after.as_deref().and_then(|s| s.parse::<u64>().ok());
+            assert!(ms.is_some(), "{}", r.body);
+            assert_eq!(secs, ms.map(|ms| ms.div_ceil(1000)), "Retry-After is the hint in whole seconds, rounded up");
             *codes.entry("mempool_busy".to_string()).or_insert(0) += chunk.len() as u64;
+            *codes.entry("whole requests refused".to_string()).or_insert(0) += 1;
             continue;
         }
         assert_eq!(r.status, 200, "{}", r.body);
@@ -198,6 +202,7 @@ fn junk_from_strangers_is_refused_and_a_paid_flood_cannot_delay_a_user() {
     // Blocks committed while the 11 requests went in make room for more.
     assert!(accepted >= mark, "the node took {accepted} of the paid flood, its mark is {mark} ({codes:?})");
     assert!(busy >= 1_000, "the node shed only {busy} of the paid flood ({codes:?})");
+    assert!(codes.contains_key("whole requests refused"), "no request was refused whole: {codes:?}");
     let pools: Vec<u64> = apis.iter().map(|a| mempool(a)).collect();
     eprintln!("flood: {accepted} admitted, refused {codes:?}, pools {pools:?} at height {h1}");
     // Node 0 gossips the burst paced, highest fee first: no peer's send queue overflows.

@@ -27,6 +27,8 @@ pub struct Reply {
     pub location: Option<String>,
     /// The `Content-Type` header.
     pub content_type: Option<String>,
+    /// The `Retry-After` header (a 503's hint, in seconds).
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -83,7 +85,13 @@ pub fn request_with(
             name.eq_ignore_ascii_case(wanted).then(|| value.trim().to_string())
         })
     };
-    Ok(Reply { status, body, location: header("location"), content_type: header("content-type") })
+    Ok(Reply {
+        status,
+        body,
+        location: header("location"),
+        content_type: header("content-type"),
+        retry_after: header("retry-after"),
+    })
 }
 
 fn dechunk(mut s: &str) -> String {
