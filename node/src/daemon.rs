@@ -854,6 +854,8 @@ impl Daemon {
                 message_id,
                 message,
             })) => {
+                let labels = crate::metrics::TopicLabels { topic: message.topic.to_string() };
+                self.shared.metrics.gossip_bytes.get_or_create(&labels).inc_by(message.data.len() as u64);
                 let (acceptance, input) = if message.topic == topic(TOPIC_OFFERS).hash() {
                     (self.on_offer(&message.data), None)
                 } else if message.topic == topic(TOPIC_HEARTBEATS).hash() {

@@ -14,6 +14,12 @@ pub struct GossipLabels {
     pub verdict: String,
 }
 
+/// Labels of per-topic counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub height: Gauge,
@@ -32,6 +38,8 @@ pub struct Metrics {
     pub block_interval_ms: Gauge<u64, AtomicU64>,
     pub committed_txs: Counter,
     pub gossip: Family<GossipLabels, Counter>,
+    /// Bytes of gossip messages received (before any check), by topic.
+    pub gossip_bytes: Family<TopicLabels, Counter>,
     /// Offers in the order book.
     pub offers: Gauge,
     /// Offers this provider has gossiped.
@@ -65,6 +73,7 @@ impl Metrics {
             block_interval_ms: Gauge::default(),
             committed_txs: Counter::default(),
             gossip: Family::default(),
+            gossip_bytes: Family::default(),
             offers: Gauge::default(),
             offers_announced: Counter::default(),
             leases_accepted: Counter::default(),
@@ -99,6 +108,7 @@ impl Metrics {
             m.tx_gossip_dropped.clone(),
         );
         r.register("gossip_messages", "Gossip messages received, by topic and verdict", m.gossip.clone());
+        r.register("gossip_bytes", "Bytes of gossip messages received, by topic", m.gossip_bytes.clone());
         r.register("offers", "Offers in the order book", m.offers.clone());
         r.register("offers_announced", "Offers this provider has gossiped", m.offers_announced.clone());
         r.register("leases_accepted", "Lease requests this provider accepted", m.leases_accepted.clone());

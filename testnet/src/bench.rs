@@ -25,6 +25,10 @@ const LOAD_TICK: Duration = Duration::from_millis(100);
 const OFFER_DEADLINE: Duration = Duration::from_secs(20);
 /// How long after the load stops to wait for the last transactions to commit.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the idle CPU and gossip traffic are measured over.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
+const CLOCK_TICKS_PER_S: f64 = 100.0;
 /// How often the observer asks for new blocks.
 const OBSERVE_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -67,6 +71,10 @@ pub struct BenchReport {
     pub nodes: usize,
     pub providers: usize,
     pub idle_rss_mib: Vec<f64>,
+    /// Each node's CPU while idle (offers and heartbeats only), % of one core.
+    pub idle_cpu_percent: Vec<f64>,
+    /// Gossip bytes each node received per second while idle.
+    pub idle_gossip_bytes_per_s: Vec<f64>,
     /// From the provider signing its offer to the last node having it in its book.
     pub offer_propagation: Percentiles,
     pub offered_rate_tps: u64,
@@ -94,6 +102,26 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
+}
+
+/// CPU time a process has used (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, in parentheses):
+    // utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_S
+}
+
+/// Gossip bytes a node has received, all topics.
+fn gossip_bytes(api: &str) -> f64 {
+    let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("agora_gossip_bytes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn load_key(i: usize) -> Keypair {
@@ -137,6 +165,16 @@ fn measure(
     }
     std::thread::sleep(Duration::from_secs(3));
     let idle_rss_mib: Vec<f64> = file.nodes.iter().map(|n| rss_mib(n.pid)).collect();
+    progress(format!("measuring idle CPU and gossip traffic for {} s", IDLE_WINDOW.as_secs()));
+    let cpu0: Vec<f64> = file.nodes.iter().map(|n| cpu_seconds(n.pid)).collect();
+    let bytes0: Vec<f64> = apis.iter().map(|a| gossip_bytes(a)).collect();
+    let idle_from = Instant::now();
+    std::thread::sleep(IDLE_WINDOW);
+    let idle_s = idle_from.elapsed().as_secs_f64();
+    let idle_cpu_percent: Vec<f64> =
+        file.nodes.iter().zip(&cpu0).map(|(n, c0)| (cpu_seconds(n.pid) - c0) / idle_s * 100.0).collect();
+    let idle_gossip_bytes_per_s: Vec<f64> =
+        apis.iter().zip(&bytes0).map(|(a, b0)| (gossip_bytes(a) - b0) / idle_s).collect();
 
     progress(format!("timing {} offer announcements", o.offers));
     let mut offer_ms = Vec::new();
@@ -245,6 +283,8 @@ fn measure(
         nodes: o.nodes,
         providers,
         idle_rss_mib,
+        idle_cpu_percent,
+        idle_gossip_bytes_per_s,
         offer_propagation: percentiles(offer_ms),
         offered_rate_tps: o.rate,
         load_seconds: o.seconds,
