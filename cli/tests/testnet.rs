@@ -141,9 +141,17 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     }
     assert!(block_hash(&api[3], target).is_some());
     // Neither the start nor the restart made any validator try to sign
-    // something conflicting (a double start of a height once did).
-    for a in &api {
-        assert_eq!(common::metric(a, "agora_sign_refused_total"), 0, "the double-sign guard refused on {a}");
+    // something conflicting (a double start of a height once did). Node 3
+    // was SIGKILLed: a kill between the guard's fsync and the WAL's, for the
+    // one vote being signed, leaves the guard a step ahead of the WAL (the
+    // vote never left the node), and the restarted node may then be asked
+    // for that round's prevote or precommit on other grounds: the guard
+    // refuses, as designed (`ledger/tests/consensus.rs`). Seen once in many
+    // runs on a loaded machine; more than those two would be a bug.
+    for (i, a) in api.iter().enumerate() {
+        let refused = common::metric(a, "agora_sign_refused_total");
+        let allowed = if i == 3 { 2 } else { 0 };
+        assert!(refused <= allowed, "the double-sign guard refused {refused} times on {a}");
     }
     // Same state too: its state root at its tip is the one node 0's block at that height commits to,
     // and the transfer sent while it was down is in its ledger.
