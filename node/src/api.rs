@@ -393,7 +393,12 @@ async fn offers(
 async fn lease(AxumState(s): AxumState<Shared>, Path(id): Path<String>) -> Result<Json<agora_ledger::Lease>, ApiError> {
     let id: agora_protocol::LeaseId = id.parse().map_err(|e: agora_protocol::Error| bad_request(e.to_string()))?;
     let ledger = s.ledger.read().map_err(internal)?;
-    ledger.lease(&id).cloned().map(Json).ok_or_else(|| not_found(format!("no lease {id}")))
+    let retention_h = ledger.params().market.settled_lease_retention_ms / 3_600_000;
+    ledger.lease(&id).cloned().map(Json).ok_or_else(|| {
+        not_found(format!(
+            "no lease {id} on the ledger: never opened, or settled more than {retention_h} h ago and pruned (its blocks remain)"
+        ))
+    })
 }
 
 #[derive(Serialize)]
