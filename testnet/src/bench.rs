@@ -223,14 +223,22 @@ fn measure(
         let due = (o.rate as f64 * started.elapsed().as_secs_f64()).ceil() as usize;
         let batch = client.next(due.saturating_sub(attempted), Instant::now())?;
         attempted += batch.len();
-        // Each account talks to one node, as a wallet does: its nonces reach
-        // one edge in order, so a refusal there never leaves a gap.
+        // Each account talks to one node, as a wallet does, and all of an
+        // account's transfers of a tick go in one request: a node takes a
+        // prefix of each request, so an account split across two requests
+        // could have later nonces taken after earlier ones were refused (a
+        // block emptying the pool in between) — a gap they would age out
+        // behind.
         let mut by_node: Vec<Vec<Sent>> = vec![Vec::new(); apis.len()];
         for sent in batch {
             by_node[sent.0 % apis.len()].push(sent);
         }
-        let requests = by_node.iter().enumerate().flat_map(|(n, b)| b.chunks(MAX_REQUEST_TXS).map(move |c| (n, c)));
-        for (n, chunk) in requests.filter(|(_, c)| !c.is_empty()) {
+        let requests: Vec<(usize, Vec<Sent>)> = by_node
+            .into_iter()
+            .enumerate()
+            .flat_map(|(n, b)| whole_accounts(b).into_iter().map(move |r| (n, r)))
+            .collect();
+        for (n, chunk) in requests.iter().map(|(n, c)| (*n, c.as_slice())) {
             let hex: Vec<String> =
                 chunk.iter().map(|(_, t)| codec::encode(t).map(hex::encode)).collect::<Result<_, _>>()?;
             let body = serde_json::json!({ "txs": hex }).to_string();
@@ -305,6 +313,23 @@ fn measure(
 
 /// A transfer and the index of the load account that signed it.
 type Sent = (usize, Signed<Transaction>);
+
+/// Requests of at most `MAX_REQUEST_TXS`, each holding every transfer of
+/// its accounts (in their order), so no account is split across two.
+fn whole_accounts(sent: Vec<Sent>) -> Vec<Vec<Sent>> {
+    let mut per_account: std::collections::BTreeMap<usize, Vec<Sent>> = std::collections::BTreeMap::new();
+    for s in sent {
+        per_account.entry(s.0).or_default().push(s);
+    }
+    let mut requests: Vec<Vec<Sent>> = Vec::new();
+    for (_, txs) in per_account {
+        match requests.last_mut() {
+            Some(r) if r.len() + txs.len() <= MAX_REQUEST_TXS => r.extend(txs),
+            _ => requests.push(txs),
+        }
+    }
+    requests
+}
 
 /// The load's clients, one per account, as a wallet behaves: each account
 /// sends its transfers in nonce order; those refused for load are sent
