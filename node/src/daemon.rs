@@ -761,53 +761,11 @@ impl Daemon {
     fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
         match cmd {
             Command::SubmitTx { tx, reply } => {
-                let result = (|| {
-                    let signed = tx.tx();
-                    self.edge_admits(0, signed.body.fee)?;
-                    self.consensus.engine.mempool().check(self.consensus.engine.ledger(), signed)?;
-                    let hash = signed.hash().map_err(|e| TxRefusal::invalid("malformed", e))?;
-                    let bytes = codec::encode(signed).map_err(|e| TxRefusal::invalid("malformed", e))?;
-                    Ok::<_, TxRefusal>((hash, bytes))
-                })();
-                match result {
-                    Ok((hash, bytes)) => {
-                        self.gossip_tx(tx.tx().body.fee, bytes);
-                        let actions = self.consensus.engine.handle(now_ms(), Input::Verified(vec![*tx]));
-                        self.act(actions)?;
-                        let _ = reply.send(Ok(hash));
-                    }
-                    Err(e) => _ = reply.send(Err(e)),
-                }
+                let outcome = self.take_client_txs(vec![*tx])?.pop();
+                let _ = reply.send(outcome.unwrap_or_else(|| Err(TxRefusal::invalid("internal", "no verdict"))));
             }
             Command::SubmitTxs { txs, reply } => {
-                // What the mempool cannot keep is refused now, not gossiped:
-                // under overload the network sheds load at its edge.
-                let mut outcomes = Vec::with_capacity(txs.len());
-                let mut keep = Vec::with_capacity(txs.len());
-                // The checks see the pool before this batch: the batch counts
-                // towards the edge's mark as it is taken.
-                for tx in txs {
-                    let signed = tx.tx();
-                    let checked = self.edge_admits(keep.len(), signed.body.fee).and_then(|()| {
-                        let engine = &self.consensus.engine;
-                        engine.mempool().check(engine.ledger(), signed).map_err(TxRefusal::from)
-                    });
-                    let outcome = match checked {
-                        Err(e) => Err(e),
-                        Ok(()) => signed
-                            .hash()
-                            .and_then(|h| Ok((h, codec::encode(signed)?)))
-                            .map(|(hash, bytes)| {
-                                self.gossip_tx(tx.tx().body.fee, bytes);
-                                keep.push(tx);
-                                hash
-                            })
-                            .map_err(|e| TxRefusal::invalid("malformed", e)),
-                    };
-                    outcomes.push(outcome);
-                }
-                let actions = self.consensus.engine.handle(now_ms(), Input::Verified(keep));
-                self.act(actions)?;
+                let outcomes = self.take_client_txs(txs)?;
                 let _ = reply.send(outcomes);
             }
             Command::LeaseRpc { provider, rpc, reply } => self.lease_rpc(provider, *rpc, reply),
@@ -876,18 +834,7 @@ impl Daemon {
                 } else {
                     self.validate_gossip(message.topic.as_str(), &message.data)
                 };
-                let verdict = match acceptance {
-                    MessageAcceptance::Accept => "accepted",
-                    MessageAcceptance::Reject => "rejected",
-                    MessageAcceptance::Ignore => "ignored",
-                };
-                let labels = crate::metrics::GossipLabels { topic: message.topic.to_string(), verdict: verdict.into() };
-                self.shared.metrics.gossip.get_or_create(&labels).inc();
-                let _ = self.net.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
+                self.report_gossip(&message.topic, &message_id, &propagation_source, acceptance);
                 if let Some(input) = input {
                     let actions = self.consensus.engine.handle(now_ms(), input);
                     self.act(actions)?;
@@ -976,6 +923,26 @@ impl Daemon {
         Ok(tx)
     }
 
+    /// Tells gossipsub a message's verdict (forward, drop, or reject and
+    /// penalise its sender) and counts it by topic and verdict.
+    fn report_gossip(
+        &mut self,
+        topic: &gossipsub::TopicHash,
+        message_id: &gossipsub::MessageId,
+        source: &PeerId,
+        acceptance: MessageAcceptance,
+    ) {
+        let verdict = match acceptance {
+            MessageAcceptance::Accept => "accepted",
+            MessageAcceptance::Reject => "rejected",
+            MessageAcceptance::Ignore => "ignored",
+        };
+        let labels = crate::metrics::GossipLabels { topic: topic.to_string(), verdict: verdict.into() };
+        self.shared.metrics.gossip.get_or_create(&labels).inc();
+        let _ =
+            self.net.swarm.behaviour_mut().gossipsub.report_message_validation_result(message_id, source, acceptance);
+    }
+
     /// Checks the waiting gossiped transactions' signatures as one batch,
     /// tells gossipsub each verdict (forward, or reject and penalise) and
     /// hands the valid ones to the mempool.
@@ -987,15 +954,10 @@ impl Daemon {
         let (ids, txs): (Vec<_>, Vec<SignedTx>) = pending.into_iter().unzip();
         let verdicts = agora_ledger::consensus::mempool::verify_all(&self.chain, txs);
         let mut valid = Vec::with_capacity(verdicts.len());
+        let txs_topic = topic(TOPIC_TXS).hash();
         for ((message_id, source), checked) in ids.into_iter().zip(verdicts) {
-            let ok = checked.is_some();
-            let (acceptance, verdict) =
-                if ok { (MessageAcceptance::Accept, "accepted") } else { (MessageAcceptance::Reject, "rejected") };
-            let labels =
-                crate::metrics::GossipLabels { topic: topic(TOPIC_TXS).hash().to_string(), verdict: verdict.into() };
-            self.shared.metrics.gossip.get_or_create(&labels).inc();
-            let gossip = &mut self.net.swarm.behaviour_mut().gossipsub;
-            let _ = gossip.report_message_validation_result(&message_id, &source, acceptance);
+            let acceptance = if checked.is_some() { MessageAcceptance::Accept } else { MessageAcceptance::Reject };
+            self.report_gossip(&txs_topic, &message_id, &source, acceptance);
             valid.extend(checked);
         }
         let actions = self.consensus.engine.handle(now_ms(), Input::Verified(valid));
@@ -1081,12 +1043,45 @@ impl Daemon {
         Ok(())
     }
 
+    /// Client transactions from the API (signatures checked there): what
+    /// the edge or the mempool will not keep is refused now, not gossiped —
+    /// under overload the network sheds load at its edge. The checks see
+    /// the pool before this batch; the batch counts towards the edge's mark
+    /// as it is taken. One verdict per transaction, in order.
+    fn take_client_txs(&mut self, txs: Vec<VerifiedTx>) -> Result<Vec<Result<Hash, TxRefusal>>, Error> {
+        let mut outcomes = Vec::with_capacity(txs.len());
+        let mut keep = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let signed = tx.tx();
+            let checked = self.edge_admits(keep.len(), signed.body.fee).and_then(|()| {
+                let engine = &self.consensus.engine;
+                engine.mempool().check(engine.ledger(), signed).map_err(TxRefusal::from)
+            });
+            let outcome = match checked {
+                Err(e) => Err(e),
+                Ok(()) => signed
+                    .hash()
+                    .and_then(|h| Ok((h, codec::encode(signed)?)))
+                    .map(|(hash, bytes)| {
+                        self.gossip_tx(tx.tx().body.fee, bytes);
+                        keep.push(tx);
+                        hash
+                    })
+                    .map_err(|e| TxRefusal::invalid("malformed", e)),
+            };
+            outcomes.push(outcome);
+        }
+        let actions = self.consensus.engine.handle(now_ms(), Input::Verified(keep));
+        self.act(actions)?;
+        Ok(outcomes)
+    }
+
     /// The edge rule (see `edge`) for a client transaction paying `fee`,
     /// with `taken` more already taken from the same request.
     fn edge_admits(&self, taken: usize, fee: agora_protocol::Amount) -> Result<(), TxRefusal> {
         let pool = self.consensus.engine.mempool();
         let (len, cheapest) = (pool.len() + taken, pool.cheapest_fee().unwrap_or(agora_protocol::Amount(u64::MAX)));
-        if crate::edge::admits(len, self.relay.edge.mark(), cheapest, fee) {
+        if crate::edge::admits(len, cheapest, fee) {
             return Ok(());
         }
         Err(TxRefusal::busy(crate::edge::Busy { retry_after_ms: self.relay.edge.retry_after_ms(len) }))
