@@ -3,7 +3,7 @@
 //! rolls the state back to where it was and names the culprit.
 
 use agora_protocol::block::{last_commit_hash, tx_root};
-use agora_protocol::sign::{BatchItem, verify_batch};
+use agora_protocol::sign::verify_batch;
 use agora_protocol::{Address, Block, CommitCertificate, Hash, Header, SignedTx, TimestampMs, TxKind};
 
 use crate::accounts;
@@ -130,7 +130,7 @@ pub(crate) fn verify_tx_signatures_where(
     let mut items = Vec::with_capacity(txs.len());
     let mut indices = Vec::with_capacity(txs.len());
     for (i, tx) in txs.iter().enumerate().filter(|(_, tx)| needs(tx)) {
-        items.push(BatchItem { digest: tx.digest(state.chain_id())?, signature: tx.signature, signer: tx.signer });
+        items.push(tx.batch_item(state.chain_id())?);
         indices.push(i);
     }
     verify_batch(&items).map_err(|k| {

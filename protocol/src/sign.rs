@@ -88,6 +88,11 @@ impl<T: Signable> Signed<T> {
         Self::digest_of(&self.body, chain)
     }
 
+    /// This signature as an item of a batch check (`verify_batch`).
+    pub fn batch_item(&self, chain: &ChainId) -> Result<BatchItem, Error> {
+        Ok(BatchItem { digest: self.digest(chain)?, signature: self.signature, signer: self.signer })
+    }
+
     /// Checks the signature by ZIP-215's rules (see `zip215`): the same
     /// verdict as inside any batch.
     pub fn verify(&self, chain: &ChainId) -> Result<(), Error> {

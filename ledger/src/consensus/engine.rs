@@ -446,11 +446,7 @@ impl Engine {
                 }
             }
             Input::Txs(txs) => self.host.add_txs(txs),
-            Input::Verified(txs) => {
-                for tx in txs {
-                    let _ = self.host.mempool.add(&self.host.ledger, tx.into_inner());
-                }
-            }
+            Input::Verified(txs) => self.host.add_verified(txs),
             Input::Message(msg) => {
                 if msg.height().0 > self.mc.height().0 {
                     self.host.maybe_request_sync();
@@ -518,7 +514,13 @@ impl Host {
 
     /// Verifies a batch of transactions at once and queues the valid ones.
     fn add_txs(&mut self, txs: Vec<SignedTx>) {
-        for tx in crate::consensus::mempool::verify_all(&self.chain, txs).into_iter().flatten() {
+        self.add_verified(crate::consensus::mempool::verify_all(&self.chain, txs).into_iter().flatten());
+    }
+
+    /// Queues transactions whose signatures were checked; what the pool
+    /// will not admit is dropped.
+    fn add_verified(&mut self, txs: impl IntoIterator<Item = crate::consensus::mempool::VerifiedTx>) {
+        for tx in txs {
             let _ = self.mempool.add(&self.ledger, tx.into_inner());
         }
     }

@@ -59,10 +59,7 @@ impl VerifiedTx {
 /// comes back verified, or as None.
 pub fn verify_all(chain: &agora_protocol::ChainId, txs: Vec<SignedTx>) -> Vec<Option<VerifiedTx>> {
     use agora_protocol::sign::{BatchItem, verify_batch};
-    let items: Option<Vec<BatchItem>> = txs
-        .iter()
-        .map(|tx| tx.digest(chain).ok().map(|digest| BatchItem { digest, signature: tx.signature, signer: tx.signer }))
-        .collect();
+    let items: Option<Vec<BatchItem>> = txs.iter().map(|tx| tx.batch_item(chain).ok()).collect();
     let all_valid = items.is_some_and(|items| verify_batch(&items).is_ok());
     txs.into_iter().map(|tx| (all_valid || tx.verify(chain).is_ok()).then_some(VerifiedTx(tx))).collect()
 }
@@ -188,11 +185,6 @@ impl Mempool {
     /// The lowest fee waiting, if any.
     pub fn cheapest_fee(&self) -> Option<Amount> {
         self.by_fee.first().map(|k| k.0)
-    }
-
-    /// Transactions that fit without evicting anything.
-    pub fn room(&self) -> usize {
-        MAX_MEMPOOL_TXS.saturating_sub(self.txs.len())
     }
 
     /// Queues a transaction (its signature already checked), evicting
