@@ -79,14 +79,13 @@ impl EdgeLoad {
     }
 }
 
-/// What the API reads, lock-free: the pool's size and cheapest fee, the
-/// mark and the retry hint, as the daemon last published them.
+/// What the API reads, lock-free: the pool's size and cheapest fee and the
+/// retry hint, as the daemon last published them (the mark is fixed).
 #[derive(Debug, Default)]
 pub struct EdgeGauge {
     pool_txs: AtomicUsize,
     /// The cheapest fee waiting; u64::MAX when the pool is empty.
     cheapest_fee: AtomicU64,
-    mark: AtomicUsize,
     retry_after_ms: AtomicU64,
 }
 
@@ -98,14 +97,13 @@ pub struct Busy {
 
 impl EdgeGauge {
     pub fn new() -> EdgeGauge {
-        EdgeGauge { mark: AtomicUsize::new(EDGE_MAX_TXS), cheapest_fee: AtomicU64::new(u64::MAX), ..Default::default() }
+        EdgeGauge { cheapest_fee: AtomicU64::new(u64::MAX), ..Default::default() }
     }
 
     /// Publishes the daemon's view (after every input it handled).
     pub fn publish(&self, load: &EdgeLoad, pool_txs: usize, cheapest_fee: Option<Amount>) {
         self.pool_txs.store(pool_txs, Ordering::Relaxed);
         self.cheapest_fee.store(cheapest_fee.map_or(u64::MAX, |f| f.0), Ordering::Relaxed);
-        self.mark.store(load.mark(), Ordering::Relaxed);
         self.retry_after_ms.store(load.retry_after_ms(pool_txs), Ordering::Relaxed);
     }
 
@@ -116,7 +114,6 @@ impl EdgeGauge {
     pub fn view(&self) -> EdgeView {
         EdgeView {
             pool_txs: self.pool_txs.load(Ordering::Relaxed),
-            mark: self.mark.load(Ordering::Relaxed),
             cheapest: Amount(self.cheapest_fee.load(Ordering::Relaxed)),
             busy: Busy { retry_after_ms: self.retry_after_ms.load(Ordering::Relaxed) },
         }
@@ -127,7 +124,6 @@ impl EdgeGauge {
 #[derive(Copy, Clone, Debug)]
 pub struct EdgeView {
     pool_txs: usize,
-    mark: usize,
     cheapest: Amount,
     busy: Busy,
 }
@@ -137,14 +133,14 @@ impl EdgeView {
     /// more already taken from the same request: below the mark any is;
     /// past it, only one outbidding the cheapest waiting.
     pub fn admit(&self, taken: usize, fee: Amount) -> Result<(), Busy> {
-        if admits(self.pool_txs + taken, self.mark, self.cheapest, fee) { Ok(()) } else { Err(self.busy) }
+        if admits(self.pool_txs + taken, self.cheapest, fee) { Ok(()) } else { Err(self.busy) }
     }
 }
 
 /// The edge rule itself, shared by the API's early check and the daemon's
 /// authoritative one.
-pub fn admits(pool_txs: usize, mark: usize, cheapest: Amount, fee: Amount) -> bool {
-    pool_txs < mark || fee > cheapest
+pub fn admits(pool_txs: usize, cheapest: Amount, fee: Amount) -> bool {
+    pool_txs < EDGE_MAX_TXS || fee > cheapest
 }
 
 #[cfg(test)]

@@ -54,10 +54,6 @@ impl<Id> Pending<Id> {
         std::mem::take(&mut self.items)
     }
 
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
