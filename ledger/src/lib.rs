@@ -22,6 +22,7 @@ pub mod params;
 mod provider;
 mod slashing;
 pub mod sled_nodes;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod testkit;

@@ -9,6 +9,7 @@
 //! the newest blocks, which peers supply again. What must never be lost (the
 //! consensus WAL, the double-sign guard) lives in `durable` files instead.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use agora_protocol::codec::{self, Wire};
@@ -26,6 +27,9 @@ const META_GENESIS: &[u8] = b"genesis_hash";
 const META_GENESIS_DOC: &[u8] = b"genesis";
 const META_TIP: &[u8] = b"tip_height";
 const META_SLASH_INDEX: &[u8] = b"slash_index_v1";
+/// The first height whose block the store holds, for a store installed from
+/// a state snapshot (absent: 0, the store holds every block).
+const META_BASE: &[u8] = b"base_height";
 
 /// Index keys for a block's slash transactions: the offender's account (and
 /// the offending key, when an operator key signed) ‖ height ‖ tx index.
@@ -66,6 +70,8 @@ pub struct Store {
     slashes: Tree,
     genesis: Genesis,
     state: State,
+    /// The first block held (0: all of them); see `META_BASE`.
+    base: Height,
     /// The state tree's nodes (in this database).
     nodes: std::sync::Arc<crate::sled_nodes::SledNodes>,
 }
@@ -155,10 +161,12 @@ impl Store {
             slashes: db.open_tree("slash_index")?,
             state,
             genesis,
+            base: Height(0),
             db,
             meta,
             nodes,
         };
+        store.base = store.read_height(META_BASE)?;
         store.recover()?;
         store.ensure_slash_index()?;
         Ok(store)
@@ -170,7 +178,7 @@ impl Store {
         if self.meta.get(META_SLASH_INDEX)?.is_some() {
             return Ok(());
         }
-        for h in 1..=self.height().0 {
+        for h in self.base.0 + 1..=self.height().0 {
             let block = self.read_block(Height(h))?;
             for k in slash_keys(&block, &self.state) {
                 self.slashes.insert(k, &[])?;
@@ -182,11 +190,16 @@ impl Store {
     }
 
     fn tip_height(&self) -> Result<Height, Error> {
-        match self.meta.get(META_TIP)? {
+        self.read_height(META_TIP)
+    }
+
+    /// A height recorded in the meta tree (0 when absent).
+    fn read_height(&self, name: &[u8]) -> Result<Height, Error> {
+        match self.meta.get(name)? {
             None => Ok(Height(0)),
             Some(v) => {
                 let raw: [u8; 8] =
-                    v.as_ref().try_into().map_err(|_| corrupt(Height(0), "tip record is not 8 bytes"))?;
+                    v.as_ref().try_into().map_err(|_| corrupt(Height(0), "a height record is not 8 bytes"))?;
                 Ok(Height(u64::from_be_bytes(raw)))
             }
         }
@@ -210,13 +223,13 @@ impl Store {
         // (every FLUSH_EVERY_BLOCKS; one flush may have been cut short).
         let data = self.nodes.load().map_err(|e| corrupt(tip, e.to_string()))?;
         let at = data.height;
-        if at > tip || at.0 + 2 * crate::sled_nodes::FLUSH_EVERY_BLOCKS < tip.0 {
+        if at > tip || at < self.base || at.0 + 2 * crate::sled_nodes::FLUSH_EVERY_BLOCKS < tip.0 {
             return Err(corrupt(tip, format!("the state tree's leaves are at height {at}")));
         }
-        let (hash, root) = match at.0 {
+        let (hash, root) = match headers.get(&at.0) {
+            Some(known) => *known,
             // Until recovery replaces it, the state is the genesis'.
-            0 => (self.genesis.hash(), self.state.root_from_scratch()?),
-            h => headers[h as usize - 1],
+            None => (self.genesis.hash(), self.state.root_from_scratch()?),
         };
         let state = State::from_data(data, hash, crate::tree::TreeHandle::new(self.nodes.clone()));
         // The leaves must be the state the header committed to, and the
@@ -233,22 +246,24 @@ impl Store {
         Ok(())
     }
 
-    /// Reads blocks 1..=tip and checks heights, chain id and parent links.
-    /// Returns each block's (hash, state root).
-    fn verify_chain(&self, tip: Height) -> Result<Vec<(Hash, Hash)>, Error> {
-        let mut out = Vec::with_capacity(tip.0 as usize);
+    /// Reads the blocks held up to the tip and checks heights, chain id and
+    /// parent links (from the genesis, or from the block a snapshot was
+    /// installed at, whose certificate was checked then). Returns each
+    /// block's (hash, state root) by height.
+    fn verify_chain(&self, tip: Height) -> Result<BTreeMap<u64, (Hash, Hash)>, Error> {
+        let mut out = BTreeMap::new();
         let mut parent = self.genesis.hash();
-        for h in 1..=tip.0 {
+        for h in self.base.0.max(1)..=tip.0 {
             let block = self.read_block(Height(h))?;
             let header = &block.header;
             if header.height != Height(h) || header.chain_id != self.genesis.chain_id {
                 return Err(corrupt(Height(h), "block header names another height or chain"));
             }
-            if header.parent_hash != parent {
+            if header.parent_hash != parent && h != self.base.0 {
                 return Err(corrupt(Height(h), "parent hash does not match the previous block"));
             }
             parent = block.hash();
-            out.push((parent, header.state_root));
+            out.insert(h, (parent, header.state_root));
         }
         if self.blocks.get(key(tip.next()))?.is_some() {
             return Err(corrupt(tip.next(), "block stored beyond the recorded tip"));
@@ -353,6 +368,50 @@ impl Store {
         &self.genesis
     }
 
+    /// The first block this store holds: 0 (every block) unless it was
+    /// installed from a state snapshot at that height.
+    pub fn base(&self) -> Height {
+        self.base
+    }
+
+    /// Creates the store at `path` from a restored, verified snapshot of
+    /// `genesis`'s chain: the tree and live leaves at the snapshot's height,
+    /// its block and certificate, then opens it like any store. `path` must
+    /// not hold a store yet.
+    pub fn install(path: &Path, genesis: &Genesis, restored: crate::snapshot::Restored) -> Result<Store, Error> {
+        let height = restored.height();
+        if restored.data.chain_id != genesis.chain_id {
+            return Err(Error::BadProof(format!("the snapshot is of chain {}", restored.data.chain_id)));
+        }
+        {
+            let db = open_sled(path)?;
+            let meta = db.open_tree("meta")?;
+            if meta.get(META_GENESIS)?.is_some() || meta.get(META_TIP)?.is_some() {
+                return Err(corrupt(Height(0), "a snapshot is installed only into a new store"));
+            }
+            let nodes = crate::sled_nodes::SledNodes::open(&db)?;
+            crate::tree::NodeStore::write(&nodes, height.0, &restored.batch, &restored.keys)?;
+            nodes.flush(height.0)?;
+            let blocks = db.open_tree("blocks")?;
+            let certificates = db.open_tree("certificates")?;
+            blocks.insert(key(height), codec::encode(&restored.block)?)?;
+            certificates.insert(key(height), codec::encode(&restored.certificate)?)?;
+            // The genesis and tip go last: a store cut short before them is
+            // still "new" and refuses a second install only by its leftovers.
+            meta.insert(META_SLASH_INDEX, &[1])?;
+            meta.insert(META_BASE, &key(height))?;
+            meta.insert(META_TIP, &key(height))?;
+            meta.insert(META_GENESIS_DOC, codec::encode(genesis)?)?;
+            meta.insert(META_GENESIS, &genesis.hash().0)?;
+            db.flush()?;
+        }
+        let store = Store::open(path, genesis)?;
+        if store.height() != height || store.state().root() != restored.block.header.state_root {
+            return Err(corrupt(height, "the installed snapshot does not reopen as its state"));
+        }
+        Ok(store)
+    }
+
     /// Nodes in the state tree on disk (pruning checks, disk growth).
     pub fn tree_node_count(&self) -> usize {
         self.nodes.node_count()
@@ -360,7 +419,7 @@ impl Store {
 
     /// A committed block, if that height exists.
     pub fn block(&self, h: Height) -> Result<Option<Block>, Error> {
-        if h.0 == 0 || h > self.height() {
+        if h.0 == 0 || h > self.height() || h < self.base {
             return Ok(None);
         }
         self.read_block(h).map(Some)
@@ -370,6 +429,9 @@ impl Store {
     /// ignoring snapshots; returns its root. A slow, independent check that
     /// the snapshot path and the replay path agree.
     pub fn replay_from_genesis(&self) -> Result<Hash, Error> {
+        if self.base.0 > 0 {
+            return Err(corrupt(self.base, "installed from a state snapshot: the blocks before it are not held"));
+        }
         let mut state = self.genesis.state()?;
         for h in 1..=self.height().0 {
             let block = self.read_block(Height(h))?;

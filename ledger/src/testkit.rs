@@ -2,7 +2,11 @@
 //! deterministic keys, a genesis, signed transactions and block building.
 //! Never used on a real network: the keys derive from public names.
 
-use agora_protocol::{Address, Amount, Block, ChainId, Keypair, Signed, SignedTx, TimestampMs, Transaction, TxKind};
+use agora_protocol::consensus::{Vote, VoteKind};
+use agora_protocol::{
+    Address, Amount, Block, ChainId, CommitCertificate, CommitSig, Keypair, Signed, SignedTx, TimestampMs, Transaction,
+    TxKind,
+};
 
 use crate::apply::build_block;
 use crate::error::Error;
@@ -62,6 +66,21 @@ impl TestChain {
         let proposer = state.validators().first().map_or(self.address(0), |v| v.address);
         let (block, _rejected) = build_block(state, txs, time, proposer, None)?;
         Ok(block)
+    }
+
+    /// A commit certificate for `block` signed by the first `signers` keys
+    /// (the validators, when `signers` is at most their number).
+    pub fn certificate(&self, block: &Block, signers: usize) -> CommitCertificate {
+        let vote = Vote { kind: VoteKind::Precommit, height: block.header.height, round: 0, block: Some(block.hash()) };
+        let signatures = self.keys[..signers]
+            .iter()
+            .map(|k| {
+                // Signing plain in-memory data cannot fail.
+                let s = Signed::sign(vote.clone(), k, &chain_id()).expect("signing succeeds");
+                CommitSig { validator: s.signer, signature: s.signature }
+            })
+            .collect();
+        CommitCertificate { height: block.header.height, round: 0, block_hash: block.hash(), signatures }
     }
 }
 

@@ -116,6 +116,11 @@ impl StateKey {
         key_hash(&self.bytes())
     }
 
+    /// The leaf key of a key's `bytes`.
+    pub fn hash_of(bytes: &[u8]) -> KeyHash {
+        key_hash(bytes)
+    }
+
     /// The keys an undo entry wrote (none for derived indexes).
     pub(crate) fn of_undo(undo: &Undo) -> Option<StateKey> {
         Some(match undo {
@@ -440,10 +445,10 @@ pub(crate) fn prove(
 }
 
 /// A reader that answers the one value a proof needs from the state.
-struct WithValue<'a> {
-    store: &'a dyn NodeStore,
-    key: KeyHash,
-    value: Option<OwnedValue>,
+pub(crate) struct WithValue<'a> {
+    pub store: &'a dyn NodeStore,
+    pub key: KeyHash,
+    pub value: Option<OwnedValue>,
 }
 
 impl TreeReader for WithValue<'_> {

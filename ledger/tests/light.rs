@@ -11,8 +11,7 @@ use agora_ledger::light::{ProofBundle, Verified, trusted_from_genesis, verify};
 use agora_ledger::testkit::{TestChain, chain_id, transfer};
 use agora_ledger::tree::{self, StateKey};
 use agora_ledger::{Account, Error, SigCheck, State, Validator, apply_block};
-use agora_protocol::consensus::{Vote, VoteKind};
-use agora_protocol::{Address, Amount, Block, ChainId, CommitCertificate, CommitSig, Keypair, Signed};
+use agora_protocol::{Address, Amount, Block, ChainId, CommitCertificate, Keypair};
 use proptest::prelude::*;
 
 fn chain() -> TestChain {
@@ -39,15 +38,7 @@ fn run(chain: &TestChain, n: usize) -> (State, Block) {
 
 /// Precommits for `block` by the first `signers` validators of the test chain.
 fn certificate(chain: &TestChain, block: &Block, signers: usize) -> CommitCertificate {
-    let vote = Vote { kind: VoteKind::Precommit, height: block.header.height, round: 0, block: Some(block.hash()) };
-    let signatures = chain.keys[..signers]
-        .iter()
-        .map(|k| {
-            let s = Signed::sign(vote.clone(), k, &chain_id()).unwrap();
-            CommitSig { validator: s.signer, signature: s.signature }
-        })
-        .collect();
-    CommitCertificate { height: block.header.height, round: 0, block_hash: block.hash(), signatures }
+    chain.certificate(block, signers)
 }
 
 fn bundle(state: &State, block: &Block, cert: CommitCertificate, key: &StateKey) -> ProofBundle {

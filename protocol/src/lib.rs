@@ -20,6 +20,7 @@ pub mod liveness;
 pub mod market;
 pub mod rng;
 pub mod sign;
+pub mod snapshot;
 pub mod sync;
 pub mod tx;
 pub mod zip215;
