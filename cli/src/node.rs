@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// Log as JSON lines
     #[arg(long)]
     log_json: bool,
+    /// Join from a certified state snapshot fetched from the bootstrap peers
+    /// instead of replaying every block from genesis (only while the store
+    /// holds no block; a store with blocks is kept)
+    #[arg(long)]
+    state_sync: bool,
+    /// Take a state snapshot for joining peers every N blocks (0: never)
+    #[arg(long)]
+    snapshot_interval_blocks: Option<u64>,
 }
 
 pub fn init(home: &Path, args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -129,8 +137,11 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.max_lease_secs {
         config.max_lease_secs = v;
     }
+    if let Some(v) = args.snapshot_interval_blocks {
+        config.snapshot_interval_blocks = v;
+    }
     config.jobs.unsafe_process_runner = args.unsafe_process_runner;
-    agora_node::run::run(home, config)?;
+    agora_node::run::run(home, config, args.state_sync)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,7 +2,8 @@
 //! user would: blocks are committed, both providers' offers reach every
 //! node's order book, a transfer sent to node 0 is visible on node 2, a node
 //! killed early and restarted 100+ blocks later syncs to the same chain, a
-//! node partitioned away stalls without forking and catches up after heal,
+//! node partitioned away stalls without forking and catches up after heal, a
+//! new node joins by state sync from a certified snapshot and follows,
 //! the API refuses bad input with 4xx, and `down` stops everything.
 
 mod common;
@@ -12,6 +13,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use agora_testnet::http;
+
+/// A child process killed when the test ends, passed or not.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn block_hash(api: &str, h: u64) -> Option<String> {
     let r = http::get(api, &format!("/v1/blocks/{h}")).ok()?;
@@ -177,6 +188,45 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let target = height(&api[0]);
     wait_until("node 3 to catch up after heal", Duration::from_secs(180), || height(&api[3]) >= target);
     assert_eq!(block_hash(&api[3], target), block_hash(&api[0], target));
+
+    // A new node joins by state sync: it fetches the newest certified
+    // snapshot from the testnet's nodes (one every 100 blocks), installs
+    // it, holds no block before it, and follows the chain from there.
+    let joiner = tmp.path().join("joiner");
+    let j = joiner.to_str().unwrap();
+    let genesis = Path::new(net["nodes"][0]["home"].as_str().unwrap()).join("genesis.json");
+    ok(agora(&["--home", j, "init", "--moniker", "joiner", "--genesis", genesis.to_str().unwrap()]));
+    // Two ports past the testnet's own (`up` may have moved its block off `base`).
+    let port0: u16 = api[0].rsplit(':').next().unwrap().parse().unwrap();
+    let joiner_api = format!("127.0.0.1:{}", port0 + 9);
+    let tip = height(&api[0]);
+    let started = std::time::Instant::now();
+    let _joined = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["--home", j, "node", "run", "--state-sync", "--gpus", "none", "--commit-pause-ms", "20"])
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 8), "--api", &joiner_api])
+            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
+            .args(["--bootstrap", net["nodes"][1]["p2p"].as_str().unwrap()])
+            .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let joiner_api = format!("http://{joiner_api}");
+    wait_until("the state-synced node to reach the tip", Duration::from_secs(180), || height(&joiner_api) >= tip);
+    eprintln!("joined by state sync at the tip {tip} in {:?}", started.elapsed());
+    let s4 = status(&joiner_api).unwrap();
+    let earliest = s4["earliest_height"].as_u64().unwrap();
+    assert!(earliest >= 100 && earliest % 100 == 0, "it joined from a snapshot, not from genesis: {s4}");
+    assert_eq!(http::get(&joiner_api, "/v1/blocks/1").unwrap().status, 404, "it replayed from genesis");
+    let now = height(&api[0]);
+    wait_until("the joined node to follow", Duration::from_secs(120), || height(&joiner_api) >= now + 5);
+    for h in [earliest, now] {
+        assert_eq!(block_hash(&joiner_api, h), block_hash(&api[0], h), "the joined node disagrees at height {h}");
+    }
+    let acct: serde_json::Value = http::get(&joiner_api, &format!("/v1/accounts/{to}")).unwrap().json().unwrap();
+    assert_eq!(acct["balance"], http::get(&api[0], &format!("/v1/accounts/{to}")).unwrap().json().unwrap()["balance"]);
+    let log = std::fs::read_to_string(tmp.path().join("joiner.log")).unwrap();
+    assert!(log.contains("installed the snapshot"), "{log}");
 
     // down stops every node process.
     let pids: Vec<u64> = net["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();

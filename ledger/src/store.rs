@@ -346,6 +346,14 @@ impl Store {
         Ok(())
     }
 
+    /// The state snapshots this node keeps for peers joining by state sync.
+    pub fn snapshots(&self) -> Result<SnapshotShelf, Error> {
+        Ok(SnapshotShelf {
+            offers: self.db.open_tree("state_sync_offers")?,
+            chunks: self.db.open_tree("state_sync_chunks")?,
+        })
+    }
+
     /// A cheap, thread-safe handle for reading committed blocks and
     /// certificates from other tasks (the HTTP API, sync responses).
     pub fn reader(&self) -> BlockReader {
@@ -482,6 +490,79 @@ impl BlockReader {
         match self.certificates.get(key(h))? {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes).map(Some).map_err(|e| corrupt(h, format!("certificate: {e}"))),
+        }
+    }
+}
+
+/// Snapshots kept for state sync (the newest; older ones are deleted when a new one is kept).
+pub const SNAPSHOTS_KEPT: usize = 2;
+
+/// The state snapshots a node serves, shareable across threads: each
+/// snapshot's offer by height, and its chunks by height ‖ index.
+#[derive(Clone)]
+pub struct SnapshotShelf {
+    offers: Tree,
+    chunks: Tree,
+}
+
+fn chunk_key(height: Height, index: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&height.0.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+impl SnapshotShelf {
+    /// Keeps `snapshot` (its chunks first, then its offer: an offer is
+    /// served only once every chunk is there) and deletes all but the
+    /// newest `SNAPSHOTS_KEPT`.
+    pub fn keep(&self, snapshot: &crate::snapshot::Snapshot) -> Result<(), Error> {
+        let height = snapshot.offer.header.height;
+        let mut batch = sled::Batch::default();
+        for chunk in &snapshot.chunks {
+            batch.insert(&chunk_key(height, chunk.index)[..], codec::encode(chunk)?);
+        }
+        self.chunks.apply_batch(batch)?;
+        self.offers.insert(key(height), codec::encode(&snapshot.offer)?)?;
+        let heights: Vec<Height> = self.heights()?;
+        for old in heights.iter().rev().skip(SNAPSHOTS_KEPT) {
+            self.offers.remove(key(*old))?;
+            let mut gone = sled::Batch::default();
+            for entry in self.chunks.scan_prefix(key(*old)) {
+                gone.remove(entry?.0);
+            }
+            self.chunks.apply_batch(gone)?;
+        }
+        self.offers.flush()?;
+        Ok(())
+    }
+
+    /// Heights of the snapshots kept, oldest first.
+    fn heights(&self) -> Result<Vec<Height>, Error> {
+        let mut out = Vec::new();
+        for entry in self.offers.iter() {
+            let (k, _) = entry?;
+            let raw: [u8; 8] = k.as_ref().try_into().map_err(|_| corrupt(Height(0), "snapshot key"))?;
+            out.push(Height(u64::from_be_bytes(raw)));
+        }
+        Ok(out)
+    }
+
+    /// The offers of the snapshots kept, newest first.
+    pub fn offers(&self) -> Result<Vec<agora_protocol::snapshot::SnapshotOffer>, Error> {
+        let mut out = Vec::new();
+        for entry in self.offers.iter().rev().take(agora_protocol::snapshot::MAX_SNAPSHOT_OFFERS) {
+            let (k, v) = entry?;
+            out.push(codec::decode(&v).map_err(|e| corrupt(Height(0), format!("snapshot offer {k:?}: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Chunk `index` of the snapshot at `height`, if kept.
+    pub fn chunk(&self, height: Height, index: u32) -> Result<Option<agora_protocol::snapshot::SnapshotChunk>, Error> {
+        match self.chunks.get(chunk_key(height, index))? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|e| corrupt(height, format!("snapshot chunk: {e}"))),
         }
     }
 }

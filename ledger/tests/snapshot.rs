@@ -10,11 +10,14 @@ use agora_ledger::testkit::{TestChain, chain_id, transfer};
 use agora_ledger::{SigCheck, State, Store, Validator, apply_block};
 use agora_protocol::{Amount, Block, ChainId};
 
-/// Accounts in the test chain: enough leaves for several chunks.
-const ACCOUNTS: usize = 12_000;
+/// Accounts in the test chain: enough leaves for several chunks
+/// (`AGORA_STATE_SYNC_ACCOUNTS` sets another number, to measure).
+fn accounts() -> usize {
+    std::env::var("AGORA_STATE_SYNC_ACCOUNTS").ok().and_then(|v| v.parse().ok()).unwrap_or(12_000)
+}
 
 fn chain() -> TestChain {
-    TestChain::new(ACCOUNTS, 4, Amount::agr(1_000))
+    TestChain::new(accounts(), 4, Amount::agr(1_000))
 }
 
 /// Commits `n` more blocks on `state`, a transfer in every tenth; the last block.
@@ -24,7 +27,7 @@ fn grow(chain: &TestChain, state: &mut State, n: u64) -> Block {
         let h = state.height().0 as usize;
         let txs = if h % 10 == 0 {
             let k = &chain.keys[4 + h % 100];
-            vec![transfer(k, state.account(&k.address()).nonce, chain.address(h % ACCOUNTS), Amount(1))]
+            vec![transfer(k, state.account(&k.address()).nonce, chain.address(h % accounts()), Amount(1))]
         } else {
             vec![]
         };
@@ -66,8 +69,15 @@ fn a_node_joins_at_height_ten_thousand_from_a_snapshot_and_follows_the_chain() {
     let path = tmp.path().join("ledger");
     let started = std::time::Instant::now();
     let restored = restore_all(&chain, &snap, block.clone());
+    let verified = started.elapsed();
     let mut store = Store::install(&path, &chain.genesis, restored).unwrap();
-    eprintln!("restored {} leaves in {:?}", snap.offer.leaves, started.elapsed());
+    eprintln!(
+        "{} leaves in {} chunks: verified in {:?}, installed and reopened in {:?} more",
+        snap.offer.leaves,
+        snap.chunks.len(),
+        verified,
+        started.elapsed() - verified
+    );
     assert_eq!(store.height().0, 10_000);
     assert_eq!(store.base().0, 10_000);
     assert!(store.state() == &state, "the installed state is the replayed one");
@@ -80,7 +90,7 @@ fn a_node_joins_at_height_ten_thousand_from_a_snapshot_and_follows_the_chain() {
     for _ in 0..70 {
         let h = state.height().0 as usize;
         let k = &chain.keys[4 + h % 1000];
-        let txs = vec![transfer(k, state.account(&k.address()).nonce, chain.address(h % ACCOUNTS), Amount(3))];
+        let txs = vec![transfer(k, state.account(&k.address()).nonce, chain.address(h % accounts()), Amount(3))];
         let next = chain.next_block(&mut state, txs).unwrap();
         apply_block(&mut state, &next, SigCheck::Verify).unwrap();
         let cert = chain.certificate(&next, 3);

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 mod jobs;
 mod leases;
 mod liveness;
+mod snapshots;
 
 pub use liveness::HEARTBEAT_INTERVAL;
 
@@ -76,6 +77,9 @@ pub struct NodeStatus {
     /// The smallest fee a transaction may pay on this chain.
     pub min_tx_fee: agora_protocol::Amount,
     pub height: u64,
+    /// The first block this node holds: 1, or the height of the state
+    /// snapshot it joined from (it serves no block before it).
+    pub earliest_height: u64,
     pub latest_block_hash: String,
     pub state_root: String,
     pub peers: usize,
@@ -265,10 +269,12 @@ struct Net {
     remote_ips: HashMap<PeerId, std::net::IpAddr>,
 }
 
-/// Block sync: fetching from peers, and serving them off the loop.
+/// Block sync: fetching from peers, and serving them off the loop; and
+/// state sync's serving side (snapshots).
 struct Sync {
     client: crate::sync::SyncClient<PeerId>,
     server: SyncServer,
+    snapshots: snapshots::SnapshotServer,
 }
 
 /// Gossip on its way out: transactions paced highest fee first, consensus
@@ -406,6 +412,7 @@ impl Daemon {
             chain_id: chain.to_string(),
             min_tx_fee: store.state().params().min_tx_fee,
             height: store.height().0,
+            earliest_height: store.base().0.max(1),
             latest_block_hash: store.state().last_block_hash().to_hex(),
             state_root: store.state().root().to_hex(),
             peers: 0,
@@ -444,13 +451,14 @@ impl Daemon {
             heartbeats,
             reported_votes: Default::default(),
         };
+        let snapshots = snapshots::SnapshotServer::new(store.snapshots()?, config.snapshot_interval_blocks);
         let mut daemon = Daemon {
             chain,
             key,
             store,
             consensus: Consensus { engine, timers: HashMap::new(), durable, validator_peers },
             net: Net { swarm, bootstrap, last_redial: Instant::now(), remote_ips: HashMap::new() },
-            sync: Sync { client: Default::default(), server: SyncServer::new() },
+            sync: Sync { client: Default::default(), server: SyncServer::new(), snapshots },
             relay: TxRelay::default(),
             provision: Provision { provider, market, jobs },
             lease_rpcs: LeaseRpcs { pending: HashMap::new(), quota: crate::quota::PeerQuota::lease() },
@@ -507,6 +515,10 @@ impl Daemon {
                 Some(ended) = self.provision.jobs.ended_rx.recv() => self.on_job_ended(ended),
                 Some((peer, channel, response)) = self.sync.server.served_rx.recv() => {
                     self.on_sync_served(peer, channel, response);
+                    Ok(())
+                }
+                Some((peer, channel, response)) = self.sync.snapshots.served_rx.recv() => {
+                    self.on_snapshot_served(peer, channel, response);
                     Ok(())
                 }
             };
@@ -690,6 +702,7 @@ impl Daemon {
                         s.latest_block_hash = self.store.state().last_block_hash().to_hex();
                         s.state_root = block.header.state_root.to_hex();
                     }
+                    self.take_snapshot_if_due(&block, &certificate);
                     self.liveness_after_commit(block.header.height, hash, block.header.time_ms.0);
                     self.on_lease_events(&events)?;
                     self.resend_own_txs()?;
@@ -844,6 +857,7 @@ impl Daemon {
                 self.on_sync_message(peer, message)?
             }
             SwarmEvent::Behaviour(BehaviourEvent::Lease(event)) => self.on_lease_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Snapshot(event)) => self.on_snapshot_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { .. })) => {
                 self.sync.client.failed();
             }

@@ -22,6 +22,8 @@ pub enum Error {
     Ledger(#[from] agora_ledger::Error),
     #[error("network: {0}")]
     Network(String),
+    #[error("state sync failed: {0}")]
+    StateSync(String),
     #[error("{0}")]
     Gpu(String),
     #[error("identity: {0}")]

@@ -30,6 +30,7 @@ pub mod provider;
 pub mod quota;
 pub mod run;
 pub mod runner;
+pub mod state_sync;
 pub mod sync;
 
 pub use agora_ledger as ledger;

@@ -27,15 +27,20 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the node in `home` with `config` until a shutdown signal.
-pub fn run(home: &Path, config: NodeConfig) -> Result<(), Error> {
+/// Runs the node in `home` with `config` until a shutdown signal; with
+/// `state_sync`, a node whose store holds no block first joins from a
+/// certified state snapshot fetched from its bootstrap peers.
+pub fn run(home: &Path, config: NodeConfig, state_sync: bool) -> Result<(), Error> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io(home))?;
-    runtime.block_on(run_async(home, config))
+    runtime.block_on(run_async(home, config, state_sync))
 }
 
-async fn run_async(home: &Path, config: NodeConfig) -> Result<(), Error> {
+async fn run_async(home: &Path, config: NodeConfig, state_sync: bool) -> Result<(), Error> {
     let key = keystore::load(home, NODE_KEY_NAME)?.keypair;
+    if state_sync {
+        crate::state_sync::join(home, &config, &key).await?;
+    }
     let (daemon, shared) = Daemon::start(home, &config, key)?;
     let listener = tokio::net::TcpListener::bind(&config.api)
         .await

@@ -27,6 +27,9 @@ pub const TESTNET_FILE: &str = "testnet.json";
 pub const START_DEADLINE: Duration = Duration::from_secs(90);
 /// Default block-time floor of testnet nodes.
 pub const TESTNET_COMMIT_PAUSE_MS: u64 = 200;
+/// Blocks between state snapshots on a testnet's nodes: a node joining by
+/// state sync finds one within about half a minute of `up`.
+pub const TESTNET_SNAPSHOT_INTERVAL_BLOCKS: u64 = 100;
 /// Testnet nodes share one machine: a short propose timeout keeps rounds
 /// with a dead proposer brief.
 pub const TESTNET_PROPOSE_TIMEOUT_MS: u64 = 1_000;
@@ -177,6 +180,7 @@ pub fn up(
         config.commit_pause_ms = commit_pause_ms;
         config.timeout_propose_ms = TESTNET_PROPOSE_TIMEOUT_MS;
         config.testnet_admin = true;
+        config.snapshot_interval_blocks = TESTNET_SNAPSHOT_INTERVAL_BLOCKS;
         config.jobs.runners = vec![runner, Runner::Docker];
         config.save(&e.home)?;
         save_genesis(&e.home, &genesis)?;

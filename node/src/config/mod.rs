@@ -86,6 +86,18 @@ pub struct NodeConfig {
     /// Offer idle GPUs in every auction at a floor price (`[auto_ask]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_ask: Option<AutoAskConfig>,
+    /// Take a state snapshot for peers joining by state sync every this
+    /// many blocks (0: never; the node still joins by state sync itself).
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval_blocks: u64,
+}
+
+/// Blocks between two state snapshots by default: about 40 minutes at a
+/// block every 2.5 s, a few minutes on a local testnet.
+pub const DEFAULT_SNAPSHOT_INTERVAL_BLOCKS: u64 = 1_000;
+
+fn default_snapshot_interval() -> u64 {
+    DEFAULT_SNAPSHOT_INTERVAL_BLOCKS
 }
 
 /// The automatic ask policy: each auction, every class of this provider's
@@ -116,6 +128,7 @@ impl NodeConfig {
             max_lease_secs: DEFAULT_MAX_LEASE_SECS,
             jobs: JobsConfig::default(),
             auto_ask: None,
+            snapshot_interval_blocks: DEFAULT_SNAPSHOT_INTERVAL_BLOCKS,
         }
     }
 

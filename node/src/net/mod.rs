@@ -1,6 +1,6 @@
 //! The libp2p stack: TCP + noise + yamux, with identify, ping, kademlia,
 //! gossipsub (versioned topics, strict validation, peer scoring) and a
-//! request-response protocol for block sync, composed as one behaviour.
+//! request-response protocols for block sync and state sync, composed as one behaviour.
 
 pub mod codec;
 pub mod gossip;
@@ -9,6 +9,7 @@ pub mod ip_limits;
 use std::time::Duration;
 
 use agora_protocol::job::{LeaseRpc, LeaseRpcReply};
+use agora_protocol::snapshot::{SnapshotRequest, SnapshotResponse};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -20,6 +21,10 @@ use crate::error::Error;
 
 /// The block-sync protocol name.
 pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
+/// The state-sync protocol: snapshot offers and chunks.
+pub const SNAPSHOT_PROTOCOL: &str = "/agora/snapshot/1";
+/// A snapshot request (an offer list, a chunk of at most 4 MiB) unanswered this long has failed.
+pub const SNAPSHOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The lease protocol: negotiation and logs between a buyer's node and a provider.
 pub const LEASE_PROTOCOL: &str = "/agora/lease/1";
 /// A lease request or logs request unanswered this long has failed.
@@ -119,6 +124,7 @@ pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub type SyncCodec = codec::WireCodec<SyncRequest, SyncResponse>;
 pub type LeaseCodec = codec::WireCodec<LeaseRpc, LeaseRpcReply>;
+pub type SnapshotCodec = codec::WireCodec<SnapshotRequest, SnapshotResponse>;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -133,6 +139,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub sync: request_response::Behaviour<SyncCodec>,
+    pub snapshot: request_response::Behaviour<SnapshotCodec>,
     pub lease: request_response::Behaviour<LeaseCodec>,
 }
 
@@ -164,6 +171,10 @@ pub fn build_swarm(
                 [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
             );
+            let snapshot = request_response::Behaviour::new(
+                [(StreamProtocol::new(SNAPSHOT_PROTOCOL), request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(SNAPSHOT_REQUEST_TIMEOUT),
+            );
             let lease = request_response::Behaviour::new(
                 [(StreamProtocol::new(LEASE_PROTOCOL), request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(LEASE_REQUEST_TIMEOUT),
@@ -178,6 +189,7 @@ pub fn build_swarm(
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT)),
                 kad,
                 sync,
+                snapshot,
             })
         })
         .map_err(|e| net(&e))?
