@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// Take a state snapshot for joining peers every N blocks (0: never)
     #[arg(long)]
     snapshot_interval_blocks: Option<u64>,
+    /// Keep every block since genesis (otherwise the newest are kept, see --block-retention-blocks)
+    #[arg(long)]
+    archive: bool,
+    /// Blocks kept behind the tip when not an archive node (at least 100)
+    #[arg(long)]
+    block_retention_blocks: Option<u64>,
 }
 
 pub fn init(home: &Path, args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -139,6 +145,10 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.snapshot_interval_blocks {
         config.snapshot_interval_blocks = v;
+    }
+    config.archive |= args.archive;
+    if let Some(v) = args.block_retention_blocks {
+        config.block_retention_blocks = v;
     }
     config.jobs.unsafe_process_runner = args.unsafe_process_runner;
     agora_node::run::run(home, config, args.state_sync)?;

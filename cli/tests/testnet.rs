@@ -191,7 +191,8 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
 
     // A new node joins by state sync: it fetches the newest certified
     // snapshot from the testnet's nodes (one every 100 blocks), installs
-    // it, holds no block before it, and follows the chain from there.
+    // it, holds no block before it, follows the chain from there and prunes
+    // its oldest blocks.
     let joiner = tmp.path().join("joiner");
     let j = joiner.to_str().unwrap();
     let genesis = Path::new(net["nodes"][0]["home"].as_str().unwrap()).join("genesis.json");
@@ -207,6 +208,7 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
             .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 8), "--api", &joiner_api])
             .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
             .args(["--bootstrap", net["nodes"][1]["p2p"].as_str().unwrap()])
+            .args(["--snapshot-interval-blocks", "50", "--block-retention-blocks", "100"])
             .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
             .spawn()
             .unwrap(),
@@ -227,6 +229,18 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     assert_eq!(acct["balance"], http::get(&api[0], &format!("/v1/accounts/{to}")).unwrap().json().unwrap()["balance"]);
     let log = std::fs::read_to_string(tmp.path().join("joiner.log")).unwrap();
     assert!(log.contains("installed the snapshot"), "{log}");
+    // It keeps only its newest 100 blocks (not an archive node), and takes
+    // snapshots of its own for the next joiner.
+    wait_until("the joined node to prune its oldest blocks", Duration::from_secs(240), || {
+        status(&joiner_api).and_then(|s| s["earliest_height"].as_u64()).is_some_and(|e| e > earliest)
+    });
+    let s4 = status(&joiner_api).unwrap();
+    let (tip4, earliest4) = (s4["height"].as_u64().unwrap(), s4["earliest_height"].as_u64().unwrap());
+    assert!(tip4 - earliest4 < 100 + 4, "{s4}");
+    assert_eq!(http::get(&joiner_api, &format!("/v1/blocks/{earliest}")).unwrap().status, 404);
+    assert_eq!(block_hash(&joiner_api, earliest4), block_hash(&api[0], earliest4));
+    let log = std::fs::read_to_string(tmp.path().join("joiner.log")).unwrap();
+    assert!(log.contains("state snapshot taken"), "{log}");
 
     // down stops every node process.
     let pids: Vec<u64> = net["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();

@@ -72,6 +72,8 @@ pub struct Store {
     state: State,
     /// The first block held (0: all of them); see `META_BASE`.
     base: Height,
+    /// Blocks kept behind the tip (None: every block, an archive node).
+    retention: Option<u64>,
     /// The state tree's nodes (in this database).
     nodes: std::sync::Arc<crate::sled_nodes::SledNodes>,
 }
@@ -162,6 +164,7 @@ impl Store {
             state,
             genesis,
             base: Height(0),
+            retention: None,
             db,
             meta,
             nodes,
@@ -310,7 +313,39 @@ impl Store {
             finish_block(&mut self.state, block)?;
             Ok(outcome)
         });
-        result.inspect_err(|_| self.state.rollback(mark))
+        let outcome = result.inspect_err(|_| self.state.rollback(mark))?;
+        self.prune_blocks()?;
+        Ok(outcome)
+    }
+
+    /// Keeps only the newest `blocks` blocks from now on (at least
+    /// `MIN_BLOCK_RETENTION`); None keeps every block (archive).
+    pub fn set_block_retention(&mut self, blocks: Option<u64>) {
+        self.retention = blocks.map(|b| b.max(MIN_BLOCK_RETENTION));
+    }
+
+    /// Deletes the oldest blocks beyond the retention, at most
+    /// `PRUNE_BLOCKS_PER_COMMIT` at a time, raising the base in the same
+    /// transaction (a crash never leaves a base whose block is gone).
+    fn prune_blocks(&mut self) -> Result<(), Error> {
+        let Some(keep) = self.retention else { return Ok(()) };
+        let tip = self.height().0;
+        let first = self.base.0.max(1);
+        let wanted = tip.saturating_sub(keep - 1);
+        if wanted <= first {
+            return Ok(());
+        }
+        let new_base = wanted.min(first + PRUNE_BLOCKS_PER_COMMIT);
+        (&self.meta, &self.blocks, &self.certificates).transaction(|(meta, blocks, certificates)| {
+            meta.insert(META_BASE, &key(Height(new_base)))?;
+            for h in first..new_base {
+                blocks.remove(&key(Height(h)))?;
+                certificates.remove(&key(Height(h)))?;
+            }
+            Ok::<(), ConflictableTransactionError<Error>>(())
+        })?;
+        self.base = Height(new_base);
+        Ok(())
     }
 
     fn persist(&mut self, block: &Block, certificate: Option<&CommitCertificate>) -> Result<(), Error> {
@@ -493,6 +528,12 @@ impl BlockReader {
         }
     }
 }
+
+/// Fewest blocks a pruning node keeps: the replay after a restart (up to
+/// 64 blocks), catching-up peers and the explorer's recent blocks need them.
+pub const MIN_BLOCK_RETENTION: u64 = 100;
+/// Blocks deleted at most per commit, so pruning a long history never stalls one.
+pub const PRUNE_BLOCKS_PER_COMMIT: u64 = 256;
 
 /// Snapshots kept for state sync (the newest; older ones are deleted when a new one is kept).
 pub const SNAPSHOTS_KEPT: usize = 2;

@@ -203,3 +203,46 @@ fn opening_waits_for_a_store_that_is_being_closed() {
     closer.join().unwrap();
     assert_eq!(reopened.height(), Height(0));
 }
+
+#[test]
+fn a_pruning_store_keeps_the_newest_blocks_and_an_archive_keeps_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain();
+    let archive_dir = tempfile::tempdir().unwrap();
+    let mut archive = Store::open(archive_dir.path(), &chain.genesis).unwrap();
+    let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
+    store.set_block_retention(Some(10));
+    commit_blocks(&chain, &mut store, 400);
+    commit_blocks(&chain, &mut archive, 400);
+    // At least MIN_BLOCK_RETENTION are kept, whatever is asked.
+    let keep = agora_ledger::store::MIN_BLOCK_RETENTION;
+    assert_eq!(store.base(), Height(400 - keep + 1));
+    assert!(store.block(Height(400 - keep)).unwrap().is_none());
+    assert!(store.reader().block(Height(1)).unwrap().is_none(), "pruned blocks are deleted, not hidden");
+    assert!(store.certificate(Height(2)).unwrap().is_none());
+    assert!(store.block(Height(400 - keep + 1)).unwrap().is_some());
+    assert_eq!(archive.base(), Height(0));
+    assert!(archive.block(Height(1)).unwrap().is_some());
+    let root = store.state().root();
+    assert_eq!(root, archive.state().root());
+    drop(store);
+
+    // Reopened, it checks the chain from its base and goes on pruning.
+    let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
+    assert_eq!((store.height(), store.base(), store.state().root()), (Height(400), Height(400 - keep + 1), root));
+    assert!(store.replay_from_genesis().is_err());
+    store.set_block_retention(Some(keep));
+    commit_blocks(&chain, &mut store, 50);
+    assert_eq!(store.base(), Height(450 - keep + 1));
+    store.state().audit().unwrap();
+
+    // A long history is pruned a bounded slice per commit.
+    let long_dir = tempfile::tempdir().unwrap();
+    let mut long = Store::open(long_dir.path(), &chain.genesis).unwrap();
+    commit_blocks(&chain, &mut long, 700);
+    long.set_block_retention(Some(keep));
+    commit_blocks(&chain, &mut long, 1);
+    assert_eq!(long.base(), Height(1 + agora_ledger::store::PRUNE_BLOCKS_PER_COMMIT));
+    commit_blocks(&chain, &mut long, 3);
+    assert_eq!(long.base(), Height(704 - keep + 1));
+}

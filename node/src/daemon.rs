@@ -363,7 +363,8 @@ impl Daemon {
         let heartbeats = crate::heartbeat::HeartbeatSigner::open(&seq_path)?;
         let genesis = crate::config::load_genesis(home)?;
         let admin_token = admin_token(home, config, &genesis.chain_id)?;
-        let store = Store::open(&config.ledger_dir(home), &genesis)?;
+        let mut store = Store::open(&config.ledger_dir(home), &genesis)?;
+        store.set_block_retention(config.block_retention());
         audit(store.state())?;
         let (wal_file, wal) = WalFile::open(&config.wal_path(home))?;
         let (signer, last_signed) = SignerFile::open(&config.signer_state_path(home))?;
@@ -699,6 +700,7 @@ impl Daemon {
                     }
                     if let Ok(mut s) = self.shared.status.write() {
                         s.height = self.store.height().0;
+                        s.earliest_height = self.store.base().0.max(1);
                         s.latest_block_hash = self.store.state().last_block_hash().to_hex();
                         s.state_root = block.header.state_root.to_hex();
                     }

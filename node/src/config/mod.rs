@@ -90,6 +90,23 @@ pub struct NodeConfig {
     /// many blocks (0: never; the node still joins by state sync itself).
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval_blocks: u64,
+    /// Keep every block since genesis (an archive node: explorers, peers
+    /// syncing from genesis). Otherwise only the newest
+    /// `block_retention_blocks` are kept.
+    #[serde(default)]
+    pub archive: bool,
+    /// Blocks kept behind the tip when not an archive node (at least 100,
+    /// and at least two snapshot intervals, so the snapshots served have
+    /// their blocks).
+    #[serde(default = "default_block_retention")]
+    pub block_retention_blocks: u64,
+}
+
+/// Blocks a pruning node keeps by default: about three days at a block every 2.5 s.
+pub const DEFAULT_BLOCK_RETENTION_BLOCKS: u64 = 100_000;
+
+fn default_block_retention() -> u64 {
+    DEFAULT_BLOCK_RETENTION_BLOCKS
 }
 
 /// Blocks between two state snapshots by default: about 40 minutes at a
@@ -129,7 +146,14 @@ impl NodeConfig {
             jobs: JobsConfig::default(),
             auto_ask: None,
             snapshot_interval_blocks: DEFAULT_SNAPSHOT_INTERVAL_BLOCKS,
+            archive: false,
+            block_retention_blocks: DEFAULT_BLOCK_RETENTION_BLOCKS,
         }
+    }
+
+    /// Blocks the store keeps behind the tip (None: all, archive).
+    pub fn block_retention(&self) -> Option<u64> {
+        (!self.archive).then(|| self.block_retention_blocks.max(2 * self.snapshot_interval_blocks))
     }
 
     pub fn path(home: &Path) -> PathBuf {
