@@ -156,6 +156,20 @@ impl Store {
         } else {
             State::from_data(genesis.data()?, genesis.hash(), crate::tree::TreeHandle::new(nodes.clone()))
         };
+        let mut store = Store::assemble(db, meta, genesis, nodes, state)?;
+        store.recover()?;
+        store.ensure_slash_index()?;
+        Ok(store)
+    }
+
+    /// The store over `db` with `state` as its state, before any check.
+    fn assemble(
+        db: sled::Db,
+        meta: Tree,
+        genesis: Genesis,
+        nodes: std::sync::Arc<crate::sled_nodes::SledNodes>,
+        state: State,
+    ) -> Result<Store, Error> {
         let mut store = Store {
             blocks: db.open_tree("blocks")?,
             snapshots: db.open_tree("snapshots")?,
@@ -170,8 +184,6 @@ impl Store {
             nodes,
         };
         store.base = store.read_height(META_BASE)?;
-        store.recover()?;
-        store.ensure_slash_index()?;
         Ok(store)
     }
 
@@ -419,40 +431,40 @@ impl Store {
 
     /// Creates the store at `path` from a restored, verified snapshot of
     /// `genesis`'s chain: the tree and live leaves at the snapshot's height,
-    /// its block and certificate, then opens it like any store. `path` must
-    /// not hold a store yet.
+    /// its block and certificate. `path` must not hold a store yet. The
+    /// state is the restored one (its root was checked by the restore), so
+    /// installing does not pay for the from-scratch check of an opening.
     pub fn install(path: &Path, genesis: &Genesis, restored: crate::snapshot::Restored) -> Result<Store, Error> {
         let height = restored.height();
         if restored.data.chain_id != genesis.chain_id {
             return Err(Error::BadProof(format!("the snapshot is of chain {}", restored.data.chain_id)));
         }
-        {
-            let db = open_sled(path)?;
-            let meta = db.open_tree("meta")?;
-            if meta.get(META_GENESIS)?.is_some() || meta.get(META_TIP)?.is_some() {
-                return Err(corrupt(Height(0), "a snapshot is installed only into a new store"));
-            }
-            let nodes = crate::sled_nodes::SledNodes::open(&db)?;
-            crate::tree::NodeStore::write(&nodes, height.0, &restored.batch, &restored.keys)?;
-            nodes.flush(height.0)?;
-            let blocks = db.open_tree("blocks")?;
-            let certificates = db.open_tree("certificates")?;
-            blocks.insert(key(height), codec::encode(&restored.block)?)?;
-            certificates.insert(key(height), codec::encode(&restored.certificate)?)?;
-            // The genesis and tip go last: a store cut short before them is
-            // still "new" and refuses a second install only by its leftovers.
-            meta.insert(META_SLASH_INDEX, &[1])?;
-            meta.insert(META_BASE, &key(height))?;
-            meta.insert(META_TIP, &key(height))?;
-            meta.insert(META_GENESIS_DOC, codec::encode(genesis)?)?;
-            meta.insert(META_GENESIS, &genesis.hash().0)?;
-            db.flush()?;
+        let db = open_sled(path)?;
+        let meta = db.open_tree("meta")?;
+        if meta.get(META_GENESIS)?.is_some() || meta.get(META_TIP)?.is_some() {
+            return Err(corrupt(Height(0), "a snapshot is installed only into a new store"));
         }
-        let store = Store::open(path, genesis)?;
-        if store.height() != height || store.state().root() != restored.block.header.state_root {
-            return Err(corrupt(height, "the installed snapshot does not reopen as its state"));
+        let nodes = std::sync::Arc::new(crate::sled_nodes::SledNodes::open(&db)?);
+        crate::tree::NodeStore::write(&*nodes, height.0, &restored.batch, &restored.keys)?;
+        nodes.flush(height.0)?;
+        let blocks = db.open_tree("blocks")?;
+        let certificates = db.open_tree("certificates")?;
+        blocks.insert(key(height), codec::encode(&restored.block)?)?;
+        certificates.insert(key(height), codec::encode(&restored.certificate)?)?;
+        // The genesis and tip go last: a store cut short before them is
+        // still "new" and refuses a second install only by its leftovers.
+        meta.insert(META_SLASH_INDEX, &[1])?;
+        meta.insert(META_BASE, &key(height))?;
+        meta.insert(META_TIP, &key(height))?;
+        meta.insert(META_GENESIS_DOC, codec::encode(genesis)?)?;
+        meta.insert(META_GENESIS, &genesis.hash().0)?;
+        db.flush()?;
+        let hash = restored.block.hash();
+        let state = State::from_data(restored.data, hash, crate::tree::TreeHandle::new(nodes.clone()));
+        if crate::tree::root_at(&*nodes, height.0)? != Some(restored.block.header.state_root) {
+            return Err(corrupt(height, "the installed tree is not the snapshot's"));
         }
-        Ok(store)
+        Store::assemble(db, meta, genesis.clone(), nodes, state)
     }
 
     /// Nodes in the state tree on disk (pruning checks, disk growth).

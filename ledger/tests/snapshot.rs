@@ -72,7 +72,7 @@ fn a_node_joins_at_height_ten_thousand_from_a_snapshot_and_follows_the_chain() {
     let verified = started.elapsed();
     let mut store = Store::install(&path, &chain.genesis, restored).unwrap();
     eprintln!(
-        "{} leaves in {} chunks: verified in {:?}, installed and reopened in {:?} more",
+        "{} leaves in {} chunks: verified in {:?}, installed in {:?} more",
         snap.offer.leaves,
         snap.chunks.len(),
         verified,

@@ -330,8 +330,14 @@ struct Durable {
 }
 
 impl Daemon {
-    /// Opens the store, restarts consensus from its WAL and starts listening.
-    pub fn start(home: &Path, config: &NodeConfig, key: Keypair) -> Result<(Daemon, Shared), Error> {
+    /// Opens the store (or takes `store`, open already when state sync
+    /// installed it), restarts consensus from its WAL and starts listening.
+    pub fn start(
+        home: &Path,
+        config: &NodeConfig,
+        key: Keypair,
+        store: Option<Store>,
+    ) -> Result<(Daemon, Shared), Error> {
         let source: GpuSource = config.gpus.parse()?;
         let detection = crate::gpu::detect(&source);
         let provider = if detection.gpus.is_empty() {
@@ -363,7 +369,10 @@ impl Daemon {
         let heartbeats = crate::heartbeat::HeartbeatSigner::open(&seq_path)?;
         let genesis = crate::config::load_genesis(home)?;
         let admin_token = admin_token(home, config, &genesis.chain_id)?;
-        let mut store = Store::open(&config.ledger_dir(home), &genesis)?;
+        let mut store = match store {
+            Some(store) => store,
+            None => Store::open(&config.ledger_dir(home), &genesis)?,
+        };
         store.set_block_retention(config.block_retention());
         audit(store.state())?;
         let (wal_file, wal) = WalFile::open(&config.wal_path(home))?;

@@ -38,10 +38,8 @@ pub fn run(home: &Path, config: NodeConfig, state_sync: bool) -> Result<(), Erro
 
 async fn run_async(home: &Path, config: NodeConfig, state_sync: bool) -> Result<(), Error> {
     let key = keystore::load(home, NODE_KEY_NAME)?.keypair;
-    if state_sync {
-        crate::state_sync::join(home, &config, &key).await?;
-    }
-    let (daemon, shared) = Daemon::start(home, &config, key)?;
+    let store = if state_sync { Some(crate::state_sync::join(home, &config, &key).await?) } else { None };
+    let (daemon, shared) = Daemon::start(home, &config, key, store)?;
     let listener = tokio::net::TcpListener::bind(&config.api)
         .await
         .map_err(|e| Error::Network(format!("cannot listen for the API on {}: {e}", config.api)))?;

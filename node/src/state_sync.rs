@@ -272,16 +272,19 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
 
 /// Joins the network by state sync when the node's store holds no block:
 /// fetches the newest certified snapshot from the bootstrap peers and
-/// installs it as the store. A store that holds blocks already is kept.
-pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair) -> Result<(), Error> {
+/// installs it as the store, which it returns open. A store that holds
+/// blocks already is kept (and returned open).
+pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair) -> Result<Store, Error> {
     let genesis = crate::config::load_genesis(home)?;
     let dir = config.ledger_dir(home);
     if dir.exists() {
-        let height = Store::open(&dir, &genesis)?.height();
+        let store = Store::open(&dir, &genesis)?;
+        let height = store.height();
         if height.0 > 0 {
             tracing::info!(%height, "the store holds blocks already: state sync skipped");
-            return Ok(());
+            return Ok(store);
         }
+        drop(store);
         // A store without blocks holds the genesis alone, which the snapshot replaces.
         std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
     }
@@ -295,7 +298,7 @@ pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair) -> Result<(),
         ms = started.elapsed().as_millis() as u64,
         "state sync: installed the snapshot; following the chain from here"
     );
-    Ok(())
+    Ok(store)
 }
 
 async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis) -> Result<Restored, Error> {
