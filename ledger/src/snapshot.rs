@@ -292,4 +292,17 @@ impl Restored {
     pub fn last_block_hash(&self) -> Hash {
         self.block.hash()
     }
+
+    /// The restored state over `store`, which receives its tree; with its
+    /// block and certificate. (A node installs a `Store` instead; this is
+    /// for states kept in memory: the simulation.)
+    pub fn into_state(
+        self,
+        store: Arc<dyn NodeStore>,
+    ) -> Result<(State, Block, agora_protocol::CommitCertificate), Error> {
+        store.write(self.height().0, &self.batch, &self.keys)?;
+        let hash = self.block.hash();
+        let state = State::from_data(self.data, hash, crate::tree::TreeHandle::new(store));
+        Ok((state, self.block, self.certificate))
+    }
 }

@@ -443,8 +443,17 @@ async fn block(
     Path(height): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let h: u64 = height.parse().map_err(|_| bad_request(format!("height {height:?} is not a number")))?;
-    let block =
-        s.blocks.block(Height(h)).map_err(internal)?.ok_or_else(|| not_found(format!("no block at height {h}")))?;
+    let earliest = s.status.read().map(|st| st.earliest_height).unwrap_or(1);
+    let block = s.blocks.block(Height(h)).map_err(internal)?.ok_or_else(|| {
+        not_found(if h < earliest {
+            format!(
+                "block {h} is not kept here: this node holds blocks from {earliest} on (older ones were pruned, or it \
+                 joined by state sync); ask an archive node"
+            )
+        } else {
+            format!("no block at height {h}")
+        })
+    })?;
     let cert = s.blocks.certificate(Height(h)).map_err(internal)?;
     Ok(Json(serde_json::json!({
         "height": h,

@@ -175,18 +175,25 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
         }
     }
 
-    /// Picks the newest verified snapshot and the peers that hold it.
-    /// False when there is none.
+    /// Picks the newest verified snapshot and the peers that hold it: of
+    /// the offers at the newest height, the one the most connected peers
+    /// made identically (a peer may pair a certified header with a chunk
+    /// count of its own; only the peers that agree on every field fetch
+    /// together). False when there is none.
     pub fn choose(&mut self) -> Result<bool, Error> {
-        let Some((_, best)) = self.offers.iter().max_by_key(|(_, o)| o.header.height) else { return Ok(false) };
-        let best = best.clone();
-        let hash = best.header.hash();
-        let holders: Vec<P> = self
-            .offers
+        let live: Vec<&(P, SnapshotOffer)> = self.offers.iter().filter(|(p, _)| self.peers.contains(p)).collect();
+        let Some(top) = live.iter().map(|(_, o)| o.header.height).max() else { return Ok(false) };
+        let holders_of =
+            |offer: &SnapshotOffer| -> Vec<P> { live.iter().filter(|(_, o)| o == offer).map(|(p, _)| *p).collect() };
+        let Some(best) = live
             .iter()
-            .filter(|(p, o)| o.header.hash() == hash && self.peers.contains(p))
-            .map(|(p, _)| *p)
-            .collect();
+            .filter(|(_, o)| o.header.height == top)
+            .max_by_key(|(_, o)| holders_of(o).len())
+            .map(|(_, o)| o.clone())
+        else {
+            return Ok(false);
+        };
+        let holders = holders_of(&best);
         tracing::info!(
             height = %best.header.height,
             leaves = best.leaves,
@@ -421,10 +428,10 @@ mod tests {
         assert!(new.chunks.len() >= 2);
         let trusted = agora_ledger::light::trusted_from_genesis(&chain.genesis).unwrap();
         let mut m: StateSync<u8> = StateSync::new(chain_id(), trusted);
-        for p in [1, 2, 3] {
+        for p in [1, 2, 3, 4] {
             m.connected(p);
         }
-        assert_eq!(m.ask_offers(false).len(), 3);
+        assert_eq!(m.ask_offers(false).len(), 4);
         assert!(m.ask_offers(true).is_empty(), "a peer is asked once at a time");
         m.offers_from(1, vec![old.offer.clone(), new.offer.clone()]);
         m.offers_from(2, vec![new.offer.clone()]);
@@ -433,17 +440,24 @@ mod tests {
         forged.certificate = chain.certificate(&block, 2);
         m.offers_from(3, vec![forged]);
         assert_eq!(m.take_penalised(), vec![3], "an offer short of 2/3 of the signatures");
+        // A certified header with a chunk count of its own: it verifies, but
+        // the peers that agree on every field are the ones fetched from.
+        let mut inflated = new.offer.clone();
+        inflated.chunks += 1;
+        m.offers_from(4, vec![inflated]);
         assert!(m.all_answered() && m.has_offers());
         assert!(m.choose().unwrap());
         assert_eq!(m.progress(), Some((0, new.offer.leaves)));
 
         let (p, req) = m.next_request().unwrap();
+        assert_ne!(p, 4, "the odd offer's peer is not a holder");
         assert_eq!(req, Request::Block(SyncRequest { have: Height(1), max: 1 }), "the newest snapshot's block first");
         assert!(m.next_request().is_none(), "one request at a time");
         m.block_from(p, vec![(block.clone(), chain.certificate(&block, 3))]);
 
         let (liar, req) = m.next_request().unwrap();
         assert_eq!(req, Request::Snapshot(SnapshotRequest::Chunk { height: Height(2), index: 0 }));
+        assert_ne!(liar, 4, "the odd offer's peer is not a holder");
         m.chunk_from(9, SnapshotResponse::Chunk(new.chunks[0].clone()));
         assert_eq!(m.progress(), Some((0, new.offer.leaves)), "an answer nobody was asked for is ignored");
         let mut bad = new.chunks[0].clone();
@@ -452,6 +466,7 @@ mod tests {
         assert_eq!(m.take_penalised(), vec![liar]);
         while let Some((p, req)) = m.next_request() {
             assert_ne!(p, liar, "a liar is never asked again");
+            assert_ne!(p, 4, "the odd offer's peer is not a holder");
             let Request::Snapshot(SnapshotRequest::Chunk { index, .. }) = req else { panic!("{req:?}") };
             m.chunk_from(p, SnapshotResponse::Chunk(new.chunks[index as usize].clone()));
         }

@@ -24,7 +24,7 @@ use agora_node::heartbeat::HeartbeatSeq;
 use agora_node::liveness::{HeartbeatVerdict, Liveness, Probed};
 use agora_node::own_txs::OwnTxs;
 use agora_node::quota::PeerQuota;
-use agora_node::sync::{SyncClient, build_response, sync_quota};
+use agora_node::sync::{BlockSource, SyncClient, build_response, sync_quota};
 use agora_protocol::consensus::{ConsensusMessage, VoteKind};
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{
@@ -103,7 +103,19 @@ pub struct Scenario {
     pub griefing_peer: bool,
     /// Providers whose liveness the validators watch (0: no liveness).
     pub providers: usize,
+    /// Every node takes a state snapshot every `SIM_SNAPSHOT_INTERVAL`
+    /// blocks, and the crashed validator comes back by state sync (the
+    /// node's `StateSync`) from its peers' newest snapshot when one is
+    /// newer than its store, instead of replaying its blocks; the
+    /// Byzantine validator offers a forged snapshot first. (Tampered chunks
+    /// are mounted in `ledger/tests/snapshot.rs` and `node::state_sync`'s tests.)
+    pub state_sync: bool,
 }
+
+/// Blocks between two state snapshots in the simulation.
+pub const SIM_SNAPSHOT_INTERVAL: u64 = 2;
+/// Snapshots a simulated node keeps.
+const SIM_SNAPSHOTS_KEPT: usize = 2;
 
 impl SimConfig {
     pub fn new(seed: u64, validators: usize) -> SimConfig {
@@ -164,6 +176,7 @@ impl SimConfig {
                 equivocating_proposer: true,
                 griefing_peer: true,
                 providers: 0,
+                state_sync: false,
             },
             ..SimConfig::new(seed, validators)
         }
@@ -214,6 +227,10 @@ pub struct SimReport {
     pub auctions: u64,
     /// Leases the auctions made.
     pub auction_leases: u64,
+    /// Restarts that joined by state sync from a peer's snapshot.
+    pub state_synced: u64,
+    /// Peers a joining node caught serving a chunk that did not verify.
+    pub snapshot_liars: u64,
 }
 
 /// Blocks per auction in simulations, and the binding tail.
@@ -373,12 +390,40 @@ impl SimDisk {
     }
 }
 
+/// A simulated node's committed blocks: from height 1, or from the height
+/// of the snapshot it joined from (with the state it restored there).
+#[derive(Default)]
+struct SimStore {
+    blocks: Vec<(Block, CommitCertificate)>,
+    /// The snapshot's state and height, when it joined by state sync.
+    from: Option<State>,
+}
+
+impl SimStore {
+    fn base(&self) -> u64 {
+        self.from.as_ref().map_or(0, |s| s.height().0 - 1)
+    }
+
+    fn last_certificate(&self) -> Option<CommitCertificate> {
+        self.blocks.last().map(|(_, c)| c.clone())
+    }
+}
+
+impl BlockSource for SimStore {
+    fn committed(&self, height: Height) -> Result<Option<(Block, CommitCertificate)>, agora_node::error::Error> {
+        let index = height.0.checked_sub(self.base() + 1).and_then(|i| usize::try_from(i).ok());
+        Ok(index.and_then(|i| self.blocks.get(i)).cloned())
+    }
+}
+
 struct SimNode {
     engine: Engine,
     timers: Vec<(Timer, u64)>,
     height: u64,
     /// What this node persisted: its committed blocks with certificates…
-    store: Vec<(Block, CommitCertificate)>,
+    store: SimStore,
+    /// The newest state snapshots it took, for peers joining by state sync.
+    snapshots: VecDeque<agora_ledger::snapshot::Snapshot>,
     /// …its write-ahead log and double-sign guard state.
     disk: SimDisk,
     /// Its own transactions in flight (in memory: lost at a crash, as in the daemon).
@@ -466,6 +511,9 @@ struct Observed {
     proposals_equivocated: u64,
     blocks_forged: u64,
     provider_restarts: u64,
+    /// Restarts that joined by state sync, and peers caught serving a bad chunk.
+    state_synced: u64,
+    snapshot_liars: u64,
 }
 
 impl Sim {
@@ -504,7 +552,8 @@ impl Sim {
                     engine,
                     timers: Vec::new(),
                     height: 0,
-                    store: Vec::new(),
+                    store: SimStore::default(),
+                    snapshots: VecDeque::new(),
                     disk: SimDisk::default(),
                     own_txs: OwnTxs::default(),
                     sync: SyncClient::default(),
@@ -867,7 +916,8 @@ impl Sim {
         if self.config.scenario.crash_restart {
             let node = self.rng.below(honest as u64) as usize;
             let at = start + 200 + self.rng.below(3_000);
-            let down_for = 500 + self.rng.below(3_000);
+            // Down for long enough that its peers take a snapshot past it, when it is to rejoin by state sync.
+            let down_for = if self.config.scenario.state_sync { 6_000 } else { 500 } + self.rng.below(3_000);
             self.push(at, Event::Crash { node });
             self.push(at + down_for, Event::Restart { node });
         }
@@ -963,6 +1013,8 @@ impl Sim {
             blocks_forged: self.observed.blocks_forged,
             auctions,
             auction_leases,
+            state_synced: self.observed.state_synced,
+            snapshot_liars: self.observed.snapshot_liars,
         })
     }
 
@@ -1168,13 +1220,22 @@ impl Sim {
     }
 
     /// Rebuilds a crashed node from what it persisted: the ledger by replaying
-    /// its stored blocks, consensus by replaying its WAL.
+    /// its stored blocks (or, with state sync, from a peer's newer snapshot),
+    /// consensus by replaying its WAL.
     fn restart(&mut self, node: usize) -> Result<(), SimFailure> {
-        let mut ledger = self.setup.genesis.state().map_err(|e| self.fail(e.to_string()))?;
-        for (block, _) in &self.nodes[node].store {
+        if self.config.scenario.state_sync {
+            self.state_sync(node)?;
+        }
+        let store = &self.nodes[node].store;
+        let mut ledger = match &store.from {
+            Some(state) => state.clone(),
+            None => self.setup.genesis.state().map_err(|e| self.fail(e.to_string()))?,
+        };
+        let from = ledger.height();
+        for (block, _) in store.blocks.iter().filter(|(b, _)| b.header.height > from) {
             apply_block(&mut ledger, block, SigCheck::Skip).map_err(|e| self.fail(format!("restart replay: {e}")))?;
         }
-        let last_commit = self.nodes[node].store.last().map(|(_, c)| c.clone());
+        let last_commit = self.nodes[node].store.last_certificate();
         let (engine, actions) = Engine::restart(
             self.setup.genesis.chain_id.clone(),
             self.setup.keys[node].clone(),
@@ -1193,6 +1254,89 @@ impl Sim {
         // Its liveness view was in memory: it watches again from where its store is.
         self.nodes[node].liveness = Liveness::new(SIM_WINDOW_BLOCKS, Height(self.nodes[node].height));
         self.act_all(node, actions)
+    }
+
+    /// The restarting node joins by state sync when a connected peer holds a
+    /// snapshot newer than its store: the node's own `StateSync` decides
+    /// whom to ask for what, peers answer from their snapshots and stores
+    /// (the Byzantine validator with a forged offer first), and the node's store
+    /// is replaced by the restored state (its WAL and double-sign guard
+    /// stay). Answers are immediate: this exercises the decisions and the
+    /// verification, not the network's timing.
+    fn state_sync(&mut self, node: usize) -> Result<(), SimFailure> {
+        use agora_node::state_sync::{Request, StateSync};
+        use agora_protocol::snapshot::{SnapshotRefusal, SnapshotRequest, SnapshotResponse};
+        let genesis = &self.setup.genesis;
+        let trusted = agora_ledger::light::trusted_from_genesis(genesis).map_err(|e| self.fail(e.to_string()))?;
+        let mut m: StateSync<usize> = StateSync::new(genesis.chain_id.clone(), trusted);
+        let own = self.nodes[node].height;
+        for p in (0..self.nodes.len()).filter(|&p| p != node && self.nodes[p].alive && self.connected(node, p)) {
+            m.connected(p);
+        }
+        for (p, _) in m.ask_offers(false) {
+            let mut offers: Vec<_> = self.nodes[p].snapshots.iter().rev().map(|s| s.offer.clone()).collect();
+            // The Byzantine validator leads with a forgery: its newest
+            // header with the certificate cut to one signature.
+            if Some(p) == self.adversaries.byzantine
+                && let Some(mut forged) = offers.first().cloned()
+            {
+                forged.certificate.signatures.truncate(1);
+                offers.insert(0, forged);
+            }
+            m.offers_from(p, offers);
+        }
+        let newer = self.nodes.iter().flat_map(|n| n.snapshots.iter()).any(|s| s.offer.header.height.0 > own);
+        if !newer || !m.choose().map_err(|e| self.fail(format!("state sync: {e}")))? {
+            return Ok(());
+        }
+        // Each request is answered once; a bounded loop whatever the peers do.
+        for _ in 0..10_000 {
+            if m.complete() {
+                break;
+            }
+            let Some((p, request)) = m.next_request() else { break };
+            let peer = &self.nodes[p];
+            match request {
+                Request::Block(r) => {
+                    let blocks = build_response(&peer.store, &r, peer.height).map(|r| r.blocks).unwrap_or_default();
+                    m.block_from(p, blocks);
+                }
+                Request::Snapshot(SnapshotRequest::Chunk { height, index }) => {
+                    let chunk = peer
+                        .snapshots
+                        .iter()
+                        .find(|s| s.offer.header.height == height)
+                        .and_then(|s| s.chunks.get(index as usize).cloned());
+                    let answer = match chunk {
+                        Some(c) => SnapshotResponse::Chunk(c),
+                        None => SnapshotResponse::Refused(SnapshotRefusal::NotHeld),
+                    };
+                    m.chunk_from(p, answer);
+                }
+                Request::Snapshot(SnapshotRequest::Offers) => m.failed(p),
+            }
+            self.observed.snapshot_liars += m.take_penalised().len() as u64;
+        }
+        self.observed.snapshot_liars += m.take_penalised().len() as u64;
+        if !m.complete() {
+            // Every holder lied or left: it replays its own blocks instead.
+            return Ok(());
+        }
+        let restored = m.finish().map_err(|e| self.fail(format!("state sync: {e}")))?;
+        let store: std::sync::Arc<dyn agora_ledger::tree::NodeStore> =
+            std::sync::Arc::new(agora_ledger::tree::MemNodes::default());
+        let (state, block, cert) = restored.into_state(store).map_err(|e| self.fail(e.to_string()))?;
+        let h = state.height().0;
+        if self.observed.canonical.get(&h).map(|(hash, root)| (*hash, *root)) != Some((block.hash(), state.root())) {
+            return Err(self.fail(format!("node {node} restored a state at height {h} that is not the chain's")));
+        }
+        state.audit().map_err(|e| self.fail(format!("node {node} restored state: {e}")))?;
+        let n = &mut self.nodes[node];
+        n.store = SimStore { blocks: vec![(block, cert)], from: Some(state) };
+        n.height = h;
+        n.disk.prune_through(h);
+        self.observed.state_synced += 1;
+        Ok(())
     }
 
     fn act(&mut self, node: usize, action: Action) -> Result<(), SimFailure> {
@@ -1249,7 +1393,7 @@ impl Sim {
         }
         let p = &mut self.nodes[peer];
         let blocks = if p.sync_quota.admit(node, self.now_ms) {
-            let served = build_response(p.store.as_slice(), &request, p.height);
+            let served = build_response(&p.store, &request, p.height);
             p.sync_quota.done(&node);
             served.map(|r| r.blocks).unwrap_or_default()
         } else {
@@ -1516,8 +1660,17 @@ impl Sim {
         }
         let n = &mut self.nodes[node];
         n.height = h;
-        n.store.push((block.clone(), cert.clone()));
+        n.store.blocks.push((block.clone(), cert.clone()));
         n.disk.prune_through(h);
+        if self.config.scenario.state_sync && h % SIM_SNAPSHOT_INTERVAL == 0 {
+            let taken = agora_ledger::snapshot::take(n.engine.ledger(), block.header.clone(), cert.clone());
+            let snapshot = taken.map_err(|e| self.fail(format!("node {node} cannot take a snapshot at {h}: {e}")))?;
+            let n = &mut self.nodes[node];
+            n.snapshots.push_back(snapshot);
+            while n.snapshots.len() > SIM_SNAPSHOTS_KEPT {
+                n.snapshots.pop_front();
+            }
+        }
         self.resend_own(node)?;
         self.liveness_after_commit(node, Height(h), hash)
     }

@@ -135,3 +135,31 @@ fn liveness_slashes_every_long_outage_and_never_an_honest_provider() {
     // short by consensus stalls and are not judged).
     assert!(slashed >= seeds, "only {slashed} long outages reached the bound in {seeds} runs");
 }
+
+/// The crashed validator comes back by state sync — the node's `StateSync`
+/// deciding, verifying offers and chunks against the certified root — from
+/// its peers' newest snapshot (one every 2 blocks), with every fault on and
+/// the Byzantine validator offering a forged snapshot (7 validators: with one
+/// down and one Byzantine of 4, no quorum would go on to leave the crashed
+/// one behind): the restored state is
+/// the chain's (checked at the join), the node then commits the same blocks
+/// as everyone (the run's safety check), and the chain stays live.
+/// `AGORA_SIM_STATE_SYNC_SEEDS=N` runs more.
+#[test]
+fn a_crashed_validator_rejoins_by_state_sync_under_every_fault() {
+    let seeds = env_u64("AGORA_SIM_STATE_SYNC_SEEDS").unwrap_or(20);
+    let (mut synced, mut liars) = (0, 0);
+    for seed in 0..seeds {
+        let mut config = SimConfig::all_faults(seed, 7);
+        config.scenario.state_sync = true;
+        config.target_height = 24;
+        let report = run(config);
+        assert_eq!(report.sign_refusals, 0, "seed {seed}: the guard had to refuse a signature");
+        synced += report.state_synced;
+        liars += report.snapshot_liars;
+    }
+    eprintln!("{seeds} seeds: {synced} restarts by state sync, {liars} lying peers caught");
+    // A restart before its peers took a newer snapshot replays its own blocks.
+    assert!(synced >= seeds / 5, "only {synced} of {seeds} restarts joined by state sync");
+    assert!(liars > 0, "the Byzantine validator's forged offers were never caught");
+}
