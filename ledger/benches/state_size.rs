@@ -3,6 +3,9 @@
 //! 1,000, 100,000 and 1,000,000 accounts. With the state root a Merkle tree
 //! updated from the keys a block writes, the cost should depend on the
 //! block, not on the accounts (issue 14's target: 1M within 1.5× of 1k).
+//! And joining by state sync at each size up to 100,000 accounts: verifying
+//! every chunk of a snapshot against its certified root and installing it
+//! into a new sled store (1M: minutes a sample, left out).
 //! `AGORA_BENCH_MAX_ACCOUNTS` caps the sizes (setting up 1M takes minutes).
 
 use std::time::{Duration, Instant};
@@ -110,8 +113,50 @@ fn bench(c: &mut Criterion) {
                 total
             })
         });
+        if accounts <= MAX_STATE_SYNC_BENCH_ACCOUNTS {
+            group.sample_size(10);
+            bench_state_sync(&mut group, &ch, &mut store);
+            group.sample_size(30);
+        }
     }
     group.finish();
+}
+
+/// Largest state the state-sync bench joins from.
+const MAX_STATE_SYNC_BENCH_ACCOUNTS: usize = 100_000;
+
+fn bench_state_sync(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    ch: &Chain,
+    store: &mut Store,
+) {
+    use agora_ledger::snapshot::{Restore, take};
+    let block = next_block(ch, store.state());
+    store.commit(&block).expect("commits");
+    let certificate = agora_ledger::testkit::certify(&block, std::slice::from_ref(&ch.validator));
+    let started = Instant::now();
+    let snapshot = take(store.state(), block.header.clone(), certificate).expect("snapshot");
+    let leaves = snapshot.offer.leaves;
+    eprintln!("{leaves} leaves: snapshot taken in {:.1?}, {} chunks", started.elapsed(), snapshot.chunks.len());
+    let trusted = agora_ledger::light::trusted_from_genesis(&ch.genesis).expect("trusted set");
+    group.bench_function(format!("state_sync_join/{}_accounts", ch.accounts), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let start = Instant::now();
+                let mut restore = Restore::new(snapshot.offer.clone(), &chain_id(), &trusted).expect("offer verifies");
+                for chunk in &snapshot.chunks {
+                    restore.add(chunk.clone()).expect("chunk verifies");
+                }
+                let restored = restore.finish(block.clone()).expect("restore finishes");
+                let installed = Store::install(&dir.path().join("ledger"), &ch.genesis, restored).expect("installs");
+                total += start.elapsed();
+                assert_eq!(installed.state().root(), block.header.state_root);
+            }
+            total
+        })
+    });
 }
 
 criterion_group!(benches, bench);

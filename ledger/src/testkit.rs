@@ -71,16 +71,7 @@ impl TestChain {
     /// A commit certificate for `block` signed by the first `signers` keys
     /// (the validators, when `signers` is at most their number).
     pub fn certificate(&self, block: &Block, signers: usize) -> CommitCertificate {
-        let vote = Vote { kind: VoteKind::Precommit, height: block.header.height, round: 0, block: Some(block.hash()) };
-        let signatures = self.keys[..signers]
-            .iter()
-            .map(|k| {
-                // Signing plain in-memory data cannot fail.
-                let s = Signed::sign(vote.clone(), k, &chain_id()).expect("signing succeeds");
-                CommitSig { validator: s.signer, signature: s.signature }
-            })
-            .collect();
-        CommitCertificate { height: block.header.height, round: 0, block_hash: block.hash(), signatures }
+        certify(block, &self.keys[..signers])
     }
 }
 
@@ -102,4 +93,18 @@ pub fn sign_tx(key: &Keypair, nonce: u64, kind: TxKind) -> SignedTx {
 /// A signed transfer.
 pub fn transfer(key: &Keypair, nonce: u64, to: Address, amount: Amount) -> SignedTx {
     sign_tx(key, nonce, TxKind::Transfer { to, amount })
+}
+
+/// A commit certificate for `block` of a test chain, signed by `signers`.
+pub fn certify(block: &Block, signers: &[Keypair]) -> CommitCertificate {
+    let vote = Vote { kind: VoteKind::Precommit, height: block.header.height, round: 0, block: Some(block.hash()) };
+    let signatures = signers
+        .iter()
+        .map(|k| {
+            // Signing plain in-memory data cannot fail.
+            let s = Signed::sign(vote.clone(), k, &chain_id()).expect("signing succeeds");
+            CommitSig { validator: s.signer, signature: s.signature }
+        })
+        .collect();
+    CommitCertificate { height: block.header.height, round: 0, block_hash: block.hash(), signatures }
 }
