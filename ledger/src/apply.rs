@@ -151,6 +151,7 @@ fn begin_block(state: &mut State, h: &Header) -> Result<Vec<Event>, Error> {
     let mut events = accounts::release_unbonding(state)?;
     events.extend(lease::expire_due(state)?);
     lease::prune_settled(state);
+    crate::clearing::prune_old_auctions(state);
     Ok(events)
 }
 

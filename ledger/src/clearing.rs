@@ -216,3 +216,24 @@ fn lease_id(auction: u64, bid: u64, ask: u64) -> LeaseId {
     }
     LeaseId(Hash::tagged(b"agora/auction-lease/1", &data))
 }
+
+/// Removes the results and spot trades of auctions more than
+/// `market.auction_retention` before the current one (oldest first, at most
+/// `lease::MAX_PRUNED_PER_BLOCK` a block): the live state keeps recent
+/// prices; the clearing blocks keep every one.
+pub(crate) fn prune_old_auctions(state: &mut State) -> usize {
+    let market = &state.params().market;
+    let (current, _) = market.phase(state.height().next().0);
+    let Some(cutoff) = current.checked_sub(market.auction_retention) else { return 0 };
+    let limit = crate::lease::MAX_PRUNED_PER_BLOCK;
+    let book = &state.data.book;
+    let old = |key: &&(u64, GpuClass)| key.0 < cutoff;
+    let mut due: std::collections::BTreeSet<(u64, GpuClass)> =
+        book.results.keys().take_while(old).take(limit).cloned().collect();
+    due.extend(book.spot.keys().take_while(old).take(limit).cloned());
+    let due: Vec<(u64, GpuClass)> = due.into_iter().take(limit).collect();
+    for (auction, class) in &due {
+        state.forget_auction(*auction, class);
+    }
+    due.len()
+}

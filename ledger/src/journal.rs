@@ -230,6 +230,17 @@ impl State {
         self.record(Undo::Spot(key, old));
     }
 
+    /// Removes auction `auction`'s result and spot trades in `class` (pruning).
+    pub(crate) fn forget_auction(&mut self, auction: u64, class: &agora_protocol::GpuClass) {
+        let key = (auction, class.clone());
+        if let Some(old) = self.data.book.results.remove(&key) {
+            self.record(Undo::Auction(key.clone(), Some(old)));
+        }
+        if let Some(old) = self.data.book.spot.remove(&key) {
+            self.record(Undo::Spot(key, Some(old)));
+        }
+    }
+
     /// The id the next order gets.
     pub(crate) fn next_order_id(&self) -> u64 {
         self.data.book.next_id

@@ -75,6 +75,15 @@ pub struct MarketParams {
     /// it remain, the live state holds only what may still change.
     #[serde(default = "default_settled_lease_retention_ms")]
     pub settled_lease_retention_ms: u64,
+    /// Auctions whose results and spot trades stay in the state; older
+    /// ones are pruned (their clearing blocks remain).
+    #[serde(default = "default_auction_retention")]
+    pub auction_retention: u64,
+}
+
+/// About a day of auctions at a block every 2.5 s and 30 blocks an auction.
+pub fn default_auction_retention() -> u64 {
+    1_000
 }
 
 /// A day: time for buyers and explorers to see how a lease ended.
@@ -91,6 +100,7 @@ impl Default for MarketParams {
             max_open_orders_per_account: 16,
             max_open_orders_per_class: 10_000,
             settled_lease_retention_ms: default_settled_lease_retention_ms(),
+            auction_retention: default_auction_retention(),
         }
     }
 }
@@ -132,6 +142,9 @@ impl MarketParams {
         }
         if self.no_cancel_blocks == 0 || self.no_cancel_blocks >= self.auction_blocks {
             return Err("market.no_cancel_blocks must be 1 to auction_blocks - 1".into());
+        }
+        if self.auction_retention == 0 {
+            return Err("market.auction_retention must be at least 1".into());
         }
         if self.settled_lease_retention_ms < agora_protocol::limits::MAX_LEASE_REQUEST_TTL_MS {
             return Err(format!(

@@ -378,3 +378,28 @@ fn a_contract_that_starts_later_holds_the_gpus_from_the_clearing_and_is_paid_fro
     let fee = state.params().min_tx_fee.0;
     assert_eq!(state.account(&chain.address(OTHER)).balance.0, before.0 + Amount::agr(4).0 - fee);
 }
+
+#[test]
+fn old_auction_results_are_pruned_after_the_retention() {
+    let mut chain = chain();
+    chain.genesis.params.market.auction_retention = 2;
+    let mut state = chain.state();
+    setup_provider(&chain, &mut state);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        // An ask alone in each auction: a result without a price each time.
+        until_next_block_is(&chain, &mut state, AuctionPhase::Open);
+        let ask = TxKind::PlaceAsk { class: class(), gpus: 4, hours: 24, min_price: Amount::agr(2) };
+        let ask = sign_tx(&chain.keys[PROVIDER], nonce(&state, &chain, PROVIDER), ask);
+        commit(&chain, &mut state, vec![ask]);
+        until_next_block_is(&chain, &mut state, AuctionPhase::Clearing);
+        commit(&chain, &mut state, vec![]);
+        seen.extend(state.auction_results(0).map(|r| r.auction));
+    }
+    let kept: Vec<u64> = state.auction_results(0).map(|r| r.auction).collect();
+    let (current, _) = state.params().market.phase(state.height().0 + 1);
+    assert!(seen.len() >= 5, "an auction with a standing ask records a result each time: {seen:?}");
+    assert!(!kept.is_empty() && kept.len() < seen.len(), "kept {kept:?} of {seen:?}");
+    assert!(kept.iter().all(|a| a + 2 >= current), "kept {kept:?} at auction {current}");
+    assert_eq!(state.root(), state.root_from_scratch().unwrap(), "pruning is a deletion in the tree");
+}
