@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// holds no block; a store with blocks is kept)
     #[arg(long)]
     state_sync: bool,
+    /// With --state-sync: take only the snapshot of this block (its hash, from a
+    /// source you trust), checked against the validators that decided it rather
+    /// than the genesis' (for a chain whose validator set has moved on)
+    #[arg(long, value_name = "BLOCK_HASH", requires = "state_sync")]
+    trust_hash: Option<String>,
     /// Take a state snapshot for joining peers every N blocks (0: never)
     #[arg(long)]
     snapshot_interval_blocks: Option<u64>,
@@ -151,7 +156,15 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         config.block_retention_blocks = v;
     }
     config.jobs.unsafe_process_runner = args.unsafe_process_runner;
-    agora_node::run::run(home, config, args.state_sync)?;
+    let trust_hash = match args.trust_hash {
+        Some(h) => Some(
+            agora_protocol::Hash::from_hex("--trust-hash", &h)
+                .map_err(|e| anyhow::anyhow!("{e} (a block hash: 64 hex digits)"))?,
+        ),
+        None => None,
+    };
+    let state_sync = args.state_sync.then_some(agora_node::run::StateSyncOptions { trust_hash });
+    agora_node::run::run(home, config, state_sync)?;
     Ok(ExitCode::SUCCESS)
 }
 

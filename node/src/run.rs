@@ -27,18 +27,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// How a node joins by state sync (`agora node run --state-sync`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateSyncOptions {
+    /// Take only the snapshot of this block (`--trust-hash`), checked
+    /// against the validators that decided it rather than the genesis'.
+    pub trust_hash: Option<agora_protocol::Hash>,
+}
+
 /// Runs the node in `home` with `config` until a shutdown signal; with
 /// `state_sync`, a node whose store holds no block first joins from a
 /// certified state snapshot fetched from its bootstrap peers.
-pub fn run(home: &Path, config: NodeConfig, state_sync: bool) -> Result<(), Error> {
+pub fn run(home: &Path, config: NodeConfig, state_sync: Option<StateSyncOptions>) -> Result<(), Error> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io(home))?;
     runtime.block_on(run_async(home, config, state_sync))
 }
 
-async fn run_async(home: &Path, config: NodeConfig, state_sync: bool) -> Result<(), Error> {
+async fn run_async(home: &Path, config: NodeConfig, state_sync: Option<StateSyncOptions>) -> Result<(), Error> {
     let key = keystore::load(home, NODE_KEY_NAME)?.keypair;
-    let store = if state_sync { Some(crate::state_sync::join(home, &config, &key).await?) } else { None };
+    let store = match state_sync {
+        Some(o) => Some(crate::state_sync::join(home, &config, &key, o.trust_hash).await?),
+        None => None,
+    };
     let (daemon, shared) = Daemon::start(home, &config, key, store)?;
     let listener = tokio::net::TcpListener::bind(&config.api)
         .await

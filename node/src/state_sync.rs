@@ -17,7 +17,7 @@ use agora_ledger::snapshot::{Restore, Restored};
 use agora_ledger::{Genesis, Store, Validator};
 use agora_protocol::snapshot::{SnapshotOffer, SnapshotRefusal, SnapshotRequest, SnapshotResponse};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
-use agora_protocol::{Block, ChainId, CommitCertificate, Height, Keypair};
+use agora_protocol::{Block, ChainId, CommitCertificate, Hash, Height, Keypair};
 use futures::StreamExt;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
@@ -69,6 +69,12 @@ pub struct StateSync<P> {
     /// Peers caught lying, to drop (taken by the driver) and never ask again.
     penalised: Vec<P>,
     caught: Vec<P>,
+    /// A block hash the operator trusts (`--trust-hash`): only the snapshot
+    /// of that block is taken, checked against the validators that decided
+    /// it instead of the genesis'.
+    trust: Option<Hash>,
+    /// Snapshots offered that are not the trusted one (height, block hash), for the error.
+    passed_over: Vec<(Height, Hash)>,
 }
 
 impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
@@ -83,7 +89,34 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             fetch: None,
             penalised: Vec::new(),
             caught: Vec::new(),
+            trust: None,
+            passed_over: Vec::new(),
         }
+    }
+
+    /// Takes only the snapshot of the block `hash`, whatever the genesis
+    /// validators (a checkpoint for a chain whose set has moved on).
+    pub fn trusting(mut self, hash: Hash) -> StateSync<P> {
+        self.trust = Some(hash);
+        self
+    }
+
+    /// The validators an offer must be signed by: the genesis', or, for
+    /// the trusted block, the ones its own state says decided it.
+    fn trusted_for(&self, offer: &SnapshotOffer) -> Vec<Validator> {
+        match self.trust {
+            Some(hash) if offer.header.hash() == hash => {
+                agora_ledger::tree::decode_canonical::<agora_ledger::tree::Meta>(&offer.meta)
+                    .map(|m| m.last_validators)
+                    .unwrap_or_default()
+            }
+            _ => self.trusted.clone(),
+        }
+    }
+
+    /// Snapshots offered that were passed over for not being the trusted one.
+    pub fn passed_over(&self) -> &[(Height, Hash)] {
+        &self.passed_over
     }
 
     pub fn connected(&mut self, peer: P) {
@@ -158,7 +191,14 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
         }
         self.offers.retain(|(p, _)| *p != peer);
         for offer in offers.into_iter().take(agora_protocol::snapshot::MAX_SNAPSHOT_OFFERS) {
-            match agora_ledger::snapshot::verify_offer(&offer, &self.chain, &self.trusted) {
+            let hash = offer.header.hash();
+            if self.trust.is_some_and(|t| t != hash) {
+                if !self.passed_over.contains(&(offer.header.height, hash)) && self.passed_over.len() < 16 {
+                    self.passed_over.push((offer.header.height, hash));
+                }
+                continue;
+            }
+            match agora_ledger::snapshot::verify_offer(&offer, &self.chain, &self.trusted_for(&offer)) {
                 Ok(_) => self.offers.push((peer, offer)),
                 Err(e) => return self.penalise(peer, &format!("offer: {e}")),
             }
@@ -201,7 +241,8 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             peers = holders.len(),
             "state sync: fetching a certified snapshot"
         );
-        let restore = Restore::new(best, &self.chain, &self.trusted)?;
+        let trusted = self.trusted_for(&best);
+        let restore = Restore::new(best, &self.chain, &trusted)?;
         self.fetch = Some(Fetch { restore, holders, turn: 0, in_flight: None, block: None });
         Ok(true)
     }
@@ -281,7 +322,7 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
 /// fetches the newest certified snapshot from the bootstrap peers and
 /// installs it as the store, which it returns open. A store that holds
 /// blocks already is kept (and returned open).
-pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair) -> Result<Store, Error> {
+pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair, trust: Option<Hash>) -> Result<Store, Error> {
     let genesis = crate::config::load_genesis(home)?;
     let dir = config.ledger_dir(home);
     if dir.exists() {
@@ -296,7 +337,7 @@ pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair) -> Result<Sto
         std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
     }
     let started = Instant::now();
-    let restored = fetch(config, key, &genesis).await?;
+    let restored = fetch(config, key, &genesis, trust).await?;
     let height = restored.height();
     let store = tokio::task::block_in_place(|| Store::install(&dir, &genesis, restored))?;
     tracing::info!(
@@ -308,12 +349,15 @@ pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair) -> Result<Sto
     Ok(store)
 }
 
-async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis) -> Result<Restored, Error> {
+async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis, trust: Option<Hash>) -> Result<Restored, Error> {
     if config.bootstrap.is_empty() {
         return Err(Error::StateSync("state sync needs bootstrap peers to fetch from (config: bootstrap)".into()));
     }
     let trusted = agora_ledger::light::trusted_from_genesis(genesis)?;
     let mut machine: StateSync<PeerId> = StateSync::new(genesis.chain_id.clone(), trusted);
+    if let Some(hash) = trust {
+        machine = machine.trusting(hash);
+    }
     let mut swarm = build_swarm(crate::identity::libp2p_keypair(key)?, crate::net::gossip::ValidatorPeers::default())?;
     for addr in &config.bootstrap {
         let ma: Multiaddr = addr.parse().map_err(|e| Error::Network(format!("bootstrap {addr}: {e}")))?;
@@ -335,6 +379,15 @@ async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis) -> Result<
                 continue;
             }
             if started.elapsed() > DISCOVERY_TIMEOUT {
+                if let Some(hash) = trust {
+                    let offered: Vec<String> =
+                        machine.passed_over().iter().map(|(h, b)| format!("{h} ({b})")).collect();
+                    return Err(Error::StateSync(format!(
+                        "no peer offered the snapshot of the trusted block {hash} within {}s; offered: {}",
+                        DISCOVERY_TIMEOUT.as_secs(),
+                        if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+                    )));
+                }
                 return Err(Error::StateSync(format!(
                     "no peer offered a state snapshot within {}s (peers take one every snapshot_interval_blocks)",
                     DISCOVERY_TIMEOUT.as_secs()
@@ -473,6 +526,46 @@ mod tests {
         assert!(m.complete());
         let restored = m.finish().unwrap();
         assert_eq!((restored.height(), restored.last_block_hash()), (Height(2), block.hash()));
+    }
+
+    #[test]
+    fn a_trusted_block_hash_takes_its_snapshot_whatever_the_genesis_validators() {
+        let chain = TestChain::new(10, 4, Amount::agr(10));
+        let mut state = chain.state();
+        let (_, old) = grow(&chain, &mut state);
+        let (block, new) = grow(&chain, &mut state);
+        // A trusted set that signed nothing here: a chain whose validators all moved on.
+        let mut moved_on = agora_ledger::light::trusted_from_genesis(&chain.genesis).unwrap();
+        for (i, v) in moved_on.iter_mut().enumerate() {
+            v.address = Keypair::from_seed_phrase(&format!("a validator long gone {i}")).address();
+        }
+        let mut plain: StateSync<u8> = StateSync::new(chain_id(), moved_on.clone());
+        plain.connected(1);
+        plain.ask_offers(false);
+        plain.offers_from(1, vec![new.offer.clone()]);
+        assert_eq!(plain.take_penalised(), vec![1], "without a checkpoint, the genesis set decides");
+
+        let mut m: StateSync<u8> = StateSync::new(chain_id(), moved_on).trusting(block.hash());
+        m.connected(1);
+        m.connected(2);
+        m.ask_offers(false);
+        m.offers_from(1, vec![old.offer.clone()]);
+        assert!(m.take_penalised().is_empty() && !m.has_offers(), "another snapshot is passed over, not punished");
+        assert_eq!(m.passed_over(), &[(Height(1), old.offer.header.hash())]);
+        let mut forged = new.offer.clone();
+        forged.certificate = chain.certificate(&block, 2);
+        m.offers_from(2, vec![forged]);
+        assert_eq!(m.take_penalised(), vec![2], "the trusted block still needs >2/3 of the validators that decided it");
+        m.connected(3);
+        m.ask_offers(false);
+        m.offers_from(3, vec![old.offer.clone(), new.offer.clone()]);
+        assert!(m.choose().unwrap());
+        let (p, _) = m.next_request().unwrap();
+        m.block_from(p, vec![(block.clone(), chain.certificate(&block, 3))]);
+        while let Some((p, Request::Snapshot(SnapshotRequest::Chunk { index, .. }))) = m.next_request() {
+            m.chunk_from(p, SnapshotResponse::Chunk(new.chunks[index as usize].clone()));
+        }
+        assert_eq!(m.finish().unwrap().height(), Height(2));
     }
 
     #[test]
