@@ -252,8 +252,13 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let bad = agora(&["--home", j, "node", "run", "--state-sync", "--trust-hash", "zz"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("hex"), "{bad:?}");
     assert_eq!(agora(&["--home", j, "node", "run", "--trust-hash", &"0".repeat(64)]).status.code(), Some(2));
-    let checkpoint = height(&api[0]) / 100 * 100;
-    let trusted = block_hash(&api[0], checkpoint).unwrap();
+    let listed: serde_json::Value = http::get(&api[0], "/v1/snapshots").unwrap().json().unwrap();
+    let newest = &listed["snapshots"][0];
+    let (checkpoint, trusted) =
+        (newest["height"].as_u64().unwrap(), newest["block_hash"].as_str().unwrap().to_string());
+    assert_eq!(checkpoint % 100, 0, "{listed}");
+    assert_eq!(block_hash(&api[0], checkpoint).as_deref(), Some(trusted.as_str()), "{listed}");
+    assert!(listed["snapshots"].as_array().unwrap().len() <= 2, "the newest two are kept: {listed}");
     let second = tmp.path().join("second");
     let s2 = second.to_str().unwrap();
     ok(agora(&["--home", s2, "init", "--moniker", "second", "--genesis", genesis.to_str().unwrap()]));

@@ -74,6 +74,8 @@ pub struct Store {
     base: Height,
     /// Blocks kept behind the tip (None: every block, an archive node).
     retention: Option<u64>,
+    /// State snapshots kept for peers joining by state sync.
+    shelf: SnapshotShelf,
     /// The state tree's nodes (in this database).
     nodes: std::sync::Arc<crate::sled_nodes::SledNodes>,
 }
@@ -179,6 +181,10 @@ impl Store {
             genesis,
             base: Height(0),
             retention: None,
+            shelf: SnapshotShelf {
+                offers: db.open_tree("state_sync_offers")?,
+                chunks: db.open_tree("state_sync_chunks")?,
+            },
             db,
             meta,
             nodes,
@@ -394,11 +400,8 @@ impl Store {
     }
 
     /// The state snapshots this node keeps for peers joining by state sync.
-    pub fn snapshots(&self) -> Result<SnapshotShelf, Error> {
-        Ok(SnapshotShelf {
-            offers: self.db.open_tree("state_sync_offers")?,
-            chunks: self.db.open_tree("state_sync_chunks")?,
-        })
+    pub fn snapshots(&self) -> SnapshotShelf {
+        self.shelf.clone()
     }
 
     /// A cheap, thread-safe handle for reading committed blocks and
@@ -408,6 +411,7 @@ impl Store {
             blocks: self.blocks.clone(),
             certificates: self.certificates.clone(),
             slashes: self.slashes.clone(),
+            shelf: self.shelf.clone(),
         }
     }
 
@@ -503,9 +507,15 @@ pub struct BlockReader {
     blocks: Tree,
     certificates: Tree,
     slashes: Tree,
+    shelf: SnapshotShelf,
 }
 
 impl BlockReader {
+    /// The state snapshots this node serves.
+    pub fn snapshots(&self) -> &SnapshotShelf {
+        &self.shelf
+    }
+
     /// The block at `h`, if committed.
     pub fn block(&self, h: Height) -> Result<Option<Block>, Error> {
         match self.blocks.get(key(h))? {

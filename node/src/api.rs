@@ -139,6 +139,7 @@ pub fn router(shared: Shared) -> Router {
         .merge(crate::explorer::routes())
         .route("/v1/supply", get(supply))
         .route("/v1/blocks/{height}", get(block))
+        .route("/v1/snapshots", get(snapshots))
         .route("/v1/providers/{address}/slashes", get(provider_slashes))
         .route("/v1/providers/{address}/heartbeats", get(provider_heartbeats))
         .route("/v1/proof/{kind}/{id}", get(proof))
@@ -436,6 +437,25 @@ async fn supply(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Valu
         "conserved": audit.is_ok(),
         "problem": audit.err().map(|e| e.to_string()),
     })))
+}
+
+/// The state snapshots this node serves to peers joining by state sync,
+/// newest first: what `agora node run --state-sync --trust-hash` can pin.
+async fn snapshots(AxumState(s): AxumState<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let offers = s.blocks.snapshots().offers().map_err(internal)?;
+    let list: Vec<serde_json::Value> = offers
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "height": o.header.height.0,
+                "block_hash": o.header.hash().to_hex(),
+                "state_root": o.header.state_root.to_hex(),
+                "chunks": o.chunks,
+                "leaves": o.leaves,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "snapshots": list })))
 }
 
 async fn block(
