@@ -24,7 +24,7 @@ use agora_protocol::snapshot::{
 };
 use agora_protocol::{Block, ChainId, Hash, Height};
 use jmt::restore::{JellyfishMerkleRestore, StateSnapshotReceiver};
-use jmt::storage::{Node, NodeBatch, NodeKey, TreeUpdateBatch, TreeWriter};
+use jmt::storage::{Node, NodeBatch, NodeKey, TreeReader, TreeUpdateBatch, TreeWriter};
 use jmt::{KeyHash, RootHash};
 
 use crate::error::Error;
@@ -68,7 +68,9 @@ pub fn take(
         })
         .collect();
     leaves.sort_by_key(|(hash, _, _)| *hash);
-    let (meta, meta_proof) = prove_at_zero(&store, &leaves, StateKey::Meta.hash())?;
+    let (meta, meta_proof) = crate::tree::prove(&store, data, &StateKey::Meta, 0)?;
+    let meta = meta.ok_or_else(|| Error::Tree("a state without a meta leaf".into()))?;
+    let meta_proof = crate::tree::encode_proof(&meta_proof);
     let mut chunks = Vec::new();
     let mut start = 0;
     while start < leaves.len() {
@@ -105,22 +107,6 @@ pub fn take(
     Ok(Snapshot { offer, chunks })
 }
 
-/// The meta leaf and its proof, from the tree built at version 0.
-fn prove_at_zero(
-    store: &MemNodes,
-    leaves: &[(KeyHash, Vec<u8>, Vec<u8>)],
-    key: KeyHash,
-) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let value = leaves
-        .iter()
-        .find(|(h, _, _)| *h == key)
-        .map(|(_, _, v)| v.clone())
-        .ok_or_else(|| Error::Tree("a state without a meta leaf".into()))?;
-    let reader = crate::tree::WithValue { store, key, value: Some(value.clone()) };
-    let (_, proof) = Jmt::new(&reader).get_with_proof(key, 0).map_err(|e| Error::Tree(e.to_string()))?;
-    Ok((value, crate::tree::encode_proof(&proof)))
-}
-
 /// Checks `offer` on `chain` against the `trusted` validators: it is a
 /// certified state of that chain. Returns the state's meta leaf.
 pub fn verify_offer(offer: &SnapshotOffer, chain: &ChainId, trusted: &[Validator]) -> Result<crate::tree::Meta, Error> {
@@ -149,6 +135,19 @@ impl TreeWriter for Collected {
         let mut nodes = self.0.lock().map_err(|_| anyhow::anyhow!("restore lock poisoned"))?;
         nodes.extend(batch.nodes().iter().map(|(k, n)| (k.clone(), n.clone())));
         Ok(())
+    }
+}
+
+/// Read back, so the restored tree's root is read where it was built.
+impl TreeReader for Collected {
+    fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        Ok(self.0.lock().map_err(|_| anyhow::anyhow!("restore lock poisoned"))?.get(key).cloned())
+    }
+    fn get_value_option(&self, _max_version: jmt::Version, _key: KeyHash) -> anyhow::Result<Option<jmt::OwnedValue>> {
+        Ok(None)
+    }
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, jmt::storage::LeafNode)>> {
+        Err(anyhow::anyhow!("restoring a tree is not supported"))
     }
 }
 
@@ -248,6 +247,10 @@ impl Restore {
         }
         let height = header.height;
         self.restore.finish().map_err(|e| Error::BadProof(format!("finishing the restore: {e}")))?;
+        let root = Jmt::new(&*self.nodes).get_root_hash_option(height.0).map_err(|e| Error::Tree(e.to_string()))?;
+        if root.map(|r| Hash(r.0)) != Some(header.state_root) {
+            return Err(Error::BadProof("the restored tree's root is not the header's (a truncated snapshot?)".into()));
+        }
         let nodes = Arc::try_unwrap(self.nodes)
             .map_err(|_| Error::Tree("the restore still holds its nodes".into()))?
             .0
@@ -261,11 +264,6 @@ impl Restore {
             keys.push((*hash, key.clone()));
         }
         batch.node_batch = NodeBatch::new(nodes, values);
-        let check = MemNodes::default();
-        check.write(height.0, &batch, &keys)?;
-        if crate::tree::root_at(&check, height.0)? != Some(header.state_root) {
-            return Err(Error::BadProof("the restored tree's root is not the header's (a truncated snapshot?)".into()));
-        }
         let data = crate::tree::state_from_leaves(self.leaves.into_iter().map(|(_, k, v)| (k, v)))
             .map_err(|e| Error::BadProof(e.to_string()))?;
         if data.chain_id != self.chain || data.height != height {
