@@ -8,14 +8,18 @@
 //!
 //! `StateSync` makes every decision without I/O; `join` drives it over a
 //! libp2p swarm of its own before the daemon starts, and installs the
-//! result as the node's store.
+//! result as the node's store. The serving side's answer (`answer`, from
+//! any `SnapshotSource`) is here too, so the daemon and the simulation
+//! serve alike.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agora_ledger::snapshot::{Restore, Restored};
+use agora_ledger::snapshot::{Restore, Restored, Snapshot};
 use agora_ledger::{Genesis, Store, Validator};
-use agora_protocol::snapshot::{SnapshotOffer, SnapshotRefusal, SnapshotRequest, SnapshotResponse};
+use agora_protocol::snapshot::{
+    MAX_SNAPSHOT_OFFERS, SnapshotChunk, SnapshotOffer, SnapshotRefusal, SnapshotRequest, SnapshotResponse,
+};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
 use agora_protocol::{Block, ChainId, CommitCertificate, Hash, Height, Keypair};
 use futures::StreamExt;
@@ -35,6 +39,49 @@ pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STATE_SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often peers that had no snapshot are asked again.
 pub const ASK_AGAIN: Duration = Duration::from_secs(2);
+
+/// Snapshots offered by other peers that were passed over, remembered at
+/// most (for the error when the trusted one never comes).
+pub const MAX_PASSED_OVER: usize = 16;
+
+/// Where a serving peer's snapshots are read from.
+pub trait SnapshotSource {
+    /// The offers of the snapshots kept, newest first.
+    fn offers(&self) -> Result<Vec<SnapshotOffer>, Error>;
+    /// Chunk `index` of the snapshot at `height`, if kept.
+    fn chunk(&self, height: Height, index: u32) -> Result<Option<SnapshotChunk>, Error>;
+}
+
+impl SnapshotSource for agora_ledger::store::SnapshotShelf {
+    fn offers(&self) -> Result<Vec<SnapshotOffer>, Error> {
+        Ok(agora_ledger::store::SnapshotShelf::offers(self)?)
+    }
+    fn chunk(&self, height: Height, index: u32) -> Result<Option<SnapshotChunk>, Error> {
+        Ok(agora_ledger::store::SnapshotShelf::chunk(self, height, index)?)
+    }
+}
+
+/// Snapshots held in memory, oldest first (the simulation's).
+impl SnapshotSource for std::collections::VecDeque<Snapshot> {
+    fn offers(&self) -> Result<Vec<SnapshotOffer>, Error> {
+        Ok(self.iter().rev().take(MAX_SNAPSHOT_OFFERS).map(|s| s.offer.clone()).collect())
+    }
+    fn chunk(&self, height: Height, index: u32) -> Result<Option<SnapshotChunk>, Error> {
+        let snapshot = self.iter().find(|s| s.offer.header.height == height);
+        Ok(snapshot.and_then(|s| s.chunks.get(index as usize).cloned()))
+    }
+}
+
+/// What a serving peer answers `request` with, from `source`.
+pub fn answer<S: SnapshotSource + ?Sized>(source: &S, request: &SnapshotRequest) -> Result<SnapshotResponse, Error> {
+    Ok(match request {
+        SnapshotRequest::Offers => SnapshotResponse::Offers(source.offers()?),
+        SnapshotRequest::Chunk { height, index } => match source.chunk(*height, *index)? {
+            Some(chunk) => SnapshotResponse::Chunk(chunk),
+            None => SnapshotResponse::Refused(SnapshotRefusal::NotHeld),
+        },
+    })
+}
 
 /// A request the machine wants sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,10 +237,11 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             self.answered.push(peer);
         }
         self.offers.retain(|(p, _)| *p != peer);
-        for offer in offers.into_iter().take(agora_protocol::snapshot::MAX_SNAPSHOT_OFFERS) {
+        for offer in offers.into_iter().take(MAX_SNAPSHOT_OFFERS) {
             let hash = offer.header.hash();
             if self.trust.is_some_and(|t| t != hash) {
-                if !self.passed_over.contains(&(offer.header.height, hash)) && self.passed_over.len() < 16 {
+                if !self.passed_over.contains(&(offer.header.height, hash)) && self.passed_over.len() < MAX_PASSED_OVER
+                {
                     self.passed_over.push((offer.header.height, hash));
                 }
                 continue;
@@ -566,6 +614,30 @@ mod tests {
             m.chunk_from(p, SnapshotResponse::Chunk(new.chunks[index as usize].clone()));
         }
         assert_eq!(m.finish().unwrap().height(), Height(2));
+    }
+
+    #[test]
+    fn the_store_and_the_simulation_serve_snapshots_alike() {
+        let chain = TestChain::new(10, 4, Amount::agr(10));
+        let mut state = chain.state();
+        let kept: std::collections::VecDeque<Snapshot> = (0..3).map(|_| grow(&chain, &mut state).1).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let shelf = Store::open(tmp.path(), &chain.genesis).unwrap().snapshots();
+        for s in &kept {
+            shelf.keep(s).unwrap();
+        }
+        let in_memory: std::collections::VecDeque<Snapshot> = kept.into_iter().skip(1).collect();
+        for request in [
+            SnapshotRequest::Offers,
+            SnapshotRequest::Chunk { height: Height(3), index: 0 },
+            SnapshotRequest::Chunk { height: Height(3), index: 1 },
+            SnapshotRequest::Chunk { height: Height(1), index: 0 },
+        ] {
+            assert_eq!(answer(&shelf, &request).unwrap(), answer(&in_memory, &request).unwrap(), "{request:?}");
+        }
+        let SnapshotResponse::Offers(offers) = answer(&shelf, &SnapshotRequest::Offers).unwrap() else { panic!() };
+        let heights: Vec<u64> = offers.iter().map(|o| o.header.height.0).collect();
+        assert_eq!(heights, vec![3, 2], "the newest two, newest first");
     }
 
     #[test]

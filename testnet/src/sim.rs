@@ -114,8 +114,6 @@ pub struct Scenario {
 
 /// Blocks between two state snapshots in the simulation.
 pub const SIM_SNAPSHOT_INTERVAL: u64 = 2;
-/// Snapshots a simulated node keeps.
-const SIM_SNAPSHOTS_KEPT: usize = 2;
 
 impl SimConfig {
     pub fn new(seed: u64, validators: usize) -> SimConfig {
@@ -1264,8 +1262,8 @@ impl Sim {
     /// stay). Answers are immediate: this exercises the decisions and the
     /// verification, not the network's timing.
     fn state_sync(&mut self, node: usize) -> Result<(), SimFailure> {
-        use agora_node::state_sync::{Request, StateSync};
-        use agora_protocol::snapshot::{SnapshotRefusal, SnapshotRequest, SnapshotResponse};
+        use agora_node::state_sync::{Request, StateSync, answer};
+        use agora_protocol::snapshot::{SnapshotRequest, SnapshotResponse};
         let genesis = &self.setup.genesis;
         let trusted = agora_ledger::light::trusted_from_genesis(genesis).map_err(|e| self.fail(e.to_string()))?;
         let mut m: StateSync<usize> = StateSync::new(genesis.chain_id.clone(), trusted);
@@ -1273,8 +1271,9 @@ impl Sim {
         for p in (0..self.nodes.len()).filter(|&p| p != node && self.nodes[p].alive && self.connected(node, p)) {
             m.connected(p);
         }
-        for (p, _) in m.ask_offers(false) {
-            let mut offers: Vec<_> = self.nodes[p].snapshots.iter().rev().map(|s| s.offer.clone()).collect();
+        for (p, request) in m.ask_offers(false) {
+            let Request::Snapshot(request) = request else { continue };
+            let Ok(SnapshotResponse::Offers(mut offers)) = answer(&self.nodes[p].snapshots, &request) else { continue };
             // The Byzantine validator leads with a forgery: its newest
             // header with the certificate cut to one signature.
             if Some(p) == self.adversaries.byzantine
@@ -1301,18 +1300,10 @@ impl Sim {
                     let blocks = build_response(&peer.store, &r, peer.height).map(|r| r.blocks).unwrap_or_default();
                     m.block_from(p, blocks);
                 }
-                Request::Snapshot(SnapshotRequest::Chunk { height, index }) => {
-                    let chunk = peer
-                        .snapshots
-                        .iter()
-                        .find(|s| s.offer.header.height == height)
-                        .and_then(|s| s.chunks.get(index as usize).cloned());
-                    let answer = match chunk {
-                        Some(c) => SnapshotResponse::Chunk(c),
-                        None => SnapshotResponse::Refused(SnapshotRefusal::NotHeld),
-                    };
-                    m.chunk_from(p, answer);
-                }
+                Request::Snapshot(r @ SnapshotRequest::Chunk { .. }) => match answer(&peer.snapshots, &r) {
+                    Ok(response) => m.chunk_from(p, response),
+                    Err(_) => m.failed(p),
+                },
                 Request::Snapshot(SnapshotRequest::Offers) => m.failed(p),
             }
             self.observed.snapshot_liars += m.take_penalised().len() as u64;
@@ -1667,7 +1658,7 @@ impl Sim {
             let snapshot = taken.map_err(|e| self.fail(format!("node {node} cannot take a snapshot at {h}: {e}")))?;
             let n = &mut self.nodes[node];
             n.snapshots.push_back(snapshot);
-            while n.snapshots.len() > SIM_SNAPSHOTS_KEPT {
+            while n.snapshots.len() > agora_ledger::store::SNAPSHOTS_KEPT {
                 n.snapshots.pop_front();
             }
         }

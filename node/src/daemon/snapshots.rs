@@ -17,7 +17,6 @@ use libp2p::request_response::{self, Message};
 use tokio::sync::mpsc;
 
 use super::{Daemon, now_ms};
-use crate::error::Error;
 
 /// Snapshot requests of one peer being answered at once, at most.
 pub const MAX_SNAPSHOT_IN_FLIGHT_PER_PEER: u32 = 2;
@@ -56,17 +55,6 @@ impl SnapshotServer {
             served_rx,
         }
     }
-}
-
-/// What a request is answered with, read from `shelf`.
-fn answer(shelf: &SnapshotShelf, request: &SnapshotRequest) -> Result<SnapshotResponse, Error> {
-    Ok(match request {
-        SnapshotRequest::Offers => SnapshotResponse::Offers(shelf.offers()?),
-        SnapshotRequest::Chunk { height, index } => match shelf.chunk(*height, *index)? {
-            Some(chunk) => SnapshotResponse::Chunk(chunk),
-            None => SnapshotResponse::Refused(SnapshotRefusal::NotHeld),
-        },
-    })
 }
 
 impl Daemon {
@@ -123,7 +111,7 @@ impl Daemon {
         }
         let (shelf, done) = (server.shelf.clone(), server.served_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let response = answer(&shelf, &request).unwrap_or_else(|e| {
+            let response = crate::state_sync::answer(&shelf, &request).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read a snapshot to serve");
                 SnapshotResponse::Refused(SnapshotRefusal::NotHeld)
             });
