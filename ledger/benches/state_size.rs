@@ -6,6 +6,8 @@
 //! And joining by state sync at each size up to 100,000 accounts: verifying
 //! every chunk of a snapshot against its certified root and installing it
 //! into a new sled store (1M: minutes a sample, left out).
+//! And what a node pays per decided block since it applies it once
+//! (`node_commit`), and a copy of the whole state (`copy_state`).
 //! `AGORA_BENCH_MAX_ACCOUNTS` caps the sizes (setting up 1M takes minutes).
 
 use std::time::{Duration, Instant};
@@ -113,6 +115,32 @@ fn bench(c: &mut Criterion) {
                 total
             })
         });
+        // What a validator's daemon pays per decided block: the block
+        // applied once, on a copy of the state its store and API share
+        // (so writes copy the B-tree paths they touch), then persisted
+        // and adopted by the store without a second apply.
+        group.bench_function(format!("node_commit/{accounts}_accounts"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let block = next_block(&ch, store.state());
+                    let certificate = agora_ledger::testkit::certify(&block, std::slice::from_ref(&ch.validator));
+                    let api = store.state().clone();
+                    let start = Instant::now();
+                    let mut applied = store.state().clone();
+                    apply_block(&mut applied, &block, SigCheck::Skip).expect("applies");
+                    store.commit_applied(&block, &certificate, applied).expect("commits");
+                    total += start.elapsed();
+                    drop(api);
+                }
+                total
+            })
+        });
+        // A copy of the whole state: what the API's view and a snapshot
+        // cost per commit (a clone of every map before they were persistent).
+        let state = store.state().clone();
+        group.bench_function(format!("copy_state/{accounts}_accounts"), |b| b.iter(|| state.clone()));
+        drop(state);
         if accounts <= MAX_STATE_SYNC_BENCH_ACCOUNTS {
             group.sample_size(10);
             bench_state_sync(&mut group, &ch, &mut store);

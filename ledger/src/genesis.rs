@@ -2,7 +2,7 @@
 //! initial validators. Its hash is the parent of block 1, binding every
 //! block to one genesis.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use agora_protocol::{Address, Amount, ChainId, Hash, TimestampMs};
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,7 @@ impl Genesis {
     pub(crate) fn data(&self) -> Result<StateData, Error> {
         self.chain_id.validate()?;
         self.params.validate()?;
-        let mut accounts = BTreeMap::new();
+        let mut accounts = crate::state::Map::new();
         let mut supply = Amount::ZERO;
         let overflow = || Error::Genesis("total supply overflows u64".into());
         for a in &self.accounts {
@@ -85,7 +85,7 @@ impl Genesis {
         Ok(data)
     }
 
-    fn validator_set(&self, accounts: &BTreeMap<Address, Account>) -> Result<Vec<Validator>, Error> {
+    fn validator_set(&self, accounts: &crate::state::Map<Address, Account>) -> Result<Vec<Validator>, Error> {
         if self.validators.is_empty() || self.validators.len() as u64 > self.params.max_validators {
             return Err(Error::Genesis(format!("needs 1 to {} validators", self.params.max_validators)));
         }

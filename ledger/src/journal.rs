@@ -2,11 +2,9 @@
 //! rejected transaction or block is rolled back exactly, without cloning the
 //! state. All state writes in the crate go through the setters here.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use agora_protocol::{Address, Amount, Height, LeaseId, TimestampMs};
 
-use crate::state::{Account, Lease, Order, Provider, State, Validator};
+use crate::state::{Account, Lease, Map, Order, Provider, Set, State, Validator};
 
 /// One recorded write, holding the value it replaced.
 #[derive(Clone, Debug)]
@@ -37,15 +35,15 @@ pub(crate) enum Undo {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Mark(usize);
 
-fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> Option<V> {
+fn put<K: Ord + Clone, V: Clone>(map: &mut Map<K, V>, key: K, value: Option<V>) -> Option<V> {
     match value {
         Some(v) => map.insert(key, v),
         None => map.remove(&key),
     }
 }
 
-fn put_flag<K: Ord>(set: &mut BTreeSet<K>, key: K, present: bool) -> bool {
-    if present { !set.insert(key) } else { set.remove(&key) }
+fn put_flag<K: Ord + Clone>(set: &mut Set<K>, key: K, present: bool) -> bool {
+    if present { set.insert(key).is_some() } else { set.remove(&key).is_some() }
 }
 
 impl State {

@@ -139,6 +139,9 @@ impl SledNodes {
     /// persisted nodes that became stale.
     pub fn flush(&self, version: Version) -> Result<(), Error> {
         let mut u = self.unflushed.lock().map_err(lock_error)?;
+        if u.nodes.keys().any(|k| k.version() > version) {
+            return Err(Error::Tree(format!("tree nodes above height {version} were written before its flush")));
+        }
         let mut nodes = sled::Batch::default();
         let mut root = None;
         for (key, node) in &u.nodes {
@@ -177,6 +180,17 @@ impl SledNodes {
     }
 }
 
+impl SledNodes {
+    /// Flushes at every `FLUSH_EVERY_BLOCKS`th height (and the genesis):
+    /// called by the store once that height's block is durable.
+    pub fn flush_if_due(&self, version: Version) -> Result<(), Error> {
+        if version == 0 || version % FLUSH_EVERY_BLOCKS == 0 {
+            self.flush(version)?;
+        }
+        Ok(())
+    }
+}
+
 impl TreeReader for SledNodes {
     fn get_node_option(&self, key: &NodeKey) -> anyhow::Result<Option<Node>> {
         if let Some(n) = self.cache()?.get(key) {
@@ -211,7 +225,10 @@ impl TreeReader for SledNodes {
 
 impl NodeStore for SledNodes {
     /// Keeps the height in memory (idempotent: every copy of the state
-    /// writes the same decided heights) and flushes every `FLUSH_EVERY_BLOCKS`.
+    /// writes the same decided heights). Only the store flushes
+    /// (`flush_if_due`), after the block of that height is on disk: a
+    /// copy of the state that commits a block first (the consensus engine)
+    /// must not put leaves on disk for a height whose block is not there.
     fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
         {
             let mut u = self.unflushed.lock().map_err(lock_error)?;
@@ -244,9 +261,6 @@ impl NodeStore for SledNodes {
                     }
                 }
             }
-        }
-        if version == 0 || version % FLUSH_EVERY_BLOCKS == 0 {
-            self.flush(version)?;
         }
         Ok(())
     }

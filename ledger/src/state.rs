@@ -12,6 +12,15 @@ use crate::events::SettleReason;
 use crate::journal::Undo;
 use crate::params::Params;
 
+/// The state's maps are persistent (structurally shared): a copy costs a
+/// pointer per map, and a copy that writes duplicates only the B-tree nodes
+/// on the written paths. The engine's checks, the store and the API each
+/// hold "a copy" of the state this way for the price of one
+/// (docs/decisions.md).
+pub(crate) type Map<K, V> = imbl::OrdMap<K, V>;
+/// The set counterpart of `Map`.
+pub(crate) type Set<K> = imbl::OrdSet<K>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     /// Spendable tokens.
@@ -108,19 +117,19 @@ pub struct Order {
 /// The exchange's open orders and their indexes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct OrderBook {
-    pub orders: BTreeMap<u64, Order>,
+    pub orders: Map<u64, Order>,
     /// (owner, order id) of every open order.
-    pub by_owner: BTreeSet<(Address, u64)>,
+    pub by_owner: Set<(Address, u64)>,
     /// Open orders per class, both sides.
-    pub per_class: BTreeMap<GpuClass, u64>,
+    pub per_class: Map<GpuClass, u64>,
     /// The id the next order gets (ids follow placement order).
     pub next_id: u64,
     /// Every auction's result, by (auction, class): the price history.
-    pub results: BTreeMap<(u64, GpuClass), crate::clearing::AuctionResult>,
+    pub results: Map<(u64, GpuClass), crate::clearing::AuctionResult>,
     /// Open leases their holders offer for sale: (seller, price).
-    pub listings: BTreeMap<LeaseId, (Address, Amount)>,
+    pub listings: Map<LeaseId, (Address, Amount)>,
     /// Spot trades per (auction period, class): the index's other half.
-    pub spot: BTreeMap<(u64, GpuClass), crate::clearing::SpotTrades>,
+    pub spot: Map<(u64, GpuClass), crate::clearing::SpotTrades>,
 }
 
 impl Lease {
@@ -150,25 +159,25 @@ pub(crate) struct StateData {
     /// Tokens created at genesis; never changes.
     pub supply: Amount,
     pub burned: Amount,
-    pub accounts: BTreeMap<Address, Account>,
-    pub providers: BTreeMap<Address, Provider>,
-    pub leases: BTreeMap<LeaseId, Lease>,
+    pub accounts: Map<Address, Account>,
+    pub providers: Map<Address, Provider>,
+    pub leases: Map<LeaseId, Lease>,
     /// Open leases by end time, so expiry is a range scan.
-    pub lease_expiry: BTreeSet<(TimestampMs, LeaseId)>,
+    pub lease_expiry: Set<(TimestampMs, LeaseId)>,
     /// Settled leases by settlement time, so pruning is a range scan.
-    pub lease_settled: BTreeSet<(TimestampMs, LeaseId)>,
+    pub lease_settled: Set<(TimestampMs, LeaseId)>,
     /// Open leases by provider, so a provider's capacity is read from its own.
-    pub open_by_provider: BTreeSet<(Address, LeaseId)>,
+    pub open_by_provider: Set<(Address, LeaseId)>,
     /// Unbonding entries by release height.
-    pub unbonding: BTreeMap<(Height, Address), Amount>,
+    pub unbonding: Map<(Height, Address), Amount>,
     /// Downtime windows already slashed, per provider.
-    pub slashed_windows: BTreeSet<(Address, Height, Height)>,
+    pub slashed_windows: Set<(Address, Height, Height)>,
     /// Heartbeat sequence numbers already slashed for equivocation.
-    pub slashed_equivocations: BTreeSet<(Address, u64)>,
+    pub slashed_equivocations: Set<(Address, u64)>,
     /// Operator key → the account it runs a provider node for.
-    pub operators: BTreeMap<Address, Address>,
+    pub operators: Map<Address, Address>,
     /// Account → its operator key (the reverse of `operators`).
-    pub operator_of: BTreeMap<Address, Address>,
+    pub operator_of: Map<Address, Address>,
     /// The validators for the next height.
     pub validators: Vec<Validator>,
     /// The validators that decided the latest block (differs from
@@ -190,17 +199,17 @@ impl StateData {
             proposer: Address([0; 32]),
             supply: Amount::ZERO,
             burned: Amount::ZERO,
-            accounts: BTreeMap::new(),
-            providers: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            lease_expiry: BTreeSet::new(),
-            lease_settled: BTreeSet::new(),
-            open_by_provider: BTreeSet::new(),
-            unbonding: BTreeMap::new(),
-            slashed_windows: BTreeSet::new(),
-            slashed_equivocations: BTreeSet::new(),
-            operators: BTreeMap::new(),
-            operator_of: BTreeMap::new(),
+            accounts: Map::new(),
+            providers: Map::new(),
+            leases: Map::new(),
+            lease_expiry: Set::new(),
+            lease_settled: Set::new(),
+            open_by_provider: Set::new(),
+            unbonding: Map::new(),
+            slashed_windows: Set::new(),
+            slashed_equivocations: Set::new(),
+            operators: Map::new(),
+            operator_of: Map::new(),
             validators: Vec::new(),
             last_validators: Vec::new(),
             book: OrderBook::default(),

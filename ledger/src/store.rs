@@ -154,7 +154,9 @@ impl Store {
         // overwrite the newer ones).
         let fresh = meta.get(META_TIP)?.is_none() && crate::tree::root_at(&*nodes, 0)?.is_none();
         let state = if fresh {
-            genesis.state_in(nodes.clone())?
+            let state = genesis.state_in(nodes.clone())?;
+            nodes.flush_if_due(0)?;
+            state
         } else {
             State::from_data(genesis.data()?, genesis.hash(), crate::tree::TreeHandle::new(nodes.clone()))
         };
@@ -263,6 +265,7 @@ impl Store {
             let block = self.read_block(Height(h))?;
             apply_block(&mut self.state, &block, SigCheck::Skip)
                 .map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
+            self.nodes.flush_if_due(h)?;
         }
         Ok(())
     }
@@ -332,8 +335,43 @@ impl Store {
             Ok(outcome)
         });
         let outcome = result.inspect_err(|_| self.state.rollback(mark))?;
+        self.nodes.flush_if_due(block.header.height.0)?;
         self.prune_blocks()?;
         Ok(outcome)
+    }
+
+    /// Commits a block the consensus engine decided and has already applied
+    /// to its copy of this store's state: `applied` is that copy after the
+    /// block (its tree nodes written to this store's tree, in memory). The
+    /// block and certificate are persisted, then `applied` becomes the
+    /// store's state — the block is not applied a second time — and the
+    /// tree goes to disk when due, after the block it belongs to. Refused,
+    /// with nothing changed, unless `applied` is this store's state
+    /// advanced by exactly this block.
+    pub fn commit_applied(
+        &mut self,
+        block: &Block,
+        certificate: &CommitCertificate,
+        applied: State,
+    ) -> Result<(), Error> {
+        let h = block.header.height;
+        let mismatch = |what: &str| Error::Tree(format!("the engine's state after block {h} does not follow: {what}"));
+        if h != self.height().next() || block.header.parent_hash != self.state.last_block_hash() {
+            return Err(mismatch("the block is not the next one on this store"));
+        }
+        if applied.height() != h || applied.last_block_hash() != block.hash() || !applied.journal.is_empty() {
+            return Err(mismatch("it is not the committed state of this block"));
+        }
+        if !std::sync::Arc::ptr_eq(applied.tree_store(), self.state.tree_store()) {
+            return Err(mismatch("its tree is not this store's"));
+        }
+        if applied.try_root()? != block.header.state_root {
+            return Err(mismatch("its root is not the header's"));
+        }
+        self.persist(block, Some(certificate))?;
+        self.state = applied;
+        self.nodes.flush_if_due(h.0)?;
+        self.prune_blocks()
     }
 
     /// Keeps only the newest `blocks` blocks from now on (at least

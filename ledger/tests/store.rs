@@ -246,3 +246,55 @@ fn a_pruning_store_keeps_the_newest_blocks_and_an_archive_keeps_all() {
     commit_blocks(&chain, &mut long, 3);
     assert_eq!(long.base(), Height(704 - keep + 1));
 }
+
+/// The next block of one transfer on top of `state`.
+fn next_transfer(chain: &TestChain, state: &agora_ledger::State) -> agora_protocol::Block {
+    let nonce = state.account(&chain.address(1)).nonce;
+    let tx = transfer(&chain.keys[1], nonce, chain.address(2), Amount(7));
+    chain.next_block(&mut state.clone(), vec![tx]).unwrap()
+}
+
+#[test]
+fn the_store_adopts_the_engines_applied_state_and_its_tree_never_gets_ahead_of_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain();
+    let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
+    // The engine's copy of the state applies each decided block (writing
+    // its tree nodes into the store's tree, in memory); the store adopts it.
+    let mut engine = store.state().clone();
+    for _ in 0..FLUSH_EVERY_BLOCKS - 1 {
+        let block = next_transfer(&chain, &engine);
+        agora_ledger::apply_block(&mut engine, &block, agora_ledger::SigCheck::Skip).unwrap();
+        store.commit_applied(&block, &chain.certificate(&block, 1), engine.clone()).unwrap();
+    }
+    assert_eq!(store.height(), Height(FLUSH_EVERY_BLOCKS - 1));
+    assert_eq!(store.state(), &engine);
+
+    // A state that is not this store's advanced by the block is refused, and nothing changes.
+    let block = next_transfer(&chain, &engine);
+    let cert = chain.certificate(&block, 1);
+    let mut stale = engine.clone();
+    assert!(store.commit_applied(&block, &cert, stale.clone()).is_err(), "the state before the block");
+    let mut foreign = engine.fork();
+    agora_ledger::apply_block(&mut foreign, &block, agora_ledger::SigCheck::Skip).unwrap();
+    assert!(store.commit_applied(&block, &cert, foreign).is_err(), "a state on another tree");
+    assert_eq!(store.height(), Height(FLUSH_EVERY_BLOCKS - 1));
+
+    // The engine applies the flush height's block, and the process dies
+    // before the store persisted it: the tree on disk must not be ahead of
+    // the blocks, or the store would not open again.
+    agora_ledger::apply_block(&mut stale, &block, agora_ledger::SigCheck::Skip).unwrap();
+    store.flush().unwrap();
+    // Every copy of the state holds the database through its tree.
+    drop((store, stale, engine));
+    let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
+    assert_eq!(store.height(), Height(FLUSH_EVERY_BLOCKS - 1));
+    store.commit(&block).unwrap();
+    commit_blocks(&chain, &mut store, 3);
+    let root = store.state().root();
+    drop(store);
+    let store = Store::open(dir.path(), &chain.genesis).unwrap();
+    assert_eq!(store.height(), Height(FLUSH_EVERY_BLOCKS + 3));
+    assert_eq!(store.state().root(), root);
+    assert_eq!(store.replay_from_genesis().unwrap(), root);
+}

@@ -494,8 +494,8 @@ async fn block(
 /// signature, other chain, replayed nonce, insufficient funds, …), so the
 /// sender hears why at once. A nonce ahead of the account's is accepted: it
 /// waits in the mempool for the ones before it. Runs on a blocking thread:
-/// the signatures are checked as one batch outside any lock, and only the
-/// dry runs (microseconds each) hold the shared ledger's write lock.
+/// the signatures are checked as one batch, and the dry runs run on a
+/// private copy of the committed state.
 async fn check_against_ledger(s: &Shared, txs: Vec<SignedTx>) -> Result<Vec<Result<VerifiedTx, ApiError>>, ApiError> {
     let ledger = s.ledger.clone();
     tokio::task::spawn_blocking(move || {
@@ -510,7 +510,10 @@ async fn check_against_ledger(s: &Shared, txs: Vec<SignedTx>) -> Result<Vec<Resu
                 })
             })
             .collect();
-        let mut ledger = ledger.write().map_err(internal)?;
+        // A private copy of the committed version (a pointer per map): the
+        // dry runs write to it and roll back, never blocking a commit.
+        let committed = ledger.read().map_err(internal)?;
+        let mut ledger = agora_ledger::State::clone(&committed);
         Ok(checked
             .into_iter()
             .map(|r| {

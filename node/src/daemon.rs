@@ -157,7 +157,7 @@ impl From<AddError> for TxRefusal {
 #[derive(Clone)]
 pub struct Shared {
     pub status: Arc<RwLock<NodeStatus>>,
-    pub ledger: Arc<RwLock<State>>,
+    pub ledger: Arc<crate::committed::CommittedLedger>,
     pub offers: Arc<RwLock<OrderBook>>,
     /// Per provider, the newest height a heartbeat or probe showed it up at (this node's view).
     pub last_seen: Arc<RwLock<std::collections::BTreeMap<agora_protocol::Address, u64>>>,
@@ -439,7 +439,7 @@ impl Daemon {
         metrics.height.set(store.height().0 as i64);
         let shared = Shared {
             status: Arc::new(RwLock::new(status)),
-            ledger: Arc::new(RwLock::new(store.state().clone())),
+            ledger: Arc::new(crate::committed::CommittedLedger::new(store.state().clone())),
             offers: Arc::new(RwLock::new(OrderBook::default())),
             last_seen: Arc::default(),
             coverage: Arc::new(RwLock::new(crate::coverage::Coverage::new(
@@ -676,11 +676,11 @@ impl Daemon {
                     self.shared.metrics.sign_refused.inc();
                     tracing::error!(%reason, "double-sign guard: not signing; following the other validators");
                 }
-                Action::Commit { block, certificate, events } => {
+                Action::Commit { block, certificate, events, state } => {
                     let previous_time = self.store.state().time_ms().0;
                     // A decided block that cannot be stored leaves this node behind its own votes.
                     self.store
-                        .commit_decided(&block, &certificate)
+                        .commit_applied(&block, &certificate, *state)
                         .map_err(|e| Error::Halt(format!("committing a decided block: {e}")))?;
                     self.consensus
                         .durable
@@ -704,9 +704,7 @@ impl Daemon {
                         %hash,
                         "committed"
                     );
-                    if let Ok(mut l) = self.shared.ledger.write() {
-                        *l = self.store.state().clone();
-                    }
+                    self.shared.ledger.publish(self.store.state().clone());
                     if let Ok(mut s) = self.shared.status.write() {
                         s.height = self.store.height().0;
                         s.earliest_height = self.store.base().0.max(1);

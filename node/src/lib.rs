@@ -6,6 +6,7 @@ pub mod api;
 pub mod api_guard;
 pub mod api_market;
 pub mod charts;
+pub mod committed;
 pub mod config;
 pub mod coverage;
 pub mod daemon;

@@ -31,7 +31,9 @@ use super::context::{
 use super::mempool::Mempool;
 use super::signer::{LastSigned, SignGuard, SignStep};
 use super::wal::WalEntry;
-use crate::apply::{BlockBuilder, SigCheck, apply_block, apply_block_pending, verify_tx_signatures_where};
+use crate::apply::{
+    BlockBuilder, SigCheck, apply_block, apply_block_pending, finish_block, verify_tx_signatures_where,
+};
 use crate::error::Error;
 use crate::events::Event;
 use crate::state::State;
@@ -156,6 +158,10 @@ pub enum Action {
         block: Box<Block>,
         certificate: CommitCertificate,
         events: Vec<Event>,
+        /// The engine's state after the block, for the store to adopt
+        /// (`Store::commit_applied`) instead of applying the block again.
+        /// A copy of a persistent state: a pointer per map.
+        state: Box<State>,
     },
     /// Consensus decided a block this node never received: fetch it (sync).
     MissingBlock {
@@ -178,6 +184,10 @@ struct Proposed {
     /// Whether each of those blocks applies: a re-sent copy (any round, any
     /// relayer) is not validated again.
     validity: BTreeMap<Hash, bool>,
+    /// The ledger after each valid block, as its check left it (writes
+    /// pending, root computed): committing the decided one adopts it
+    /// instead of applying the block again.
+    applied: BTreeMap<Hash, (State, Vec<Event>)>,
     /// Signed proposed blocks for the next height, checked once we get there.
     future: VecDeque<Signed<ProposalBlock>>,
     /// The proposer's signature on each (round, block) seen, so a restream
@@ -203,6 +213,7 @@ impl Proposed {
     fn clear(&mut self) {
         self.blocks.clear();
         self.validity.clear();
+        self.applied.clear();
         self.signatures.clear();
     }
 }
@@ -614,7 +625,10 @@ impl Host {
         let valid = match self.proposed.validity.get(&hash) {
             Some(v) => *v,
             None => match self.check_block(block) {
-                Ok(()) => *self.proposed.validity.entry(hash).or_insert(true),
+                Ok(applied) => {
+                    self.proposed.applied.insert(hash, applied);
+                    *self.proposed.validity.entry(hash).or_insert(true)
+                }
                 // Too far ahead of this node's clock is a verdict of the moment, not of the block.
                 Err(Error::BlockTooFarAhead) => false,
                 Err(_) => *self.proposed.validity.entry(hash).or_insert(false),
@@ -638,7 +652,8 @@ impl Host {
 
     /// A block is valid if its time is not too far ahead of ours, it carries
     /// a valid certificate for its parent, and it applies to the ledger.
-    fn check_block(&mut self, block: &Block) -> Result<(), Error> {
+    /// Returns the ledger after it (a copy; the engine's own is unchanged).
+    fn check_block(&mut self, block: &Block) -> Result<(State, Vec<Event>), Error> {
         if block.header.time_ms.0 > self.now_ms.saturating_add(self.config.max_block_time_drift_ms) {
             return Err(Error::BlockTooFarAhead);
         }
@@ -659,10 +674,9 @@ impl Host {
         }
         // Transactions already in our mempool were verified on entry.
         verify_tx_signatures_where(&self.ledger, &block.txs, |tx| !self.mempool.contains(tx))?;
-        let mark = self.ledger.checkpoint();
-        let result = apply_block_pending(&mut self.ledger, block, SigCheck::Skip).map(|_| ());
-        self.ledger.rollback(mark);
-        result
+        let mut applied = self.ledger.clone();
+        let outcome = apply_block_pending(&mut applied, block, SigCheck::Skip)?;
+        Ok((applied, outcome.events))
     }
 
     fn on_effect(&mut self, effect: Effect<AgoraContext>) -> Result<Resume<AgoraContext>, Error> {
@@ -912,7 +926,17 @@ impl Host {
             self.maybe_request_sync();
             return Ok(());
         };
-        let outcome = apply_block(&mut self.ledger, &block, SigCheck::Skip)?;
+        let (mut applied, events) = match self.proposed.applied.remove(&cert.value_id) {
+            Some(checked) => checked,
+            // Our own proposal (built, not checked) or one decided without our verdict.
+            None => {
+                let mut applied = self.ledger.clone();
+                let outcome = apply_block_pending(&mut applied, &block, SigCheck::Skip)?;
+                (applied, outcome.events)
+            }
+        };
+        finish_block(&mut applied, &block)?;
+        self.ledger = applied;
         let certificate = CommitCertificate {
             height,
             round: cert.round.as_u32().unwrap_or(0),
@@ -923,7 +947,7 @@ impl Host {
                 .map(|s: &CommitSignature<AgoraContext>| CommitSig { validator: s.address.0, signature: s.signature })
                 .collect(),
         };
-        self.finish_commit(block, certificate, outcome.events);
+        self.finish_commit(block, certificate, events);
         Ok(())
     }
 
@@ -933,7 +957,8 @@ impl Host {
         self.last_commit = Some(certificate.clone());
         self.proposed.clear();
         self.mempool.prune(&mut self.ledger);
-        self.actions.push(Action::Commit { block: Box::new(block), certificate, events });
+        let state = Box::new(self.ledger.clone());
+        self.actions.push(Action::Commit { block: Box::new(block), certificate, events, state });
         // The next height starts from a timer, never in the same call: a
         // lone validator would otherwise decide height after height forever,
         // and the pause paces blocks and lets late precommits arrive.
