@@ -42,6 +42,9 @@ pub enum BenchCommand {
     Testnet {
         #[arg(long, default_value_t = 4)]
         nodes: usize,
+        /// How many of the nodes are validators (the first ones; the rest are full nodes) [default: all]
+        #[arg(long)]
+        validators: Option<usize>,
         /// Offered load in transfers per second
         #[arg(long, default_value_t = 1_500)]
         rate: u64,
@@ -141,14 +144,21 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Consensus { validators, latency_ms, txs, blocks } => {
             consensus(validators, latency_ms, txs, blocks)
         }
-        BenchCommand::Testnet { nodes, rate, seconds, offers, commit_pause_ms, base_port, dir } => {
+        BenchCommand::Testnet { nodes, validators, rate, seconds, offers, commit_pause_ms, base_port, dir } => {
             anyhow::ensure!((1..=16).contains(&nodes), "--nodes must be 1 to 16");
             anyhow::ensure!((1..=20_000).contains(&rate), "--rate must be 1 to 20000");
             anyhow::ensure!((1..=600).contains(&seconds), "--seconds must be 1 to 600");
             let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
             let dir = dir.unwrap_or_else(|| temp.path().join("net"));
-            let options =
-                agora_testnet::bench::BenchOptions { nodes, base_port, commit_pause_ms, offers, rate, seconds };
+            let options = agora_testnet::bench::BenchOptions {
+                nodes,
+                validators,
+                base_port,
+                commit_pause_ms,
+                offers,
+                rate,
+                seconds,
+            };
             let mut progress = |line: String| eprintln!("{line}");
             let report = agora_testnet::bench::run(&std::env::current_exe()?, &dir, &options, &mut progress)?;
             print_json(&report)?;

@@ -20,6 +20,9 @@ pub enum TestnetCommand {
     Up {
         #[arg(long, default_value_t = 4)]
         nodes: usize,
+        /// How many of the nodes are validators (the first ones; the rest are full nodes) [default: all, at most 21]
+        #[arg(long)]
+        validators: Option<usize>,
         /// How many of the nodes are providers with simulated GPUs [default: 2, or all if fewer nodes]
         #[arg(long)]
         providers: Option<usize>,
@@ -117,7 +120,17 @@ pub fn parse_runner(s: &str) -> Result<Runner, String> {
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TestnetCommand::Demo { dir, json, job, base_port } => crate::demo::run(dir, json, job, base_port),
-        TestnetCommand::Up { nodes, providers, dir, base_port, commit_pause_ms, runner, provider_gpus, json } => {
+        TestnetCommand::Up {
+            nodes,
+            validators,
+            providers,
+            dir,
+            base_port,
+            commit_pause_ms,
+            runner,
+            provider_gpus,
+            json,
+        } => {
             let agora = std::env::current_exe()?;
             let mut progress = |line: String| {
                 if !json {
@@ -126,6 +139,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<ExitCode> {
             };
             let providers = providers.unwrap_or(nodes.min(2));
             let options = local::UpOptions {
+                validators,
                 commit_pause_ms,
                 runner,
                 provider_gpus,
@@ -209,7 +223,12 @@ fn signal(dir: &std::path::Path, index: usize, what: &str) -> anyhow::Result<Exi
 fn print_nodes(file: &local::TestnetFile) {
     println!("{:<6} {:<8} {:<24} {:<20} {:<64}", "NODE", "PID", "API", "ROLE", "ADDRESS");
     for n in &file.nodes {
-        let role = if n.provider { "validator, provider" } else { "validator" };
+        let role = match (n.validator, n.provider) {
+            (true, true) => "validator, provider",
+            (true, false) => "validator",
+            (false, true) => "full node, provider",
+            (false, false) => "full node",
+        };
         println!("{:<6} {:<8} {:<24} {:<20} {:<64}", n.index, n.pid, n.api_url, role, n.address);
     }
 }

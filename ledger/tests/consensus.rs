@@ -186,6 +186,11 @@ fn a_block_that_arrives_before_its_height_is_kept_and_voted_for() {
     assert!(prevote.body.block.is_some(), "it prevotes the early block, not nil");
     settle(&mut engines, out.into_iter().map(|a| (other, a)).collect(), now + 20);
     assert!(engines.iter().all(|e| e.ledger().height() == Height(2)), "height 2 commits in round 0");
+    // Each block was applied once per engine: its check's result was kept
+    // and adopted at commit (the proposer, which built it, applied it at commit).
+    for e in &engines {
+        assert_eq!(e.blocks_applied(), 2, "two heights, two applies");
+    }
 }
 
 #[test]

@@ -41,6 +41,8 @@ type Commit = (Instant, Instant);
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub nodes: usize,
+    /// Validators among the nodes (the first ones); None: all.
+    pub validators: Option<usize>,
     pub base_port: u16,
     pub commit_pause_ms: u64,
     /// Offer announcements timed (alternating between the providers).
@@ -69,6 +71,9 @@ pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub nodes: usize,
+    /// The first `validators` nodes are validators, the rest full nodes
+    /// (the per-node figures below are in node order).
+    pub validators: usize,
     pub providers: usize,
     pub idle_rss_mib: Vec<f64>,
     /// Each node's CPU while idle (offers and heartbeats only), % of one core.
@@ -137,6 +142,7 @@ pub fn run(agora: &Path, dir: &Path, o: &BenchOptions, progress: &mut dyn FnMut(
     let keys: Vec<Keypair> = (0..LOAD_ACCOUNTS).map(load_key).collect();
     let providers = 2.min(o.nodes);
     let options = UpOptions {
+        validators: o.validators,
         commit_pause_ms: o.commit_pause_ms,
         funded: keys.iter().map(Keypair::address).collect(),
         ..UpOptions::new(o.nodes, providers, o.base_port)
@@ -289,6 +295,7 @@ fn measure(
     let span = last_commit.duration_since(started).as_secs_f64().max(0.001);
     Ok(BenchReport {
         nodes: o.nodes,
+        validators: file.nodes.iter().filter(|n| n.validator).count(),
         providers,
         idle_rss_mib,
         idle_cpu_percent,
@@ -325,7 +332,9 @@ fn whole_accounts(sent: Vec<Sent>) -> Vec<Vec<Sent>> {
     for (_, txs) in per_account {
         match requests.last_mut() {
             Some(r) if r.len() + txs.len() <= MAX_REQUEST_TXS => r.extend(txs),
-            _ => requests.push(txs),
+            // An account with more than a request holds (its refused ones
+            // piled up behind a long hint) is split, in nonce order.
+            _ => requests.extend(txs.chunks(MAX_REQUEST_TXS).map(<[Sent]>::to_vec)),
         }
     }
     requests
@@ -444,4 +453,27 @@ fn observe(
         std::thread::sleep(OBSERVE_INTERVAL);
     }
     height - first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_request_holds_more_than_the_api_takes() {
+        let key = Keypair::from_seed_phrase("bench split");
+        let chain = ChainId::new("agora-split").unwrap();
+        let sent = |account: usize, nonce: u64| -> Sent {
+            let kind = agora_protocol::TxKind::Transfer { to: key.address(), amount: agora_protocol::Amount(1) };
+            let body = Transaction { nonce, fee: agora_protocol::Amount(1), kind };
+            (account, Signed::sign(body, &key, &chain).unwrap())
+        };
+        let mut all: Vec<Sent> = (0..2_500).map(|n| sent(7, n)).collect();
+        all.extend((0..10).map(|n| sent(8, n)));
+        let requests = whole_accounts(all);
+        assert!(requests.iter().all(|r| r.len() <= MAX_REQUEST_TXS), "a request over the API's limit");
+        let nonces: Vec<u64> = requests.iter().flatten().filter(|s| s.0 == 7).map(|s| s.1.body.nonce).collect();
+        assert_eq!(nonces, (0..2_500).collect::<Vec<_>>(), "one account's transfers stay in nonce order");
+        assert_eq!(requests.iter().flatten().count(), 2_510);
+    }
 }

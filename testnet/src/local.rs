@@ -47,6 +47,13 @@ pub struct NodeEntry {
     pub home: PathBuf,
     pub pid: u32,
     pub provider: bool,
+    /// In the genesis validator set (the others are full nodes).
+    #[serde(default = "yes")]
+    pub validator: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +94,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 #[derive(Clone, Debug)]
 pub struct UpOptions {
     pub nodes: usize,
+    /// The first `validators` nodes are the validators (more stake, and the
+    /// chain's `max_validators`); the rest are full nodes. None: every node,
+    /// up to the default `max_validators`.
+    pub validators: Option<usize>,
     /// The first `providers` nodes declare simulated GPUs.
     pub providers: usize,
     /// Node i uses base+2i (P2P) and base+2i+1 (API).
@@ -106,6 +117,7 @@ impl UpOptions {
     pub fn new(nodes: usize, providers: usize, base_port: u16) -> UpOptions {
         UpOptions {
             nodes,
+            validators: None,
             providers,
             base_port,
             commit_pause_ms: TESTNET_COMMIT_PAUSE_MS,
@@ -135,6 +147,7 @@ pub fn up(
     if nodes == 0 || providers > nodes {
         return Err(Error::BadArgs("need at least one node, and no more providers than nodes".into()));
     }
+    let validators = testnet_validators(nodes, options.validators)?;
     let base_port = free_ports(base_port, 2 * nodes as u16)?;
     if base_port != options.base_port {
         progress(format!("ports from {} are in use (another testnet?): using {base_port}", options.base_port));
@@ -160,12 +173,13 @@ pub fn up(
             home,
             pid: 0,
             provider: i < providers,
+            validator: i < validators,
         });
         keys.push(key);
     }
     let buyer_home = dir.join("buyer");
     let buyer = keystore::create(&buyer_home, "default")?.keypair;
-    let genesis = testnet_genesis(&keys, &buyer, &options.funded)?;
+    let genesis = testnet_genesis(&keys, validators, &buyer, &options.funded)?;
     let runner = testnet_runner(options.runner);
     if runner == Runner::Sandbox {
         agora_sandbox::available().map_err(|e| Error::BadArgs(format!("--runner sandbox: {e}")))?;
@@ -232,15 +246,40 @@ fn check_identities(file: &TestnetFile) -> Result<(), Error> {
     Ok(())
 }
 
+/// How many of `nodes` are validators: `wanted`, or every node up to the
+/// default `max_validators`.
+fn testnet_validators(nodes: usize, wanted: Option<usize>) -> Result<usize, Error> {
+    let most = agora_protocol::limits::MAX_VALIDATORS.min(nodes);
+    match wanted {
+        None => Ok(nodes.min(Params::default().max_validators as usize)),
+        Some(v) if (1..=most).contains(&v) => Ok(v),
+        Some(v) => Err(Error::BadArgs(format!("--validators {v}: must be 1 to {most} (and no more than --nodes)"))),
+    }
+}
+
+/// Stake of a validator node; full nodes stake the provider minimum (so
+/// that any of them can be a provider) and stay out of the set.
+const VALIDATOR_STAKE_AGR: u64 = 1_000;
+
+/// The testnet's genesis: the first `validators` keys are the validators,
+/// and the chain's `max_validators` keeps the set at that size when stakes
+/// rotate it (the other nodes stake less).
 fn testnet_genesis(
     keys: &[agora_protocol::Keypair],
+    validators: usize,
     buyer: &agora_protocol::Keypair,
     funded: &[agora_protocol::Address],
 ) -> Result<Genesis, Error> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let params = Params { max_validators: validators as u64, ..Params::default() };
     let mut accounts: Vec<GenesisAccount> = keys
         .iter()
-        .map(|k| GenesisAccount { address: k.address(), balance: Amount::agr(10_000), stake: Amount::agr(1_000) })
+        .enumerate()
+        .map(|(i, k)| GenesisAccount {
+            address: k.address(),
+            balance: Amount::agr(10_000),
+            stake: if i < validators { Amount::agr(VALIDATOR_STAKE_AGR) } else { params.min_provider_stake },
+        })
         .collect();
     accounts.push(GenesisAccount { address: buyer.address(), balance: Amount::agr(100_000), stake: Amount::ZERO });
     accounts.extend(funded.iter().map(|a| GenesisAccount {
@@ -251,9 +290,9 @@ fn testnet_genesis(
     Ok(Genesis {
         chain_id: ChainId::new(TESTNET_CHAIN_ID)?,
         genesis_time_ms: TimestampMs(now),
-        params: Params::default(),
+        params,
         accounts,
-        validators: keys.iter().map(|k| k.address()).collect(),
+        validators: keys[..validators].iter().map(|k| k.address()).collect(),
     })
 }
 
@@ -439,6 +478,31 @@ fn admin(node: &NodeEntry, path: &str, body: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_nodes_stake_less_and_the_set_stays_the_chosen_validators() {
+        let keys: Vec<agora_protocol::Keypair> =
+            (0..6).map(|i| agora_protocol::Keypair::from_seed_phrase(&format!("testnet node {i}"))).collect();
+        let buyer = agora_protocol::Keypair::from_seed_phrase("testnet buyer");
+        let genesis = testnet_genesis(&keys, 2, &buyer, &[]).unwrap();
+        let chosen: Vec<_> = keys[..2].iter().map(|k| k.address()).collect();
+        assert_eq!(genesis.validators, chosen);
+        assert_eq!(genesis.params.max_validators, 2);
+        // An epoch's rotation by stake picks the same two, not the full nodes
+        // (which stake the provider minimum, so any of them can be a provider).
+        let state = genesis.state().unwrap();
+        let mut rotated: Vec<_> = agora_ledger::validators::staked_set(&state).into_iter().map(|v| v.address).collect();
+        rotated.sort();
+        let mut expected = chosen.clone();
+        expected.sort();
+        assert_eq!(rotated, expected);
+        assert_eq!(state.account(&keys[5].address()).stake, genesis.params.min_provider_stake);
+        // Defaults and bounds.
+        assert_eq!(testnet_validators(4, None).unwrap(), 4);
+        assert_eq!(testnet_validators(30, None).unwrap(), 21);
+        assert!(testnet_validators(4, Some(0)).is_err());
+        assert!(testnet_validators(4, Some(5)).is_err());
+    }
 
     #[test]
     fn a_taken_port_moves_the_testnet_to_a_free_block() {

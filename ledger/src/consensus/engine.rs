@@ -273,6 +273,9 @@ struct Host {
     last_sync_request_ms: Option<u64>,
     actions: Vec<Action>,
     followups: VecDeque<McInput>,
+    /// Blocks applied to a copy of the ledger (checks, commits, sync): one
+    /// per committed height when each decided block's check is reused.
+    blocks_applied: u64,
 }
 
 pub struct Engine {
@@ -341,6 +344,7 @@ impl Engine {
             last_sync_request_ms: None,
             actions: Vec::new(),
             followups: VecDeque::new(),
+            blocks_applied: 0,
         };
         Engine { mc, host }
     }
@@ -396,6 +400,11 @@ impl Engine {
 
     pub fn ledger(&self) -> &State {
         &self.host.ledger
+    }
+
+    /// How many times a whole block was applied (checked, committed, synced).
+    pub fn blocks_applied(&self) -> u64 {
+        self.host.blocks_applied
     }
 
     pub fn mempool(&self) -> &Mempool {
@@ -560,6 +569,7 @@ impl Host {
             height,
             block.hash(),
         )?;
+        self.blocks_applied += 1;
         let outcome = apply_block(&mut self.ledger, &block, SigCheck::Verify)?;
         self.finish_commit(block, certificate, outcome.events);
         self.last_sync_request_ms = None;
@@ -675,6 +685,7 @@ impl Host {
         // Transactions already in our mempool were verified on entry.
         verify_tx_signatures_where(&self.ledger, &block.txs, |tx| !self.mempool.contains(tx))?;
         let mut applied = self.ledger.clone();
+        self.blocks_applied += 1;
         let outcome = apply_block_pending(&mut applied, block, SigCheck::Skip)?;
         Ok((applied, outcome.events))
     }
@@ -931,6 +942,7 @@ impl Host {
             // Our own proposal (built, not checked) or one decided without our verdict.
             None => {
                 let mut applied = self.ledger.clone();
+                self.blocks_applied += 1;
                 let outcome = apply_block_pending(&mut applied, &block, SigCheck::Skip)?;
                 (applied, outcome.events)
             }
