@@ -189,7 +189,7 @@ pub fn up(
         let mut config = NodeConfig::new(&e.moniker);
         config.listen = format!("/ip4/127.0.0.1/tcp/{}", base_port + 2 * i as u16);
         config.api = e.api_url.trim_start_matches("http://").to_string();
-        config.bootstrap = entries.iter().filter(|o| o.index != i).map(|o| o.p2p.clone()).collect();
+        config.bootstrap = bootstrap_of(i, &entries);
         config.gpus = if e.provider { options.provider_gpus.clone() } else { "none".into() };
         config.commit_pause_ms = commit_pause_ms;
         config.timeout_propose_ms = TESTNET_PROPOSE_TIMEOUT_MS;
@@ -209,6 +209,25 @@ pub fn up(
     wait_for_height(&file, 2, START_DEADLINE)?;
     check_identities(&file)?;
     Ok(file)
+}
+
+/// Ring neighbours each testnet node bootstraps from (on top of the providers).
+pub const TESTNET_BOOTSTRAP_NEIGHBOURS: usize = 8;
+
+/// Whom node `i` dials and stays connected to: its next
+/// `TESTNET_BOOTSTRAP_NEIGHBOURS` nodes on a ring, and every provider (lease
+/// requests and liveness probes go to a provider directly). Every other
+/// node on a small testnet; linear in the nodes on a large one, where a full
+/// mesh (each node redialling all the others) would spend the machine on
+/// connections.
+fn bootstrap_of(i: usize, entries: &[NodeEntry]) -> Vec<String> {
+    let n = entries.len();
+    let mut peers: Vec<usize> =
+        (1..=TESTNET_BOOTSTRAP_NEIGHBOURS.min(n.saturating_sub(1))).map(|d| (i + d) % n).collect();
+    peers.extend(entries.iter().filter(|e| e.provider && e.index != i).map(|e| e.index));
+    peers.sort_unstable();
+    peers.dedup();
+    peers.into_iter().map(|p| entries[p].p2p.clone()).collect()
 }
 
 /// Port blocks tried after `base` when its ports are taken.
@@ -478,6 +497,42 @@ fn admin(node: &NodeEntry, path: &str, body: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_testnet_is_a_full_mesh_and_a_large_one_a_ring_plus_the_providers() {
+        let entry = |index: usize, provider: bool| NodeEntry {
+            index,
+            moniker: format!("node{index}"),
+            peer_id: String::new(),
+            address: String::new(),
+            p2p: format!("/node/{index}"),
+            api_url: String::new(),
+            home: PathBuf::new(),
+            pid: 0,
+            provider,
+            validator: true,
+        };
+        let small: Vec<NodeEntry> = (0..5).map(|i| entry(i, i < 2)).collect();
+        assert_eq!(bootstrap_of(3, &small), vec!["/node/0", "/node/1", "/node/2", "/node/4"]);
+        let large: Vec<NodeEntry> = (0..100).map(|i| entry(i, i < 10)).collect();
+        let peers = bootstrap_of(95, &large);
+        let expected: Vec<String> =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 96, 97, 98, 99].iter().map(|p| format!("/node/{p}")).collect();
+        assert_eq!(peers, expected, "8 ring neighbours (wrapping) and the 10 providers, once each");
+        assert!(!bootstrap_of(3, &large).contains(&"/node/3".to_string()), "never itself");
+        // Every node is reachable from node 0 over bootstrap links (each link is a connection, both ways).
+        let mut seen = vec![false; 100];
+        let mut todo = vec![0];
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for p in bootstrap_of(i, &large) {
+                todo.push(p.trim_start_matches("/node/").parse().unwrap());
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
 
     #[test]
     fn full_nodes_stake_less_and_the_set_stays_the_chosen_validators() {
