@@ -521,7 +521,7 @@ mod tests {
         assert_eq!(peers, expected, "8 ring neighbours (wrapping) and the 10 providers, once each");
         assert!(!bootstrap_of(3, &large).contains(&"/node/3".to_string()), "never itself");
         // Every node is reachable from node 0 over bootstrap links (each link is a connection, both ways).
-        let mut seen = vec![false; 100];
+        let mut seen = [false; 100];
         let mut todo = vec![0];
         while let Some(i) = todo.pop() {
             if std::mem::replace(&mut seen[i], true) {
