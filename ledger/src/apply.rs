@@ -277,6 +277,8 @@ pub struct BlockBuilder<'a> {
     txs: Vec<SignedTx>,
     /// Encoded bytes of the transactions so far.
     tx_bytes: usize,
+    /// What applying the block so far produced, in `apply_block`'s order.
+    events: Vec<Event>,
     /// Most encoded transaction bytes the block may carry.
     tx_bytes_budget: usize,
 }
@@ -304,8 +306,16 @@ impl<'a> BlockBuilder<'a> {
         };
         check_header(state, &header, 0)?;
         let mark = state.checkpoint();
-        begin_block(state, &header).inspect_err(|_| state.rollback(mark))?;
-        Ok(BlockBuilder { state, mark, header, txs: Vec::new(), tx_bytes: 0, tx_bytes_budget: BLOCK_TX_BYTES_BUDGET })
+        let events = begin_block(state, &header).inspect_err(|_| state.rollback(mark))?;
+        Ok(BlockBuilder {
+            state,
+            mark,
+            header,
+            txs: Vec::new(),
+            tx_bytes: 0,
+            events,
+            tx_bytes_budget: BLOCK_TX_BYTES_BUDGET,
+        })
     }
 
     /// A smaller transaction byte budget (tests of the budget itself).
@@ -342,6 +352,7 @@ impl<'a> BlockBuilder<'a> {
         let events = apply_tx(self.state, &tx, sig)?;
         self.tx_bytes += size;
         self.txs.push(tx);
+        self.events.extend(events.iter().cloned());
         Ok(events)
     }
 
@@ -352,7 +363,26 @@ impl<'a> BlockBuilder<'a> {
 
     /// Seals the block: transaction root, post-state root, certificate.
     pub fn finish(mut self, last_commit: Option<CommitCertificate>) -> Result<Block, Error> {
-        end_block(self.state)?;
+        self.seal(last_commit)
+    }
+
+    /// Seals the block and leaves the state as applying it leaves it (its
+    /// writes pending, as `apply_block_pending` would): the proposer keeps
+    /// that state and commits it if the block is decided, instead of
+    /// applying its own block again. Returns the block's events.
+    pub(crate) fn finish_applied(
+        mut self,
+        last_commit: Option<CommitCertificate>,
+    ) -> Result<(Block, Vec<Event>), Error> {
+        let block = self.seal(last_commit)?;
+        self.mark = self.state.checkpoint();
+        Ok((block, std::mem::take(&mut self.events)))
+    }
+
+    fn seal(&mut self, last_commit: Option<CommitCertificate>) -> Result<Block, Error> {
+        let end = end_block(self.state)?;
+        self.events.extend(accounts::fees_paid(self.header.proposer, &self.txs));
+        self.events.extend(end);
         self.header.last_commit_hash = last_commit_hash(last_commit.as_ref());
         self.header.tx_root = tx_root(&self.txs)?;
         self.header.state_root = self.state.root();
@@ -364,5 +394,43 @@ impl<'a> BlockBuilder<'a> {
 impl Drop for BlockBuilder<'_> {
     fn drop(&mut self) {
         self.state.rollback(self.mark);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_protocol::{Amount, TxKind};
+
+    use super::*;
+    use crate::testkit::{TestChain, sign_tx, transfer};
+
+    #[test]
+    fn a_built_block_leaves_the_state_and_events_that_applying_it_gives() {
+        let chain = TestChain::new(4, 1, Amount::agr(1_000));
+        let state = chain.state();
+        let txs = vec![
+            transfer(&chain.keys[1], 0, chain.address(2), Amount(5)),
+            sign_tx(&chain.keys[2], 0, TxKind::Stake { amount: Amount::agr(10) }),
+            // Left out: a replayed nonce.
+            transfer(&chain.keys[1], 0, chain.address(3), Amount(5)),
+            sign_tx(&chain.keys[0], 0, TxKind::Unstake { amount: Amount::agr(1) }),
+        ];
+        let mut built = state.clone();
+        let time = TimestampMs(state.time_ms().0 + crate::testkit::BLOCK_INTERVAL_MS);
+        let mut builder = BlockBuilder::new(&mut built, time, chain.address(0)).unwrap();
+        for tx in txs {
+            let _ = builder.push(tx);
+        }
+        let (block, events) = builder.finish_applied(None).unwrap();
+        assert_eq!(block.txs.len(), 3);
+        let mut applied = state.clone();
+        let outcome = apply_block_pending(&mut applied, &block, SigCheck::Verify).unwrap();
+        assert!(!events.is_empty());
+        assert_eq!(events, outcome.events);
+        assert_eq!(built, applied);
+        assert_eq!(built.root(), block.header.state_root);
+        finish_block(&mut built, &block).unwrap();
+        assert_eq!(built.height(), block.header.height);
+        assert_eq!(built.last_block_hash(), block.hash());
     }
 }

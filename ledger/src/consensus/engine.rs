@@ -862,14 +862,18 @@ impl Host {
         let time = TimestampMs(self.now_ms.max(self.ledger.time_ms().0 + 1));
         let max = self.ledger.params().max_txs_per_block as usize;
         let candidates = self.mempool.candidates(&self.ledger, max);
-        let mut builder = BlockBuilder::new(&mut self.ledger, time, self.signer.key.address())?;
+        // Built on a copy that is kept as the block leaves it: committed
+        // as it is if the block is decided.
+        let mut applied = self.ledger.clone();
+        let mut builder = BlockBuilder::new(&mut applied, time, self.signer.key.address())?;
         for tx in candidates {
             // Mempool transactions were signature-checked on entry; ones that
             // no longer apply (stale nonce, spent balance) are left out.
             let _ = builder.push_verified(tx);
         }
-        let block = builder.finish(self.last_commit.clone())?;
+        let (block, events) = builder.finish_applied(self.last_commit.clone())?;
         let hash = block.hash();
+        self.proposed.applied.insert(hash, (applied, events));
         let proposal_block = ProposalBlock { round: wire_round, pol_round: None, block: block.clone() };
         let asked =
             LastSigned { height: Height(height.0), round: wire_round, step: SignStep::Proposal, value: Some(hash) };
@@ -939,7 +943,7 @@ impl Host {
         };
         let (mut applied, events) = match self.proposed.applied.remove(&cert.value_id) {
             Some(checked) => checked,
-            // Our own proposal (built, not checked) or one decided without our verdict.
+            // A block decided without our verdict (or our own, proposed before a restart).
             None => {
                 let mut applied = self.ledger.clone();
                 self.blocks_applied += 1;
