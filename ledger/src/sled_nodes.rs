@@ -178,9 +178,7 @@ impl SledNodes {
         u.current.clear();
         Ok(())
     }
-}
 
-impl SledNodes {
     /// Flushes at every `FLUSH_EVERY_BLOCKS`th height (and the genesis):
     /// called by the store once that height's block is durable.
     pub fn flush_if_due(&self, version: Version) -> Result<(), Error> {

@@ -304,30 +304,18 @@ impl Store {
     /// flushed to disk before returning. On any error nothing is committed and
     /// the in-memory state is unchanged.
     pub fn commit(&mut self, block: &Block) -> Result<BlockOutcome, Error> {
-        self.commit_with(block, None, SigCheck::Verify)
+        self.commit_with(block, None)
     }
 
     /// Like `commit`, and stores the block's commit certificate with it (for
     /// block sync) and drops the write-ahead log of its height, atomically.
     pub fn commit_certified(&mut self, block: &Block, certificate: &CommitCertificate) -> Result<BlockOutcome, Error> {
-        self.commit_with(block, Some(certificate), SigCheck::Verify)
+        self.commit_with(block, Some(certificate))
     }
 
-    /// Commits a block the consensus engine decided and already validated
-    /// (signatures checked when it was proposed or synced), without checking
-    /// its transaction signatures a second time; every other rule still runs.
-    pub fn commit_decided(&mut self, block: &Block, certificate: &CommitCertificate) -> Result<BlockOutcome, Error> {
-        self.commit_with(block, Some(certificate), SigCheck::Skip)
-    }
-
-    fn commit_with(
-        &mut self,
-        block: &Block,
-        certificate: Option<&CommitCertificate>,
-        sig: SigCheck,
-    ) -> Result<BlockOutcome, Error> {
+    fn commit_with(&mut self, block: &Block, certificate: Option<&CommitCertificate>) -> Result<BlockOutcome, Error> {
         let mark = self.state.checkpoint();
-        let result = apply_block_pending(&mut self.state, block, sig).and_then(|outcome| {
+        let result = apply_block_pending(&mut self.state, block, SigCheck::Verify).and_then(|outcome| {
             self.persist(block, certificate)?;
             // A tree write that fails after the block is persisted is redone
             // by the replay at the next start.

@@ -31,9 +31,7 @@ use super::context::{
 use super::mempool::Mempool;
 use super::signer::{LastSigned, SignGuard, SignStep};
 use super::wal::WalEntry;
-use crate::apply::{
-    BlockBuilder, SigCheck, apply_block, apply_block_pending, finish_block, verify_tx_signatures_where,
-};
+use crate::apply::{BlockBuilder, SigCheck, apply_block_pending, finish_block, verify_tx_signatures_where};
 use crate::error::Error;
 use crate::events::Event;
 use crate::state::State;
@@ -569,9 +567,8 @@ impl Host {
             height,
             block.hash(),
         )?;
-        self.blocks_applied += 1;
-        let outcome = apply_block(&mut self.ledger, &block, SigCheck::Verify)?;
-        self.finish_commit(block, certificate, outcome.events);
+        let applied = self.apply_to_copy(&block, SigCheck::Verify)?;
+        self.finish_commit(block, certificate, applied)?;
         self.last_sync_request_ms = None;
         Ok(())
     }
@@ -684,9 +681,16 @@ impl Host {
         }
         // Transactions already in our mempool were verified on entry.
         verify_tx_signatures_where(&self.ledger, &block.txs, |tx| !self.mempool.contains(tx))?;
+        self.apply_to_copy(block, SigCheck::Skip)
+    }
+
+    /// Applies `block` to a copy of the ledger, which it returns with the
+    /// block's writes pending and the block's events; the ledger itself is
+    /// unchanged. Every whole-block apply of the engine goes through here.
+    fn apply_to_copy(&mut self, block: &Block, sig: SigCheck) -> Result<(State, Vec<Event>), Error> {
         let mut applied = self.ledger.clone();
         self.blocks_applied += 1;
-        let outcome = apply_block_pending(&mut applied, block, SigCheck::Skip)?;
+        let outcome = apply_block_pending(&mut applied, block, sig)?;
         Ok((applied, outcome.events))
     }
 
@@ -941,18 +945,11 @@ impl Host {
             self.maybe_request_sync();
             return Ok(());
         };
-        let (mut applied, events) = match self.proposed.applied.remove(&cert.value_id) {
+        let applied = match self.proposed.applied.remove(&cert.value_id) {
             Some(checked) => checked,
             // A block decided without our verdict (or our own, proposed before a restart).
-            None => {
-                let mut applied = self.ledger.clone();
-                self.blocks_applied += 1;
-                let outcome = apply_block_pending(&mut applied, &block, SigCheck::Skip)?;
-                (applied, outcome.events)
-            }
+            None => self.apply_to_copy(&block, SigCheck::Skip)?,
         };
-        finish_block(&mut applied, &block)?;
-        self.ledger = applied;
         let certificate = CommitCertificate {
             height,
             round: cert.round.as_u32().unwrap_or(0),
@@ -963,13 +960,20 @@ impl Host {
                 .map(|s: &CommitSignature<AgoraContext>| CommitSig { validator: s.address.0, signature: s.signature })
                 .collect(),
         };
-        self.finish_commit(block, certificate, events);
-        Ok(())
+        self.finish_commit(block, certificate, applied)
     }
 
-    /// After the ledger applied a block: hand it out for persistence and
-    /// start consensus on the next height.
-    fn finish_commit(&mut self, block: Block, certificate: CommitCertificate, events: Vec<Event>) {
+    /// Adopts the ledger as `block` left it (`applied`: the state with the
+    /// block's writes pending, and its events), hands it out for
+    /// persistence and starts consensus on the next height.
+    fn finish_commit(
+        &mut self,
+        block: Block,
+        certificate: CommitCertificate,
+        (mut applied, events): (State, Vec<Event>),
+    ) -> Result<(), Error> {
+        finish_block(&mut applied, &block)?;
+        self.ledger = applied;
         self.last_commit = Some(certificate.clone());
         self.proposed.clear();
         self.mempool.prune(&mut self.ledger);
@@ -980,6 +984,7 @@ impl Host {
         // and the pause paces blocks and lets late precommits arrive.
         let next = Timer(TimerKind::NextHeight(self.ledger.height().0 + 1));
         self.actions.push(Action::ScheduleTimeout { timer: next, after: self.config.commit_pause });
+        Ok(())
     }
 }
 
