@@ -124,7 +124,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
                 };
                 let mut tx = Signed::sign(body, key, &ChainId::new("agora-testnet-1").unwrap()).unwrap();
                 tx.signer = funded;
-                codec::encode(&tx).unwrap()
+                codec::encode(&agora_protocol::TxBundle { txs: vec![tx] }).unwrap()
             }),
             100,
         ),

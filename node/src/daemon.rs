@@ -14,9 +14,10 @@ use agora_ledger::store::BlockReader;
 use agora_ledger::{State, Store};
 use agora_protocol::codec;
 use agora_protocol::consensus::ConsensusMessage;
+use agora_protocol::limits::{MAX_TX_BUNDLE_BYTES, MAX_TXS_PER_BUNDLE};
 use agora_protocol::market::Offer;
 use agora_protocol::sync::{SyncRequest, SyncResponse};
-use agora_protocol::{Address, ChainId, Hash, Height, Keypair, Signed, SignedTx, TxKind};
+use agora_protocol::{Address, ChainId, Hash, Height, Keypair, Signed, SignedTx, TxBundle, TxKind};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::request_response::{self, Message};
@@ -33,6 +34,7 @@ pub use liveness::HEARTBEAT_INTERVAL;
 
 use crate::config::NodeConfig;
 use crate::error::Error;
+use crate::gossip_txs::Waiting;
 use crate::gpu::{Detection, GpuSource};
 use crate::net::gossip::{
     TOPIC_ATTESTATIONS, TOPIC_CONSENSUS, TOPIC_HEARTBEATS, TOPIC_OFFERS, TOPIC_TXS, TOPICS, topic,
@@ -282,7 +284,7 @@ struct Sync {
 /// until they commit.
 #[derive(Default)]
 struct TxRelay {
-    outbox: crate::outbox::Outbox,
+    outbox: crate::outbox::Outbox<SignedTx>,
     /// Encoded consensus messages whose gossip found no subscribed peer yet.
     unpublished: std::collections::VecDeque<Vec<u8>>,
     /// Own transactions not yet committed, by nonce, with the height they were sent at.
@@ -737,29 +739,44 @@ impl Daemon {
     }
 
     /// Queues a transaction for gossip (see `outbox`: paced, highest fee first).
-    fn gossip_tx(&mut self, fee: agora_protocol::Amount, data: Vec<u8>) {
-        self.relay.outbox.push(fee, data);
+    fn gossip_tx(&mut self, fee: agora_protocol::Amount, tx: SignedTx) {
+        self.relay.outbox.push(fee, tx);
     }
 
-    /// Publishes the transactions due and the consensus messages that found
-    /// no peer before. A transaction that finds no subscribed peer waits in
-    /// the outbox (otherwise only this node's proposals could carry it).
+    /// Publishes the transactions due, in bundles, and the consensus
+    /// messages that found no peer before. A bundle that finds no subscribed
+    /// peer waits in the outbox (otherwise only this node's proposals could
+    /// carry its transactions).
     fn flush_gossip(&mut self) {
         self.shared.metrics.tx_outbox.set(self.relay.outbox.len() as i64);
         if self.sync.client.peers().is_empty() {
             return;
         }
-        let mut due = self.relay.outbox.due(now_ms()).into_iter();
-        while let Some((fee, data)) = due.next() {
-            match self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data.clone()) {
+        // A bundle's encoding: version, count, then each transaction without its version byte.
+        let room = MAX_TX_BUNDLE_BYTES - 9;
+        let size = |tx: &SignedTx| codec::encoded_len(tx).map_or(room, |n| n - 1);
+        let due = crate::outbox::bundles(self.relay.outbox.due(now_ms()), MAX_TXS_PER_BUNDLE, room, size);
+        let mut due = due.into_iter();
+        while let Some(bundle) = due.next() {
+            let data = match codec::encode(&TxBundle { txs: bundle.iter().map(|(_, tx)| tx.clone()).collect() }) {
+                Ok(data) => data,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a transaction bundle did not encode; dropped from gossip");
+                    continue;
+                }
+            };
+            let rest = || std::iter::once(bundle).chain(due.by_ref()).flatten();
+            match self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_TXS), data) {
                 Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                    self.relay.outbox.put_back(std::iter::once((fee, data)).chain(due.by_ref()));
+                    self.relay.outbox.put_back(rest());
+                    break;
                 }
                 Err(gossipsub::PublishError::AllQueuesFull(_)) => {
                     // Lost to push gossip (gossipsub still offers it to
                     // peers by IHAVE); the rest waits until the queues drain.
                     self.shared.metrics.tx_gossip_dropped.inc();
-                    self.relay.outbox.congested(now_ms(), due.by_ref());
+                    self.relay.outbox.congested(now_ms(), due.by_ref().flatten());
+                    break;
                 }
                 _ => {}
             }
@@ -843,10 +860,11 @@ impl Daemon {
                 } else if message.topic == topic(TOPIC_ATTESTATIONS).hash() {
                     (self.on_attestation_gossip(&message.data)?, None)
                 } else if message.topic == topic(TOPIC_TXS).hash() {
-                    match self.first_look_tx(&message.data) {
+                    match self.first_look_bundle(&message.data) {
                         // Its verdict comes with its batch's (`check_gossip_txs`).
-                        Ok(tx) => {
-                            if self.relay.from_gossip.push((message_id, propagation_source), tx, now_ms()) {
+                        Ok((txs, keep)) => {
+                            let waiting = Waiting { id: (message_id, propagation_source), txs, keep };
+                            if self.relay.from_gossip.push(waiting, now_ms()) {
                                 self.check_gossip_txs()?;
                             }
                             return Ok(());
@@ -934,16 +952,20 @@ impl Daemon {
         }
     }
 
-    /// A gossiped transaction's checks short of its signature: it must
-    /// decode within its size limit (else the sender is penalised), and it
-    /// is not forwarded when this node would not keep it (pending already,
-    /// nonce used, pool or account quota full): that is load, not
-    /// misbehaviour, so no penalty either.
-    fn first_look_tx(&self, data: &[u8]) -> Result<SignedTx, MessageAcceptance> {
-        let tx = codec::decode::<SignedTx>(data).map_err(|_| MessageAcceptance::Reject)?;
+    /// A gossiped bundle's checks short of its signatures: it must decode
+    /// within its size and count limits (else the sender is penalised), and
+    /// it is not forwarded when this node would keep none of it (pending
+    /// already, nonces used, pool or account quota full): that is load, not
+    /// misbehaviour, so no penalty either. Its transactions, and which of
+    /// them this node would keep.
+    fn first_look_bundle(&self, data: &[u8]) -> Result<(Vec<SignedTx>, Vec<bool>), MessageAcceptance> {
+        let bundle = TxBundle::decode_checked(data).map_err(|_| MessageAcceptance::Reject)?;
         let engine = &self.consensus.engine;
-        engine.mempool().check(engine.ledger(), &tx).map_err(|_| MessageAcceptance::Ignore)?;
-        Ok(tx)
+        let keep: Vec<bool> = bundle.txs.iter().map(|tx| engine.mempool().check(engine.ledger(), tx).is_ok()).collect();
+        if !keep.contains(&true) {
+            return Err(MessageAcceptance::Ignore);
+        }
+        Ok((bundle.txs, keep))
     }
 
     /// Tells gossipsub a message's verdict (forward, drop, or reject and
@@ -966,22 +988,19 @@ impl Daemon {
             self.net.swarm.behaviour_mut().gossipsub.report_message_validation_result(message_id, source, acceptance);
     }
 
-    /// Checks the waiting gossiped transactions' signatures as one batch,
-    /// tells gossipsub each verdict (forward, or reject and penalise) and
-    /// hands the valid ones to the mempool.
+    /// Checks the waiting gossiped bundles' signatures as one batch, tells
+    /// gossipsub each bundle's verdict (forward, or reject and penalise) and
+    /// hands the valid transactions it keeps to the mempool.
     fn check_gossip_txs(&mut self) -> Result<(), Error> {
         let pending = self.relay.from_gossip.take();
         if pending.is_empty() {
             return Ok(());
         }
-        let (ids, txs): (Vec<_>, Vec<SignedTx>) = pending.into_iter().unzip();
-        let verdicts = agora_ledger::consensus::mempool::verify_all(&self.chain, txs);
-        let mut valid = Vec::with_capacity(verdicts.len());
+        let (verdicts, valid) = crate::gossip_txs::check(&self.chain, pending);
         let txs_topic = topic(TOPIC_TXS).hash();
-        for ((message_id, source), checked) in ids.into_iter().zip(verdicts) {
-            let acceptance = if checked.is_some() { MessageAcceptance::Accept } else { MessageAcceptance::Reject };
+        for ((message_id, source), ok) in verdicts {
+            let acceptance = if ok { MessageAcceptance::Accept } else { MessageAcceptance::Reject };
             self.report_gossip(&txs_topic, &message_id, &source, acceptance);
-            valid.extend(checked);
         }
         let actions = self.consensus.engine.handle(now_ms(), Input::Verified(valid));
         self.act(actions)
@@ -1082,15 +1101,14 @@ impl Daemon {
             });
             let outcome = match checked {
                 Err(e) => Err(e),
-                Ok(()) => signed
-                    .hash()
-                    .and_then(|h| Ok((h, codec::encode(signed)?)))
-                    .map(|(hash, bytes)| {
-                        self.gossip_tx(tx.tx().body.fee, bytes);
+                Ok(()) => match signed.hash() {
+                    Ok(hash) => {
+                        self.gossip_tx(signed.body.fee, signed.clone());
                         keep.push(tx);
-                        hash
-                    })
-                    .map_err(|e| TxRefusal::invalid("malformed", e)),
+                        Ok(hash)
+                    }
+                    Err(e) => Err(TxRefusal::invalid("malformed", e)),
+                },
             };
             outcomes.push(outcome);
         }

@@ -6,6 +6,8 @@
 //! transaction submitted during the burst — whatever its fee — reaches the
 //! other validators' pools only by chance. Paced, a burst drains in a few
 //! seconds and a higher fee arriving in the middle of it goes out next.
+//! Due transactions go out in bundles (`bundles`): gossipsub signs and
+//! checks each message, once per bundle rather than per transaction.
 //! Pure: the daemon asks what is due and reports what could not go out.
 
 use std::cmp::Reverse;
@@ -30,9 +32,9 @@ pub const MAX_OUTBOX: usize = 12_000;
 const FIRST_SEQ: u64 = 1 << 40;
 
 /// Waiting transactions by (fee descending, arrival), with a token bucket.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    waiting: BTreeMap<(Reverse<Amount>, u64), Vec<u8>>,
+#[derive(Debug)]
+pub struct Outbox<T> {
+    waiting: BTreeMap<(Reverse<Amount>, u64), T>,
     pushed: u64,
     put_back: u64,
     tokens: u64,
@@ -43,9 +45,23 @@ pub struct Outbox {
     dropped: u64,
 }
 
-impl Outbox {
-    /// Queues an encoded transaction paying `fee`.
-    pub fn push(&mut self, fee: Amount, data: Vec<u8>) {
+impl<T> Default for Outbox<T> {
+    fn default() -> Self {
+        Outbox {
+            waiting: BTreeMap::new(),
+            pushed: 0,
+            put_back: 0,
+            tokens: 0,
+            refilled_ms: None,
+            paused_until_ms: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl<T> Outbox<T> {
+    /// Queues a transaction paying `fee`.
+    pub fn push(&mut self, fee: Amount, data: T) {
         if self.waiting.len() >= MAX_OUTBOX {
             self.dropped += 1;
             let cheaper_waits =
@@ -61,7 +77,7 @@ impl Outbox {
 
     /// The transactions to publish now (highest fee first), as many as the
     /// rate allows at `now_ms`.
-    pub fn due(&mut self, now_ms: u64) -> Vec<(Amount, Vec<u8>)> {
+    pub fn due(&mut self, now_ms: u64) -> Vec<(Amount, T)> {
         if now_ms < self.paused_until_ms {
             return Vec::new();
         }
@@ -83,7 +99,7 @@ impl Outbox {
     /// Transactions that were due and did not go out (no subscribed peer):
     /// next time they go out in the same order, ahead of everything of
     /// their fee (their tokens are given back).
-    pub fn put_back(&mut self, unsent: impl IntoIterator<Item = (Amount, Vec<u8>)>) {
+    pub fn put_back(&mut self, unsent: impl IntoIterator<Item = (Amount, T)>) {
         let unsent: Vec<_> = unsent.into_iter().collect();
         self.tokens = (self.tokens + unsent.len() as u64).min(TX_GOSSIP_BURST);
         // Later ones first, each ahead of the one put back before it.
@@ -95,7 +111,7 @@ impl Outbox {
 
     /// A publish found every peer's send queue full: what was due and not
     /// yet published goes back, and publishing pauses so the queues drain.
-    pub fn congested(&mut self, now_ms: u64, unsent: impl IntoIterator<Item = (Amount, Vec<u8>)>) {
+    pub fn congested(&mut self, now_ms: u64, unsent: impl IntoIterator<Item = (Amount, T)>) {
         self.put_back(unsent);
         self.tokens = 0;
         self.paused_until_ms = now_ms.saturating_add(CONGESTION_PAUSE_MS);
@@ -115,9 +131,50 @@ impl Outbox {
     }
 }
 
+/// Splits due transactions, in order, into bundles of at most `max_items`
+/// whose sizes (`size`) sum to at most `max_bytes`; one larger than
+/// `max_bytes` goes alone.
+pub fn bundles<T>(
+    due: Vec<(Amount, T)>,
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<(Amount, T)>> {
+    let mut out: Vec<Vec<(Amount, T)>> = Vec::new();
+    let mut bytes = 0;
+    for item in due {
+        let len = size(&item.1);
+        match out.last_mut() {
+            Some(open) if open.len() < max_items && bytes + len <= max_bytes => {
+                bytes += len;
+                open.push(item);
+            }
+            _ => {
+                bytes = len;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_transactions_are_bundled_in_order_by_count_and_bytes() {
+        let items = |sizes: &[usize]| sizes.iter().map(|&n| (Amount(1_000), vec![0u8; n])).collect::<Vec<_>>();
+        let lens = |b: Vec<Vec<(Amount, Vec<u8>)>>| -> Vec<Vec<usize>> {
+            b.into_iter().map(|v| v.into_iter().map(|(_, d)| d.len()).collect()).collect()
+        };
+        assert_eq!(lens(bundles(items(&[1, 2, 3, 4, 5]), 2, 100, Vec::len)), [vec![1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(
+            lens(bundles(items(&[40, 50, 20, 200, 10]), 10, 100, Vec::len)),
+            [vec![40, 50], vec![20], vec![200], vec![10]]
+        );
+        assert!(bundles(items(&[]), 2, 100, Vec::len).is_empty());
+    }
 
     #[test]
     fn a_burst_is_paced_and_a_higher_fee_jumps_it() {

@@ -37,4 +37,4 @@ pub use keys::{Keypair, Signature};
 pub use liveness::{DowntimeAttestation, DowntimeEvidence, EquivocationEvidence, Heartbeat};
 pub use market::{GpuSpec, JobResources, LeaseAccept, LeaseRequest, Offer};
 pub use sign::{Domain, Signable, Signed};
-pub use tx::{SignedTx, Transaction, TxKind};
+pub use tx::{SignedTx, Transaction, TxBundle, TxKind};

@@ -11,6 +11,12 @@ pub const MAX_BLOCK_BYTES: usize = 4 * 1024 * 1024;
 /// Largest encoded transaction. The biggest is a downtime slash carrying one
 /// attestation per validator (MAX_VALIDATORS × ~140 bytes).
 pub const MAX_TX_BYTES: usize = 64 * 1024;
+/// Largest encoded gossip bundle of transactions: four of the largest
+/// transactions, or hundreds of transfers (~150 bytes each).
+pub const MAX_TX_BUNDLE_BYTES: usize = 4 * MAX_TX_BYTES;
+/// Transactions one gossip bundle may carry: one gossipsub signature
+/// covers them all, and a receiver checks their signatures as one batch.
+pub const MAX_TXS_PER_BUNDLE: usize = 512;
 /// Transactions per block: keeps apply time of one block bounded (~50 ms).
 pub const MAX_TXS_PER_BLOCK: usize = 5_000;
 /// Largest offer: a handful of GPU kinds and short strings.

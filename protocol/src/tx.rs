@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::Address;
 use crate::amount::Amount;
 use crate::class::GpuClass;
-use crate::codec;
+use crate::codec::{self, Wire};
 use crate::error::Error;
 use crate::ids::{Hash, LeaseId};
 use crate::limits::*;
@@ -244,6 +244,36 @@ impl Transaction {
 pub type SignedTx = Signed<Transaction>;
 
 crate::signed_wire_type!(Transaction, Domain::Transaction, "transaction", MAX_TX_BYTES);
+
+/// Transactions gossiped together (`agora/txs/2`): gossipsub signs and
+/// checks each message, so one message per transaction cost every node an
+/// Ed25519 check per transaction on top of the transaction's own; a
+/// bundle pays that once for up to `MAX_TXS_PER_BUNDLE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxBundle {
+    pub txs: Vec<SignedTx>,
+}
+
+impl Wire for TxBundle {
+    const NAME: &'static str = "transaction bundle";
+    const VERSION: u8 = 1;
+    const MAX_BYTES: usize = MAX_TX_BUNDLE_BYTES;
+}
+
+impl TxBundle {
+    /// Decodes a bundle and checks its count: at least one transaction, at
+    /// most `MAX_TXS_PER_BUNDLE`.
+    pub fn decode_checked(bytes: &[u8]) -> Result<TxBundle, Error> {
+        let bundle: TxBundle = codec::decode(bytes)?;
+        if bundle.txs.is_empty() || bundle.txs.len() > MAX_TXS_PER_BUNDLE {
+            return Err(Error::Invalid {
+                what: "transaction bundle",
+                reason: format!("carries 1 to {MAX_TXS_PER_BUNDLE} transactions, not {}", bundle.txs.len()),
+            });
+        }
+        Ok(bundle)
+    }
+}
 
 impl SignedTx {
     /// The transaction's id: a hash of its full encoding, signature included.

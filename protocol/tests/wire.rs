@@ -4,11 +4,12 @@
 //! never panic, and whose mutated signed objects must never verify.
 
 use agora_protocol::codec::{self, Wire};
+use agora_protocol::limits::MAX_TXS_PER_BUNDLE;
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{
     Address, Amount, Block, ChainId, CommitCertificate, CommitSig, DowntimeAttestation, DowntimeEvidence,
     EquivocationEvidence, Error, GpuSpec, Hash, Header, Heartbeat, Height, JobResources, Keypair, LeaseAccept, LeaseId,
-    LeaseRequest, Offer, Signable, Signed, SignedTx, TimestampMs, Transaction, TxKind,
+    LeaseRequest, Offer, Signable, Signed, SignedTx, TimestampMs, Transaction, TxBundle, TxKind,
 };
 
 fn chain() -> ChainId {
@@ -145,6 +146,13 @@ fn pinned_test_vectors() {
         PINNED_TRANSFER_HEX,
         "the encoding of a transfer changed: this breaks every node and signature on the network"
     );
+    // A bundle is its count (u64 LE) and its transactions' encodings without their version bytes.
+    let bundle = TxBundle { txs: vec![transfer.clone(), transfer.clone()] };
+    assert_eq!(
+        hex::encode(codec::encode(&bundle).unwrap()),
+        format!("01{}{}{}", "0200000000000000", &PINNED_TRANSFER_HEX[2..], &PINNED_TRANSFER_HEX[2..]),
+        "the encoding of a transaction bundle changed"
+    );
     let actual = [
         ("block", fingerprint(&block())),
         ("offer", fingerprint(&offer())),
@@ -196,6 +204,17 @@ fn every_wire_type_round_trips() {
     check(&heartbeat(1));
     check(&attestation("v0"));
     transactions().iter().for_each(check);
+    check(&TxBundle { txs: transactions() });
+}
+
+#[test]
+fn a_bundle_carries_one_to_the_limit_of_transactions() {
+    let one = transactions()[0].clone();
+    let decode = |n: usize| TxBundle::decode_checked(&codec::encode(&TxBundle { txs: vec![one.clone(); n] }).unwrap());
+    assert_eq!(decode(1).unwrap().txs.len(), 1);
+    assert_eq!(decode(MAX_TXS_PER_BUNDLE).unwrap().txs.len(), MAX_TXS_PER_BUNDLE);
+    assert!(matches!(decode(0), Err(Error::Invalid { .. })), "an empty bundle");
+    assert!(matches!(decode(MAX_TXS_PER_BUNDLE + 1), Err(Error::Invalid { .. })), "one too many");
 }
 
 /// Seeded: mutations are replayable.
@@ -287,6 +306,7 @@ fn mutated_encodings_are_rejected_without_panicking() {
     for t in transactions() {
         hammer(&t, verifies, &mut rng, mutations);
     }
+    hammer(&TxBundle { txs: transactions() }, |d: &TxBundle| d.txs.iter().all(verifies), &mut rng, mutations);
     // A block has no signature of its own; its hash must change instead.
     let b = block();
     hammer(
@@ -308,6 +328,7 @@ fn random_bytes_never_panic_any_decoder() {
         }
         let _ = codec::decode::<Block>(&v);
         let _ = codec::decode::<SignedTx>(&v);
+        let _ = TxBundle::decode_checked(&v);
         let _ = codec::decode::<Signed<Offer>>(&v);
         let _ = codec::decode::<Signed<LeaseRequest>>(&v);
         let _ = codec::decode::<Signed<LeaseAccept>>(&v);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use agora_ledger::{Event, LeaseStatus, SettleReason};
 use agora_protocol::job::{JobState, LeaseRefusal, LeaseRpc, LeaseRpcReply, LogChunk, RefusalCode};
-use agora_protocol::{Address, LeaseAccept, LeaseId, Signed, Transaction, TxKind, codec};
+use agora_protocol::{Address, LeaseAccept, LeaseId, Signed, Transaction, TxKind};
 use libp2p::request_response::{self, Message, OutboundRequestId};
 use tokio::sync::oneshot;
 
@@ -422,7 +422,7 @@ impl Daemon {
         }
         let tx = Signed::sign(Transaction { nonce, fee, kind: kind.clone() }, &self.key, &self.chain)?;
         self.relay.own_txs.sent(nonce, kind, self.store.height());
-        self.gossip_tx(fee, codec::encode(&tx)?);
+        self.gossip_tx(fee, tx.clone());
         let actions = self.consensus.engine.handle(now_ms(), agora_ledger::consensus::Input::Tx(Box::new(tx)));
         self.act(actions)
     }

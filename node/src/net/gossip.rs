@@ -10,15 +10,15 @@ use std::time::Duration;
 use agora_protocol::Hash;
 use agora_protocol::codec::Wire;
 use agora_protocol::consensus::ConsensusMessage;
-use agora_protocol::limits::{MAX_LIVENESS_MSG_BYTES, MAX_OFFER_BYTES, MAX_TX_BYTES};
+use agora_protocol::limits::{MAX_LIVENESS_MSG_BYTES, MAX_OFFER_BYTES, MAX_TX_BUNDLE_BYTES};
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
 };
 
 /// Consensus votes, proposals, blocks and certificates.
 pub const TOPIC_CONSENSUS: &str = "agora/consensus/1";
-/// Signed transactions on their way to the proposer's mempool.
-pub const TOPIC_TXS: &str = "agora/txs/1";
+/// Signed transactions on their way to the proposer's mempool, in bundles (`TxBundle`).
+pub const TOPIC_TXS: &str = "agora/txs/2";
 /// Provider offers.
 pub const TOPIC_OFFERS: &str = "agora/offers/1";
 /// Provider heartbeats.
@@ -57,7 +57,7 @@ pub fn behaviour(
         .max_transmit_size(MAX_GOSSIP_BYTES)
         // Oversized messages on the small-message topics are refused (and
         // their sender penalised) by gossipsub before anything is decoded.
-        .max_transmit_size_for_topic(MAX_TX_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_TXS).hash())
+        .max_transmit_size_for_topic(MAX_TX_BUNDLE_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_TXS).hash())
         .max_transmit_size_for_topic(MAX_OFFER_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_OFFERS).hash())
         .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_HEARTBEATS).hash())
         .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_ATTESTATIONS).hash())
