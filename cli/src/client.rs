@@ -95,7 +95,8 @@ pub fn balance(
     };
     if prove.prove {
         let key = agora_ledger::tree::StateKey::Account(address);
-        let v = crate::prove::fetch(home, prove, &args, "account", &address.to_string(), &key)?;
+        let proven = crate::prove::fetch(home, prove, &args, "account", &address.to_string(), &key)?;
+        let v = &proven.v;
         // An account never seen is an empty one (the ledger stores none).
         let account: agora_ledger::Account =
             v.value.as_deref().map(agora_ledger::light::decode_value).transpose()?.unwrap_or_default();
@@ -109,7 +110,7 @@ pub fn balance(
             println!("balance   {}", account.balance);
             println!("stake     {}", account.stake);
             println!("unbonding {}", account.unbonding);
-            println!("{}", crate::prove::verified_line(&v));
+            println!("{}", crate::prove::verified_line(&proven));
         }
         return Ok(ExitCode::SUCCESS);
     }

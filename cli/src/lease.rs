@@ -834,7 +834,8 @@ fn proven_lease(
     id: LeaseId,
 ) -> anyhow::Result<ExitCode> {
     let key = agora_ledger::tree::StateKey::Lease(id);
-    let v = crate::prove::fetch(home, prove, node, "lease", &id.to_string(), &key)?;
+    let proven = crate::prove::fetch(home, prove, node, "lease", &id.to_string(), &key)?;
+    let v = &proven.v;
     let Some(bytes) = v.value.as_deref() else {
         anyhow::bail!("lease {id} does not exist (proven absent at height {})", v.height.0);
     };
@@ -855,7 +856,7 @@ fn proven_lease(
     println!("provider  {}", lease.provider);
     println!("gpus      {}x {}", lease.gpus, lease.gpu_model);
     println!("escrow    {}", lease.escrow);
-    println!("{}", crate::prove::verified_line(&v));
+    println!("{}", crate::prove::verified_line(&proven));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use agora_ledger::light::{self, ProofBundle, Verified};
 use agora_ledger::tree::{StateKey, decode_canonical};
-use agora_protocol::ChainId;
+use agora_protocol::{ChainId, Height};
 use anyhow::{Context, bail};
 
 use crate::client::NodeArgs;
@@ -32,7 +32,7 @@ pub fn fetch(
     kind: &str,
     id: &str,
     key: &StateKey,
-) -> anyhow::Result<Verified> {
+) -> anyhow::Result<Proven> {
     let path = args.genesis.clone().unwrap_or_else(|| agora_node::config::genesis_path(home));
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -48,13 +48,63 @@ pub fn fetch(
     let bytes = hex::decode(hex).context("the proof bundle is not hex")?;
     let bundle: ProofBundle = decode_canonical(&bytes)?;
     let chain: &ChainId = &genesis.chain_id;
-    Ok(light::verify(&bundle, key, chain, &trusted)?)
+    match light::verify(&bundle, key, chain, &trusted) {
+        // The set has moved on since the genesis: follow its changes up to the proof's height.
+        Err(agora_ledger::Error::TooFewTrustedSigners { .. }) => {
+            let transitions = transitions_up_to(node, bundle.header.height)?;
+            let followed = light::follow(&transitions, chain, trusted, Height(0))?;
+            let v = light::verify(&bundle, key, chain, &followed.validators)?;
+            Ok(Proven { v, changes_followed: followed.taken })
+        }
+        other => Ok(Proven { v: other?, changes_followed: 0 }),
+    }
+}
+
+/// Pages of validator-set transitions the node holds, most `MAX_TRANSITION_PAGES`.
+const MAX_TRANSITION_PAGES: usize = 1_000;
+
+/// The node's validator-set transitions at heights up to `height`, ascending.
+fn transitions_up_to(node: &NodeArgs, height: Height) -> anyhow::Result<Vec<ProofBundle>> {
+    let mut out: Vec<ProofBundle> = Vec::new();
+    let mut after = 0u64;
+    for _ in 0..MAX_TRANSITION_PAGES {
+        let reply = node.get(&format!("/v1/light/transitions?after={after}"))?;
+        let page = reply["transitions"].as_array().context("the node sent no transitions")?;
+        for t in page {
+            let h = t["height"].as_u64().context("a transition without a height")?;
+            if h > height.0 {
+                return Ok(out);
+            }
+            if h <= after {
+                bail!("the node listed transitions out of order (height {h} after {after})");
+            }
+            let bytes = hex::decode(t["bundle"].as_str().unwrap_or_default()).context("a transition is not hex")?;
+            out.push(decode_canonical(&bytes)?);
+            after = h;
+        }
+        if reply["more"].as_bool() != Some(true) || page.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A verified value, and how many validator-set changes were followed to
+/// trust its signers.
+pub struct Proven {
+    pub v: Verified,
+    pub changes_followed: usize,
 }
 
 /// The line that says what was checked.
-pub fn verified_line(v: &Verified) -> String {
+pub fn verified_line(p: &Proven) -> String {
+    let followed = match p.changes_followed {
+        0 => String::new(),
+        1 => ", after following 1 validator-set change from the genesis".to_string(),
+        n => format!(", after following {n} validator-set changes from the genesis"),
+    };
     format!(
-        "verified at height {} (Merkle proof under the certified state root; validators you trust with {} of {} power signed)",
-        v.height.0, v.trusted_power.0, v.trusted_power.1
+        "verified at height {} (Merkle proof under the certified state root; validators you trust with {} of {} power signed{followed})",
+        p.v.height.0, p.v.trusted_power.0, p.v.trusted_power.1
     )
 }

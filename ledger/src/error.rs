@@ -113,6 +113,11 @@ pub enum Error {
     Tree(String),
     #[error("not proven: {0}")]
     BadProof(String),
+    #[error(
+        "not proven: validators you trust hold only {vouching} of {total} power among the signers (more than 1/3 \
+         needed): the validator set has changed since your trusted genesis or checkpoint"
+    )]
+    TooFewTrustedSigners { vouching: u64, total: u64 },
     #[error("store belongs to another genesis (stored {stored}, given {given})")]
     GenesisMismatch { stored: Hash, given: Hash },
 }

@@ -79,15 +79,94 @@ pub fn verify(bundle: &ProofBundle, key: &StateKey, chain: &ChainId, trusted: &[
     let vouching: u64 =
         trusted.iter().filter(|v| signers.contains(&v.address)).map(|v| v.power).fold(0, u64::saturating_add);
     if total == 0 || u128::from(vouching) * 3 <= u128::from(total) {
-        return Err(bad(format!(
-            "validators you trust hold only {vouching} of {total} power among the signers (more than 1/3 needed): \
-             the validator set has changed too much since your trusted genesis or checkpoint"
-        )));
+        return Err(Error::TooFewTrustedSigners { vouching, total });
     }
     // 4. The value is in the committed state.
     let proof = crate::tree::decode_proof(&bundle.proof)?;
     crate::tree::verify_proof(header.state_root, key, bundle.value.as_deref(), &proof)?;
     Ok(Verified { height: header.height, value: bundle.value.clone(), trusted_power: (vouching, total) })
+}
+
+/// The light-client transition of a block that changed the validator set:
+/// its header and certificate, and the state's meta leaf (the new set) as
+/// the proven value.
+pub fn transition(
+    header: Header,
+    certificate: CommitCertificate,
+    meta: Vec<u8>,
+    proof: &crate::tree::Proof,
+) -> ProofBundle {
+    let proof = crate::tree::encode_proof(proof);
+    ProofBundle {
+        header,
+        certificate,
+        key: StateKey::Meta.bytes(),
+        value: Some(meta.clone()),
+        proof: proof.clone(),
+        meta,
+        meta_proof: proof,
+    }
+}
+
+/// Where following the validator set left the client.
+#[derive(Debug)]
+pub struct Followed {
+    /// The validators trusted now: the set named by the last transition taken.
+    pub validators: Vec<Validator>,
+    /// The height that set was learned at (0: the trusted set was kept).
+    pub height: Height,
+    /// Transitions checked (taken or skipped after a failed check).
+    pub checked: usize,
+    /// Transitions taken.
+    pub taken: usize,
+}
+
+/// Follows the validator set from `trusted` (learned at `from`) through
+/// `transitions` — meta-leaf bundles of the blocks that changed the set,
+/// in ascending height — by skipping verification with bisection: the
+/// newest transition is tried first; one the trusted validators do not
+/// vouch for (more than 1/3 of their power among its signers) is set aside
+/// for the one halfway to it, until a check passes; its set becomes the
+/// trusted one, and the search goes on from there. Every transition taken
+/// is fully checked (`verify`), and heights must rise, so an old
+/// transition cannot walk the client back to a set it has left. Fails when
+/// a transition next in line cannot be checked at all.
+pub fn follow(
+    transitions: &[ProofBundle],
+    chain: &ChainId,
+    trusted: Vec<Validator>,
+    from: Height,
+) -> Result<Followed, Error> {
+    if transitions.windows(2).any(|w| w[0].header.height >= w[1].header.height) {
+        return Err(bad("the validator-set transitions are not in ascending height"));
+    }
+    let mut at = Followed { validators: trusted, height: from, checked: 0, taken: 0 };
+    let mut next = 0;
+    while next < transitions.len() {
+        let mut candidate = transitions.len() - 1;
+        loop {
+            at.checked += 1;
+            let t = &transitions[candidate];
+            let checked = if t.header.height <= at.height {
+                Err(bad(format!("transition at height {} is not above {}", t.header.height, at.height)))
+            } else {
+                verify(t, &StateKey::Meta, chain, &at.validators)
+            };
+            match checked {
+                Ok(v) => {
+                    let meta: Meta = crate::tree::decode_canonical(v.value.as_deref().unwrap_or_default())?;
+                    at.validators = meta.validators;
+                    at.height = v.height;
+                    at.taken += 1;
+                    next = candidate + 1;
+                    break;
+                }
+                Err(e) if candidate == next => return Err(e),
+                Err(_) => candidate = next + (candidate - next) / 2,
+            }
+        }
+    }
+    Ok(at)
 }
 
 /// The trusted validator set a genesis defines (its contents only: no tree is built).

@@ -68,6 +68,8 @@ pub struct Store {
     certificates: Tree,
     /// Index of slash transactions: offender account ‖ height ‖ tx index.
     slashes: Tree,
+    /// Light-client transitions by height (`record_transition`); never pruned.
+    transitions: Tree,
     genesis: Genesis,
     state: State,
     /// The first block held (0: all of them); see `META_BASE`.
@@ -179,6 +181,7 @@ impl Store {
             snapshots: db.open_tree("snapshots")?,
             certificates: db.open_tree("certificates")?,
             slashes: db.open_tree("slash_index")?,
+            transitions: db.open_tree("light_transitions")?,
             state,
             genesis,
             base: Height(0),
@@ -265,6 +268,8 @@ impl Store {
             let block = self.read_block(Height(h))?;
             apply_block(&mut self.state, &block, SigCheck::Skip)
                 .map_err(|e| corrupt(Height(h), format!("replay failed: {e}")))?;
+            // Its transition may have been lost with the process that committed it.
+            self.record_transition(&block, self.certificate(Height(h))?.as_ref())?;
             self.nodes.flush_if_due(h)?;
         }
         Ok(())
@@ -323,6 +328,7 @@ impl Store {
             Ok(outcome)
         });
         let outcome = result.inspect_err(|_| self.state.rollback(mark))?;
+        self.record_transition(block, certificate)?;
         self.nodes.flush_if_due(block.header.height.0)?;
         self.prune_blocks()?;
         Ok(outcome)
@@ -358,8 +364,29 @@ impl Store {
         }
         self.persist(block, Some(certificate))?;
         self.state = applied;
+        self.record_transition(block, Some(certificate))?;
         self.nodes.flush_if_due(h.0)?;
         self.prune_blocks()
+    }
+
+    /// Keeps the light-client transition of the block just committed when
+    /// it changed the validator set: its header, certificate (signed by the
+    /// set that decided it) and the state's meta leaf (naming the new set)
+    /// with its proof — what lets a light client walk from the genesis set
+    /// to today's (`light::follow`). Written after the block, so a crash in
+    /// between loses it until the restart's replay writes it again (the tree
+    /// is flushed after it, and the replay covers every height since the
+    /// last flush). Never pruned: one per change, a few KB each.
+    fn record_transition(&self, block: &Block, certificate: Option<&CommitCertificate>) -> Result<(), Error> {
+        let Some(certificate) = certificate else { return Ok(()) };
+        if self.state.validators() == self.state.last_validators() {
+            return Ok(());
+        }
+        let (meta, proof) = self.state.prove(&crate::tree::StateKey::Meta)?;
+        let meta = meta.ok_or_else(|| corrupt(block.header.height, "the state has no meta leaf"))?;
+        let bundle = crate::light::transition(block.header.clone(), certificate.clone(), meta, &proof);
+        self.transitions.insert(key(block.header.height), codec::canonical_bytes(&bundle)?)?;
+        Ok(())
     }
 
     /// Keeps only the newest `blocks` blocks from now on (at least
@@ -437,6 +464,7 @@ impl Store {
             blocks: self.blocks.clone(),
             certificates: self.certificates.clone(),
             slashes: self.slashes.clone(),
+            transitions: self.transitions.clone(),
             shelf: self.shelf.clone(),
         }
     }
@@ -533,10 +561,28 @@ pub struct BlockReader {
     blocks: Tree,
     certificates: Tree,
     slashes: Tree,
+    transitions: Tree,
     shelf: SnapshotShelf,
 }
 
 impl BlockReader {
+    /// The light-client transitions held above height `after`, ascending,
+    /// at most `limit`: each a canonically encoded `light::ProofBundle` of
+    /// the meta leaf at a height where the validator set changed.
+    pub fn transitions(&self, after: Height, limit: usize) -> Result<Vec<(Height, Vec<u8>)>, Error> {
+        let from = key(Height(after.0.saturating_add(1)));
+        let mut out = Vec::new();
+        if after.0 == u64::MAX {
+            return Ok(out);
+        }
+        for entry in self.transitions.range(from..).take(limit) {
+            let (k, v) = entry?;
+            let raw: [u8; 8] = k.as_ref().try_into().map_err(|_| corrupt(after, "a transition key is not 8 bytes"))?;
+            out.push((Height(u64::from_be_bytes(raw)), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The state snapshots this node serves.
     pub fn snapshots(&self) -> &SnapshotShelf {
         &self.shelf

@@ -7,11 +7,11 @@
 //! chains: the incremental root always equals a root built from scratch, and
 //! proofs hold for every account.
 
-use agora_ledger::light::{ProofBundle, Verified, trusted_from_genesis, verify};
-use agora_ledger::testkit::{TestChain, chain_id, transfer};
+use agora_ledger::light::{ProofBundle, Verified, follow, trusted_from_genesis, verify};
+use agora_ledger::testkit::{TestChain, certify, chain_id, sign_tx, transfer};
 use agora_ledger::tree::{self, StateKey};
-use agora_ledger::{Account, Error, SigCheck, State, Validator, apply_block};
-use agora_protocol::{Address, Amount, Block, ChainId, CommitCertificate, Keypair};
+use agora_ledger::{Account, Error, SigCheck, State, Store, Validator, apply_block};
+use agora_protocol::{Address, Amount, Block, ChainId, CommitCertificate, Height, Keypair, TxKind};
 use proptest::prelude::*;
 
 fn chain() -> TestChain {
@@ -112,6 +112,114 @@ fn a_proven_value_verifies_and_every_lie_is_refused() {
     assert!(e.to_string().contains("validators you trust"), "{e}");
     // Another chain.
     assert!(verify(&good, &key, &ChainId::new("agora-other").unwrap(), &trusted(&chain)).is_err());
+}
+
+/// Stakes and unstakes that move the validator set, one step per epoch (2
+/// blocks), from the genesis' accounts 0–3 to accounts 8–11: each step's
+/// accounts that stake, then those that unstake everything.
+const ROTATION: [(&[usize], &[usize]); 4] =
+    [(&[4, 5], &[]), (&[6, 7], &[0, 1]), (&[8, 9], &[2, 3, 4]), (&[10, 11], &[5, 6, 7])];
+
+/// A store whose validator set rotated away from the genesis' by
+/// `ROTATION`, every block committed with a certificate of the set that
+/// decided it; and its last block.
+fn rotated(chain: &TestChain, dir: &std::path::Path) -> (Store, Block) {
+    let mut store = Store::open(dir, &chain.genesis).unwrap();
+    let key_of = |a: &Address| chain.keys.iter().find(|k| k.address() == *a).unwrap().clone();
+    let mut last = None;
+    let stake = Amount::agr(1_000);
+    for (joining, leaving) in ROTATION {
+        for txs in [
+            joining
+                .iter()
+                .map(|&i| {
+                    sign_tx(
+                        &chain.keys[i],
+                        store.state().account(&chain.address(i)).nonce,
+                        TxKind::Stake { amount: stake },
+                    )
+                })
+                .chain(leaving.iter().map(|&i| {
+                    sign_tx(
+                        &chain.keys[i],
+                        store.state().account(&chain.address(i)).nonce,
+                        TxKind::Unstake { amount: stake },
+                    )
+                }))
+                .collect(),
+            Vec::new(),
+        ] {
+            let block = chain.next_block(&mut store.state().clone(), txs).unwrap();
+            let deciders: Vec<Keypair> = store.state().validators().iter().map(|v| key_of(&v.address)).collect();
+            store.commit_certified(&block, &certify(&block, &deciders)).unwrap();
+            last = Some(block);
+        }
+    }
+    (store, last.unwrap())
+}
+
+fn transitions(store: &Store) -> Vec<ProofBundle> {
+    let held = store.reader().transitions(Height(0), 100).unwrap();
+    held.iter().map(|(_, bytes)| tree::decode_canonical(bytes).unwrap()).collect()
+}
+
+#[test]
+fn a_client_follows_the_validator_set_from_its_genesis_by_bisection() {
+    let mut chain = TestChain::new(12, 4, Amount::agr(10_000));
+    chain.genesis.params.epoch_blocks = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, block) = rotated(&chain, dir.path());
+    let now: std::collections::BTreeSet<Address> = store.state().validators().iter().map(|v| v.address).collect();
+    assert_eq!(now, (8..12).map(|i| chain.address(i)).collect(), "the set rotated away entirely");
+
+    // An account proven at the tip: the genesis validators signed none of it.
+    let key = StateKey::Account(chain.address(1));
+    let deciders: Vec<Keypair> = store
+        .state()
+        .last_validators()
+        .iter()
+        .map(|v| chain.keys.iter().find(|k| k.address() == v.address).unwrap().clone())
+        .collect();
+    let tip = bundle(store.state(), &block, certify(&block, &deciders), &key);
+    let e = check(&tip, &key, &trusted(&chain)).unwrap_err();
+    assert!(matches!(e, Error::TooFewTrustedSigners { vouching: 0, .. }), "{e}");
+
+    // One transition per change of the set, each at its epoch's last block.
+    let all = transitions(&store);
+    assert_eq!(all.len(), ROTATION.len());
+    assert!(all.iter().all(|t| t.header.height.0 % 2 == 0));
+    let followed = follow(&all, &chain_id(), trusted(&chain), Height(0)).unwrap();
+    assert_eq!(followed.validators, store.state().validators());
+    assert!(followed.taken < all.len(), "bisection skipped a transition: took {} of {}", followed.taken, all.len());
+    let v = check(&tip, &key, &followed.validators).unwrap();
+    assert_eq!(v.height, store.state().height());
+
+    // Lies: a transition naming another set, signers the genesis never
+    // trusted, transitions out of order, and an old transition after a newer one.
+    let mut lie = all[0].clone();
+    let mut meta: tree::Meta = tree::decode_canonical(&lie.meta).unwrap();
+    meta.validators = vec![Validator { address: Keypair::generate().unwrap().address(), power: 1 }];
+    lie.meta = agora_protocol::codec::canonical_bytes(&meta).unwrap();
+    lie.value = Some(lie.meta.clone());
+    assert!(matches!(follow(&[lie], &chain_id(), trusted(&chain), Height(0)), Err(Error::BadProof(_))));
+    let strangers: Vec<Validator> =
+        (0..4).map(|_| Validator { address: Keypair::generate().unwrap().address(), power: 1_000 }).collect();
+    assert!(matches!(
+        follow(&all, &chain_id(), strangers, Height(0)),
+        Err(Error::TooFewTrustedSigners { vouching: 0, .. })
+    ));
+    let reversed: Vec<ProofBundle> = all.iter().rev().cloned().collect();
+    assert!(follow(&reversed, &chain_id(), trusted(&chain), Height(0)).is_err(), "out of order");
+    let taken_first = follow(&all[..1], &chain_id(), trusted(&chain), Height(0)).unwrap();
+    assert!(
+        follow(&all[..1], &chain_id(), taken_first.validators, taken_first.height).is_err(),
+        "a transition at or below the trusted height walks nowhere"
+    );
+
+    // Transitions are kept through a reopen.
+    drop(store);
+    let reopened = Store::open(dir.path(), &chain.genesis).unwrap();
+    assert_eq!(transitions(&reopened).len(), ROTATION.len());
 }
 
 proptest! {

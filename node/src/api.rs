@@ -143,6 +143,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/providers/{address}/slashes", get(provider_slashes))
         .route("/v1/providers/{address}/heartbeats", get(provider_heartbeats))
         .route("/v1/proof/{kind}/{id}", get(proof))
+        .route("/v1/light/transitions", get(transitions))
         .route("/v1/leases", get(leases))
         .route("/v1/market/auctions", get(crate::api_market::auctions))
         .route("/v1/market/explain/bid", get(crate::api_market::explain_bid))
@@ -835,6 +836,41 @@ async fn provider_slashes(
         .await
         .map_err(internal)??;
     Ok(Json(found))
+}
+
+/// Validator-set transitions one `GET /v1/light/transitions` returns at most.
+const MAX_TRANSITIONS_PER_PAGE: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionQuery {
+    /// Only transitions above this height (default 0: from the genesis).
+    after: Option<u64>,
+}
+
+/// `GET /v1/light/transitions?after=H`: the blocks above H that changed the
+/// validator set, each with its certificate and the state's meta leaf (the
+/// new set) with its proof — what a light client follows from its genesis
+/// to today's validators (`agora_ledger::light::follow`). One page of at
+/// most `MAX_TRANSITIONS_PER_PAGE`, ascending; `more` says whether to ask
+/// again after the last. A node that joined by state sync holds those since
+/// its snapshot only.
+async fn transitions(
+    AxumState(s): AxumState<Shared>,
+    query: Result<Query<TransitionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let after = Height(q.after.unwrap_or(0));
+    let blocks = s.blocks.clone();
+    let mut page = tokio::task::spawn_blocking(move || blocks.transitions(after, MAX_TRANSITIONS_PER_PAGE + 1))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let more = page.len() > MAX_TRANSITIONS_PER_PAGE;
+    page.truncate(MAX_TRANSITIONS_PER_PAGE);
+    let listed: Vec<serde_json::Value> =
+        page.iter().map(|(h, bytes)| serde_json::json!({ "height": h.0, "bundle": hex::encode(bytes) })).collect();
+    Ok(Json(serde_json::json!({ "transitions": listed, "more": more })))
 }
 
 /// A value of the committed state with everything a light client needs to

@@ -177,12 +177,12 @@ pub fn wait_job_running(lease: &str, n: usize) {
     wait_until("the job's processes", Duration::from_secs(60), || job_pids(lease).len() >= n);
 }
 
-/// Ports per test binary: a block of its own (`slot` 0–12, one per testnet
+/// Ports per test binary: a block of its own (`slot` 0–14, one per testnet
 /// test) below the kernel's ephemeral range (32768+), offset by the process
 /// id so two runs of one test rarely meet. A testnet uses base..base+20.
 pub fn test_ports(slot: u16) -> u16 {
-    assert!(slot <= 13, "port slots end at 13 (below the ephemeral range at 32768)");
-    10_000 + slot * 1_600 + (std::process::id() % 80) as u16 * 20
+    assert!(slot <= 14, "port slots end at 14 (below the ephemeral range at 32768)");
+    10_000 + slot * 1_500 + (std::process::id() % 74) as u16 * 20
 }
 
 /// Headless Chromium for the explorer's browser checks: Debian's `chromium`
