@@ -5,8 +5,9 @@
 //! listening to each once its score falls below the graylist threshold, and
 //! keep committing blocks. Then the relay rules: 1,000 validly signed votes
 //! from a key that holds no validator seat are judged by the node the rogue
-//! reaches and relayed to none, and 1,000 re-published copies of one captured
-//! validator vote are one message (content ids for anyone but the signer).
+//! reaches and relayed to none, and 1,000 copies of one captured validator
+//! vote wrapped as repeats with fresh nonces (each a new gossip message) are
+//! judged by that node and forwarded at most once a second.
 
 mod common;
 use common::*;
@@ -135,8 +136,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
         let before = rejected(&api0, topic);
         let target = target.clone();
         let sent = runtime.block_on(async {
-            let mut swarm =
-                build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap(), Default::default()).unwrap();
+            let mut swarm = build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap()).unwrap();
             swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(topic)).unwrap();
             swarm.dial(target).unwrap();
             let mut sent = 0u64;
@@ -169,11 +169,14 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     let chain = ChainId::new("agora-testnet-1").unwrap();
     let (node0_before, node1_before) =
         (counted(&api0, gossip::TOPIC_CONSENSUS, "ignored"), counted(&apis[1], gossip::TOPIC_CONSENSUS, "ignored"));
+    let repeats = |api: &str| {
+        ["ignored", "accepted", "rejected"].iter().map(|v| counted(api, gossip::TOPIC_CONSENSUS_REPEAT, v)).sum::<u64>()
+    };
+    let (repeats0_before, repeats1_before) = (repeats(&api0), repeats(&apis[1]));
     let (copies, votes) = runtime.block_on(async {
-        let lp = agora_node::identity::libp2p_keypair(&stranger).unwrap();
-        let own = lp.public().to_peer_id();
-        let mut swarm = build_swarm(lp, std::sync::Arc::new(std::sync::RwLock::new([own].into_iter().collect()))).unwrap();
+        let mut swarm = build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap()).unwrap();
         swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS)).unwrap();
+        swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS_REPEAT)).unwrap();
         swarm.dial(target.clone()).unwrap();
         let mut captured: Option<Vec<u8>> = None;
         let (mut copies, mut votes) = (0u64, 0u64);
@@ -196,9 +199,13 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
                     let publish = |swarm: &mut libp2p::Swarm<agora_node::net::Behaviour>, data| {
                         swarm.behaviour_mut().gossipsub.publish(gossip::topic(gossip::TOPIC_CONSENSUS), data).is_ok()
                     };
-                    // First the copies (the vote is stale by then: dropped at best).
+                    // First the copies, as repeats with fresh nonces (each a
+                    // new gossip message); the vote goes stale meanwhile.
                     if copies < 1_000 {
-                        copies += u64::from(publish(&mut swarm, copy));
+                        let message = codec::decode::<ConsensusMessage>(&copy).unwrap();
+                        let repeat = codec::encode(&agora_protocol::ConsensusRepeat { nonce: copies, message }).unwrap();
+                        let topic = gossip::topic(gossip::TOPIC_CONSENSUS_REPEAT);
+                        copies += u64::from(swarm.behaviour_mut().gossipsub.publish(topic, repeat).is_ok());
                         continue;
                     }
                     let h = height(&api0) + 1;
@@ -217,14 +224,20 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     }
     let node0 = counted(&api0, gossip::TOPIC_CONSENSUS, "ignored") - node0_before;
     let node1 = counted(&apis[1], gossip::TOPIC_CONSENSUS, "ignored") - node1_before;
+    let (repeats0, repeats1) = (repeats(&api0) - repeats0_before, repeats(&apis[1]) - repeats1_before);
+    let forwarded = counted(&api0, gossip::TOPIC_CONSENSUS_REPEAT, "accepted");
     eprintln!(
-        "relay rules: node 0 ignored {node0} consensus messages (1,000 copies + 1,000 stranger votes sent), node 1 {node1}"
+        "relay rules: node 0 ignored {node0} consensus messages (1,000 stranger votes sent) and judged {repeats0} \
+         repeats (1,000 copies of one vote sent; {forwarded} forwarded in all), node 1 {node1} and {repeats1}"
     );
-    // 1,000 stranger votes, the copies counted once (content ids), plus the
-    // late votes any node ignores after each commit.
+    // 1,000 stranger votes, plus the late votes any node ignores after each commit.
     assert!(node0 >= 990, "node 0 judged only {node0} of the stranger's 1,000 votes");
-    assert!(node0 < 1_000 + 300, "the 1,000 re-published copies were not one message: node 0 judged {node0}");
+    assert!(node0 < 1_000 + 300, "node 0 judged {node0} plain consensus messages");
     assert!(node1 < 300, "node 0 relayed the stranger's votes: node 1 ignored {node1}");
+    // Each copy is judged by node 0, and forwarded at most once a second
+    // (the 1,000 copies take ~2 s): node 1 hears a handful.
+    assert!(repeats0 >= 990, "node 0 judged only {repeats0} of the 1,000 copies");
+    assert!(repeats1 < 20, "node 0 relayed the copies: node 1 judged {repeats1}");
 
     // A sustained flood of the stranger's votes for the current height (each
     // judged by the relay verdict at node 0), while a user of node 0 sends
@@ -236,7 +249,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
         |stop| {
             runtime.block_on(async {
                 let mut swarm =
-                    build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap(), Default::default()).unwrap();
+                    build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap()).unwrap();
                 swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS)).unwrap();
                 swarm.dial(target.clone()).unwrap();
                 let mut sent = 0u64;

@@ -133,7 +133,7 @@ fn settle(engines: &mut [Engine], mut pending: Vec<(usize, Action)>, now: u64) -
         steps += 1;
         assert!(steps < 10_000, "messages never settle");
         match action {
-            Action::Broadcast(msg) => {
+            Action::Broadcast(msg) | Action::Rebroadcast(msg) => {
                 for to in (0..engines.len()).filter(|&to| to != from) {
                     let out = engines[to].handle(now, Input::Message(msg.clone()));
                     pending.extend(out.into_iter().map(|a| (to, a)));
@@ -176,7 +176,7 @@ fn a_block_that_arrives_before_its_height_is_kept_and_voted_for() {
     let mut pending: Vec<(usize, Action)> = out.into_iter().map(|a| (proposer, a)).collect();
     // Deliver height-2 messages to the other engine before it starts height 2.
     for (_, a) in pending.drain(..) {
-        if let Action::Broadcast(msg) = a {
+        if let Action::Broadcast(msg) | Action::Rebroadcast(msg) = a {
             let _ = engines[other].handle(now + 10, Input::Message(msg));
         }
     }

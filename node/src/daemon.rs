@@ -37,7 +37,8 @@ use crate::error::Error;
 use crate::gossip_txs::Waiting;
 use crate::gpu::{Detection, GpuSource};
 use crate::net::gossip::{
-    TOPIC_ATTESTATIONS, TOPIC_CONSENSUS, TOPIC_HEARTBEATS, TOPIC_OFFERS, TOPIC_TXS, TOPICS, topic,
+    TOPIC_ATTESTATIONS, TOPIC_CONSENSUS, TOPIC_CONSENSUS_REPEAT, TOPIC_HEARTBEATS, TOPIC_OFFERS, TOPIC_TXS, TOPICS,
+    topic,
 };
 use crate::net::{Behaviour, BehaviourEvent, build_swarm};
 use crate::offers::OrderBook;
@@ -257,8 +258,10 @@ struct Consensus {
     timers: HashMap<Timer, Instant>,
     /// What must survive a power cut: the consensus WAL and the double-sign guard.
     durable: Durable,
-    /// The current validators' peer ids, for gossip message ids.
-    validator_peers: crate::net::gossip::ValidatorPeers,
+    /// The consensus messages forwarded lately, for the repeat rule.
+    repeats: crate::repeats::Repeats,
+    /// The nonce of this node's last repeat (ms clock, so a restart never reuses one).
+    repeat_nonce: u64,
 }
 
 /// The libp2p swarm and the peers to stay connected to.
@@ -396,9 +399,7 @@ impl Daemon {
             now_ms(),
         );
         let durable = Durable { wal: wal_file, signer };
-        let validator_peers = crate::net::gossip::ValidatorPeers::default();
-        update_validator_peers(&validator_peers, store.state());
-        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?, validator_peers.clone())?;
+        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?)?;
         for t in TOPICS {
             swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
         }
@@ -468,7 +469,13 @@ impl Daemon {
             chain,
             key,
             store,
-            consensus: Consensus { engine, timers: HashMap::new(), durable, validator_peers },
+            consensus: Consensus {
+                engine,
+                timers: HashMap::new(),
+                durable,
+                repeats: Default::default(),
+                repeat_nonce: 0,
+            },
             net: Net { swarm, bootstrap, last_redial: Instant::now(), remote_ips: HashMap::new() },
             sync: Sync { client: Default::default(), server: SyncServer::new(), snapshots },
             relay: TxRelay::default(),
@@ -656,7 +663,8 @@ impl Daemon {
     fn act(&mut self, actions: Vec<Action>) -> Result<(), Error> {
         for action in actions {
             match action {
-                Action::Broadcast(msg) => self.publish_consensus(codec::encode(&msg)?),
+                Action::Broadcast(msg) => self.broadcast(msg)?,
+                Action::Rebroadcast(msg) => self.rebroadcast(msg)?,
                 Action::ScheduleTimeout { timer, after } => {
                     _ = self.consensus.timers.insert(timer, Instant::now() + after)
                 }
@@ -692,7 +700,6 @@ impl Daemon {
                     if audit_due(block.header.height.0) {
                         audit(self.store.state())?;
                     }
-                    update_validator_peers(&self.consensus.validator_peers, self.store.state());
                     let hash = block.hash();
                     let m = &self.shared.metrics;
                     m.height.set(block.header.height.0 as i64);
@@ -727,15 +734,36 @@ impl Daemon {
     }
 
     /// Gossips a consensus message, keeping it for later if no peer is
-    /// subscribed yet (a vote signed at start would be lost).
-    fn publish_consensus(&mut self, data: Vec<u8>) {
-        let result = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_CONSENSUS), data.clone());
-        if let Err(gossipsub::PublishError::NoPeersSubscribedToTopic) = result {
-            if self.relay.unpublished.len() >= MAX_UNPUBLISHED {
-                self.relay.unpublished.pop_front();
+    /// subscribed yet (a vote signed at start would be lost); one this node
+    /// already gossiped (the same bytes are the same message) goes out as a
+    /// repeat.
+    fn broadcast(&mut self, msg: ConsensusMessage) -> Result<(), Error> {
+        let data = codec::encode(&msg)?;
+        self.consensus.repeats.forwarded(crate::repeats::id_of(&data), now_ms());
+        match self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_CONSENSUS), data.clone()) {
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                if self.relay.unpublished.len() >= MAX_UNPUBLISHED {
+                    self.relay.unpublished.pop_front();
+                }
+                self.relay.unpublished.push_back(data);
             }
-            self.relay.unpublished.push_back(data);
+            Err(gossipsub::PublishError::Duplicate) => self.rebroadcast(msg)?,
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// Gossips a consensus message again, wrapped with a fresh nonce so it
+    /// is a new gossip message (`repeats`). Best effort: a repeat that finds
+    /// no peer is dropped (the engine repeats on its own timer).
+    fn rebroadcast(&mut self, message: ConsensusMessage) -> Result<(), Error> {
+        let now = now_ms();
+        self.consensus.repeat_nonce = (self.consensus.repeat_nonce + 1).max(now);
+        let repeat = agora_protocol::ConsensusRepeat { nonce: self.consensus.repeat_nonce, message };
+        self.consensus.repeats.forwarded(crate::repeats::id_of(&codec::encode(&repeat.message)?), now);
+        let data = codec::encode(&repeat)?;
+        let _ = self.net.swarm.behaviour_mut().gossipsub.publish(topic(TOPIC_CONSENSUS_REPEAT), data);
+        Ok(())
     }
 
     /// Queues a transaction for gossip (see `outbox`: paced, highest fee first).
@@ -871,8 +899,14 @@ impl Daemon {
                         }
                         Err(acceptance) => (acceptance, None),
                     }
+                } else if message.topic == topic(TOPIC_CONSENSUS_REPEAT).hash() {
+                    self.on_repeat(&message.data)
                 } else {
-                    self.validate_gossip(message.topic.as_str(), &message.data)
+                    let verdict = self.validate_gossip(message.topic.as_str(), &message.data);
+                    if verdict.0 == MessageAcceptance::Accept {
+                        self.consensus.repeats.forwarded(crate::repeats::id_of(&message.data), now_ms());
+                    }
+                    verdict
                 };
                 self.report_gossip(&message.topic, &message_id, &propagation_source, acceptance);
                 if let Some(input) = input {
@@ -949,6 +983,35 @@ impl Daemon {
             },
             // Offers, heartbeats and attestations are handled before this (see on_swarm_event).
             _ => (MessageAcceptance::Ignore, None),
+        }
+    }
+
+    /// A repeated consensus message (`repeats`): judged by the relay rules
+    /// like a plain one; forwarded at most once an interval per message,
+    /// and its signatures checked only the first time this node sees it.
+    fn on_repeat(&mut self, data: &[u8]) -> (MessageAcceptance, Option<Input>) {
+        use crate::repeats::Verdict;
+        let Ok(repeat) = codec::decode::<agora_protocol::ConsensusRepeat>(data) else {
+            return (MessageAcceptance::Reject, None);
+        };
+        let msg = repeat.message;
+        let Ok(encoded) = codec::encode(&msg) else { return (MessageAcceptance::Reject, None) };
+        let (id, now) = (crate::repeats::id_of(&encoded), now_ms());
+        match self.consensus.engine.relay(&msg) {
+            Relay::Drop => (MessageAcceptance::Ignore, None),
+            Relay::Ahead => (MessageAcceptance::Ignore, Some(Input::Message(msg))),
+            Relay::Forward => match self.consensus.repeats.verdict(&id, now) {
+                Verdict::TooSoon => (MessageAcceptance::Ignore, None),
+                Verdict::Again => {
+                    self.consensus.repeats.forwarded(id, now);
+                    (MessageAcceptance::Accept, None)
+                }
+                Verdict::New if consensus_signature_ok(&msg, &self.chain) => {
+                    self.consensus.repeats.forwarded(id, now);
+                    (MessageAcceptance::Accept, Some(Input::Message(msg)))
+                }
+                Verdict::New => (MessageAcceptance::Reject, None),
+            },
         }
     }
 
@@ -1160,18 +1223,6 @@ fn log_gpus(detection: &Detection) {
 }
 
 /// The cheap signature check done before forwarding consensus gossip.
-/// Sets the gossip layer's view of who the validators are (after each commit;
-/// the set changes only at epochs, so this is usually a no-op compare).
-fn update_validator_peers(peers: &crate::net::gossip::ValidatorPeers, state: &State) {
-    let now: std::collections::HashSet<PeerId> =
-        state.validators().iter().filter_map(|v| crate::identity::peer_of(&v.address).ok()).collect();
-    if let Ok(mut held) = peers.write() {
-        if *held != now {
-            *held = now;
-        }
-    }
-}
-
 fn consensus_signature_ok(msg: &ConsensusMessage, chain: &ChainId) -> bool {
     match msg {
         ConsensusMessage::Vote(v) => v.verify(chain).is_ok(),

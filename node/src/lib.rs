@@ -29,6 +29,7 @@ pub mod outbox;
 pub mod own_txs;
 pub mod provider;
 pub mod quota;
+pub mod repeats;
 pub mod run;
 pub mod runner;
 pub mod state_sync;

@@ -107,3 +107,21 @@ impl Wire for ConsensusMessage {
     const VERSION: u8 = 1;
     const MAX_BYTES: usize = MAX_BLOCK_BYTES + 2048;
 }
+
+/// A consensus message sent again (`agora/consensus-repeat/1`): a vote
+/// re-sent after a stalled round, a proposal streamed again. Gossip ids are
+/// content hashes (gossip messages carry no publisher signature), so the
+/// same bytes again would be a duplicate; the sender's fresh `nonce` makes
+/// the repeat a new message. Receivers limit how often they forward repeats
+/// of one message (anyone can wrap copies).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusRepeat {
+    pub nonce: u64,
+    pub message: ConsensusMessage,
+}
+
+impl Wire for ConsensusRepeat {
+    const NAME: &'static str = "consensus repeat";
+    const VERSION: u8 = 1;
+    const MAX_BYTES: usize = ConsensusMessage::MAX_BYTES + 16;
+}

@@ -30,7 +30,7 @@ pub use amount::Amount;
 pub use block::{Block, CommitCertificate, CommitSig, Header};
 pub use class::GpuClass;
 pub use codec::{Wire, decode, encode};
-pub use consensus::{ConsensusMessage, Proposal, ProposalBlock, Vote, VoteKind};
+pub use consensus::{ConsensusMessage, ConsensusRepeat, Proposal, ProposalBlock, Vote, VoteKind};
 pub use error::Error;
 pub use ids::{ChainId, Hash, Height, LeaseId, TimestampMs};
 pub use keys::{Keypair, Signature};

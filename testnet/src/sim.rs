@@ -1332,7 +1332,7 @@ impl Sim {
 
     fn act(&mut self, node: usize, action: Action) -> Result<(), SimFailure> {
         match action {
-            Action::Broadcast(msg) => self.broadcast(node, msg)?,
+            Action::Broadcast(msg) | Action::Rebroadcast(msg) => self.broadcast(node, msg)?,
             Action::ScheduleTimeout { timer, after } => {
                 self.schedule.generation += 1;
                 let generation = self.schedule.generation;

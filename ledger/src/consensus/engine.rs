@@ -129,6 +129,9 @@ pub struct VoteEquivocation {
 #[derive(Clone, Debug)]
 pub enum Action {
     Broadcast(ConsensusMessage),
+    /// A message sent before, to send again (a vote after a stalled round,
+    /// a block streamed again): gossip must make it a new message.
+    Rebroadcast(ConsensusMessage),
     ScheduleTimeout {
         timer: Timer,
         after: Duration,
@@ -718,7 +721,7 @@ impl Host {
                 r.resume_with(())
             }
             Effect::PublishLivenessMsg(msg, r) => {
-                self.actions.push(Action::Broadcast(match msg {
+                self.actions.push(Action::Rebroadcast(match msg {
                     mcc::LivenessMsg::Vote(v) => ConsensusMessage::Vote(v.message.to_wire(v.signature)),
                     mcc::LivenessMsg::PolkaCertificate(c) => ConsensusMessage::Certificate(polka_to_wire(&c)),
                     mcc::LivenessMsg::SkipRoundCertificate(c) => ConsensusMessage::Certificate(round_to_wire(&c)),
@@ -726,11 +729,11 @@ impl Host {
                 r.resume_with(())
             }
             Effect::RepublishVote(v, r) => {
-                self.actions.push(Action::Broadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
+                self.actions.push(Action::Rebroadcast(ConsensusMessage::Vote(v.message.to_wire(v.signature))));
                 r.resume_with(())
             }
             Effect::RepublishRoundCertificate(c, r) => {
-                self.actions.push(Action::Broadcast(ConsensusMessage::Certificate(round_to_wire(&c))));
+                self.actions.push(Action::Rebroadcast(ConsensusMessage::Certificate(round_to_wire(&c))));
                 r.resume_with(())
             }
             Effect::GetValue(height, round, _timeout, r) => {
@@ -904,7 +907,7 @@ impl Host {
     ) -> Result<(), Error> {
         let wire_round = round.as_u32().unwrap_or(0);
         if let Some(signed) = self.proposed.signed(wire_round, hash) {
-            self.actions.push(Action::Broadcast(ConsensusMessage::Block(Box::new(signed))));
+            self.actions.push(Action::Rebroadcast(ConsensusMessage::Block(Box::new(signed))));
             return Ok(());
         }
         let Some(block) = self.proposed.blocks.get(&hash) else {
