@@ -160,17 +160,7 @@ fn leases_run_jobs_settle_refuse_and_survive_restarts() {
     // header's state root, the header's commit certificate.
     let genesis = home(0).join("genesis.json");
     let genesis = genesis.to_str().unwrap();
-    let proven: serde_json::Value = serde_json::from_str(&ok(agora(&[
-        "account",
-        &buyer,
-        "--prove",
-        "--genesis",
-        genesis,
-        "--node",
-        &api[2],
-        "--json",
-    ])))
-    .unwrap();
+    let proven = proven_account(&buyer, genesis, &api[2]);
     let served: serde_json::Value = http::get(&api[2], &format!("/v1/accounts/{buyer}")).unwrap().json().unwrap();
     assert_eq!(proven["balance"], served["balance"], "{proven}");
     assert!(proven["verified_height"].as_u64() > Some(0), "{proven}");

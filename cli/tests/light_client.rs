@@ -68,17 +68,7 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
 
     let shown = ok(agora(&["account", &buyer, "--prove", "--genesis", genesis, "--node", &api[0]]));
     assert!(shown.contains("after following 1 validator-set change from the genesis"), "{shown}");
-    let proven: serde_json::Value = serde_json::from_str(&ok(agora(&[
-        "account",
-        &buyer,
-        "--prove",
-        "--genesis",
-        genesis,
-        "--node",
-        &api[0],
-        "--json",
-    ])))
-    .unwrap();
+    let proven = proven_account(&buyer, genesis, &api[0]);
     assert!(proven["verified_height"].as_u64() > Some(changed_at), "{proven}");
     let served = http::get(&api[0], &format!("/v1/accounts/{buyer}")).unwrap().json().unwrap();
     assert_eq!(proven["balance"], served["balance"], "{proven}");

@@ -149,6 +149,12 @@ pub fn testnet_up(dir: &std::path::Path, providers: usize, base_port: u16, extra
     serde_json::from_str(&ok(agora(&args))).unwrap()
 }
 
+/// `agora account ADDRESS --prove --json` against `genesis`, asked of `api`.
+pub fn proven_account(address: &str, genesis: &str, api: &str) -> serde_json::Value {
+    let out = ok(agora(&["account", address, "--prove", "--genesis", genesis, "--node", api, "--json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
 /// `agora --home HOME submit --node NODE ARGS…`: a buyer's submission.
 pub fn submit(home: &str, node: &str, args: &[&str]) -> Output {
     let mut all = vec!["--home", home, "submit", "--node", node];
