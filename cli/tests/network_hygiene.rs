@@ -66,7 +66,7 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
             .unwrap()
             .with_behaviour(|key| NoPing {
                 identify: identify::Behaviour::new(identify::Config::new("/js-like/1".into(), key.public())),
-                gossipsub: gossip::behaviour(key).unwrap(),
+                gossipsub: gossip::behaviour().unwrap(),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

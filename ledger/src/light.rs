@@ -115,8 +115,6 @@ pub struct Followed {
     pub validators: Vec<Validator>,
     /// The height that set was learned at (0: the trusted set was kept).
     pub height: Height,
-    /// Transitions checked (taken or skipped after a failed check).
-    pub checked: usize,
     /// Transitions taken.
     pub taken: usize,
 }
@@ -140,12 +138,11 @@ pub fn follow(
     if transitions.windows(2).any(|w| w[0].header.height >= w[1].header.height) {
         return Err(bad("the validator-set transitions are not in ascending height"));
     }
-    let mut at = Followed { validators: trusted, height: from, checked: 0, taken: 0 };
+    let mut at = Followed { validators: trusted, height: from, taken: 0 };
     let mut next = 0;
     while next < transitions.len() {
         let mut candidate = transitions.len() - 1;
         loop {
-            at.checked += 1;
             let t = &transitions[candidate];
             let checked = if t.header.height <= at.height {
                 Err(bad(format!("transition at height {} is not above {}", t.header.height, at.height)))

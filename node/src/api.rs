@@ -120,6 +120,13 @@ fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) 
     body.map(|Json(b)| b).map_err(|e| ApiError::new(e.status(), format!("malformed request: {}", e.body_text())))
 }
 
+/// A request's query parameters, or the rejection as a 400.
+pub(crate) fn query_params<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| bad_request(format!("bad query: {}", e.body_text())))
+}
+
 /// Hands a command to the daemon's loop; a full queue is a 503.
 fn send(s: &Shared, cmd: Command) -> Result<(), ApiError> {
     s.commands.try_send(cmd).map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node is busy; retry"))
@@ -354,7 +361,7 @@ async fn offers(
     AxumState(s): AxumState<Shared>,
     query: Result<Query<OfferQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let q = query_params(query)?;
     let max_price = match q.max_price {
         Some(p) => Some(p.parse::<agora_protocol::Amount>().map_err(|e| bad_request(e.to_string()))?),
         None => None,
@@ -771,7 +778,7 @@ async fn leases(
     AxumState(s): AxumState<Shared>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<agora_ledger::Lease>>, ApiError> {
-    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let q = query_params(query)?;
     let parse = |a: Option<String>| -> Result<Option<Address>, ApiError> {
         a.map(|a| a.parse::<Address>().map_err(|e| bad_request(e.to_string()))).transpose()
     };
@@ -859,7 +866,7 @@ async fn transitions(
     AxumState(s): AxumState<Shared>,
     query: Result<Query<TransitionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let q = query_params(query)?;
     let after = Height(q.after.unwrap_or(0));
     let blocks = s.blocks.clone();
     let mut page = tokio::task::spawn_blocking(move || blocks.transitions(after, MAX_TRANSITIONS_PER_PAGE + 1))

@@ -250,7 +250,7 @@ pub async fn explain_spot(
     AxumState(s): AxumState<Shared>,
     query: Result<Query<ExplainSpotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let q = crate::api::query_params(query)?;
     if q.gpus == 0 || q.duration_secs == 0 {
         return Err(bad_request("gpus and duration_secs must be positive"));
     }
@@ -302,7 +302,7 @@ pub async fn explain_bid(
     AxumState(s): AxumState<Shared>,
     query: Result<Query<ExplainBidQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query.map_err(|e| bad_request(format!("bad query: {}", e.body_text())))?;
+    let q = crate::api::query_params(query)?;
     if q.gpus == 0 || q.hours == 0 {
         return Err(bad_request("gpus and hours must be positive"));
     }

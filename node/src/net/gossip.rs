@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use agora_protocol::Hash;
 use agora_protocol::codec::Wire;
 use agora_protocol::consensus::{ConsensusMessage, ConsensusRepeat};
 use agora_protocol::limits::{MAX_LIVENESS_MSG_BYTES, MAX_OFFER_BYTES, MAX_TX_BUNDLE_BYTES};
@@ -52,9 +51,7 @@ pub fn topic(name: &str) -> IdentTopic {
 }
 
 /// The gossipsub behaviour with agora's settings and scoring.
-pub fn behaviour(
-    _key: &libp2p::identity::Keypair,
-) -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+pub fn behaviour() -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let config = gossipsub::ConfigBuilder::default()
         // No publisher, sequence number or signature: messages that carry
         // any are refused.
@@ -87,7 +84,7 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
     hasher.update(m.topic.as_str().as_bytes());
     hasher.update(&[0]);
     hasher.update(&m.data);
-    gossipsub::MessageId::from(Hash(*hasher.finalize().as_bytes()).0.to_vec())
+    gossipsub::MessageId::from(hasher.finalize().as_bytes().to_vec())
 }
 
 /// Scoring that punishes invalid messages hard and nothing else: in small

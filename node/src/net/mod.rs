@@ -152,7 +152,7 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
         .map_err(|e| net(&e))?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
-            let gossipsub = gossip::behaviour(key)?;
+            let gossipsub = gossip::behaviour()?;
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_agent_version(agent_version()),
             );
