@@ -2,6 +2,8 @@
 //! RSS, offer propagation, committed transfers/s and commit latency under a
 //! steady load); see agora_testnet::bench.
 //!
+//! `agora bench scale`: many nodes at idle (100 by default); see agora_testnet::scale.
+//!
 //! `agora bench jobs`: what each job runner adds to a job's start; see jobs_bench.
 //!
 //! `agora bench consensus`: the deterministic simulation as a benchmark. A
@@ -18,6 +20,9 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::print_json;
+
+/// Most node processes `agora bench scale` starts on one machine.
+const MAX_SCALE_NODES: usize = 200;
 
 /// Transfers one client account contributes (below the mempool's per-account cap).
 const TXS_PER_CLIENT: usize = 50;
@@ -58,6 +63,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = agora_testnet::local::TESTNET_COMMIT_PAUSE_MS)]
         commit_pause_ms: u64,
         #[arg(long, default_value_t = 28_000)]
+        base_port: u16,
+        /// Keep the testnet's homes and logs here (must not hold a testnet) instead of a temporary directory
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Many nodes on loopback at idle: blocks/s, every node following, offers everywhere, a killed provider slashed everywhere; per-node RSS, CPU and gossip bytes/s
+    Scale {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// The first nodes are validators, the rest full nodes
+        #[arg(long, default_value_t = 16)]
+        validators: usize,
+        /// The first nodes declare simulated GPUs; the last of them is killed at the end
+        #[arg(long, default_value_t = 10)]
+        providers: usize,
+        /// Pause after each commit (the block-time floor)
+        #[arg(long, default_value_t = agora_testnet::local::TESTNET_COMMIT_PAUSE_MS)]
+        commit_pause_ms: u64,
+        /// How long the idle network is measured
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 30_000)]
         base_port: u16,
         /// Keep the testnet's homes and logs here (must not hold a testnet) instead of a temporary directory
         #[arg(long)]
@@ -161,6 +188,24 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             };
             let mut progress = |line: String| eprintln!("{line}");
             let report = agora_testnet::bench::run(&std::env::current_exe()?, &dir, &options, &mut progress)?;
+            print_json(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Scale { nodes, validators, providers, commit_pause_ms, seconds, base_port, dir } => {
+            anyhow::ensure!((2..=MAX_SCALE_NODES).contains(&nodes), "--nodes must be 2 to {MAX_SCALE_NODES}");
+            anyhow::ensure!((1..=600).contains(&seconds), "--seconds must be 1 to 600");
+            let temp = tempfile::Builder::new().prefix("agora-bench-").tempdir()?;
+            let dir = dir.unwrap_or_else(|| temp.path().join("net"));
+            let options = agora_testnet::scale::ScaleOptions {
+                nodes,
+                validators,
+                providers,
+                base_port,
+                commit_pause_ms,
+                seconds,
+            };
+            let mut progress = |line: String| eprintln!("{line}");
+            let report = agora_testnet::scale::run(&std::env::current_exe()?, &dir, &options, &mut progress)?;
             print_json(&report)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -87,6 +87,12 @@ pub struct RunArgs {
     /// Blocks kept behind the tip when not an archive node (at least 100)
     #[arg(long)]
     block_retention_blocks: Option<u64>,
+    /// Worker threads of the node's async runtime (1 to 64; default 2)
+    #[arg(long)]
+    runtime_threads: Option<usize>,
+    /// Peers each gossip topic's mesh keeps (3 to 12; default 6)
+    #[arg(long)]
+    gossip_mesh: Option<usize>,
 }
 
 pub fn init(home: &Path, args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -154,6 +160,12 @@ pub fn run(home: &Path, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     config.archive |= args.archive;
     if let Some(v) = args.block_retention_blocks {
         config.block_retention_blocks = v;
+    }
+    if let Some(v) = args.runtime_threads {
+        config.net.runtime_threads = v;
+    }
+    if let Some(v) = args.gossip_mesh {
+        config.net.gossip_mesh = v;
     }
     config.jobs.unsafe_process_runner = args.unsafe_process_runner;
     let trust_hash = match args.trust_hash {

@@ -138,3 +138,20 @@ fn demo_runs_a_job_on_leased_gpus_over_a_real_testnet_and_settles_escrow() {
         .unwrap();
     assert_one_line_error(&again, "is not empty");
 }
+
+#[test]
+fn out_of_range_net_settings_are_one_line_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let init = agora(home.path(), &["init", "--moniker", "n"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert_one_line_error(
+        &agora(home.path(), &["node", "run", "--runtime-threads", "0"]),
+        "runtime_threads must be 1 to 64",
+    );
+    assert_one_line_error(&agora(home.path(), &["node", "run", "--gossip-mesh", "2"]), "gossip_mesh must be 3 to 12");
+    let config = home.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[net]"), "init writes the [net] table: {text}");
+    std::fs::write(&config, text.replace("gossip_mesh = 6", "gossip_mesh = 13")).unwrap();
+    assert_one_line_error(&agora(home.path(), &["node", "run"]), "[net] gossip_mesh must be 3 to 12");
+}

@@ -14,6 +14,7 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
+use agora_node::config::NetConfig;
 use agora_node::net::gossip;
 use agora_protocol::Keypair;
 use futures::StreamExt;
@@ -66,7 +67,7 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
             .unwrap()
             .with_behaviour(|key| NoPing {
                 identify: identify::Behaviour::new(identify::Config::new("/js-like/1".into(), key.public())),
-                gossipsub: gossip::behaviour().unwrap(),
+                gossipsub: gossip::behaviour(NetConfig::default().gossip_mesh).unwrap(),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -107,7 +108,7 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
         |stop| {
             runtime.block_on(async {
                 let rogue = agora_node::identity::libp2p_keypair(&Keypair::generate().unwrap()).unwrap();
-                let mut swarm = agora_node::net::build_swarm(rogue).unwrap();
+                let mut swarm = agora_node::net::build_swarm(rogue, &NetConfig::default()).unwrap();
                 swarm.dial(target.clone()).unwrap();
                 let (mut answered, mut empty, mut sent) = (0u32, 0u32, 0u32);
                 let until = Instant::now() + Duration::from_secs(120);
@@ -149,7 +150,7 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
         |stop| {
             runtime.block_on(async {
                 let rogue = agora_node::identity::libp2p_keypair(&Keypair::generate().unwrap()).unwrap();
-                let mut swarm = agora_node::net::build_swarm(rogue).unwrap();
+                let mut swarm = agora_node::net::build_swarm(rogue, &NetConfig::default()).unwrap();
                 swarm.dial(target.clone()).unwrap();
                 let (mut sent, mut alive, mut busy) = (0u32, 0u32, 0u32);
                 let until = Instant::now() + Duration::from_secs(120);

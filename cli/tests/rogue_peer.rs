@@ -15,6 +15,7 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agora_node::config::NetConfig;
 use agora_node::net::{build_swarm, gossip};
 use agora_protocol::consensus::{ConsensusMessage, Vote, VoteKind};
 use agora_protocol::{ChainId, DowntimeAttestation, Hash, Heartbeat, Height, Keypair, Signed, codec};
@@ -136,7 +137,8 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
         let before = rejected(&api0, topic);
         let target = target.clone();
         let sent = runtime.block_on(async {
-            let mut swarm = build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap()).unwrap();
+            let mut swarm =
+                build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap(), &NetConfig::default()).unwrap();
             swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(topic)).unwrap();
             swarm.dial(target).unwrap();
             let mut sent = 0u64;
@@ -174,7 +176,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     };
     let (repeats0_before, repeats1_before) = (repeats(&api0), repeats(&apis[1]));
     let (copies, votes) = runtime.block_on(async {
-        let mut swarm = build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap()).unwrap();
+        let mut swarm = build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap(), &NetConfig::default()).unwrap();
         swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS)).unwrap();
         swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS_REPEAT)).unwrap();
         swarm.dial(target.clone()).unwrap();
@@ -249,7 +251,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
         |stop| {
             runtime.block_on(async {
                 let mut swarm =
-                    build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap()).unwrap();
+                    build_swarm(agora_node::identity::libp2p_keypair(&stranger).unwrap(), &NetConfig::default()).unwrap();
                 swarm.behaviour_mut().gossipsub.subscribe(&gossip::topic(gossip::TOPIC_CONSENSUS)).unwrap();
                 swarm.dial(target.clone()).unwrap();
                 let mut sent = 0u64;

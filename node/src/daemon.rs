@@ -399,7 +399,7 @@ impl Daemon {
             now_ms(),
         );
         let durable = Durable { wal: wal_file, signer };
-        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?)?;
+        let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?, &config.net)?;
         for t in TOPICS {
             swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
         }

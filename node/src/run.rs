@@ -39,8 +39,12 @@ pub struct StateSyncOptions {
 /// `state_sync`, a node whose store holds no block first joins from a
 /// certified state snapshot fetched from its bootstrap peers.
 pub fn run(home: &Path, config: NodeConfig, state_sync: Option<StateSyncOptions>) -> Result<(), Error> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::io(home))?;
+    config.net.check().map_err(|e| Error::Config { path: NodeConfig::path(home), reason: format!("[net] {e}") })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.net.runtime_threads)
+        .enable_all()
+        .build()
+        .map_err(Error::io(home))?;
     runtime.block_on(run_async(home, config, state_sync))
 }
 

@@ -406,7 +406,7 @@ async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis, trust: Opt
     if let Some(hash) = trust {
         machine = machine.trusting(hash);
     }
-    let mut swarm = build_swarm(crate::identity::libp2p_keypair(key)?)?;
+    let mut swarm = build_swarm(crate::identity::libp2p_keypair(key)?, &config.net)?;
     for addr in &config.bootstrap {
         let ma: Multiaddr = addr.parse().map_err(|e| Error::Network(format!("bootstrap {addr}: {e}")))?;
         if let Err(e) = swarm.dial(ma) {

@@ -99,7 +99,7 @@ pub struct BenchReport {
     pub provider_slashes_after_load: u64,
 }
 
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
         .lines()
@@ -110,7 +110,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// CPU time a process has used (user + system), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces, in parentheses):
     // utime and stime are the 12th and 13th.
@@ -121,7 +121,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Gossip bytes a node has received, all topics.
-fn gossip_bytes(api: &str) -> f64 {
+pub(crate) fn gossip_bytes(api: &str) -> f64 {
     let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
     body.lines()
         .filter(|l| l.starts_with("agora_gossip_bytes_total"))

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_ledger::{Genesis, GenesisAccount, Params};
-use agora_node::config::{NODE_KEY_NAME, NodeConfig, Runner, save_genesis};
+use agora_node::config::{NODE_KEY_NAME, NetConfig, NodeConfig, Runner, save_genesis};
 use agora_node::{identity, keystore};
 use agora_protocol::{Amount, ChainId, TimestampMs};
 use serde::{Deserialize, Serialize};
@@ -196,6 +196,9 @@ pub fn up(
         config.testnet_admin = true;
         config.snapshot_interval_blocks = TESTNET_SNAPSHOT_INTERVAL_BLOCKS;
         config.jobs.runners = vec![runner, Runner::Docker];
+        if nodes >= CROWDED_TESTNET_NODES {
+            config.net = crowded_net();
+        }
         config.save(&e.home)?;
         save_genesis(&e.home, &genesis)?;
     }
@@ -209,6 +212,21 @@ pub fn up(
     wait_for_height(&file, 2, START_DEADLINE)?;
     check_identities(&file)?;
     Ok(file)
+}
+
+/// From this many nodes on, a testnet crowds its machine (many node
+/// processes to a core): each node gets `crowded_net`.
+pub const CROWDED_TESTNET_NODES: usize = 20;
+
+/// One runtime worker and a gossip mesh of 4 per node: on 2 cores, a
+/// 100-node testnet committed 0.51 blocks/s with the defaults (2 workers,
+/// mesh 6, 500 ms gossip heartbeat), 0.63 with one worker, 0.75 with the
+/// 1 s heartbeat as well and 0.87-0.94 with a mesh of 4 too
+/// (docs/performance.md). Threads waking each other and each message
+/// relayed to six peers cost more than they buy when 100 nodes share two
+/// cores.
+fn crowded_net() -> NetConfig {
+    NetConfig { runtime_threads: 1, gossip_mesh: 4 }
 }
 
 /// Ring neighbours each testnet node bootstraps from (on top of the providers).

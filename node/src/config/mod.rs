@@ -1,7 +1,8 @@
 //! The node's configuration: `HOME/config.toml`, written by `agora init`, with
 //! every field overridable by a flag of `agora node run`. The genesis lives
 //! beside it in `HOME/genesis.json`; the node key in `HOME/keys/node.json`.
-//! How jobs run is its own table, `[jobs]` ([`JobsConfig`]).
+//! How jobs run is its own table, `[jobs]` ([`JobsConfig`]); runtime threads
+//! and the gossip mesh another, `[net]` ([`NetConfig`]).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 mod jobs;
+mod net;
 pub use jobs::{ImagePolicy, JobsConfig, PlainJobs, Runner, choose_isolation};
+pub use net::NetConfig;
 
 /// The key name of a node's own key in its home.
 pub const NODE_KEY_NAME: &str = "node";
@@ -100,6 +103,9 @@ pub struct NodeConfig {
     /// their blocks).
     #[serde(default = "default_block_retention")]
     pub block_retention_blocks: u64,
+    /// Runtime threads and the gossip mesh (`[net]`).
+    #[serde(default)]
+    pub net: NetConfig,
 }
 
 /// Blocks a pruning node keeps by default: about three days at a block every 2.5 s.
@@ -148,6 +154,7 @@ impl NodeConfig {
             snapshot_interval_blocks: DEFAULT_SNAPSHOT_INTERVAL_BLOCKS,
             archive: false,
             block_retention_blocks: DEFAULT_BLOCK_RETENTION_BLOCKS,
+            net: NetConfig::default(),
         }
     }
 

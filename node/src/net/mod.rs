@@ -143,8 +143,11 @@ pub struct Behaviour {
     pub lease: request_response::Behaviour<LeaseCodec>,
 }
 
-/// Builds the swarm for `key`, listening nowhere yet.
-pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, Error> {
+/// Builds the swarm for `key`, listening nowhere yet, with `net`'s gossip mesh.
+pub fn build_swarm(
+    key: libp2p::identity::Keypair,
+    tuning: &crate::config::NetConfig,
+) -> Result<Swarm<Behaviour>, Error> {
     let net = |e: &dyn std::fmt::Display| Error::Network(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -152,7 +155,7 @@ pub fn build_swarm(key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, E
         .map_err(|e| net(&e))?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
-            let gossipsub = gossip::behaviour()?;
+            let gossipsub = gossip::behaviour(tuning.gossip_mesh)?;
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_agent_version(agent_version()),
             );
