@@ -142,16 +142,20 @@ impl SledNodes {
         if u.nodes.keys().any(|k| k.version() > version) {
             return Err(Error::Tree(format!("tree nodes above height {version} were written before its flush")));
         }
-        let mut nodes = sled::Batch::default();
+        // In chunks, each its own sled batch: one batch holds every version
+        // of every page it rewrites until it ends. Nodes may land in
+        // pieces: none is read before its height's root, written after them.
         let mut root = None;
+        let mut nodes = Chunked::new(&self.nodes);
         for (key, node) in &u.nodes {
             let bytes = encode(node)?;
             if key.version() == version && key.nibble_path().is_empty() {
                 root = Some((node_key(key)?, bytes));
             } else {
-                nodes.insert(node_key(key)?, bytes);
+                nodes.insert(node_key(key)?, bytes)?;
             }
         }
+        nodes.finish()?;
         let mut current = sled::Batch::default();
         for (hash, leaf) in &u.current {
             match leaf {
@@ -163,7 +167,6 @@ impl SledNodes {
         for key in &u.replaced_on_disk {
             gone.remove(node_key(key)?);
         }
-        self.nodes.apply_batch(nodes)?;
         if let Some((k, v)) = root {
             self.nodes.insert(k, v)?;
         }
@@ -179,6 +182,37 @@ impl SledNodes {
         Ok(())
     }
 
+    /// The genesis tree — the whole tree at once — written straight to
+    /// disk in chunks rather than kept for a flush: held in memory as well,
+    /// a million-account genesis peaked at gigabytes more. The leaves go
+    /// before the root: a store without the genesis root is new, and writes
+    /// it all again (the same nodes and leaves) when it next opens.
+    fn write_genesis(&self, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
+        let mut root = None;
+        let mut nodes = Chunked::new(&self.nodes);
+        for (key, node) in batch.node_batch.nodes() {
+            let bytes = encode(node)?;
+            if key.version() == 0 && key.nibble_path().is_empty() {
+                root = Some((node_key(key)?, bytes));
+            } else {
+                nodes.insert(node_key(key)?, bytes)?;
+            }
+        }
+        nodes.finish()?;
+        let preimages: HashMap<&KeyHash, &Vec<u8>> = keys.iter().map(|(h, k)| (h, k)).collect();
+        let mut leaves = Chunked::new(&self.current);
+        for ((_, hash), value) in batch.node_batch.values() {
+            let (Some(v), Some(key)) = (value, preimages.get(hash)) else {
+                return Err(Error::Tree("a genesis leaf without its key or value".into()));
+            };
+            leaves.insert(hash.0.to_vec(), encode(&(key, v))?)?;
+        }
+        leaves.finish()?;
+        let (k, v) = root.ok_or_else(|| Error::Tree("the genesis tree has no root".into()))?;
+        self.nodes.insert(k, v)?;
+        Ok(())
+    }
+
     /// Flushes at every `FLUSH_EVERY_BLOCKS`th height (and the genesis):
     /// called by the store once that height's block is durable.
     pub fn flush_if_due(&self, version: Version) -> Result<(), Error> {
@@ -186,6 +220,36 @@ impl SledNodes {
             self.flush(version)?;
         }
         Ok(())
+    }
+}
+
+/// Entries a flush writes per sled batch.
+const FLUSH_CHUNK_ENTRIES: usize = 4_096;
+
+/// Inserts into a sled tree in batches of `FLUSH_CHUNK_ENTRIES`.
+struct Chunked<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(tree: &'a sled::Tree) -> Chunked<'a> {
+        Chunked { tree, batch: sled::Batch::default(), len: 0 }
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
+        self.batch.insert(key, value);
+        self.len += 1;
+        if self.len == FLUSH_CHUNK_ENTRIES {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        Ok(self.tree.apply_batch(self.batch)?)
     }
 }
 
@@ -228,6 +292,9 @@ impl NodeStore for SledNodes {
     /// copy of the state that commits a block first (the consensus engine)
     /// must not put leaves on disk for a height whose block is not there.
     fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
+        if version == 0 {
+            return self.write_genesis(batch, keys);
+        }
         {
             let mut u = self.unflushed.lock().map_err(lock_error)?;
             let mut cache = self.cache().map_err(|e| Error::Tree(e.to_string()))?;
@@ -261,5 +328,44 @@ impl NodeStore for SledNodes {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::TestChain;
+    use agora_protocol::Amount;
+
+    /// A store cut short while writing its genesis — its leaves (more than
+    /// one flush chunk of them) on disk, its root not — is new again when it
+    /// next opens: it writes the genesis whole, and later opens recover it.
+    #[test]
+    fn a_genesis_cut_short_before_its_root_is_written_again_whole() {
+        let chain = TestChain::new(FLUSH_CHUNK_ENTRIES + 500, 1, Amount::agr(10));
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::Store::open(dir.path(), &chain.genesis).unwrap().state().root();
+        let root_key = {
+            let db = sled::open(dir.path()).unwrap();
+            let nodes = db.open_tree("tree_nodes").unwrap();
+            let is_root = |k: &[u8]| decode::<NodeKey>(&k[8..]).unwrap().nibble_path().is_empty();
+            let found: Vec<_> = nodes.scan_prefix(0u64.to_be_bytes()).keys().map(Result::unwrap).collect();
+            found.into_iter().find(|k| is_root(k)).expect("the genesis root is on disk").to_vec()
+        };
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let nodes = db.open_tree("tree_nodes").unwrap();
+            assert!(nodes.remove(&root_key).unwrap().is_some(), "the genesis root was on disk");
+            assert_eq!(db.open_tree("tree_current").unwrap().len(), FLUSH_CHUNK_ENTRIES + 501);
+            db.flush().unwrap();
+        }
+        let again = crate::Store::open(dir.path(), &chain.genesis).unwrap();
+        assert_eq!(again.state().root(), root);
+        drop(again);
+        let db = sled::open(dir.path()).unwrap();
+        assert!(db.open_tree("tree_nodes").unwrap().contains_key(&root_key).unwrap(), "the root is written again");
+        drop(db);
+        // Not new any more: opened by recovery, from its leaves, to the same root.
+        assert_eq!(crate::Store::open(dir.path(), &chain.genesis).unwrap().state().root(), root);
     }
 }

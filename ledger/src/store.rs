@@ -163,7 +163,12 @@ impl Store {
             State::from_data(genesis.data()?, genesis.hash(), crate::tree::TreeHandle::new(nodes.clone()))
         };
         let mut store = Store::assemble(db, meta, genesis, nodes, state)?;
-        store.recover()?;
+        // A new store's state is the genesis it has just written: reading
+        // its leaves back and hashing them from scratch twice more took
+        // 4.5 of the 11.9 s it took to create at 200,000 accounts.
+        if !fresh {
+            store.recover()?;
+        }
         store.ensure_slash_index()?;
         Ok(store)
     }
