@@ -81,6 +81,9 @@ pub struct SledNodes {
 /// A live leaf: its key's bytes and its value.
 type Leaf = (Vec<u8>, Vec<u8>);
 
+/// A sled entry, encoded: key and value.
+type Entry = (Vec<u8>, Vec<u8>);
+
 /// What was written since the last flush.
 #[derive(Default)]
 struct Unflushed {
@@ -142,20 +145,7 @@ impl SledNodes {
         if u.nodes.keys().any(|k| k.version() > version) {
             return Err(Error::Tree(format!("tree nodes above height {version} were written before its flush")));
         }
-        // In chunks, each its own sled batch: one batch holds every version
-        // of every page it rewrites until it ends. Nodes may land in
-        // pieces: none is read before its height's root, written after them.
-        let mut root = None;
-        let mut nodes = Chunked::new(&self.nodes);
-        for (key, node) in &u.nodes {
-            let bytes = encode(node)?;
-            if key.version() == version && key.nibble_path().is_empty() {
-                root = Some((node_key(key)?, bytes));
-            } else {
-                nodes.insert(node_key(key)?, bytes)?;
-            }
-        }
-        nodes.finish()?;
+        let root = self.write_nodes(&u.nodes, version)?;
         let mut current = sled::Batch::default();
         for (hash, leaf) in &u.current {
             match leaf {
@@ -182,23 +172,37 @@ impl SledNodes {
         Ok(())
     }
 
+    /// Writes `nodes` to disk in chunks, each its own sled batch (one batch
+    /// holds every version of every page it rewrites until it ends), all
+    /// but `version`'s root, which it returns (key, bytes) for the caller
+    /// to write last: nodes may land in pieces, since none is read before
+    /// its height's root.
+    fn write_nodes<'n>(
+        &self,
+        nodes: impl IntoIterator<Item = (&'n NodeKey, &'n Node)>,
+        version: Version,
+    ) -> Result<Option<Entry>, Error> {
+        let mut root = None;
+        let mut chunked = Chunked::new(&self.nodes);
+        for (key, node) in nodes {
+            let bytes = encode(node)?;
+            if key.version() == version && key.nibble_path().is_empty() {
+                root = Some((node_key(key)?, bytes));
+            } else {
+                chunked.insert(node_key(key)?, bytes)?;
+            }
+        }
+        chunked.finish()?;
+        Ok(root)
+    }
+
     /// The genesis tree — the whole tree at once — written straight to
     /// disk in chunks rather than kept for a flush: held in memory as well,
     /// a million-account genesis peaked at gigabytes more. The leaves go
     /// before the root: a store without the genesis root is new, and writes
     /// it all again (the same nodes and leaves) when it next opens.
     fn write_genesis(&self, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
-        let mut root = None;
-        let mut nodes = Chunked::new(&self.nodes);
-        for (key, node) in batch.node_batch.nodes() {
-            let bytes = encode(node)?;
-            if key.version() == 0 && key.nibble_path().is_empty() {
-                root = Some((node_key(key)?, bytes));
-            } else {
-                nodes.insert(node_key(key)?, bytes)?;
-            }
-        }
-        nodes.finish()?;
+        let root = self.write_nodes(batch.node_batch.nodes(), 0)?;
         let preimages: HashMap<&KeyHash, &Vec<u8>> = keys.iter().map(|(h, k)| (h, k)).collect();
         let mut leaves = Chunked::new(&self.current);
         for ((_, hash), value) in batch.node_batch.values() {
@@ -213,10 +217,10 @@ impl SledNodes {
         Ok(())
     }
 
-    /// Flushes at every `FLUSH_EVERY_BLOCKS`th height (and the genesis):
-    /// called by the store once that height's block is durable.
+    /// Flushes at every `FLUSH_EVERY_BLOCKS`th height: called by the store
+    /// once that height's block is durable (the genesis is written through).
     pub fn flush_if_due(&self, version: Version) -> Result<(), Error> {
-        if version == 0 || version % FLUSH_EVERY_BLOCKS == 0 {
+        if version % FLUSH_EVERY_BLOCKS == 0 {
             self.flush(version)?;
         }
         Ok(())

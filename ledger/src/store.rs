@@ -156,9 +156,8 @@ impl Store {
         // overwrite the newer ones).
         let fresh = meta.get(META_TIP)?.is_none() && crate::tree::root_at(&*nodes, 0)?.is_none();
         let state = if fresh {
-            let state = genesis.state_in(nodes.clone())?;
-            nodes.flush_if_due(0)?;
-            state
+            // Written straight to disk (`SledNodes::write_genesis`).
+            genesis.state_in(nodes.clone())?
         } else {
             State::from_data(genesis.data()?, genesis.hash(), crate::tree::TreeHandle::new(nodes.clone()))
         };

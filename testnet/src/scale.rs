@@ -128,6 +128,29 @@ fn jailed(api: &str, address: &str) -> bool {
     http::get_list(api, "/v1/providers").iter().any(|p| p["address"] == address && p["status"] == "jailed")
 }
 
+/// Seconds until `done` holds on every node but `except`, polling the
+/// ones still waiting; an error naming how many never got there after `deadline`.
+fn until_everywhere(
+    apis: &[String],
+    except: Option<usize>,
+    deadline: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> Result<f64, Error> {
+    let from = Instant::now();
+    let mut waiting: Vec<usize> = (0..apis.len()).filter(|&i| Some(i) != except).collect();
+    loop {
+        waiting.retain(|&i| !done(&apis[i]));
+        if waiting.is_empty() {
+            return Ok(from.elapsed().as_secs_f64());
+        }
+        if from.elapsed() > deadline {
+            return Err(Error::NotReady(format!("{} nodes never {what}", waiting.len())));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 fn measure(
     file: &TestnetFile,
     o: &ScaleOptions,
@@ -136,16 +159,9 @@ fn measure(
 ) -> Result<ScaleReport, Error> {
     let apis: Vec<String> = file.nodes.iter().map(|n| n.api_url.clone()).collect();
     progress(format!("waiting for every node to hold the {} providers' offers", o.providers));
-    let from = Instant::now();
-    let mut waiting: Vec<usize> = (0..apis.len()).collect();
-    while !waiting.is_empty() {
-        waiting.retain(|&i| providers_offered(&apis[i]) < o.providers);
-        if Instant::now() > from + OFFERS_DEADLINE {
-            return Err(Error::NotReady(format!("{} nodes never held every provider's offer", waiting.len())));
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    let offers_everywhere_s = from.elapsed().as_secs_f64();
+    let offers_everywhere_s = until_everywhere(&apis, None, OFFERS_DEADLINE, "held every provider's offer", |a| {
+        providers_offered(a) >= o.providers
+    })?;
 
     progress(format!("measuring the idle network for {} s", o.seconds));
     // Each figure over its own interval: reading 100 APIs on a saturated
@@ -182,17 +198,11 @@ fn measure(
 
     let victim = &file.nodes[o.providers - 1];
     progress(format!("killing provider node{} and waiting for every node to see it jailed", victim.index));
-    let killed = Instant::now();
     local::signal(&file.dir, victim.index, "kill")?;
-    let mut waiting: Vec<usize> = (0..apis.len()).filter(|&i| i != victim.index).collect();
-    while !waiting.is_empty() {
-        waiting.retain(|&i| !jailed(&apis[i], &victim.address));
-        if Instant::now() > killed + SLASH_DEADLINE {
-            return Err(Error::NotReady(format!("{} nodes never saw the killed provider jailed", waiting.len())));
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    let slashed_everywhere_s = killed.elapsed().as_secs_f64();
+    let slashed_everywhere_s =
+        until_everywhere(&apis, Some(victim.index), SLASH_DEADLINE, "saw the killed provider jailed", |a| {
+            jailed(a, &victim.address)
+        })?;
 
     Ok(ScaleReport {
         nodes: o.nodes,
