@@ -570,6 +570,7 @@ impl Daemon {
         let now = now_ms();
         let state = self.store.state();
         if let Ok(mut book) = self.shared.offers.write() {
+            book.retry_held(state, now);
             book.prune(state, now);
             self.shared.metrics.offers.set(book.len() as i64);
         }
@@ -1079,7 +1080,7 @@ impl Daemon {
         let Ok(mut book) = self.shared.offers.write() else {
             return MessageAcceptance::Ignore;
         };
-        match book.insert(offer, &self.chain, self.store.state(), now_ms()) {
+        match book.insert_or_hold(offer, &self.chain, self.store.state(), now_ms()) {
             Ok(()) => {
                 self.shared.metrics.offers.set(book.len() as i64);
                 MessageAcceptance::Accept

@@ -19,6 +19,13 @@ pub const OFFER_REANNOUNCE_MS: u64 = OFFER_TTL_MS / 3;
 pub const MAX_OFFER_TTL_MS: u64 = 10 * 60 * 1000;
 /// Clock difference between nodes tolerated on expiry times.
 pub const CLOCK_SKEW_MS: u64 = 30_000;
+/// Signed offers held for a retry because this node's ledger may lag the
+/// sender's (a provider announces the moment its registration commits, and
+/// a node a block behind would otherwise drop that offer until the next
+/// announcement, `OFFER_REANNOUNCE_MS` later). Bounded: one per signer.
+pub const MAX_HELD_OFFERS: usize = 64;
+/// Blocks a held offer waits for the ledger to catch up before it is dropped.
+pub const HELD_OFFER_BLOCKS: u64 = 5;
 
 /// Why an offer is not in the book. Only `Invalid` is the sender's fault
 /// whatever our view of the ledger; the rest depend on our state or clock,
@@ -47,6 +54,12 @@ impl OfferError {
     /// Whether the sender of this offer should be penalised.
     pub fn is_invalid(&self) -> bool {
         matches!(self, OfferError::Invalid(_))
+    }
+
+    /// Whether a ledger a few blocks newer could accept the offer (its
+    /// provider's registration, stake or GPUs not yet committed here).
+    pub fn may_become_valid(&self) -> bool {
+        matches!(self, OfferError::NotProvider(_) | OfferError::Inactive(_) | OfferError::UnregisteredGpus)
     }
 }
 
@@ -90,6 +103,15 @@ impl OfferFilter {
 #[derive(Clone, Debug, Default)]
 pub struct OrderBook {
     offers: BTreeMap<Address, BookEntry>,
+    held: Held,
+}
+
+/// Offers whose signature checked but that the ledger could not place yet,
+/// by signer, with the last height at which each is retried.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    offers: BTreeMap<Address, (Signed<Offer>, u64)>,
+    retried_at: Option<u64>,
 }
 
 /// Every offered GPU kind must be registered by the provider, with at least as many GPUs.
@@ -126,6 +148,11 @@ impl OrderBook {
     ) -> Result<Address, OfferError> {
         offer.verify(chain).map_err(|e| OfferError::Invalid(e.to_string()))?;
         offer.body.validate().map_err(|e| OfferError::Invalid(e.to_string()))?;
+        self.place(offer, state, now_ms)
+    }
+
+    /// The ledger and clock half of `check`, for an offer already verified.
+    fn place(&self, offer: &Signed<Offer>, state: &State, now_ms: u64) -> Result<Address, OfferError> {
         let provider = state.acting_for(&offer.signer);
         let record = state.provider(&provider).ok_or(OfferError::NotProvider(provider))?;
         if !state.is_active_provider(&provider) {
@@ -162,6 +189,70 @@ impl OrderBook {
         let provider = self.check(&offer, chain, state, now_ms)?;
         self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
         Ok(())
+    }
+
+    /// Like `insert`, but an offer refused only because this node's ledger
+    /// may be behind its sender's is held (signature checked) and retried
+    /// by `retry_held` at each of the next `HELD_OFFER_BLOCKS` heights.
+    pub fn insert_or_hold(
+        &mut self,
+        offer: Signed<Offer>,
+        chain: &ChainId,
+        state: &State,
+        now_ms: u64,
+    ) -> Result<(), OfferError> {
+        match self.insert(offer.clone(), chain, state, now_ms) {
+            Err(e) if e.may_become_valid() => {
+                self.hold(offer, state.height().0 + HELD_OFFER_BLOCKS);
+                Err(e)
+            }
+            done => done,
+        }
+    }
+
+    fn hold(&mut self, offer: Signed<Offer>, until_height: u64) {
+        let held = &mut self.held.offers;
+        if held.get(&offer.signer).is_some_and(|(h, _)| h.body.seq >= offer.body.seq) {
+            return;
+        }
+        if !held.contains_key(&offer.signer) && held.len() >= MAX_HELD_OFFERS {
+            // The one closest to being dropped anyway makes room.
+            let oldest = held.iter().min_by_key(|(_, (_, until))| *until).map(|(signer, _)| *signer);
+            if let Some(signer) = oldest {
+                held.remove(&signer);
+            }
+        }
+        held.insert(offer.signer, (offer, until_height));
+    }
+
+    /// Offers held for a lagging ledger, how many.
+    pub fn held(&self) -> usize {
+        self.held.offers.len()
+    }
+
+    /// Tries the held offers again once per new height: those the ledger
+    /// now places enter the book, those it never will (or not within their
+    /// heights) are dropped. Returns how many entered.
+    pub fn retry_held(&mut self, state: &State, now_ms: u64) -> usize {
+        let height = state.height().0;
+        if self.held.offers.is_empty() || self.held.retried_at == Some(height) {
+            return 0;
+        }
+        self.held.retried_at = Some(height);
+        let mut entered = 0;
+        for (signer, (offer, until)) in std::mem::take(&mut self.held.offers) {
+            match self.place(&offer, state, now_ms) {
+                Ok(provider) => {
+                    self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
+                    entered += 1;
+                }
+                Err(e) if e.may_become_valid() && height < until => {
+                    self.held.offers.insert(signer, (offer, until));
+                }
+                Err(_) => {}
+            }
+        }
+        entered
     }
 
     /// Drops expired offers and those of providers no longer active; returns how many.
@@ -297,6 +388,63 @@ mod tests {
         assert_eq!(book.prune(&state, NOW + 1), 1, "the offer of a provider that unstaked goes");
         assert_eq!(book.prune(&state, NOW + OFFER_TTL_MS), 1, "an expired offer goes");
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn an_offer_ahead_of_this_ledger_is_held_until_its_registration_commits() {
+        let (chain, before) = providers();
+        let c = chain_id();
+        let register = |state: &State| {
+            let kind = TxKind::RegisterProvider { region: "eu-west".into(), gpus: vec![h100(2)] };
+            let stake = TxKind::Stake { amount: state.params().min_provider_stake };
+            let txs = vec![
+                agora_ledger::testkit::sign_tx(&chain.keys[2], 0, stake),
+                agora_ledger::testkit::sign_tx(&chain.keys[2], 1, kind),
+            ];
+            let mut next = state.clone();
+            let block = chain.next_block(&mut state.clone(), txs).unwrap();
+            apply_block(&mut next, &block, agora_ledger::SigCheck::Verify).unwrap();
+            next
+        };
+        let empty = |state: &State| {
+            let mut next = state.clone();
+            let block = chain.next_block(&mut state.clone(), vec![]).unwrap();
+            apply_block(&mut next, &block, agora_ledger::SigCheck::Verify).unwrap();
+            next
+        };
+        // The sender committed account 2's registration; this node has not yet.
+        let mut book = OrderBook::default();
+        let early = offer(&chain.keys[2], 1, 1, vec![h100(2)]);
+        let err = book.insert_or_hold(early.clone(), &c, &before, NOW).unwrap_err();
+        assert_eq!(err, OfferError::NotProvider(chain.address(2)));
+        assert_eq!((book.len(), book.held()), (0, 1));
+        assert_eq!(book.retry_held(&before, NOW), 0, "nothing new at the same height");
+        let after = register(&before);
+        assert_eq!(book.retry_held(&after, NOW + 1), 1, "the registration committed: the offer enters");
+        assert_eq!((book.len(), book.held()), (1, 0));
+        assert_eq!(book.get(&chain.address(2)).unwrap().offer.body.seq, 1);
+
+        // One that never becomes valid is dropped after its heights.
+        let never = offer(&Keypair::generate().unwrap(), 1, 1, vec![h100(2)]);
+        book.insert_or_hold(never, &c, &after, NOW).unwrap_err();
+        assert_eq!(book.held(), 1);
+        let mut state = after.clone();
+        for _ in 0..HELD_OFFER_BLOCKS {
+            state = empty(&state);
+            assert_eq!(book.retry_held(&state, NOW), 0);
+        }
+        assert_eq!((book.len(), book.held()), (1, 0), "dropped after {HELD_OFFER_BLOCKS} blocks");
+
+        // A forged offer is never held; the holding area stays bounded.
+        let mut forged = offer(&chain.keys[2], 1, 1, vec![h100(2)]);
+        forged.body.price_per_gpu_hour = Amount::agr(7);
+        assert!(book.insert_or_hold(forged, &c, &before, NOW).unwrap_err().is_invalid());
+        assert_eq!(book.held(), 0);
+        for _ in 0..MAX_HELD_OFFERS + 10 {
+            let stranger = Keypair::generate().unwrap();
+            book.insert_or_hold(offer(&stranger, 1, 1, vec![h100(1)]), &c, &before, NOW).unwrap_err();
+        }
+        assert_eq!(book.held(), MAX_HELD_OFFERS);
     }
 
     #[test]
