@@ -392,3 +392,73 @@ fn a_synced_block_whose_carried_certificate_was_swapped_is_refused() {
     let _ = follower.handle(now, Input::Synced { block: block2, certificate: cert2 });
     assert_eq!(follower.ledger().height(), Height(2), "the genuine block applies");
 }
+
+#[test]
+fn a_follower_commits_gossiped_decided_blocks_checked_against_the_validators() {
+    use agora_ledger::consensus::Decided;
+    use agora_protocol::DecidedBlock;
+    // A lone validator commits three blocks, the second with a transfer.
+    let chain = TestChain::new(3, 1, Amount::agr(1_000));
+    let mut now = chain.genesis.genesis_time_ms.0 + 1_000;
+    let mut leader = Engine::new(chain_id(), chain.keys[0].clone(), chain.state(), None, config());
+    let mut decided = Vec::new();
+    let mut input = Input::Start;
+    while decided.len() < 3 {
+        let actions = leader.handle(now, input);
+        for a in &actions {
+            if let Action::Commit { block, certificate, .. } = a {
+                decided.push(DecidedBlock { block: (**block).clone(), certificate: certificate.clone() });
+            }
+        }
+        if decided.len() == 1 {
+            let tx = agora_ledger::testkit::transfer(&chain.keys[0], 0, chain.address(2), Amount::agr(1));
+            let _ = leader.handle(now, Input::Tx(Box::new(tx)));
+        }
+        input = next_height_timer(&actions).expect("a next-height timer");
+        now += 1_000;
+    }
+    assert_eq!(decided[1].block.txs.len(), 1, "block 2 carries the transfer");
+    let follower_config = EngineConfig { is_validator: false, ..config() };
+    let mut follower = Engine::new(chain_id(), chain.keys[1].clone(), chain.state(), None, follower_config);
+    let take = |follower: &mut Engine, d: &DecidedBlock| match follower.check_decided(d.clone()) {
+        Decided::Next(checked) => {
+            let actions = follower.handle(now, Input::Decided(checked));
+            ("next", actions)
+        }
+        Decided::Ahead => ("ahead", follower.handle(now, Input::PeerAhead)),
+        Decided::Drop => ("drop", Vec::new()),
+        Decided::Invalid => ("invalid", Vec::new()),
+    };
+    let (verdict, actions) = take(&mut follower, &decided[0]);
+    assert_eq!((verdict, commits(&actions)), ("next", vec![1]));
+    assert_eq!(take(&mut follower, &decided[0]).0, "drop", "a copy of a committed block is not forwarded again");
+    let (verdict, actions) = take(&mut follower, &decided[2]);
+    assert_eq!(verdict, "ahead");
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::SyncNeeded { have } if *have == Height(1))),
+        "a later block asks peers for the gap"
+    );
+
+    // Certificates that do not commit block 2 for its validators.
+    let mut stranger = decided[1].clone();
+    stranger.certificate.signatures[0].validator = chain.address(1);
+    assert_eq!(take(&mut follower, &stranger).0, "drop", "signed by a key not in the set: maybe a set not seen yet");
+    let mut forged = decided[1].clone();
+    forged.certificate.signatures[0].signature = decided[0].certificate.signatures[0].signature;
+    assert_eq!(take(&mut follower, &forged).0, "invalid");
+    let mut other_block = decided[1].clone();
+    other_block.certificate = decided[0].certificate.clone();
+    assert_eq!(take(&mut follower, &other_block).0, "invalid", "block 1's certificate for block 2");
+    // The header certified, the body swapped: checked, but it does not apply.
+    let mut emptied = decided[1].clone();
+    emptied.block.txs.clear();
+    let (verdict, actions) = take(&mut follower, &emptied);
+    assert_eq!((verdict, commits(&actions)), ("next", vec![]));
+    assert_eq!(follower.ledger().height(), Height(1), "a body its header does not commit to is refused");
+
+    let (verdict, actions) = take(&mut follower, &decided[1]);
+    assert_eq!((verdict, commits(&actions)), ("next", vec![2]));
+    let (verdict, actions) = take(&mut follower, &decided[2]);
+    assert_eq!((verdict, commits(&actions)), ("next", vec![3]));
+    assert_eq!(follower.ledger().root(), leader.ledger().root(), "the follower holds the validator's state");
+}

@@ -25,6 +25,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
+mod follow;
 mod jobs;
 mod leases;
 mod liveness;
@@ -37,8 +38,7 @@ use crate::error::Error;
 use crate::gossip_txs::Waiting;
 use crate::gpu::{Detection, GpuSource};
 use crate::net::gossip::{
-    TOPIC_ATTESTATIONS, TOPIC_CONSENSUS, TOPIC_CONSENSUS_REPEAT, TOPIC_HEARTBEATS, TOPIC_OFFERS, TOPIC_TXS, TOPICS,
-    topic,
+    TOPIC_ATTESTATIONS, TOPIC_CONSENSUS, TOPIC_CONSENSUS_REPEAT, TOPIC_HEARTBEATS, TOPIC_OFFERS, TOPIC_TXS, topic,
 };
 use crate::net::{Behaviour, BehaviourEvent, build_swarm};
 use crate::offers::OrderBook;
@@ -280,6 +280,8 @@ struct Sync {
     client: crate::sync::SyncClient<PeerId>,
     server: SyncServer,
     snapshots: snapshots::SnapshotServer,
+    /// Votes or decided blocks: how this node hears decisions.
+    follow: follow::Follow,
 }
 
 /// Gossip on its way out: transactions paced highest fee first, consensus
@@ -400,9 +402,6 @@ impl Daemon {
         );
         let durable = Durable { wal: wal_file, signer };
         let mut swarm = build_swarm(crate::identity::libp2p_keypair(&key)?, &config.net)?;
-        for t in TOPICS {
-            swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
-        }
         let listen: Multiaddr =
             config.listen.parse().map_err(|e| Error::Network(format!("listen {}: {e}", config.listen)))?;
         swarm.listen_on(listen).map_err(|e| Error::Network(e.to_string()))?;
@@ -477,7 +476,12 @@ impl Daemon {
                 repeat_nonce: 0,
             },
             net: Net { swarm, bootstrap, last_redial: Instant::now(), remote_ips: HashMap::new() },
-            sync: Sync { client: Default::default(), server: SyncServer::new(), snapshots },
+            sync: Sync {
+                client: Default::default(),
+                server: SyncServer::new(),
+                snapshots,
+                follow: follow::Follow::new(),
+            },
             relay: TxRelay::default(),
             provision: Provision { provider, market, jobs },
             lease_rpcs: LeaseRpcs { pending: HashMap::new(), quota: crate::quota::PeerQuota::lease() },
@@ -485,6 +489,7 @@ impl Daemon {
             shared: shared.clone(),
             commands: rx,
         };
+        daemon.subscribe_topics()?;
         daemon.act(actions)?;
         Ok((daemon, shared))
     }
@@ -562,6 +567,7 @@ impl Daemon {
     /// Periodic duties: expire offers, and a provider's registration and offers.
     fn on_tick(&mut self) -> Result<(), Error> {
         self.heartbeat_tick()?;
+        self.follow_stall_check();
         self.provision.jobs.sweep();
         if self.net.last_redial.elapsed() >= REDIAL_INTERVAL {
             self.net.last_redial = Instant::now();
@@ -722,6 +728,8 @@ impl Daemon {
                         s.state_root = block.header.state_root.to_hex();
                     }
                     self.take_snapshot_if_due(&block, &certificate);
+                    self.publish_decided(&block, &certificate);
+                    self.update_subscriptions()?;
                     self.liveness_after_commit(block.header.height, hash, block.header.time_ms.0);
                     self.on_lease_events(&events)?;
                     self.resend_own_txs()?;
@@ -902,6 +910,8 @@ impl Daemon {
                     }
                 } else if message.topic == topic(TOPIC_CONSENSUS_REPEAT).hash() {
                     self.on_repeat(&message.data)
+                } else if follow::is_decided(&message.topic) {
+                    (self.on_decided(&message.data)?, None)
                 } else {
                     let verdict = self.validate_gossip(message.topic.as_str(), &message.data);
                     if verdict.0 == MessageAcceptance::Accept {

@@ -37,4 +37,5 @@ pub use keys::{Keypair, Signature};
 pub use liveness::{DowntimeAttestation, DowntimeEvidence, EquivocationEvidence, Heartbeat};
 pub use market::{GpuSpec, JobResources, LeaseAccept, LeaseRequest, Offer};
 pub use sign::{Domain, Signable, Signed};
+pub use sync::DecidedBlock;
 pub use tx::{SignedTx, Transaction, TxBundle, TxKind};

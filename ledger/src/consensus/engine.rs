@@ -12,7 +12,8 @@ use agora_protocol::consensus::{
 };
 use agora_protocol::limits::MAX_VALIDATORS;
 use agora_protocol::{
-    Address, Block, ChainId, CommitCertificate, CommitSig, Hash, Height, Keypair, Signed, SignedTx, TimestampMs,
+    Address, Block, ChainId, CommitCertificate, CommitSig, DecidedBlock, Hash, Height, Keypair, Signed, SignedTx,
+    TimestampMs,
 };
 use malachite_core_consensus::{
     self as mcc, Effect, LocallyProposedValue, ProposedValue, Resumable, Resume, SignedConsensusMsg,
@@ -115,7 +116,34 @@ pub enum Input {
     /// A committed block with its certificate, fetched from a peer by block
     /// sync after `Action::SyncNeeded`.
     Synced { block: Box<Block>, certificate: CommitCertificate },
+    /// A decided block from gossip whose certificate `Engine::check_decided`
+    /// verified: committed without checking the certificate again.
+    Decided(CheckedDecided),
+    /// A peer showed a later decided height: fetch the blocks in between.
+    PeerAhead,
 }
+
+/// What a gossiped decided block is to this engine (`Engine::check_decided`).
+#[derive(Debug)]
+pub enum Decided {
+    /// The next block, certified by this height's validators: feed it back
+    /// as `Input::Decided`, and forward it.
+    Next(CheckedDecided),
+    /// At or below the tip, or certified by keys this node does not know
+    /// as validators: not forwarded, no penalty.
+    Drop,
+    /// Past the next height and signed by current validators: not checked
+    /// (the set may change before then) nor forwarded, but peers are ahead
+    /// (`Input::PeerAhead`).
+    Ahead,
+    /// A certificate that does not commit the block for the next height.
+    Invalid,
+}
+
+/// A decided block whose certificate was verified for the height after the
+/// engine's tip (only `Engine::check_decided` makes one).
+#[derive(Clone, Debug)]
+pub struct CheckedDecided(Box<DecidedBlock>);
 
 /// Two different signed votes from one validator for the same height, round
 /// and type: evidence for the slashing issue.
@@ -447,6 +475,30 @@ impl Engine {
         self.mc.round()
     }
 
+    /// Judges a decided block from gossip before it is forwarded: only the
+    /// block after the tip can be checked (its certificate against the
+    /// validator set that decides it), and only that one is forwarded.
+    pub fn check_decided(&self, decided: DecidedBlock) -> Decided {
+        let ledger = &self.host.ledger;
+        let (next, at) = (ledger.height().next(), decided.block.header.height);
+        let signers_known = !decided.certificate.signatures.is_empty()
+            && decided.certificate.signatures.len() <= MAX_VALIDATORS
+            && decided.certificate.signatures.iter().all(|s| ledger.is_validator(&s.validator));
+        if at != next {
+            return if at > next && signers_known { Decided::Ahead } else { Decided::Drop };
+        }
+        if !signers_known {
+            // Its signers may be a set this node has not caught up with.
+            return Decided::Drop;
+        }
+        let set = validator_set(ledger);
+        match super::certificate::verify_commit(&self.host.chain, &set, &decided.certificate, at, decided.block.hash())
+        {
+            Ok(()) => Decided::Next(CheckedDecided(Box::new(decided))),
+            Err(_) => Decided::Invalid,
+        }
+    }
+
     /// Feeds one input at time `now_ms`; returns the actions to carry out, in order.
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
         self.host.now_ms = now_ms;
@@ -481,6 +533,12 @@ impl Engine {
                     tracing_free_log(&e);
                 }
             }
+            Input::Decided(CheckedDecided(decided)) => {
+                if let Err(e) = self.host.commit_decided(*decided) {
+                    tracing_free_log(&e);
+                }
+            }
+            Input::PeerAhead => self.host.maybe_request_sync(),
         }
         self.run_followups();
         self.replay_future_blocks();
@@ -571,6 +629,23 @@ impl Host {
             block.hash(),
         )?;
         let applied = self.apply_to_copy(&block, SigCheck::Verify)?;
+        self.finish_commit(block, certificate, applied)?;
+        self.last_sync_request_ms = None;
+        Ok(())
+    }
+
+    /// Commits a gossiped decided block whose certificate was checked
+    /// (`Engine::check_decided`) if it is still the next one; a validator
+    /// that checked the block as a proposal adopts that check's result.
+    fn commit_decided(&mut self, decided: DecidedBlock) -> Result<(), Error> {
+        let DecidedBlock { block, certificate } = decided;
+        if block.header.height != self.ledger.height().next() {
+            return Ok(());
+        }
+        let applied = match self.proposed.applied.remove(&block.hash()) {
+            Some(checked) => checked,
+            None => self.apply_to_copy(&block, SigCheck::Verify)?,
+        };
         self.finish_commit(block, certificate, applied)?;
         self.last_sync_request_ms = None;
         Ok(())
@@ -940,6 +1015,10 @@ impl Host {
     /// consensus to the next height.
     fn commit(&mut self, cert: malachite_core_types::CommitCertificate<AgoraContext>) -> Result<(), Error> {
         let height = Height(cert.height.0);
+        if height != self.ledger.height().next() {
+            // Committed already from a gossiped decided block or by sync.
+            return Ok(());
+        }
         let Some(block) = self.proposed.blocks.get(&cert.value_id).cloned() else {
             // Decided without the block (it was lost, or we restarted): any
             // peer that committed it can send it with its certificate.

@@ -11,7 +11,9 @@ pub mod mempool;
 pub mod signer;
 pub mod wal;
 
-pub use engine::{Action, Engine, EngineConfig, Input, Recovered, Relay, Timer, VoteEquivocation};
+pub use engine::{
+    Action, CheckedDecided, Decided, Engine, EngineConfig, Input, Recovered, Relay, Timer, VoteEquivocation,
+};
 pub use malachite_core_types::LinearTimeouts;
 pub use signer::{LastSigned, SignGuard, SignerFile};
 pub use wal::{WalEntry, WalFile};

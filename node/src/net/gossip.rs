@@ -16,6 +16,7 @@ use std::time::Duration;
 use agora_protocol::codec::Wire;
 use agora_protocol::consensus::{ConsensusMessage, ConsensusRepeat};
 use agora_protocol::limits::{MAX_LIVENESS_MSG_BYTES, MAX_OFFER_BYTES, MAX_TX_BUNDLE_BYTES};
+use agora_protocol::{DecidedBlock, Hash};
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
 };
@@ -32,12 +33,35 @@ pub const TOPIC_OFFERS: &str = "agora/offers/2";
 pub const TOPIC_HEARTBEATS: &str = "agora/heartbeats/2";
 /// Validators' downtime attestations.
 pub const TOPIC_ATTESTATIONS: &str = "agora/attestations/2";
-/// Every topic a node subscribes to.
-pub const TOPICS: [&str; 6] =
-    [TOPIC_CONSENSUS, TOPIC_CONSENSUS_REPEAT, TOPIC_TXS, TOPIC_OFFERS, TOPIC_HEARTBEATS, TOPIC_ATTESTATIONS];
+/// Decided blocks with their commit certificates (`DecidedBlock`), framed
+/// by `decided_frame`: how nodes that do not vote follow the chain.
+pub const TOPIC_DECIDED: &str = "agora/decided/1";
+/// Every topic: the scoring's. A node subscribes to the consensus topics
+/// while it votes or may soon, to the decided topic while it does not vote
+/// (`daemon::follow`), and to the rest always.
+pub const TOPICS: [&str; 7] = [
+    TOPIC_CONSENSUS,
+    TOPIC_CONSENSUS_REPEAT,
+    TOPIC_TXS,
+    TOPIC_OFFERS,
+    TOPIC_HEARTBEATS,
+    TOPIC_ATTESTATIONS,
+    TOPIC_DECIDED,
+];
+/// The topics every node subscribes to, whatever its role.
+pub const ALWAYS_SUBSCRIBED: [&str; 4] = [TOPIC_TXS, TOPIC_OFFERS, TOPIC_HEARTBEATS, TOPIC_ATTESTATIONS];
 
-/// Largest gossip message: a repeated consensus message carrying a full block.
-pub const MAX_GOSSIP_BYTES: usize = ConsensusRepeat::MAX_BYTES;
+/// Largest decided-block gossip message: the block hash, then the encoding.
+pub const MAX_DECIDED_BYTES: usize = DECIDED_ID_BYTES + DecidedBlock::MAX_BYTES;
+/// Largest gossip message: a decided block, or a repeated consensus
+/// message carrying a full block.
+pub const MAX_GOSSIP_BYTES: usize =
+    if MAX_DECIDED_BYTES > ConsensusRepeat::MAX_BYTES { MAX_DECIDED_BYTES } else { ConsensusRepeat::MAX_BYTES };
+/// A decided-block message starts with the block's hash, its gossip id: the
+/// copies every validator sends of one block (certificates with different
+/// signers) are one message, so each node takes the first and drops the
+/// rest unread.
+pub const DECIDED_ID_BYTES: usize = 32;
 /// Framing gossipsub adds around a message's data (topic, protobuf fields),
 /// allowed on top of each topic's own limit.
 pub const GOSSIP_FRAMING_BYTES: usize = 512;
@@ -70,6 +94,7 @@ pub fn behaviour(mesh: usize) -> Result<gossipsub::Behaviour, Box<dyn std::error
         .max_transmit_size_for_topic(MAX_OFFER_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_OFFERS).hash())
         .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_HEARTBEATS).hash())
         .max_transmit_size_for_topic(MAX_LIVENESS_MSG_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_ATTESTATIONS).hash())
+        .max_transmit_size_for_topic(MAX_DECIDED_BYTES + GOSSIP_FRAMING_BYTES, topic(TOPIC_DECIDED).hash())
         .duplicate_cache_time(DUPLICATE_CACHE_TIME)
         .heartbeat_interval(GOSSIP_HEARTBEAT)
         // gossipsub's ratios for D = 6 (5, 12, 2, 6) kept for other
@@ -96,8 +121,27 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
     let mut hasher = blake3::Hasher::new_derive_key("agora gossip id v2");
     hasher.update(m.topic.as_str().as_bytes());
     hasher.update(&[0]);
-    hasher.update(&m.data);
+    if m.topic == topic(TOPIC_DECIDED).hash() && m.data.len() >= DECIDED_ID_BYTES {
+        // The receiver checks that these bytes are the block's hash.
+        hasher.update(&m.data[..DECIDED_ID_BYTES]);
+    } else {
+        hasher.update(&m.data);
+    }
     gossipsub::MessageId::from(hasher.finalize().as_bytes().to_vec())
+}
+
+/// A decided block's gossip message: its hash (the gossip id), then its encoding.
+pub fn decided_frame(block_hash: &Hash, encoded: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(DECIDED_ID_BYTES + encoded.len());
+    data.extend_from_slice(&block_hash.0);
+    data.extend_from_slice(encoded);
+    data
+}
+
+/// The claimed block hash and the encoding of a decided block's message.
+pub fn decided_unframe(data: &[u8]) -> Option<(Hash, &[u8])> {
+    let (id, encoded) = data.split_at_checked(DECIDED_ID_BYTES)?;
+    Some((Hash(id.try_into().ok()?), encoded))
 }
 
 /// Scoring that punishes invalid messages hard and nothing else: in small
@@ -143,5 +187,16 @@ mod tests {
         assert_eq!(id(TOPIC_CONSENSUS, b"vote"), id(TOPIC_CONSENSUS, b"vote"), "the same vote twice is one message");
         assert_ne!(id(TOPIC_CONSENSUS, b"vote"), id(TOPIC_CONSENSUS, b"vote2"));
         assert_ne!(id(TOPIC_CONSENSUS, b"vote"), id(TOPIC_OFFERS, b"vote"), "the topic is part of the id");
+    }
+
+    #[test]
+    fn a_decided_blocks_id_is_its_hash_whatever_certificate_follows() {
+        let id = |d: &[u8]| message_id(&message(TOPIC_DECIDED, d));
+        let (a, b) = (Hash([1; 32]), Hash([2; 32]));
+        assert_eq!(id(&decided_frame(&a, b"cert 1")), id(&decided_frame(&a, b"cert 2")), "one block, one message");
+        assert_ne!(id(&decided_frame(&a, b"x")), id(&decided_frame(&b, b"x")));
+        assert_eq!(decided_unframe(&decided_frame(&a, b"x")), Some((a, &b"x"[..])));
+        assert_eq!(decided_unframe(&[0; 31]), None, "shorter than a hash");
+        assert_ne!(id(&[7; 31]), id(&[7; 30]), "a short message is hashed whole");
     }
 }
