@@ -1,16 +1,92 @@
-//! Light-client proofs across validator-set changes, end to end: on a real
-//! testnet whose full nodes stake their way into 3 of the 4 seats, a buyer
-//! holding only the genesis proves its balance with `agora account --prove`:
-//! the genesis validators no longer vouch for the tip (1 of 4 seats), so the
-//! CLI follows the set's change through `GET /v1/light/transitions`, checks
-//! it, and verifies the answer against the validators it learned.
+//! Full nodes and validator-set changes, end to end on a real testnet of 4
+//! validators and 3 full nodes. The full nodes take no votes and follow the
+//! chain by gossiped decided blocks; a rogue peer feeding one of them forged
+//! certificates for the next height is rejected and the node follows on.
+//! Then the full nodes stake their way into 3 of the 4 seats (they take the
+//! votes, the validators that lost a seat follow by decided blocks), and a
+//! buyer holding only the genesis proves its balance with `agora account
+//! --prove`: the genesis validators no longer vouch for the tip (1 of 4
+//! seats), so the CLI follows the set's change through `GET
+//! /v1/light/transitions`, checks it, and verifies the answer against the
+//! validators it learned.
 
 mod common;
 use common::*;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use agora_node::config::NetConfig;
+use agora_node::net::{BehaviourEvent, build_swarm, gossip};
+use agora_protocol::{DecidedBlock, Keypair, TimestampMs, codec};
 use agora_testnet::http;
+use futures::StreamExt;
+
+/// Forged decided blocks and garbage the rogue peer sends at most.
+const MAX_FORGERIES: u64 = 100;
+
+/// Every verdict a node gave on a topic.
+fn judged(api: &str, topic: &str) -> u64 {
+    ["accepted", "ignored", "rejected"].iter().map(|v| gossip_count(api, topic, v)).sum()
+}
+
+/// The block after `real`, "certified" by `real`'s signers with the
+/// signatures they gave `real` (so none is valid for it).
+fn forged_next(real: &DecidedBlock) -> DecidedBlock {
+    let mut block = real.block.clone();
+    block.header.height = real.block.header.height.next();
+    block.header.parent_hash = real.block.hash();
+    block.header.time_ms = TimestampMs(real.block.header.time_ms.0 + 1);
+    let mut certificate = real.certificate.clone();
+    certificate.height = block.header.height;
+    certificate.block_hash = block.hash();
+    DecidedBlock { block, certificate }
+}
+
+/// A rogue peer on `target`'s decided topic: for each decided block it
+/// hears, a forgery of the next at once (the first message it sends);
+/// between them, garbage and frames whose leading hash is not their
+/// block's. Returns how many it sent.
+fn feed_forgeries(target: libp2p::Multiaddr) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let rogue = Keypair::generate().unwrap();
+        let mut swarm =
+            build_swarm(agora_node::identity::libp2p_keypair(&rogue).unwrap(), &NetConfig::default()).unwrap();
+        let topic = gossip::topic(gossip::TOPIC_DECIDED);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
+        swarm.dial(target).unwrap();
+        let (mut sent, mut last): (u64, Option<DecidedBlock>) = (0, None);
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while Instant::now() < until && sent < MAX_FORGERIES {
+            let data = tokio::select! {
+                event = swarm.select_next_some() => {
+                    let libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                        libp2p::gossipsub::Event::Message { message, .. },
+                    )) = event else { continue };
+                    let Some((_, body)) = gossip::decided_unframe(&message.data) else { continue };
+                    let Ok(real) = codec::decode::<DecidedBlock>(body) else { continue };
+                    let forged = forged_next(&real);
+                    last = Some(real);
+                    gossip::decided_frame(&forged.certificate.block_hash, &codec::encode(&forged).unwrap())
+                }
+                _ = tick.tick() => match &last {
+                    // A real block under another block's hash.
+                    Some(real) if sent % 2 == 0 => {
+                        gossip::decided_frame(&real.block.header.parent_hash, &codec::encode(real).unwrap())
+                    }
+                    Some(_) => (0..200).map(|b| (b as u64 * 7 + sent) as u8).collect(),
+                    // The first message is a forgery of the block after one heard.
+                    None => continue,
+                },
+            };
+            if swarm.behaviour_mut().gossipsub.publish(topic.clone(), data).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    })
+}
 
 fn transitions(api: &str) -> Vec<serde_json::Value> {
     http::get(api, "/v1/light/transitions")
@@ -55,6 +131,29 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     let genesis = genesis.to_str().unwrap();
     assert!(transitions(&api[0]).is_empty(), "no change of the set yet");
 
+    // The full nodes follow by decided blocks and hear no vote; the
+    // validators hear no decided block.
+    wait_until("each full node to commit 5 gossiped decided blocks", Duration::from_secs(120), || {
+        api[4..].iter().all(|a| gossip_count(a, gossip::TOPIC_DECIDED, "accepted") >= 5)
+    });
+    for a in &api[4..] {
+        assert_eq!(judged(a, gossip::TOPIC_CONSENSUS) + judged(a, gossip::TOPIC_CONSENSUS_REPEAT), 0, "{a}");
+    }
+    for a in &api[..4] {
+        assert_eq!(judged(a, gossip::TOPIC_DECIDED), 0, "{a}");
+    }
+    // Forged certificates for the next height, garbage, and real blocks
+    // under another block's hash, fed to full node 4.
+    let rejected_before = gossip_count(&api[4], gossip::TOPIC_DECIDED, "rejected");
+    let target: libp2p::Multiaddr = net["nodes"][4]["p2p"].as_str().unwrap().parse().unwrap();
+    let sent = feed_forgeries(target);
+    let rejected = gossip_count(&api[4], gossip::TOPIC_DECIDED, "rejected") - rejected_before;
+    eprintln!("the rogue sent {sent} forged decided blocks; node 4 rejected {rejected} before ignoring it");
+    assert!(sent >= MAX_FORGERIES / 2, "the rogue could send only {sent}");
+    assert!(rejected >= 1 && rejected < sent, "rejected {rejected} of {sent}: judged, then graylisted");
+    let tip = height(&api[0]);
+    wait_until("node 4 to follow past the flood", Duration::from_secs(120), || height(&api[4]) > tip + 5);
+
     // The three full nodes stake 2,000 AGR more each: at the next epoch
     // (every 100 blocks) they hold three of the four seats.
     for (i, node_api) in api.iter().enumerate().skip(4) {
@@ -65,6 +164,15 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     let changed_at = transitions(&api[0])[0]["height"].as_u64().unwrap();
     // The proof must be of a block the new set decided.
     wait_until("a block decided by the new set", Duration::from_secs(120), || height(&api[0]) > changed_at + 1);
+
+    // The roles swapped: the new validators take votes, and the genesis
+    // validators that lost their seats follow by decided blocks.
+    for a in &api[4..] {
+        assert!(gossip_count(a, gossip::TOPIC_CONSENSUS, "accepted") > 0, "{a} takes votes now");
+    }
+    wait_until("the unseated validators to follow by decided blocks", Duration::from_secs(120), || {
+        api[..4].iter().filter(|a| gossip_count(a, gossip::TOPIC_DECIDED, "accepted") > 0).count() >= 3
+    });
 
     let shown = ok(agora(&["account", &buyer, "--prove", "--genesis", genesis, "--node", &api[0]]));
     assert!(shown.contains("after following 1 validator-set change from the genesis"), "{shown}");

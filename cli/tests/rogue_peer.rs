@@ -19,7 +19,6 @@ use agora_node::config::NetConfig;
 use agora_node::net::{build_swarm, gossip};
 use agora_protocol::consensus::{ConsensusMessage, Vote, VoteKind};
 use agora_protocol::{ChainId, DowntimeAttestation, Hash, Heartbeat, Height, Keypair, Signed, codec};
-use agora_testnet::http;
 use futures::StreamExt;
 
 /// A user's transfers timed quiet and during the sustained vote flood.
@@ -31,16 +30,7 @@ const MAX_VOTE_FLOOD: u64 = 100_000;
 type MakeMessage = dyn Fn(u64, &Keypair) -> Vec<u8>;
 
 fn rejected(api: &str, topic: &str) -> u64 {
-    counted(api, topic, "rejected")
-}
-
-fn counted(api: &str, topic: &str, verdict: &str) -> u64 {
-    let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
-    body.lines()
-        .filter(|l| l.starts_with("agora_gossip_messages_total") && l.contains(&format!("verdict=\"{verdict}\"")))
-        .filter(|l| l.contains(&format!("topic=\"{topic}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    gossip_count(api, topic, "rejected")
 }
 
 /// Forged votes (signed for another chain, or with a flipped signature bit) and raw garbage.
@@ -169,10 +159,15 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     // number, so its gossipsub sends every copy).
     let stranger = Keypair::generate().unwrap();
     let chain = ChainId::new("agora-testnet-1").unwrap();
-    let (node0_before, node1_before) =
-        (counted(&api0, gossip::TOPIC_CONSENSUS, "ignored"), counted(&apis[1], gossip::TOPIC_CONSENSUS, "ignored"));
+    let (node0_before, node1_before) = (
+        gossip_count(&api0, gossip::TOPIC_CONSENSUS, "ignored"),
+        gossip_count(&apis[1], gossip::TOPIC_CONSENSUS, "ignored"),
+    );
     let repeats = |api: &str| {
-        ["ignored", "accepted", "rejected"].iter().map(|v| counted(api, gossip::TOPIC_CONSENSUS_REPEAT, v)).sum::<u64>()
+        ["ignored", "accepted", "rejected"]
+            .iter()
+            .map(|v| gossip_count(api, gossip::TOPIC_CONSENSUS_REPEAT, v))
+            .sum::<u64>()
     };
     let (repeats0_before, repeats1_before) = (repeats(&api0), repeats(&apis[1]));
     let (copies, votes) = runtime.block_on(async {
@@ -221,13 +216,13 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     });
     assert!(copies == 1_000 && votes == 1_000, "the rogue published {copies} copies and {votes} votes");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && counted(&api0, gossip::TOPIC_CONSENSUS, "ignored") < node0_before + 990 {
+    while Instant::now() < deadline && gossip_count(&api0, gossip::TOPIC_CONSENSUS, "ignored") < node0_before + 990 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let node0 = counted(&api0, gossip::TOPIC_CONSENSUS, "ignored") - node0_before;
-    let node1 = counted(&apis[1], gossip::TOPIC_CONSENSUS, "ignored") - node1_before;
+    let node0 = gossip_count(&api0, gossip::TOPIC_CONSENSUS, "ignored") - node0_before;
+    let node1 = gossip_count(&apis[1], gossip::TOPIC_CONSENSUS, "ignored") - node1_before;
     let (repeats0, repeats1) = (repeats(&api0) - repeats0_before, repeats(&apis[1]) - repeats1_before);
-    let forwarded = counted(&api0, gossip::TOPIC_CONSENSUS_REPEAT, "accepted");
+    let forwarded = gossip_count(&api0, gossip::TOPIC_CONSENSUS_REPEAT, "accepted");
     eprintln!(
         "relay rules: node 0 ignored {node0} consensus messages (1,000 stranger votes sent) and judged {repeats0} \
          repeats (1,000 copies of one vote sent; {forwarded} forwarded in all), node 1 {node1} and {repeats1}"

@@ -572,6 +572,7 @@ impl Daemon {
         if self.net.last_redial.elapsed() >= REDIAL_INTERVAL {
             self.net.last_redial = Instant::now();
             self.redial();
+            self.dial_validators();
         }
         let now = now_ms();
         let state = self.store.state();

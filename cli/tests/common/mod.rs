@@ -54,6 +54,17 @@ pub fn metric(api: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Gossip messages a node judged on `topic` with `verdict` (accepted,
+/// ignored, rejected), from its /metrics.
+pub fn gossip_count(api: &str, topic: &str, verdict: &str) -> u64 {
+    let body = http::get(api, "/metrics").map(|r| r.body).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("agora_gossip_messages_total") && l.contains(&format!("verdict=\"{verdict}\"")))
+        .filter(|l| l.contains(&format!("topic=\"{topic}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The height `agora transfer` reports its transfer committed at.
 pub fn committed_at(out: &str) -> u64 {
     out.split("height ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|h| h.parse().ok()).unwrap_or(0)

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use agora_ledger::consensus::{Decided, Input};
 use agora_protocol::{Block, CommitCertificate, DecidedBlock};
+use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
 
 use super::{Daemon, now_ms};
@@ -133,6 +134,33 @@ impl Daemon {
             // Certified, yet it did not apply: its body is not the one its header commits to.
             MessageAcceptance::Reject
         })
+    }
+
+    /// Full nodes carry no votes, so a node that votes dials every other
+    /// validator it is not connected to (addresses from the DHT's routing
+    /// table; one it has none for is looked up). Every `REDIAL_INTERVAL`.
+    pub(super) fn dial_validators(&mut self) {
+        if !self.sync.follow.votes {
+            return;
+        }
+        let me = self.key.address();
+        let peers: Vec<PeerId> = self
+            .store
+            .state()
+            .validators()
+            .iter()
+            .filter(|v| v.address != me)
+            .filter_map(|v| crate::identity::peer_of(&v.address).ok())
+            .collect();
+        let swarm = &mut self.net.swarm;
+        for peer in peers {
+            if swarm.is_connected(&peer) || swarm.behaviour().blocked.blocked_peers().contains(&peer) {
+                continue;
+            }
+            if swarm.dial(peer).is_err() {
+                swarm.behaviour_mut().kad.get_closest_peers(peer);
+            }
+        }
     }
 
     /// On each tick: a follower stuck for `FOLLOW_STALL` asks a peer for blocks.
