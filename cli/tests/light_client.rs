@@ -8,7 +8,9 @@
 //! --prove`: the genesis validators no longer vouch for the tip (1 of 4
 //! seats), so the CLI follows the set's change through `GET
 //! /v1/light/transitions`, checks it, and verifies the answer against the
-//! validators it learned.
+//! validators it learned. Last, a new node holding only the genesis joins
+//! by state sync from a snapshot the new set decided, trusting it through
+//! the validator-set transitions its peer serves.
 
 mod common;
 use common::*;
@@ -180,4 +182,33 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     assert!(proven["verified_height"].as_u64() > Some(changed_at), "{proven}");
     let served = http::get(&api[0], &format!("/v1/accounts/{buyer}")).unwrap().json().unwrap();
     assert_eq!(proven["balance"], served["balance"], "{proven}");
+
+    // A new node holding only the genesis joins by state sync, no
+    // --trust-hash: the newest snapshot (every 100 blocks) is decided by
+    // the new set, so it follows its peer's transitions from the genesis to
+    // check it, and keeps them to serve the next joiner.
+    let snapshot_at = (changed_at / 100 + 1) * 100;
+    wait_until("a snapshot decided by the new set", Duration::from_secs(180), || height(&api[0]) > snapshot_at);
+    let joiner = tmp.path().join("joiner");
+    let j = joiner.to_str().unwrap();
+    ok(agora(&["--home", j, "init", "--moniker", "joiner", "--genesis", genesis]));
+    let port0: u16 = api[0].rsplit(':').next().unwrap().parse().unwrap();
+    let joiner_api = format!("127.0.0.1:{}", port0 + 14);
+    let _joined = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["--home", j, "node", "run", "--state-sync", "--gpus", "none"])
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 13), "--api", &joiner_api])
+            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
+            .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let joiner_api = format!("http://{joiner_api}");
+    let tip = height(&api[0]);
+    wait_until("the joiner to reach the tip", Duration::from_secs(180), || height(&joiner_api) >= tip);
+    let earliest = status(&joiner_api).unwrap()["earliest_height"].as_u64().unwrap();
+    assert!(earliest >= snapshot_at, "it installed a snapshot the new set decided: from {earliest}");
+    let log = std::fs::read_to_string(tmp.path().join("joiner.log")).unwrap();
+    assert!(log.contains("installed the snapshot"), "{log}");
+    assert_eq!(transitions(&joiner_api), transitions(&api[0]), "it serves the transitions it followed");
 }

@@ -14,16 +14,6 @@ use std::time::Duration;
 
 use agora_testnet::http;
 
-/// A child process killed when the test ends, passed or not.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn block_hash(api: &str, h: u64) -> Option<String> {
     let r = http::get(api, &format!("/v1/blocks/{h}")).ok()?;
     (r.status == 200).then(|| r.json().ok()?["hash"].as_str().map(str::to_string))?

@@ -393,6 +393,17 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps light-client transitions this store did not record itself: a
+    /// node that joined by state sync keeps the ones it followed to trust
+    /// its snapshot, so it can serve them to the next joiner.
+    pub fn keep_transitions(&self, bundles: &[crate::light::ProofBundle]) -> Result<(), Error> {
+        for bundle in bundles {
+            self.transitions.insert(key(bundle.header.height), codec::canonical_bytes(bundle)?)?;
+        }
+        self.transitions.flush()?;
+        Ok(())
+    }
+
     /// Keeps only the newest `blocks` blocks from now on (at least
     /// `MIN_BLOCK_RETENTION`); None keeps every block (archive).
     pub fn set_block_retention(&mut self, blocks: Option<u64>) {

@@ -463,7 +463,7 @@ impl Daemon {
             heartbeats,
             reported_votes: Default::default(),
         };
-        let snapshots = snapshots::SnapshotServer::new(store.snapshots(), config.snapshot_interval_blocks);
+        let snapshots = snapshots::SnapshotServer::new(store.reader(), config.snapshot_interval_blocks);
         let mut daemon = Daemon {
             chain,
             key,

@@ -15,10 +15,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agora_ledger::light::ProofBundle;
 use agora_ledger::snapshot::{Restore, Restored, Snapshot};
 use agora_ledger::{Genesis, Store, Validator};
 use agora_protocol::snapshot::{
-    MAX_SNAPSHOT_OFFERS, SnapshotChunk, SnapshotOffer, SnapshotRefusal, SnapshotRequest, SnapshotResponse,
+    MAX_SNAPSHOT_OFFERS, MAX_TRANSITIONS_PER_RESPONSE, SnapshotChunk, SnapshotOffer, SnapshotRefusal, SnapshotRequest,
+    SnapshotResponse,
 };
 use agora_protocol::sync::{SyncRequest, SyncResponse};
 use agora_protocol::{Block, ChainId, CommitCertificate, Hash, Height, Keypair};
@@ -50,14 +52,19 @@ pub trait SnapshotSource {
     fn offers(&self) -> Result<Vec<SnapshotOffer>, Error>;
     /// Chunk `index` of the snapshot at `height`, if kept.
     fn chunk(&self, height: Height, index: u32) -> Result<Option<SnapshotChunk>, Error>;
+    /// The light-client transitions above `after`, ascending, at most `limit`, encoded.
+    fn transitions(&self, after: Height, limit: usize) -> Result<Vec<Vec<u8>>, Error>;
 }
 
-impl SnapshotSource for agora_ledger::store::SnapshotShelf {
+impl SnapshotSource for agora_ledger::store::BlockReader {
     fn offers(&self) -> Result<Vec<SnapshotOffer>, Error> {
-        Ok(agora_ledger::store::SnapshotShelf::offers(self)?)
+        Ok(self.snapshots().offers()?)
     }
     fn chunk(&self, height: Height, index: u32) -> Result<Option<SnapshotChunk>, Error> {
-        Ok(agora_ledger::store::SnapshotShelf::chunk(self, height, index)?)
+        Ok(self.snapshots().chunk(height, index)?)
+    }
+    fn transitions(&self, after: Height, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(agora_ledger::store::BlockReader::transitions(self, after, limit)?.into_iter().map(|(_, b)| b).collect())
     }
 }
 
@@ -70,6 +77,10 @@ impl SnapshotSource for std::collections::VecDeque<Snapshot> {
         let snapshot = self.iter().find(|s| s.offer.header.height == height);
         Ok(snapshot.and_then(|s| s.chunks.get(index as usize).cloned()))
     }
+    /// The simulation's validator set never changes.
+    fn transitions(&self, _after: Height, _limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// What a serving peer answers `request` with, from `source`.
@@ -80,6 +91,9 @@ pub fn answer<S: SnapshotSource + ?Sized>(source: &S, request: &SnapshotRequest)
             Some(chunk) => SnapshotResponse::Chunk(chunk),
             None => SnapshotResponse::Refused(SnapshotRefusal::NotHeld),
         },
+        SnapshotRequest::Transitions { after } => {
+            SnapshotResponse::Transitions(source.transitions(*after, MAX_TRANSITIONS_PER_RESPONSE)?)
+        }
     })
 }
 
@@ -99,6 +113,55 @@ struct Fetch<P> {
     turn: usize,
     in_flight: Option<P>,
     block: Option<Block>,
+}
+
+/// Validator-set transitions one peer may make a joiner gather, at most
+/// (pages of `MAX_TRANSITIONS_PER_RESPONSE`): one per epoch that changed
+/// the set; a peer offering more is not followed.
+pub const MAX_TRANSITIONS_GATHERED: usize = 4_096;
+
+/// Following the validator set from the genesis for offers its validators
+/// do not vouch for: a chain whose set has moved on is decided by other
+/// keys, so the offering peer is asked for its validator-set transitions,
+/// which are checked from the genesis set on (`light::follow`) up to the
+/// offer's height; the set they lead to must then certify the offer.
+struct MovedSet<P> {
+    /// Offers held until their peer's transitions are followed.
+    unverified: Vec<(P, SnapshotOffer)>,
+    /// Transitions being gathered, page by page, by peer.
+    gathering: Vec<(P, Vec<ProofBundle>)>,
+    /// Peers whose transitions did not chain from the genesis (or were too
+    /// many): their offers cannot be checked and are passed over.
+    unchained: Vec<P>,
+    /// For each offer verified this way (by block hash): the validators
+    /// that decided it, and the transitions that led to them.
+    deciders: Vec<(Hash, Vec<Validator>, Vec<ProofBundle>)>,
+    /// Offers dropped because their peer's transitions did not lead from
+    /// the genesis to their signers (for the error).
+    unfollowable: usize,
+    /// Transition pages to ask for.
+    outbox: Vec<(P, Request)>,
+}
+
+impl<P> Default for MovedSet<P> {
+    fn default() -> Self {
+        MovedSet {
+            unverified: Vec::new(),
+            gathering: Vec::new(),
+            unchained: Vec::new(),
+            deciders: Vec::new(),
+            unfollowable: 0,
+            outbox: Vec::new(),
+        }
+    }
+}
+
+/// Whether an offer's certificate is valid for the validators its own
+/// state names as the deciders of its block: false is a forgery whatever
+/// set the joiner trusts.
+fn self_certified(offer: &SnapshotOffer, chain: &ChainId) -> bool {
+    agora_ledger::tree::decode_canonical::<agora_ledger::tree::Meta>(&offer.meta)
+        .is_ok_and(|m| agora_ledger::snapshot::verify_offer(offer, chain, &m.last_validators).is_ok())
 }
 
 /// The decisions of a state sync.
@@ -122,6 +185,7 @@ pub struct StateSync<P> {
     trust: Option<Hash>,
     /// Snapshots offered that are not the trusted one (height, block hash), for the error.
     passed_over: Vec<(Height, Hash)>,
+    moved: MovedSet<P>,
 }
 
 impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
@@ -138,6 +202,7 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             caught: Vec::new(),
             trust: None,
             passed_over: Vec::new(),
+            moved: MovedSet::default(),
         }
     }
 
@@ -149,16 +214,27 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
     }
 
     /// The validators an offer must be signed by: the genesis', or, for
-    /// the trusted block, the ones its own state says decided it.
+    /// the trusted block, the ones its own state says decided it, or the
+    /// ones the genesis led to through its peer's transitions.
     fn trusted_for(&self, offer: &SnapshotOffer) -> Vec<Validator> {
+        let hash = offer.header.hash();
         match self.trust {
-            Some(hash) if offer.header.hash() == hash => {
+            Some(trusted) if hash == trusted => {
                 agora_ledger::tree::decode_canonical::<agora_ledger::tree::Meta>(&offer.meta)
                     .map(|m| m.last_validators)
                     .unwrap_or_default()
             }
-            _ => self.trusted.clone(),
+            _ => match self.moved.deciders.iter().find(|(h, _, _)| *h == hash) {
+                Some((_, deciders, _)) => deciders.clone(),
+                None => self.trusted.clone(),
+            },
         }
+    }
+
+    /// Offers dropped because their peers' transitions did not lead from
+    /// the genesis validators to the offers' signers.
+    pub fn unfollowable(&self) -> usize {
+        self.moved.unfollowable
     }
 
     /// Snapshots offered that were passed over for not being the trusted one.
@@ -175,7 +251,17 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
     pub fn disconnected(&mut self, peer: &P) {
         self.peers.retain(|p| p != peer);
         self.asked.retain(|p| p != peer);
+        self.give_up_transitions(peer);
         self.drop_holder(peer);
+    }
+
+    /// Its transitions will not come now: its held offers are dropped (a
+    /// later answer with offers asks again).
+    fn give_up_transitions(&mut self, peer: &P) {
+        let m = &mut self.moved;
+        m.gathering.retain(|(p, _)| p != peer);
+        m.unverified.retain(|(p, _)| p != peer);
+        m.outbox.retain(|(p, _)| p != peer);
     }
 
     fn drop_holder(&mut self, peer: &P) {
@@ -209,17 +295,20 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
         !self.offers.is_empty()
     }
 
-    /// Whether every peer asked for its offers has answered.
+    /// Whether every peer asked for its offers has answered (its
+    /// transitions too, when its offers needed them).
     pub fn all_answered(&self) -> bool {
-        self.asked.is_empty()
+        self.asked.is_empty() && self.moved.gathering.is_empty()
     }
 
     /// Asks every connected peer never asked for its offers (with `again`:
     /// also those that have answered, for newer snapshots) and not asked now.
+    /// Transition pages due are asked for here too.
     pub fn ask_offers(&mut self, again: bool) -> Vec<(P, Request)> {
         if self.fetch.is_some() {
             return Vec::new();
         }
+        let mut requests = std::mem::take(&mut self.moved.outbox);
         let wanted: Vec<P> = self
             .peers
             .iter()
@@ -227,7 +316,8 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             .filter(|p| !self.asked.contains(p) && (again || !self.answered.contains(p)))
             .collect();
         self.asked.extend(wanted.iter().copied());
-        wanted.into_iter().map(|p| (p, Request::Snapshot(SnapshotRequest::Offers))).collect()
+        requests.extend(wanted.into_iter().map(|p| (p, Request::Snapshot(SnapshotRequest::Offers))));
+        requests
     }
 
     /// A peer's offers: each is verified; one that does not is a lie.
@@ -237,6 +327,7 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             self.answered.push(peer);
         }
         self.offers.retain(|(p, _)| *p != peer);
+        self.moved.unverified.retain(|(p, _)| *p != peer);
         for offer in offers.into_iter().take(MAX_SNAPSHOT_OFFERS) {
             let hash = offer.header.hash();
             if self.trust.is_some_and(|t| t != hash) {
@@ -248,7 +339,85 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             }
             match agora_ledger::snapshot::verify_offer(&offer, &self.chain, &self.trusted_for(&offer)) {
                 Ok(_) => self.offers.push((peer, offer)),
+                // Not even by the validators its own state says decided it: a forgery.
+                Err(e) if !self_certified(&offer, &self.chain) => return self.penalise(peer, &format!("offer: {e}")),
+                // Perhaps decided by a set the genesis' has handed over to:
+                // judged once its peer's transitions are followed.
+                Err(_) if self.trust.is_none() => self.hold(peer, offer),
                 Err(e) => return self.penalise(peer, &format!("offer: {e}")),
+            }
+        }
+    }
+
+    /// Holds an offer the genesis validators do not vouch for and asks its
+    /// peer for the validator-set transitions since the genesis.
+    fn hold(&mut self, peer: P, offer: SnapshotOffer) {
+        let m = &mut self.moved;
+        if m.unchained.contains(&peer) {
+            m.unfollowable += 1;
+            return;
+        }
+        m.unverified.push((peer, offer));
+        if !m.gathering.iter().any(|(p, _)| *p == peer) {
+            m.gathering.push((peer, Vec::new()));
+            m.outbox.push((peer, Request::Snapshot(SnapshotRequest::Transitions { after: Height(0) })));
+        }
+    }
+
+    /// A page of a peer's validator-set transitions. A full page asks for
+    /// the next; the last one follows them from the genesis validators to
+    /// each held offer's height and checks the offer against the set they
+    /// lead to. Transitions that do not chain from the genesis (a peer that
+    /// joined by state sync holds only later ones) drop that peer's held
+    /// offers without blame; an offer its own peer's checked transitions
+    /// do not vouch for is a lie.
+    pub fn transitions_from(&mut self, peer: P, page: Vec<Vec<u8>>) {
+        let Some(i) = self.moved.gathering.iter().position(|(p, _)| *p == peer) else { return };
+        let full = page.len() >= MAX_TRANSITIONS_PER_RESPONSE;
+        let mut decoded = Vec::with_capacity(page.len());
+        for bytes in page.iter().take(MAX_TRANSITIONS_PER_RESPONSE) {
+            match agora_ledger::tree::decode_canonical::<ProofBundle>(bytes) {
+                Ok(bundle) => decoded.push(bundle),
+                Err(e) => return self.penalise(peer, &format!("a validator-set transition: {e}")),
+            }
+        }
+        let gathered = &mut self.moved.gathering[i].1;
+        gathered.extend(decoded);
+        if gathered.len() > MAX_TRANSITIONS_GATHERED {
+            self.moved.unfollowable += self.moved.unverified.iter().filter(|(p, _)| *p == peer).count();
+            self.moved.unchained.push(peer);
+            return self.give_up_transitions(&peer);
+        }
+        if full {
+            let after = gathered.last().map_or(Height(0), |b| b.header.height);
+            self.moved.outbox.push((peer, Request::Snapshot(SnapshotRequest::Transitions { after })));
+            return;
+        }
+        let (_, transitions) = self.moved.gathering.swap_remove(i);
+        let (mine, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.moved.unverified).into_iter().partition(|(p, _)| *p == peer);
+        self.moved.unverified = others;
+        for (_, offer) in mine {
+            let below: Vec<ProofBundle> =
+                transitions.iter().filter(|t| t.header.height < offer.header.height).cloned().collect();
+            let followed = agora_ledger::light::follow(&below, &self.chain, self.trusted.clone(), Height(0));
+            match followed.map(|f| (agora_ledger::snapshot::verify_offer(&offer, &self.chain, &f.validators), f)) {
+                Ok((Ok(_), f)) => {
+                    self.moved.deciders.push((offer.header.hash(), f.validators, below));
+                    self.offers.push((peer, offer));
+                }
+                // Its transitions chain from the genesis, yet do not lead to the offer's signers.
+                Ok((Err(e), f)) if f.taken > 0 => {
+                    return self.penalise(peer, &format!("offer after its own transitions: {e}"));
+                }
+                // None (or not from the genesis on): a peer that joined by
+                // state sync holds only later ones. Passed over, no blame.
+                _ => {
+                    self.moved.unfollowable += 1;
+                    if !self.moved.unchained.contains(&peer) {
+                        self.moved.unchained.push(peer);
+                    }
+                }
             }
         }
     }
@@ -256,6 +425,7 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
     /// The peer did not answer a request.
     pub fn failed(&mut self, peer: P) {
         self.asked.retain(|p| *p != peer);
+        self.give_up_transitions(&peer);
         if let Some(f) = &mut self.fetch
             && f.in_flight == Some(peer)
         {
@@ -332,7 +502,9 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
             // Pruned since it offered it: it cannot serve this snapshot any more.
             SnapshotResponse::Refused(SnapshotRefusal::NotHeld) => self.drop_holder(&peer),
             SnapshotResponse::Refused(SnapshotRefusal::Busy) => {}
-            SnapshotResponse::Offers(_) => self.penalise(peer, "offers where a chunk was asked for"),
+            SnapshotResponse::Offers(_) | SnapshotResponse::Transitions(_) => {
+                self.penalise(peer, "offers or transitions where a chunk was asked for")
+            }
         }
     }
 
@@ -358,11 +530,15 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
         self.fetch.as_ref().is_some_and(|f| f.block.is_some() && f.restore.next_chunk().is_none())
     }
 
-    /// The restored state, once `complete`.
-    pub fn finish(self) -> Result<Restored, Error> {
+    /// The restored state, once `complete`, and the validator-set
+    /// transitions followed to trust it (none when the genesis validators
+    /// or a trusted hash vouched for it), for the new store to keep.
+    pub fn finish(self) -> Result<(Restored, Vec<ProofBundle>), Error> {
         let f = self.fetch.ok_or_else(|| Error::StateSync("no snapshot was fetched".into()))?;
         let block = f.block.ok_or_else(|| Error::StateSync("the snapshot's block was not fetched".into()))?;
-        Ok(f.restore.finish(block)?)
+        let hash = block.hash();
+        let followed = self.moved.deciders.into_iter().find(|(h, _, _)| *h == hash).map(|(_, _, t)| t);
+        Ok((f.restore.finish(block)?, followed.unwrap_or_default()))
     }
 }
 
@@ -385,9 +561,13 @@ pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair, trust: Option
         std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
     }
     let started = Instant::now();
-    let restored = fetch(config, key, &genesis, trust).await?;
+    let (restored, transitions) = fetch(config, key, &genesis, trust).await?;
     let height = restored.height();
-    let store = tokio::task::block_in_place(|| Store::install(&dir, &genesis, restored))?;
+    let store = tokio::task::block_in_place(|| -> Result<Store, Error> {
+        let store = Store::install(&dir, &genesis, restored)?;
+        store.keep_transitions(&transitions)?;
+        Ok(store)
+    })?;
     tracing::info!(
         %height,
         root = %store.state().root(),
@@ -397,7 +577,12 @@ pub async fn join(home: &Path, config: &NodeConfig, key: &Keypair, trust: Option
     Ok(store)
 }
 
-async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis, trust: Option<Hash>) -> Result<Restored, Error> {
+async fn fetch(
+    config: &NodeConfig,
+    key: &Keypair,
+    genesis: &Genesis,
+    trust: Option<Hash>,
+) -> Result<(Restored, Vec<ProofBundle>), Error> {
     if config.bootstrap.is_empty() {
         return Err(Error::StateSync("state sync needs bootstrap peers to fetch from (config: bootstrap)".into()));
     }
@@ -434,6 +619,16 @@ async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis, trust: Opt
                         "no peer offered the snapshot of the trusted block {hash} within {}s; offered: {}",
                         DISCOVERY_TIMEOUT.as_secs(),
                         if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+                    )));
+                }
+                if machine.unfollowable() > 0 {
+                    return Err(Error::StateSync(format!(
+                        "no snapshot within {}s that this genesis leads to: {} offered were signed by validators \
+                         the peers' validator-set transitions do not lead to from the genesis (peers that joined \
+                         by state sync hold only later ones); pass --trust-hash with a block hash from a node you \
+                         trust (GET /v1/snapshots)",
+                        DISCOVERY_TIMEOUT.as_secs(),
+                        machine.unfollowable()
                     )));
                 }
                 return Err(Error::StateSync(format!(
@@ -473,6 +668,7 @@ async fn fetch(config: &NodeConfig, key: &Keypair, genesis: &Genesis, trust: Opt
                     request_response::Event::Message { peer, message: Message::Response { response, .. }, .. } => {
                         match response {
                             SnapshotResponse::Offers(offers) => machine.offers_from(peer, offers),
+                            SnapshotResponse::Transitions(page) => machine.transitions_from(peer, page),
                             other => machine.chunk_from(peer, other),
                         }
                         if let Some((done, total)) = machine.progress() {
@@ -572,8 +768,9 @@ mod tests {
             m.chunk_from(p, SnapshotResponse::Chunk(new.chunks[index as usize].clone()));
         }
         assert!(m.complete());
-        let restored = m.finish().unwrap();
+        let (restored, transitions) = m.finish().unwrap();
         assert_eq!((restored.height(), restored.last_block_hash()), (Height(2), block.hash()));
+        assert!(transitions.is_empty(), "the genesis validators vouched for it");
     }
 
     #[test]
@@ -591,7 +788,12 @@ mod tests {
         plain.connected(1);
         plain.ask_offers(false);
         plain.offers_from(1, vec![new.offer.clone()]);
-        assert_eq!(plain.take_penalised(), vec![1], "without a checkpoint, the genesis set decides");
+        assert!(plain.take_penalised().is_empty() && !plain.has_offers(), "held: the set may have moved on");
+        let asked = plain.ask_offers(false);
+        assert_eq!(asked, vec![(1, Request::Snapshot(SnapshotRequest::Transitions { after: Height(0) }))]);
+        plain.transitions_from(1, Vec::new());
+        assert!(plain.take_penalised().is_empty() && !plain.has_offers(), "no transition leads there: passed over");
+        assert_eq!(plain.unfollowable(), 1, "counted for the error that suggests --trust-hash");
 
         let mut m: StateSync<u8> = StateSync::new(chain_id(), moved_on).trusting(block.hash());
         m.connected(1);
@@ -613,7 +815,7 @@ mod tests {
         while let Some((p, Request::Snapshot(SnapshotRequest::Chunk { index, .. }))) = m.next_request() {
             m.chunk_from(p, SnapshotResponse::Chunk(new.chunks[index as usize].clone()));
         }
-        assert_eq!(m.finish().unwrap().height(), Height(2));
+        assert_eq!(m.finish().unwrap().0.height(), Height(2));
     }
 
     #[test]
@@ -622,9 +824,9 @@ mod tests {
         let mut state = chain.state();
         let kept: std::collections::VecDeque<Snapshot> = (0..3).map(|_| grow(&chain, &mut state).1).collect();
         let tmp = tempfile::tempdir().unwrap();
-        let shelf = Store::open(tmp.path(), &chain.genesis).unwrap().snapshots();
+        let reader = Store::open(tmp.path(), &chain.genesis).unwrap().reader();
         for s in &kept {
-            shelf.keep(s).unwrap();
+            reader.snapshots().keep(s).unwrap();
         }
         let in_memory: std::collections::VecDeque<Snapshot> = kept.into_iter().skip(1).collect();
         for request in [
@@ -632,12 +834,89 @@ mod tests {
             SnapshotRequest::Chunk { height: Height(3), index: 0 },
             SnapshotRequest::Chunk { height: Height(3), index: 1 },
             SnapshotRequest::Chunk { height: Height(1), index: 0 },
+            SnapshotRequest::Transitions { after: Height(0) },
         ] {
-            assert_eq!(answer(&shelf, &request).unwrap(), answer(&in_memory, &request).unwrap(), "{request:?}");
+            assert_eq!(answer(&reader, &request).unwrap(), answer(&in_memory, &request).unwrap(), "{request:?}");
         }
-        let SnapshotResponse::Offers(offers) = answer(&shelf, &SnapshotRequest::Offers).unwrap() else { panic!() };
+        let SnapshotResponse::Offers(offers) = answer(&reader, &SnapshotRequest::Offers).unwrap() else { panic!() };
         let heights: Vec<u64> = offers.iter().map(|o| o.header.height.0).collect();
         assert_eq!(heights, vec![3, 2], "the newest two, newest first");
+    }
+
+    #[test]
+    fn an_offer_decided_by_a_rotated_set_is_trusted_through_its_peers_transitions() {
+        use agora_ledger::testkit::{certify, sign_tx};
+        use agora_protocol::TxKind;
+        let mut chain = TestChain::new(8, 4, Amount::agr(10_000));
+        chain.genesis.params.epoch_blocks = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), &chain.genesis).unwrap();
+        let key_of = |a: &agora_protocol::Address| chain.keys.iter().find(|k| k.address() == *a).unwrap().clone();
+        // Accounts 4..7 stake and 0..3 unstake: from height 3 on, 4..7 decide.
+        let stake = Amount::agr(1_000);
+        let rotate = (4..8)
+            .map(|i| sign_tx(&chain.keys[i], 0, TxKind::Stake { amount: stake }))
+            .chain((0..4).map(|i| sign_tx(&chain.keys[i], 0, TxKind::Unstake { amount: stake })))
+            .collect();
+        let mut last = None;
+        for txs in [rotate, vec![], vec![]] {
+            let block = chain.next_block(&mut store.state().clone(), txs).unwrap();
+            let deciders: Vec<Keypair> = store.state().validators().iter().map(|v| key_of(&v.address)).collect();
+            let cert = certify(&block, &deciders);
+            store.commit_certified(&block, &cert).unwrap();
+            last = Some((block, cert));
+        }
+        let (block, cert) = last.unwrap();
+        assert!(store.state().is_validator(&chain.address(4)) && !store.state().is_validator(&chain.address(0)));
+        let snap = snapshot::take(store.state(), block.header.clone(), cert.clone()).unwrap();
+        let reader = store.reader();
+        let transitions_after = |after| Request::Snapshot(SnapshotRequest::Transitions { after: Height(after) });
+        let Ok(SnapshotResponse::Transitions(page)) =
+            answer(&reader, &SnapshotRequest::Transitions { after: Height(0) })
+        else {
+            panic!("transitions")
+        };
+        assert_eq!(page.len(), 1, "one change of the set");
+
+        let trusted = agora_ledger::light::trusted_from_genesis(&chain.genesis).unwrap();
+        let mut m: StateSync<u8> = StateSync::new(chain_id(), trusted);
+        for p in [1, 2, 3] {
+            m.connected(p);
+        }
+        let _ = m.ask_offers(false);
+        m.offers_from(1, vec![snap.offer.clone()]);
+        m.offers_from(2, vec![snap.offer.clone()]);
+        let mut forged = snap.offer.clone();
+        forged.certificate.signatures.truncate(1);
+        m.offers_from(3, vec![forged]);
+        assert_eq!(m.take_penalised(), vec![3], "a certificate its own deciders did not make is a forgery");
+        assert!(!m.has_offers() && !m.all_answered(), "held for the transitions, not blamed");
+        assert_eq!(m.ask_offers(false), vec![(1, transitions_after(0)), (2, transitions_after(0))]);
+        // Peer 2 joined by state sync after the change: it holds none.
+        m.transitions_from(2, Vec::new());
+        assert!(m.take_penalised().is_empty() && !m.has_offers());
+        assert_eq!(m.unfollowable(), 1);
+        m.transitions_from(1, page.clone());
+        assert!(m.take_penalised().is_empty());
+        assert!(m.has_offers() && m.all_answered() && m.choose().unwrap());
+        while let Some((p, request)) = m.next_request() {
+            assert_eq!(p, 1, "the only holder whose offer was checked");
+            match request {
+                Request::Block(_) => m.block_from(p, vec![(block.clone(), cert.clone())]),
+                Request::Snapshot(SnapshotRequest::Chunk { index, .. }) => {
+                    m.chunk_from(p, SnapshotResponse::Chunk(snap.chunks[index as usize].clone()))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let (restored, followed) = m.finish().unwrap();
+        assert_eq!((restored.height(), followed.len()), (Height(3), 1));
+        // The new store keeps the transitions it followed and serves them on.
+        let joined_dir = tempfile::tempdir().unwrap();
+        let joined = Store::install(joined_dir.path(), &chain.genesis, restored).unwrap();
+        joined.keep_transitions(&followed).unwrap();
+        let request = SnapshotRequest::Transitions { after: Height(0) };
+        assert_eq!(answer(&joined.reader(), &request).unwrap(), answer(&reader, &request).unwrap());
     }
 
     #[test]

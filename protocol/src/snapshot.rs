@@ -26,6 +26,10 @@ pub const MAX_SNAPSHOT_CHUNKS: u32 = 1 << 20;
 /// Largest list of offers on the wire (each is a header, a certificate of
 /// at most a few hundred signatures and the meta leaf with its proof).
 pub const MAX_OFFERS_BYTES: usize = 1024 * 1024;
+/// Validator-set transitions one snapshot response carries at most (each
+/// a header, a certificate of up to 100 signatures and the meta leaf with
+/// its proof: ~20 KB at most, so a response stays far below a chunk's size).
+pub const MAX_TRANSITIONS_PER_RESPONSE: usize = 32;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotRequest {
@@ -33,6 +37,10 @@ pub enum SnapshotRequest {
     Offers,
     /// Chunk `index` of the snapshot at `height`.
     Chunk { height: Height, index: u32 },
+    /// The light-client transitions (blocks that changed the validator
+    /// set) above `after`, ascending: how a node that trusts only its
+    /// genesis checks a snapshot decided by a set that has moved on.
+    Transitions { after: Height },
 }
 
 /// A snapshot a peer holds, with what proves it.
@@ -77,6 +85,9 @@ pub enum SnapshotResponse {
     Offers(Vec<SnapshotOffer>),
     Chunk(SnapshotChunk),
     Refused(SnapshotRefusal),
+    /// At most `MAX_TRANSITIONS_PER_RESPONSE`, each a canonically encoded
+    /// `light::ProofBundle` of the meta leaf; fewer means there are no more.
+    Transitions(Vec<Vec<u8>>),
 }
 
 impl Wire for SnapshotRequest {

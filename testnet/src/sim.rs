@@ -1271,18 +1271,31 @@ impl Sim {
         for p in (0..self.nodes.len()).filter(|&p| p != node && self.nodes[p].alive && self.connected(node, p)) {
             m.connected(p);
         }
-        for (p, request) in m.ask_offers(false) {
-            let Request::Snapshot(request) = request else { continue };
-            let Ok(SnapshotResponse::Offers(mut offers)) = answer(&self.nodes[p].snapshots, &request) else { continue };
-            // The Byzantine validator leads with a forgery: its newest
-            // header with the certificate cut to one signature.
-            if Some(p) == self.adversaries.byzantine
-                && let Some(mut forged) = offers.first().cloned()
-            {
-                forged.certificate.signatures.truncate(1);
-                offers.insert(0, forged);
+        // Offers, then the validator-set transitions an offer the genesis
+        // validators do not vouch for makes the node ask its peer for.
+        for _ in 0..4 {
+            let requests = m.ask_offers(false);
+            if requests.is_empty() {
+                break;
             }
-            m.offers_from(p, offers);
+            for (p, request) in requests {
+                let Request::Snapshot(request) = request else { continue };
+                match answer(&self.nodes[p].snapshots, &request) {
+                    Ok(SnapshotResponse::Offers(mut offers)) => {
+                        // The Byzantine validator leads with a forgery: its
+                        // newest header with the certificate cut to one signature.
+                        if Some(p) == self.adversaries.byzantine
+                            && let Some(mut forged) = offers.first().cloned()
+                        {
+                            forged.certificate.signatures.truncate(1);
+                            offers.insert(0, forged);
+                        }
+                        m.offers_from(p, offers);
+                    }
+                    Ok(SnapshotResponse::Transitions(page)) => m.transitions_from(p, page),
+                    _ => m.failed(p),
+                }
+            }
         }
         let newer = self.nodes.iter().flat_map(|n| n.snapshots.iter()).any(|s| s.offer.header.height.0 > own);
         if !newer || !m.choose().map_err(|e| self.fail(format!("state sync: {e}")))? {
@@ -1304,7 +1317,7 @@ impl Sim {
                     Ok(response) => m.chunk_from(p, response),
                     Err(_) => m.failed(p),
                 },
-                Request::Snapshot(SnapshotRequest::Offers) => m.failed(p),
+                Request::Snapshot(SnapshotRequest::Offers | SnapshotRequest::Transitions { .. }) => m.failed(p),
             }
             self.observed.snapshot_liars += m.take_penalised().len() as u64;
         }
@@ -1313,7 +1326,7 @@ impl Sim {
             // Every holder lied or left: it replays its own blocks instead.
             return Ok(());
         }
-        let restored = m.finish().map_err(|e| self.fail(format!("state sync: {e}")))?;
+        let (restored, _) = m.finish().map_err(|e| self.fail(format!("state sync: {e}")))?;
         let store: std::sync::Arc<dyn agora_ledger::tree::NodeStore> =
             std::sync::Arc::new(agora_ledger::tree::MemNodes::default());
         let (state, block, cert) = restored.into_state(store).map_err(|e| self.fail(e.to_string()))?;

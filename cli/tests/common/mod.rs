@@ -54,6 +54,16 @@ pub fn metric(api: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A child process killed when the test ends, passed or not.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Gossip messages a node judged on `topic` with `verdict` (accepted,
 /// ignored, rejected), from its /metrics.
 pub fn gossip_count(api: &str, topic: &str, verdict: &str) -> u64 {

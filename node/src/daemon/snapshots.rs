@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agora_ledger::store::SnapshotShelf;
+use agora_ledger::store::BlockReader;
 use agora_protocol::snapshot::{SnapshotRefusal, SnapshotRequest, SnapshotResponse};
 use agora_protocol::{Block, CommitCertificate};
 use libp2p::PeerId;
@@ -30,7 +30,8 @@ type Served = (PeerId, request_response::ResponseChannel<SnapshotResponse>, Snap
 
 /// The serving side of state sync.
 pub(super) struct SnapshotServer {
-    shelf: SnapshotShelf,
+    /// Snapshots kept and served, and the validator-set transitions served with them.
+    reader: BlockReader,
     /// Blocks between snapshots (0: none taken).
     interval: u64,
     /// A snapshot is being taken (the next due one is skipped meanwhile).
@@ -41,10 +42,10 @@ pub(super) struct SnapshotServer {
 }
 
 impl SnapshotServer {
-    pub(super) fn new(shelf: SnapshotShelf, interval: u64) -> SnapshotServer {
+    pub(super) fn new(reader: BlockReader, interval: u64) -> SnapshotServer {
         let (served_tx, served_rx) = mpsc::channel(SNAPSHOT_SERVED_QUEUE);
         SnapshotServer {
-            shelf,
+            reader,
             interval,
             taking: Arc::default(),
             quota: crate::quota::PeerQuota::new(
@@ -67,7 +68,7 @@ impl Daemon {
         }
         let state = self.store.state().clone();
         let (header, certificate) = (block.header.clone(), certificate.clone());
-        let (shelf, taking) = (server.shelf.clone(), server.taking.clone());
+        let (shelf, taking) = (server.reader.snapshots().clone(), server.taking.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             match agora_ledger::snapshot::take(&state, header, certificate).and_then(|s| {
@@ -109,9 +110,9 @@ impl Daemon {
             let _ = self.net.swarm.behaviour_mut().snapshot.send_response(channel, busy);
             return;
         }
-        let (shelf, done) = (server.shelf.clone(), server.served_tx.clone());
+        let (reader, done) = (server.reader.clone(), server.served_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let response = crate::state_sync::answer(&shelf, &request).unwrap_or_else(|e| {
+            let response = crate::state_sync::answer(&reader, &request).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read a snapshot to serve");
                 SnapshotResponse::Refused(SnapshotRefusal::NotHeld)
             });
