@@ -644,7 +644,10 @@ impl Host {
         }
         let applied = match self.proposed.applied.remove(&block.hash()) {
             Some(checked) => checked,
-            None => self.apply_to_copy(&block, SigCheck::Verify)?,
+            // Its certificate is the word of more than 2/3 of the power that
+            // they checked these signatures (their header's tx root covers
+            // them); the transactions are still executed here.
+            None => self.apply_to_copy(&block, SigCheck::Skip)?,
         };
         self.finish_commit(block, certificate, applied)?;
         self.last_sync_request_ms = None;
