@@ -351,24 +351,37 @@ fn only_current_validators_messages_for_this_height_or_the_next_are_relayed() {
     assert_eq!(engine.relay(&cert(&[])), Relay::Drop);
 }
 
-#[test]
-fn a_synced_block_whose_carried_certificate_was_swapped_is_refused() {
-    // A lone validator commits three blocks; a follower syncs them.
-    let chain = TestChain::new(3, 1, Amount::agr(1_000));
+/// A lone validator (account 0 of `chain`) commits `n` blocks, a second
+/// apart; `between` may feed it after each commit (height, engine). Returns
+/// it, each block with its certificate, and the time after the last.
+fn lone_validator(
+    chain: &TestChain,
+    n: usize,
+    mut between: impl FnMut(usize, &mut Engine, u64),
+) -> (Engine, Vec<(Box<agora_protocol::Block>, CommitCertificate)>, u64) {
     let mut now = chain.genesis.genesis_time_ms.0 + 1_000;
     let mut leader = Engine::new(chain_id(), chain.keys[0].clone(), chain.state(), None, config());
     let mut committed = Vec::new();
     let mut input = Input::Start;
-    while committed.len() < 3 {
+    while committed.len() < n {
         let actions = leader.handle(now, input);
         for a in &actions {
             if let Action::Commit { block, certificate, .. } = a {
                 committed.push((block.clone(), certificate.clone()));
             }
         }
+        between(committed.len(), &mut leader, now);
         input = next_height_timer(&actions).expect("a next-height timer");
         now += 1_000;
     }
+    (leader, committed, now)
+}
+
+#[test]
+fn a_synced_block_whose_carried_certificate_was_swapped_is_refused() {
+    // A lone validator commits three blocks; a follower syncs them.
+    let chain = TestChain::new(3, 1, Amount::agr(1_000));
+    let (_, committed, now) = lone_validator(&chain, 3, |_, _, _| {});
     let follower_config = EngineConfig { is_validator: false, ..config() };
     let mut follower = Engine::new(chain_id(), chain.keys[1].clone(), chain.state(), None, follower_config);
     let synced = |(b, c): &(Box<agora_protocol::Block>, CommitCertificate)| Input::Synced {
@@ -399,24 +412,14 @@ fn a_follower_commits_gossiped_decided_blocks_checked_against_the_validators() {
     use agora_protocol::DecidedBlock;
     // A lone validator commits three blocks, the second with a transfer.
     let chain = TestChain::new(3, 1, Amount::agr(1_000));
-    let mut now = chain.genesis.genesis_time_ms.0 + 1_000;
-    let mut leader = Engine::new(chain_id(), chain.keys[0].clone(), chain.state(), None, config());
-    let mut decided = Vec::new();
-    let mut input = Input::Start;
-    while decided.len() < 3 {
-        let actions = leader.handle(now, input);
-        for a in &actions {
-            if let Action::Commit { block, certificate, .. } = a {
-                decided.push(DecidedBlock { block: (**block).clone(), certificate: certificate.clone() });
-            }
-        }
-        if decided.len() == 1 {
+    let (leader, committed, now) = lone_validator(&chain, 3, |height, leader, now| {
+        if height == 1 {
             let tx = agora_ledger::testkit::transfer(&chain.keys[0], 0, chain.address(2), Amount::agr(1));
             let _ = leader.handle(now, Input::Tx(Box::new(tx)));
         }
-        input = next_height_timer(&actions).expect("a next-height timer");
-        now += 1_000;
-    }
+    });
+    let decided: Vec<DecidedBlock> =
+        committed.into_iter().map(|(block, certificate)| DecidedBlock { block: *block, certificate }).collect();
     assert_eq!(decided[1].block.txs.len(), 1, "block 2 carries the transfer");
     let follower_config = EngineConfig { is_validator: false, ..config() };
     let mut follower = Engine::new(chain_id(), chain.keys[1].clone(), chain.state(), None, follower_config);
