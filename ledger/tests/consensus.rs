@@ -435,6 +435,9 @@ fn a_follower_commits_gossiped_decided_blocks_checked_against_the_validators() {
     let (verdict, actions) = take(&mut follower, &decided[0]);
     assert_eq!((verdict, commits(&actions)), ("next", vec![1]));
     assert_eq!(take(&mut follower, &decided[0]).0, "drop", "a copy of a committed block is not forwarded again");
+    let mut forged_ahead = decided[2].clone();
+    forged_ahead.certificate.signatures[0].signature = decided[1].certificate.signatures[0].signature;
+    assert_eq!(take(&mut follower, &forged_ahead).0, "invalid", "a forged signature, whatever the set at its height");
     let (verdict, actions) = take(&mut follower, &decided[2]);
     assert_eq!(verdict, "ahead");
     assert!(

@@ -51,6 +51,21 @@ pub fn verify_votes(
     Ok(())
 }
 
+/// Whether every signature of `cert` is its signer's precommit for
+/// `block_hash`, from distinct signers, whatever set they belong to and
+/// whatever power they hold: a certificate for a height whose validators
+/// are not known yet can still be told forged.
+pub fn signatures_valid(chain: &ChainId, cert: &CommitCertificate, block_hash: Hash) -> bool {
+    let mut seen = BTreeSet::new();
+    cert.block_hash == block_hash
+        && cert.signatures.iter().all(|s| {
+            let vote =
+                Vote { kind: VoteKind::Precommit, height: cert.height, round: cert.round, block: Some(block_hash) };
+            seen.insert(s.validator)
+                && Signed { body: vote, signer: s.validator, signature: s.signature }.verify(chain).is_ok()
+        })
+}
+
 /// Checks a commit certificate for the block `block_hash` at `height`.
 pub fn verify_commit(
     chain: &ChainId,

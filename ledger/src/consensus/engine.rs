@@ -132,11 +132,12 @@ pub enum Decided {
     /// At or below the tip, or certified by keys this node does not know
     /// as validators: not forwarded, no penalty.
     Drop,
-    /// Past the next height and signed by current validators: not checked
-    /// (the set may change before then) nor forwarded, but peers are ahead
-    /// (`Input::PeerAhead`).
+    /// Past the next height, signed by current validators, every signature
+    /// theirs: its power is not checked (the set may change before then)
+    /// and it is not forwarded, but peers are ahead (`Input::PeerAhead`).
     Ahead,
-    /// A certificate that does not commit the block for the next height.
+    /// A certificate that does not commit the block for the next height, or
+    /// a forged signature at any later height.
     Invalid,
 }
 
@@ -484,8 +485,16 @@ impl Engine {
         let signers_known = !decided.certificate.signatures.is_empty()
             && decided.certificate.signatures.len() <= MAX_VALIDATORS
             && decided.certificate.signatures.iter().all(|s| ledger.is_validator(&s.validator));
+        if at > next && signers_known {
+            // Not checkable against a set yet, but a forged signature is
+            // never an honest peer's (each forwarded it only once it applied).
+            let certificate = &decided.certificate;
+            let genuine = certificate.height == at
+                && super::certificate::signatures_valid(&self.host.chain, certificate, decided.block.hash());
+            return if genuine { Decided::Ahead } else { Decided::Invalid };
+        }
         if at != next {
-            return if at > next && signers_known { Decided::Ahead } else { Decided::Drop };
+            return Decided::Drop;
         }
         if !signers_known {
             // Its signers may be a set this node has not caught up with.
