@@ -196,23 +196,29 @@ impl SledNodes {
         Ok(root)
     }
 
-    /// The genesis tree — the whole tree at once — written straight to
-    /// disk in chunks rather than kept for a flush: held in memory as well,
-    /// a million-account genesis peaked at gigabytes more. The leaves go
-    /// before the root: a store without the genesis root is new, and writes
-    /// it all again (the same nodes and leaves) when it next opens.
-    fn write_genesis(&self, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
-        let root = self.write_nodes(batch.node_batch.nodes(), 0)?;
+    /// A whole tree at once — the genesis', or a snapshot's being
+    /// installed — written straight to disk in chunks rather than kept for
+    /// a flush: held in memory as well, a million-account genesis peaked at
+    /// gigabytes more. The leaves go before the root: a store without its
+    /// first root is new, and writes it all again (the same nodes and
+    /// leaves) when it next opens or installs.
+    pub(crate) fn write_through(
+        &self,
+        version: Version,
+        batch: &TreeUpdateBatch,
+        keys: &[(KeyHash, Vec<u8>)],
+    ) -> Result<(), Error> {
+        let root = self.write_nodes(batch.node_batch.nodes(), version)?;
         let preimages: HashMap<&KeyHash, &Vec<u8>> = keys.iter().map(|(h, k)| (h, k)).collect();
         let mut leaves = Chunked::new(&self.current);
         for ((_, hash), value) in batch.node_batch.values() {
             let (Some(v), Some(key)) = (value, preimages.get(hash)) else {
-                return Err(Error::Tree("a genesis leaf without its key or value".into()));
+                return Err(Error::Tree("a leaf without its key or value".into()));
             };
             leaves.insert(hash.0.to_vec(), encode(&(key, v))?)?;
         }
         leaves.finish()?;
-        let (k, v) = root.ok_or_else(|| Error::Tree("the genesis tree has no root".into()))?;
+        let (k, v) = root.ok_or_else(|| Error::Tree(format!("the tree written at {version} has no root")))?;
         self.nodes.insert(k, v)?;
         Ok(())
     }
@@ -297,7 +303,7 @@ impl NodeStore for SledNodes {
     /// must not put leaves on disk for a height whose block is not there.
     fn write(&self, version: Version, batch: &TreeUpdateBatch, keys: &[(KeyHash, Vec<u8>)]) -> Result<(), Error> {
         if version == 0 {
-            return self.write_genesis(batch, keys);
+            return self.write_through(0, batch, keys);
         }
         {
             let mut u = self.unflushed.lock().map_err(lock_error)?;

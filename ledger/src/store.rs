@@ -156,7 +156,7 @@ impl Store {
         // overwrite the newer ones).
         let fresh = meta.get(META_TIP)?.is_none() && crate::tree::root_at(&*nodes, 0)?.is_none();
         let state = if fresh {
-            // Written straight to disk (`SledNodes::write_genesis`).
+            // Written straight to disk (`SledNodes::write_through`).
             genesis.state_in(nodes.clone())?
         } else {
             State::from_data(genesis.data()?, genesis.hash(), crate::tree::TreeHandle::new(nodes.clone()))
@@ -518,8 +518,8 @@ impl Store {
             return Err(corrupt(Height(0), "a snapshot is installed only into a new store"));
         }
         let nodes = std::sync::Arc::new(crate::sled_nodes::SledNodes::open(&db)?);
-        crate::tree::NodeStore::write(&*nodes, height.0, &restored.batch, &restored.keys)?;
-        nodes.flush(height.0)?;
+        // Straight to disk: the restored tree is in memory once already.
+        nodes.write_through(height.0, &restored.batch, &restored.keys)?;
         let blocks = db.open_tree("blocks")?;
         let certificates = db.open_tree("certificates")?;
         blocks.insert(key(height), codec::encode(&restored.block)?)?;
