@@ -7,7 +7,7 @@ use agora_protocol::codec::{self, Wire};
 use agora_protocol::limits::MAX_TXS_PER_BUNDLE;
 use agora_protocol::rng::SeededRng;
 use agora_protocol::{
-    Address, Amount, Block, ChainId, CommitCertificate, CommitSig, DowntimeAttestation, DowntimeEvidence,
+    Address, Amount, Block, ChainId, CommitCertificate, CommitSig, DecidedBlock, DowntimeAttestation, DowntimeEvidence,
     EquivocationEvidence, Error, GpuSpec, Hash, Header, Heartbeat, Height, JobResources, Keypair, LeaseAccept, LeaseId,
     LeaseRequest, Offer, Signable, Signed, SignedTx, TimestampMs, Transaction, TxBundle, TxKind,
 };
@@ -315,6 +315,29 @@ fn mutated_encodings_are_rejected_without_panicking() {
         &mut rng,
         mutations / 4,
     );
+    // A decided block: what a follower checks is that the certificate is
+    // for this block's hash and the block is the one its header commits to.
+    let certificate = CommitCertificate {
+        height: b.header.height,
+        round: 1,
+        block_hash: b.hash(),
+        signatures: vec![CommitSig { validator: key("v1").address(), signature: agora_protocol::Signature([6; 64]) }],
+    };
+    let decided = DecidedBlock { block: b.clone(), certificate };
+    hammer(
+        &decided,
+        |d: &DecidedBlock| {
+            d.certificate.block_hash == d.block.hash()
+                && d.block.hash() == b.hash()
+                && d.block.txs == b.txs
+                && d.block.last_commit == b.last_commit
+                && d.certificate.signatures == decided.certificate.signatures
+                && (d.certificate.height, d.certificate.round)
+                    == (decided.certificate.height, decided.certificate.round)
+        },
+        &mut rng,
+        mutations / 4,
+    );
 }
 
 #[test]
@@ -327,6 +350,9 @@ fn random_bytes_never_panic_any_decoder() {
             *first = 1; // the current version, to reach the body decoder
         }
         let _ = codec::decode::<Block>(&v);
+        let _ = codec::decode::<DecidedBlock>(&v);
+        let _ = codec::decode::<agora_protocol::snapshot::SnapshotRequest>(&v);
+        let _ = codec::decode::<agora_protocol::snapshot::SnapshotResponse>(&v);
         let _ = codec::decode::<SignedTx>(&v);
         let _ = TxBundle::decode_checked(&v);
         let _ = codec::decode::<Signed<Offer>>(&v);
