@@ -14,11 +14,6 @@ use std::time::Duration;
 
 use agora_testnet::http;
 
-fn block_hash(api: &str, h: u64) -> Option<String> {
-    let r = http::get(api, &format!("/v1/blocks/{h}")).ok()?;
-    (r.status == 200).then(|| r.json().ok()?["hash"].as_str().map(str::to_string))?
-}
-
 #[test]
 fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let tmp = tempfile::tempdir().unwrap();

@@ -54,6 +54,12 @@ pub fn metric(api: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The hash of block `h` as `api` serves it (None: not held).
+pub fn block_hash(api: &str, h: u64) -> Option<String> {
+    let r = http::get(api, &format!("/v1/blocks/{h}")).ok()?;
+    (r.status == 200).then(|| r.json().ok()?["hash"].as_str().map(str::to_string))?
+}
+
 /// A child process killed when the test ends, passed or not.
 pub struct Child(pub std::process::Child);
 

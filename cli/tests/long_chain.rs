@@ -1,0 +1,68 @@
+//! A node joins a long chain in seconds (issue 14, item 3), behind
+//! `AGORA_LONG_CHAIN_TESTS=1`: a real 4-node testnet commits 10,000 blocks
+//! (a 5 ms pause: a few minutes on a release build), then a new node holding
+//! only the genesis starts with `--state-sync`, installs the newest certified
+//! snapshot and reaches the tip without replaying the chain; it holds no
+//! block before its snapshot and agrees with the testnet on the blocks after.
+//! Run it alone, on a release build:
+//! `AGORA_LONG_CHAIN_TESTS=1 cargo nextest run --release -p agora-cli --test long_chain`.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+use agora_testnet::http;
+
+/// The height the chain reaches before the node joins.
+const LONG_CHAIN_BLOCKS: u64 = 10_000;
+/// How long the join may take, from process start to the tip (generous: the
+/// machine is shared; it takes well under a second here).
+const JOIN_DEADLINE: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_node_joins_a_chain_of_ten_thousand_blocks_by_state_sync_in_seconds() {
+    if std::env::var_os("AGORA_LONG_CHAIN_TESTS").is_none() {
+        eprintln!("AGORA_LONG_CHAIN_TESTS is not set: the 10,000-block join is skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let _down = Down(dir.clone());
+    let net = testnet_up(&dir, 0, test_ports(2), &["--commit-pause-ms", "5"]);
+    let api: Vec<String> =
+        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let started = Instant::now();
+    wait_until("the chain to reach 10,000 blocks", Duration::from_secs(1_800), || height(&api[0]) >= LONG_CHAIN_BLOCKS);
+    eprintln!("{LONG_CHAIN_BLOCKS} blocks in {:?}", started.elapsed());
+
+    let joiner = tmp.path().join("joiner");
+    let j = joiner.to_str().unwrap();
+    let genesis = dir.join("node0/genesis.json");
+    ok(agora(&["--home", j, "init", "--moniker", "joiner", "--genesis", genesis.to_str().unwrap()]));
+    let port0: u16 = api[0].rsplit(':').next().unwrap().parse().unwrap();
+    let joiner_api = format!("127.0.0.1:{}", port0 + 9);
+    let tip = height(&api[0]);
+    let joining = Instant::now();
+    let _joined = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["--home", j, "node", "run", "--state-sync", "--gpus", "none"])
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 8), "--api", &joiner_api])
+            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
+            .args(["--bootstrap", net["nodes"][1]["p2p"].as_str().unwrap()])
+            .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let joiner_api = format!("http://{joiner_api}");
+    wait_until("the joiner to reach the tip", JOIN_DEADLINE, || height(&joiner_api) >= tip);
+    eprintln!("joined at the tip {tip} in {:?} from process start", joining.elapsed());
+    let earliest = status(&joiner_api).unwrap()["earliest_height"].as_u64().unwrap();
+    assert!(earliest >= LONG_CHAIN_BLOCKS - 100, "it joined from a recent snapshot, not the genesis: {earliest}");
+    assert_eq!(http::get(&joiner_api, "/v1/blocks/1").unwrap().status, 404, "it replayed from the genesis");
+    let now = height(&api[0]);
+    wait_until("the joiner to follow", Duration::from_secs(60), || height(&joiner_api) >= now + 10);
+    for h in [earliest, now] {
+        assert_eq!(block_hash(&joiner_api, h), block_hash(&api[0], h), "the joiner disagrees at height {h}");
+    }
+}
