@@ -175,7 +175,7 @@ impl Daemon {
     }
 }
 
-/// The gossipsub hash of the decided topic, for the swarm's event routing.
+/// Whether a gossip message is on the decided topic (the swarm's event routing).
 pub(super) fn is_decided(t: &gossipsub::TopicHash) -> bool {
     *t == topic(TOPIC_DECIDED).hash()
 }
