@@ -1002,28 +1002,36 @@ impl Daemon {
     /// like a plain one; forwarded at most once an interval per message,
     /// and its signatures checked only the first time this node sees it.
     fn on_repeat(&mut self, data: &[u8]) -> (MessageAcceptance, Option<Input>) {
-        use crate::repeats::Verdict;
         let Ok(repeat) = codec::decode::<agora_protocol::ConsensusRepeat>(data) else {
             return (MessageAcceptance::Reject, None);
         };
         let msg = repeat.message;
-        let Ok(encoded) = codec::encode(&msg) else { return (MessageAcceptance::Reject, None) };
-        let (id, now) = (crate::repeats::id_of(&encoded), now_ms());
         match self.consensus.engine.relay(&msg) {
             Relay::Drop => (MessageAcceptance::Ignore, None),
             Relay::Ahead => (MessageAcceptance::Ignore, Some(Input::Message(msg))),
-            Relay::Forward => match self.consensus.repeats.verdict(&id, now) {
-                Verdict::TooSoon => (MessageAcceptance::Ignore, None),
-                Verdict::Again => {
-                    self.consensus.repeats.forwarded(id, now);
-                    (MessageAcceptance::Accept, None)
-                }
-                Verdict::New if consensus_signature_ok(&msg, &self.chain) => {
-                    self.consensus.repeats.forwarded(id, now);
-                    (MessageAcceptance::Accept, Some(Input::Message(msg)))
-                }
-                Verdict::New => (MessageAcceptance::Reject, None),
-            },
+            // Only a message to forward needs its id (its plain encoding, hashed).
+            Relay::Forward => {
+                let Ok(encoded) = codec::encode(&msg) else { return (MessageAcceptance::Reject, None) };
+                self.judge_repeat(msg, crate::repeats::id_of(&encoded), now_ms())
+            }
+        }
+    }
+
+    /// A repeat to forward: at most once an interval per message, its
+    /// signatures checked only the first time.
+    fn judge_repeat(&mut self, msg: ConsensusMessage, id: Hash, now: u64) -> (MessageAcceptance, Option<Input>) {
+        use crate::repeats::Verdict;
+        match self.consensus.repeats.verdict(&id, now) {
+            Verdict::TooSoon => (MessageAcceptance::Ignore, None),
+            Verdict::Again => {
+                self.consensus.repeats.forwarded(id, now);
+                (MessageAcceptance::Accept, None)
+            }
+            Verdict::New if consensus_signature_ok(&msg, &self.chain) => {
+                self.consensus.repeats.forwarded(id, now);
+                (MessageAcceptance::Accept, Some(Input::Message(msg)))
+            }
+            Verdict::New => (MessageAcceptance::Reject, None),
         }
     }
 
