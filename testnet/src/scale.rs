@@ -48,12 +48,70 @@ fn spread(v: &[f64]) -> Spread {
     Spread { min: at(0.0), p50: at(0.5), max: at(1.0) }
 }
 
+/// What was run, and on what.
 #[derive(Debug, Serialize)]
-pub struct ScaleReport {
+pub struct ScaleSetup {
     pub nodes: usize,
     pub validators: usize,
     pub providers: usize,
     pub commit_pause_ms: u64,
+    /// This machine's cores.
+    pub cores: usize,
+}
+
+/// RSS, CPU and gossip received of a group of nodes.
+#[derive(Debug, Serialize)]
+pub struct RoleCosts {
+    pub rss_mib: Spread,
+    pub cpu_percent: Spread,
+    pub gossip_bytes_per_s: Spread,
+}
+
+/// Each node's figures, in node order (validators first, the first
+/// `providers` of them providers).
+#[derive(Debug, Serialize)]
+pub struct PerNode {
+    pub rss_mib: Vec<f64>,
+    pub cpu_percent: Vec<f64>,
+    pub gossip_bytes_per_s: Vec<f64>,
+}
+
+/// What the nodes cost over the window: all of them, by role, and each.
+#[derive(Debug, Serialize)]
+pub struct NodeCosts {
+    /// CPU of all node processes together, in cores.
+    pub cpu_cores_total: f64,
+    pub all: RoleCosts,
+    pub validators: RoleCosts,
+    /// Nodes outside the validator set (they follow decided blocks).
+    pub full_nodes: RoleCosts,
+    pub per_node: PerNode,
+}
+
+impl NodeCosts {
+    fn new(per_node: PerNode, validators: usize) -> NodeCosts {
+        let costs = |range: std::ops::Range<usize>| {
+            let of = |v: &[f64]| spread(v.get(range.clone()).unwrap_or_default());
+            RoleCosts {
+                rss_mib: of(&per_node.rss_mib),
+                cpu_percent: of(&per_node.cpu_percent),
+                gossip_bytes_per_s: of(&per_node.gossip_bytes_per_s),
+            }
+        };
+        let n = per_node.cpu_percent.len();
+        NodeCosts {
+            cpu_cores_total: per_node.cpu_percent.iter().sum::<f64>() / 100.0,
+            all: costs(0..n),
+            validators: costs(0..validators.min(n)),
+            full_nodes: costs(validators.min(n)..n),
+            per_node,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScaleReport {
+    pub setup: ScaleSetup,
     /// From the first process started to every node at height 2.
     pub start_s: f64,
     /// From every node at height 2 to every node holding every provider's offer.
@@ -70,17 +128,7 @@ pub struct ScaleReport {
     pub lag_blocks_max: u64,
     /// Nodes that did not answer their API at the end of the window.
     pub nodes_down: usize,
-    /// This machine's cores.
-    pub cores: usize,
-    /// CPU of all node processes together over the window, in cores.
-    pub cpu_cores_total: f64,
-    pub rss_mib: Spread,
-    pub cpu_percent: Spread,
-    pub gossip_bytes_per_s: Spread,
-    /// Per node, in node order (validators first, the first `providers` of them providers).
-    pub rss_mib_per_node: Vec<f64>,
-    pub cpu_percent_per_node: Vec<f64>,
-    pub gossip_bytes_per_s_per_node: Vec<f64>,
+    pub costs: NodeCosts,
     /// The provider SIGKILLed after the window.
     pub killed_provider: usize,
     /// From the kill to every live node reporting it jailed.
@@ -205,10 +253,13 @@ fn measure(
         })?;
 
     Ok(ScaleReport {
-        nodes: o.nodes,
-        validators: o.validators,
-        providers: o.providers,
-        commit_pause_ms: o.commit_pause_ms,
+        setup: ScaleSetup {
+            nodes: o.nodes,
+            validators: o.validators,
+            providers: o.providers,
+            commit_pause_ms: o.commit_pause_ms,
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        },
         start_s,
         offers_everywhere_s,
         window_s,
@@ -217,14 +268,7 @@ fn measure(
         slowest_node_blocks_per_s: rates.iter().copied().fold(f64::INFINITY, f64::min),
         lag_blocks_max,
         nodes_down: h1.iter().filter(|(_, h)| h.is_none()).count(),
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        cpu_cores_total: cpu.iter().sum::<f64>() / 100.0,
-        rss_mib: spread(&rss),
-        cpu_percent: spread(&cpu),
-        gossip_bytes_per_s: spread(&bytes),
-        rss_mib_per_node: rss,
-        cpu_percent_per_node: cpu,
-        gossip_bytes_per_s_per_node: bytes,
+        costs: NodeCosts::new(PerNode { rss_mib: rss, cpu_percent: cpu, gossip_bytes_per_s: bytes }, o.validators),
         killed_provider: victim.index,
         slashed_everywhere_s,
     })
@@ -240,5 +284,24 @@ mod tests {
         assert_eq!((s.min, s.p50, s.max), (1.0, 3.0, 10.0));
         let empty = spread(&[]);
         assert_eq!((empty.min, empty.p50, empty.max), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn costs_split_the_validators_from_the_full_nodes() {
+        let per_node = |cpu: Vec<f64>| PerNode {
+            rss_mib: vec![20.0; cpu.len()],
+            gossip_bytes_per_s: cpu.clone(),
+            cpu_percent: cpu,
+        };
+        let c = NodeCosts::new(per_node(vec![4.0, 5.0, 1.0, 2.0, 1.5]), 2);
+        assert_eq!((c.validators.cpu_percent.min, c.validators.cpu_percent.max), (4.0, 5.0));
+        assert_eq!(
+            (c.full_nodes.cpu_percent.min, c.full_nodes.cpu_percent.p50, c.full_nodes.cpu_percent.max),
+            (1.0, 1.5, 2.0)
+        );
+        assert_eq!((c.all.cpu_percent.min, c.all.cpu_percent.max), (1.0, 5.0));
+        assert!((c.cpu_cores_total - 0.135).abs() < 1e-9);
+        let all_validators = NodeCosts::new(per_node(vec![3.0, 4.0]), 4);
+        assert_eq!(all_validators.full_nodes.cpu_percent.max, 0.0, "no full node");
     }
 }
