@@ -189,21 +189,9 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     // check it, and keeps them to serve the next joiner.
     let snapshot_at = (changed_at / 100 + 1) * 100;
     wait_until("a snapshot decided by the new set", Duration::from_secs(180), || height(&api[0]) > snapshot_at);
-    let joiner = tmp.path().join("joiner");
-    let j = joiner.to_str().unwrap();
-    ok(agora(&["--home", j, "init", "--moniker", "joiner", "--genesis", genesis]));
-    let port0: u16 = api[0].rsplit(':').next().unwrap().parse().unwrap();
-    let joiner_api = format!("127.0.0.1:{}", port0 + 14);
-    let _joined = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
-            .args(["--home", j, "node", "run", "--state-sync", "--gpus", "none"])
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 13), "--api", &joiner_api])
-            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
-            .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let joiner_api = format!("http://{joiner_api}");
+    let bootstrap = ["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()];
+    let (_joined, joiner_api) =
+        state_sync_node(tmp.path(), "joiner", std::path::Path::new(genesis), &api[0], 13, &bootstrap);
     let tip = height(&api[0]);
     wait_until("the joiner to reach the tip", Duration::from_secs(180), || height(&joiner_api) >= tip);
     let earliest = status(&joiner_api).unwrap()["earliest_height"].as_u64().unwrap();

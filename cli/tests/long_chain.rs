@@ -36,27 +36,18 @@ fn a_node_joins_a_chain_of_ten_thousand_blocks_by_state_sync_in_seconds() {
     wait_until("the chain to reach 10,000 blocks", Duration::from_secs(1_800), || height(&api[0]) >= LONG_CHAIN_BLOCKS);
     eprintln!("{LONG_CHAIN_BLOCKS} blocks in {:?}", started.elapsed());
 
-    let joiner = tmp.path().join("joiner");
-    let j = joiner.to_str().unwrap();
-    let genesis = dir.join("node0/genesis.json");
-    ok(agora(&["--home", j, "init", "--moniker", "joiner", "--genesis", genesis.to_str().unwrap()]));
-    let port0: u16 = api[0].rsplit(':').next().unwrap().parse().unwrap();
-    let joiner_api = format!("127.0.0.1:{}", port0 + 9);
     let tip = height(&api[0]);
     let joining = Instant::now();
-    let _joined = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
-            .args(["--home", j, "node", "run", "--state-sync", "--gpus", "none"])
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 8), "--api", &joiner_api])
-            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
-            .args(["--bootstrap", net["nodes"][1]["p2p"].as_str().unwrap()])
-            .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let joiner_api = format!("http://{joiner_api}");
+    let bootstrap = [
+        "--bootstrap",
+        net["nodes"][0]["p2p"].as_str().unwrap(),
+        "--bootstrap",
+        net["nodes"][1]["p2p"].as_str().unwrap(),
+    ];
+    let (_joined, joiner_api) =
+        state_sync_node(tmp.path(), "joiner", &dir.join("node0/genesis.json"), &api[0], 8, &bootstrap);
     wait_until("the joiner to reach the tip", JOIN_DEADLINE, || height(&joiner_api) >= tip);
-    eprintln!("joined at the tip {tip} in {:?} from process start", joining.elapsed());
+    eprintln!("joined at the tip {tip} in {:?} from its init (home, keys) and start", joining.elapsed());
     let earliest = status(&joiner_api).unwrap()["earliest_height"].as_u64().unwrap();
     assert!(earliest >= LONG_CHAIN_BLOCKS - 100, "it joined from a recent snapshot, not the genesis: {earliest}");
     assert_eq!(http::get(&joiner_api, "/v1/blocks/1").unwrap().status, 404, "it replayed from the genesis");

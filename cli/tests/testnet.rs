@@ -181,24 +181,27 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let joiner = tmp.path().join("joiner");
     let j = joiner.to_str().unwrap();
     let genesis = Path::new(net["nodes"][0]["home"].as_str().unwrap()).join("genesis.json");
-    ok(agora(&["--home", j, "init", "--moniker", "joiner", "--genesis", genesis.to_str().unwrap()]));
-    // Two ports past the testnet's own (`up` may have moved its block off `base`).
-    let port0: u16 = api[0].rsplit(':').next().unwrap().parse().unwrap();
-    let joiner_api = format!("127.0.0.1:{}", port0 + 9);
     let tip = height(&api[0]);
     let started = std::time::Instant::now();
-    let _joined = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
-            .args(["--home", j, "node", "run", "--state-sync", "--gpus", "none", "--commit-pause-ms", "20"])
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 8), "--api", &joiner_api])
-            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap()])
-            .args(["--bootstrap", net["nodes"][1]["p2p"].as_str().unwrap()])
-            .args(["--snapshot-interval-blocks", "50", "--block-retention-blocks", "100"])
-            .stderr(std::fs::File::create(tmp.path().join("joiner.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let (_joined, joiner_api) = state_sync_node(
+        tmp.path(),
+        "joiner",
+        &genesis,
+        &api[0],
+        8,
+        &[
+            "--commit-pause-ms",
+            "20",
+            "--bootstrap",
+            net["nodes"][0]["p2p"].as_str().unwrap(),
+            "--bootstrap",
+            net["nodes"][1]["p2p"].as_str().unwrap(),
+            "--snapshot-interval-blocks",
+            "50",
+            "--block-retention-blocks",
+            "100",
+        ],
     );
-    let joiner_api = format!("http://{joiner_api}");
     wait_until("the state-synced node to reach the tip", Duration::from_secs(180), || height(&joiner_api) >= tip);
     eprintln!("joined by state sync at the tip {tip} in {:?}", started.elapsed());
     let s4 = status(&joiner_api).unwrap();
@@ -244,20 +247,15 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     assert_eq!(checkpoint % 100, 0, "{listed}");
     assert_eq!(block_hash(&api[0], checkpoint).as_deref(), Some(trusted.as_str()), "{listed}");
     assert!(listed["snapshots"].as_array().unwrap().len() <= 2, "the newest two are kept: {listed}");
-    let second = tmp.path().join("second");
-    let s2 = second.to_str().unwrap();
-    ok(agora(&["--home", s2, "init", "--moniker", "second", "--genesis", genesis.to_str().unwrap()]));
-    let second_api = format!("127.0.0.1:{}", port0 + 11);
-    let _second = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
-            .args(["--home", s2, "node", "run", "--state-sync", "--trust-hash", &trusted, "--gpus", "none"])
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + 10), "--api", &second_api])
-            .args(["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap(), "--commit-pause-ms", "20"])
-            .stderr(std::fs::File::create(tmp.path().join("second.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let bootstrap = net["nodes"][0]["p2p"].as_str().unwrap();
+    let (_second, second_api) = state_sync_node(
+        tmp.path(),
+        "second",
+        &genesis,
+        &api[0],
+        10,
+        &["--trust-hash", &trusted, "--bootstrap", bootstrap, "--commit-pause-ms", "20"],
     );
-    let second_api = format!("http://{second_api}");
     let tip = height(&api[0]);
     wait_until("the checkpointed node to reach the tip", Duration::from_secs(180), || height(&second_api) >= tip);
     let s5 = status(&second_api).unwrap();

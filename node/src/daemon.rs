@@ -729,8 +729,7 @@ impl Daemon {
                         s.state_root = block.header.state_root.to_hex();
                     }
                     self.take_snapshot_if_due(&block, &certificate);
-                    self.publish_decided(&block, &certificate);
-                    self.update_subscriptions()?;
+                    self.follow_after_commit(&block, &certificate)?;
                     self.liveness_after_commit(block.header.height, hash, block.header.time_ms.0);
                     self.on_lease_events(&events)?;
                     self.resend_own_txs()?;

@@ -187,8 +187,12 @@ impl OrderBook {
         now_ms: u64,
     ) -> Result<(), OfferError> {
         let provider = self.check(&offer, chain, state, now_ms)?;
-        self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
+        self.keep(provider, offer, now_ms);
         Ok(())
+    }
+
+    fn keep(&mut self, provider: Address, offer: Signed<Offer>, now_ms: u64) {
+        self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
     }
 
     /// Like `insert`, but an offer refused only because this node's ledger
@@ -201,12 +205,16 @@ impl OrderBook {
         state: &State,
         now_ms: u64,
     ) -> Result<(), OfferError> {
-        match self.insert(offer.clone(), chain, state, now_ms) {
+        match self.check(&offer, chain, state, now_ms) {
+            Ok(provider) => {
+                self.keep(provider, offer, now_ms);
+                Ok(())
+            }
             Err(e) if e.may_become_valid() => {
                 self.hold(offer, state.height().0 + HELD_OFFER_BLOCKS);
                 Err(e)
             }
-            done => done,
+            Err(e) => Err(e),
         }
     }
 
@@ -243,7 +251,7 @@ impl OrderBook {
         for (signer, (offer, until)) in std::mem::take(&mut self.held.offers) {
             match self.place(&offer, state, now_ms) {
                 Ok(provider) => {
-                    self.offers.insert(provider, BookEntry { provider, offer, received_at_ms: now_ms });
+                    self.keep(provider, offer, now_ms);
                     entered += 1;
                 }
                 Err(e) if e.may_become_valid() && height < until => {

@@ -156,12 +156,18 @@ impl<P> Default for MovedSet<P> {
     }
 }
 
-/// Whether an offer's certificate is valid for the validators its own
-/// state names as the deciders of its block: false is a forgery whatever
-/// set the joiner trusts.
-fn self_certified(offer: &SnapshotOffer, chain: &ChainId) -> bool {
+/// The validators an offer's own state names as the deciders of its block
+/// (none if its meta leaf does not decode: then nothing certifies it).
+fn own_deciders(offer: &SnapshotOffer) -> Vec<Validator> {
     agora_ledger::tree::decode_canonical::<agora_ledger::tree::Meta>(&offer.meta)
-        .is_ok_and(|m| agora_ledger::snapshot::verify_offer(offer, chain, &m.last_validators).is_ok())
+        .map(|m| m.last_validators)
+        .unwrap_or_default()
+}
+
+/// Whether an offer's certificate is valid for its own deciders: false is
+/// a forgery whatever set the joiner trusts.
+fn self_certified(offer: &SnapshotOffer, chain: &ChainId) -> bool {
+    agora_ledger::snapshot::verify_offer(offer, chain, &own_deciders(offer)).is_ok()
 }
 
 /// The decisions of a state sync.
@@ -219,11 +225,7 @@ impl<P: Copy + Eq + std::fmt::Debug> StateSync<P> {
     fn trusted_for(&self, offer: &SnapshotOffer) -> Vec<Validator> {
         let hash = offer.header.hash();
         match self.trust {
-            Some(trusted) if hash == trusted => {
-                agora_ledger::tree::decode_canonical::<agora_ledger::tree::Meta>(&offer.meta)
-                    .map(|m| m.last_validators)
-                    .unwrap_or_default()
-            }
+            Some(trusted) if hash == trusted => own_deciders(offer),
             _ => match self.moved.deciders.iter().find(|(h, _, _)| *h == hash) {
                 Some((_, deciders, _)) => deciders.clone(),
                 None => self.trusted.clone(),

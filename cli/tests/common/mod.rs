@@ -70,6 +70,34 @@ impl Drop for Child {
     }
 }
 
+/// A new node joining by state sync: its home `dir/name`, initialised with
+/// `genesis`, runs `node run --state-sync --gpus none` and `args` on the
+/// two ports `offset` and `offset + 1` past `api0`'s (P2P, API: past the
+/// testnet's own, wherever `up` put them), its log in `dir/name.log`.
+/// The process and its API URL.
+pub fn state_sync_node(
+    dir: &std::path::Path,
+    name: &str,
+    genesis: &std::path::Path,
+    api0: &str,
+    offset: u16,
+    args: &[&str],
+) -> (Child, String) {
+    let home = dir.join(name);
+    let home = home.to_str().unwrap();
+    ok(agora(&["--home", home, "init", "--moniker", name, "--genesis", genesis.to_str().unwrap()]));
+    let port0: u16 = api0.rsplit(':').next().unwrap().parse().unwrap();
+    let api = format!("127.0.0.1:{}", port0 + offset + 1);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["--home", home, "node", "run", "--state-sync", "--gpus", "none"])
+        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", port0 + offset), "--api", &api])
+        .args(args)
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    (Child(child), format!("http://{api}"))
+}
+
 /// Gossip messages a node judged on `topic` with `verdict` (accepted,
 /// ignored, rejected), from its /metrics.
 pub fn gossip_count(api: &str, topic: &str, verdict: &str) -> u64 {

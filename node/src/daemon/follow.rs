@@ -45,15 +45,21 @@ impl Follow {
 impl Daemon {
     /// Subscribes to the topics every node takes, then to those of its role.
     pub(super) fn subscribe_topics(&mut self) -> Result<(), Error> {
-        for t in ALWAYS_SUBSCRIBED {
-            self.net.swarm.behaviour_mut().gossipsub.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
-        }
+        subscribe(&mut self.net.swarm.behaviour_mut().gossipsub, &ALWAYS_SUBSCRIBED, true)?;
         self.update_subscriptions()
     }
 
-    /// After each commit: votes while this node may vote, decided blocks
-    /// while it does not vote (a node about to join the set takes both).
-    pub(super) fn update_subscriptions(&mut self) -> Result<(), Error> {
+    /// After each commit: gossips the block to followers if this node
+    /// votes, notes the progress, and takes the topics of its role now.
+    pub(super) fn follow_after_commit(&mut self, block: &Block, certificate: &CommitCertificate) -> Result<(), Error> {
+        self.publish_decided(block, certificate);
+        self.sync.follow.last_progress = Instant::now();
+        self.update_subscriptions()
+    }
+
+    /// Votes while this node may vote, decided blocks while it does not
+    /// vote (a node about to join the set takes both).
+    fn update_subscriptions(&mut self) -> Result<(), Error> {
         let me = self.key.address();
         let state = self.store.state();
         let votes = agora_ledger::validators::may_validate(state, &me);
@@ -61,31 +67,20 @@ impl Daemon {
         let gossip = &mut self.net.swarm.behaviour_mut().gossipsub;
         let follow = &mut self.sync.follow;
         if votes != follow.votes {
-            for t in [TOPIC_CONSENSUS, TOPIC_CONSENSUS_REPEAT] {
-                if votes {
-                    gossip.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
-                } else {
-                    gossip.unsubscribe(&topic(t));
-                }
-            }
+            subscribe(gossip, &[TOPIC_CONSENSUS, TOPIC_CONSENSUS_REPEAT], votes)?;
             tracing::info!(votes, "consensus topics {}", if votes { "joined" } else { "left" });
             follow.votes = votes;
         }
         if decided != follow.decided {
-            if decided {
-                gossip.subscribe(&topic(TOPIC_DECIDED)).map_err(|e| Error::Network(e.to_string()))?;
-            } else {
-                gossip.unsubscribe(&topic(TOPIC_DECIDED));
-            }
+            subscribe(gossip, &[TOPIC_DECIDED], decided)?;
             follow.decided = decided;
         }
-        follow.last_progress = Instant::now();
         Ok(())
     }
 
     /// A validator gossips each block it commits to the followers among its
     /// peers (none subscribed: nothing is encoded).
-    pub(super) fn publish_decided(&mut self, block: &Block, certificate: &CommitCertificate) {
+    fn publish_decided(&mut self, block: &Block, certificate: &CommitCertificate) {
         if !self.sync.follow.votes {
             return;
         }
@@ -175,7 +170,20 @@ impl Daemon {
     }
 }
 
-/// Whether a gossip message is on the decided topic (the swarm's event routing).
+/// Subscribes to `topics` (`on`) or leaves them.
+fn subscribe(gossip: &mut gossipsub::Behaviour, topics: &[&str], on: bool) -> Result<(), Error> {
+    for t in topics {
+        if on {
+            gossip.subscribe(&topic(t)).map_err(|e| Error::Network(e.to_string()))?;
+        } else {
+            gossip.unsubscribe(&topic(t));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a gossip message is on the decided topic (the swarm's event
+/// routing; topics are identity-hashed, so the hash is the name).
 pub(super) fn is_decided(t: &gossipsub::TopicHash) -> bool {
-    *t == topic(TOPIC_DECIDED).hash()
+    t.as_str() == TOPIC_DECIDED
 }

@@ -121,7 +121,8 @@ fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
     let mut hasher = blake3::Hasher::new_derive_key("agora gossip id v2");
     hasher.update(m.topic.as_str().as_bytes());
     hasher.update(&[0]);
-    if m.topic == topic(TOPIC_DECIDED).hash() && m.data.len() >= DECIDED_ID_BYTES {
+    // Topics are identity-hashed: the hash is the name (no allocation per message).
+    if m.topic.as_str() == TOPIC_DECIDED && m.data.len() >= DECIDED_ID_BYTES {
         // The receiver checks that these bytes are the block's hash.
         hasher.update(&m.data[..DECIDED_ID_BYTES]);
     } else {
