@@ -356,14 +356,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = crate::Store::open(dir.path(), &chain.genesis).unwrap().state().root();
         let root_key = {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::store::open_sled(dir.path()).unwrap();
             let nodes = db.open_tree("tree_nodes").unwrap();
             let is_root = |k: &[u8]| decode::<NodeKey>(&k[8..]).unwrap().nibble_path().is_empty();
             let found: Vec<_> = nodes.scan_prefix(0u64.to_be_bytes()).keys().map(Result::unwrap).collect();
             found.into_iter().find(|k| is_root(k)).expect("the genesis root is on disk").to_vec()
         };
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::store::open_sled(dir.path()).unwrap();
             let nodes = db.open_tree("tree_nodes").unwrap();
             assert!(nodes.remove(&root_key).unwrap().is_some(), "the genesis root was on disk");
             assert_eq!(db.open_tree("tree_current").unwrap().len(), FLUSH_CHUNK_ENTRIES + 501);
@@ -372,7 +372,7 @@ mod tests {
         let again = crate::Store::open(dir.path(), &chain.genesis).unwrap();
         assert_eq!(again.state().root(), root);
         drop(again);
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::store::open_sled(dir.path()).unwrap();
         assert!(db.open_tree("tree_nodes").unwrap().contains_key(&root_key).unwrap(), "the root is written again");
         drop(db);
         // Not new any more: opened by recovery, from its leaves, to the same root.

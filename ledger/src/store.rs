@@ -90,7 +90,9 @@ pub struct Store {
 pub const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens the sled database at `path`, retrying while only its lock is busy.
-fn open_sled(path: &Path) -> Result<sled::Db, Error> {
+/// Public for tools and tests that read or tamper with a closed store's raw
+/// trees (a plain `sled::open` races the closed store's threads).
+pub fn open_sled(path: &Path) -> Result<sled::Db, Error> {
     let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
     loop {
         match sled::Config::new().path(path).open() {

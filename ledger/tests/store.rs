@@ -90,7 +90,7 @@ fn a_store_refuses_another_genesis() {
 
 /// Rewrites one raw value in a tree of the store's sled database.
 fn tamper(dir: &std::path::Path, tree: &str, height: u64, f: impl Fn(&mut Vec<u8>)) {
-    let db = sled::open(dir).unwrap();
+    let db = agora_ledger::store::open_sled(dir).unwrap();
     let t = db.open_tree(tree).unwrap();
     let key = height.to_be_bytes();
     let mut v = t.get(key).unwrap().unwrap().to_vec();
@@ -108,7 +108,14 @@ fn a_corrupt_block_is_reported_with_its_height() {
         commit_blocks(&chain, &mut store, 6);
     }
     let len = |dir: &std::path::Path| {
-        sled::open(dir).unwrap().open_tree("blocks").unwrap().get(3u64.to_be_bytes()).unwrap().unwrap().len()
+        agora_ledger::store::open_sled(dir)
+            .unwrap()
+            .open_tree("blocks")
+            .unwrap()
+            .get(3u64.to_be_bytes())
+            .unwrap()
+            .unwrap()
+            .len()
     };
     let n = len(dir.path());
     // Flip a bit in the middle of block 3 (inside a transfer amount or signature).
@@ -135,7 +142,7 @@ fn a_corrupt_state_leaf_is_reported_with_its_height() {
     // Every live leaf changed by one bit: the state rebuilt from the leaves
     // no longer has the header's root.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = agora_ledger::store::open_sled(dir.path()).unwrap();
         let leaves = db.open_tree("tree_current").unwrap();
         for entry in leaves.iter() {
             let (k, v) = entry.unwrap();
