@@ -637,10 +637,8 @@ impl Host {
             height,
             block.hash(),
         )?;
-        let applied = self.apply_to_copy(&block, SigCheck::Verify)?;
-        self.finish_commit(block, certificate, applied)?;
-        self.last_sync_request_ms = None;
-        Ok(())
+        // Certified like a gossiped decided block, so trusted alike.
+        self.commit_decided(DecidedBlock { block, certificate })
     }
 
     /// Commits a gossiped decided block whose certificate was checked
