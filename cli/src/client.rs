@@ -104,6 +104,7 @@ pub fn balance(
             print_json(&serde_json::json!({
                 "address": address, "balance": account.balance, "stake": account.stake,
                 "unbonding": account.unbonding, "nonce": account.nonce, "verified_height": v.height.0,
+                "trust": proven.trust_json(),
             }))?;
         } else {
             println!("address   {address}");

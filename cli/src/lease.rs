@@ -841,7 +841,9 @@ fn proven_lease(
     };
     let lease: agora_ledger::Lease = agora_ledger::light::decode_value(bytes)?;
     if node.json {
-        print_json(&serde_json::json!({ "lease": lease, "verified_height": v.height.0 }))?;
+        print_json(
+            &serde_json::json!({ "lease": lease, "verified_height": v.height.0, "trust": proven.trust_json() }),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let status = match &lease.status {

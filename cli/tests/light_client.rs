@@ -8,7 +8,9 @@
 //! --prove`: the genesis validators no longer vouch for the tip (1 of 4
 //! seats), so the CLI follows the set's change through `GET
 //! /v1/light/transitions`, checks it, and verifies the answer against the
-//! validators it learned. Last, a new node holding only the genesis joins
+//! validators it learned; the set it learned is its checkpoint, so the
+//! next check starts there (a damaged checkpoint is set aside, never
+//! trusted). Last, a new node holding only the genesis joins
 //! by state sync from a snapshot the new set decided, trusting it through
 //! the validator-set transitions its peer serves.
 
@@ -184,12 +186,36 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
         api[..4].iter().all(|a| height(a) > tip)
     });
 
-    let shown = ok(agora(&["account", &buyer, "--prove", "--genesis", genesis, "--node", &api[0]]));
+    let prove = |extra: &[&str]| {
+        let mut args =
+            vec!["--home", &buyer_home, "account", &buyer, "--prove", "--genesis", genesis, "--node", &api[0]];
+        args.extend_from_slice(extra);
+        agora(&args)
+    };
+    let shown = ok(prove(&[]));
     assert!(shown.contains("after following 1 validator-set change from the genesis"), "{shown}");
-    let proven = proven_account(&buyer, genesis, &api[0]);
+    // The set it learned is its checkpoint: the next check starts there.
+    let checkpoints: Vec<_> = std::fs::read_dir(std::path::Path::new(&buyer_home).join("light"))
+        .expect("a checkpoint directory")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let proven: serde_json::Value = serde_json::from_str(&ok(prove(&["--json"]))).unwrap();
     assert!(proven["verified_height"].as_u64() > Some(changed_at), "{proven}");
+    assert_eq!(proven["trust"]["trusted_from_height"].as_u64(), Some(changed_at), "{proven}");
+    assert_eq!(proven["trust"]["changes_followed"].as_u64(), Some(0), "{proven}");
     let served = http::get(&api[0], &format!("/v1/accounts/{buyer}")).unwrap().json().unwrap();
     assert_eq!(proven["balance"], served["balance"], "{proven}");
+    assert!(ok(prove(&[])).contains(&format!("trusted from your checkpoint at height {changed_at}")));
+    let again = ok(prove(&["--from-genesis"]));
+    assert!(again.contains("after following 1 validator-set change from the genesis"), "{again}");
+    // A damaged checkpoint is set aside with a warning, never trusted: the
+    // check starts from the genesis again and writes a good one.
+    std::fs::write(&checkpoints[0], b"{\"chain_id\": 7").unwrap();
+    let damaged = prove(&[]);
+    assert!(String::from_utf8_lossy(&damaged.stderr).contains("ignoring the light-client checkpoint"));
+    assert!(ok(damaged).contains("after following 1 validator-set change from the genesis"));
+    assert!(ok(prove(&[])).contains("trusted from your checkpoint"), "rewritten");
 
     // A new node holding only the genesis joins by state sync, no
     // --trust-hash: the newest snapshot (every 100 blocks) is decided by
