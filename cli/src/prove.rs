@@ -73,6 +73,14 @@ pub fn fetch(
         // The set has moved on: follow its changes up to the proof's height.
         Err(agora_ledger::Error::TooFewTrustedSigners { .. }) => {
             let transitions = transitions_between(node, from, bundle.header.height)?;
+            if transitions.is_empty() {
+                bail!(
+                    "the validator set has changed since your {} and this node lists no change after height {}: \
+                     ask a node that holds them (not one that joined by state sync later, or an archive node)",
+                    if from.0 == 0 { "genesis".to_string() } else { format!("checkpoint at height {}", from.0) },
+                    from.0
+                );
+            }
             let followed = light::follow(&transitions, chain, trusted, from)?;
             let v = light::verify(&bundle, key, chain, &followed.validators)?;
             let learned = Checkpoint {

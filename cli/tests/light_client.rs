@@ -12,7 +12,9 @@
 //! next check starts there (a damaged checkpoint is set aside, never
 //! trusted). Last, a new node holding only the genesis joins
 //! by state sync from a snapshot the new set decided, trusting it through
-//! the validator-set transitions its peer serves.
+//! the validator-set transitions its peer serves; a node that joins from a
+//! later checkpoint (`--trust-hash`) holds none, which the buyer's own
+//! checkpoint does not need and a check from the genesis is refused for.
 
 mod common;
 use common::*;
@@ -233,4 +235,25 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     let log = std::fs::read_to_string(tmp.path().join("joiner.log")).unwrap();
     assert!(log.contains("installed the snapshot"), "{log}");
     assert_eq!(transitions(&joiner_api), transitions(&api[0]), "it serves the transitions it followed");
+
+    // A node that joined from a checkpoint after the change holds no
+    // transition: the buyer's checkpoint needs none; the genesis alone
+    // cannot be followed there, and the CLI says so in one line.
+    let trust_hash = block_hash(&api[0], snapshot_at).expect("the snapshot's block");
+    let late_args = ["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap(), "--trust-hash", &trust_hash];
+    let (_late, late_api) = state_sync_node(tmp.path(), "late", std::path::Path::new(genesis), &api[0], 15, &late_args);
+    let tip = height(&api[0]);
+    wait_until("the late joiner to reach the tip", Duration::from_secs(180), || height(&late_api) >= tip);
+    assert!(transitions(&late_api).is_empty(), "it holds no transition");
+    let prove_at = |extra: &[&str]| {
+        let mut args = vec!["--home", &buyer_home, "account", &buyer, "--prove", "--genesis", genesis];
+        args.extend_from_slice(&["--node", &late_api]);
+        args.extend_from_slice(extra);
+        agora(&args)
+    };
+    let shown = ok(prove_at(&[]));
+    assert!(shown.contains(&format!("trusted from your checkpoint at height {changed_at}")), "{shown}");
+    let refused = err(prove_at(&["--from-genesis"]));
+    assert!(refused.contains("lists no change after height 0"), "{refused}");
+    assert_eq!(refused.trim().lines().count(), 1, "{refused}");
 }
