@@ -71,13 +71,12 @@ pub fn fetch(
     };
     let (v, changes_followed) = match light::verify(&bundle, key, chain, &trusted) {
         // The set has moved on: follow its changes up to the proof's height.
-        Err(agora_ledger::Error::TooFewTrustedSigners { .. }) => {
+        Err(e @ agora_ledger::Error::TooFewTrustedSigners { .. }) => {
             let transitions = transitions_between(node, from, bundle.header.height)?;
             if transitions.is_empty() {
                 bail!(
-                    "the validator set has changed since your {} and this node lists no change after height {}: \
-                     ask a node that holds them (not one that joined by state sync later, or an archive node)",
-                    if from.0 == 0 { "genesis".to_string() } else { format!("checkpoint at height {}", from.0) },
+                    "{e}, and this node lists no change after height {}: if your genesis is this chain's, ask a \
+                     node that holds the changes (not one that joined by state sync later, or an archive node)",
                     from.0
                 );
             }
