@@ -166,8 +166,23 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
         let home = dir.join(format!("node{i}"));
         ok(agora(&["--home", home.to_str().unwrap(), "stake", "2000", "--key", "node", "--node", node_api]));
     }
-    wait_until("the validator set to change", Duration::from_secs(300), || !transitions(&api[0]).is_empty());
-    let changed_at = transitions(&api[0])[0]["height"].as_u64().unwrap();
+    // An epoch boundary may fall between the three stakes: then a first
+    // change seats two and the next epoch's the third. The genesis set
+    // still holds half the power after such a first change, so it vouches
+    // for the second and the client follows one change either way.
+    let full_nodes: Vec<&str> = (4..7).map(|i| net["nodes"][i]["address"].as_str().unwrap()).collect();
+    wait_until("the three full nodes to hold seats", Duration::from_secs(300), || {
+        let set = http::get(&api[0], "/v1/validators").map(|r| r.body).unwrap_or_default();
+        full_nodes.iter().all(|a| set.contains(a))
+    });
+    let changes = transitions(&api[0]);
+    let changed_at = changes.last().unwrap()["height"].as_u64().unwrap();
+    // One change, or two when the stakes straddled an epoch boundary (the
+    // genesis vouches for the second only if enough of it signed that block).
+    let followed_from_genesis = |line: &str| match changes.len() {
+        1 => line.contains("after following 1 validator-set change from the genesis"),
+        _ => line.contains("after following ") && line.contains(" from the genesis"),
+    };
     // The proof must be of a block the new set decided.
     wait_until("a block decided by the new set", Duration::from_secs(120), || height(&api[0]) > changed_at + 1);
 
@@ -180,9 +195,30 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     // seat's, so they stay candidates and keep the votes too: whichever of
     // a vote or a decided block reaches one first commits the height there,
     // and the other is ignored — "accepted" alone would be a race.
-    wait_until("the unseated validators to hear decided blocks", Duration::from_secs(120), || {
-        api[..4].iter().filter(|a| judged(a, gossip::TOPIC_DECIDED) > 0).count() >= 3
-    });
+    let heard = || api[..4].iter().filter(|a| judged(a, gossip::TOPIC_DECIDED) > 0).count() >= 3;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !heard() {
+        if Instant::now() > deadline {
+            let each: Vec<String> = api
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{a}: h={} decided judged={} accepted={} consensus accepted={}",
+                        height(a),
+                        judged(a, gossip::TOPIC_DECIDED),
+                        gossip_count(a, gossip::TOPIC_DECIDED, "accepted"),
+                        gossip_count(a, gossip::TOPIC_CONSENSUS, "accepted")
+                    )
+                })
+                .collect();
+            let validators = http::get(&api[0], "/v1/validators").map(|r| r.body).unwrap_or_default();
+            panic!(
+                "the unseated validators heard no decided block: {each:#?}\nvalidators {validators}\ntransitions {:?}",
+                transitions(&api[0]).iter().map(|t| t["height"].clone()).collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let tip = height(&api[4]);
     wait_until("every genesis validator to follow the new set", Duration::from_secs(120), || {
         api[..4].iter().all(|a| height(a) > tip)
@@ -195,7 +231,7 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
         agora(&args)
     };
     let shown = ok(prove(&[]));
-    assert!(shown.contains("after following 1 validator-set change from the genesis"), "{shown}");
+    assert!(followed_from_genesis(&shown), "{shown}");
     // The set it learned is its checkpoint: the next check starts there.
     let checkpoints: Vec<_> = std::fs::read_dir(std::path::Path::new(&buyer_home).join("light"))
         .expect("a checkpoint directory")
@@ -210,13 +246,14 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     assert_eq!(proven["balance"], served["balance"], "{proven}");
     assert!(ok(prove(&[])).contains(&format!("trusted from your checkpoint at height {changed_at}")));
     let again = ok(prove(&["--from-genesis"]));
-    assert!(again.contains("after following 1 validator-set change from the genesis"), "{again}");
+    assert!(followed_from_genesis(&again), "{again}");
     // A damaged checkpoint is set aside with a warning, never trusted: the
     // check starts from the genesis again and writes a good one.
     std::fs::write(&checkpoints[0], b"{\"chain_id\": 7").unwrap();
     let damaged = prove(&[]);
     assert!(String::from_utf8_lossy(&damaged.stderr).contains("ignoring the light-client checkpoint"));
-    assert!(ok(damaged).contains("after following 1 validator-set change from the genesis"));
+    let damaged = ok(damaged);
+    assert!(followed_from_genesis(&damaged), "{damaged}");
     assert!(ok(prove(&[])).contains("trusted from your checkpoint"), "rewritten");
 
     // A new node holding only the genesis joins by state sync, no
@@ -239,7 +276,10 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     // A node that joined from a checkpoint after the change holds no
     // transition: the buyer's checkpoint needs none; the genesis alone
     // cannot be followed there, and the CLI says so in one line.
-    let trust_hash = block_hash(&api[0], snapshot_at).expect("the snapshot's block");
+    // The newest snapshot: peers serve their newest two, so it stays on
+    // offer for at least another 100 blocks however slow the machine is.
+    let newest = height(&api[0]) / 100 * 100;
+    let trust_hash = block_hash(&api[0], newest).expect("the snapshot's block");
     let late_args = ["--bootstrap", net["nodes"][0]["p2p"].as_str().unwrap(), "--trust-hash", &trust_hash];
     let (_late, late_api) = state_sync_node(tmp.path(), "late", std::path::Path::new(genesis), &api[0], 15, &late_args);
     let tip = height(&api[0]);
