@@ -62,8 +62,9 @@ pub fn fetch(
     let file = checkpoint_path(home, &genesis_hash);
     // A checkpoint above the answer's height cannot vouch for it (a node
     // behind this client): that check starts from the genesis.
-    let checkpoint = if args.from_genesis { None } else { Checkpoint::load(&file, chain, &genesis_hash) }
-        .filter(|c| c.height <= bundle.header.height.0);
+    let saved = Checkpoint::load(&file, chain, &genesis_hash);
+    let saved_height = saved.as_ref().map_or(0, |c| c.height);
+    let checkpoint = saved.filter(|c| !args.from_genesis && c.height <= bundle.header.height.0);
     let from = checkpoint.as_ref().map_or(Height(0), |c| Height(c.height));
     let trusted = match checkpoint {
         Some(c) => c.validators,
@@ -88,7 +89,11 @@ pub fn fetch(
                 height: followed.height.0,
                 validators: followed.validators,
             };
-            if let Err(e) = learned.save(&file) {
+            // Never back: a check from the genesis (--from-genesis, or a node
+            // behind the checkpoint) may learn an older set than the one saved.
+            if learned.height > saved_height
+                && let Err(e) = learned.save(&file)
+            {
                 eprintln!("warning: the light-client checkpoint was not saved to {}: {e:#}", file.display());
             }
             (v, followed.taken)
