@@ -89,11 +89,7 @@ pub fn fetch(
                 height: followed.height.0,
                 validators: followed.validators,
             };
-            // Never back: a check from the genesis (--from-genesis, or a node
-            // behind the checkpoint) may learn an older set than the one saved.
-            if learned.height > saved_height
-                && let Err(e) = learned.save(&file)
-            {
+            if let Err(e) = learned.save_if_newer(&file, saved_height) {
                 eprintln!("warning: the light-client checkpoint was not saved to {}: {e:#}", file.display());
             }
             (v, followed.taken)
@@ -145,6 +141,18 @@ impl Checkpoint {
                 None
             }
         }
+    }
+
+    /// Saves the checkpoint unless the one saved (at `saved_height`) is
+    /// newer: a check from the genesis (--from-genesis, or a node behind
+    /// the checkpoint) may learn an older set, and a checkpoint never moves
+    /// back. Whether it was written.
+    fn save_if_newer(&self, file: &Path, saved_height: u64) -> anyhow::Result<bool> {
+        if self.height <= saved_height {
+            return Ok(false);
+        }
+        self.save(file)?;
+        Ok(true)
     }
 
     /// Writes the checkpoint whole or not at all (a temporary file renamed).
@@ -253,6 +261,12 @@ mod tests {
         empty.validators.clear();
         empty.save(&file).unwrap();
         assert!(Checkpoint::load(&file, &chain, &genesis).is_none());
+        // It never moves back.
+        let mut newer = checkpoint("agora-test", &genesis);
+        newer.height = 50;
+        assert!(newer.save_if_newer(&file, 0).unwrap());
+        assert!(!checkpoint("agora-test", &genesis).save_if_newer(&file, 50).unwrap(), "42 is older than 50");
+        assert_eq!(Checkpoint::load(&file, &chain, &genesis).unwrap().height, 50);
         // Files for two genesis files live side by side.
         assert_ne!(file, checkpoint_path(home.path(), &Hash::tagged(GENESIS_FILE_TAG, b"[]")));
     }
