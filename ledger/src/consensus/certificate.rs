@@ -19,6 +19,24 @@ pub struct CertifiedVote {
     pub signature: Signature,
 }
 
+impl CertifiedVote {
+    /// Whether this is its validator's signature of the vote at `(height, round)`.
+    fn verify(&self, chain: &ChainId, height: Height, round: u32) -> Result<(), agora_protocol::Error> {
+        let vote = Vote { kind: self.kind, height, round, block: self.block };
+        Signed { body: vote, signer: self.validator, signature: self.signature }.verify(chain)
+    }
+}
+
+/// A commit certificate's signatures, as the precommits for `block_hash` they sign.
+fn precommits(cert: &CommitCertificate, block_hash: Hash) -> impl Iterator<Item = CertifiedVote> + '_ {
+    cert.signatures.iter().map(move |s| CertifiedVote {
+        validator: s.validator,
+        kind: VoteKind::Precommit,
+        block: Some(block_hash),
+        signature: s.signature,
+    })
+}
+
 /// Checks that `votes` for `(height, round)` are valid signatures from
 /// distinct validators of `set` holding more than 2/3 of its power.
 pub fn verify_votes(
@@ -39,9 +57,7 @@ pub fn verify_votes(
         if !seen.insert(v.validator) {
             return Err(Error::BadCertificate(format!("{} signed twice", v.validator)));
         }
-        let vote = Vote { kind: v.kind, height, round, block: v.block };
-        Signed { body: vote, signer: v.validator, signature: v.signature }
-            .verify(chain)
+        v.verify(chain, height, round)
             .map_err(|e| Error::BadCertificate(format!("signature of {}: {e}", v.validator)))?;
         signed = signed.saturating_add(validator.power);
     }
@@ -58,12 +74,8 @@ pub fn verify_votes(
 pub fn signatures_valid(chain: &ChainId, cert: &CommitCertificate, block_hash: Hash) -> bool {
     let mut seen = BTreeSet::new();
     cert.block_hash == block_hash
-        && cert.signatures.iter().all(|s| {
-            let vote =
-                Vote { kind: VoteKind::Precommit, height: cert.height, round: cert.round, block: Some(block_hash) };
-            seen.insert(s.validator)
-                && Signed { body: vote, signer: s.validator, signature: s.signature }.verify(chain).is_ok()
-        })
+        && precommits(cert, block_hash)
+            .all(|v| seen.insert(v.validator) && v.verify(chain, cert.height, cert.round).is_ok())
 }
 
 /// Checks a commit certificate for the block `block_hash` at `height`.
@@ -80,11 +92,5 @@ pub fn verify_commit(
             cert.height, cert.block_hash
         )));
     }
-    let votes = cert.signatures.iter().map(|s| CertifiedVote {
-        validator: s.validator,
-        kind: VoteKind::Precommit,
-        block: Some(block_hash),
-        signature: s.signature,
-    });
-    verify_votes(chain, set, height, cert.round, votes)
+    verify_votes(chain, set, height, cert.round, precommits(cert, block_hash))
 }
