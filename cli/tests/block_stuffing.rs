@@ -45,8 +45,7 @@ fn stuffed_blocks_stay_encodable_and_a_transfer_still_commits() {
     let _down = Down(dir.clone());
     // Slow blocks, so the stuffing is all in the mempools before the next proposal.
     let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "1500"]);
-    let api: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let api = api_urls(&net);
     let chain = ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
     let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
     let buyer = agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().keypair;

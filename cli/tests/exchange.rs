@@ -60,8 +60,7 @@ fn a_call_auction_clears_two_classes_at_one_price_each_into_leases_on_every_node
     let dir = tmp.path().join("net");
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 3, test_ports(13), &["--commit-pause-ms", "300", "--provider-gpus", PROVIDER_GPUS]);
-    let apis: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let apis = api_urls(&net);
     let home = |i: usize| net["nodes"][i]["home"].as_str().unwrap().to_string();
     let provider = |i: usize| net["nodes"][i]["address"].as_str().unwrap().to_string();
     let buyer = net["buyer_home"].as_str().unwrap().to_string();

@@ -147,8 +147,7 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
         "50",
     ]));
     let net: serde_json::Value = serde_json::from_str(&up).unwrap();
-    let api: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let api = api_urls(&net);
     let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
     let buyer = {
         let shown = ok(agora(&["--home", &buyer_home, "keys", "show", "--json"]));
@@ -232,12 +231,13 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
         api[..4].iter().all(|a| height(a) > tip)
     });
 
-    let prove = |extra: &[&str]| {
-        let mut args =
-            vec!["--home", &buyer_home, "account", &buyer, "--prove", "--genesis", genesis, "--node", &api[0]];
+    // The buyer's `account --prove`, asked of `node`, with its checkpoint in its home.
+    let prove_at = |node: &str, extra: &[&str]| {
+        let mut args = vec!["--home", &buyer_home, "account", &buyer, "--prove", "--genesis", genesis, "--node", node];
         args.extend_from_slice(extra);
         agora(&args)
     };
+    let prove = |extra: &[&str]| prove_at(&api[0], extra);
     let shown = ok(prove(&[]));
     assert!(followed_from_genesis(&shown), "{shown}");
     // The set it learned is its checkpoint: the next check starts there.
@@ -293,15 +293,9 @@ fn a_prove_follows_the_validator_set_after_it_rotated_away_from_the_genesis() {
     let tip = height(&api[0]);
     wait_until("the late joiner to reach the tip", Duration::from_secs(180), || height(&late_api) >= tip);
     assert!(transitions(&late_api).is_empty(), "it holds no transition");
-    let prove_at = |extra: &[&str]| {
-        let mut args = vec!["--home", &buyer_home, "account", &buyer, "--prove", "--genesis", genesis];
-        args.extend_from_slice(&["--node", &late_api]);
-        args.extend_from_slice(extra);
-        agora(&args)
-    };
-    let shown = ok(prove_at(&[]));
+    let shown = ok(prove_at(&late_api, &[]));
     assert!(shown.contains(&format!("trusted from your checkpoint at height {changed_at}")), "{shown}");
-    let refused = err(prove_at(&["--from-genesis"]));
+    let refused = err(prove_at(&late_api, &["--from-genesis"]));
     assert!(refused.contains("lists no change after height 0"), "{refused}");
     assert_eq!(refused.trim().lines().count(), 1, "{refused}");
 }

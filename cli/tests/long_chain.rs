@@ -30,8 +30,7 @@ fn a_node_joins_a_chain_of_ten_thousand_blocks_by_state_sync_in_seconds() {
     let dir = tmp.path().join("net");
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 0, test_ports(2), &["--commit-pause-ms", "5"]);
-    let api: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let api = api_urls(&net);
     let started = Instant::now();
     wait_until("the chain to reach 10,000 blocks", Duration::from_secs(1_800), || height(&api[0]) >= LONG_CHAIN_BLOCKS);
     eprintln!("{LONG_CHAIN_BLOCKS} blocks in {:?}", started.elapsed());

@@ -112,8 +112,7 @@ fn junk_from_strangers_is_refused_and_a_paid_flood_cannot_delay_a_user() {
     let dir = tmp.path().join("net");
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 1, test_ports(12), &["--commit-pause-ms", "2000"]);
-    let apis: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let apis = api_urls(&net);
     let chain = ChainId::new(net["chain_id"].as_str().unwrap()).unwrap();
     let buyer_home = net["buyer_home"].as_str().unwrap().to_string();
     let buyer = agora_node::keystore::load(Path::new(&buyer_home), "default").unwrap().keypair;

@@ -49,8 +49,7 @@ fn a_peer_without_ping_stays_and_a_connection_flood_does_not_stall_the_chain() {
     let base = common::test_ports(7);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 1, base, &["--commit-pause-ms", "50"]);
-    let api: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let api = api_urls(&net);
     let target: libp2p::Multiaddr = net["nodes"][0]["p2p"].as_str().unwrap().parse().unwrap();
     let target_peer = match target.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(p)) => p,

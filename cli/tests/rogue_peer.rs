@@ -73,8 +73,7 @@ fn a_peer_flooding_invalid_gossip_is_rejected_and_consensus_goes_on() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let net: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let api0 = net["nodes"][0]["api_url"].as_str().unwrap().to_string();
-    let apis: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().into()).collect();
+    let apis = api_urls(&net);
     let target: libp2p::Multiaddr = net["nodes"][0]["p2p"].as_str().unwrap().parse().unwrap();
 
     // One rogue per topic (each is graylisted on its own): forged consensus

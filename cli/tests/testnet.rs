@@ -22,8 +22,7 @@ fn four_node_testnet_commits_syncs_a_late_node_and_refuses_bad_input() {
     let base = common::test_ports(0);
     let _down = Down(dir.clone());
     let net = testnet_up(&dir, 2, base, &["--commit-pause-ms", "20"]);
-    let api: Vec<String> =
-        net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect();
+    let api = api_urls(&net);
     wait_until("all nodes at height 3", Duration::from_secs(120), || api.iter().all(|a| height(a) >= 3));
 
     // Both providers register their simulated GPUs and their offers reach every node's order book.

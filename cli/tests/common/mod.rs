@@ -204,6 +204,11 @@ pub fn testnet_up(dir: &std::path::Path, providers: usize, base_port: u16, extra
     serde_json::from_str(&ok(agora(&args))).unwrap()
 }
 
+/// The API URLs of the nodes `agora testnet up --json` reported, in node order.
+pub fn api_urls(net: &serde_json::Value) -> Vec<String> {
+    net["nodes"].as_array().unwrap().iter().map(|n| n["api_url"].as_str().unwrap().to_string()).collect()
+}
+
 /// `agora account ADDRESS --prove --json` against `genesis`, asked of `api`.
 pub fn proven_account(address: &str, genesis: &str, api: &str) -> serde_json::Value {
     let out = ok(agora(&["account", address, "--prove", "--genesis", genesis, "--node", api, "--json"]));
